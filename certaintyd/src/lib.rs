@@ -1,0 +1,1 @@
+//! certaintyd: integrity of a RAM-resident root filesystem. Not yet built: see issue 3.

@@ -1,0 +1,1 @@
+//! netguard: WireGuard peers and nftables in step with the node map. Not yet built: see issue 4.

@@ -1,0 +1,134 @@
+//! Small file helpers with the guarantees a security tool needs: atomic replacement,
+//! secret files that are never overwritten and never readable by others.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: already exists, refusing to overwrite", path.display())]
+    Exists { path: PathBuf },
+    #[error("{}: secret key file is readable by group or others (mode {mode:03o}); chmod 600 it", path.display())]
+    TooOpen { path: PathBuf, mode: u32 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
+    move |source| FileError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Replaces `path` with `bytes` so a reader sees the old or the new file, never a torn one,
+/// and the new one survives a crash: temp file, fsync, rename, fsync of the directory.
+pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "policy".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, path).map_err(io_err(path))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates a new secret file (mode 0600); never replaces an existing one.
+pub fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::AlreadyExists {
+                FileError::Exists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                FileError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+    f.write_all(bytes).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+/// Reads a secret key file, refusing one that group or others can read.
+pub fn read_secret(path: &Path) -> Result<String, FileError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(FileError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+pub fn read(path: &Path) -> Result<Vec<u8>, FileError> {
+    fs::read(path).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        write_new_secret(&p, b"one").unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let err = write_new_secret(&p, b"two").unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("already exists, refusing to overwrite")
+        );
+        assert_eq!(read_secret(&p).unwrap(), "one");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = read_secret(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("readable by group or others (mode 640)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        atomic_write(&p, b"a", 0o644).unwrap();
+        atomic_write(&p, b"b", 0o644).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"b");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

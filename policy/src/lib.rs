@@ -1,0 +1,35 @@
+//! The signed cluster policy: one TOML file per cluster that says which nodes belong, with
+//! which WireGuard keys and tunnel addresses, which services only they may exchange, and how
+//! certaintyd guards each node's root filesystem.
+//!
+//! Pure: no root, no network. Daemons only ever hold a [`Verified<Policy>`], which only
+//! [`verify_policy`] can make, and accept it only through a [`RollbackStore`].
+
+pub mod fsutil;
+pub mod keys;
+pub mod model;
+pub mod mosix_map;
+pub mod nodemap;
+pub mod parse;
+pub mod ports;
+pub mod signature;
+pub mod source;
+pub mod store;
+pub mod template;
+pub mod validate;
+
+pub use keys::{OperatorPublicKey, WgPublicKey};
+pub use model::{Action, Certainty, Cluster, Firewall, Node, NodeId, Policy, Posture, Role};
+pub use mosix_map::{MapError, MosixMap};
+pub use nodemap::{Change, NodeChange, NodeMap, NodeMapDiff};
+pub use parse::{Diagnostic, Invalid, parse_policy};
+pub use ports::{PortRange, PortSet};
+pub use signature::{TrustedKeys, Verified, VerifyError, sign, verify_policy, verify_signed};
+pub use store::{Acceptance, AcceptedRecord, RollbackStore, StoreError};
+
+/// The name of the detached signature file that goes with a policy file.
+pub fn signature_path(policy: &std::path::Path) -> std::path::PathBuf {
+    let mut name = policy.as_os_str().to_owned();
+    name.push(".sig");
+    std::path::PathBuf::from(name)
+}

@@ -1,0 +1,326 @@
+//! The policy schema: what an operator writes in `cluster.toml`.
+//!
+//! Every struct rejects unknown keys, so a typo never silently turns a setting off.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use jiff::Timestamp;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::keys::{OperatorPublicKey, WgPublicKey};
+use crate::ports::PortSet;
+
+/// The whole signed cluster policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub cluster: Cluster,
+    /// Services that may only flow between authenticated nodes, through the tunnels.
+    #[serde(default)]
+    pub services: BTreeMap<String, PortSet>,
+    #[serde(default)]
+    pub firewall: Firewall,
+    #[serde(default)]
+    pub certainty: Certainty,
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<Node>,
+}
+
+impl Policy {
+    pub fn node_by_id(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    pub fn node_by_key(&self, key: &WgPublicKey) -> Option<&Node> {
+        self.nodes.iter().find(|n| &n.public_key == key)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    /// Monotonic version: a node never accepts a serial at or below one it accepted.
+    pub serial: u64,
+    /// After this instant the policy is refused, so a stolen old policy has a shelf life.
+    #[serde(with = "timestamp")]
+    pub expires: Timestamp,
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    #[serde(default = "default_listen_port")]
+    pub listen_port: u16,
+    pub tunnel_ipv4: Option<Ipv4Net>,
+    pub tunnel_ipv6: Option<Ipv6Net>,
+    /// Accept WireGuard handshakes from any source address, not just the listed endpoints.
+    #[serde(default)]
+    pub allow_roaming: bool,
+    /// WireGuard persistent keepalive in seconds, for nodes behind NAT.
+    pub persistent_keepalive: Option<u16>,
+}
+
+fn default_interface() -> String {
+    "tyd0".to_string()
+}
+
+fn default_listen_port() -> u16 {
+    51820
+}
+
+/// What happens to traffic that no rule mentions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Posture {
+    #[default]
+    Drop,
+    Accept,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firewall {
+    #[serde(default)]
+    pub default: Posture,
+    /// Inbound services open to anyone on the LAN (ssh, dhcp, ntp in CHAOS).
+    #[serde(default)]
+    pub allow: BTreeMap<String, PortSet>,
+}
+
+impl Default for Firewall {
+    fn default() -> Self {
+        Self {
+            default: Posture::Drop,
+            allow: BTreeMap::new(),
+        }
+    }
+}
+
+/// What certaintyd does when integrity is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Reboot,
+    Poweroff,
+    Exec,
+    Alert,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Reboot => "reboot",
+            Action::Poweroff => "poweroff",
+            Action::Exec => "exec",
+            Action::Alert => "alert",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certainty {
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    /// `tree` walks `root`; `device:/dev/ram0` hashes a RAM block device as CHAOS did.
+    #[serde(default = "default_source")]
+    pub source: String,
+    #[serde(default = "default_interval", with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_grace", with = "duration")]
+    pub grace: Duration,
+    #[serde(default)]
+    pub action: Action,
+    /// The hook run by the `exec` action, with the report on its stdin.
+    pub exec: Option<PathBuf>,
+    /// After this long the `exec` hook is abandoned and the node reboots anyway.
+    #[serde(default = "default_exec_deadline", with = "duration")]
+    pub exec_deadline: Duration,
+    /// Keys allowed to sign maintenance windows.
+    #[serde(default)]
+    pub maintenance_keys: Vec<OperatorPublicKey>,
+    #[serde(default = "default_max_maintenance", with = "duration")]
+    pub max_maintenance: Duration,
+    /// Expected Merkle root (hex BLAKE3), so a node tampered with during the grace period
+    /// cannot certify itself.
+    pub expected_root: Option<String>,
+    /// Watchdog device fed by certaintyd, so killing or stopping it reboots the node.
+    pub watchdog: Option<PathBuf>,
+}
+
+impl Default for Certainty {
+    fn default() -> Self {
+        Self {
+            root: default_root(),
+            source: default_source(),
+            interval: default_interval(),
+            grace: default_grace(),
+            action: Action::default(),
+            exec: None,
+            exec_deadline: default_exec_deadline(),
+            maintenance_keys: Vec::new(),
+            max_maintenance: default_max_maintenance(),
+            expected_root: None,
+            watchdog: None,
+        }
+    }
+}
+
+fn default_root() -> PathBuf {
+    PathBuf::from("/")
+}
+fn default_source() -> String {
+    "tree".to_string()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_exec_deadline() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_maintenance() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// An openMosix node number, 1..=65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct NodeId(u16);
+
+impl NodeId {
+    pub fn new(id: u16) -> Option<Self> {
+        (id != 0).then_some(Self(id))
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        u16::try_from(n).ok().and_then(NodeId::new).ok_or_else(|| {
+            serde::de::Error::custom(format!("node id {n} is outside 1-65535 (openMosix)"))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Drone,
+}
+
+fn default_roles() -> Vec<Role> {
+    vec![Role::Drone]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub id: NodeId,
+    pub name: String,
+    pub public_key: WgPublicKey,
+    /// Where the node's WireGuard listens on the LAN; absent for a node that only dials out.
+    pub endpoint: Option<SocketAddr>,
+    /// Tunnel addresses: what the node is inside the tunnel, and its WireGuard allowed IPs.
+    pub addresses: Vec<IpAddr>,
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
+    #[serde(
+        default,
+        with = "opt_timestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires: Option<Timestamp>,
+}
+
+/// RFC 3339 instants, written either as a TOML datetime or as a string.
+mod timestamp {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Native(toml::value::Datetime),
+        Text(String),
+    }
+
+    pub(super) fn parse<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let text = match Raw::deserialize(d)? {
+            Raw::Native(dt) => dt.to_string(),
+            Raw::Text(s) => s,
+        };
+        text.parse::<Timestamp>().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not an RFC 3339 instant with a UTC offset"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        parse(d)
+    }
+}
+
+mod opt_timestamp {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&t.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+        timestamp::parse(d).map(Some)
+    }
+}
+
+/// Durations written as `"2s"`, `"10m"`, `"1h 30m"`.
+pub mod duration {
+    use super::*;
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let signed: jiff::SignedDuration = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration such as \"2s\" or \"10m\""))?;
+        Duration::try_from(signed).map_err(|_| format!("duration {text:?} is negative"))
+    }
+
+    pub fn format(d: &Duration) -> String {
+        match jiff::SignedDuration::try_from(*d) {
+            Ok(s) => format!("{s:#}"),
+            Err(_) => format!("{}s", d.as_secs()),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+}

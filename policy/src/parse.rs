@@ -1,0 +1,112 @@
+//! From bytes to a valid [`Policy`], with every problem placed at file:line:column.
+
+use std::fmt;
+
+use jiff::Timestamp;
+
+use crate::model::Policy;
+use crate::source::{FieldPath, SourceMap, line_col};
+use crate::validate::validate;
+
+/// One problem, placed in the file: the one line an operator reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// The field it is about (`node[2].addresses[0]`), empty when unknown (syntax errors).
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// All problems found in one policy file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Invalid(pub Vec<Diagnostic>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl Invalid {
+    fn one(file: &str, text: &str, offset: usize, field: String, message: String) -> Self {
+        let (line, column) = line_col(text, offset);
+        Self(vec![Diagnostic {
+            file: file.to_string(),
+            line,
+            column,
+            field,
+            message,
+        }])
+    }
+}
+
+/// Parses and validates a policy as of `now`. `file` names the source in messages.
+pub fn parse_policy(file: &str, bytes: &[u8], now: Timestamp) -> Result<Policy, Invalid> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let valid = &bytes[..e.valid_up_to()];
+        let text = String::from_utf8_lossy(valid);
+        Invalid::one(
+            file,
+            &text,
+            text.len(),
+            String::new(),
+            "policy is not valid UTF-8".to_string(),
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(Invalid::one(
+            file,
+            text,
+            0,
+            String::new(),
+            "policy is empty".into(),
+        ));
+    }
+    let map = SourceMap::new(text);
+    let policy: Policy = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        let field = map.path_at(offset).to_string();
+        Invalid::one(file, text, offset, field, e.message().trim().to_string())
+    })?;
+    let findings = validate(&policy, now);
+    if findings.is_empty() {
+        return Ok(policy);
+    }
+    let mut diags: Vec<Diagnostic> = findings
+        .into_iter()
+        .map(|f| place(file, text, &map, &f.path, f.message))
+        .collect();
+    diags.sort_by_key(|d| (d.line, d.column));
+    Err(Invalid(diags))
+}
+
+fn place(
+    file: &str,
+    text: &str,
+    map: &SourceMap<'_>,
+    at: &FieldPath,
+    message: String,
+) -> Diagnostic {
+    let offset = map.span_of(at).map_or(0, |s| s.start);
+    let (line, column) = line_col(text, offset);
+    Diagnostic {
+        file: file.to_string(),
+        line,
+        column,
+        field: at.to_string(),
+        message,
+    }
+}

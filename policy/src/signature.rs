@@ -1,0 +1,156 @@
+//! Detached ed25519 signatures over exact file bytes, and the [`Verified`] proof type.
+//!
+//! `Verified<T>` has no public constructor: the only way to get one is to pass the bytes
+//! through signature verification, so daemons cannot act on an unverified policy by accident.
+
+use std::fmt;
+use std::ops::Deref;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer as _, SigningKey};
+use jiff::Timestamp;
+
+use crate::keys::OperatorPublicKey;
+use crate::model::Policy;
+use crate::parse::{Invalid, parse_policy};
+
+/// The operator keys a node pins; a signature by any one of them is accepted.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys(Vec<OperatorPublicKey>);
+
+impl TrustedKeys {
+    pub fn new(keys: Vec<OperatorPublicKey>) -> Self {
+        Self(keys)
+    }
+
+    /// One base64 key a line; blank lines and `#` comments are ignored.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = line
+                .parse::<OperatorPublicKey>()
+                .map_err(|e| format!("line {}: {e}", n + 1))?;
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err("no operator public key found".to_string());
+        }
+        Ok(Self(keys))
+    }
+
+    pub fn keys(&self) -> &[OperatorPublicKey] {
+        &self.0
+    }
+}
+
+/// A value whose source bytes carried a valid signature by a trusted key.
+#[derive(Clone)]
+pub struct Verified<T> {
+    value: T,
+    digest: blake3::Hash,
+    signer: OperatorPublicKey,
+}
+
+impl<T> Verified<T> {
+    /// BLAKE3 of the exact signed bytes: what the rollback store records.
+    pub fn digest_hex(&self) -> String {
+        self.digest.to_hex().to_string()
+    }
+
+    pub fn signer(&self) -> &OperatorPublicKey {
+        &self.signer
+    }
+}
+
+impl<T> Deref for Verified<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Verified<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verified")
+            .field("signer", &self.signer.key_id())
+            .field("digest", &self.digest_hex())
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{file}: signature is not base64 of 64 bytes")]
+    MalformedSignature { file: String },
+    #[error("{file}: signature does not match any of the {trusted} trusted operator key(s)")]
+    Untrusted { file: String, trusted: usize },
+    #[error("no trusted operator key was given")]
+    NoTrustedKeys,
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    #[error("{file}: {reason}")]
+    Content { file: String, reason: String },
+}
+
+/// The text of a detached signature file: base64 and a newline.
+pub fn sign(bytes: &[u8], key: &SigningKey) -> String {
+    format!("{}\n", B64.encode(key.sign(bytes).to_bytes()))
+}
+
+fn decode_signature(file: &str, text: &[u8]) -> Result<Signature, VerifyError> {
+    let malformed = || VerifyError::MalformedSignature {
+        file: file.to_string(),
+    };
+    let text = std::str::from_utf8(text).map_err(|_| malformed())?;
+    let raw = B64.decode(text.trim()).map_err(|_| malformed())?;
+    let raw: [u8; 64] = raw.as_slice().try_into().map_err(|_| malformed())?;
+    Ok(Signature::from_bytes(&raw))
+}
+
+/// Checks the signature first, then lets `parse` read the (now trusted) bytes.
+pub fn verify_signed<T>(
+    file: &str,
+    bytes: &[u8],
+    signature: &[u8],
+    trust: &TrustedKeys,
+    parse: impl FnOnce(&[u8]) -> Result<T, VerifyError>,
+) -> Result<Verified<T>, VerifyError> {
+    if trust.0.is_empty() {
+        return Err(VerifyError::NoTrustedKeys);
+    }
+    let sig = decode_signature(&format!("{file}.sig"), signature)?;
+    let signer = trust
+        .0
+        .iter()
+        .find(|k| k.verifying_key().verify_strict(bytes, &sig).is_ok())
+        .copied()
+        .ok_or_else(|| VerifyError::Untrusted {
+            file: file.to_string(),
+            trusted: trust.0.len(),
+        })?;
+    let value = parse(bytes)?;
+    Ok(Verified {
+        value,
+        digest: blake3::hash(bytes),
+        signer,
+    })
+}
+
+/// The entry point daemons use: signature, then syntax, schema, validation and expiry.
+pub fn verify_policy(
+    file: &str,
+    bytes: &[u8],
+    signature: &[u8],
+    trust: &TrustedKeys,
+    now: Timestamp,
+) -> Result<Verified<Policy>, VerifyError> {
+    verify_signed(file, bytes, signature, trust, |b| {
+        Ok(parse_policy(file, b, now)?)
+    })
+}

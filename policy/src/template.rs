@@ -1,0 +1,57 @@
+//! The policy `tyd policy init` writes: what CHAOS allowed, made explicit and commented.
+
+use jiff::Timestamp;
+
+/// A new cluster policy with no nodes yet; `expires` is when it stops being accepted.
+pub fn init_template(cluster: &str, expires: Timestamp) -> String {
+    format!(
+        r#"# Cluster policy. Sign it with `tyd policy sign`; nodes refuse it unsigned.
+
+[cluster]
+name = "{cluster}"
+# Raised on every change; nodes never go back to a lower serial.
+serial = 1
+# After this instant nodes refuse the policy: re-sign before then.
+expires = "{expires}"
+interface = "tyd0"
+listen_port = 51820
+tunnel_ipv4 = "10.77.0.0/24"
+tunnel_ipv6 = "fd77:7d00::/64"
+# Accept WireGuard handshakes only from the endpoints listed below.
+allow_roaming = false
+
+# Traffic that may only flow between authenticated nodes, inside the tunnels.
+# openMosix: tcp 723 (mosix protocol) and 4660 (info), udp 5000-5700 (migration).
+[services.openmosix]
+tcp = [723, 4660]
+udp = ["5000-5700"]
+
+# Everything else arriving on a node: dropped unless allowed here (CHAOS allowed these).
+[firewall]
+default = "drop"
+
+[firewall.allow.ssh]
+tcp = [22]
+
+[firewall.allow.dhcp]
+udp = [68]
+
+[firewall.allow.ntp]
+udp = [123]
+
+# certaintyd: integrity of the RAM root filesystem.
+[certainty]
+root = "/"
+source = "tree"
+interval = "2s"
+grace = "30s"
+# reboot | poweroff | exec | alert
+action = "reboot"
+# Keys (base64 ed25519) that may sign maintenance windows.
+maintenance_keys = []
+max_maintenance = "1h"
+
+# Nodes are added with `tyd node add`.
+"#
+    )
+}

@@ -1,0 +1,294 @@
+//! Semantic checks that the schema alone cannot express.
+//!
+//! Each finding names the field it is about, so the caller can place it in the file.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+
+use jiff::Timestamp;
+
+use crate::model::{Action, Policy};
+use crate::ports::PortSet;
+use crate::source::{FieldPath, path};
+
+/// One problem with a policy, before it is placed in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub path: FieldPath,
+    pub message: String,
+}
+
+fn finding(path: FieldPath, message: impl Into<String>) -> Finding {
+    Finding {
+        path,
+        message: message.into(),
+    }
+}
+
+/// A name for clusters and nodes: what an operator types, what a log shows, what fits a hostname.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !name.starts_with('-')
+}
+
+/// Linux interface names: at most 15 bytes, no `/`, no whitespace.
+pub fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Checks `policy` as of `now`; an empty result means it is valid.
+pub fn validate(policy: &Policy, now: Timestamp) -> Vec<Finding> {
+    let mut out = Vec::new();
+    check_cluster(policy, now, &mut out);
+    for (name, ports) in &policy.services {
+        check_port_set(path(&["services", name]), name, ports, &mut out);
+    }
+    for (name, ports) in &policy.firewall.allow {
+        check_port_set(path(&["firewall", "allow", name]), name, ports, &mut out);
+    }
+    check_certainty(policy, &mut out);
+    check_nodes(policy, now, &mut out);
+    out
+}
+
+fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
+    let c = &policy.cluster;
+    if !valid_name(&c.name) {
+        out.push(finding(
+            path(&["cluster", "name"]),
+            format!(
+                "cluster name {:?} must be 1-63 letters, digits, '-' or '_'",
+                c.name
+            ),
+        ));
+    }
+    if c.serial == 0 {
+        out.push(finding(
+            path(&["cluster", "serial"]),
+            "serial must be greater than 0",
+        ));
+    }
+    if c.expires <= now {
+        out.push(finding(
+            path(&["cluster", "expires"]),
+            format!("policy expired at {}", c.expires),
+        ));
+    }
+    if !valid_interface_name(&c.interface) {
+        out.push(finding(
+            path(&["cluster", "interface"]),
+            format!(
+                "interface name {:?} must be 1-15 letters, digits, '-', '_' or '.'",
+                c.interface
+            ),
+        ));
+    }
+    if c.listen_port == 0 {
+        out.push(finding(
+            path(&["cluster", "listen_port"]),
+            "listen_port must not be 0",
+        ));
+    }
+    if c.tunnel_ipv4.is_none() && c.tunnel_ipv6.is_none() {
+        out.push(finding(
+            path(&["cluster"]),
+            "at least one of tunnel_ipv4 and tunnel_ipv6 is required",
+        ));
+    }
+}
+
+fn check_port_set(at: FieldPath, name: &str, ports: &PortSet, out: &mut Vec<Finding>) {
+    if !valid_name(name) {
+        out.push(finding(
+            at.clone(),
+            format!("name {name:?} must be letters, digits, '-' or '_'"),
+        ));
+    }
+    if ports.is_empty() {
+        out.push(finding(at, format!("{name:?} lists no tcp or udp ports")));
+    }
+}
+
+fn check_certainty(policy: &Policy, out: &mut Vec<Finding>) {
+    let c = &policy.certainty;
+    let at = |k: &str| path(&["certainty", k]);
+    if c.interval.is_zero() {
+        out.push(finding(at("interval"), "interval must be greater than 0"));
+    }
+    if c.action == Action::Exec && c.exec.is_none() {
+        out.push(finding(
+            at("action"),
+            "action \"exec\" needs an exec hook path",
+        ));
+    }
+    if let Some(hook) = &c.exec
+        && !hook.is_absolute()
+    {
+        out.push(finding(at("exec"), "exec hook must be an absolute path"));
+    }
+    if !c.root.is_absolute() {
+        out.push(finding(at("root"), "root must be an absolute path"));
+    }
+    if c.source != "tree" {
+        match c.source.strip_prefix("device:") {
+            Some(dev) if dev.starts_with('/') => {}
+            _ => out.push(finding(
+                at("source"),
+                format!(
+                    "source {:?} must be \"tree\" or \"device:/dev/NAME\"",
+                    c.source
+                ),
+            )),
+        }
+    }
+    if let Some(hash) = &c.expected_root
+        && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        out.push(finding(
+            at("expected_root"),
+            "expected_root must be 64 hex digits (a BLAKE3 hash)",
+        ));
+    }
+}
+
+/// Reports every value seen twice, pointing at the second occurrence.
+fn check_unique<T: Eq + Hash + std::fmt::Display>(
+    items: impl Iterator<Item = (T, FieldPath)>,
+    what: &str,
+    out: &mut Vec<Finding>,
+) {
+    let mut seen: HashMap<T, usize> = HashMap::new();
+    for (index, (value, at)) in items.enumerate() {
+        if let Some(first) = seen.get(&value) {
+            out.push(finding(
+                at,
+                format!("duplicate {what} {value} (also used by node[{first}])"),
+            ));
+        } else {
+            seen.insert(value, index);
+        }
+    }
+}
+
+fn check_nodes(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
+    let node_at = |i: usize, k: &str| path(&["node"]).index(i).key(k);
+    let nodes = &policy.nodes;
+    check_unique(
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id, node_at(i, "id"))),
+        "node id",
+        out,
+    );
+    check_unique(
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), node_at(i, "name"))),
+        "node name",
+        out,
+    );
+    check_unique(
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.public_key, node_at(i, "public_key"))),
+        "public key",
+        out,
+    );
+    check_unique(
+        nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.endpoint.map(|e| (e, node_at(i, "endpoint")))),
+        "endpoint",
+        out,
+    );
+    // Addresses are numbered by their own position, since one node has several.
+    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for (j, addr) in node.addresses.iter().enumerate() {
+            let at = node_at(i, "addresses").index(j);
+            match seen.get(addr) {
+                Some(&first) if first != i => out.push(finding(
+                    at.clone(),
+                    format!("duplicate tunnel address {addr} (also used by node[{first}])"),
+                )),
+                Some(_) => out.push(finding(
+                    at.clone(),
+                    format!("tunnel address {addr} is listed twice"),
+                )),
+                None => {
+                    seen.insert(*addr, i);
+                }
+            }
+            check_in_tunnel(policy, *addr, at, out);
+        }
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        if !valid_name(&node.name) {
+            out.push(finding(
+                node_at(i, "name"),
+                format!(
+                    "node name {:?} must be 1-63 letters, digits, '-' or '_'",
+                    node.name
+                ),
+            ));
+        }
+        if node.addresses.is_empty() {
+            out.push(finding(
+                node_at(i, "addresses"),
+                format!("node {} ({}) has no tunnel address", node.id, node.name),
+            ));
+        }
+        if let Some(endpoint) = node.endpoint
+            && endpoint.port() == 0
+        {
+            out.push(finding(
+                node_at(i, "endpoint"),
+                "endpoint port must not be 0",
+            ));
+        }
+        if let Some(expires) = node.expires
+            && expires <= now
+        {
+            out.push(finding(
+                node_at(i, "expires"),
+                format!("node {} ({}) expired at {expires}", node.id, node.name),
+            ));
+        }
+    }
+}
+
+fn check_in_tunnel(policy: &Policy, addr: IpAddr, at: FieldPath, out: &mut Vec<Finding>) {
+    let c = &policy.cluster;
+    let problem = match addr {
+        IpAddr::V4(a) => match c.tunnel_ipv4 {
+            Some(net) if net.contains(&a) => None,
+            Some(net) => Some(format!("address {a} is outside the tunnel network {net}")),
+            None => Some(format!(
+                "address {a} is IPv4 but the cluster has no tunnel_ipv4"
+            )),
+        },
+        IpAddr::V6(a) => match c.tunnel_ipv6 {
+            Some(net) if net.contains(&a) => None,
+            Some(net) => Some(format!("address {a} is outside the tunnel network {net}")),
+            None => Some(format!(
+                "address {a} is IPv6 but the cluster has no tunnel_ipv6"
+            )),
+        },
+    };
+    if let Some(message) = problem {
+        out.push(finding(at, message));
+    }
+}

@@ -1,0 +1,208 @@
+//! Signatures over exact bytes, trusted keys, and the anti-rollback store.
+
+mod common;
+use common::*;
+
+use policy::{
+    Acceptance, RollbackStore, StoreError, TrustedKeys, VerifyError, sign, verify_policy,
+};
+
+fn trust(n: u8) -> TrustedKeys {
+    TrustedKeys::new(vec![(&operator(n)).into()])
+}
+
+fn signed(text: &str, key: u8) -> (Vec<u8>, Vec<u8>) {
+    let sig = sign(text.as_bytes(), &operator(key));
+    (text.as_bytes().to_vec(), sig.into_bytes())
+}
+
+#[test]
+fn signed_policy_verifies_and_records_signer() {
+    let (bytes, sig) = signed(&valid_policy(), 1);
+    let v = verify_policy("cluster.toml", &bytes, &sig, &trust(1), now()).unwrap();
+    assert_eq!(v.cluster.serial, 7);
+    assert_eq!(v.signer(), &(&operator(1)).into());
+    assert_eq!(v.digest_hex(), blake3::hash(&bytes).to_hex().to_string());
+}
+
+#[test]
+fn any_of_several_pinned_keys_is_accepted() {
+    let (bytes, sig) = signed(&valid_policy(), 2);
+    let trust = TrustedKeys::new(vec![(&operator(1)).into(), (&operator(2)).into()]);
+    verify_policy("c", &bytes, &sig, &trust, now()).unwrap();
+}
+
+#[test]
+fn wrong_key_is_refused() {
+    let (bytes, sig) = signed(&valid_policy(), 2);
+    let err = verify_policy("cluster.toml", &bytes, &sig, &trust(1), now()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cluster.toml: signature does not match any of the 1 trusted operator key(s)"
+    );
+}
+
+#[test]
+fn one_changed_byte_is_refused() {
+    let (mut bytes, sig) = signed(&valid_policy(), 1);
+    let at = bytes.iter().position(|&b| b == b'7').unwrap();
+    bytes[at] = b'8';
+    let err = verify_policy("c", &bytes, &sig, &trust(1), now()).unwrap_err();
+    assert!(matches!(err, VerifyError::Untrusted { .. }), "{err}");
+}
+
+#[test]
+fn truncated_policy_is_refused() {
+    let (bytes, sig) = signed(&valid_policy(), 1);
+    let err = verify_policy("c", &bytes[..bytes.len() / 2], &sig, &trust(1), now()).unwrap_err();
+    assert!(matches!(err, VerifyError::Untrusted { .. }), "{err}");
+}
+
+#[test]
+fn malformed_or_missing_signature_is_refused() {
+    let (bytes, _) = signed(&valid_policy(), 1);
+    for bad in [&b""[..], b"hello", b"AAAA\n", &[0xff, 0xfe]] {
+        let err = verify_policy("cluster.toml", &bytes, bad, &trust(1), now()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cluster.toml.sig: signature is not base64 of 64 bytes"
+        );
+    }
+}
+
+#[test]
+fn no_trusted_keys_is_refused() {
+    let (bytes, sig) = signed(&valid_policy(), 1);
+    let err = verify_policy("c", &bytes, &sig, &TrustedKeys::default(), now()).unwrap_err();
+    assert_eq!(err.to_string(), "no trusted operator key was given");
+}
+
+#[test]
+fn signed_but_invalid_policy_is_refused_with_position() {
+    let (bytes, sig) = signed(&with("serial = 7", "serial = 0"), 1);
+    let err = verify_policy("cluster.toml", &bytes, &sig, &trust(1), now()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cluster.toml:3:10: cluster.serial: serial must be greater than 0"
+    );
+}
+
+#[test]
+fn signed_but_expired_policy_is_refused() {
+    let (bytes, sig) = signed(&valid_policy(), 1);
+    let later = "2027-02-01T00:00:00Z".parse().unwrap();
+    let err = verify_policy("cluster.toml", &bytes, &sig, &trust(1), later).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cluster.toml:4:11: cluster.expires: policy expired at 2027-01-01T00:00:00Z"
+    );
+}
+
+#[test]
+fn trust_file_parsing() {
+    let pk = policy::OperatorPublicKey::from(&operator(1)).to_base64();
+    let t = TrustedKeys::parse(&format!("# ops\n\n{pk}\n")).unwrap();
+    assert_eq!(t.keys().len(), 1);
+    assert_eq!(
+        TrustedKeys::parse("# none\n").unwrap_err(),
+        "no operator public key found"
+    );
+    assert_eq!(
+        TrustedKeys::parse("garbage\n").unwrap_err(),
+        "line 1: key is not valid base64"
+    );
+}
+
+fn verified(serial: u64, extra: &str) -> policy::Verified<policy::Policy> {
+    let text = with("serial = 7", &format!("serial = {serial}")) + extra;
+    let (bytes, sig) = signed(&text, 1);
+    verify_policy("c", &bytes, &sig, &trust(1), now()).unwrap()
+}
+
+#[test]
+fn rollback_store_accepts_only_newer_serials_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("accepted.json");
+    let mut store = RollbackStore::open(&state, 0).unwrap();
+    assert_eq!(
+        store.accept(&verified(5, ""), now()).unwrap(),
+        Acceptance::New
+    );
+    assert_eq!(
+        store.accept(&verified(5, ""), now()).unwrap(),
+        Acceptance::Unchanged
+    );
+    assert_eq!(
+        store.accept(&verified(6, ""), now()).unwrap(),
+        Acceptance::New
+    );
+
+    // A fresh process sees the persisted high-water mark.
+    let store = RollbackStore::open(&state, 0).unwrap();
+    assert_eq!(store.last().unwrap().serial, 6);
+    let err = store.check(&verified(5, ""), now()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "serial 5 is older than accepted serial 6: rollback refused"
+    );
+    let err = store
+        .check(&verified(6, "# other content\n"), now())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "serial 6 was already accepted with different content: replay refused"
+    );
+}
+
+#[test]
+fn refused_policy_leaves_the_accepted_state_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("accepted.json");
+    let mut store = RollbackStore::open(&state, 0).unwrap();
+    store.accept(&verified(9, ""), now()).unwrap();
+    let before = std::fs::read(&state).unwrap();
+    assert!(store.accept(&verified(8, ""), now()).is_err());
+    assert_eq!(std::fs::read(&state).unwrap(), before);
+    assert_eq!(store.last().unwrap().serial, 9);
+}
+
+#[test]
+fn boot_floor_refuses_older_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RollbackStore::open(&dir.path().join("s"), 10).unwrap();
+    let err = store.check(&verified(9, ""), now()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "serial 9 is below this node's floor 10: rollback refused"
+    );
+    store.check(&verified(10, ""), now()).unwrap();
+}
+
+#[test]
+fn store_refuses_policy_of_another_cluster_and_expired_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = RollbackStore::open(&dir.path().join("s"), 0).unwrap();
+    store.accept(&verified(1, ""), now()).unwrap();
+    let other = with("name = \"lab\"", "name = \"other\"").replacen("serial = 7", "serial = 9", 1);
+    let (bytes, sig) = signed(&other, 1);
+    let v = verify_policy("c", &bytes, &sig, &trust(1), now()).unwrap();
+    let err = store.check(&v, now()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "policy is for cluster \"other\" but this node belongs to \"lab\""
+    );
+    let later = "2027-06-01T00:00:00Z".parse().unwrap();
+    assert!(matches!(
+        store.check(&verified(2, ""), later),
+        Err(StoreError::Expired(_))
+    ));
+}
+
+#[test]
+fn corrupt_store_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    std::fs::write(&state, b"{ not json").unwrap();
+    let err = RollbackStore::open(&state, 0).unwrap_err().to_string();
+    assert!(err.contains("rollback state is corrupt"), "{err}");
+}

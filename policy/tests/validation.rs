@@ -1,0 +1,247 @@
+//! Every validation error, with its exact one-line message and position.
+
+mod common;
+use common::*;
+
+#[test]
+fn valid_fixture_parses() {
+    let p = policy::parse_policy("cluster.toml", valid_policy().as_bytes(), now()).unwrap();
+    assert_eq!(p.nodes.len(), 3);
+    assert_eq!(p.cluster.interface, "tyd0");
+    assert_eq!(p.cluster.listen_port, 51820);
+    assert_eq!(p.certainty.interval, std::time::Duration::from_secs(2));
+    assert_eq!(p.services["openmosix"].udp[0].to_string(), "5000-5700");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_position() {
+    let text = with("name = \"lab\"", "name = \"lab\"\nlisten_prot = 1");
+    assert_eq!(
+        only_error(&text),
+        "cluster.toml:3:1: cluster.listen_prot: unknown field `listen_prot`, expected one of \
+         `name`, `serial`, `expires`, `interface`, `listen_port`, `tunnel_ipv4`, `tunnel_ipv6`, \
+         `allow_roaming`, `persistent_keepalive`"
+    );
+}
+
+#[test]
+fn unknown_key_in_node_is_rejected() {
+    let text = with(
+        "roles = [\"master\"]",
+        "roles = [\"master\"]\npubkey = \"x\"",
+    );
+    let err = only_error(&text);
+    assert!(
+        err.starts_with("cluster.toml:22:1: node[0].pubkey: unknown field `pubkey`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    let err = only_error(&with("serial = 7", "serial = = 7"));
+    assert!(err.starts_with("cluster.toml:3:10: "), "{err}");
+}
+
+#[test]
+fn serial_zero() {
+    assert_eq!(
+        only_error(&with("serial = 7", "serial = 0")),
+        "cluster.toml:3:10: cluster.serial: serial must be greater than 0"
+    );
+}
+
+#[test]
+fn expired_policy() {
+    assert_eq!(
+        only_error(&with("2027-01-01T00:00:00Z", "2026-01-01T00:00:00Z")),
+        "cluster.toml:4:11: cluster.expires: policy expired at 2026-01-01T00:00:00Z"
+    );
+}
+
+#[test]
+fn expiry_without_offset() {
+    let err = only_error(&with("\"2027-01-01T00:00:00Z\"", "2027-01-01T00:00:00"));
+    assert_eq!(
+        err,
+        "cluster.toml:4:11: cluster.expires: \"2027-01-01T00:00:00\" is not an RFC 3339 \
+         instant with a UTC offset"
+    );
+}
+
+#[test]
+fn native_toml_datetime_is_accepted() {
+    let text = with("\"2027-01-01T00:00:00Z\"", "2027-01-01T00:00:00Z");
+    policy::parse_policy("c", text.as_bytes(), now()).unwrap();
+}
+
+#[test]
+fn expired_node() {
+    let text = with(
+        "roles = [\"master\"]",
+        "roles = [\"master\"]\nexpires = \"2026-05-01T00:00:00Z\"",
+    );
+    assert_eq!(
+        only_error(&text),
+        "cluster.toml:22:11: node[0].expires: node 1 (master) expired at 2026-05-01T00:00:00Z"
+    );
+}
+
+#[test]
+fn duplicate_id() {
+    assert_eq!(
+        only_error(&with("id = 3", "id = 2")),
+        "cluster.toml:31:6: node[2].id: duplicate node id 2 (also used by node[1])"
+    );
+}
+
+#[test]
+fn duplicate_name() {
+    assert_eq!(
+        only_error(&with("name = \"drone3\"", "name = \"drone2\"")),
+        "cluster.toml:32:8: node[2].name: duplicate node name drone2 (also used by node[1])"
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    let text = with(&wg_key(3), &wg_key(1));
+    let err = only_error(&text);
+    assert_eq!(
+        err,
+        format!(
+            "cluster.toml:33:14: node[2].public_key: duplicate public key {} (also used by node[0])",
+            wg_key(1)
+        )
+    );
+}
+
+#[test]
+fn duplicate_endpoint() {
+    assert_eq!(
+        only_error(&with("192.168.50.3:51820", "192.168.50.2:51820")),
+        "cluster.toml:34:12: node[2].endpoint: duplicate endpoint 192.168.50.2:51820 (also used by node[1])"
+    );
+}
+
+#[test]
+fn duplicate_tunnel_address() {
+    assert_eq!(
+        only_error(&with("[\"10.77.0.3\"]", "[\"10.77.0.2\"]")),
+        "cluster.toml:35:14: node[2].addresses[0]: duplicate tunnel address 10.77.0.2 (also used by node[1])"
+    );
+}
+
+#[test]
+fn address_outside_cidr() {
+    assert_eq!(
+        only_error(&with("[\"10.77.0.3\"]", "[\"10.78.0.3\"]")),
+        "cluster.toml:35:14: node[2].addresses[0]: address 10.78.0.3 is outside the tunnel network 10.77.0.0/24"
+    );
+}
+
+#[test]
+fn ipv6_address_outside_cidr() {
+    assert_eq!(
+        only_error(&with("\"fd77::1\"", "\"fd78::1\"")),
+        "cluster.toml:20:27: node[0].addresses[1]: address fd78::1 is outside the tunnel network fd77::/64"
+    );
+}
+
+#[test]
+fn bad_key() {
+    assert_eq!(
+        only_error(&with(&wg_key(2), "not-base64!")),
+        "cluster.toml:26:14: node[1].public_key: key is not valid base64"
+    );
+    let short = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 31]);
+    assert_eq!(
+        only_error(&with(&wg_key(2), &short)),
+        "cluster.toml:26:14: node[1].public_key: key must be 32 bytes, got 31"
+    );
+}
+
+#[test]
+fn reversed_port_range() {
+    assert_eq!(
+        only_error(&with("\"5000-5700\"", "\"5700-5000\"")),
+        "cluster.toml:10:8: services.openmosix.udp[0]: reversed port range 5700-5000"
+    );
+}
+
+#[test]
+fn zero_port() {
+    assert_eq!(
+        only_error(&with("tcp = [723, 4660]", "tcp = [0, 4660]")),
+        "cluster.toml:9:8: services.openmosix.tcp[0]: port 0 is not a valid port"
+    );
+}
+
+#[test]
+fn node_id_out_of_range() {
+    assert_eq!(
+        only_error(&with("id = 3", "id = 70000")),
+        "cluster.toml:31:6: node[2].id: node id 70000 is outside 1-65535 (openMosix)"
+    );
+    assert_eq!(
+        only_error(&with("id = 3", "id = 0")),
+        "cluster.toml:31:6: node[2].id: node id 0 is outside 1-65535 (openMosix)"
+    );
+}
+
+#[test]
+fn node_without_address() {
+    assert_eq!(
+        only_error(&with("[\"10.77.0.3\"]", "[]")),
+        "cluster.toml:35:13: node[2].addresses: node 3 (drone3) has no tunnel address"
+    );
+}
+
+#[test]
+fn exec_action_needs_hook() {
+    let text = valid_policy() + "\n[certainty]\naction = \"exec\"\n";
+    let err = only_error(&text);
+    assert!(
+        err.ends_with("certainty.action: action \"exec\" needs an exec hook path"),
+        "{err}"
+    );
+}
+
+#[test]
+fn several_errors_are_all_reported_in_file_order() {
+    let text = with("serial = 7", "serial = 0").replacen("id = 3", "id = 2", 1);
+    let err = policy::parse_policy("c.toml", text.as_bytes(), now()).unwrap_err();
+    let lines: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].starts_with("c.toml:3:"));
+    assert!(lines[1].starts_with("c.toml:31:"));
+}
+
+#[test]
+fn empty_and_non_utf8_and_truncated() {
+    assert_eq!(only_error(""), "cluster.toml:1:1: policy is empty");
+    let mut bytes = valid_policy().into_bytes();
+    bytes.insert(10, 0xff);
+    let err = policy::parse_policy("cluster.toml", &bytes, now()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cluster.toml:2:1: policy is not valid UTF-8"
+    );
+    let text = valid_policy();
+    let truncated = &text[..text.find("[[node]]").unwrap() + 4];
+    let err = only_error(truncated);
+    assert!(err.starts_with("cluster.toml:"), "{err}");
+}
+
+#[test]
+fn init_template_is_valid_and_has_openmosix_defaults() {
+    let text = policy::template::init_template("lab", "2027-01-01T00:00:00Z".parse().unwrap());
+    let p = policy::parse_policy("init", text.as_bytes(), now()).unwrap();
+    let om = &p.services["openmosix"];
+    let tcp: Vec<String> = om.tcp.iter().map(ToString::to_string).collect();
+    assert_eq!(tcp, ["723", "4660"]);
+    assert_eq!(om.udp[0].to_string(), "5000-5700");
+    assert_eq!(p.firewall.default, policy::Posture::Drop);
+    assert!(p.firewall.allow.contains_key("ssh"));
+    assert!(p.nodes.is_empty());
+}

@@ -1,0 +1,1 @@
+//! VM integration tests for drones. Not yet built: see issue 5.
