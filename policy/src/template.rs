@@ -4,8 +4,10 @@ use jiff::Timestamp;
 
 /// A new cluster policy with no nodes yet; `expires` is when it stops being accepted.
 pub fn init_template(cluster: &str, expires: Timestamp) -> String {
+    let expires = expires.round(jiff::Unit::Second).unwrap_or(expires);
     format!(
         r#"# Cluster policy. Sign it with `tyd policy sign`; nodes refuse it unsigned.
+# Add nodes with `tyd node add`.
 
 [cluster]
 name = "{cluster}"
@@ -50,8 +52,6 @@ action = "reboot"
 # Keys (base64 ed25519) that may sign maintenance windows.
 maintenance_keys = []
 max_maintenance = "1h"
-
-# Nodes are added with `tyd node add`.
 "#
     )
 }

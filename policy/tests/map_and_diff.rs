@@ -1,4 +1,5 @@
 //! openMosix map export/import and node-map diff laws, by example and by property.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

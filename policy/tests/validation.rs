@@ -1,4 +1,5 @@
 //! Every validation error, with its exact one-line message and position.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

@@ -1,1 +1,209 @@
-fn main() {}
+//! `tyd`: the operator's tool for a tyd cluster: keys, the signed policy, the node map.
+
+mod edit;
+mod failure;
+mod keygen;
+mod node_cmd;
+mod policy_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use jiff::{SignedDuration, Timestamp};
+
+use failure::{CliResult, EXIT_CODES_HELP};
+
+#[derive(Debug, Parser)]
+#[command(name = "tyd", version, about, after_help = EXIT_CODES_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create keys: an operator signing key, or a node's WireGuard key.
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Keygen(KeygenCmd),
+    /// Create, check, sign, verify and show cluster policies.
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Policy(PolicyCmd),
+    /// Add, remove and re-key nodes in a policy (edits in place, bumps the serial).
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Node(node_cmd::NodeCmd),
+    /// Print the node map in openMosix format (/etc/openmosix.map, `setpe -w`).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Showmap {
+        /// The policy file.
+        file: PathBuf,
+        /// Verify the policy's signature against these operator public keys first.
+        #[arg(long)]
+        trust: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeygenCmd {
+    /// Write an ed25519 operator key to FILE (mode 0600) and its public key to FILE.pub.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Operator {
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Write a WireGuard private key to FILE (mode 0600), its public key to FILE.pub, and
+    /// print the public key.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Node {
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Write a new policy with CHAOS's defaults (openMosix services, drop posture).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Init {
+        /// Where to write the policy.
+        #[arg(long, short, default_value = "cluster.toml")]
+        out: PathBuf,
+        /// The cluster's name.
+        #[arg(long, default_value = "cluster")]
+        name: String,
+        /// How long the policy stays valid, e.g. "90d" or "8760h".
+        #[arg(long, default_value = "365d", value_parser = parse_span)]
+        valid_for: SignedDuration,
+        /// Import the nodes of an existing openMosix map (its addresses become endpoints).
+        #[arg(long, requires = "keys_dir")]
+        from_map: Option<PathBuf>,
+        /// Where to write the WireGuard keys generated for imported nodes.
+        #[arg(long)]
+        keys_dir: Option<PathBuf>,
+        /// Overwrite an existing policy file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check syntax, schema and validity (not the signature).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign FILE with an operator key, writing FILE.sig.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Sign {
+        file: PathBuf,
+        /// The operator's secret key (from `tyd keygen operator`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Raise the serial past the last one this key signed, instead of refusing.
+        #[arg(long)]
+        bump: bool,
+    },
+    /// Verify FILE.sig against trusted operator public keys, then validate FILE.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Verify {
+        file: PathBuf,
+        /// File of trusted operator public keys, one base64 key a line.
+        #[arg(long)]
+        trust: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a policy: cluster, services, firewall, certainty, nodes.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Show {
+        file: PathBuf,
+        /// Verify the signature against these operator public keys first.
+        #[arg(long)]
+        trust: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Accepts calendar-free spans such as "90d", "12h", "1h 30m".
+fn parse_span(s: &str) -> Result<SignedDuration, String> {
+    let span: jiff::Span = s.parse().map_err(|e| format!("{e}"))?;
+    span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("{e}"))
+}
+
+fn run(cli: Cli, now: Timestamp) -> CliResult {
+    match cli.command {
+        Command::Keygen(KeygenCmd::Operator { out }) => {
+            let public = keygen::operator(&out)?;
+            println!("{public}");
+            eprintln!(
+                "wrote {} (secret, 0600) and {} (key id {})",
+                out.display(),
+                keygen::pub_path(&out).display(),
+                public.key_id()
+            );
+            Ok(())
+        }
+        Command::Keygen(KeygenCmd::Node { out }) => {
+            let public = keygen::node(&out)?;
+            println!("{public}");
+            Ok(())
+        }
+        Command::Policy(cmd) => match cmd {
+            PolicyCmd::Init {
+                out,
+                name,
+                valid_for,
+                from_map,
+                keys_dir,
+                force,
+            } => policy_cmd::init(
+                &policy_cmd::InitArgs {
+                    out: &out,
+                    name: &name,
+                    valid_for,
+                    from_map: from_map.as_deref(),
+                    keys_dir: keys_dir.as_deref(),
+                    force,
+                },
+                now,
+            ),
+            PolicyCmd::Check { file, json } => policy_cmd::check(&file, json, now),
+            PolicyCmd::Sign { file, key, bump } => policy_cmd::sign_cmd(&file, &key, bump, now),
+            PolicyCmd::Verify { file, trust, json } => policy_cmd::verify(&file, &trust, json, now),
+            PolicyCmd::Show { file, trust, json } => {
+                policy_cmd::show(&file, trust.as_deref(), json, now)
+            }
+        },
+        Command::Node(cmd) => node_cmd::run(cmd, now),
+        Command::Showmap { file, trust } => policy_cmd::showmap(&file, trust.as_deref(), now),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli, Timestamp::now()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            for line in f.message.lines() {
+                eprintln!("tyd: {line}");
+            }
+            ExitCode::from(f.exit as u8)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_exit_code_matches_clap() {
+        assert_eq!(super::failure::Exit::Usage as u8, 2);
+    }
+}

@@ -1,4 +1,5 @@
 //! Shared fixtures: a valid three-node policy and helpers to break it one way at a time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use base64::Engine as _;

@@ -1,0 +1,66 @@
+//! `tyd keygen`: operator signing keys and node WireGuard keys.
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use policy::fsutil::{self, atomic_write, read_secret, write_new_secret};
+use policy::keys::{decode_key32, encode};
+use policy::{OperatorPublicKey, WgPublicKey};
+use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::failure::{CliResult, Exit, Failure};
+
+pub fn pub_path(secret: &Path) -> PathBuf {
+    let mut name = secret.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// Writes a new operator key pair: `out` (secret, 0600) and `out.pub`.
+pub fn operator(out: &Path) -> CliResult<OperatorPublicKey> {
+    let key = SigningKey::generate(&mut OsRng);
+    let secret = Zeroizing::new(format!("{}\n", encode(key.as_bytes())));
+    write_new_secret(out, secret.as_bytes())?;
+    let public = OperatorPublicKey::from(&key);
+    atomic_write(&pub_path(out), format!("{public}\n").as_bytes(), 0o644)?;
+    Ok(public)
+}
+
+/// Writes a new WireGuard private key to `out` (0600) and its public key to `out.pub`.
+pub fn node(out: &Path) -> CliResult<WgPublicKey> {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(secret.as_mut());
+    // Clamp as `wg genkey` does, so the file is byte-identical in form to wg's.
+    secret[0] &= 248;
+    secret[31] = (secret[31] & 127) | 64;
+    let public = wg_public(&secret);
+    let text = Zeroizing::new(format!("{}\n", encode(secret.as_ref())));
+    write_new_secret(out, text.as_bytes())?;
+    atomic_write(&pub_path(out), format!("{public}\n").as_bytes(), 0o644)?;
+    Ok(public)
+}
+
+pub fn wg_public(secret: &[u8; 32]) -> WgPublicKey {
+    let s = x25519_dalek::StaticSecret::from(*secret);
+    WgPublicKey::from_bytes(x25519_dalek::PublicKey::from(&s).to_bytes())
+}
+
+/// Reads an operator secret key, refusing one readable by group or others.
+pub fn load_operator(path: &Path) -> CliResult<SigningKey> {
+    let text = Zeroizing::new(read_secret(path)?);
+    let seed = Zeroizing::new(
+        decode_key32(&text)
+            .map_err(|e| Failure::new(Exit::KeyFile, format!("{}: {e}", path.display())))?,
+    );
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Reads a file holding one base64 public key, as `tyd keygen node` writes to `KEY.pub`.
+pub fn read_public_key_file(path: &Path) -> CliResult<WgPublicKey> {
+    let bytes = fsutil::read(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    text.trim()
+        .parse()
+        .map_err(|e| Failure::new(Exit::Runtime, format!("{}: {e}", path.display())))
+}

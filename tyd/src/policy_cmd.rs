@@ -1,0 +1,384 @@
+//! `tyd policy ...` and `tyd showmap`: create, check, sign, verify and show policies.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use jiff::{SignedDuration, Timestamp};
+use policy::fsutil::{self, atomic_write};
+use policy::{
+    MosixMap, Policy, TrustedKeys, Verified, parse_policy, sign, signature_path, verify_policy,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::edit::{NewNode, PolicyEdit, default_addresses};
+use crate::failure::{CliResult, Exit, Failure};
+use crate::keygen;
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Reads and validates a policy without looking at any signature.
+pub fn load_unsigned(path: &Path, now: Timestamp) -> CliResult<Policy> {
+    let bytes = fsutil::read(path)?;
+    Ok(parse_policy(&display(path), &bytes, now)?)
+}
+
+pub fn load_trust(path: &Path) -> CliResult<TrustedKeys> {
+    let bytes = fsutil::read(path)?;
+    TrustedKeys::parse(&String::from_utf8_lossy(&bytes))
+        .map_err(|e| Failure::new(Exit::BadSignature, format!("{}: {e}", display(path))))
+}
+
+/// Reads a policy and its `.sig` and verifies both against `trust`.
+pub fn load_verified(path: &Path, trust: &Path, now: Timestamp) -> CliResult<Verified<Policy>> {
+    let trust = load_trust(trust)?;
+    let bytes = fsutil::read(path)?;
+    let sig_path = signature_path(path);
+    let sig = fsutil::read(&sig_path).map_err(|e| {
+        Failure::new(
+            Exit::BadSignature,
+            format!("{e} (the policy is not signed)"),
+        )
+    })?;
+    Ok(verify_policy(&display(path), &bytes, &sig, &trust, now)?)
+}
+
+pub struct InitArgs<'a> {
+    pub out: &'a Path,
+    pub name: &'a str,
+    pub valid_for: SignedDuration,
+    pub from_map: Option<&'a Path>,
+    pub keys_dir: Option<&'a Path>,
+    pub force: bool,
+}
+
+pub fn init(args: &InitArgs<'_>, now: Timestamp) -> CliResult {
+    if args.out.exists() && !args.force {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!(
+                "{}: already exists, refusing to overwrite",
+                display(args.out)
+            ),
+        ));
+    }
+    let expires = now
+        .checked_add(args.valid_for)
+        .map_err(|e| Failure::new(Exit::Usage, format!("--valid-for: {e}")))?;
+    let text = policy::template::init_template(args.name, expires);
+    // Validate before writing anything, so a bad --name leaves no file behind.
+    parse_policy(&display(args.out), text.as_bytes(), now)?;
+    atomic_write(args.out, text.as_bytes(), 0o644)?;
+    let Some(map_path) = args.from_map else {
+        println!("wrote {}", display(args.out));
+        return Ok(());
+    };
+    let keys_dir = args.keys_dir.ok_or_else(|| {
+        Failure::new(
+            Exit::Usage,
+            "--from-map needs --keys-dir for the node keys it generates",
+        )
+    })?;
+    import_map(args.out, map_path, keys_dir, now)
+}
+
+/// Adds one node per map entry: the map's address becomes the LAN endpoint, tunnel addresses
+/// come from the node id, and a fresh WireGuard key pair is written for each node.
+fn import_map(out: &Path, map_path: &Path, keys_dir: &Path, now: Timestamp) -> CliResult {
+    let text = String::from_utf8_lossy(&fsutil::read(map_path)?).into_owned();
+    let map = MosixMap::parse(&display(map_path), &text)
+        .map_err(|e| Failure::new(Exit::InvalidPolicy, e.to_string()))?;
+    std::fs::create_dir_all(keys_dir)
+        .map_err(|e| Failure::new(Exit::Runtime, format!("{}: {e}", display(keys_dir))))?;
+    let mut edit = PolicyEdit::open(out)?;
+    let base = edit.current(now)?;
+    for (&id, &lan) in &map.nodes {
+        let key_path = keys_dir.join(format!("node{id}.key"));
+        let public_key = keygen::node(&key_path)?;
+        edit.add_node(&NewNode {
+            id,
+            name: format!("node{id}"),
+            public_key,
+            endpoint: Some((lan, base.cluster.listen_port).into()),
+            addresses: default_addresses(&base, id),
+            roles: vec![policy::Role::Drone],
+            expires: None,
+        })?;
+    }
+    let policy = edit.write(now)?;
+    println!(
+        "wrote {} with {} nodes from {}; node keys in {}",
+        display(out),
+        policy.nodes.len(),
+        display(map_path),
+        display(keys_dir)
+    );
+    if !map.aliases.is_empty() {
+        println!("note: ALIAS lines were not imported (a node has one WireGuard endpoint)");
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct JsonDiagnostic<'a> {
+    file: &'a str,
+    line: usize,
+    column: usize,
+    field: &'a str,
+    message: &'a str,
+}
+
+pub fn check(path: &Path, json: bool, now: Timestamp) -> CliResult {
+    let bytes = fsutil::read(path)?;
+    match parse_policy(&display(path), &bytes, now) {
+        Ok(p) => {
+            if json {
+                print_json(
+                    &serde_json::json!({"valid": true, "errors": [], "serial": p.cluster.serial}),
+                );
+            } else {
+                println!(
+                    "{}: valid (cluster {}, serial {}, {} nodes, not signature-checked)",
+                    display(path),
+                    p.cluster.name,
+                    p.cluster.serial,
+                    p.nodes.len()
+                );
+            }
+            Ok(())
+        }
+        Err(invalid) if json => {
+            let errors: Vec<JsonDiagnostic<'_>> = invalid
+                .0
+                .iter()
+                .map(|d| JsonDiagnostic {
+                    file: &d.file,
+                    line: d.line,
+                    column: d.column,
+                    field: &d.field,
+                    message: &d.message,
+                })
+                .collect();
+            print_json(&serde_json::json!({"valid": false, "errors": errors}));
+            Err(Failure::new(
+                Exit::InvalidPolicy,
+                format!("{} is invalid", display(path)),
+            ))
+        }
+        Err(invalid) => Err(invalid.into()),
+    }
+}
+
+/// What an operator key has signed, per cluster: kept beside the key as `KEY.signed.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SigningLog(BTreeMap<String, SignedEntry>);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SignedEntry {
+    serial: u64,
+    digest: String,
+}
+
+fn log_path(key: &Path) -> PathBuf {
+    let mut name = key.as_os_str().to_owned();
+    name.push(".signed.json");
+    PathBuf::from(name)
+}
+
+fn read_log(path: &Path) -> CliResult<SigningLog> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Failure::new(
+                Exit::Runtime,
+                format!("{}: corrupt signing log: {e}", display(path)),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SigningLog::default()),
+        Err(e) => Err(Failure::new(
+            Exit::Runtime,
+            format!("{}: {e}", display(path)),
+        )),
+    }
+}
+
+pub fn sign_cmd(path: &Path, key: &Path, bump: bool, now: Timestamp) -> CliResult {
+    let signing_key = keygen::load_operator(key)?;
+    let log_file = log_path(key);
+    let mut log = read_log(&log_file)?;
+    let mut policy = load_unsigned(path, now)?;
+    let mut bytes = fsutil::read(path)?;
+    if let Some(last) = log.0.get(&policy.cluster.name) {
+        let same = last.serial == policy.cluster.serial
+            && last.digest == blake3::hash(&bytes).to_hex().as_str();
+        if policy.cluster.serial <= last.serial && !same {
+            if !bump {
+                return Err(Failure::new(
+                    Exit::Refused,
+                    format!(
+                        "{}: serial {} is not greater than serial {} already signed for cluster {:?}; raise it or pass --bump",
+                        display(path),
+                        policy.cluster.serial,
+                        last.serial,
+                        policy.cluster.name
+                    ),
+                ));
+            }
+            let mut edit = PolicyEdit::open(path)?;
+            edit.set_serial(last.serial + 1)?;
+            policy = edit.write(now)?;
+            bytes = fsutil::read(path)?;
+            println!("serial bumped to {}", policy.cluster.serial);
+        }
+    }
+    let sig_path = signature_path(path);
+    atomic_write(&sig_path, sign(&bytes, &signing_key).as_bytes(), 0o644)?;
+    log.0.insert(
+        policy.cluster.name.clone(),
+        SignedEntry {
+            serial: policy.cluster.serial,
+            digest: blake3::hash(&bytes).to_hex().to_string(),
+        },
+    );
+    let mut log_bytes =
+        serde_json::to_vec_pretty(&log).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
+    log_bytes.push(b'\n');
+    atomic_write(&log_file, &log_bytes, 0o600)?;
+    println!(
+        "signed {} (cluster {}, serial {}) -> {}",
+        display(path),
+        policy.cluster.name,
+        policy.cluster.serial,
+        display(&sig_path)
+    );
+    Ok(())
+}
+
+pub fn verify(path: &Path, trust: &Path, json: bool, now: Timestamp) -> CliResult {
+    let v = load_verified(path, trust, now)?;
+    if json {
+        print_json(&serde_json::json!({
+            "verified": true,
+            "cluster": v.cluster.name,
+            "serial": v.cluster.serial,
+            "expires": v.cluster.expires.to_string(),
+            "nodes": v.nodes.len(),
+            "signer": v.signer().key_id(),
+            "digest": v.digest_hex(),
+        }));
+    } else {
+        println!(
+            "{}: verified (cluster {}, serial {}, {} nodes, expires {}, signed by key {})",
+            display(path),
+            v.cluster.name,
+            v.cluster.serial,
+            v.nodes.len(),
+            v.cluster.expires,
+            v.signer().key_id()
+        );
+    }
+    Ok(())
+}
+
+/// Loads for display: verified when a trust file is given, otherwise checked only.
+fn load_for_show(path: &Path, trust: Option<&Path>, now: Timestamp) -> CliResult<(Policy, bool)> {
+    match trust {
+        Some(t) => Ok(((*load_verified(path, t, now)?).clone(), true)),
+        None => Ok((load_unsigned(path, now)?, false)),
+    }
+}
+
+pub fn show(path: &Path, trust: Option<&Path>, json: bool, now: Timestamp) -> CliResult {
+    let (p, verified) = load_for_show(path, trust, now)?;
+    if json {
+        print_json(&serde_json::json!({"verified": verified, "policy": p}));
+        return Ok(());
+    }
+    let c = &p.cluster;
+    println!(
+        "cluster   {} (serial {}, expires {})",
+        c.name, c.serial, c.expires
+    );
+    println!(
+        "signature {}",
+        if verified {
+            "verified"
+        } else {
+            "not checked (pass --trust)"
+        }
+    );
+    let nets: Vec<String> = c
+        .tunnel_ipv4
+        .map(|n| n.to_string())
+        .into_iter()
+        .chain(c.tunnel_ipv6.map(|n| n.to_string()))
+        .collect();
+    println!(
+        "tunnel    {} port {} nets {}",
+        c.interface,
+        c.listen_port,
+        nets.join(" ")
+    );
+    for (name, ports) in &p.services {
+        println!("service   {name}: {}", ports_text(ports));
+    }
+    for (name, ports) in &p.firewall.allow {
+        println!("allow     {name}: {}", ports_text(ports));
+    }
+    println!(
+        "certainty root {} every {} after {}, action {}",
+        p.certainty.root.display(),
+        policy::model::duration::format(&p.certainty.interval),
+        policy::model::duration::format(&p.certainty.grace),
+        p.certainty.action
+    );
+    println!(
+        "{:>5}  {:<16} {:<22} {:<28} key",
+        "id", "name", "endpoint", "addresses"
+    );
+    for n in &p.nodes {
+        let addrs: Vec<String> = n.addresses.iter().map(ToString::to_string).collect();
+        let endpoint = n
+            .endpoint
+            .map_or_else(|| "-".to_string(), |e| e.to_string());
+        println!(
+            "{:>5}  {:<16} {:<22} {:<28} {}",
+            n.id,
+            n.name,
+            endpoint,
+            addrs.join(","),
+            n.public_key
+        );
+    }
+    Ok(())
+}
+
+fn ports_text(ports: &policy::PortSet) -> String {
+    let list = |v: &[policy::PortRange]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut parts = Vec::new();
+    if !ports.tcp.is_empty() {
+        parts.push(format!("tcp {}", list(&ports.tcp)));
+    }
+    if !ports.udp.is_empty() {
+        parts.push(format!("udp {}", list(&ports.udp)));
+    }
+    parts.join("; ")
+}
+
+pub fn showmap(path: &Path, trust: Option<&Path>, now: Timestamp) -> CliResult {
+    let (p, _) = load_for_show(path, trust, now)?;
+    print!("{}", MosixMap::from_policy(&p).render());
+    Ok(())
+}
+
+pub fn print_json(v: &serde_json::Value) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("tyd: cannot render JSON: {e}"),
+    }
+}
