@@ -6,6 +6,8 @@
 //! [`verify_policy`] can make, and accept it only through a [`RollbackStore`].
 
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod model;
 pub mod mosix_map;

@@ -53,6 +53,16 @@ impl Invalid {
     }
 }
 
+/// Folds a parser's multi-line message (`invalid string\nexpected ...`) into one line.
+pub fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    parts.join("; ")
+}
+
 /// Parses and validates a policy as of `now`. `file` names the source in messages.
 pub fn parse_policy(file: &str, bytes: &[u8], now: Timestamp) -> Result<Policy, Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
@@ -79,7 +89,7 @@ pub fn parse_policy(file: &str, bytes: &[u8], now: Timestamp) -> Result<Policy, 
     let policy: Policy = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         let field = map.path_at(offset).to_string();
-        Invalid::one(file, text, offset, field, e.message().trim().to_string())
+        Invalid::one(file, text, offset, field, one_line(e.message()))
     })?;
     let findings = validate(&policy, now);
     if findings.is_empty() {

@@ -41,7 +41,7 @@ impl<'p> PolicyEdit<'p> {
         let doc = text.parse::<DocumentMut>().map_err(|e| {
             Failure::new(
                 Exit::InvalidPolicy,
-                format!("{}: {}", path.display(), e.message().trim()),
+                format!("{}: {}", path.display(), policy::parse::one_line(e.message())),
             )
         })?;
         Ok(Self { path, doc })

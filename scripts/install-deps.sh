@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what the project's builds and tests need, idempotently: quick when all is present.
+# Needs root for apt-get. The Rust toolchain (1.85 or newer, for edition 2024) must already be
+# installed; Debian 12's own rustc is too old.
+set -euo pipefail
+
+packages=(
+  nftables          # nft: netguard's ruleset
+  wireguard-tools   # wg: status and the naive-approach benchmark
+  wireguard-go      # userspace WireGuard where the kernel has no module
+  iproute2          # ip netns/link for namespace tests
+  conntrack         # killing a removed node's flows
+  b3sum             # certaintyd benchmark reference
+  aide              # certaintyd benchmark reference (the classic tool)
+  busybox-static    # drone images
+  qemu-system-x86   # drone VMs
+  cpio              # drone initramfs
+)
+
+missing=()
+for p in "${packages[@]%%#*}"; do
+  p=${p// /}
+  [ -n "$p" ] || continue
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: cargo not found; install a Rust toolchain 1.85 or newer (rustup)" >&2
+  exit 1
+fi
+rustc_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
+if [ "${rustc_minor:-0}" -lt 85 ]; then
+  echo "install-deps: $(rustc --version) is too old; edition 2024 needs 1.85 or newer" >&2
+  exit 1
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-fuzz"
+  cargo install --locked --quiet cargo-fuzz
+fi

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, lints, unit, integration and property tests, the fuzz corpus
+# (inside cargo test) and a short fuzz run. Installs what it needs first (needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
