@@ -1,1 +1,16 @@
-//! certaintyd: integrity of a RAM-resident root filesystem. Not yet built: see issue 3.
+//! certaintyd: the integrity of a RAM-resident root filesystem.
+//!
+//! After a grace period it takes a baseline (a Merkle tree of every entry's metadata and
+//! BLAKE3 content hash), then verifies against it on every filesystem event and in full every
+//! interval. Any difference, and anything that makes certainty impossible (event overflow, a
+//! missed deadline, a dead watcher, a stop signal), is a loss of integrity: the node reboots.
+//!
+//! Pure parts (entries, manifest, verdict, maintenance requests, mount table diff) are
+//! unit-tested without root; the parts that touch the kernel (walk, hashing, inotify, reboot,
+//! watchdog, self-protection) are thin and tested in namespaces and VMs.
+
+pub mod entry;
+pub mod hashing;
+pub mod manifest;
+pub mod verdict;
+pub mod walk;

@@ -1,0 +1,440 @@
+//! Walks the monitored root and builds a [`Snapshot`]: descriptor-relative all the way down,
+//! never following symlinks, never crossing into other filesystems (mount points are recorded,
+//! not entered), never opening anything but regular files and directories.
+//!
+//! Content is hashed in parallel across cores (rayon), in batches so the number of directory
+//! descriptors held open stays bounded however wide or deep the tree is.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag, open, openat, readlinkat};
+use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
+use rayon::prelude::*;
+
+use crate::entry::{Difference, Entry, Kind};
+use crate::hashing::{HashError, hash_file, open_checked};
+use crate::manifest::{Problem, Snapshot, join};
+
+/// Hash what has been collected once this many files or directories are pending.
+const BATCH_FILES: usize = 4096;
+const BATCH_DIRS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot open monitored root: {source}", root.display())]
+pub struct RootError {
+    pub root: std::path::PathBuf,
+    pub source: nix::Error,
+}
+
+struct FileJob {
+    dir: Arc<OwnedFd>,
+    name: OsString,
+    path: Vec<u8>,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    blocks: u64,
+}
+
+fn base_entry(st: &FileStat, kind: Kind) -> Entry {
+    Entry {
+        kind,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        nlink: st.st_nlink,
+        ino: st.st_ino,
+        dev: st.st_dev,
+        rdev: st.st_rdev,
+        ctime: (st.st_ctime, st.st_ctime_nsec),
+        mtime: (st.st_mtime, st.st_mtime_nsec),
+        target: None,
+        xattrs: Vec::new(),
+        content: None,
+    }
+}
+
+fn read_xattrs_fd(file: &File) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use xattr::FileExt;
+    let mut out = Vec::new();
+    for name in file.list_xattr()? {
+        if let Some(value) = file.get_xattr(&name)? {
+            out.push((name.into_vec(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// xattrs of an entry that must not be opened (symlink, FIFO, socket, device), through the
+/// parent directory's descriptor: `/proc/self/fd/N/name`, final component not followed.
+fn read_xattrs_at(dir: RawFd, name: &OsStr) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut p = OsString::from(format!("/proc/self/fd/{dir}/"));
+    p.push(name);
+    let path = Path::new(&p);
+    let mut out = Vec::new();
+    for n in xattr::list(path)? {
+        if let Some(value) = xattr::get(path, &n)? {
+            out.push((n.into_vec(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn problem(path: &[u8], kind: Difference, detail: impl ToString) -> Problem {
+    Problem {
+        path: path.to_vec(),
+        kind,
+        detail: detail.to_string(),
+    }
+}
+
+fn open_dir_at(dir: RawFd, name: &OsStr) -> nix::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let raw = openat(Some(dir), name, flags, Mode::empty())?;
+    // SAFETY: `raw` was just returned by openat and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// State of one walk.
+struct Walker {
+    root_dev: u64,
+    snapshot: Snapshot,
+    jobs: Vec<FileJob>,
+    dirs_in_batch: usize,
+}
+
+impl Walker {
+    /// Records one directory entry found in `dir` (whose manifest path is `dir_path`);
+    /// returns the opened directory if it is one to descend into.
+    fn visit(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        name: &OsStr,
+        path: Vec<u8>,
+    ) -> Option<(Arc<OwnedFd>, Vec<u8>)> {
+        let fd = dir.as_raw_fd();
+        let st = match fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Gone between listing and stat: the comparison reports it as removed.
+            Err(nix::Error::ENOENT) => return None,
+            Err(e) => {
+                self.snapshot
+                    .problems
+                    .push(problem(&path, Difference::Unreadable, e));
+                return None;
+            }
+        };
+        let mut kind = Kind::from_mode(st.st_mode);
+        if kind == Kind::Dir && st.st_dev != self.root_dev {
+            kind = Kind::Mount;
+        }
+        let mut entry = base_entry(&st, kind);
+        let mut descend = None;
+        let xattrs = match kind {
+            Kind::File => {
+                self.jobs.push(FileJob {
+                    dir: Arc::clone(dir),
+                    name: name.to_os_string(),
+                    path: path.clone(),
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                    size: entry.size,
+                    blocks: u64::try_from(st.st_blocks).unwrap_or(0),
+                });
+                Ok(Vec::new()) // read from the open file when hashing
+            }
+            Kind::Dir => match open_dir_at(fd, name) {
+                Ok(sub) => match fstat(sub.as_raw_fd()) {
+                    Ok(s) if s.st_dev == st.st_dev && s.st_ino == st.st_ino => {
+                        let x = read_xattrs_fd(&File::from(sub.try_clone().ok()?));
+                        descend = Some((Arc::new(sub), path.clone()));
+                        x
+                    }
+                    Ok(s) => {
+                        self.snapshot.problems.push(problem(
+                            &path,
+                            Difference::Swapped,
+                            format!("directory inode {} became {}", st.st_ino, s.st_ino),
+                        ));
+                        return None;
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e.into()),
+            },
+            Kind::Symlink => {
+                match readlinkat(Some(fd), name) {
+                    Ok(t) => entry.target = Some(t.into_vec()),
+                    Err(e) => {
+                        self.snapshot
+                            .problems
+                            .push(problem(&path, Difference::Unreadable, e));
+                    }
+                }
+                read_xattrs_at(fd, name)
+            }
+            Kind::Mount => Ok(Vec::new()),
+            _ => read_xattrs_at(fd, name),
+        };
+        match xattrs {
+            Ok(x) => entry.xattrs = x,
+            Err(e) => self.snapshot.problems.push(problem(
+                &path,
+                Difference::Unreadable,
+                format!("xattrs: {e}"),
+            )),
+        }
+        self.snapshot.manifest.entries.insert(path, entry);
+        descend
+    }
+
+    /// Hashes all pending files in parallel and records their hashes (and xattrs).
+    fn flush(&mut self) {
+        let jobs = std::mem::take(&mut self.jobs);
+        self.dirs_in_batch = 0;
+        let results: Vec<(
+            Vec<u8>,
+            Result<([u8; 32], Vec<(Vec<u8>, Vec<u8>)>), Problem>,
+        )> = jobs
+            .into_par_iter()
+            .map(|job| {
+                let r = hash_job(&job);
+                (job.path, r)
+            })
+            .collect();
+        for (path, result) in results {
+            match result {
+                Ok((hash, xattrs)) => {
+                    if let Some(e) = self.snapshot.manifest.entries.get_mut(&path) {
+                        e.content = Some(hash);
+                        e.xattrs = xattrs;
+                    }
+                }
+                Err(p) => self.snapshot.problems.push(p),
+            }
+        }
+    }
+}
+
+fn hash_job(job: &FileJob) -> Result<([u8; 32], Vec<(Vec<u8>, Vec<u8>)>), Problem> {
+    let mut file = open_checked(job.dir.as_fd(), &job.name, job.dev, job.ino, OFlag::empty())
+        .map_err(|e| {
+            let kind = match e {
+                HashError::Swapped { .. } => Difference::Swapped,
+                _ => Difference::Unreadable,
+            };
+            problem(&job.path, kind, e)
+        })?;
+    let xattrs = read_xattrs_fd(&file)
+        .map_err(|e| problem(&job.path, Difference::Unreadable, format!("xattrs: {e}")))?;
+    let hash = hash_file(&mut file, job.size, job.blocks)
+        .map_err(|e| problem(&job.path, Difference::Unreadable, e))?;
+    Ok((hash, xattrs))
+}
+
+/// Walks `root` and hashes everything in it.
+pub fn snapshot(root: &Path) -> Result<Snapshot, RootError> {
+    let root_err = |source| RootError {
+        root: root.to_path_buf(),
+        source,
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let raw = open(root, flags, Mode::empty()).map_err(root_err)?;
+    // SAFETY: `raw` was just returned by open and is owned by nothing else.
+    let root_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+    let st = fstat(root_fd.as_raw_fd()).map_err(root_err)?;
+    let mut w = Walker {
+        root_dev: st.st_dev,
+        snapshot: Snapshot::default(),
+        jobs: Vec::new(),
+        dirs_in_batch: 0,
+    };
+    let mut root_entry = base_entry(&st, Kind::Dir);
+    match root_fd
+        .try_clone()
+        .map(File::from)
+        .and_then(|f| read_xattrs_fd(&f))
+    {
+        Ok(x) => root_entry.xattrs = x,
+        Err(e) => w.snapshot.problems.push(problem(
+            b"/",
+            Difference::Unreadable,
+            format!("xattrs: {e}"),
+        )),
+    }
+    w.snapshot
+        .manifest
+        .entries
+        .insert(b"/".to_vec(), root_entry);
+
+    let mut stack: Vec<(Arc<OwnedFd>, Vec<u8>)> = vec![(root_fd, b"/".to_vec())];
+    while let Some((dir, dir_path)) = stack.pop() {
+        let listing = dir
+            .try_clone()
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            .and_then(|fd| Dir::from_fd(fd_into_raw(fd)));
+        let mut listing = match listing {
+            Ok(l) => l,
+            Err(e) => {
+                w.snapshot
+                    .problems
+                    .push(problem(&dir_path, Difference::Unreadable, e));
+                continue;
+            }
+        };
+        let mut names = Vec::new();
+        for item in listing.iter() {
+            match item {
+                Ok(ent) => {
+                    let name = ent.file_name().to_bytes();
+                    if name != b"." && name != b".." {
+                        names.push(OsStr::from_bytes(name).to_os_string());
+                    }
+                }
+                Err(e) => {
+                    w.snapshot
+                        .problems
+                        .push(problem(&dir_path, Difference::Unreadable, e));
+                    break;
+                }
+            }
+        }
+        drop(listing);
+        w.dirs_in_batch += 1;
+        for name in names {
+            let path = join(&dir_path, name.as_bytes());
+            if let Some(sub) = w.visit(&dir, &name, path) {
+                stack.push(sub);
+            }
+        }
+        if w.jobs.len() >= BATCH_FILES || w.dirs_in_batch >= BATCH_DIRS {
+            w.flush();
+        }
+    }
+    w.flush();
+    Ok(w.snapshot)
+}
+
+fn fd_into_raw(fd: OwnedFd) -> RawFd {
+    std::os::fd::IntoRawFd::into_raw_fd(fd)
+}
+
+/// Re-reads the entries at `paths` only (what an inotify event points at), for a targeted
+/// check between full verifications. A path that no longer exists is simply absent.
+pub fn capture_paths(root: &Path, paths: &[Vec<u8>]) -> Result<Snapshot, RootError> {
+    let root_err = |source| RootError {
+        root: root.to_path_buf(),
+        source,
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let raw = open(root, flags, Mode::empty()).map_err(root_err)?;
+    // SAFETY: `raw` was just returned by open and is owned by nothing else.
+    let root_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+    let st = fstat(root_fd.as_raw_fd()).map_err(root_err)?;
+    let mut w = Walker {
+        root_dev: st.st_dev,
+        snapshot: Snapshot::default(),
+        jobs: Vec::new(),
+        dirs_in_batch: 0,
+    };
+    for path in paths {
+        if path.as_slice() == b"/" {
+            let mut e = base_entry(&st, Kind::Dir);
+            if let Ok(x) = root_fd
+                .try_clone()
+                .map(File::from)
+                .and_then(|f| read_xattrs_fd(&f))
+            {
+                e.xattrs = x;
+            }
+            w.snapshot.manifest.entries.insert(b"/".to_vec(), e);
+            continue;
+        }
+        let parent = crate::manifest::parent(path);
+        let name = &path[parent.len() + usize::from(parent != b"/")..];
+        let dir = if parent == b"/" {
+            Arc::clone(&root_fd)
+        } else {
+            let rel = OsStr::from_bytes(&parent[1..]);
+            match open_dir_at(root_fd.as_raw_fd(), rel) {
+                Ok(fd) => Arc::new(fd),
+                Err(nix::Error::ENOENT | nix::Error::ENOTDIR) => continue,
+                Err(e) => {
+                    w.snapshot
+                        .problems
+                        .push(problem(path, Difference::Unreadable, e));
+                    continue;
+                }
+            }
+        };
+        let _ = w.visit(&dir, OsStr::from_bytes(name), path.clone());
+    }
+    w.flush();
+    Ok(w.snapshot)
+}
+
+/// A manifest of one block device, in 1 MiB blocks (`/block/000000`...), so a difference
+/// names the blocks that changed. For CHAOS-style RAM disks (`source = "device:/dev/ram0"`).
+pub fn snapshot_device(device: &Path) -> Result<Snapshot, RootError> {
+    use std::io::Read;
+    let err = |source| RootError {
+        root: device.to_path_buf(),
+        source,
+    };
+    let raw = open(device, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(err)?;
+    // SAFETY: `raw` was just returned by open and is owned by nothing else.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let st = fstat(file.as_raw_fd()).map_err(err)?;
+    let mut snap = Snapshot::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut index = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    snap.problems.push(problem(
+                        device.as_os_str().as_bytes(),
+                        Difference::Unreadable,
+                        e,
+                    ));
+                    return Ok(snap);
+                }
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        let mut entry = base_entry(&st, Kind::File);
+        entry.size = filled as u64;
+        entry.content = Some(
+            *blake3::Hasher::new()
+                .update_rayon(&buf[..filled])
+                .finalize()
+                .as_bytes(),
+        );
+        // Per-block records carry only what belongs to the block.
+        entry.ctime = (0, 0);
+        entry.mtime = (0, 0);
+        snap.manifest
+            .entries
+            .insert(format!("/block/{index:06}").into_bytes(), entry);
+        index += 1;
+        if filled < buf.len() {
+            break;
+        }
+    }
+    Ok(snap)
+}
