@@ -32,6 +32,9 @@ pub struct RootError {
     pub source: nix::Error,
 }
 
+/// Raw xattr (name, value) pairs, sorted.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 struct FileJob {
     dir: Arc<OwnedFd>,
     name: OsString,
@@ -61,7 +64,7 @@ fn base_entry(st: &FileStat, kind: Kind) -> Entry {
     }
 }
 
-fn read_xattrs_fd(file: &File) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn read_xattrs_fd(file: &File) -> std::io::Result<Xattrs> {
     use xattr::FileExt;
     let mut out = Vec::new();
     for name in file.list_xattr()? {
@@ -75,7 +78,7 @@ fn read_xattrs_fd(file: &File) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
 
 /// xattrs of an entry that must not be opened (symlink, FIFO, socket, device), through the
 /// parent directory's descriptor: `/proc/self/fd/N/name`, final component not followed.
-fn read_xattrs_at(dir: RawFd, name: &OsStr) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn read_xattrs_at(dir: RawFd, name: &OsStr) -> std::io::Result<Xattrs> {
     let mut p = OsString::from(format!("/proc/self/fd/{dir}/"));
     p.push(name);
     let path = Path::new(&p);
@@ -201,10 +204,7 @@ impl Walker {
     fn flush(&mut self) {
         let jobs = std::mem::take(&mut self.jobs);
         self.dirs_in_batch = 0;
-        let results: Vec<(
-            Vec<u8>,
-            Result<([u8; 32], Vec<(Vec<u8>, Vec<u8>)>), Problem>,
-        )> = jobs
+        let results: Vec<(Vec<u8>, Result<([u8; 32], Xattrs), Problem>)> = jobs
             .into_par_iter()
             .map(|job| {
                 let r = hash_job(&job);
@@ -225,7 +225,7 @@ impl Walker {
     }
 }
 
-fn hash_job(job: &FileJob) -> Result<([u8; 32], Vec<(Vec<u8>, Vec<u8>)>), Problem> {
+fn hash_job(job: &FileJob) -> Result<([u8; 32], Xattrs), Problem> {
     let mut file = open_checked(job.dir.as_fd(), &job.name, job.dev, job.ino, OFlag::empty())
         .map_err(|e| {
             let kind = match e {
