@@ -35,6 +35,9 @@ pub struct RootError {
 /// Raw xattr (name, value) pairs, sorted.
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A hashed file's content hash and xattrs, or why it could not be read.
+type Hashed = Result<([u8; 32], Xattrs), Problem>;
+
 struct FileJob {
     dir: Arc<OwnedFd>,
     name: OsString,
@@ -204,7 +207,7 @@ impl Walker {
     fn flush(&mut self) {
         let jobs = std::mem::take(&mut self.jobs);
         self.dirs_in_batch = 0;
-        let results: Vec<(Vec<u8>, Result<([u8; 32], Xattrs), Problem>)> = jobs
+        let results: Vec<(Vec<u8>, Hashed)> = jobs
             .into_par_iter()
             .map(|job| {
                 let r = hash_job(&job);
@@ -225,7 +228,7 @@ impl Walker {
     }
 }
 
-fn hash_job(job: &FileJob) -> Result<([u8; 32], Xattrs), Problem> {
+fn hash_job(job: &FileJob) -> Hashed {
     let mut file = open_checked(job.dir.as_fd(), &job.name, job.dev, job.ino, OFlag::empty())
         .map_err(|e| {
             let kind = match e {
