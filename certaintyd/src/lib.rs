@@ -9,8 +9,16 @@
 //! unit-tested without root; the parts that touch the kernel (walk, hashing, inotify, reboot,
 //! watchdog, self-protection) are thin and tested in namespaces and VMs.
 
+pub mod action;
+pub mod control;
+pub mod daemon;
 pub mod entry;
 pub mod hashing;
+pub mod maintenance;
 pub mod manifest;
+pub mod mounts;
+pub mod preflight;
+pub mod protect;
 pub mod verdict;
 pub mod walk;
+pub mod watch;

@@ -106,12 +106,16 @@ fn compare_at(baseline: &Manifest, now: &Snapshot, only: Option<&[Vec<u8>]>) -> 
 }
 
 /// One line for logs: `/bin/ls (content, mtime, ctime); /etc/x (added)`, shortened past 20.
+/// A finding's detail (why it is unreadable, which process writes) follows its changes.
 pub fn summary(findings: &[Finding]) -> String {
     let mut parts: Vec<String> = findings
         .iter()
         .take(20)
         .map(|f| {
-            let what: Vec<String> = f.changes.iter().map(ToString::to_string).collect();
+            let mut what: Vec<String> = f.changes.iter().map(ToString::to_string).collect();
+            if !f.detail.is_empty() {
+                what.push(f.detail.clone());
+            }
             format!("{} ({})", f.path, what.join(", "))
         })
         .collect();

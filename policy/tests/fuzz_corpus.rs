@@ -7,13 +7,20 @@ fn fuzz_corpus_replays_without_failure() {
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
             continue;
         }
         policy::fuzzing::verify_policy_input(&std::fs::read(&path).unwrap());
         count += 1;
     }
-    assert!(count >= 7, "corpus at {} has only {count} inputs", dir.display());
+    assert!(
+        count >= 7,
+        "corpus at {} has only {count} inputs",
+        dir.display()
+    );
 }
 
 #[test]

@@ -41,7 +41,11 @@ impl<'p> PolicyEdit<'p> {
         let doc = text.parse::<DocumentMut>().map_err(|e| {
             Failure::new(
                 Exit::InvalidPolicy,
-                format!("{}: {}", path.display(), policy::parse::one_line(e.message())),
+                format!(
+                    "{}: {}",
+                    path.display(),
+                    policy::parse::one_line(e.message())
+                ),
             )
         })?;
         Ok(Self { path, doc })

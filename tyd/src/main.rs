@@ -1,5 +1,6 @@
 //! `tyd`: the operator's tool for a tyd cluster: keys, the signed policy, the node map.
 
+mod certainty_cmd;
 mod edit;
 mod failure;
 mod keygen;
@@ -32,6 +33,9 @@ enum Command {
     /// Add, remove and re-key nodes in a policy (edits in place, bumps the serial).
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Node(node_cmd::NodeCmd),
+    /// Talk to certaintyd: status, signed maintenance windows, authorised stop.
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Certainty(certainty_cmd::CertaintyCmd),
     /// Print the node map in openMosix format (/etc/openmosix.map, `setpe -w`).
     #[command(after_help = EXIT_CODES_HELP)]
     Showmap {
@@ -176,6 +180,7 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
             }
         },
         Command::Node(cmd) => node_cmd::run(cmd, now),
+        Command::Certainty(cmd) => certainty_cmd::run(cmd),
         Command::Showmap { file, trust } => policy_cmd::showmap(&file, trust.as_deref(), now),
     }
 }

@@ -1,0 +1,174 @@
+//! What happens when integrity is lost: reboot, power off, run a hook then reboot, or log.
+//!
+//! Every path that could end in a reboot is refused at startup unless both the monitored root
+//! and the system root are RAM filesystems (or the operator forces it): a disk root changes all
+//! the time, and nobody should be able to reboot their own workstation by accident.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use policy::Action;
+use tokio::io::AsyncWriteExt;
+use tracing::{error, info, warn};
+
+use crate::verdict::Report;
+
+/// statfs magic numbers of filesystems that live in RAM.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+pub fn is_ram_magic(magic: i64) -> bool {
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
+}
+
+pub fn is_ram_fs(path: &Path) -> nix::Result<bool> {
+    let st = nix::sys::statfs::statfs(path)?;
+    Ok(is_ram_magic(st.filesystem_type().0 as i64))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error(
+        "action {action} can reboot, but {} is not a RAM filesystem (tmpfs, ramfs, rootfs); use --dry-run, action alert, or --force-disk-root",
+        path.display()
+    )]
+    NotRam { action: Action, path: PathBuf },
+    #[error("{}: cannot check filesystem type: {source}", path.display())]
+    Statfs { path: PathBuf, source: nix::Error },
+    #[error("action exec needs an exec hook")]
+    NoHook,
+}
+
+/// Refuses, at startup, an action that could reboot a machine that is not a RAM-root drone.
+pub fn check_allowed(
+    action: Action,
+    root: &Path,
+    dry_run: bool,
+    force_disk_root: bool,
+) -> Result<(), ActionError> {
+    if dry_run || force_disk_root || action == Action::Alert {
+        return Ok(());
+    }
+    for path in [root, Path::new("/")] {
+        let ram = is_ram_fs(path).map_err(|source| ActionError::Statfs {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !ram {
+            return Err(ActionError::NotRam {
+                action,
+                path: path.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What `perform` did; it returns only when the node is not going down for real.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Dry run: the action was logged, not performed. The daemon exits.
+    DryRun,
+    /// `alert`: logged only; the daemon keeps watching.
+    Alerted,
+    /// reboot(2) failed; the daemon exits non-zero (the watchdog, if armed, finishes the job).
+    PowerFailed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Actuator {
+    pub action: Action,
+    pub exec: Option<PathBuf>,
+    pub exec_deadline: Duration,
+    pub dry_run: bool,
+}
+
+impl Actuator {
+    pub async fn perform(&self, report: &Report) -> Outcome {
+        match self.action {
+            Action::Alert => Outcome::Alerted,
+            Action::Reboot => self.power(nix::sys::reboot::RebootMode::RB_AUTOBOOT),
+            Action::Poweroff => self.power(nix::sys::reboot::RebootMode::RB_POWER_OFF),
+            Action::Exec => {
+                self.run_hook(report).await;
+                self.power(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
+            }
+        }
+    }
+
+    /// Runs the hook with the report as JSON on stdin, and waits for it up to the deadline.
+    async fn run_hook(&self, report: &Report) {
+        let Some(hook) = &self.exec else {
+            error!("exec action without a hook; going straight to reboot");
+            return;
+        };
+        let json = serde_json::to_vec(report).unwrap_or_default();
+        let child = tokio::process::Command::new(hook)
+            .stdin(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                error!(hook = %hook.display(), cause = %e, "cannot start exec hook");
+                return;
+            }
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(&json).await;
+            drop(stdin);
+        }
+        match tokio::time::timeout(self.exec_deadline, child.wait()).await {
+            Ok(Ok(status)) => info!(hook = %hook.display(), %status, "exec hook finished"),
+            Ok(Err(e)) => error!(hook = %hook.display(), cause = %e, "exec hook failed"),
+            Err(_) => {
+                warn!(hook = %hook.display(), deadline = ?self.exec_deadline, "exec hook overran its deadline; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+
+    fn power(&self, mode: nix::sys::reboot::RebootMode) -> Outcome {
+        if self.dry_run {
+            warn!(mode = ?mode, "dry run: not rebooting");
+            return Outcome::DryRun;
+        }
+        nix::unistd::sync();
+        match nix::sys::reboot::reboot(mode) {
+            Ok(never) => match never {},
+            Err(e) => {
+                error!(cause = %e, "reboot(2) failed");
+                Outcome::PowerFailed
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_magics() {
+        assert!(is_ram_magic(0x0102_1994));
+        assert!(is_ram_magic(0x8584_58f6));
+        assert!(!is_ram_magic(0xEF53)); // ext4
+    }
+
+    #[test]
+    fn reboot_on_a_disk_root_is_refused() {
+        // The test machine's root is never a RAM filesystem in CI; if it is, there is
+        // nothing to check here.
+        if is_ram_fs(Path::new("/")).unwrap_or(true) {
+            eprintln!("SKIP reboot_on_a_disk_root_is_refused: / is a RAM filesystem here");
+            return;
+        }
+        let err = check_allowed(Action::Reboot, Path::new("/"), false, false).unwrap_err();
+        assert!(err.to_string().contains("is not a RAM filesystem"), "{err}");
+        assert!(check_allowed(Action::Exec, Path::new("/"), false, false).is_err());
+        assert!(check_allowed(Action::Poweroff, Path::new("/"), false, false).is_err());
+        assert!(check_allowed(Action::Reboot, Path::new("/"), true, false).is_ok());
+        assert!(check_allowed(Action::Alert, Path::new("/"), false, false).is_ok());
+    }
+}

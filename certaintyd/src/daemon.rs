@@ -1,0 +1,597 @@
+//! The daemon's loop: grace period, writer scan, baseline, then verification on every event
+//! and in full every interval, until an authorised stop.
+//!
+//! Signals: SIGTERM, SIGINT and SIGHUP are integrity events (someone is trying to stop the
+//! guard) unless `signals_are_violations` is off, in which case they stop the daemon cleanly.
+//! The only other clean stop is a signed `stop` request on the control socket.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use policy::TrustedKeys;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::action::{Actuator, Outcome};
+use crate::control::{self, Command, ControlRequest, ControlResponse, Status};
+use crate::maintenance::{Expect, RequestKind, verify_request};
+use crate::manifest::{Manifest, Snapshot};
+use crate::mounts::{Mount, compare_mounts, read_mounts};
+use crate::preflight;
+use crate::protect::Heartbeat;
+use crate::verdict::{Cause, Finding, Report, compare, compare_paths, summary};
+use crate::walk::{self, RootError};
+use crate::watch::{self, WatchError, WatchEvent, Watchers};
+
+/// What is monitored: a directory tree, or a RAM block device as CHAOS did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Tree,
+    Device(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub root: PathBuf,
+    pub source: Source,
+    pub interval: Duration,
+    pub grace: Duration,
+    /// A verification still running after this long is a loss of certainty. `None`: five
+    /// intervals or four baseline durations, whichever is longer.
+    pub deadline: Option<Duration>,
+    pub actuator: Actuator,
+    pub maintenance_keys: TrustedKeys,
+    pub max_maintenance: Duration,
+    /// Pinned Merkle root (hex), from the policy or `certainty.expect=` on the kernel command line.
+    pub expected_root: Option<String>,
+    pub cluster: String,
+    pub node: String,
+    pub signals_are_violations: bool,
+    pub socket: Option<PathBuf>,
+    pub heartbeat: Heartbeat,
+}
+
+/// How the daemon ended, when it did not reboot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Authorised stop (signed request, or a signal when signals are not violations).
+    Stopped,
+    /// Integrity was lost and the action did not reboot (dry run, or reboot failed).
+    IntegrityLost,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Root(#[from] RootError),
+    #[error("baseline: {count} entries unreadable: {first}")]
+    Unreadable { count: usize, first: String },
+    #[error("{0}")]
+    Watch(#[from] WatchError),
+    #[error("/proc/self/mountinfo: {0}")]
+    Mounts(std::io::Error),
+    #[error("{}: cannot bind control socket: {source}", path.display())]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A maintenance window in force.
+#[derive(Debug)]
+struct Window {
+    until: tokio::time::Instant,
+    until_wall: Timestamp,
+    rebaseline: bool,
+    signer: String,
+}
+
+enum Flow {
+    Continue,
+    Exit(Exit),
+}
+
+struct Daemon {
+    cfg: Config,
+    baseline: Manifest,
+    baseline_root: String,
+    mounts: Vec<Mount>,
+    watchers: Option<Watchers>,
+    events_tx: mpsc::UnboundedSender<WatchEvent>,
+    status: Arc<Mutex<Status>>,
+    window: Option<Window>,
+    nonces: HashSet<String>,
+    deadline: Duration,
+}
+
+fn now_text() -> String {
+    Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .unwrap_or(Timestamp::now())
+        .to_string()
+}
+
+/// Runs the daemon until an authorised stop or a loss of integrity that does not reboot.
+pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(StartupError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(StartupError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(StartupError::Signals)?;
+    let status = Arc::new(Mutex::new(Status {
+        state: "grace".into(),
+        cluster: cfg.cluster.clone(),
+        node: cfg.node.clone(),
+        root: cfg.root.display().to_string(),
+        action: cfg.actuator.action.to_string(),
+        ..Status::default()
+    }));
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(8);
+    if let Some(path) = &cfg.socket {
+        let listener = control::bind(path).map_err(|source| StartupError::Socket {
+            path: path.clone(),
+            source,
+        })?;
+        tokio::spawn(control::serve(
+            listener,
+            Arc::clone(&status),
+            cmd_tx.clone(),
+        ));
+    }
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut d = Daemon {
+        cfg,
+        baseline: Manifest::default(),
+        baseline_root: String::new(),
+        mounts: Vec::new(),
+        watchers: None,
+        events_tx,
+        status,
+        window: None,
+        nonces: HashSet::new(),
+        deadline: Duration::ZERO,
+    };
+
+    info!(grace = ?d.cfg.grace, root = %d.cfg.root.display(), "grace period before baseline");
+    let grace = tokio::time::sleep(d.cfg.grace);
+    tokio::pin!(grace);
+    loop {
+        d.cfg.heartbeat.beat();
+        tokio::select! {
+            () = &mut grace => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            Some(cmd) = cmd_rx.recv() => {
+                if let Flow::Exit(e) = d.command(cmd).await { return Ok(e); }
+            }
+            _ = sigterm.recv() => if let Flow::Exit(e) = d.signal("SIGTERM").await { return Ok(e); },
+            _ = sigint.recv() => if let Flow::Exit(e) = d.signal("SIGINT").await { return Ok(e); },
+            _ = sighup.recv() => if let Flow::Exit(e) = d.signal("SIGHUP").await { return Ok(e); },
+        }
+    }
+
+    if let Flow::Exit(e) = d.establish().await? {
+        return Ok(e);
+    }
+
+    let mut tick = tokio::time::interval(d.cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        d.cfg.heartbeat.beat();
+        let window_end = d.window.as_ref().map(|w| w.until);
+        let flow = tokio::select! {
+            _ = tick.tick() => d.full_verification().await,
+            ev = events_rx.recv() => d.event(ev, &mut events_rx).await,
+            Some(cmd) = cmd_rx.recv() => d.command(cmd).await,
+            () = sleep_until_opt(window_end) => d.end_window().await?,
+            _ = sigterm.recv() => d.signal("SIGTERM").await,
+            _ = sigint.recv() => d.signal("SIGINT").await,
+            _ = sighup.recv() => d.signal("SIGHUP").await,
+        };
+        if let Flow::Exit(e) = flow {
+            return Ok(e);
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn kernel_expected_root() -> Option<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("certainty.expect="))
+        .map(str::to_string)
+}
+
+impl Daemon {
+    fn take_snapshot(&self) -> impl FnOnce() -> Result<Snapshot, RootError> + Send + 'static {
+        let root = self.cfg.root.clone();
+        let source = self.cfg.source.clone();
+        move || match source {
+            Source::Tree => walk::snapshot(&root),
+            Source::Device(dev) => walk::snapshot_device(&dev),
+        }
+    }
+
+    /// Writer scan, baseline, expected root, watchers. Startup errors are fatal; findings
+    /// (writers, wrong root hash) are violations.
+    async fn establish(&mut self) -> Result<Flow, StartupError> {
+        if self.cfg.source == Source::Tree {
+            let dev = nix::sys::stat::stat(&self.cfg.root)
+                .map_err(|source| RootError {
+                    root: self.cfg.root.clone(),
+                    source,
+                })?
+                .st_dev;
+            let writers = preflight::scan(dev, std::path::Path::new("/proc"));
+            if !writers.is_empty() {
+                let findings = writers
+                    .iter()
+                    .map(|w| Finding {
+                        path: w.path.clone(),
+                        changes: vec![],
+                        detail: format!("pid {} ({}) holds a {}", w.pid, w.command, w.how),
+                    })
+                    .collect();
+                let detail = "processes can write to the monitored filesystem without events; refusing to take a baseline";
+                return Ok(self
+                    .violation(Cause::UnsafeWriters, findings, detail.into())
+                    .await);
+            }
+        }
+        let started = Instant::now();
+        let snap = tokio::task::spawn_blocking(self.take_snapshot())
+            .await
+            .map_err(|e| StartupError::Unreadable {
+                count: 1,
+                first: format!("walker panicked: {e}"),
+            })??;
+        if let Some(p) = snap.problems.first() {
+            return Err(StartupError::Unreadable {
+                count: snap.problems.len(),
+                first: format!(
+                    "{}: {} ({})",
+                    crate::entry::display_path(&p.path),
+                    p.kind,
+                    p.detail
+                ),
+            });
+        }
+        let took = started.elapsed();
+        self.deadline = self
+            .cfg
+            .deadline
+            .unwrap_or_else(|| (self.cfg.interval * 5).max(took * 4));
+        self.adopt(snap.manifest)?;
+        info!(
+            root_hash = %self.baseline_root,
+            files = self.baseline.files(),
+            bytes = self.baseline.bytes(),
+            entries = self.baseline.entries.len(),
+            took_ms = took.as_millis() as u64,
+            deadline_ms = self.deadline.as_millis() as u64,
+            "baseline taken"
+        );
+        let expected = self.cfg.expected_root.clone().or_else(kernel_expected_root);
+        if let Some(expected) = expected
+            && !expected.eq_ignore_ascii_case(&self.baseline_root)
+        {
+            let detail = format!(
+                "root hash {} is not the expected {expected}",
+                self.baseline_root
+            );
+            return Ok(self
+                .violation(Cause::ExpectedRootMismatch, vec![], detail)
+                .await);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Makes `manifest` the reference and (re)starts the watchers on its directories.
+    fn adopt(&mut self, manifest: Manifest) -> Result<(), StartupError> {
+        self.watchers = None;
+        self.baseline_root = manifest.root_hash().to_hex().to_string();
+        self.mounts = read_mounts(&self.cfg.root).map_err(StartupError::Mounts)?;
+        if self.cfg.source == Source::Tree {
+            self.watchers = Some(watch::start(
+                &self.cfg.root,
+                &manifest,
+                self.events_tx.clone(),
+            )?);
+        }
+        if let Ok(mut s) = self.status.lock() {
+            s.state = "verifying".into();
+            s.baseline_at = Some(now_text());
+            s.root_hash = Some(self.baseline_root.clone());
+            s.files = manifest.files() as u64;
+            s.bytes = manifest.bytes();
+            s.entries = manifest.entries.len() as u64;
+        }
+        self.baseline = manifest;
+        Ok(())
+    }
+
+    async fn full_verification(&mut self) -> Flow {
+        let started = Instant::now();
+        let job = tokio::task::spawn_blocking(self.take_snapshot());
+        let result = tokio::time::timeout(self.deadline, job).await;
+        let took = started.elapsed();
+        let snap = match result {
+            Err(_) => {
+                let detail = format!(
+                    "full verification did not finish within {:?}",
+                    self.deadline
+                );
+                return self.violation(Cause::DeadlineMissed, vec![], detail).await;
+            }
+            Ok(Err(e)) => {
+                return self
+                    .violation(
+                        Cause::WatcherFailed,
+                        vec![],
+                        format!("verifier failed: {e}"),
+                    )
+                    .await;
+            }
+            Ok(Ok(Err(e))) => {
+                return self
+                    .violation(Cause::FullVerification, vec![], e.to_string())
+                    .await;
+            }
+            Ok(Ok(Ok(snap))) => snap,
+        };
+        if let Ok(mut s) = self.status.lock() {
+            s.last_verification_at = Some(now_text());
+            s.last_verification_ms = Some(took.as_millis() as u64);
+            let next = Timestamp::now() + self.cfg.interval + self.deadline;
+            s.next_verification_by =
+                Some(next.round(jiff::Unit::Second).unwrap_or(next).to_string());
+        }
+        let mut findings = compare(&self.baseline, &snap);
+        if let Ok(now) = read_mounts(&self.cfg.root) {
+            findings.extend(compare_mounts(&self.mounts, &now));
+        }
+        if findings.is_empty() {
+            tracing::debug!(
+                took_ms = took.as_millis() as u64,
+                "full verification: intact"
+            );
+            return Flow::Continue;
+        }
+        self.violation(Cause::FullVerification, findings, String::new())
+            .await
+    }
+
+    async fn event(
+        &mut self,
+        ev: Option<WatchEvent>,
+        rx: &mut mpsc::UnboundedReceiver<WatchEvent>,
+    ) -> Flow {
+        let mut paths = Vec::new();
+        let mut mounts = false;
+        let mut pending = vec![ev];
+        // Drain what is already queued, so one burst is one check.
+        while let Ok(more) = rx.try_recv() {
+            pending.push(Some(more));
+        }
+        for ev in pending {
+            match ev {
+                Some(WatchEvent::Paths(p)) => paths.extend(p),
+                Some(WatchEvent::Mounts) => mounts = true,
+                Some(WatchEvent::Overflow) => {
+                    let detail = "inotify queue overflowed: changes may have been missed".into();
+                    return self.violation(Cause::EventOverflow, vec![], detail).await;
+                }
+                Some(WatchEvent::Failed(why)) => {
+                    return self.violation(Cause::WatcherFailed, vec![], why).await;
+                }
+                None => {
+                    let detail = "all watchers stopped".into();
+                    return self.violation(Cause::WatcherFailed, vec![], detail).await;
+                }
+            }
+        }
+        if mounts {
+            match read_mounts(&self.cfg.root) {
+                Ok(now) => {
+                    let findings = compare_mounts(&self.mounts, &now);
+                    if !findings.is_empty() {
+                        return self.violation(Cause::Mounts, findings, String::new()).await;
+                    }
+                }
+                Err(e) => {
+                    let detail = format!("cannot read mount table: {e}");
+                    return self.violation(Cause::WatcherFailed, vec![], detail).await;
+                }
+            }
+        }
+        if paths.is_empty() {
+            return Flow::Continue;
+        }
+        paths.sort();
+        paths.dedup();
+        let root = self.cfg.root.clone();
+        let check = paths.clone();
+        let snap = tokio::task::spawn_blocking(move || walk::capture_paths(&root, &check)).await;
+        let findings = match snap {
+            Ok(Ok(snap)) => compare_paths(&self.baseline, &snap, &paths),
+            Ok(Err(e)) => return self.violation(Cause::Event, vec![], e.to_string()).await,
+            Err(e) => {
+                return self
+                    .violation(Cause::WatcherFailed, vec![], e.to_string())
+                    .await;
+            }
+        };
+        if findings.is_empty() {
+            return Flow::Continue;
+        }
+        self.violation(Cause::Event, findings, String::new()).await
+    }
+
+    /// One decision, one event: log everything, then act (or, in a maintenance window, log only).
+    async fn violation(&mut self, cause: Cause, findings: Vec<Finding>, detail: String) -> Flow {
+        if let Ok(mut s) = self.status.lock() {
+            s.violations += 1;
+        }
+        if let Some(w) = &self.window {
+            warn!(
+                cause = ?cause,
+                findings = findings.len(),
+                changes = %summary(&findings),
+                detail = %detail,
+                until = %w.until_wall,
+                signer = %w.signer,
+                "change during maintenance window: logged, not acted on"
+            );
+            return Flow::Continue;
+        }
+        let report = Report {
+            cause: cause.clone(),
+            node: self.cfg.node.clone(),
+            root: self.cfg.root.display().to_string(),
+            baseline_root_hash: self.baseline_root.clone(),
+            detected_at: now_text(),
+            findings,
+            detail,
+        };
+        error!(
+            cause = ?report.cause,
+            findings = report.findings.len(),
+            changes = %summary(&report.findings),
+            detail = %report.detail,
+            action = %self.cfg.actuator.action,
+            dry_run = self.cfg.actuator.dry_run,
+            "integrity lost"
+        );
+        if let Ok(mut s) = self.status.lock() {
+            s.state = "integrity lost".into();
+        }
+        match self.cfg.actuator.perform(&report).await {
+            Outcome::DryRun | Outcome::PowerFailed => Flow::Exit(Exit::IntegrityLost),
+            Outcome::Alerted => self.readopt().await,
+        }
+    }
+
+    /// After an alert: the changed tree becomes the reference, so each change is reported once.
+    async fn readopt(&mut self) -> Flow {
+        match tokio::task::spawn_blocking(self.take_snapshot()).await {
+            Ok(Ok(snap)) => match self.adopt(snap.manifest) {
+                Ok(()) => {
+                    warn!(root_hash = %self.baseline_root, "alert mode: watching the changed tree from here on");
+                    Flow::Continue
+                }
+                Err(e) => {
+                    error!(cause = %e, "alert mode: cannot re-establish watches; stopping");
+                    Flow::Exit(Exit::IntegrityLost)
+                }
+            },
+            _ => Flow::Exit(Exit::IntegrityLost),
+        }
+    }
+
+    async fn signal(&mut self, name: &str) -> Flow {
+        if !self.cfg.signals_are_violations {
+            info!(signal = name, "stopping on signal");
+            return Flow::Exit(Exit::Stopped);
+        }
+        let detail = format!("{name} received: only a signed stop request may stop certaintyd");
+        // A stop attempt is acted on even during maintenance.
+        let window = self.window.take();
+        let flow = self.violation(Cause::Signal, vec![], detail).await;
+        self.window = window;
+        flow
+    }
+
+    async fn command(&mut self, cmd: Command) -> Flow {
+        let (kind_wanted, request, signature) = match &cmd.request {
+            ControlRequest::Status => {
+                let _ = cmd.reply.send(ControlResponse::ok("status"));
+                return Flow::Continue;
+            }
+            ControlRequest::Maintain { request, signature } => {
+                (RequestKind::Maintain, request, signature)
+            }
+            ControlRequest::Stop { request, signature } => (RequestKind::Stop, request, signature),
+        };
+        let expect = Expect {
+            cluster: &self.cfg.cluster,
+            node: &self.cfg.node,
+            max_maintenance: self.cfg.max_maintenance,
+            now: Timestamp::now(),
+        };
+        let verified = verify_request(
+            request.as_bytes(),
+            signature.as_bytes(),
+            &self.cfg.maintenance_keys,
+            &expect,
+            &mut self.nonces,
+        );
+        let verified = match verified {
+            Ok(v) if v.kind == kind_wanted => v,
+            Ok(_) => {
+                let _ = cmd.reply.send(ControlResponse::err(
+                    "request kind does not match the operation",
+                ));
+                return Flow::Continue;
+            }
+            Err(e) => {
+                warn!(cause = %e, "signed control request refused");
+                let _ = cmd.reply.send(ControlResponse::err(e.to_string()));
+                return Flow::Continue;
+            }
+        };
+        let signer = verified.signer().key_id();
+        match verified.kind {
+            RequestKind::Stop => {
+                info!(signer = %signer, "authorised stop");
+                let _ = cmd.reply.send(ControlResponse::ok("stopping"));
+                Flow::Exit(Exit::Stopped)
+            }
+            RequestKind::Maintain => {
+                let until_wall = Timestamp::now() + verified.duration;
+                let until_wall = until_wall.round(jiff::Unit::Second).unwrap_or(until_wall);
+                self.window = Some(Window {
+                    until: tokio::time::Instant::now() + verified.duration,
+                    until_wall,
+                    rebaseline: verified.rebaseline,
+                    signer: signer.clone(),
+                });
+                if let Ok(mut s) = self.status.lock() {
+                    s.maintenance_until = Some(until_wall.to_string());
+                    s.state = "maintenance".into();
+                }
+                warn!(signer = %signer, until = %until_wall, rebaseline = verified.rebaseline, "maintenance window opened");
+                let _ = cmd.reply.send(ControlResponse::ok(format!(
+                    "maintenance until {until_wall}"
+                )));
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn end_window(&mut self) -> Result<Flow, StartupError> {
+        let Some(w) = self.window.take() else {
+            return Ok(Flow::Continue);
+        };
+        if let Ok(mut s) = self.status.lock() {
+            s.maintenance_until = None;
+            s.state = "verifying".into();
+        }
+        if w.rebaseline {
+            info!(signer = %w.signer, "maintenance window closed: taking a new baseline");
+            return self.establish().await;
+        }
+        info!(signer = %w.signer, "maintenance window closed: verifying against the old baseline");
+        Ok(self.full_verification().await)
+    }
+}

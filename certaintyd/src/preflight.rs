@@ -1,0 +1,139 @@
+//! Before the baseline: refuse if any process could change the monitored filesystem without
+//! producing an event. Writes through a shared writable mapping produce no inotify event and
+//! may not even change timestamps; a file held open for writing can be written at any time.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+/// A process that could write to the monitored filesystem unseen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Writer {
+    pub pid: u32,
+    pub command: String,
+    pub path: String,
+    /// `shared writable mapping` or `open for writing`.
+    pub how: &'static str,
+}
+
+/// One `/proc/PID/maps` line: is it a shared writable mapping of a file on `dev`?
+/// Format: `start-end perms offset major:minor inode path`.
+pub fn maps_line_writes(line: &str, dev: (u64, u64)) -> Option<(u64, String)> {
+    let mut f = line.split_whitespace();
+    let _range = f.next()?;
+    let perms = f.next()?;
+    let _offset = f.next()?;
+    let (maj, min) = f.next()?.split_once(':')?;
+    let inode: u64 = f.next()?.parse().ok()?;
+    let path = f.collect::<Vec<_>>().join(" ");
+    let writable_shared =
+        perms.as_bytes().get(1) == Some(&b'w') && perms.as_bytes().get(3) == Some(&b's');
+    let same_dev =
+        u64::from_str_radix(maj, 16).ok()? == dev.0 && u64::from_str_radix(min, 16).ok()? == dev.1;
+    (writable_shared && same_dev && inode != 0).then_some((inode, path))
+}
+
+/// The access mode from a `/proc/PID/fdinfo/N` text: does it allow writing?
+pub fn fdinfo_writes(text: &str) -> bool {
+    text.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .is_some_and(|flags| {
+            let mode = flags & libc::O_ACCMODE as u32;
+            mode == libc::O_WRONLY as u32 || mode == libc::O_RDWR as u32
+        })
+}
+
+/// Scans every process for writers on the filesystem whose device is `dev`.
+pub fn scan(dev: u64, proc_root: &Path) -> Vec<Writer> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id();
+    let split = (libc::major(dev) as u64, libc::minor(dev) as u64);
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir(proc_root) else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let dir = p.path();
+        let command = std::fs::read_to_string(dir.join("comm"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        if let Ok(maps) = std::fs::read_to_string(dir.join("maps")) {
+            for line in maps.lines() {
+                if let Some((_, path)) = maps_line_writes(line, split) {
+                    out.push(Writer {
+                        pid,
+                        command: command.clone(),
+                        path,
+                        how: "shared writable mapping",
+                    });
+                }
+            }
+        }
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(meta) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if meta.dev() != dev || !meta.is_file() {
+                continue;
+            }
+            let info = std::fs::read_to_string(dir.join("fdinfo").join(fd.file_name()))
+                .unwrap_or_default();
+            if fdinfo_writes(&info) {
+                let path = std::fs::read_link(fd.path())
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                out.push(Writer {
+                    pid,
+                    command: command.clone(),
+                    path,
+                    how: "open for writing",
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.pid, &a.path).cmp(&(b.pid, &b.path)));
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_shared_writable_mappings_on_the_device() {
+        let line = "7f00-7f10 rw-s 00000000 00:1a 1234 /srv/data file";
+        assert_eq!(
+            maps_line_writes(line, (0, 0x1a)),
+            Some((1234, "/srv/data file".into()))
+        );
+        assert_eq!(maps_line_writes(line, (0, 0x1b)), None);
+        assert_eq!(
+            maps_line_writes("7f00-7f10 rw-p 0 00:1a 1234 /x", (0, 0x1a)),
+            None
+        );
+        assert_eq!(
+            maps_line_writes("7f00-7f10 r--s 0 00:1a 1234 /x", (0, 0x1a)),
+            None
+        );
+        assert_eq!(maps_line_writes("7f00-7f10 rw-s 0 00:00 0", (0, 0)), None);
+    }
+
+    #[test]
+    fn reads_access_mode_from_fdinfo() {
+        assert!(fdinfo_writes("pos:\t0\nflags:\t0100002\nmnt_id:\t1\n"));
+        assert!(fdinfo_writes("flags:\t02000001\n"));
+        assert!(!fdinfo_writes("flags:\t0100000\n"));
+        assert!(!fdinfo_writes("garbage"));
+    }
+}

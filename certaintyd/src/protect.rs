@@ -1,0 +1,169 @@
+//! Self-protection: stay in RAM, stay out of core dumps and ptrace by others, never be the OOM
+//! killer's choice, and feed a watchdog so that killing, stopping or hanging certaintyd reboots
+//! the node.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+/// Applies what it can and reports what it could not: a failure here weakens the daemon but
+/// does not make it blind, so it is logged loudly rather than fatal.
+pub fn harden() -> Vec<String> {
+    let mut failed = Vec::new();
+    use nix::sys::mman::{MlockAllFlags, mlockall};
+    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+        failed.push(format!("mlockall: {e}"));
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        failed.push(format!("PR_SET_DUMPABLE: {e}"));
+    }
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", b"-1000") {
+        failed.push(format!("oom_score_adj: {e}"));
+    }
+    failed
+}
+
+nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, libc::c_int);
+
+/// A watchdog device fed only while the daemon's loop shows signs of life.
+#[derive(Debug)]
+pub struct Watchdog {
+    stop: Arc<AtomicBool>,
+    disarm: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The daemon's proof of life: the loop stores the time of its last turn here.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    epoch: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Heartbeat {
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn age(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot open watchdog: {source}", path.display())]
+pub struct WatchdogError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl Watchdog {
+    /// Opens `device` with a timeout of `timeout` and feeds it every third of that while
+    /// `heartbeat` is younger than `stale`.
+    pub fn start(
+        device: &Path,
+        timeout: Duration,
+        heartbeat: Heartbeat,
+        stale: Duration,
+    ) -> Result<Self, WatchdogError> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(device)
+            .map_err(|source| WatchdogError {
+                path: device.to_path_buf(),
+                source,
+            })?;
+        let mut secs = libc::c_int::try_from(timeout.as_secs().max(1)).unwrap_or(60);
+        // SAFETY: WDIOC_SETTIMEOUT reads and writes one c_int through the pointer, which
+        // points at a live local for the duration of the call.
+        if let Err(e) = unsafe { wdioc_settimeout(file.as_raw_fd(), &mut secs) } {
+            warn!(device = %device.display(), cause = %e, "cannot set watchdog timeout; using the driver's");
+        }
+        info!(device = %device.display(), timeout_s = secs, "watchdog armed");
+        let stop = Arc::new(AtomicBool::new(false));
+        let disarm = Arc::new(AtomicBool::new(false));
+        let period = Duration::from_secs(u64::try_from(secs).unwrap_or(60)) / 3;
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let disarm = Arc::clone(&disarm);
+            std::thread::Builder::new()
+                .name("watchdog".into())
+                .spawn(move || feed(&mut file, period, &heartbeat, stale, &stop, &disarm))
+                .map_err(|source| WatchdogError {
+                    path: device.to_path_buf(),
+                    source,
+                })?
+        };
+        Ok(Self {
+            stop,
+            disarm,
+            thread: Some(thread),
+        })
+    }
+
+    /// Authorised stop: write the magic close character so the watchdog does not fire.
+    pub fn disarm(mut self) {
+        self.disarm.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Without disarm, stopping feeding leaves the watchdog to reboot the node.
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn feed(
+    file: &mut File,
+    period: Duration,
+    heartbeat: &Heartbeat,
+    stale: Duration,
+    stop: &AtomicBool,
+    disarm: &AtomicBool,
+) {
+    let mut last_feed = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if last_feed.elapsed() >= period {
+            if heartbeat.age() <= stale {
+                let _ = file.write_all(b"\0");
+            } else {
+                warn!(age = ?heartbeat.age(), "daemon loop is stale; not feeding the watchdog");
+            }
+            last_feed = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if disarm.load(Ordering::Relaxed) {
+        let _ = file.write_all(b"V");
+        info!("watchdog disarmed (authorised stop)");
+    }
+}

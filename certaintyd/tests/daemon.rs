@@ -1,0 +1,570 @@
+//! The daemon, run for real (as root) on a tmpfs in a private mount namespace, always with
+//! `--dry-run`: a loss of integrity makes it exit 3 instead of rebooting this machine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The overflow test changes a host-wide inotify limit for a moment; run tests one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root, and CI runs as root"
+    );
+    eprintln!("SKIP {test}: needs root (mount namespaces, tmpfs)");
+    false
+}
+
+/// A private mount namespace holding a tmpfs at `root`; gone when dropped.
+struct Ns {
+    holder: Child,
+    root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Ns {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let script = format!(
+            "mount -t tmpfs -o size=64m tmpfs {r} && mkdir -p {r}/bin {r}/etc {r}/var && \
+             echo shell > {r}/bin/sh && echo root:x:0:0 > {r}/etc/passwd && \
+             echo data > {r}/var/db && echo ready && exec sleep 600",
+            r = root.display()
+        );
+        let mut holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "namespace setup failed");
+        Self {
+            holder,
+            root,
+            _dir: dir,
+        }
+    }
+
+    fn enter(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.holder.id().to_string(), "-m", "--"]);
+        c
+    }
+
+    fn sh(&self, script: &str) {
+        let status = self.enter().args(["sh", "-c", script]).status().unwrap();
+        assert!(status.success(), "in namespace: {script}");
+    }
+
+    fn p(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Keys and a signed policy with a maintenance key.
+struct Fixture {
+    dir: tempfile::TempDir,
+    maint_key: PathBuf,
+}
+
+fn fixture(max_maintenance: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+    let maint = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+    let maint_pub = policy::OperatorPublicKey::from(&maint).to_base64();
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    let text = policy::template::init_template("lab", expires)
+        .replace(
+            "maintenance_keys = []",
+            &format!("maintenance_keys = [\"{maint_pub}\"]"),
+        )
+        .replace(
+            "max_maintenance = \"1h\"",
+            &format!("max_maintenance = \"{max_maintenance}\""),
+        );
+    std::fs::write(dir.path().join("cluster.toml"), &text).unwrap();
+    std::fs::write(
+        dir.path().join("cluster.toml.sig"),
+        policy::sign(text.as_bytes(), &operator),
+    )
+    .unwrap();
+    let op_pub = policy::OperatorPublicKey::from(&operator).to_base64();
+    std::fs::write(dir.path().join("operator.pub"), format!("{op_pub}\n")).unwrap();
+    let maint_key = dir.path().join("maint.key");
+    std::fs::write(
+        &maint_key,
+        format!("{}\n", policy::keys::encode(maint.as_bytes())),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &maint_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    Fixture { dir, maint_key }
+}
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(ns: &Ns, fx: &Fixture, extra: &[&str]) -> Self {
+        Self::start_every(ns, fx, "300ms", extra)
+    }
+
+    fn start_every(ns: &Ns, fx: &Fixture, interval: &str, extra: &[&str]) -> Self {
+        let log = fx.dir.path().join("certaintyd.log");
+        let socket = fx.dir.path().join("certaintyd.sock");
+        let d = fx.dir.path();
+        let child = ns
+            .enter()
+            .arg(env!("CARGO_BIN_EXE_certaintyd"))
+            .args(["--policy", &d.join("cluster.toml").display().to_string()])
+            .args(["--trust", &d.join("operator.pub").display().to_string()])
+            .args(["--root", &ns.root.display().to_string()])
+            .args(["--socket", &socket.display().to_string()])
+            .args([
+                "--node",
+                "drone1",
+                "--grace",
+                "0s",
+                "--interval",
+                interval,
+                "--dry-run",
+                "--no-harden",
+            ])
+            .args(extra)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Self { child, log, socket };
+        d.wait_log("baseline taken", Duration::from_secs(20));
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, what: &str, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.log().contains(what) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no {what:?} in log within {timeout:?}:\n{}", self.log());
+    }
+
+    /// Waits for the daemon to exit; returns its exit code and log.
+    fn exit(mut self, timeout: Duration) -> (i32, String) {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = self.log();
+        panic!("certaintyd still running after {timeout:?}:\n{log}");
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        // nsenter execs certaintyd in place, so the child's pid is the daemon's.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn integrity_lost_line(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("integrity lost"))
+        .unwrap_or_else(|| panic!("no verdict in:\n{log}"))
+}
+
+#[test]
+fn a_write_is_detected_by_its_event_and_the_action_is_dry_run() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("a_write_is_detected_by_its_event") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    let d = Daemon::start(&ns, &fx, &[]);
+    ns.sh(&format!("echo evil >> {}", ns.p("bin/sh")));
+    let (code, log) = d.exit(Duration::from_secs(10));
+    assert_eq!(code, 3, "{log}");
+    let verdict = integrity_lost_line(&log);
+    assert!(verdict.contains("cause=Event"), "{verdict}");
+    assert!(verdict.contains("/bin/sh (content, size"), "{verdict}");
+    assert!(log.contains("dry run: not rebooting"));
+}
+
+#[test]
+fn a_bind_mount_over_a_path_is_detected() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("a_bind_mount_over_a_path_is_detected") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    let outside = fx.dir.path().join("evil-passwd");
+    std::fs::write(&outside, "root::0:0\n").unwrap();
+    let d = Daemon::start(&ns, &fx, &[]);
+    ns.sh(&format!(
+        "mount --bind {} {}",
+        outside.display(),
+        ns.p("etc/passwd")
+    ));
+    let (code, log) = d.exit(Duration::from_secs(10));
+    assert_eq!(code, 3, "{log}");
+    let verdict = integrity_lost_line(&log);
+    assert!(verdict.contains("/etc/passwd"), "{verdict}");
+    assert!(verdict.contains("mount"), "{verdict}");
+}
+
+#[test]
+fn an_mmap_write_is_caught_by_the_periodic_verification() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("an_mmap_write_is_caught_by_the_periodic_verification") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    let d = Daemon::start_every(&ns, &fx, "1s", &[]);
+    // Writes through a shared mapping and keeps the file open: no close-write event, no
+    // modify event; only re-hashing the content can see it.
+    let script = format!(
+        "import mmap,time\nf=open('{}','r+b')\nm=mmap.mmap(f.fileno(),0)\nm[0:4]=b'EVIL'\ntime.sleep(30)\n",
+        ns.p("var/db")
+    );
+    let mut writer = ns.enter().args(["python3", "-c", &script]).spawn().unwrap();
+    let (code, log) = d.exit(Duration::from_secs(15));
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert_eq!(code, 3, "{log}");
+    let verdict = integrity_lost_line(&log);
+    assert!(verdict.contains("cause=FullVerification"), "{verdict}");
+    assert!(verdict.contains("/var/db (content"), "{verdict}");
+}
+
+#[test]
+fn a_writable_shared_mapping_before_the_baseline_is_refused() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("a_writable_shared_mapping_before_the_baseline_is_refused") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    let script = format!(
+        "import mmap,sys,time\nf=open('{}','r+b')\nm=mmap.mmap(f.fileno(),0)\nprint('mapped',flush=True)\ntime.sleep(30)\n",
+        ns.p("var/db")
+    );
+    let mut writer = ns
+        .enter()
+        .args(["python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(writer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let log = fx.dir.path().join("log");
+    let status = ns
+        .enter()
+        .arg(env!("CARGO_BIN_EXE_certaintyd"))
+        .args([
+            "--policy",
+            &fx.dir.path().join("cluster.toml").display().to_string(),
+        ])
+        .args([
+            "--trust",
+            &fx.dir.path().join("operator.pub").display().to_string(),
+        ])
+        .args([
+            "--root",
+            &ns.root.display().to_string(),
+            "--grace",
+            "0s",
+            "--dry-run",
+            "--no-harden",
+        ])
+        .args(["--socket", &fx.dir.path().join("s").display().to_string()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let log = std::fs::read_to_string(log).unwrap();
+    assert_eq!(status.code(), Some(3), "{log}");
+    let verdict = integrity_lost_line(&log);
+    assert!(verdict.contains("cause=UnsafeWriters"), "{verdict}");
+    assert!(verdict.contains("shared writable mapping"), "{verdict}");
+}
+
+#[test]
+fn inotify_queue_overflow_is_a_violation() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("inotify_queue_overflow_is_a_violation") {
+        return;
+    }
+    const SYSCTL: &str = "/proc/sys/fs/inotify/max_queued_events";
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    let old = std::fs::read_to_string(SYSCTL).unwrap();
+    // The limit is read when the daemon creates its inotify instance; restore it right after.
+    std::fs::write(SYSCTL, "8").unwrap();
+    let started = std::panic::catch_unwind(|| Daemon::start_every(&ns, &fx, "1h", &[]));
+    std::fs::write(SYSCTL, old.trim()).unwrap();
+    let d = started.unwrap();
+    // Stop the daemon, queue more events than fit, let it go on: it must see the overflow.
+    d.signal(nix::sys::signal::Signal::SIGSTOP);
+    ns.sh(&format!(
+        "for i in $(seq 1 50); do echo $i > {}/f$i; done",
+        ns.p("var")
+    ));
+    d.signal(nix::sys::signal::Signal::SIGCONT);
+    let (code, log) = d.exit(Duration::from_secs(10));
+    assert_eq!(code, 3, "{log}");
+    assert!(
+        integrity_lost_line(&log).contains("cause=EventOverflow"),
+        "{log}"
+    );
+}
+
+#[test]
+fn exec_action_runs_the_hook_with_the_report() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("exec_action_runs_the_hook_with_the_report") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    let out = fx.dir.path().join("report.json");
+    let hook = fx.dir.path().join("hook.sh");
+    std::fs::write(&hook, format!("#!/bin/sh\ncat > {}\n", out.display())).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::start(
+        &ns,
+        &fx,
+        &["--action", "exec", "--exec", &hook.display().to_string()],
+    );
+    ns.sh(&format!("rm {}", ns.p("etc/passwd")));
+    let (code, log) = d.exit(Duration::from_secs(10));
+    assert_eq!(code, 3, "{log}");
+    assert!(log.contains("exec hook finished"), "{log}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["cause"], "event");
+    assert_eq!(report["node"], "drone1");
+    assert_eq!(report["findings"][0]["path"], "/etc/passwd");
+    assert_eq!(report["findings"][0]["changes"][0], "removed");
+    assert_eq!(report["baseline_root_hash"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn sigterm_is_an_integrity_event_unless_told_otherwise() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("sigterm_is_an_integrity_event") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    let d = Daemon::start(&ns, &fx, &[]);
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, log) = d.exit(Duration::from_secs(10));
+    assert_eq!(code, 3, "{log}");
+    assert!(integrity_lost_line(&log).contains("cause=Signal"), "{log}");
+
+    let d = Daemon::start(&ns, &fx, &["--stop-on-signal"]);
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, log) = d.exit(Duration::from_secs(10));
+    assert_eq!(code, 0, "{log}");
+}
+
+#[test]
+fn a_missed_deadline_is_a_loss_of_certainty() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("a_missed_deadline_is_a_loss_of_certainty") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    ns.sh(&format!("head -c 32000000 /dev/zero > {}", ns.p("var/big")));
+    let d = Daemon::start(&ns, &fx, &["--deadline", "1ms"]);
+    let (code, log) = d.exit(Duration::from_secs(10));
+    assert_eq!(code, 3, "{log}");
+    assert!(
+        integrity_lost_line(&log).contains("cause=DeadlineMissed"),
+        "{log}"
+    );
+}
+
+/// Signs and sends a request as `tyd certainty maintain/stop` does.
+fn send(
+    d: &Daemon,
+    fx: &Fixture,
+    kind: certaintyd::maintenance::RequestKind,
+    duration: Duration,
+    rebaseline: bool,
+) -> certaintyd::control::ControlResponse {
+    use certaintyd::control::{ControlRequest, call};
+    let key_text = std::fs::read_to_string(&fx.maint_key).unwrap();
+    let key =
+        ed25519_dalek::SigningKey::from_bytes(&policy::keys::decode_key32(&key_text).unwrap());
+    let request = certaintyd::maintenance::Request {
+        kind,
+        cluster: "lab".into(),
+        node: Some("drone1".into()),
+        issued_at: jiff::Timestamp::now(),
+        duration,
+        rebaseline,
+        nonce: format!("{:?}", Instant::now()),
+    };
+    let text = serde_json::to_string(&request).unwrap();
+    let signature = policy::sign(text.as_bytes(), &key);
+    let req = match kind {
+        certaintyd::maintenance::RequestKind::Maintain => ControlRequest::Maintain {
+            request: text,
+            signature,
+        },
+        certaintyd::maintenance::RequestKind::Stop => ControlRequest::Stop {
+            request: text,
+            signature,
+        },
+    };
+    call(&d.socket, &req).unwrap()
+}
+
+#[test]
+fn maintenance_window_logs_changes_then_verifies_against_the_old_baseline() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("maintenance_window") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    let d = Daemon::start(&ns, &fx, &[]);
+    let status =
+        certaintyd::control::call(&d.socket, &certaintyd::control::ControlRequest::Status).unwrap();
+    let s = status.status.unwrap();
+    assert_eq!(s.state, "verifying");
+    assert_eq!(s.files, 3);
+    let r = send(
+        &d,
+        &fx,
+        certaintyd::maintenance::RequestKind::Maintain,
+        Duration::from_secs(2),
+        false,
+    );
+    assert!(r.ok, "{r:?}");
+    ns.sh(&format!("echo patched > {}", ns.p("bin/tool")));
+    d.wait_log("change during maintenance window", Duration::from_secs(5));
+    // At the end of the window, the old baseline still stands: the change is acted on.
+    let (code, log) = d.exit(Duration::from_secs(10));
+    assert_eq!(code, 3, "{log}");
+    assert!(
+        integrity_lost_line(&log).contains("/bin/tool (added)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn maintenance_with_rebaseline_then_authorised_stop() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("maintenance_with_rebaseline") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    let d = Daemon::start(&ns, &fx, &[]);
+    let r = send(
+        &d,
+        &fx,
+        certaintyd::maintenance::RequestKind::Maintain,
+        Duration::from_secs(2),
+        true,
+    );
+    assert!(r.ok, "{r:?}");
+    ns.sh(&format!("echo patched > {}", ns.p("bin/tool")));
+    d.wait_log(
+        "maintenance window closed: taking a new baseline",
+        Duration::from_secs(6),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!d.log().contains("integrity lost"), "{}", d.log());
+    // An unsigned stop attempt is refused; a signed one stops cleanly.
+    let forged = certaintyd::control::call(
+        &d.socket,
+        &certaintyd::control::ControlRequest::Stop {
+            request: "{}".into(),
+            signature: "AAAA".into(),
+        },
+    )
+    .unwrap();
+    assert!(!forged.ok);
+    let r = send(
+        &d,
+        &fx,
+        certaintyd::maintenance::RequestKind::Stop,
+        Duration::ZERO,
+        false,
+    );
+    assert!(r.ok, "{r:?}");
+    let (code, log) = d.exit(Duration::from_secs(10));
+    assert_eq!(code, 0, "{log}");
+}
+
+#[test]
+fn a_maintenance_window_longer_than_the_policy_allows_is_refused() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("maintenance_too_long") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1m");
+    let d = Daemon::start(&ns, &fx, &[]);
+    let r = send(
+        &d,
+        &fx,
+        certaintyd::maintenance::RequestKind::Maintain,
+        Duration::from_secs(600),
+        false,
+    );
+    assert!(!r.ok);
+    assert_eq!(
+        r.error.unwrap(),
+        "maintenance of 600s exceeds the policy's maximum of 60s"
+    );
+}
