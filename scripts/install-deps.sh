@@ -15,6 +15,7 @@ packages=(
   busybox-static    # drone images
   qemu-system-x86   # drone VMs
   cpio              # drone initramfs
+  bc                # benchmark arithmetic
 )
 
 missing=()

@@ -42,6 +42,9 @@ pub struct Status {
     pub action: String,
     pub baseline_at: Option<String>,
     pub root_hash: Option<String>,
+    /// Boot-stable root: what `certainty.expected_root` pins.
+    #[serde(default)]
+    pub stable_root: Option<String>,
     pub files: u64,
     pub bytes: u64,
     pub entries: u64,

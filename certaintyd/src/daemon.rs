@@ -101,6 +101,8 @@ struct Daemon {
     cfg: Config,
     baseline: Manifest,
     baseline_root: String,
+    /// The boot-stable root of the baseline, compared with `expected_root`.
+    stable_root: String,
     mounts: Vec<Mount>,
     watchers: Option<Watchers>,
     events_tx: mpsc::UnboundedSender<WatchEvent>,
@@ -147,6 +149,7 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
         cfg,
         baseline: Manifest::default(),
         baseline_root: String::new(),
+        stable_root: String::new(),
         mounts: Vec::new(),
         watchers: None,
         events_tx,
@@ -275,6 +278,7 @@ impl Daemon {
         self.adopt(snap.manifest)?;
         info!(
             root_hash = %self.baseline_root,
+            stable_root = %self.stable_root,
             files = self.baseline.files(),
             bytes = self.baseline.bytes(),
             entries = self.baseline.entries.len(),
@@ -301,6 +305,7 @@ impl Daemon {
     fn adopt(&mut self, manifest: Manifest) -> Result<(), StartupError> {
         self.watchers = None;
         self.baseline_root = manifest.root_hash().to_hex().to_string();
+        self.stable_root = manifest.stable_root().to_hex().to_string();
         self.mounts = read_mounts(&self.cfg.root).map_err(StartupError::Mounts)?;
         if self.cfg.source == Source::Tree {
             self.watchers = Some(watch::start(
@@ -313,6 +318,7 @@ impl Daemon {
             s.state = "verifying".into();
             s.baseline_at = Some(now_text());
             s.root_hash = Some(self.baseline_root.clone());
+            s.stable_root = Some(self.stable_root.clone());
             s.files = manifest.files() as u64;
             s.bytes = manifest.bytes();
             s.entries = manifest.entries.len() as u64;

@@ -152,6 +152,16 @@ impl Entry {
 
     /// Canonical bytes for the Merkle leaf: every field, length-prefixed.
     pub fn leaf_hash(&self, path: &[u8]) -> blake3::Hash {
+        self.leaf(path, true)
+    }
+
+    /// The leaf without what differs from boot to boot (inode, device, ctime): what an image
+    /// builder can predict, and an operator can pin as the expected root.
+    pub fn stable_leaf_hash(&self, path: &[u8]) -> blake3::Hash {
+        self.leaf(path, false)
+    }
+
+    fn leaf(&self, path: &[u8], volatile: bool) -> blake3::Hash {
         let mut h = blake3::Hasher::new();
         let mut field = |b: &[u8]| {
             h.update(&(b.len() as u64).to_le_bytes());
@@ -162,12 +172,17 @@ impl Entry {
         for n in [self.mode, self.uid, self.gid] {
             field(&n.to_le_bytes());
         }
-        for n in [self.size, self.nlink, self.ino, self.dev, self.rdev] {
+        for n in [self.size, self.nlink, self.rdev] {
             field(&n.to_le_bytes());
         }
-        for (s, ns) in [self.ctime, self.mtime] {
-            field(&s.to_le_bytes());
-            field(&ns.to_le_bytes());
+        field(&self.mtime.0.to_le_bytes());
+        field(&self.mtime.1.to_le_bytes());
+        if volatile {
+            for n in [self.ino, self.dev] {
+                field(&n.to_le_bytes());
+            }
+            field(&self.ctime.0.to_le_bytes());
+            field(&self.ctime.1.to_le_bytes());
         }
         field(self.target.as_deref().unwrap_or(b"\0none"));
         for (k, v) in &self.xattrs {

@@ -71,6 +71,10 @@ struct Args {
     /// Skip mlockall, undumpable and OOM protection (development only).
     #[arg(long)]
     no_harden: bool,
+    /// Take one snapshot of --root, print its hashes and coverage as JSON, and exit (no
+    /// policy needed). The `stable_root` it prints is what `certainty.expected_root` pins.
+    #[arg(long, requires = "root")]
+    hash_only: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -165,9 +169,41 @@ fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
     Ok((config, c.watchdog.clone()))
 }
 
+/// `--hash-only`: one full snapshot, timed.
+fn hash_only(root: &std::path::Path) -> ExitCode {
+    let started = std::time::Instant::now();
+    match certaintyd::walk::snapshot(root) {
+        Ok(snap) => {
+            let took = started.elapsed();
+            let m = &snap.manifest;
+            let out = serde_json::json!({
+                "root": root.display().to_string(),
+                "root_hash": m.root_hash().to_hex().to_string(),
+                "stable_root": m.stable_root().to_hex().to_string(),
+                "entries": m.entries.len(),
+                "files": m.files(),
+                "bytes": m.bytes(),
+                "unreadable": snap.problems.len(),
+                "seconds": took.as_secs_f64(),
+            });
+            println!("{out}");
+            if snap.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(e) => {
+            error!(reason = %e, "cannot snapshot");
+            ExitCode::from(4)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_json);
+    if args.hash_only {
+        if let Some(root) = &args.root {
+            return hash_only(root);
+        }
+    }
     let (config, watchdog_dev) = match configure(&args) {
         Ok(c) => c,
         Err(Refused(why)) => {

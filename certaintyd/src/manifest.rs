@@ -52,11 +52,27 @@ impl Manifest {
     /// The Merkle root. Children sort after their parent in byte order (a parent is a prefix),
     /// so one pass in reverse order sees every child before its parent: no recursion, any depth.
     pub fn root_hash(&self) -> blake3::Hash {
+        self.merkle(|path, e| e.leaf_hash(path))
+    }
+
+    /// The Merkle root over boot-stable fields only; the root directory's own metadata (set
+    /// by the kernel, not the image) is left out. This is what `expected_root` pins.
+    pub fn stable_root(&self) -> blake3::Hash {
+        self.merkle(|path, e| {
+            if path == b"/" {
+                blake3::hash(b"root")
+            } else {
+                e.stable_leaf_hash(path)
+            }
+        })
+    }
+
+    fn merkle(&self, leaf: impl Fn(&[u8], &Entry) -> blake3::Hash) -> blake3::Hash {
         let mut pending: HashMap<&[u8], Vec<(&[u8], blake3::Hash)>> = HashMap::new();
         let mut root = None;
         for (path, entry) in self.entries.iter().rev() {
             let mut h = blake3::Hasher::new();
-            h.update(entry.leaf_hash(path).as_bytes());
+            h.update(leaf(path, entry).as_bytes());
             if let Some(mut children) = pending.remove(path.as_slice()) {
                 children.sort_by(|a, b| a.0.cmp(b.0));
                 for (_, child) in children {

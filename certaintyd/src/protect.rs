@@ -167,3 +167,53 @@ fn feed(
         info!("watchdog disarmed (authorised stop)");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A regular file stands in for the device: the ioctl fails (logged), writes land in it.
+    #[test]
+    fn fed_only_while_the_loop_beats_and_disarmed_only_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("watchdog");
+        std::fs::write(&dev, b"").unwrap();
+        let hb = Heartbeat::new();
+        hb.beat();
+        let beating = Arc::new(AtomicBool::new(true));
+        let beater = {
+            let (hb, beating) = (hb.clone(), Arc::clone(&beating));
+            std::thread::spawn(move || {
+                while beating.load(Ordering::Relaxed) {
+                    hb.beat();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let wd = Watchdog::start(&dev, Duration::from_secs(1), hb, Duration::from_millis(200)).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let fed = std::fs::read(&dev).unwrap();
+        assert!(fed.len() >= 2 && fed.iter().all(|&b| b == 0), "{fed:?}");
+        // The loop hangs: feeding stops.
+        beating.store(false, Ordering::Relaxed);
+        beater.join().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let before = std::fs::read(&dev).unwrap().len();
+        std::thread::sleep(Duration::from_millis(1000));
+        assert_eq!(std::fs::read(&dev).unwrap().len(), before, "fed while stale");
+        wd.disarm();
+        assert_eq!(std::fs::read(&dev).unwrap().last(), Some(&b'V'));
+    }
+
+    #[test]
+    fn dropping_without_disarm_leaves_it_armed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("watchdog");
+        std::fs::write(&dev, b"").unwrap();
+        let hb = Heartbeat::new();
+        hb.beat();
+        let wd = Watchdog::start(&dev, Duration::from_secs(1), hb, Duration::from_secs(60)).unwrap();
+        drop(wd);
+        assert!(!std::fs::read(&dev).unwrap().contains(&b'V'));
+    }
+}
