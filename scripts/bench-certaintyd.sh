@@ -24,7 +24,8 @@ export WORK="$work"
 exec unshare -m --propagation private bash -c '
 set -euo pipefail
 pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
 root=$WORK/root; mkdir -p "$root"
 mount -t tmpfs -o size=$((MIB * 2 + 64))m tmpfs "$root"
 python3 - "$root" "$FILES" "$MIB" <<"PY"
@@ -88,7 +89,7 @@ cd "$WORK"
 
 # Latency: alert mode keeps running; each write is reported, then the changed tree adopted.
 "$BIN/certaintyd" --policy cluster.toml --trust op.key.pub --root "$root" --grace 0s \
-  --interval 1h --action alert --no-harden --log-json --socket "$WORK/sock" --node bench 2> lat.log &
+  --interval 1h --action alert --stop-on-signal --no-harden --log-json --socket "$WORK/sock" --node bench 2> lat.log &
 pid=$!; pids+=("$pid")
 until grep -q "baseline taken" lat.log; do sleep 0.1; done
 python3 - "$root" lat.log <<"PY"
@@ -125,7 +126,7 @@ kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
 
 # CPU at the default interval on the quiet tree (after the baseline), 30 s.
 "$BIN/certaintyd" --policy cluster.toml --trust op.key.pub --root "$root" --grace 0s \
-  --interval 2s --action alert --no-harden --socket "$WORK/sock2" --node bench 2> cpu.log &
+  --interval 2s --action alert --stop-on-signal --no-harden --socket "$WORK/sock2" --node bench 2> cpu.log &
 pid=$!; pids+=("$pid")
 until grep -q "baseline taken" cpu.log; do sleep 0.1; done
 ticks() { awk "{print \$14 + \$15}" /proc/$pid/stat; }

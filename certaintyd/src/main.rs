@@ -187,7 +187,11 @@ fn hash_only(root: &std::path::Path) -> ExitCode {
                 "seconds": took.as_secs_f64(),
             });
             println!("{out}");
-            if snap.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if snap.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
             error!(reason = %e, "cannot snapshot");
@@ -199,10 +203,10 @@ fn hash_only(root: &std::path::Path) -> ExitCode {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_json);
-    if args.hash_only {
-        if let Some(root) = &args.root {
-            return hash_only(root);
-        }
+    if args.hash_only
+        && let Some(root) = &args.root
+    {
+        return hash_only(root);
     }
     let (config, watchdog_dev) = match configure(&args) {
         Ok(c) => c,

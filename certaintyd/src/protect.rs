@@ -190,7 +190,8 @@ mod tests {
                 }
             })
         };
-        let wd = Watchdog::start(&dev, Duration::from_secs(1), hb, Duration::from_millis(200)).unwrap();
+        let wd =
+            Watchdog::start(&dev, Duration::from_secs(1), hb, Duration::from_millis(200)).unwrap();
         std::thread::sleep(Duration::from_millis(1100));
         let fed = std::fs::read(&dev).unwrap();
         assert!(fed.len() >= 2 && fed.iter().all(|&b| b == 0), "{fed:?}");
@@ -200,7 +201,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(400));
         let before = std::fs::read(&dev).unwrap().len();
         std::thread::sleep(Duration::from_millis(1000));
-        assert_eq!(std::fs::read(&dev).unwrap().len(), before, "fed while stale");
+        assert_eq!(
+            std::fs::read(&dev).unwrap().len(),
+            before,
+            "fed while stale"
+        );
         wd.disarm();
         assert_eq!(std::fs::read(&dev).unwrap().last(), Some(&b'V'));
     }
@@ -212,7 +217,8 @@ mod tests {
         std::fs::write(&dev, b"").unwrap();
         let hb = Heartbeat::new();
         hb.beat();
-        let wd = Watchdog::start(&dev, Duration::from_secs(1), hb, Duration::from_secs(60)).unwrap();
+        let wd =
+            Watchdog::start(&dev, Duration::from_secs(1), hb, Duration::from_secs(60)).unwrap();
         drop(wd);
         assert!(!std::fs::read(&dev).unwrap().contains(&b'V'));
     }

@@ -10,7 +10,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -205,6 +204,5 @@ fn mountinfo_loop(tx: &mpsc::UnboundedSender<WatchEvent>, stop: &AtomicBool) {
                 return;
             }
         }
-        std::thread::sleep(Duration::from_millis(1));
     }
 }

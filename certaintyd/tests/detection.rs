@@ -310,16 +310,47 @@ fn stable_root_ignores_inodes_and_ctimes_but_not_content() {
     let b = tree();
     let mtime = nix::sys::time::TimeSpec::new(1_700_000_000, 0);
     for d in [&a, &b] {
-        for p in ["bin/sh", "etc/passwd", "etc/deep/conf", "etc/deep", "etc", "bin"] {
-            nix::sys::stat::utimensat(None, &d.path().join(p), &mtime, &mtime, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
+        for p in [
+            "bin/sh",
+            "etc/passwd",
+            "etc/deep/conf",
+            "etc/deep",
+            "etc",
+            "bin",
+        ] {
+            nix::sys::stat::utimensat(
+                None,
+                &d.path().join(p),
+                &mtime,
+                &mtime,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
         }
-        nix::sys::stat::utimensat(None, &d.path().join("bin/bash"), &mtime, &mtime, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
+        nix::sys::stat::utimensat(
+            None,
+            &d.path().join("bin/bash"),
+            &mtime,
+            &mtime,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
     }
     let sa = snapshot(a.path()).unwrap().manifest;
     let sb = snapshot(b.path()).unwrap().manifest;
     assert_ne!(sa.root_hash(), sb.root_hash());
     assert_eq!(sa.stable_root(), sb.stable_root());
     fs::write(b.path().join("bin/sh"), b"#!evil  binary").unwrap();
-    nix::sys::stat::utimensat(None, &b.path().join("bin/sh"), &mtime, &mtime, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
-    assert_ne!(sa.stable_root(), snapshot(b.path()).unwrap().manifest.stable_root());
+    nix::sys::stat::utimensat(
+        None,
+        &b.path().join("bin/sh"),
+        &mtime,
+        &mtime,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+    assert_ne!(
+        sa.stable_root(),
+        snapshot(b.path()).unwrap().manifest.stable_root()
+    );
 }

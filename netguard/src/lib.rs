@@ -1,1 +1,16 @@
-//! netguard: WireGuard peers and nftables in step with the node map. Not yet built: see issue 4.
+//! netguard: one WireGuard peer per authenticated node and an nftables ruleset, kept in step
+//! with the signed node map, so cluster traffic only flows between authenticated nodes,
+//! through the tunnels.
+//!
+//! Pure core: `desired` (what should be), `peers` (the peer plan), `ruleset` (the firewall as
+//! data). Thin shell: `wg` (device, interface, addresses), `nft` (apply and read back),
+//! `reconcile` (one pass), `daemon` (the loop), `status` (for `tyd status`).
+
+pub mod daemon;
+pub mod desired;
+pub mod nft;
+pub mod peers;
+pub mod reconcile;
+pub mod ruleset;
+pub mod status;
+pub mod wg;

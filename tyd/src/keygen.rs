@@ -64,3 +64,9 @@ pub fn read_public_key_file(path: &Path) -> CliResult<WgPublicKey> {
         .parse()
         .map_err(|e| Failure::new(Exit::Runtime, format!("{}: {e}", path.display())))
 }
+
+/// Reads a node's WireGuard private key, refusing one readable by group or others.
+pub fn load_node_key(path: &Path) -> CliResult<[u8; 32]> {
+    let text = Zeroizing::new(read_secret(path)?);
+    decode_key32(&text).map_err(|e| Failure::new(Exit::KeyFile, format!("{}: {e}", path.display())))
+}

@@ -6,6 +6,7 @@ mod failure;
 mod keygen;
 mod node_cmd;
 mod policy_cmd;
+mod status_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,23 @@ enum Command {
     /// Add, remove and re-key nodes in a policy (edits in place, bumps the serial).
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Node(node_cmd::NodeCmd),
+    /// Every node of the map: authorised, tunnel up, last handshake, traffic, endpoint; and
+    /// what non-peers tried (per-service drops). Run it on the node (in its namespace).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Status {
+        #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+        policy: PathBuf,
+        #[arg(long, default_value = "/etc/tyd/operator.pub")]
+        trust: PathBuf,
+        /// Override the policy's interface name.
+        #[arg(long)]
+        interface: Option<String>,
+        /// This node's WireGuard private key, to mark which node is this one.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Talk to certaintyd: status, signed maintenance windows, authorised stop.
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Certainty(certainty_cmd::CertaintyCmd),
@@ -181,6 +199,22 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
         },
         Command::Node(cmd) => node_cmd::run(cmd, now),
         Command::Certainty(cmd) => certainty_cmd::run(cmd),
+        Command::Status {
+            policy,
+            trust,
+            interface,
+            key,
+            json,
+        } => status_cmd::run(
+            &status_cmd::StatusArgs {
+                policy: &policy,
+                trust: &trust,
+                interface: interface.as_deref(),
+                key: key.as_ref(),
+                json,
+            },
+            now,
+        ),
         Command::Showmap { file, trust } => policy_cmd::showmap(&file, trust.as_deref(), now),
     }
 }

@@ -1,0 +1,110 @@
+//! What this node's WireGuard device and firewall should look like, from the verified policy
+//! and this node's identity. Pure: unit-tested without root.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use policy::{NodeId, Policy, Verified, WgPublicKey};
+
+use crate::ruleset::RulesetSpec;
+
+/// A tunnel address with its prefix length, as configured on the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IfAddr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl fmt::Display for IfAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// One peer: another node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredPeer {
+    pub node: NodeId,
+    pub name: String,
+    pub endpoint: Option<SocketAddr>,
+    /// Host routes (/32, /128) of the node's tunnel addresses: it may only speak as itself.
+    pub allowed_ips: Vec<IfAddr>,
+    pub keepalive: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub interface: String,
+    pub me: NodeId,
+    pub my_name: String,
+    pub listen_port: u16,
+    pub addresses: Vec<IfAddr>,
+    pub peers: BTreeMap<WgPublicKey, DesiredPeer>,
+    pub ruleset: RulesetSpec,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("this node's public key {0} is not in the policy: not a member of the cluster")]
+    NotMember(WgPublicKey),
+}
+
+fn host(addr: IpAddr) -> IfAddr {
+    IfAddr {
+        addr,
+        prefix: if addr.is_ipv4() { 32 } else { 128 },
+    }
+}
+
+/// Computes the desired state of the node whose WireGuard public key is `me`.
+/// `interface` overrides the policy's interface name (several nodes on one test host).
+pub fn desired(
+    policy: &Verified<Policy>,
+    me: &WgPublicKey,
+    interface: Option<&str>,
+) -> Result<Desired, IdentityError> {
+    let node = policy
+        .node_by_key(me)
+        .ok_or(IdentityError::NotMember(*me))?;
+    let c = &policy.cluster;
+    let addresses = node
+        .addresses
+        .iter()
+        .map(|&addr| IfAddr {
+            addr,
+            prefix: match addr {
+                IpAddr::V4(_) => c.tunnel_ipv4.map_or(32, |n| n.prefix_len()),
+                IpAddr::V6(_) => c.tunnel_ipv6.map_or(128, |n| n.prefix_len()),
+            },
+        })
+        .collect();
+    let peers: BTreeMap<WgPublicKey, DesiredPeer> = policy
+        .nodes
+        .iter()
+        .filter(|n| n.id != node.id)
+        .map(|n| {
+            (
+                n.public_key,
+                DesiredPeer {
+                    node: n.id,
+                    name: n.name.clone(),
+                    endpoint: n.endpoint,
+                    allowed_ips: n.addresses.iter().copied().map(host).collect(),
+                    keepalive: c.persistent_keepalive,
+                },
+            )
+        })
+        .collect();
+    let interface = interface.unwrap_or(&c.interface).to_string();
+    let ruleset = RulesetSpec::new(policy, &interface, &peers);
+    Ok(Desired {
+        interface,
+        me: node.id,
+        my_name: node.name.clone(),
+        listen_port: c.listen_port,
+        addresses,
+        peers,
+        ruleset,
+    })
+}

@@ -1,0 +1,97 @@
+//! netguard: keeps WireGuard peers and the `inet netguard` nftables table in step with the
+//! signed node map.
+//!
+//! Signals: SIGHUP re-reads the policy and reconciles; SIGTERM and SIGINT stop netguard and
+//! leave the firewall table (and tunnels) in place.
+//!
+//! Exit codes: 0 stopped by signal; 1 runtime failure; 2 usage; 4 refused to start (key file,
+//! rollback state).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use netguard::daemon::{self, Config};
+use tracing::error;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "netguard",
+    version,
+    about,
+    after_help = "\
+Exit codes: 0 stopped by signal, 1 runtime failure, 2 usage, 4 refused to start.
+SIGHUP reloads; SIGTERM/SIGINT stop, leaving the firewall in place."
+)]
+struct Args {
+    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+    policy: PathBuf,
+    #[arg(long, default_value = "/etc/tyd/operator.pub")]
+    trust: PathBuf,
+    /// This node's WireGuard private key (mode 0600).
+    #[arg(long, default_value = "/etc/tyd/node.key")]
+    key: PathBuf,
+    /// Anti-rollback state: the last accepted serial and digest.
+    #[arg(long, default_value = "/var/lib/tyd/accepted.json")]
+    state: PathBuf,
+    /// Refuse policies with a lower serial (for nodes that keep no state across boots).
+    #[arg(long, default_value_t = 0)]
+    min_serial: u64,
+    /// Override the policy's interface name.
+    #[arg(long)]
+    interface: Option<String>,
+    /// kernel or userspace (default: kernel if the module is there).
+    #[arg(long)]
+    backend: Option<String>,
+    /// How often to check for and repair drift, e.g. "5s".
+    #[arg(long, default_value = "5s", value_parser = policy::model::duration::parse)]
+    drift: Duration,
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NETGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        b.json().flatten_event(true).init()
+    } else {
+        b.init()
+    }
+    if let Some(dir) = args.state.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let cfg = Config {
+        policy: args.policy,
+        trust: args.trust,
+        key: args.key,
+        state: args.state,
+        min_serial: args.min_serial,
+        interface: args.interface,
+        backend: args.backend,
+        drift: args.drift,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(cause = %e, "cannot start runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(daemon::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(reason = %e, "refusing to start");
+            ExitCode::from(4)
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Talks to nftables: applies one JSON batch per call (`nft -j -f -`, one kernel transaction)
+//! and reads back only netguard's own table. nft's stderr is kept, so a refused batch says why.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::ruleset::{FAMILY, TABLE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft: {0}")]
+    Spawn(std::io::Error),
+    #[error("nft refused the batch: {0}")]
+    Refused(String),
+    #[error("nft output is not JSON: {0}")]
+    Parse(String),
+}
+
+fn nft_binary() -> String {
+    std::env::var("NFT").unwrap_or_else(|_| "nft".into())
+}
+
+/// Applies a batch atomically: all of it, or (on error) none of it.
+pub fn apply(batch: &Value) -> Result<(), NftError> {
+    let mut child = Command::new(nft_binary())
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NftError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(batch.to_string().as_bytes())
+            .map_err(NftError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(NftError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(NftError::Refused(policy::parse::one_line(&err)))
+    }
+}
+
+/// netguard's table as it is in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActualTable {
+    pub comment: Option<String>,
+    /// Rule comments in order (`ng:0:TAG`, `ng:1:TAG`, ...): which rules, how many, what order.
+    pub rule_comments: Vec<String>,
+    pub elements: BTreeMap<String, BTreeSet<String>>,
+    /// Named counter -> (packets, bytes).
+    pub counters: BTreeMap<String, (u64, u64)>,
+}
+
+/// Reads netguard's table; `None` if it does not exist.
+pub fn read_table() -> Result<Option<ActualTable>, NftError> {
+    let out = Command::new(nft_binary())
+        .args(["-j", "list", "table", FAMILY, TABLE])
+        .output()
+        .map_err(NftError::Spawn)?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(NftError::Refused(policy::parse::one_line(&err)));
+    }
+    let v: Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| NftError::Parse(e.to_string()))?;
+    Ok(Some(parse_table(&v)))
+}
+
+/// Picks netguard's objects out of `nft -j list table` output.
+pub fn parse_table(v: &Value) -> ActualTable {
+    let mut t = ActualTable::default();
+    let items = v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for item in items {
+        if let Some(table) = item.get("table") {
+            t.comment = table
+                .get("comment")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        } else if let Some(set) = item.get("set") {
+            let name = set
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let elems = set
+                .get("elem")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            t.elements.insert(name, elems);
+        } else if let Some(rule) = item.get("rule") {
+            let c = rule
+                .get("comment")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            t.rule_comments.push(c.to_string());
+        } else if let Some(counter) = item.get("counter") {
+            let name = counter
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let packets = counter.get("packets").and_then(Value::as_u64).unwrap_or(0);
+            let bytes = counter.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+            t.counters.insert(name, (packets, bytes));
+        }
+    }
+    t
+}

@@ -1,0 +1,231 @@
+//! The peer plan: the smallest set of changes that turns the device's peers into the desired
+//! ones. Peers are added, removed and updated one by one, never all replaced (that would drop
+//! every live session). Pure.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use policy::WgPublicKey;
+
+use crate::desired::{DesiredPeer, IfAddr};
+
+/// A peer as the device reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActualPeer {
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IfAddr>,
+    pub keepalive: Option<u16>,
+    /// Time since the last handshake, if there was one.
+    pub handshake_age: Option<Duration>,
+}
+
+/// A handshake this recent means the peer is talking to us from where it is now.
+pub const RECENT_HANDSHAKE: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerOp {
+    Add {
+        key: WgPublicKey,
+        peer: DesiredPeer,
+    },
+    Remove {
+        key: WgPublicKey,
+    },
+    /// The node's key changed: old out, new in, same allowed IPs, in one device update.
+    Rotate {
+        old: WgPublicKey,
+        key: WgPublicKey,
+        peer: DesiredPeer,
+    },
+    Update {
+        key: WgPublicKey,
+        peer: DesiredPeer,
+        endpoint: bool,
+        allowed_ips: bool,
+        keepalive: bool,
+    },
+}
+
+impl fmt::Display for PeerOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerOp::Add { peer, .. } => write!(f, "add peer {} ({})", peer.node, peer.name),
+            PeerOp::Remove { key } => write!(f, "remove peer {key}"),
+            PeerOp::Rotate { peer, .. } => {
+                write!(f, "rotate key of peer {} ({})", peer.node, peer.name)
+            }
+            PeerOp::Update {
+                peer,
+                endpoint,
+                allowed_ips,
+                keepalive,
+                ..
+            } => {
+                let mut what = Vec::new();
+                if *endpoint {
+                    what.push("endpoint");
+                }
+                if *allowed_ips {
+                    what.push("allowed ips");
+                }
+                if *keepalive {
+                    what.push("keepalive");
+                }
+                write!(
+                    f,
+                    "update peer {} ({}): {}",
+                    peer.node,
+                    peer.name,
+                    what.join(", ")
+                )
+            }
+        }
+    }
+}
+
+fn sorted(v: &[IfAddr]) -> Vec<IfAddr> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+/// Plans the changes from `actual` to `desired`. A roaming peer's endpoint is left alone while
+/// its handshake is recent.
+pub fn plan(
+    actual: &BTreeMap<WgPublicKey, ActualPeer>,
+    desired: &BTreeMap<WgPublicKey, DesiredPeer>,
+) -> Vec<PeerOp> {
+    let mut ops = Vec::new();
+    let mut stale: Vec<&WgPublicKey> = actual.keys().filter(|k| !desired.contains_key(k)).collect();
+    for (key, want) in desired {
+        let Some(have) = actual.get(key) else {
+            // A stale peer holding exactly this node's addresses is this node under its old key.
+            let want_ips = sorted(&want.allowed_ips);
+            if let Some(pos) = stale
+                .iter()
+                .position(|k| sorted(&actual[*k].allowed_ips) == want_ips)
+            {
+                let old = *stale.remove(pos);
+                ops.push(PeerOp::Rotate {
+                    old,
+                    key: *key,
+                    peer: want.clone(),
+                });
+            } else {
+                ops.push(PeerOp::Add {
+                    key: *key,
+                    peer: want.clone(),
+                });
+            }
+            continue;
+        };
+        let roaming = have.handshake_age.is_some_and(|a| a < RECENT_HANDSHAKE);
+        let endpoint = want.endpoint.is_some() && have.endpoint != want.endpoint && !roaming;
+        let allowed_ips = sorted(&have.allowed_ips) != sorted(&want.allowed_ips);
+        let keepalive = have.keepalive != want.keepalive;
+        if endpoint || allowed_ips || keepalive {
+            ops.push(PeerOp::Update {
+                key: *key,
+                peer: want.clone(),
+                endpoint,
+                allowed_ips,
+                keepalive,
+            });
+        }
+    }
+    ops.extend(stale.into_iter().map(|k| PeerOp::Remove { key: *k }));
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy::NodeId;
+
+    fn key(n: u8) -> WgPublicKey {
+        WgPublicKey::from_bytes([n; 32])
+    }
+
+    fn want(node: u16, port: u16) -> DesiredPeer {
+        DesiredPeer {
+            node: NodeId::new(node).unwrap(),
+            name: format!("n{node}"),
+            endpoint: Some(format!("198.18.0.{node}:{port}").parse().unwrap()),
+            allowed_ips: vec![IfAddr {
+                addr: format!("10.77.0.{node}").parse().unwrap(),
+                prefix: 32,
+            }],
+            keepalive: None,
+        }
+    }
+
+    fn have(p: &DesiredPeer, age: Option<u64>) -> ActualPeer {
+        ActualPeer {
+            endpoint: p.endpoint,
+            allowed_ips: p.allowed_ips.clone(),
+            keepalive: p.keepalive,
+            handshake_age: age.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn nothing_to_do_when_in_step() {
+        let d: BTreeMap<_, _> = [(key(2), want(2, 51820))].into();
+        let a: BTreeMap<_, _> = [(key(2), have(&want(2, 51820), Some(5)))].into();
+        assert!(plan(&a, &d).is_empty());
+    }
+
+    #[test]
+    fn adds_removes_and_rotates_one_by_one() {
+        let d: BTreeMap<_, _> = [
+            (key(2), want(2, 51820)),
+            (key(30), want(3, 51820)),
+            (key(4), want(4, 51820)),
+        ]
+        .into();
+        let a: BTreeMap<_, _> = [
+            (key(2), have(&want(2, 51820), None)),
+            (key(3), have(&want(3, 51820), None)), // node 3's old key
+            (key(9), have(&want(9, 51820), None)), // removed node
+        ]
+        .into();
+        let ops: Vec<String> = plan(&a, &d).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ops,
+            [
+                "add peer 4 (n4)",
+                "rotate key of peer 3 (n3)",
+                &format!("remove peer {}", key(9))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recent_handshake_keeps_a_roaming_endpoint() {
+        let d: BTreeMap<_, _> = [(key(2), want(2, 51820))].into();
+        let mut roamed = have(&want(2, 51820), Some(10));
+        roamed.endpoint = Some("198.18.5.5:40000".parse().unwrap());
+        let a: BTreeMap<_, _> = [(key(2), roamed.clone())].into();
+        assert!(plan(&a, &d).is_empty());
+        roamed.handshake_age = Some(Duration::from_secs(600));
+        let a: BTreeMap<_, _> = [(key(2), roamed)].into();
+        assert_eq!(plan(&a, &d)[0].to_string(), "update peer 2 (n2): endpoint");
+    }
+
+    #[test]
+    fn changed_allowed_ips_are_repaired() {
+        let d: BTreeMap<_, _> = [(key(2), want(2, 51820))].into();
+        let mut drifted = have(&want(2, 51820), None);
+        drifted.allowed_ips.push(IfAddr {
+            addr: "0.0.0.0".parse().unwrap(),
+            prefix: 0,
+        });
+        let a: BTreeMap<_, _> = [(key(2), drifted)].into();
+        assert_eq!(
+            plan(&a, &d)[0].to_string(),
+            "update peer 2 (n2): allowed ips"
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! One reconciliation pass: read what is, compare with what should be, change only the
+//! difference, and say what was changed (that list is what gets logged).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::process::Command;
+
+use wireguard_control::{DeviceUpdate, Key};
+
+use crate::desired::Desired;
+use crate::nft::{self, NftError};
+use crate::peers::{PeerOp, plan};
+use crate::ruleset::RulesetSpec;
+use crate::wg::{self, Interface, WgError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{0}")]
+    Wg(#[from] WgError),
+    #[error("{0}")]
+    Nft(#[from] NftError),
+}
+
+/// Brings the ruleset in line with `spec`: element edits when only the node map changed,
+/// a full rebuild (one transaction) when the table is missing, foreign or tampered with.
+pub fn sync_ruleset(spec: &RulesetSpec) -> Result<Vec<String>, NftError> {
+    let tag = spec.tag();
+    let expected = spec.rule_comments();
+    let counters: BTreeSet<String> = spec.counters().into_iter().collect();
+    let found = nft::read_table()?;
+    let why_rebuild = match &found {
+        None => Some("table missing".to_string()),
+        Some(t) if t.rule_comments.first().is_some_and(|c| !c.ends_with(&tag)) => Some(format!(
+            "rules changed ({} -> {tag})",
+            t.rule_comments[0].rsplit(':').next().unwrap_or("?")
+        )),
+        Some(t) if t.rule_comments != expected => Some(format!(
+            "rules tampered with ({} of {} present)",
+            t.rule_comments.len(),
+            expected.len()
+        )),
+        Some(t) if t.counters.keys().cloned().collect::<BTreeSet<_>>() != counters => {
+            Some("counters tampered with".to_string())
+        }
+        Some(_) => None,
+    };
+    if let Some(why) = why_rebuild {
+        nft::apply(&spec.full_batch())?;
+        return Ok(vec![format!("ruleset installed ({why})")]);
+    }
+    let Some(actual) = found else {
+        return Ok(Vec::new());
+    };
+    match spec.element_batch(&actual.elements) {
+        Some(batch) => {
+            nft::apply(&batch)?;
+            let n = batch["nftables"].as_array().map_or(0, Vec::len);
+            Ok(vec![format!("peer sets updated ({n} element edits)")])
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Deletes the conntrack entries of addresses that are no longer peers, so their open flows
+/// end now rather than when they time out. Best effort: the rules already drop their packets.
+pub fn kill_flows(addrs: &[IpAddr]) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in addrs {
+        for dir in ["-s", "-d"] {
+            match Command::new("conntrack")
+                .args(["-D", dir, &a.to_string()])
+                .output()
+            {
+                Ok(o) if o.status.success() => out.push(format!("flows of {a} deleted ({dir})")),
+                Ok(_) => {} // no entries
+                Err(e) => {
+                    out.push(format!("cannot run conntrack for {a}: {e}"));
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One full pass for a node with a verified policy.
+pub fn reconcile(
+    iface: &mut Interface,
+    private: &Key,
+    desired: &Desired,
+) -> Result<Vec<String>, ReconcileError> {
+    let mut changes = Vec::new();
+    // The firewall first: it is what keeps service ports closed while the rest settles.
+    changes.extend(sync_ruleset(&desired.ruleset)?);
+    if iface.ensure()? {
+        changes.push(format!(
+            "interface {} created ({:?})",
+            iface.name, iface.kind
+        ));
+    }
+    let dev = iface.read()?;
+    let mut update = DeviceUpdate::new();
+    let mut touch = false;
+    if dev.private_key.as_ref() != Some(private) {
+        update = update.set_private_key(private.clone());
+        changes.push("private key set".into());
+        touch = true;
+    }
+    if dev.listen_port != Some(desired.listen_port) {
+        update = update.set_listen_port(desired.listen_port);
+        changes.push(format!("listen port {}", desired.listen_port));
+        touch = true;
+    }
+    let actual = wg::actual_peers(&dev);
+    let ops = plan(&actual, &desired.peers);
+    let mut gone = Vec::new();
+    for op in &ops {
+        if let PeerOp::Remove { key } = op
+            && let Some(p) = actual.get(key)
+        {
+            gone.extend(p.allowed_ips.iter().map(|a| a.addr));
+        }
+        changes.push(op.to_string());
+    }
+    if touch {
+        iface.apply(update)?;
+    }
+    if !ops.is_empty() {
+        // All peer changes in one device update, in plan order; none replaces the peer list.
+        iface.apply(wg::update_for(&ops))?;
+    }
+    changes.extend(iface.configure_link(&desired.addresses)?);
+    changes.extend(kill_flows(&gone));
+    Ok(changes)
+}

@@ -1,0 +1,118 @@
+//! What `tyd status` shows: every node of the map with its tunnel state, and what non-peers
+//! tried (per-service drop counters). The modern `mosmon`/`showmap`.
+
+use std::collections::BTreeMap;
+
+use policy::{Policy, WgPublicKey};
+use serde::Serialize;
+
+use crate::nft;
+use crate::peers::RECENT_HANDSHAKE;
+use crate::ruleset::counter_name;
+use crate::wg::{self, Interface, Kind};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub id: u16,
+    pub name: String,
+    /// This is the node the status was taken on.
+    pub this_node: bool,
+    /// In the signed policy (all listed nodes are) and configured as a peer here.
+    pub authorised: bool,
+    pub peer_configured: bool,
+    pub tunnel_up: bool,
+    pub handshake_age_s: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub cluster: String,
+    pub serial: u64,
+    pub interface: String,
+    pub nodes: Vec<NodeStatus>,
+    /// Peers on the device that the policy does not list (drift, or tampering).
+    pub unknown_peers: Vec<String>,
+    /// Service name -> packets dropped that came from outside the tunnel or from non-peers.
+    pub dropped: BTreeMap<String, u64>,
+    pub firewall_installed: bool,
+}
+
+pub fn collect(policy: &Policy, interface: Option<&str>, me: Option<&WgPublicKey>) -> Status {
+    let name = interface.unwrap_or(&policy.cluster.interface).to_string();
+    let device = Interface::new(&name, Kind::detect(None))
+        .ok()
+        .and_then(|i| i.read().ok());
+    let device = device.or_else(|| {
+        Interface::new(&name, Kind::Userspace("wireguard-go".into()))
+            .ok()
+            .and_then(|i| i.read().ok())
+    });
+    let peers = device.as_ref().map(wg::actual_peers).unwrap_or_default();
+    let stats: BTreeMap<WgPublicKey, (u64, u64)> = device
+        .as_ref()
+        .map(|d| {
+            d.peers
+                .iter()
+                .map(|p| {
+                    (
+                        WgPublicKey::from_bytes(p.config.public_key.0),
+                        (p.stats.rx_bytes, p.stats.tx_bytes),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let nodes = policy
+        .nodes
+        .iter()
+        .map(|n| {
+            let peer = peers.get(&n.public_key);
+            let age = peer.and_then(|p| p.handshake_age);
+            let (rx, tx) = stats.get(&n.public_key).copied().unwrap_or_default();
+            NodeStatus {
+                id: n.id.get(),
+                name: n.name.clone(),
+                this_node: me == Some(&n.public_key),
+                authorised: true,
+                peer_configured: peer.is_some(),
+                tunnel_up: age.is_some_and(|a| a < RECENT_HANDSHAKE),
+                handshake_age_s: age.map(|a| a.as_secs()),
+                rx_bytes: rx,
+                tx_bytes: tx,
+                endpoint: peer
+                    .and_then(|p| p.endpoint)
+                    .or(n.endpoint)
+                    .map(|e| e.to_string()),
+            }
+        })
+        .collect();
+    let unknown_peers = peers
+        .keys()
+        .filter(|k| policy.node_by_key(k).is_none())
+        .map(ToString::to_string)
+        .collect();
+    let table = nft::read_table().ok().flatten();
+    let dropped = policy
+        .services
+        .keys()
+        .map(|s| {
+            let packets = table
+                .as_ref()
+                .and_then(|t| t.counters.get(&counter_name(s)))
+                .map_or(0, |c| c.0);
+            (s.clone(), packets)
+        })
+        .collect();
+    Status {
+        cluster: policy.cluster.name.clone(),
+        serial: policy.cluster.serial,
+        interface: name,
+        nodes,
+        unknown_peers,
+        dropped,
+        firewall_installed: table.is_some(),
+    }
+}

@@ -1,0 +1,352 @@
+//! The WireGuard device: backend choice, the interface itself (kernel link, or a supervised
+//! wireguard-go), its addresses and link state, and peer updates through wireguard-control.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use policy::WgPublicKey;
+use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+
+use crate::desired::{DesiredPeer, IfAddr};
+use crate::peers::{ActualPeer, PeerOp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WgError {
+    #[error("{0}: invalid interface name")]
+    Name(String),
+    #[error("{iface}: {what}: {source}")]
+    Io {
+        iface: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{iface}: `{cmd}` failed: {stderr}")]
+    Ip {
+        iface: String,
+        cmd: String,
+        stderr: String,
+    },
+    #[error("{iface}: {bin} did not create its control socket within 5 s")]
+    NoSocket { iface: String, bin: String },
+}
+
+/// Kernel module where it is loaded (or loadable), userspace wireguard-go otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Kernel,
+    /// The userspace implementation's binary (`WG_USERSPACE_IMPLEMENTATION` or wireguard-go).
+    Userspace(PathBuf),
+}
+
+impl Kind {
+    pub fn detect(force: Option<&str>) -> Self {
+        let userspace = || {
+            Kind::Userspace(PathBuf::from(
+                std::env::var("WG_USERSPACE_IMPLEMENTATION")
+                    .unwrap_or_else(|_| "wireguard-go".into()),
+            ))
+        };
+        match force {
+            Some("kernel") => Kind::Kernel,
+            Some("userspace") => userspace(),
+            _ => {
+                let loaded = Path::new("/sys/module/wireguard").exists()
+                    || Command::new("modprobe")
+                        .arg("wireguard")
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success());
+                if loaded { Kind::Kernel } else { userspace() }
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Kind::Kernel => Backend::Kernel,
+            Kind::Userspace(_) => Backend::Userspace,
+        }
+    }
+}
+
+/// One WireGuard interface under netguard's care.
+#[derive(Debug)]
+pub struct Interface {
+    pub name: String,
+    ifname: InterfaceName,
+    pub kind: Kind,
+    /// The supervised wireguard-go, for the userspace backend.
+    child: Option<std::process::Child>,
+}
+
+fn ip(iface: &str, args: &[&str]) -> Result<String, WgError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| WgError::Io {
+            iface: iface.into(),
+            what: "cannot run ip",
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(WgError::Ip {
+            iface: iface.into(),
+            cmd: format!("ip {}", args.join(" ")),
+            stderr: policy::parse::one_line(&String::from_utf8_lossy(&out.stderr)),
+        })
+    }
+}
+
+pub fn to_key(k: &WgPublicKey) -> Key {
+    Key(*k.as_bytes())
+}
+
+fn from_key(k: &Key) -> WgPublicKey {
+    WgPublicKey::from_bytes(k.0)
+}
+
+impl Interface {
+    pub fn new(name: &str, kind: Kind) -> Result<Self, WgError> {
+        let ifname: InterfaceName = name.parse().map_err(|_| WgError::Name(name.into()))?;
+        Ok(Self {
+            name: name.into(),
+            ifname,
+            kind,
+            child: None,
+        })
+    }
+
+    fn link_exists(&self) -> bool {
+        Path::new("/sys/class/net").join(&self.name).exists()
+    }
+
+    /// Creates the interface if it is missing (or its wireguard-go died). Returns whether it
+    /// had to be (re)created: a new device needs its keys, peers and addresses again.
+    pub fn ensure(&mut self) -> Result<bool, WgError> {
+        let child_alive = match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        };
+        let up = match self.kind {
+            Kind::Kernel => self.link_exists(),
+            Kind::Userspace(_) => child_alive && self.link_exists(),
+        };
+        if up {
+            return Ok(false);
+        }
+        match self.kind.clone() {
+            Kind::Kernel => {
+                ip(
+                    &self.name,
+                    &["link", "add", &self.name, "type", "wireguard"],
+                )?;
+            }
+            Kind::Userspace(bin) => {
+                if let Some(mut old) = self.child.take() {
+                    let _ = old.kill();
+                    let _ = old.wait();
+                }
+                if self.link_exists() {
+                    let _ = ip(&self.name, &["link", "del", &self.name]);
+                }
+                let socket = PathBuf::from(format!("/run/wireguard/{}.sock", self.name));
+                let _ = std::fs::remove_file(&socket);
+                let child = Command::new(&bin)
+                    .args(["-f", &self.name])
+                    .env_remove("LOG_LEVEL")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .map_err(|source| WgError::Io {
+                        iface: self.name.clone(),
+                        what: "cannot start wireguard-go",
+                        source,
+                    })?;
+                self.child = Some(child);
+                let until = Instant::now() + Duration::from_secs(5);
+                while !(socket.exists() && self.link_exists()) {
+                    if Instant::now() > until {
+                        return Err(WgError::NoSocket {
+                            iface: self.name.clone(),
+                            bin: bin.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sets exactly these tunnel addresses (others removed), the MTU, and link up.
+    pub fn configure_link(&self, want: &[IfAddr]) -> Result<Vec<String>, WgError> {
+        let mut changes = Vec::new();
+        let shown = ip(&self.name, &["-j", "addr", "show", "dev", &self.name])?;
+        let have = parse_addrs(&shown);
+        for a in want.iter().filter(|a| !have.contains(a)) {
+            ip(
+                &self.name,
+                &["addr", "add", &a.to_string(), "dev", &self.name],
+            )?;
+            changes.push(format!("address {a} added"));
+        }
+        for a in have.iter().filter(|a| !want.contains(a)) {
+            ip(
+                &self.name,
+                &["addr", "del", &a.to_string(), "dev", &self.name],
+            )?;
+            changes.push(format!("address {a} removed"));
+        }
+        if !shown.contains("\"UP\"") || !shown.contains("\"mtu\":1420") {
+            ip(
+                &self.name,
+                &["link", "set", &self.name, "mtu", "1420", "up"],
+            )?;
+            changes.push("link up".into());
+        }
+        Ok(changes)
+    }
+
+    pub fn read(&self) -> Result<Device, WgError> {
+        Device::get(&self.ifname, self.kind.backend()).map_err(|source| WgError::Io {
+            iface: self.name.clone(),
+            what: "cannot read device",
+            source,
+        })
+    }
+
+    pub fn apply(&self, update: DeviceUpdate) -> Result<(), WgError> {
+        update
+            .apply(&self.ifname, self.kind.backend())
+            .map_err(|source| WgError::Io {
+                iface: self.name.clone(),
+                what: "cannot configure device",
+                source,
+            })
+    }
+
+    /// Removes the interface (operator action, and test cleanup).
+    pub fn remove(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.link_exists() {
+            let _ = ip(&self.name, &["link", "del", &self.name]);
+        }
+    }
+}
+
+/// `ip -j addr show` output to addresses (link-local IPv6 left out: the kernel's, not ours).
+pub fn parse_addrs(json: &str) -> Vec<IfAddr> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let mut out = Vec::new();
+    for link in v.as_array().into_iter().flatten() {
+        for a in link
+            .get("addr_info")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let local = a
+                .get("local")
+                .and_then(|l| l.as_str())
+                .and_then(|l| l.parse().ok());
+            let prefix = a
+                .get("prefixlen")
+                .and_then(|p| p.as_u64())
+                .and_then(|p| u8::try_from(p).ok());
+            if let (Some(addr), Some(prefix)) = (local, prefix) {
+                let link_local = matches!(addr, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+                if !link_local {
+                    out.push(IfAddr { addr, prefix });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The device's peers in the planner's terms.
+pub fn actual_peers(dev: &Device) -> BTreeMap<WgPublicKey, ActualPeer> {
+    dev.peers
+        .iter()
+        .map(|p| {
+            let age = p
+                .stats
+                .last_handshake_time
+                .and_then(|t| SystemTime::now().duration_since(t).ok());
+            (
+                from_key(&p.config.public_key),
+                ActualPeer {
+                    endpoint: p.config.endpoint,
+                    allowed_ips: p
+                        .config
+                        .allowed_ips
+                        .iter()
+                        .map(|a| IfAddr {
+                            addr: a.address,
+                            prefix: a.cidr,
+                        })
+                        .collect(),
+                    keepalive: p.config.persistent_keepalive_interval.filter(|&k| k != 0),
+                    handshake_age: age,
+                },
+            )
+        })
+        .collect()
+}
+
+fn peer_builder(key: &WgPublicKey, p: &DesiredPeer) -> PeerConfigBuilder {
+    let mut b = PeerConfigBuilder::new(&to_key(key)).replace_allowed_ips();
+    for a in &p.allowed_ips {
+        b = b.add_allowed_ip(a.addr, a.prefix);
+    }
+    if let Some(ep) = p.endpoint {
+        b = b.set_endpoint(ep);
+    }
+    match p.keepalive {
+        Some(k) => b.set_persistent_keepalive_interval(k),
+        None => b.unset_persistent_keepalive(),
+    }
+}
+
+/// One device update for all planned peer operations (none replaces the whole peer list).
+pub fn update_for(ops: &[PeerOp]) -> DeviceUpdate {
+    let mut u = DeviceUpdate::new();
+    for op in ops {
+        u = match op {
+            PeerOp::Add { key, peer } => u.add_peer(peer_builder(key, peer)),
+            PeerOp::Remove { key } => u.remove_peer_by_key(&to_key(key)),
+            PeerOp::Rotate { old, key, peer } => u
+                .remove_peer_by_key(&to_key(old))
+                .add_peer(peer_builder(key, peer)),
+            PeerOp::Update {
+                key,
+                peer,
+                endpoint,
+                ..
+            } => {
+                let mut b = PeerConfigBuilder::new(&to_key(key)).replace_allowed_ips();
+                for a in &peer.allowed_ips {
+                    b = b.add_allowed_ip(a.addr, a.prefix);
+                }
+                if *endpoint && let Some(ep) = peer.endpoint {
+                    b = b.set_endpoint(ep);
+                }
+                b = match peer.keepalive {
+                    Some(k) => b.set_persistent_keepalive_interval(k),
+                    None => b.unset_persistent_keepalive(),
+                };
+                u.add_peer(b)
+            }
+        };
+    }
+    u
+}
