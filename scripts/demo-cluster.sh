@@ -17,12 +17,15 @@ cleanup() {
   set +e
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   wait 2>/dev/null
+  pkill -f "wireguard-go -f tyd${id}w" 2>/dev/null
   for ns in "${nss[@]}" "$rogue" "$br"; do ip netns del "$ns" 2>/dev/null; done
   if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS"; cp "$work"/n*/netguard.log "$KEEP_LOGS"/ 2>/dev/null; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# Background processes are started with `ip netns exec` directly (it execs), never through a
+# shell function, so that $! is the process itself and cleanup can stop it.
 step() { printf '\n== %s\n' "$*"; }
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 tcp_try() { # ns host port [message]: succeeds if an echo server answers
@@ -72,7 +75,7 @@ publish
 step "netguard in each drone"
 for i in 1 2 3; do
   cp operator.key.pub "n$i/operator.pub"; cp "drone$i.key" "n$i/node.key"
-  in_ns "${nss[$((i - 1))]}" "$bin/netguard" --policy "n$i/cluster.toml" --trust "n$i/operator.pub" \
+  ip netns exec "${nss[$((i - 1))]}" "$bin/netguard" --policy "n$i/cluster.toml" --trust "n$i/operator.pub" \
     --key "n$i/node.key" --state "n$i/accepted.json" --interface "tyd${id}w$i" \
     --backend userspace --drift 1s 2> "n$i/netguard.log" &
   mkdir -p "n$i"
@@ -86,7 +89,7 @@ in_ns "${nss[0]}" "$bin/tyd" status --policy n1/cluster.toml --trust n1/operator
 
 step "openMosix's tcp 4660 on every drone (an echo server)"
 for i in 1 2 3; do
-  in_ns "${nss[$((i - 1))]}" python3 -c '
+  ip netns exec "${nss[$((i - 1))]}" python3 -c '
 import socket, threading
 s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); s.bind(("::", 4660)); s.listen()
@@ -104,7 +107,7 @@ if tcp_try "${nss[0]}" 198.18.0.2 4660; then echo "FAIL: drone1 reached drone2 o
 echo "drone1 -> drone2 198.18.0.2:4660 outside the tunnel: refused"
 
 step "an established flow from drone3, then drone3 is removed from the policy"
-in_ns "${nss[2]}" python3 - <<'PY' &
+ip netns exec "${nss[2]}" python3 - <<'PY' &
 import socket, time, sys
 s = socket.create_connection(("10.77.0.2", 4660), timeout=2)
 s.sendall(b"before"); print("drone3 flow: before removal:", s.recv(100).decode(), flush=True)

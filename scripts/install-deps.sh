@@ -10,6 +10,8 @@ packages=(
   wireguard-go      # userspace WireGuard where the kernel has no module
   iproute2          # ip netns/link for namespace tests
   conntrack         # killing a removed node's flows
+  iputils-ping      # tunnel checks in namespace tests and the demo
+  python3           # demo-cluster echo servers, benchmark tree builder
   b3sum             # certaintyd benchmark reference
   aide              # certaintyd benchmark reference (the classic tool)
   busybox-static    # drone images
