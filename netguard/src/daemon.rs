@@ -64,6 +64,9 @@ struct Node {
     mode: Mode,
     kind: Kind,
     iface: Option<Interface>,
+    /// What the last successful pass converged to: lets a policy change edit the sets
+    /// without reading the table back first.
+    converged: Option<Box<Desired>>,
 }
 
 fn load_key(path: &std::path::Path) -> Result<Key, StartupError> {
@@ -94,19 +97,25 @@ impl Node {
         Ok(v)
     }
 
-    /// Loads the policy; on any refusal the state in force stays as it is.
-    fn reload(&mut self) {
+    /// Loads the policy; on any refusal the state in force stays as it is. With `quiet`, a
+    /// refusal is only logged at debug level (the signature may still be on its way) and
+    /// `false` is returned so the caller can check again shortly.
+    fn reload_quietly(&mut self, quiet: bool) -> bool {
         let v = match self.load() {
             Ok(v) => v,
             Err(reason) => {
                 let serial = self.policy.as_ref().map(|p| p.cluster.serial);
-                error!(reason = %reason, in_force = ?serial, "policy refused; the last verified state stays in force");
-                return;
+                if quiet {
+                    tracing::debug!(reason = %reason, "policy not (yet) acceptable; checking again shortly");
+                } else {
+                    error!(reason = %reason, in_force = ?serial, "policy refused; the last verified state stays in force");
+                }
+                return false;
             }
         };
         if let Some(old) = &self.policy {
             if old.digest_hex() == v.digest_hex() {
-                return;
+                return true;
             }
             let diff = NodeMapDiff::new(&NodeMap::from(&**old), &NodeMap::from(&*v));
             for line in diff.to_string().lines() {
@@ -122,6 +131,11 @@ impl Node {
             }
         };
         self.policy = Some(v);
+        true
+    }
+
+    fn reload(&mut self) {
+        self.reload_quietly(false);
     }
 
     /// One pass; `why` says what prompted it (a drift check logs what it had to repair).
@@ -141,7 +155,15 @@ impl Node {
                 let Some(iface) = self.iface.as_mut() else {
                     return;
                 };
-                reconcile(iface, &self.private, d).map_err(|e| e.to_string())
+                // Drift checks always read everything back; policy changes may trust the past.
+                let previous = if why == "drift check" {
+                    None
+                } else {
+                    self.converged.as_deref()
+                };
+                let r = reconcile(iface, &self.private, d, previous).map_err(|e| e.to_string());
+                self.converged = r.as_ref().ok().map(|_| d.clone());
+                r
             }
         };
         match result {
@@ -232,18 +254,30 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         mode: Mode::Protective,
         kind,
         iface: None,
+        converged: None,
     };
     node.reload();
     node.reconcile("start");
     let mut drift = tokio::time::interval(node.cfg.drift);
     drift.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     drift.tick().await;
+    // The policy and its signature are written one after the other: a pair that does not
+    // verify right after a change is checked again a moment later before it is an error.
+    let mut recheck: Option<tokio::time::Instant> = None;
     loop {
+        let recheck_at = recheck;
         tokio::select! {
             Some(()) = changed.recv() => {
-                // The policy and its signature are written one after the other: let both land.
-                tokio::time::sleep(Duration::from_millis(150)).await;
                 while changed.try_recv().is_ok() {}
+                if node.reload_quietly(true) {
+                    recheck = None;
+                    node.reconcile("policy change");
+                } else {
+                    recheck = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+            }
+            () = async { match recheck_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                recheck = None;
                 node.reload();
                 node.reconcile("policy change");
             }

@@ -83,15 +83,48 @@ pub fn kill_flows(addrs: &[IpAddr]) -> Vec<String> {
     out
 }
 
-/// One full pass for a node with a verified policy.
+/// After a policy change, when the rules are the same, edits the sets from the previous
+/// desired elements without reading the table back (a 1000-element read-back costs more than
+/// the edit). Any failure, or different rules, falls back to the full read-back sync.
+pub fn update_ruleset(
+    previous: Option<&RulesetSpec>,
+    spec: &RulesetSpec,
+) -> Result<Vec<String>, NftError> {
+    if let Some(prev) = previous
+        && prev.tag() == spec.tag()
+    {
+        let was = prev
+            .elements
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        match spec.element_batch(&was) {
+            None => return Ok(Vec::new()),
+            Some(batch) => {
+                if nft::apply(&batch).is_ok() {
+                    let n = batch["nftables"].as_array().map_or(0, Vec::len);
+                    return Ok(vec![format!("peer sets updated ({n} element edits)")]);
+                }
+            }
+        }
+    }
+    sync_ruleset(spec)
+}
+
+/// One full pass for a node with a verified policy. `previous` is the desired state this
+/// node last converged to, when the pass follows a policy change (not a drift check).
 pub fn reconcile(
     iface: &mut Interface,
     private: &Key,
     desired: &Desired,
+    previous: Option<&Desired>,
 ) -> Result<Vec<String>, ReconcileError> {
     let mut changes = Vec::new();
     // The firewall first: it is what keeps service ports closed while the rest settles.
-    changes.extend(sync_ruleset(&desired.ruleset)?);
+    changes.extend(update_ruleset(
+        previous.map(|p| &p.ruleset),
+        &desired.ruleset,
+    )?);
     if iface.ensure()? {
         changes.push(format!(
             "interface {} created ({:?})",
@@ -130,6 +163,18 @@ pub fn reconcile(
         iface.apply(wg::update_for(&ops))?;
     }
     changes.extend(iface.configure_link(&desired.addresses)?);
-    changes.extend(kill_flows(&gone));
+    if !gone.is_empty() {
+        // The rules already drop a removed peer's packets; deleting its conntrack entries
+        // (two process spawns per address) finishes in the background.
+        changes.push(format!(
+            "deleting flows of {} removed addresses",
+            gone.len()
+        ));
+        std::thread::spawn(move || {
+            for line in kill_flows(&gone) {
+                tracing::info!(change = %line, "flows of a removed peer");
+            }
+        });
+    }
     Ok(changes)
 }

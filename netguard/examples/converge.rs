@@ -1,0 +1,285 @@
+//! Convergence benchmark (run by scripts/bench-netguard.sh inside a network namespace, as
+//! root). For maps of 10, 100 and 1000 nodes it times, from "new signed policy file in place"
+//! (read, verify, rollback check, plan, apply, read back) to "WireGuard peers and nft sets
+//! converged": cold start, one node added, one removed, one key rotated; and, in the same run,
+//! the naive approach (`wg syncconf` of the whole config plus `nft -f` of the whole ruleset).
+//! A real peer (node 2, in another namespace) keeps a session up throughout; its handshake
+//! time and counters show whether any change disturbed it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use netguard::desired::desired;
+use netguard::reconcile::reconcile;
+use netguard::wg::{Interface, Kind};
+use policy::{RollbackStore, TrustedKeys, WgPublicKey};
+use wireguard_control::Key;
+
+struct Env {
+    iface: String,
+    peer_pub: String,
+    peer_lan: String,
+    dir: std::path::PathBuf,
+}
+
+fn policy_text(n: usize, serial: u64, me: &str, env: &Env, rotated: bool, extra: bool) -> String {
+    let mut t = policy::template::init_template(
+        "bench",
+        jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
+    )
+    .replace("serial = 1", &format!("serial = {serial}"))
+    .replace("10.77.0.0/24", "10.0.0.0/16")
+    .replace("allow_roaming = false", "allow_roaming = true");
+    let count = if extra { n + 1 } else { n };
+    for id in 1..=count {
+        let key = match id {
+            1 => me.to_string(),
+            2 => env.peer_pub.clone(),
+            3 if rotated => WgPublicKey::from_bytes([0xEE; 32]).to_base64(),
+            _ => {
+                let mut b = [0u8; 32];
+                b[..4].copy_from_slice(&(id as u32).to_le_bytes());
+                b[31] = 0x42;
+                WgPublicKey::from_bytes(b).to_base64()
+            }
+        };
+        let endpoint = if id == 2 {
+            format!("{}:51820", env.peer_lan)
+        } else {
+            format!("198.19.{}.{}:51820", id / 250, id % 250 + 1)
+        };
+        let _ = write!(
+            t,
+            "\n[[node]]\nid = {id}\nname = \"n{id}\"\npublic_key = \"{key}\"\nendpoint = \"{endpoint}\"\naddresses = [\"10.0.{}.{}\"]\n",
+            id / 250,
+            id % 250 + 1
+        );
+    }
+    t
+}
+
+struct Runner {
+    env: Env,
+    op: ed25519_dalek::SigningKey,
+    trust: TrustedKeys,
+    private: Key,
+    me: WgPublicKey,
+    store: RollbackStore,
+    iface: Interface,
+    converged: Option<netguard::desired::Desired>,
+}
+
+impl Runner {
+    /// Writes the signed policy, then reads, verifies, accepts, plans and applies it.
+    fn converge(&mut self, text: &str) -> Duration {
+        let p = self.env.dir.join("cluster.toml");
+        std::fs::write(&p, text).unwrap();
+        std::fs::write(
+            self.env.dir.join("cluster.toml.sig"),
+            policy::sign(text.as_bytes(), &self.op),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let bytes = std::fs::read(&p).unwrap();
+        let sig = std::fs::read(self.env.dir.join("cluster.toml.sig")).unwrap();
+        let now = jiff::Timestamp::now();
+        let v = policy::verify_policy("cluster.toml", &bytes, &sig, &self.trust, now).unwrap();
+        self.store.accept(&v, now).unwrap();
+        let d = desired(&v, &self.me, Some(&self.env.iface)).unwrap();
+        reconcile(&mut self.iface, &self.private, &d, self.converged.as_ref()).unwrap();
+        let took = t.elapsed();
+        self.converged = Some(d);
+        took
+    }
+}
+
+/// The naive approach: the whole WireGuard config through `wg syncconf`, the whole ruleset
+/// through `nft -f`.
+fn naive(text: &str, env: &Env, private: &Key, me: &WgPublicKey, iface: &str) -> Duration {
+    let trust_key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let sig = policy::sign(text.as_bytes(), &trust_key);
+    let v = policy::verify_policy(
+        "p",
+        text.as_bytes(),
+        sig.as_bytes(),
+        &TrustedKeys::new(vec![(&trust_key).into()]),
+        jiff::Timestamp::now(),
+    )
+    .unwrap();
+    let d = desired(&v, me, Some(iface)).unwrap();
+    let mut conf = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = 51821\n",
+        private.to_base64()
+    );
+    for (k, p) in &d.peers {
+        let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
+        let _ = write!(
+            conf,
+            "\n[Peer]\nPublicKey = {k}\nAllowedIPs = {}\n",
+            ips.join(", ")
+        );
+        if let Some(e) = p.endpoint {
+            let _ = writeln!(conf, "Endpoint = {e}");
+        }
+    }
+    let mut rules = String::from(
+        "table inet naive\ndelete table inet naive\ntable inet naive {\n set peers4 { type ipv4_addr; ",
+    );
+    let peers: Vec<&String> = d.ruleset.elements["peers4"].iter().collect();
+    if !peers.is_empty() {
+        let _ = write!(
+            rules,
+            "elements = {{ {} }}; ",
+            peers
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    rules.push_str("}\n chain input { type filter hook input priority 10; policy accept;\n  iifname \"naive0\" tcp dport { 723, 4660 } ip saddr @peers4 accept\n  tcp dport { 723, 4660 } drop\n }\n}\n");
+    std::fs::write(env.dir.join("naive.conf"), conf).unwrap();
+    std::fs::write(env.dir.join("naive.nft"), rules).unwrap();
+    let t = Instant::now();
+    let ok = Command::new("wg")
+        .args([
+            "syncconf",
+            "naive0",
+            &env.dir.join("naive.conf").display().to_string(),
+        ])
+        .status()
+        .unwrap()
+        .success()
+        && Command::new("nft")
+            .args(["-f", &env.dir.join("naive.nft").display().to_string()])
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "naive apply failed");
+    t.elapsed()
+}
+
+fn session(iface: &Interface, peer: &WgPublicKey) -> (Option<std::time::SystemTime>, u64) {
+    let dev = iface.read().unwrap();
+    dev.peers
+        .iter()
+        .find(|p| p.config.public_key.0 == *peer.as_bytes())
+        .map(|p| (p.stats.last_handshake_time, p.stats.rx_bytes))
+        .unwrap_or((None, 0))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let env = Env {
+        iface: args.next().expect("iface"),
+        peer_pub: args.next().expect("peer public key"),
+        peer_lan: args.next().expect("peer LAN address"),
+        dir: std::path::PathBuf::from(args.next().expect("work dir")),
+    };
+    let private_text = std::fs::read_to_string(Path::new(&env.dir).join("me.key")).unwrap();
+    let private = Key::from_base64(private_text.trim()).unwrap();
+    let me = WgPublicKey::from_bytes(private.get_public().0);
+    let op = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let trust = TrustedKeys::new(vec![(&op).into()]);
+    // The naive approach's own interface, so both run side by side.
+    assert!(
+        Command::new("sh")
+            .args(["-c", "wireguard-go naive0 && ip link set naive0 up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    println!(
+        "{:>6} {:<14} {:>12} {:>12} {:>8}  {}",
+        "nodes", "change", "netguard ms", "naive ms", "speedup", "unchanged peer's session"
+    );
+    let mut serial = 1;
+    for n in [10usize, 100, 1000] {
+        let store_path = env.dir.join(format!("state-{n}.json"));
+        let mut r = Runner {
+            iface: Interface::new(&env.iface, Kind::detect(Some("userspace"))).unwrap(),
+            env: Env {
+                iface: env.iface.clone(),
+                peer_pub: env.peer_pub.clone(),
+                peer_lan: env.peer_lan.clone(),
+                dir: env.dir.clone(),
+            },
+            op: op.clone(),
+            trust: trust.clone(),
+            private: private.clone(),
+            me,
+            store: RollbackStore::open(&store_path, 0).unwrap(),
+            converged: None,
+        };
+        // Cold start: no interface, no table.
+        r.iface.remove();
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                "nft delete table inet netguard; nft delete table inet naive",
+            ])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = Command::new("wg")
+            .args([
+                "set",
+                "naive0",
+                "peer",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                "remove",
+            ])
+            .status();
+        serial += 1;
+        let base = policy_text(n, serial, &me.to_base64(), &r.env, false, false);
+        let cold = r.converge(&base);
+        let cold_naive = naive(&base, &r.env, &private, &me, "naive0");
+        println!(
+            "{n:>6} {:<14} {:>12.1} {:>12.1} {:>7.1}x  (interface created)",
+            "cold start",
+            ms(cold),
+            ms(cold_naive),
+            ms(cold_naive) / ms(cold)
+        );
+        // Let the real peer's session come up.
+        let peer = WgPublicKey::from_bytes(Key::from_base64(&r.env.peer_pub).unwrap().0);
+        let until = Instant::now() + Duration::from_secs(20);
+        while session(&r.iface, &peer).0.is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for (change, rotated, extra) in [
+            ("add one", false, true),
+            ("remove one", false, false),
+            ("rotate a key", true, false),
+        ] {
+            serial += 1;
+            let text = policy_text(n, serial, &me.to_base64(), &r.env, rotated, extra);
+            let before = session(&r.iface, &peer);
+            let best = (0..1).map(|_| r.converge(&text)).min().unwrap_or_default();
+            std::thread::sleep(Duration::from_millis(300));
+            let after = session(&r.iface, &peer);
+            let naive_t = naive(&text, &r.env, &private, &me, "naive0");
+            let verdict = match (before.0, after.0) {
+                (None, _) => "no session before the change",
+                (Some(a), Some(b)) if a == b && after.1 >= before.1 => {
+                    "undisturbed (same handshake, counters growing)"
+                }
+                _ => "DISTURBED (new handshake or counters reset)",
+            };
+            println!(
+                "{n:>6} {change:<14} {:>12.1} {:>12.1} {:>7.1}x  {}",
+                ms(best),
+                ms(naive_t),
+                ms(naive_t) / ms(best),
+                verdict
+            );
+        }
+    }
+    let _ = Command::new("ip").args(["link", "del", "naive0"]).status();
+}
