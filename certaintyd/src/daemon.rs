@@ -51,6 +51,8 @@ pub struct Config {
     pub cluster: String,
     pub node: String,
     pub signals_are_violations: bool,
+    /// Re-hash each file's content every this many verifications (see `walk::Reuse`).
+    pub content_every: u32,
     pub socket: Option<PathBuf>,
     pub heartbeat: Heartbeat,
 }
@@ -99,7 +101,8 @@ enum Flow {
 
 struct Daemon {
     cfg: Config,
-    baseline: Manifest,
+    /// Shared with the verifier thread, which reuses unchanged files' hashes from it.
+    baseline: Arc<Manifest>,
     baseline_root: String,
     /// The boot-stable root of the baseline, compared with `expected_root`.
     stable_root: String,
@@ -110,6 +113,10 @@ struct Daemon {
     window: Option<Window>,
     nonces: HashSet<String>,
     deadline: Duration,
+    /// Full verifications done since the baseline: picks whose content is re-hashed.
+    pass: u64,
+    /// The monitored filesystem's device, for the writer scan.
+    dev: u64,
 }
 
 fn now_text() -> String {
@@ -147,7 +154,7 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut d = Daemon {
         cfg,
-        baseline: Manifest::default(),
+        baseline: Arc::new(Manifest::default()),
         baseline_root: String::new(),
         stable_root: String::new(),
         mounts: Vec::new(),
@@ -157,6 +164,8 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
         window: None,
         nonces: HashSet::new(),
         deadline: Duration::ZERO,
+        pass: 0,
+        dev: 0,
     };
 
     info!(grace = ?d.cfg.grace, root = %d.cfg.root.display(), "grace period before baseline");
@@ -236,6 +245,7 @@ impl Daemon {
                     source,
                 })?
                 .st_dev;
+            self.dev = dev;
             let writers = preflight::scan(dev, std::path::Path::new("/proc"));
             if !writers.is_empty() {
                 let findings = writers
@@ -323,13 +333,48 @@ impl Daemon {
             s.bytes = manifest.bytes();
             s.entries = manifest.entries.len() as u64;
         }
-        self.baseline = manifest;
+        self.baseline = Arc::new(manifest);
         Ok(())
     }
 
     async fn full_verification(&mut self) -> Flow {
         let started = Instant::now();
-        let job = tokio::task::spawn_blocking(self.take_snapshot());
+        if self.cfg.source == Source::Tree {
+            // The one way to change content without an event: a shared writable mapping.
+            let writers = preflight::scan(self.dev, std::path::Path::new("/proc"));
+            if !writers.is_empty() {
+                let findings = writers
+                    .iter()
+                    .map(|w| Finding {
+                        path: w.path.clone(),
+                        changes: vec![],
+                        detail: format!("pid {} ({}) holds a {}", w.pid, w.command, w.how),
+                    })
+                    .collect();
+                let detail =
+                    "a process can write to the monitored filesystem without events".into();
+                return self.violation(Cause::UnsafeWriters, findings, detail).await;
+            }
+        }
+        self.pass += 1;
+        let job = match self.cfg.source {
+            Source::Tree if self.cfg.content_every > 1 => {
+                let root = self.cfg.root.clone();
+                let baseline = Arc::clone(&self.baseline);
+                let (pass, every) = (self.pass, self.cfg.content_every);
+                tokio::task::spawn_blocking(move || {
+                    walk::snapshot_with(
+                        &root,
+                        Some(walk::Reuse {
+                            baseline: &baseline,
+                            pass,
+                            every,
+                        }),
+                    )
+                })
+            }
+            _ => tokio::task::spawn_blocking(self.take_snapshot()),
+        };
         let result = tokio::time::timeout(self.deadline, job).await;
         let took = started.elapsed();
         let snap = match result {

@@ -56,6 +56,9 @@ struct Args {
     /// Override the policy's exec hook.
     #[arg(long)]
     exec: Option<PathBuf>,
+    /// Override the policy's content_every: re-hash file content every N verifications.
+    #[arg(long)]
+    content_every: Option<u32>,
     /// Do everything except reboot or power off; exit 3 instead.
     #[arg(long)]
     dry_run: bool,
@@ -163,6 +166,7 @@ fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
         cluster: verified.cluster.name.clone(),
         node,
         signals_are_violations: !args.stop_on_signal,
+        content_every: args.content_every.unwrap_or(c.content_every).max(1),
         socket: Some(args.socket.clone()),
         heartbeat: Heartbeat::new(),
     };

@@ -110,15 +110,54 @@ fn open_dir_at(dir: RawFd, name: &OsStr) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// A previous manifest whose content hashes may be reused: a file whose metadata is unchanged
+/// is re-hashed only on every `every`-th pass (its turn is fixed by its path), so the content
+/// of every file is still re-read at least once per `every` passes.
+#[derive(Debug, Clone, Copy)]
+pub struct Reuse<'a> {
+    pub baseline: &'a crate::manifest::Manifest,
+    pub pass: u64,
+    pub every: u32,
+}
+
+impl Reuse<'_> {
+    /// The baseline's hash and xattrs for `entry`, if it is unchanged and not due this pass.
+    fn reusable(&self, path: &[u8], entry: &Entry) -> Option<([u8; 32], Xattrs)> {
+        if self.every <= 1 {
+            return None;
+        }
+        let slot = u64::from_le_bytes(blake3::hash(path).as_bytes()[..8].try_into().ok()?);
+        if slot % u64::from(self.every) == self.pass % u64::from(self.every) {
+            return None;
+        }
+        let b = self.baseline.entries.get(path)?;
+        let same = b.kind == entry.kind
+            && (b.size, b.ino, b.dev, b.nlink, b.mode, b.uid, b.gid)
+                == (
+                    entry.size,
+                    entry.ino,
+                    entry.dev,
+                    entry.nlink,
+                    entry.mode,
+                    entry.uid,
+                    entry.gid,
+                )
+            && b.ctime == entry.ctime
+            && b.mtime == entry.mtime;
+        Some((b.content?, b.xattrs.clone())).filter(|_| same)
+    }
+}
+
 /// State of one walk.
-struct Walker {
+struct Walker<'a> {
+    reuse: Option<Reuse<'a>>,
     root_dev: u64,
     snapshot: Snapshot,
     jobs: Vec<FileJob>,
     dirs_in_batch: usize,
 }
 
-impl Walker {
+impl Walker<'_> {
     /// Records one directory entry found in `dir` (whose manifest path is `dir_path`);
     /// returns the opened directory if it is one to descend into.
     fn visit(
@@ -147,6 +186,13 @@ impl Walker {
         let mut descend = None;
         let xattrs = match kind {
             Kind::File => {
+                if let Some((content, xattrs)) = self.reuse.and_then(|r| r.reusable(&path, &entry))
+                {
+                    entry.content = Some(content);
+                    entry.xattrs = xattrs;
+                    self.snapshot.manifest.entries.insert(path, entry);
+                    return None;
+                }
                 self.jobs.push(FileJob {
                     dir: Arc::clone(dir),
                     name: name.to_os_string(),
@@ -246,6 +292,11 @@ fn hash_job(job: &FileJob) -> Hashed {
 
 /// Walks `root` and hashes everything in it.
 pub fn snapshot(root: &Path) -> Result<Snapshot, RootError> {
+    snapshot_with(root, None)
+}
+
+/// Walks `root`; with `reuse`, unchanged files not due this pass keep their baseline hash.
+pub fn snapshot_with(root: &Path, reuse: Option<Reuse<'_>>) -> Result<Snapshot, RootError> {
     let root_err = |source| RootError {
         root: root.to_path_buf(),
         source,
@@ -256,6 +307,7 @@ pub fn snapshot(root: &Path) -> Result<Snapshot, RootError> {
     let root_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
     let st = fstat(root_fd.as_raw_fd()).map_err(root_err)?;
     let mut w = Walker {
+        reuse,
         root_dev: st.st_dev,
         snapshot: Snapshot::default(),
         jobs: Vec::new(),
@@ -344,6 +396,7 @@ pub fn capture_paths(root: &Path, paths: &[Vec<u8>]) -> Result<Snapshot, RootErr
     let root_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
     let st = fstat(root_fd.as_raw_fd()).map_err(root_err)?;
     let mut w = Walker {
+        reuse: None,
         root_dev: st.st_dev,
         snapshot: Snapshot::default(),
         jobs: Vec::new(),

@@ -354,3 +354,51 @@ fn stable_root_ignores_inodes_and_ctimes_but_not_content() {
         snapshot(b.path()).unwrap().manifest.stable_root()
     );
 }
+
+#[test]
+fn rolling_content_rehash_reaches_every_file_within_n_passes() {
+    use certaintyd::walk::{Reuse, snapshot_with};
+    let d = tree();
+    let base = snapshot(d.path()).unwrap().manifest;
+    // Pretend every file's content changed without any metadata change (what a write through
+    // a short-lived shared mapping can look like): the baseline remembers other hashes.
+    let mut pretend = base.clone();
+    for e in pretend.entries.values_mut() {
+        if e.content.is_some() {
+            e.content = Some([0xAB; 32]);
+        }
+    }
+    let every = 3;
+    let mut caught = std::collections::BTreeSet::new();
+    for pass in 1..=every {
+        let now = snapshot_with(
+            d.path(),
+            Some(Reuse {
+                baseline: &pretend,
+                pass: u64::from(pass),
+                every,
+            }),
+        )
+        .unwrap();
+        for f in compare(&pretend, &now) {
+            assert_eq!(f.changes, [Content], "{f:?}");
+            caught.insert(f.path);
+        }
+    }
+    assert_eq!(
+        caught.len(),
+        base.files(),
+        "every file re-hashed within {every} passes: {caught:?}"
+    );
+    // With every = 1 nothing is reused: one pass sees it all.
+    let now = snapshot_with(
+        d.path(),
+        Some(Reuse {
+            baseline: &pretend,
+            pass: 1,
+            every: 1,
+        }),
+    )
+    .unwrap();
+    assert_eq!(compare(&pretend, &now).len(), base.files());
+}

@@ -150,6 +150,15 @@ pub struct Certainty {
     pub expected_root: Option<String>,
     /// Watchdog device fed by certaintyd, so killing or stopping it reboots the node.
     pub watchdog: Option<PathBuf>,
+    /// Re-hash each file's content every N verifications (1: every one). Metadata is checked
+    /// in full every time and any metadata change re-hashes at once; N > 1 trades how fast a
+    /// write through a short-lived shared mapping is seen for CPU.
+    #[serde(default = "default_content_every")]
+    pub content_every: u32,
+}
+
+fn default_content_every() -> u32 {
+    1
 }
 
 impl Default for Certainty {
@@ -166,6 +175,7 @@ impl Default for Certainty {
             max_maintenance: default_max_maintenance(),
             expected_root: None,
             watchdog: None,
+            content_every: default_content_every(),
         }
     }
 }

@@ -124,6 +124,12 @@ fn check_certainty(policy: &Policy, out: &mut Vec<Finding>) {
     if c.interval.is_zero() {
         out.push(finding(at("interval"), "interval must be greater than 0"));
     }
+    if c.content_every == 0 {
+        out.push(finding(
+            at("content_every"),
+            "content_every must be at least 1",
+        ));
+    }
     if c.action == Action::Exec && c.exec.is_none() {
         out.push(finding(
             at("action"),

@@ -246,3 +246,13 @@ fn init_template_is_valid_and_has_openmosix_defaults() {
     assert!(p.firewall.allow.contains_key("ssh"));
     assert!(p.nodes.is_empty());
 }
+
+#[test]
+fn content_every_zero() {
+    let text = valid_policy() + "\n[certainty]\ncontent_every = 0\n";
+    let err = only_error(&text);
+    assert!(
+        err.ends_with("certainty.content_every: content_every must be at least 1"),
+        "{err}"
+    );
+}
