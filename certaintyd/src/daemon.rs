@@ -217,6 +217,18 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// Processes that could write to the filesystem on `dev` without events, as findings.
+fn writer_findings(dev: u64) -> Vec<Finding> {
+    preflight::scan(dev, std::path::Path::new("/proc"))
+        .into_iter()
+        .map(|w| Finding {
+            path: w.path,
+            changes: vec![],
+            detail: format!("pid {} ({}) holds a {}", w.pid, w.command, w.how),
+        })
+        .collect()
+}
+
 fn kernel_expected_root() -> Option<String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
     cmdline
@@ -246,19 +258,11 @@ impl Daemon {
                 })?
                 .st_dev;
             self.dev = dev;
-            let writers = preflight::scan(dev, std::path::Path::new("/proc"));
+            let writers = writer_findings(dev);
             if !writers.is_empty() {
-                let findings = writers
-                    .iter()
-                    .map(|w| Finding {
-                        path: w.path.clone(),
-                        changes: vec![],
-                        detail: format!("pid {} ({}) holds a {}", w.pid, w.command, w.how),
-                    })
-                    .collect();
                 let detail = "processes can write to the monitored filesystem without events; refusing to take a baseline";
                 return Ok(self
-                    .violation(Cause::UnsafeWriters, findings, detail.into())
+                    .violation(Cause::UnsafeWriters, writers, detail.into())
                     .await);
             }
         }
@@ -341,19 +345,11 @@ impl Daemon {
         let started = Instant::now();
         if self.cfg.source == Source::Tree {
             // The one way to change content without an event: a shared writable mapping.
-            let writers = preflight::scan(self.dev, std::path::Path::new("/proc"));
+            let writers = writer_findings(self.dev);
             if !writers.is_empty() {
-                let findings = writers
-                    .iter()
-                    .map(|w| Finding {
-                        path: w.path.clone(),
-                        changes: vec![],
-                        detail: format!("pid {} ({}) holds a {}", w.pid, w.command, w.how),
-                    })
-                    .collect();
                 let detail =
                     "a process can write to the monitored filesystem without events".into();
-                return self.violation(Cause::UnsafeWriters, findings, detail).await;
+                return self.violation(Cause::UnsafeWriters, writers, detail).await;
             }
         }
         self.pass += 1;

@@ -157,6 +157,32 @@ struct Walker<'a> {
     dirs_in_batch: usize,
 }
 
+/// Opens the monitored root (following a symlink there: the operator named it) and stats it.
+fn open_root(root: &Path) -> Result<(Arc<OwnedFd>, FileStat), RootError> {
+    let root_err = |source| RootError {
+        root: root.to_path_buf(),
+        source,
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let raw = open(root, flags, Mode::empty()).map_err(root_err)?;
+    // SAFETY: `raw` was just returned by open and is owned by nothing else.
+    let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+    let st = fstat(fd.as_raw_fd()).map_err(root_err)?;
+    Ok((fd, st))
+}
+
+impl<'a> Walker<'a> {
+    fn new(reuse: Option<Reuse<'a>>, root_dev: u64) -> Self {
+        Self {
+            reuse,
+            root_dev,
+            snapshot: Snapshot::default(),
+            jobs: Vec::new(),
+            dirs_in_batch: 0,
+        }
+    }
+}
+
 impl Walker<'_> {
     /// Records one directory entry found in `dir` (whose manifest path is `dir_path`);
     /// returns the opened directory if it is one to descend into.
@@ -297,22 +323,8 @@ pub fn snapshot(root: &Path) -> Result<Snapshot, RootError> {
 
 /// Walks `root`; with `reuse`, unchanged files not due this pass keep their baseline hash.
 pub fn snapshot_with(root: &Path, reuse: Option<Reuse<'_>>) -> Result<Snapshot, RootError> {
-    let root_err = |source| RootError {
-        root: root.to_path_buf(),
-        source,
-    };
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let raw = open(root, flags, Mode::empty()).map_err(root_err)?;
-    // SAFETY: `raw` was just returned by open and is owned by nothing else.
-    let root_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
-    let st = fstat(root_fd.as_raw_fd()).map_err(root_err)?;
-    let mut w = Walker {
-        reuse,
-        root_dev: st.st_dev,
-        snapshot: Snapshot::default(),
-        jobs: Vec::new(),
-        dirs_in_batch: 0,
-    };
+    let (root_fd, st) = open_root(root)?;
+    let mut w = Walker::new(reuse, st.st_dev);
     let mut root_entry = base_entry(&st, Kind::Dir);
     match root_fd
         .try_clone()
@@ -386,22 +398,8 @@ fn fd_into_raw(fd: OwnedFd) -> RawFd {
 /// Re-reads the entries at `paths` only (what an inotify event points at), for a targeted
 /// check between full verifications. A path that no longer exists is simply absent.
 pub fn capture_paths(root: &Path, paths: &[Vec<u8>]) -> Result<Snapshot, RootError> {
-    let root_err = |source| RootError {
-        root: root.to_path_buf(),
-        source,
-    };
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let raw = open(root, flags, Mode::empty()).map_err(root_err)?;
-    // SAFETY: `raw` was just returned by open and is owned by nothing else.
-    let root_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
-    let st = fstat(root_fd.as_raw_fd()).map_err(root_err)?;
-    let mut w = Walker {
-        reuse: None,
-        root_dev: st.st_dev,
-        snapshot: Snapshot::default(),
-        jobs: Vec::new(),
-        dirs_in_batch: 0,
-    };
+    let (root_fd, st) = open_root(root)?;
+    let mut w = Walker::new(None, st.st_dev);
     for path in paths {
         if path.as_slice() == b"/" {
             let mut e = base_entry(&st, Kind::Dir);
