@@ -125,7 +125,8 @@ pub fn reconcile(
         previous.map(|p| &p.ruleset),
         &desired.ruleset,
     )?);
-    if iface.ensure()? {
+    let created = iface.ensure()?;
+    if created {
         changes.push(format!(
             "interface {} created ({:?})",
             iface.name, iface.kind
@@ -162,7 +163,12 @@ pub fn reconcile(
         // All peer changes in one device update, in plan order; none replaces the peer list.
         iface.apply(wg::update_for(&ops))?;
     }
-    changes.extend(iface.configure_link(&desired.addresses)?);
+    // After a policy change that kept this node's addresses, on an interface that was not
+    // re-created, the link is as the last pass left it; drift checks still verify it.
+    let link_unchanged = !created && previous.is_some_and(|p| p.addresses == desired.addresses);
+    if !link_unchanged {
+        changes.extend(iface.configure_link(&desired.addresses)?);
+    }
     if !gone.is_empty() {
         // The rules already drop a removed peer's packets; deleting its conntrack entries
         // (two process spawns per address) finishes in the background.
