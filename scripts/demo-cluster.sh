@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo-cluster: needs root (network namespaces)" >&2; exit 1; }
+scripts/install-deps.sh --runtime
 cargo build --quiet --release -p tyd -p netguard
 bin="$PWD/target/release"
 id=$$

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project's builds and tests need, idempotently: quick when all is present.
-# Needs root for apt-get. The Rust toolchain (1.85 or newer, for edition 2024) must already be
+# With --runtime, only what the daemons and demos need (no cargo-fuzz). Needs root for apt-get. The Rust toolchain (1.85 or newer, for edition 2024) must already be
 # installed; Debian 12's own rustc is too old.
 set -euo pipefail
 
@@ -43,6 +43,9 @@ if [ "${rustc_minor:-0}" -lt 85 ]; then
   exit 1
 fi
 
+if [ "${1:-}" = "--runtime" ]; then
+  exit 0
+fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "install-deps: installing cargo-fuzz"
   cargo install --locked --quiet cargo-fuzz
