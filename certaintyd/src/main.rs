@@ -114,19 +114,8 @@ fn init_logging(json: bool) {
 struct Refused(String);
 
 fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Refused(format!("{}: {e}", p.display())));
-    let trust = TrustedKeys::parse(&String::from_utf8_lossy(&read(&args.trust)?))
-        .map_err(|e| Refused(format!("{}: {e}", args.trust.display())))?;
-    let bytes = read(&args.policy)?;
-    let sig = read(&policy::signature_path(&args.policy))?;
-    let verified = policy::verify_policy(
-        &args.policy.display().to_string(),
-        &bytes,
-        &sig,
-        &trust,
-        jiff::Timestamp::now(),
-    )
-    .map_err(|e| Refused(e.to_string()))?;
+    let verified = policy::load_verified(&args.policy, &args.trust, jiff::Timestamp::now())
+        .map_err(|e| Refused(e.to_string()))?;
     let c = &verified.certainty;
     let root = args.root.clone().unwrap_or_else(|| c.root.clone());
     let source = match c.source.strip_prefix("device:") {

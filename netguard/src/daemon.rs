@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use policy::{NodeMap, NodeMapDiff, Policy, RollbackStore, TrustedKeys, Verified, WgPublicKey};
+use policy::{NodeMap, NodeMapDiff, Policy, RollbackStore, Verified, WgPublicKey};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -78,21 +78,9 @@ fn load_key(path: &std::path::Path) -> Result<Key, StartupError> {
 
 impl Node {
     fn load(&mut self) -> Result<Verified<Policy>, String> {
-        let read =
-            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let trust = TrustedKeys::parse(&String::from_utf8_lossy(&read(&self.cfg.trust)?))
-            .map_err(|e| format!("{}: {e}", self.cfg.trust.display()))?;
-        let bytes = read(&self.cfg.policy)?;
-        let sig = read(&policy::signature_path(&self.cfg.policy))?;
         let now = Timestamp::now();
-        let v = policy::verify_policy(
-            &self.cfg.policy.display().to_string(),
-            &bytes,
-            &sig,
-            &trust,
-            now,
-        )
-        .map_err(|e| e.to_string())?;
+        let v = policy::load_verified(&self.cfg.policy, &self.cfg.trust, now)
+            .map_err(|e| e.to_string())?;
         self.store.accept(&v, now).map_err(|e| e.to_string())?;
         Ok(v)
     }

@@ -9,6 +9,7 @@ pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
+pub mod load;
 pub mod model;
 pub mod mosix_map;
 pub mod nodemap;
@@ -21,6 +22,7 @@ pub mod template;
 pub mod validate;
 
 pub use keys::{OperatorPublicKey, WgPublicKey};
+pub use load::{LoadError, load_verified};
 pub use model::{Action, Certainty, Cluster, Firewall, Node, NodeId, Policy, Posture, Role};
 pub use mosix_map::{MapError, MosixMap};
 pub use nodemap::{Change, NodeChange, NodeMap, NodeMapDiff};

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use policy::fsutil::FileError;
-use policy::{Invalid, StoreError, VerifyError};
+use policy::{Invalid, LoadError, StoreError, VerifyError};
 
 /// Exit codes, so scripts can tell failures apart. Listed in `tyd --help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,18 @@ impl From<FileError> for Failure {
             FileError::Io { .. } => Exit::Runtime,
         };
         Self::new(exit, e.to_string())
+    }
+}
+
+impl From<LoadError> for Failure {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::File(e) => e.into(),
+            LoadError::Verify(e) => e.into(),
+            LoadError::Trust { .. } | LoadError::Unsigned(_) => {
+                Self::new(Exit::BadSignature, e.to_string())
+            }
+        }
     }
 }
 

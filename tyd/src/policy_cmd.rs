@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 
 use jiff::{SignedDuration, Timestamp};
 use policy::fsutil::{self, atomic_write};
-use policy::{
-    MosixMap, Policy, TrustedKeys, Verified, parse_policy, sign, signature_path, verify_policy,
-};
+use policy::{MosixMap, Policy, Verified, parse_policy, sign, signature_path};
 use serde::{Deserialize, Serialize};
 
 use crate::edit::{NewNode, PolicyEdit, default_addresses};
@@ -24,24 +22,9 @@ pub fn load_unsigned(path: &Path, now: Timestamp) -> CliResult<Policy> {
     Ok(parse_policy(&display(path), &bytes, now)?)
 }
 
-pub fn load_trust(path: &Path) -> CliResult<TrustedKeys> {
-    let bytes = fsutil::read(path)?;
-    TrustedKeys::parse(&String::from_utf8_lossy(&bytes))
-        .map_err(|e| Failure::new(Exit::BadSignature, format!("{}: {e}", display(path))))
-}
-
 /// Reads a policy and its `.sig` and verifies both against `trust`.
 pub fn load_verified(path: &Path, trust: &Path, now: Timestamp) -> CliResult<Verified<Policy>> {
-    let trust = load_trust(trust)?;
-    let bytes = fsutil::read(path)?;
-    let sig_path = signature_path(path);
-    let sig = fsutil::read(&sig_path).map_err(|e| {
-        Failure::new(
-            Exit::BadSignature,
-            format!("{e} (the policy is not signed)"),
-        )
-    })?;
-    Ok(verify_policy(&display(path), &bytes, &sig, &trust, now)?)
+    Ok(policy::load_verified(path, trust, now)?)
 }
 
 pub struct InitArgs<'a> {
