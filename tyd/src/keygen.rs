@@ -48,11 +48,7 @@ pub fn wg_public(secret: &[u8; 32]) -> WgPublicKey {
 
 /// Reads an operator secret key, refusing one readable by group or others.
 pub fn load_operator(path: &Path) -> CliResult<SigningKey> {
-    let text = Zeroizing::new(read_secret(path)?);
-    let seed = Zeroizing::new(
-        decode_key32(&text)
-            .map_err(|e| Failure::new(Exit::KeyFile, format!("{}: {e}", path.display())))?,
-    );
+    let seed = Zeroizing::new(load_secret_key(path)?);
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -65,8 +61,9 @@ pub fn read_public_key_file(path: &Path) -> CliResult<WgPublicKey> {
         .map_err(|e| Failure::new(Exit::Runtime, format!("{}: {e}", path.display())))
 }
 
-/// Reads a node's WireGuard private key, refusing one readable by group or others.
-pub fn load_node_key(path: &Path) -> CliResult<[u8; 32]> {
+/// Reads a 32-byte secret key (an operator seed or a node's WireGuard private key), refusing a
+/// file readable by group or others.
+pub fn load_secret_key(path: &Path) -> CliResult<[u8; 32]> {
     let text = Zeroizing::new(read_secret(path)?);
     decode_key32(&text).map_err(|e| Failure::new(Exit::KeyFile, format!("{}: {e}", path.display())))
 }
