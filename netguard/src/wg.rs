@@ -303,12 +303,14 @@ pub fn actual_peers(dev: &Device) -> BTreeMap<WgPublicKey, ActualPeer> {
         .collect()
 }
 
-fn peer_builder(key: &WgPublicKey, p: &DesiredPeer) -> PeerConfigBuilder {
+/// A peer's full configuration; `with_endpoint` false leaves the endpoint it has (a roaming
+/// peer's) untouched.
+fn peer_builder(key: &WgPublicKey, p: &DesiredPeer, with_endpoint: bool) -> PeerConfigBuilder {
     let mut b = PeerConfigBuilder::new(&to_key(key)).replace_allowed_ips();
     for a in &p.allowed_ips {
         b = b.add_allowed_ip(a.addr, a.prefix);
     }
-    if let Some(ep) = p.endpoint {
+    if with_endpoint && let Some(ep) = p.endpoint {
         b = b.set_endpoint(ep);
     }
     match p.keepalive {
@@ -322,30 +324,17 @@ pub fn update_for(ops: &[PeerOp]) -> DeviceUpdate {
     let mut u = DeviceUpdate::new();
     for op in ops {
         u = match op {
-            PeerOp::Add { key, peer } => u.add_peer(peer_builder(key, peer)),
+            PeerOp::Add { key, peer } => u.add_peer(peer_builder(key, peer, true)),
             PeerOp::Remove { key } => u.remove_peer_by_key(&to_key(key)),
             PeerOp::Rotate { old, key, peer } => u
                 .remove_peer_by_key(&to_key(old))
-                .add_peer(peer_builder(key, peer)),
+                .add_peer(peer_builder(key, peer, true)),
             PeerOp::Update {
                 key,
                 peer,
                 endpoint,
                 ..
-            } => {
-                let mut b = PeerConfigBuilder::new(&to_key(key)).replace_allowed_ips();
-                for a in &peer.allowed_ips {
-                    b = b.add_allowed_ip(a.addr, a.prefix);
-                }
-                if *endpoint && let Some(ep) = peer.endpoint {
-                    b = b.set_endpoint(ep);
-                }
-                b = match peer.keepalive {
-                    Some(k) => b.set_persistent_keepalive_interval(k),
-                    None => b.unset_persistent_keepalive(),
-                };
-                u.add_peer(b)
-            }
+            } => u.add_peer(peer_builder(key, peer, *endpoint)),
         };
     }
     u
