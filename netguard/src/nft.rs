@@ -49,7 +49,6 @@ pub fn apply(batch: &Value) -> Result<(), NftError> {
 /// netguard's table as it is in the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActualTable {
-    pub comment: Option<String>,
     /// Rule comments in order (`ng:0:TAG`, `ng:1:TAG`, ...): which rules, how many, what order.
     pub rule_comments: Vec<String>,
     pub elements: BTreeMap<String, BTreeSet<String>>,
@@ -84,12 +83,7 @@ pub fn parse_table(v: &Value) -> ActualTable {
         .cloned()
         .unwrap_or_default();
     for item in items {
-        if let Some(table) = item.get("table") {
-            t.comment = table
-                .get("comment")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-        } else if let Some(set) = item.get("set") {
+        if let Some(set) = item.get("set") {
             let name = set
                 .get("name")
                 .and_then(Value::as_str)
