@@ -302,11 +302,11 @@ impl Daemon {
         );
         let expected = self.cfg.expected_root.clone().or_else(kernel_expected_root);
         if let Some(expected) = expected
-            && !expected.eq_ignore_ascii_case(&self.baseline_root)
+            && !expected.eq_ignore_ascii_case(&self.stable_root)
         {
             let detail = format!(
-                "root hash {} is not the expected {expected}",
-                self.baseline_root
+                "stable root {} is not the expected {expected}",
+                self.stable_root
             );
             return Ok(self
                 .violation(Cause::ExpectedRootMismatch, vec![], detail)

@@ -155,10 +155,28 @@ impl Entry {
         self.leaf(path, true)
     }
 
-    /// The leaf without what differs from boot to boot (inode, device, ctime): what an image
-    /// builder can predict, and an operator can pin as the expected root.
+    /// The leaf without what differs from boot to boot or from one filesystem to another:
+    /// what an image builder can predict, and an operator can pin as the expected root.
+    /// Left out: inode, device and ctime; a directory's size and link count (filesystem
+    /// artefacts; its children are in the tree anyway); and everything about a mount point
+    /// but its place (what is mounted there is checked against the mount table instead).
     pub fn stable_leaf_hash(&self, path: &[u8]) -> blake3::Hash {
-        self.leaf(path, false)
+        match self.kind {
+            Kind::Mount => {
+                let mut h = blake3::Hasher::new();
+                h.update(&(path.len() as u64).to_le_bytes());
+                h.update(path);
+                h.update(b"\0mount");
+                h.finalize()
+            }
+            Kind::Dir => Entry {
+                size: 0,
+                nlink: 0,
+                ..self.clone()
+            }
+            .leaf(path, false),
+            _ => self.leaf(path, false),
+        }
     }
 
     fn leaf(&self, path: &[u8], volatile: bool) -> blake3::Hash {

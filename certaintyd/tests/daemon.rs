@@ -88,6 +88,11 @@ struct Fixture {
 }
 
 fn fixture(max_maintenance: &str) -> Fixture {
+    fixture_with(max_maintenance, "")
+}
+
+/// `certainty_extra`: more `[certainty]` lines (the template ends with that table).
+fn fixture_with(max_maintenance: &str, certainty_extra: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let operator = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
     let maint = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
@@ -100,7 +105,7 @@ fn fixture(max_maintenance: &str) -> Fixture {
         )
         .replace(
             "max_maintenance = \"1h\"",
-            &format!("max_maintenance = \"{max_maintenance}\""),
+            &format!("max_maintenance = \"{max_maintenance}\"\n{certainty_extra}"),
         );
     std::fs::write(dir.path().join("cluster.toml"), &text).unwrap();
     std::fs::write(
@@ -620,4 +625,41 @@ fn a_maintenance_window_longer_than_the_policy_allows_is_refused() {
         r.error.unwrap(),
         "maintenance of 600s exceeds the policy's maximum of 60s"
     );
+}
+
+/// What `certaintyd --hash-only` prints for the namespace's root, as JSON.
+fn hash_only(ns: &Ns) -> serde_json::Value {
+    let out = ns
+        .enter()
+        .arg(env!("CARGO_BIN_EXE_certaintyd"))
+        .args(["--hash-only", "--root", &ns.root.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_pinned_stable_root_is_accepted_and_any_other_is_a_violation() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("the_pinned_stable_root") {
+        return;
+    }
+    let ns = Ns::new();
+    let stable = hash_only(&ns)["stable_root"].as_str().unwrap().to_string();
+
+    let fx = fixture_with("1h", &format!("expected_root = \"{stable}\""));
+    let d = Daemon::start(&ns, &fx, &[]);
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(!d.log().contains("integrity lost"), "{}", d.log());
+    drop(d);
+
+    // One byte changed before the daemon starts: the baseline itself is refused.
+    ns.sh(&format!("echo x >> {}", ns.p("var/db")));
+    let fx = fixture_with("1h", &format!("expected_root = \"{stable}\""));
+    let d = Daemon::start(&ns, &fx, &[]);
+    let (code, log) = d.exit(Duration::from_secs(10));
+    assert_eq!(code, 3, "{log}");
+    let verdict = integrity_lost_line(&log);
+    assert!(verdict.contains("ExpectedRootMismatch"), "{verdict}");
 }
