@@ -23,7 +23,10 @@ pub mod validate;
 
 pub use keys::{OperatorPublicKey, WgPublicKey};
 pub use load::{LoadError, load_verified};
-pub use model::{Action, Certainty, Cluster, Firewall, Node, NodeId, Policy, Posture, Role};
+pub use model::{
+    Action, Certainty, Cluster, Firewall, Hardening, Node, NodeId, Policy, Posture,
+    RECOMMENDED_SYSCTLS, Role,
+};
 pub use mosix_map::{MapError, MosixMap};
 pub use nodemap::{Change, NodeChange, NodeMap, NodeMapDiff};
 pub use parse::{Diagnostic, Invalid, parse_policy};

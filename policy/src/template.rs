@@ -52,6 +52,13 @@ action = "reboot"
 # Keys (base64 ed25519) that may sign maintenance windows.
 maintenance_keys = []
 max_maintenance = "1h"
+
+[hardening]
+# The recommended boot-time sysctls (docs/policy.md lists them); `sysctl` adds or overrides.
+recommended = true
+sysctl = {{}}
+# kernel.modules_disabled = 1 once the drone's own modules are loaded.
+lock_modules = true
 "#
     )
 }

@@ -56,6 +56,7 @@ pub fn validate(policy: &Policy, now: Timestamp) -> Vec<Finding> {
         check_port_set(path(&["firewall", "allow", name]), name, ports, &mut out);
     }
     check_certainty(policy, &mut out);
+    check_hardening(policy, &mut out);
     check_nodes(policy, now, &mut out);
     out
 }
@@ -167,6 +168,42 @@ fn check_certainty(policy: &Policy, out: &mut Vec<Finding>) {
 }
 
 /// Reports every value seen twice, pointing at the second occurrence.
+/// A sysctl name as `sysctl(8)` writes it: dotted words, nothing that could leave /proc/sys.
+pub fn valid_sysctl_name(name: &str) -> bool {
+    name.len() <= 128
+        && name.split('.').count() >= 2
+        && name.split('.').all(|w| {
+            !w.is_empty()
+                && w != ".."
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+fn check_hardening(policy: &Policy, out: &mut Vec<Finding>) {
+    for (name, value) in &policy.hardening.sysctl {
+        let at = path(&["hardening", "sysctl", name]);
+        if !valid_sysctl_name(name) {
+            out.push(finding(
+                at,
+                format!(
+                    "{name:?} is not a sysctl name (dotted words of letters, digits, '_', '-')"
+                ),
+            ));
+        } else if name == "kernel.modules_disabled" {
+            out.push(finding(
+                at,
+                "use hardening.lock_modules: modules must be locked after the drone's own are loaded",
+            ));
+        } else if value.is_empty() || value.len() > 256 || value.chars().any(|c| c.is_control()) {
+            out.push(finding(
+                at,
+                format!("sysctl value {value:?} must be 1-256 printable characters"),
+            ));
+        }
+    }
+}
+
 fn check_unique<T: Eq + Hash + std::fmt::Display>(
     items: impl Iterator<Item = (T, FieldPath)>,
     what: &str,

@@ -256,3 +256,52 @@ fn content_every_zero() {
         "{err}"
     );
 }
+
+#[test]
+fn hardening_defaults_to_the_recommended_sysctls_and_a_module_lock() {
+    let p = policy::parse_policy("cluster.toml", valid_policy().as_bytes(), now()).unwrap();
+    assert!(p.hardening.lock_modules);
+    let s = p.hardening.sysctls();
+    assert_eq!(s.len(), policy::RECOMMENDED_SYSCTLS.len());
+    assert_eq!(s["net.ipv4.conf.all.rp_filter"], "1");
+    assert_eq!(s["kernel.yama.ptrace_scope"], "3");
+}
+
+#[test]
+fn hardening_sysctls_add_to_and_override_the_recommended_ones() {
+    let text = format!(
+        "{}\n[hardening]\nsysctl = {{ \"kernel.yama.ptrace_scope\" = \"2\", \"vm.swappiness\" = \"0\" }}\n",
+        valid_policy()
+    );
+    let p = policy::parse_policy("cluster.toml", text.as_bytes(), now()).unwrap();
+    let s = p.hardening.sysctls();
+    assert_eq!(s["kernel.yama.ptrace_scope"], "2");
+    assert_eq!(s["vm.swappiness"], "0");
+    assert_eq!(s.len(), policy::RECOMMENDED_SYSCTLS.len() + 1);
+
+    let text = format!(
+        "{}\n[hardening]\nrecommended = false\nsysctl = {{ \"vm.swappiness\" = \"0\" }}\n",
+        valid_policy()
+    );
+    let p = policy::parse_policy("cluster.toml", text.as_bytes(), now()).unwrap();
+    assert_eq!(p.hardening.sysctls().len(), 1);
+}
+
+#[test]
+fn hardening_refuses_names_that_leave_proc_sys_and_the_module_lock_as_a_sysctl() {
+    let bad = |entry: &str| {
+        let text = format!("{}\n[hardening]\nsysctl = {{ {entry} }}\n", valid_policy());
+        only_error(&text)
+    };
+    let e = bad("\"kernel/../../etc\" = \"1\"");
+    assert!(e.contains("hardening.sysctl.kernel/../../etc: "), "{e}");
+    assert!(e.contains("is not a sysctl name"), "{e}");
+    assert!(bad("\"kernel..x\" = \"1\"").contains("is not a sysctl name"));
+    assert!(bad("\"kernel\" = \"1\"").contains("is not a sysctl name"));
+    let e = bad("\"kernel.modules_disabled\" = \"1\"");
+    assert!(e.contains("use hardening.lock_modules"), "{e}");
+    let e = bad("\"kernel.sysrq\" = \"1\\n\"");
+    assert!(e.contains("must be 1-256 printable characters"), "{e}");
+    let e = bad("\"kernel.sysrq\" = \"\"");
+    assert!(e.starts_with("cluster.toml:"), "{e}");
+}
