@@ -118,6 +118,15 @@ impl fmt::Display for Difference {
 impl Entry {
     /// Every way `now` differs from `self`, most telling first.
     pub fn differences(&self, now: &Entry) -> Vec<Difference> {
+        if self.kind == Kind::Mount && now.kind == Kind::Mount {
+            // A mounted filesystem's root changes with use (/proc's link count, /tmp's
+            // mtime); what is mounted where is the mount table's business, watched apart.
+            return if self.dev == now.dev {
+                Vec::new()
+            } else {
+                vec![Difference::Mount]
+            };
+        }
         let mut out = Vec::new();
         if self.kind != now.kind {
             if self.kind == Kind::Mount || now.kind == Kind::Mount {
@@ -152,7 +161,10 @@ impl Entry {
 
     /// Canonical bytes for the Merkle leaf: every field, length-prefixed.
     pub fn leaf_hash(&self, path: &[u8]) -> blake3::Hash {
-        self.leaf(path, true)
+        match self.kind {
+            Kind::Mount => mount_leaf(path, Some(self.dev)),
+            _ => self.leaf(path, true),
+        }
     }
 
     /// The leaf without what differs from boot to boot or from one filesystem to another:
@@ -162,13 +174,7 @@ impl Entry {
     /// but its place (what is mounted there is checked against the mount table instead).
     pub fn stable_leaf_hash(&self, path: &[u8]) -> blake3::Hash {
         match self.kind {
-            Kind::Mount => {
-                let mut h = blake3::Hasher::new();
-                h.update(&(path.len() as u64).to_le_bytes());
-                h.update(path);
-                h.update(b"\0mount");
-                h.finalize()
-            }
+            Kind::Mount => mount_leaf(path, None),
             Kind::Dir => Entry {
                 size: 0,
                 nlink: 0,
@@ -212,6 +218,18 @@ impl Entry {
     }
 }
 
+/// A mount point's leaf: its place, and (unless stable) which filesystem is mounted there.
+fn mount_leaf(path: &[u8], dev: Option<u64>) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(&(path.len() as u64).to_le_bytes());
+    h.update(path);
+    h.update(b"\0mount");
+    if let Some(dev) = dev {
+        h.update(&dev.to_le_bytes());
+    }
+    h.finalize()
+}
+
 /// Renders raw path bytes for logs: UTF-8 as is, anything else as `\xNN`.
 pub fn display_path(path: &[u8]) -> String {
     let mut out = String::new();
@@ -228,4 +246,50 @@ pub fn display_path(path: &[u8]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(dev: u64, nlink: u64, mtime: i64) -> Entry {
+        Entry {
+            kind: Kind::Mount,
+            mode: 0o555,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            nlink,
+            ino: 1,
+            dev,
+            rdev: 0,
+            ctime: (mtime, 0),
+            mtime: (mtime, 0),
+            target: None,
+            xattrs: Vec::new(),
+            content: None,
+        }
+    }
+
+    #[test]
+    fn a_mount_point_changes_only_when_another_filesystem_is_mounted_there() {
+        // /proc gains links as processes start; /tmp's mtime moves as files are made.
+        let before = mount(5, 100, 1);
+        let used = mount(5, 180, 99);
+        assert!(before.differences(&used).is_empty());
+        assert_eq!(before.leaf_hash(b"/proc"), used.leaf_hash(b"/proc"));
+        let other = mount(6, 100, 1);
+        assert_eq!(before.differences(&other), vec![Difference::Mount]);
+        assert_ne!(before.leaf_hash(b"/proc"), other.leaf_hash(b"/proc"));
+        assert_eq!(
+            before.stable_leaf_hash(b"/proc"),
+            other.stable_leaf_hash(b"/proc")
+        );
+        // Unmounted (a plain directory again): a change.
+        let dir = Entry {
+            kind: Kind::Dir,
+            ..before.clone()
+        };
+        assert!(before.differences(&dir).contains(&Difference::Mount));
+    }
 }

@@ -1,0 +1,388 @@
+//! `drone build`: gathers the kernel, busybox, the project's binaries with their libraries,
+//! the tools netguard drives, the modules and the signed policy into a [`Tree`], and writes
+//! `vmlinuz` and `initrd.img`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::elf::{self, ElfError};
+use crate::kernel::{self, DRONE_MODULES, Kernel, KernelError};
+use crate::tree::{Content, Tree, TreeError};
+
+/// The project's programs, looked up in the build's binary directory.
+pub const PROJECT_BINARIES: &[(&str, &str)] = &[
+    ("netguard", "/sbin/netguard"),
+    ("certaintyd", "/sbin/certaintyd"),
+    ("drone", "/sbin/drone"),
+    ("tyd", "/bin/tyd"),
+];
+
+/// Host programs netguard drives, with where they go in the image (they replace busybox's
+/// applets of the same name, which lack `ip -j` and `nft` altogether).
+pub const HOST_TOOLS: &[(&str, &str)] = &[
+    ("nft", "/usr/sbin/nft"),
+    ("conntrack", "/usr/sbin/conntrack"),
+    ("ip", "/sbin/ip"),
+];
+
+/// Directories init mounts filesystems on; nothing else in the image is ever written.
+pub const MOUNT_POINTS: &[&str] = &["/dev", "/proc", "/sys", "/run", "/tmp"];
+
+const RC: &str = include_str!("../init/rc");
+const INITTAB: &str = include_str!("../init/inittab");
+const CONSOLE: &str = include_str!("../init/console");
+const UDHCPC: &str = include_str!("../init/udhcpc");
+const PROFILE: &str = include_str!("../init/profile");
+/// nft resolves protocol names (`"protocol": "tcp"`) through this file.
+const PROTOCOLS: &str = include_str!("../init/protocols");
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Policy(#[from] policy::LoadError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Elf(#[from] ElfError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}: not found (looked in the binary directory, or PATH for host tools)")]
+    Missing(String),
+    #[error("{path}: {source}")]
+    Key {
+        path: PathBuf,
+        source: policy::fsutil::FileError,
+    },
+    #[error("{path}: not a WireGuard private key: {why}")]
+    BadKey { path: PathBuf, why: String },
+    #[error(
+        "{path}: this node key (public {public}) is not in the policy; add it with `tyd node add`"
+    )]
+    NotInPolicy { path: PathBuf, public: String },
+    #[error("cannot run busybox --list-full: {0}")]
+    Busybox(String),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
+    std::fs::read(path).map_err(|source| BuildError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+/// What the image is made of.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub policy: PathBuf,
+    pub trust: PathBuf,
+    /// The node's WireGuard private key; without it the drone generates one at boot and
+    /// prints the public key on the console.
+    pub node_key: Option<PathBuf>,
+    /// Where netguard, certaintyd, drone and tyd are.
+    pub bin_dir: PathBuf,
+    pub kernel: Kernel,
+    pub extra_modules: Vec<String>,
+    pub busybox: PathBuf,
+    /// Every entry's mtime (seconds since the epoch), for reproducible images.
+    pub mtime: u32,
+    pub now: Timestamp,
+}
+
+/// An assembled image, not yet written.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub tree: Tree,
+    pub cluster: String,
+    pub serial: u64,
+    pub node: Option<String>,
+    pub public_key: Option<String>,
+    pub kernel_version: String,
+    pub modules: Vec<String>,
+}
+
+/// Finds a host program in PATH (and the sbin directories, which root's PATH may lack).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Adds a dynamically linked program and every library it loads, at their host paths.
+fn add_program(tree: &mut Tree, src: &Path, dest: &str) -> Result<(), BuildError> {
+    tree.file(dest, read(src)?, 0o755)?;
+    for lib in elf::libraries(src)? {
+        let at = lib.to_string_lossy().into_owned();
+        if tree.get(&at).is_none() {
+            tree.file(&at, read(&lib)?, 0o755)?;
+        }
+    }
+    Ok(())
+}
+
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>, BuildError> {
+    let out = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(|e| BuildError::Busybox(e.to_string()))?;
+    if !out.status.success() {
+        return Err(BuildError::Busybox(format!("exit {}", out.status)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains(".."))
+        .map(|l| format!("/{l}"))
+        .collect())
+}
+
+/// The node key's public half and the node the policy lists with it.
+fn node_identity(
+    key_path: &Path,
+    policy: &policy::Policy,
+) -> Result<(Vec<u8>, String, String), BuildError> {
+    let text = Zeroizing::new(policy::fsutil::read_secret(key_path).map_err(|source| {
+        BuildError::Key {
+            path: key_path.into(),
+            source,
+        }
+    })?);
+    let secret = Zeroizing::new(policy::keys::decode_key32(text.trim()).map_err(|why| {
+        BuildError::BadKey {
+            path: key_path.into(),
+            why,
+        }
+    })?);
+    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*secret));
+    let public = policy::WgPublicKey::from_bytes(public.to_bytes());
+    let node = policy
+        .node_by_key(&public)
+        .ok_or_else(|| BuildError::NotInPolicy {
+            path: key_path.into(),
+            public: public.to_base64(),
+        })?;
+    Ok((
+        text.as_bytes().to_vec(),
+        node.name.clone(),
+        public.to_base64(),
+    ))
+}
+
+/// Assembles the image tree. Reads files; writes nothing.
+pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
+    let verified = policy::load_verified(&inputs.policy, &inputs.trust, inputs.now)?;
+    let mut tree = Tree::new(inputs.mtime);
+
+    for dir in MOUNT_POINTS {
+        tree.mount_point(dir)?;
+    }
+    tree.put(
+        "/dev/console",
+        Content::CharDev { major: 5, minor: 1 },
+        0o600,
+    )?;
+    tree.dir("/root", 0o700)?;
+
+    tree.file("/bin/busybox", read(&inputs.busybox)?, 0o755)?;
+    for applet in busybox_applets(&inputs.busybox)? {
+        if applet != "/bin/busybox" {
+            tree.symlink(&applet, "/bin/busybox")?;
+        }
+    }
+    tree.symlink("/init", "/bin/busybox")?;
+
+    for (name, dest) in PROJECT_BINARIES {
+        let src = inputs.bin_dir.join(name);
+        if !src.is_file() {
+            return Err(BuildError::Missing(src.display().to_string()));
+        }
+        add_program(&mut tree, &src, dest)?;
+    }
+    for (name, dest) in HOST_TOOLS {
+        let src = find_program(name).ok_or_else(|| BuildError::Missing((*name).into()))?;
+        add_program(&mut tree, &src, dest)?;
+    }
+
+    // Kernel modules: what the drone needs, with their dependencies, and indexes of just those.
+    let mods = inputs.kernel.modules_dir();
+    let index = |name: &str| -> Result<String, BuildError> {
+        Ok(String::from_utf8_lossy(&read(&mods.join(name))?).into_owned())
+    };
+    let dep_text = index("modules.dep")?;
+    let dep = kernel::parse_modules_dep(&dep_text);
+    let builtin = kernel::parse_builtin(&index("modules.builtin")?);
+    let mut wanted: Vec<String> = DRONE_MODULES.iter().map(|m| (*m).to_string()).collect();
+    wanted.extend(inputs.extra_modules.iter().cloned());
+    let files = kernel::closure(&dep, &builtin, &wanted)?;
+    let dest_root = format!("/lib/modules/{}", inputs.kernel.version);
+    for rel in &files {
+        tree.file(&format!("{dest_root}/{rel}"), read(&mods.join(rel))?, 0o644)?;
+    }
+    tree.file(
+        &format!("{dest_root}/modules.dep"),
+        kernel::filter_index(&dep_text, &files, false).into_bytes(),
+        0o644,
+    )?;
+    tree.file(
+        &format!("{dest_root}/modules.alias"),
+        kernel::filter_index(&index("modules.alias")?, &files, true).into_bytes(),
+        0o644,
+    )?;
+    tree.file(
+        &format!("{dest_root}/modules.builtin"),
+        read(&mods.join("modules.builtin"))?,
+        0o644,
+    )?;
+    // Load order: as listed (virtio first), each once, builtins left out.
+    let mut ordered: Vec<String> = Vec::new();
+    for m in wanted.iter().map(|m| kernel::module_name(m)) {
+        if !builtin.contains(&m) && !ordered.contains(&m) {
+            ordered.push(m);
+        }
+    }
+    tree.file(
+        "/etc/drone/modules",
+        format!("{}\n", ordered.join("\n")).into_bytes(),
+        0o644,
+    )?;
+
+    // Boot scripts and configuration.
+    tree.file("/etc/inittab", INITTAB.as_bytes().to_vec(), 0o644)?;
+    tree.file("/etc/drone/rc", RC.as_bytes().to_vec(), 0o755)?;
+    tree.file("/etc/drone/console", CONSOLE.as_bytes().to_vec(), 0o755)?;
+    tree.file("/etc/drone/udhcpc", UDHCPC.as_bytes().to_vec(), 0o755)?;
+    tree.file("/etc/profile", PROFILE.as_bytes().to_vec(), 0o644)?;
+    tree.file(
+        "/etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        0o644,
+    )?;
+    tree.file("/etc/group", b"root:x:0:\n".to_vec(), 0o644)?;
+    tree.file("/etc/protocols", PROTOCOLS.as_bytes().to_vec(), 0o644)?;
+    tree.symlink("/etc/resolv.conf", "/run/resolv.conf")?;
+    tree.file(
+        "/etc/drone/min-serial",
+        format!("{}\n", verified.cluster.serial).into_bytes(),
+        0o644,
+    )?;
+
+    // The signed policy, the operator keys it is checked against, and the node's key.
+    tree.file("/etc/tyd/cluster.toml", read(&inputs.policy)?, 0o644)?;
+    tree.file(
+        "/etc/tyd/cluster.toml.sig",
+        read(&policy::signature_path(&inputs.policy))?,
+        0o644,
+    )?;
+    tree.file("/etc/tyd/operator.pub", read(&inputs.trust)?, 0o644)?;
+    let (node, public_key) = match &inputs.node_key {
+        Some(path) => {
+            let (secret, node, public) = node_identity(path, &verified)?;
+            tree.file("/etc/tyd/node.key", secret, 0o600)?;
+            tree.file(
+                "/etc/drone/hostname",
+                format!("{node}\n").into_bytes(),
+                0o644,
+            )?;
+            (Some(node), Some(public))
+        }
+        None => (None, None),
+    };
+
+    Ok(Image {
+        tree,
+        cluster: verified.cluster.name.clone(),
+        serial: verified.cluster.serial,
+        node,
+        public_key,
+        kernel_version: inputs.kernel.version.clone(),
+        modules: ordered,
+    })
+}
+
+/// What `drone build` prints and writes to `image.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub cluster: String,
+    pub serial: u64,
+    pub node: Option<String>,
+    pub public_key: Option<String>,
+    pub kernel_version: String,
+    pub kernel: PathBuf,
+    pub kernel_blake3: String,
+    pub initrd: PathBuf,
+    pub initrd_blake3: String,
+    pub initrd_bytes: u64,
+    pub entries: usize,
+    pub content_bytes: u64,
+    pub modules: Vec<String>,
+    /// certaintyd's stable root of the booted drone: pin it with `certainty.expect=`.
+    pub expected_root: String,
+    /// A kernel command line to start from.
+    pub cmdline: String,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+/// Writes `vmlinuz` and `initrd.img` (gzip, fixed header) into `out`, atomically each.
+pub fn write(image: &Image, kernel: &Kernel, out: &Path) -> Result<Report, BuildError> {
+    std::fs::create_dir_all(out).map_err(io_at(out))?;
+    let initrd = out.join("initrd.img");
+    let tmp = out.join(".initrd.img.tmp");
+    let file = std::fs::File::create(&tmp).map_err(io_at(&tmp))?;
+    let gz = flate2::GzBuilder::new().mtime(0).write(
+        std::io::BufWriter::new(file),
+        flate2::Compression::default(),
+    );
+    let gz = image.tree.write_cpio(gz).map_err(io_at(&tmp))?;
+    let mut buf = gz.finish().map_err(io_at(&tmp))?;
+    buf.flush().map_err(io_at(&tmp))?;
+    drop(buf);
+    std::fs::rename(&tmp, &initrd).map_err(io_at(&initrd))?;
+
+    let vmlinuz = out.join("vmlinuz");
+    let kbytes = read(&kernel.vmlinuz)?;
+    let ktmp = out.join(".vmlinuz.tmp");
+    std::fs::write(&ktmp, &kbytes).map_err(io_at(&ktmp))?;
+    std::fs::rename(&ktmp, &vmlinuz).map_err(io_at(&vmlinuz))?;
+
+    let ibytes = read(&initrd)?;
+    let expected_root = image.tree.expected_root().to_hex().to_string();
+    let report = Report {
+        cluster: image.cluster.clone(),
+        serial: image.serial,
+        node: image.node.clone(),
+        public_key: image.public_key.clone(),
+        kernel_version: image.kernel_version.clone(),
+        kernel: vmlinuz,
+        kernel_blake3: blake3::hash(&kbytes).to_hex().to_string(),
+        initrd: initrd.clone(),
+        initrd_blake3: blake3::hash(&ibytes).to_hex().to_string(),
+        initrd_bytes: ibytes.len() as u64,
+        entries: image.tree.len(),
+        content_bytes: image.tree.content_bytes(),
+        modules: image.modules.clone(),
+        cmdline: format!("console=ttyS0 quiet panic=-1 ip=dhcp certainty.expect={expected_root}"),
+        expected_root,
+    };
+    let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
+    let meta = out.join("image.json");
+    std::fs::write(&meta, json).map_err(io_at(&meta))?;
+    Ok(report)
+}

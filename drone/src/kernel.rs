@@ -1,0 +1,279 @@
+//! The kernel and its modules, from Debian's `linux-image-*-cloud-amd64` package: fetched
+//! with `apt-get download` into a cache, unpacked with `dpkg -x`, indexed with `depmod -b`.
+//! Nothing is installed on the host.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The metapackage that always depends on the current cloud kernel.
+pub const CLOUD_METAPACKAGE: &str = "linux-image-cloud-amd64";
+
+/// Modules every drone needs: virtio networking, WireGuard, nftables with conntrack and named
+/// counters (objref), conntrack's netlink interface (to cut removed peers' connections), and
+/// the software watchdog.
+pub const DRONE_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "wireguard",
+    "nf_tables",
+    "nft_ct",
+    "nft_objref",
+    "nf_conntrack_netlink",
+    "softdog",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot run {cmd}: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("{cmd} failed: {stderr}")]
+    Failed { cmd: String, stderr: String },
+    #[error("{0}: no kernel package named in `apt-cache depends {CLOUD_METAPACKAGE}`")]
+    NoDepends(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}: the package holds no kernel (boot/vmlinuz-*) or no lib/modules/<version>")]
+    NotAKernel(PathBuf),
+    #[error("module {0} is neither built into this kernel nor in its modules.dep")]
+    UnknownModule(String),
+}
+
+fn run(cmd: &mut Command) -> Result<String, KernelError> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|source| KernelError::Spawn {
+        cmd: shown.clone(),
+        source,
+    })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(KernelError::Failed {
+            cmd: shown,
+            stderr: policy::parse::one_line(&String::from_utf8_lossy(&out.stderr)),
+        })
+    }
+}
+
+/// The versioned package `apt-cache depends` names for the metapackage.
+pub fn parse_depends(output: &str) -> Option<String> {
+    output.lines().find_map(|l| {
+        let dep = l.trim().strip_prefix("Depends:")?.trim();
+        dep.starts_with("linux-image-").then(|| dep.to_string())
+    })
+}
+
+/// Downloads `package` (default: what the cloud metapackage depends on) into `cache`, unless
+/// a `.deb` of it is there already. Returns the `.deb`.
+pub fn fetch(cache: &Path, package: Option<&str>) -> Result<PathBuf, KernelError> {
+    std::fs::create_dir_all(cache).map_err(|source| KernelError::Io {
+        path: cache.into(),
+        source,
+    })?;
+    let package = match package {
+        Some(p) => p.to_string(),
+        None => {
+            let out = run(Command::new("apt-cache").args(["depends", CLOUD_METAPACKAGE]))?;
+            parse_depends(&out).ok_or_else(|| KernelError::NoDepends(out.trim().into()))?
+        }
+    };
+    let existing = |cache: &Path| -> Option<PathBuf> {
+        let mut debs: Vec<PathBuf> = std::fs::read_dir(cache)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
+            .collect();
+        debs.sort();
+        debs.pop()
+    };
+    if let Some(deb) = existing(cache) {
+        return Ok(deb);
+    }
+    run(Command::new("apt-get")
+        .args(["download", "-q", &package])
+        .current_dir(cache))?;
+    existing(cache).ok_or_else(|| KernelError::Failed {
+        cmd: format!("apt-get download {package}"),
+        stderr: "no .deb appeared".into(),
+    })
+}
+
+/// An unpacked kernel package with a module index.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub root: PathBuf,
+    pub version: String,
+    pub vmlinuz: PathBuf,
+}
+
+impl Kernel {
+    pub fn modules_dir(&self) -> PathBuf {
+        self.root.join("lib/modules").join(&self.version)
+    }
+}
+
+/// Unpacks `deb` next to itself (once) and runs `depmod -b` on it.
+pub fn unpack(deb: &Path) -> Result<Kernel, KernelError> {
+    let root = deb.with_extension("d");
+    let done = root.join(".drone-unpacked");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&root);
+        run(Command::new("dpkg").arg("-x").arg(deb).arg(&root))?;
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| KernelError::Io { path, source }
+    };
+    let mods = root.join("lib/modules");
+    let version = std::fs::read_dir(&mods)
+        .map_err(io(&mods))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .min()
+        .ok_or_else(|| KernelError::NotAKernel(deb.into()))?;
+    let vmlinuz = root.join("boot").join(format!("vmlinuz-{version}"));
+    if !vmlinuz.exists() {
+        return Err(KernelError::NotAKernel(deb.into()));
+    }
+    if !done.exists() {
+        run(Command::new("depmod").arg("-b").arg(&root).arg(&version))?;
+        std::fs::write(&done, b"").map_err(io(&done))?;
+    }
+    Ok(Kernel {
+        root,
+        version,
+        vmlinuz,
+    })
+}
+
+/// A module's name as the kernel knows it: file name without `.ko*`, `-` as `_`.
+pub fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+/// `modules.dep`: module name -> (its path, the paths it depends on).
+pub fn parse_modules_dep(text: &str) -> BTreeMap<String, (String, Vec<String>)> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some((path, deps)) = line.split_once(':') else {
+            continue;
+        };
+        let deps = deps.split_whitespace().map(str::to_string).collect();
+        out.insert(module_name(path), (path.to_string(), deps));
+    }
+    out
+}
+
+/// The module files needed for `wanted` (with everything they depend on), in path order.
+/// Modules built into the kernel (`modules.builtin`) need no file.
+pub fn closure(
+    dep: &BTreeMap<String, (String, Vec<String>)>,
+    builtin: &BTreeSet<String>,
+    wanted: &[String],
+) -> Result<BTreeSet<String>, KernelError> {
+    let mut out = BTreeSet::new();
+    for name in wanted {
+        let name = module_name(name);
+        if builtin.contains(&name) {
+            continue;
+        }
+        let (path, deps) = dep
+            .get(&name)
+            .ok_or_else(|| KernelError::UnknownModule(name.clone()))?;
+        out.insert(path.clone());
+        out.extend(deps.iter().cloned());
+    }
+    Ok(out)
+}
+
+/// The lines of `modules.dep` (or `modules.alias`) that only mention included modules.
+pub fn filter_index(text: &str, included: &BTreeSet<String>, alias: bool) -> String {
+    let names: BTreeSet<String> = included.iter().map(|p| module_name(p)).collect();
+    let mut out = String::new();
+    for line in text.lines() {
+        let keep = if alias {
+            line.split_whitespace()
+                .nth(2)
+                .is_some_and(|m| names.contains(&module_name(m)))
+        } else {
+            line.split_once(':').is_some_and(|(p, deps)| {
+                included.contains(p) && deps.split_whitespace().all(|d| included.contains(d))
+            })
+        };
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Names of built-in modules from `modules.builtin` (paths, one a line).
+pub fn parse_builtin(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(module_name)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "\
+kernel/net/wireguard/wireguard.ko: kernel/net/ipv4/udp_tunnel.ko kernel/lib/crypto/libcurve25519-generic.ko
+kernel/net/ipv4/udp_tunnel.ko:
+kernel/lib/crypto/libcurve25519-generic.ko:
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko
+kernel/drivers/net/net_failover.ko:
+";
+
+    #[test]
+    fn depends_names_the_versioned_package() {
+        let out = "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n";
+        assert_eq!(
+            parse_depends(out).as_deref(),
+            Some("linux-image-6.1.0-56-cloud-amd64")
+        );
+        assert_eq!(parse_depends("nothing\n"), None);
+    }
+
+    #[test]
+    fn closure_follows_dependencies_and_skips_builtins() {
+        let dep = parse_modules_dep(DEP);
+        assert_eq!(
+            dep["libcurve25519_generic"].0,
+            "kernel/lib/crypto/libcurve25519-generic.ko"
+        );
+        let builtin = parse_builtin("kernel/fs/ext4/ext4.ko\n");
+        let got = closure(&dep, &builtin, &["wireguard".into(), "ext4".into()]).unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(got.contains("kernel/net/ipv4/udp_tunnel.ko"));
+        assert!(matches!(
+            closure(&dep, &builtin, &["nope".into()]),
+            Err(KernelError::UnknownModule(n)) if n == "nope"
+        ));
+    }
+
+    #[test]
+    fn indexes_keep_only_included_modules() {
+        let dep = parse_modules_dep(DEP);
+        let inc = closure(&dep, &BTreeSet::new(), &["wireguard".into()]).unwrap();
+        let filtered = filter_index(DEP, &inc, false);
+        assert_eq!(filtered.lines().count(), 3);
+        assert!(!filtered.contains("virtio"));
+        let alias = "alias net-pf-16-proto-16-family-wireguard wireguard\nalias virtio:d00000001v* virtio_net\n";
+        assert_eq!(
+            filter_index(alias, &inc, true),
+            "alias net-pf-16-proto-16-family-wireguard wireguard\n"
+        );
+    }
+}

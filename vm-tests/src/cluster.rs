@@ -1,0 +1,250 @@
+//! The test cluster, made the way an operator makes one: release binaries, `tyd` for keys and
+//! the signed policy, `drone build` for one image per drone plus one without a key (a
+//! machine that is not enrolled). Built once per test process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::lab::Lab;
+use crate::vm::{Spec, Vm};
+use crate::{scratch, workspace};
+
+/// The drones: name, LAN address, tunnel address (as `tyd node add` assigns them).
+pub const DRONES: &[(&str, &str, &str)] = &[
+    ("drone1", "198.18.0.11", "10.77.0.1"),
+    ("drone2", "198.18.0.12", "10.77.0.2"),
+    ("drone3", "198.18.0.13", "10.77.0.3"),
+];
+
+/// The rogue's own LAN address.
+pub const ROGUE_IP: &str = "198.18.0.66";
+
+/// Boot to "ready" can take a while with several TCG guests on two cores.
+pub const BOOT: Duration = Duration::from_secs(150);
+pub const CMD: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub dir: PathBuf,
+    pub expected_root: String,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub operator_key: PathBuf,
+    pub policy: PathBuf,
+    /// By drone name, plus "unenrolled".
+    pub images: BTreeMap<String, Image>,
+}
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{shown} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Release builds of what goes into the image (a no-op when up to date).
+fn build_binaries() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo)
+        .current_dir(workspace())
+        .args(["build", "--release", "--locked", "--quiet"])
+        .args([
+            "-p",
+            "netguard",
+            "-p",
+            "certaintyd",
+            "-p",
+            "tyd",
+            "-p",
+            "drone",
+        ]))?;
+    Ok(workspace().join("target/release"))
+}
+
+impl Cluster {
+    fn make() -> Result<Cluster, String> {
+        let bin = build_binaries()?;
+        let dir = scratch().join("cluster");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let tyd = |args: &[&str]| run(Command::new(bin.join("tyd")).current_dir(&dir).args(args));
+        tyd(&["keygen", "operator", "--out", "operator.key"])?;
+        tyd(&["policy", "init", "--name", "lab"])?;
+        for (i, (name, lan, _)) in DRONES.iter().enumerate() {
+            let key = format!("{name}.key");
+            tyd(&["keygen", "node", "--out", &key])?;
+            tyd(&[
+                "node",
+                "add",
+                "cluster.toml",
+                "--id",
+                &(i + 1).to_string(),
+                "--name",
+                name,
+                "--public-key-file",
+                &format!("{key}.pub"),
+                "--endpoint",
+                &format!("{lan}:51820"),
+            ])?;
+        }
+        // Test timing: a short grace period, and the watchdog on.
+        let policy = dir.join("cluster.toml");
+        let text = std::fs::read_to_string(&policy).map_err(|e| e.to_string())?;
+        let text = text.replace(
+            "grace = \"30s\"",
+            "grace = \"5s\"\nwatchdog = \"/dev/watchdog\"",
+        );
+        std::fs::write(&policy, text).map_err(|e| e.to_string())?;
+        tyd(&["policy", "sign", "cluster.toml", "--key", "operator.key"])?;
+
+        let cache = workspace().join("target/drone-cache");
+        let mut images = BTreeMap::new();
+        let names = DRONES.iter().map(|(n, _, _)| Some(*n)).chain([None]);
+        for name in names {
+            let label = name.unwrap_or("unenrolled");
+            let out = dir.join(format!("image-{label}"));
+            let mut cmd = Command::new(bin.join("drone"));
+            cmd.current_dir(&dir)
+                .args([
+                    "build",
+                    "--policy",
+                    "cluster.toml",
+                    "--trust",
+                    "operator.key.pub",
+                ])
+                .arg("--cache")
+                .arg(&cache)
+                .arg("--out")
+                .arg(&out)
+                .arg("--json");
+            if let Some(n) = name {
+                cmd.args(["--node-key", &format!("{n}.key")]);
+            }
+            let report: serde_json::Value =
+                serde_json::from_str(&run(&mut cmd)?).map_err(|e| e.to_string())?;
+            let expected_root = report["expected_root"]
+                .as_str()
+                .ok_or("no expected_root in the build report")?
+                .to_string();
+            images.insert(
+                label.to_string(),
+                Image {
+                    dir: out,
+                    expected_root,
+                },
+            );
+        }
+        Ok(Cluster {
+            operator_key: dir.join("operator.key"),
+            policy,
+            dir,
+            bin,
+            images,
+        })
+    }
+
+    /// The cluster, built on first use.
+    pub fn get() -> &'static Cluster {
+        static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+        match CLUSTER.get_or_init(Cluster::make) {
+            Ok(c) => c,
+            Err(e) => panic!("cannot build the test cluster: {e}"),
+        }
+    }
+
+    pub fn tyd(&self, args: &[&str]) -> Result<String, String> {
+        run(Command::new(self.bin.join("tyd"))
+            .current_dir(&self.dir)
+            .args(args))
+    }
+
+    fn spec(&self, image: &str, name: &str, nic: u8, cmdline: String) -> Spec {
+        let img = &self.images[image];
+        Spec {
+            name: name.to_string(),
+            kernel: img.dir.join("vmlinuz"),
+            initrd: img.dir.join("initrd.img"),
+            nic,
+            cmdline,
+        }
+    }
+
+    /// Boots drone `i` (0-based) with its image, the pinned root hash and a console shell.
+    pub fn boot_drone(&self, lab: &Lab, test: &str, i: usize) -> Result<Vm, String> {
+        let (name, lan, _) = DRONES[i];
+        let root = &self.images[name].expected_root;
+        let cmdline = format!(
+            "console=ttyS0 quiet panic=-1 ip={lan}::::{name}:eth0:off drone.shell=1 \
+             drone.log=/dev/ttyS1 certainty.expect={root}"
+        );
+        let nic = u8::try_from(11 + i).unwrap_or(99);
+        Vm::boot(
+            lab,
+            &self.spec(name, name, nic, cmdline),
+            &scratch().join(test),
+        )
+    }
+
+    /// Boots the unenrolled image as a rogue machine on the LAN: it makes its own key, which
+    /// the policy does not list; its console is the attacker's.
+    pub fn boot_rogue(&self, lab: &Lab, test: &str) -> Result<Vm, String> {
+        let cmdline = format!(
+            "console=ttyS0 quiet panic=-1 ip={ROGUE_IP}::::rogue:eth0:off drone.shell=1 \
+             drone.log=/dev/ttyS1"
+        );
+        Vm::boot(
+            lab,
+            &self.spec("unenrolled", "rogue", 66, cmdline),
+            &scratch().join(test),
+        )
+    }
+
+    /// Signs a new policy version: `tyd <command> <copy of the policy> <args>` (which bumps
+    /// the serial), then `tyd policy sign`. Returns the policy and signature bytes.
+    pub fn signed_update(
+        &self,
+        command: &[&str],
+        args: &[&str],
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let work = self.dir.join("update");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+        let copy = work.join("cluster.toml");
+        std::fs::copy(&self.policy, &copy).map_err(|e| e.to_string())?;
+        let copy_s = copy.display().to_string();
+        let full: Vec<&str> = command
+            .iter()
+            .copied()
+            .chain([copy_s.as_str()])
+            .chain(args.iter().copied())
+            .collect();
+        self.tyd(&full)?;
+        let key = self.operator_key.display().to_string();
+        self.tyd(&["policy", "sign", &copy_s, "--key", &key])?;
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok((read(&copy)?, read(&policy_sig(&copy))?))
+    }
+}
+
+fn policy_sig(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".sig");
+    PathBuf::from(s)
+}

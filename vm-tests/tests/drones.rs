@@ -1,0 +1,403 @@
+//! Drones booted as VMs (issue 5). Needs root and qemu; one scenario at a time (each boots
+//! several TCG guests on a two-core machine). A failing scenario prints its VMs' consoles
+//! and logs.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use vm_tests::cluster::{BOOT, CMD, Cluster, DRONES, ROGUE_IP};
+use vm_tests::lab::Lab;
+use vm_tests::vm::Vm;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Fails the test with a message; the VMs print their transcripts as they drop.
+fn check<T>(r: Result<T, String>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn ready(vm: &mut Vm) {
+    let name = vm.name.clone();
+    check(vm.wait_console(&format!("drone: ready {name}"), BOOT));
+}
+
+/// Boots drones `which` (indexes into DRONES) and waits until each says it is ready.
+fn boot_drones(c: &Cluster, lab: &Lab, test: &str, which: &[usize]) -> Vec<Vm> {
+    let mut vms: Vec<Vm> = which
+        .iter()
+        .map(|&i| check(c.boot_drone(lab, test, i)))
+        .collect();
+    for vm in &mut vms {
+        ready(vm);
+    }
+    vms
+}
+
+/// A TCP service on `port` that answers with the drone's host name.
+fn serve_hostname(vm: &mut Vm, port: u16) {
+    check(vm.sh_ok(
+        &format!("nc -ll -p {port} -e /bin/hostname >/dev/null 2>&1 &"),
+        CMD,
+    ));
+}
+
+/// What `vm` reads from `addr:port` (empty if it cannot connect within 4 s).
+fn fetch(vm: &mut Vm, addr: &str, port: u16) -> String {
+    let (status, out) = check(vm.sh(&format!("nc -w 4 {addr} {port} </dev/null"), CMD));
+    if status == 0 {
+        out.trim().to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// Waits until `vm` reads `want` from `addr:port` (tunnels need a handshake first).
+fn fetch_eventually(vm: &mut Vm, addr: &str, port: u16, want: &str, within: Duration) {
+    let until = Instant::now() + within;
+    loop {
+        let got = fetch(vm, addr, port);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{}: {addr}:{port} answered {got:?}, not {want:?}, for {within:?}",
+            vm.name
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+macro_rules! scenario {
+    ($name:literal) => {{
+        let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        if !vm_tests::can_run($name) {
+            return;
+        }
+        let cluster = Cluster::get();
+        let lab = check(Lab::new());
+        (guard, cluster, lab)
+    }};
+}
+
+#[test]
+fn three_drones_form_a_mesh_and_serve_only_through_the_tunnels() {
+    let (_g, c, lab) = scenario!("mesh");
+    let mut vms = boot_drones(c, &lab, "mesh", &[0, 1, 2]);
+    for vm in &mut vms {
+        serve_hostname(vm, 4660);
+    }
+    for (i, vm) in vms.iter_mut().enumerate() {
+        for (j, (name, lan, tunnel)) in DRONES.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            fetch_eventually(vm, tunnel, 4660, name, Duration::from_secs(30));
+            // The same service on the LAN address, outside the tunnel: dropped.
+            assert_eq!(fetch(vm, lan, 4660), "", "{name} served on its LAN address");
+        }
+    }
+    for vm in &mut vms {
+        // The kernel's WireGuard, not wireguard-go.
+        let link = check(vm.sh_ok("/sbin/ip -d link show tyd0", CMD));
+        assert!(link.contains("wireguard"), "{}: {link}", vm.name);
+        assert_eq!(check(vm.sh("pidof wireguard-go", CMD)).0, 1);
+        // Boot-time hardening from the policy, and the module lock after netguard started.
+        for (file, want) in [
+            ("/proc/sys/net/ipv4/conf/all/rp_filter", "1"),
+            ("/proc/sys/net/ipv4/ip_forward", "0"),
+            ("/proc/sys/kernel/kptr_restrict", "2"),
+            ("/proc/sys/kernel/dmesg_restrict", "1"),
+            ("/proc/sys/kernel/yama/ptrace_scope", "3"),
+            ("/proc/sys/kernel/unprivileged_bpf_disabled", "1"),
+            ("/proc/sys/kernel/modules_disabled", "1"),
+        ] {
+            assert_eq!(
+                check(vm.sh_ok(&format!("cat {file}"), CMD)).trim(),
+                want,
+                "{}: {file}",
+                vm.name
+            );
+        }
+        // The pinned image hash matched the booted root, and nothing has changed since.
+        let log = vm.log_text();
+        let name = vm.name.clone();
+        assert!(
+            log.contains(&format!("stable_root={}", c.images[&name].expected_root)),
+            "{name}: baseline is not the pinned root"
+        );
+        assert!(!log.contains("integrity lost"), "{name}: integrity lost");
+    }
+}
+
+#[test]
+fn a_rogue_on_the_lan_reaches_no_service_even_spoofing_a_member() {
+    let (_g, c, lab) = scenario!("rogue");
+    let mut vms = boot_drones(c, &lab, "rogue", &[0, 1]);
+    let mut rogue = check(c.boot_rogue(&lab, "rogue"));
+    check(rogue.wait_console("drone: node public key", BOOT));
+    check(rogue.wait_console("drone: ready rogue", BOOT));
+    // The rogue is root on its own machine: its firewall goes first.
+    check(rogue.sh_ok("nft flush ruleset", CMD));
+    for vm in &mut vms {
+        serve_hostname(vm, 4660);
+        serve_hostname(vm, 723);
+        serve_hostname(vm, 22);
+    }
+    // The members reach each other (the test can see a working service).
+    fetch_eventually(
+        &mut vms[1],
+        DRONES[0].2,
+        4660,
+        "drone1",
+        Duration::from_secs(30),
+    );
+    // Positive control: ssh is open to the LAN by policy, so the rogue's packets do arrive.
+    assert_eq!(fetch(&mut rogue, DRONES[0].1, 22), "drone1");
+    let attempts = |rogue: &mut Vm| {
+        for (name, lan, tunnel) in &DRONES[..2] {
+            for port in [4660, 723] {
+                assert_eq!(
+                    fetch(rogue, lan, port),
+                    "",
+                    "rogue reached {name} {lan}:{port}"
+                );
+                assert_eq!(
+                    fetch(rogue, tunnel, port),
+                    "",
+                    "rogue reached {name} {tunnel}:{port}"
+                );
+            }
+        }
+    };
+    // Its own address, with a route to the tunnel addresses straight over the LAN.
+    check(rogue.sh_ok("ip route add 10.77.0.0/24 dev eth0", CMD));
+    attempts(&mut rogue);
+    // Spoofing drone2's LAN address (and its tunnel address) towards drone1.
+    check(rogue.sh_ok(
+        &format!(
+            "ip addr del {ROGUE_IP}/24 dev eth0; ip addr add {}/24 dev eth0; ip addr add {}/32 dev eth0",
+            DRONES[1].1, DRONES[1].2
+        ),
+        CMD,
+    ));
+    for port in [4660, 723] {
+        assert_eq!(
+            fetch(&mut rogue, DRONES[0].1, port),
+            "",
+            "spoofing rogue reached drone1 LAN:{port}"
+        );
+        assert_eq!(
+            fetch(&mut rogue, DRONES[0].2, port),
+            "",
+            "spoofing rogue reached drone1 tunnel:{port}"
+        );
+    }
+    let dropped = check(vms[0].sh_ok("nft list counter inet netguard svc_openmosix", CMD));
+    assert!(
+        !dropped.contains("packets 0 "),
+        "drone1 counted no dropped attempts: {dropped}"
+    );
+}
+
+/// Waits until `vm` has rebooted (a new boot is announced after the mark) and is ready.
+fn rebooted(vm: &mut Vm, within: Duration) -> Duration {
+    let start = Instant::now();
+    check(vm.wait_console("drone: ready", within));
+    start.elapsed()
+}
+
+#[test]
+fn writing_under_bin_after_the_grace_period_reboots_the_drone_and_it_rejoins() {
+    let (_g, c, lab) = scenario!("tamper");
+    let mut vms = boot_drones(c, &lab, "tamper", &[0, 1]);
+    check(vms[1].wait_log("baseline taken", BOOT));
+    serve_hostname(&mut vms[1], 4660);
+    fetch_eventually(
+        &mut vms[0],
+        DRONES[1].2,
+        4660,
+        "drone2",
+        Duration::from_secs(30),
+    );
+
+    vms[1].mark();
+    let written = Instant::now();
+    // The shell may die with the node before it prints its end marker: just type.
+    check(vms[1].type_line("echo evil > /bin/evil"));
+    check(vms[1].wait_log("integrity lost", Duration::from_secs(10)));
+    let verdict = written.elapsed();
+    let log = vms[1].log_text();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("integrity lost"))
+        .unwrap_or_default();
+    assert!(line.contains("/bin"), "verdict does not name /bin: {line}");
+    assert!(
+        line.contains("action=reboot") && line.contains("dry_run=false"),
+        "{line}"
+    );
+    // One interval is 2 s; the verdict comes from the inotify event, well within it.
+    assert!(
+        verdict < Duration::from_secs(2) + CMD_SLACK,
+        "verdict after {verdict:?}"
+    );
+    let back = rebooted(&mut vms[1], BOOT);
+    eprintln!("tamper: verdict after {verdict:?}, ready again after {back:?}");
+
+    // Fresh from its image, it rejoins: the service answers through the tunnel again.
+    serve_hostname(&mut vms[1], 4660);
+    fetch_eventually(
+        &mut vms[0],
+        DRONES[1].2,
+        4660,
+        "drone2",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        check(vms[1].sh("ls /bin/evil", CMD)).0,
+        1,
+        "the write survived the reboot"
+    );
+}
+
+/// Typing into a TCG guest's console and seeing the log line takes a moment of its own.
+const CMD_SLACK: Duration = Duration::from_secs(2);
+
+#[test]
+fn killing_or_stopping_certaintyd_lets_the_watchdog_reboot_the_drone() {
+    let (_g, c, lab) = scenario!("watchdog");
+    let mut vms = boot_drones(c, &lab, "watchdog", &[0, 1]);
+    for (vm, signal) in vms.iter_mut().zip(["KILL", "STOP"]) {
+        check(vm.wait_log("watchdog armed", BOOT));
+        vm.mark();
+        let sent = Instant::now();
+        check(vm.sh_ok(&format!("kill -{signal} $(pidof certaintyd)"), CMD));
+        let back = rebooted(vm, BOOT);
+        eprintln!("watchdog: SIG{signal} -> ready again after {back:?}");
+        // The watchdog's timeout is 10 s: a reboot sooner would be something else.
+        assert!(
+            sent.elapsed() > Duration::from_secs(9),
+            "{}: rebooted too soon",
+            vm.name
+        );
+        // The kernel says who rebooted it.
+        let text = vm.console_text();
+        assert!(
+            text.contains("softdog: Initiating system reboot"),
+            "{}: the reboot did not come from the watchdog",
+            vm.name
+        );
+    }
+}
+
+#[test]
+fn with_netguard_killed_the_service_ports_stay_closed_to_non_members() {
+    let (_g, c, lab) = scenario!("netguard_killed");
+    let mut vms = boot_drones(c, &lab, "netguard_killed", &[0, 1]);
+    let mut rogue = check(c.boot_rogue(&lab, "netguard_killed"));
+    check(rogue.wait_console("drone: ready rogue", BOOT));
+    check(rogue.sh_ok("nft flush ruleset; ip route add 10.77.0.0/24 dev eth0", CMD));
+    serve_hostname(&mut vms[0], 4660);
+    serve_hostname(&mut vms[0], 22);
+    fetch_eventually(
+        &mut vms[1],
+        DRONES[0].2,
+        4660,
+        "drone1",
+        Duration::from_secs(30),
+    );
+
+    check(vms[0].sh_ok("kill -9 $(pidof netguard)", CMD));
+    assert_eq!(
+        check(vms[0].sh("pidof netguard", CMD)).0,
+        1,
+        "netguard still running"
+    );
+    // The firewall and the tunnels stay as netguard left them.
+    assert_eq!(
+        fetch(&mut rogue, DRONES[0].1, 22),
+        "drone1",
+        "positive control failed"
+    );
+    for addr in [DRONES[0].1, DRONES[0].2] {
+        for port in [4660, 723] {
+            assert_eq!(
+                fetch(&mut rogue, addr, port),
+                "",
+                "rogue reached {addr}:{port}"
+            );
+        }
+    }
+    fetch_eventually(
+        &mut vms[1],
+        DRONES[0].2,
+        4660,
+        "drone1",
+        Duration::from_secs(10),
+    );
+}
+
+#[test]
+fn a_policy_update_removing_a_drone_cuts_it_off_established_connections_included() {
+    let (_g, c, lab) = scenario!("removal");
+    let mut vms = boot_drones(c, &lab, "removal", &[0, 1, 2]);
+    check(vms[0].sh_ok("nc -ll -p 4660 -e /bin/cat >/dev/null 2>&1 &", CMD));
+    serve_hostname(&mut vms[1], 4660);
+    fetch_eventually(
+        &mut vms[2],
+        DRONES[1].2,
+        4660,
+        "drone2",
+        Duration::from_secs(30),
+    );
+    // drone3 holds a connection to drone1's echo service, sending a line a second.
+    check(vms[2].sh_ok(
+        &format!(
+            "(i=0; while true; do i=$((i+1)); echo tick$i; sleep 1; done) | nc {} 4660 > /tmp/echo 2>&1 &",
+            DRONES[0].2
+        ),
+        CMD,
+    ));
+    let echoed = |vm: &mut Vm| -> usize {
+        check(vm.sh_ok("cat /tmp/echo", CMD))
+            .matches("tick")
+            .count()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while echoed(&mut vms[2]) < 3 {
+        assert!(Instant::now() < until, "the echo connection never worked");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    let (policy, sig) = check(c.signed_update(&["node", "remove"], &["drone3"]));
+    for vm in &mut vms[..2] {
+        vm.mark();
+        // Signature first: netguard re-checks a second later if it sees the policy first.
+        check(vm.put_file("/run/tyd/cluster.toml.sig", &sig));
+        check(vm.put_file("/run/tyd/cluster.toml", &policy));
+        check(vm.wait_log("node 3 (drone3) removed", Duration::from_secs(30)));
+        check(vm.wait_log("remove peer", Duration::from_secs(30)));
+    }
+    // The established connection is cut: no more echoes after a short settling time.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = echoed(&mut vms[2]);
+    std::thread::sleep(Duration::from_secs(5));
+    let after = echoed(&mut vms[2]);
+    assert_eq!(before, after, "drone3 still gets echoes after its removal");
+    // New connections fail too, to both members; the members still talk.
+    serve_hostname(&mut vms[0], 723);
+    assert_eq!(fetch(&mut vms[2], DRONES[0].2, 723), "");
+    assert_eq!(fetch(&mut vms[2], DRONES[1].2, 4660), "");
+    fetch_eventually(
+        &mut vms[0],
+        DRONES[1].2,
+        4660,
+        "drone2",
+        Duration::from_secs(10),
+    );
+}
