@@ -30,6 +30,8 @@ pub const CMD: Duration = Duration::from_secs(30);
 pub struct Image {
     pub dir: PathBuf,
     pub expected_root: String,
+    pub initrd_blake3: String,
+    pub kernel_blake3: String,
 }
 
 #[derive(Debug)]
@@ -78,6 +80,43 @@ fn build_binaries() -> Result<PathBuf, String> {
     Ok(workspace().join("target/release"))
 }
 
+/// `drone build` as an operator runs it; the report's hashes come back.
+pub fn build_image(
+    bin: &Path,
+    policy: &Path,
+    node_key: Option<&Path>,
+    out: &Path,
+) -> Result<Image, String> {
+    let mut cmd = Command::new(bin.join("drone"));
+    cmd.arg("build")
+        .arg("--policy")
+        .arg(policy)
+        .arg("--trust")
+        .arg(policy.with_file_name("operator.key.pub"))
+        .arg("--cache")
+        .arg(workspace().join("target/drone-cache"))
+        .arg("--out")
+        .arg(out)
+        .arg("--json");
+    if let Some(k) = node_key {
+        cmd.arg("--node-key").arg(k);
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&run(&mut cmd)?).map_err(|e| e.to_string())?;
+    let field = |k: &str| {
+        report[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no {k} in the build report"))
+    };
+    Ok(Image {
+        dir: out.to_path_buf(),
+        expected_root: field("expected_root")?,
+        initrd_blake3: field("initrd_blake3")?,
+        kernel_blake3: field("kernel_blake3")?,
+    })
+}
+
 impl Cluster {
     fn make() -> Result<Cluster, String> {
         let bin = build_binaries()?;
@@ -114,43 +153,19 @@ impl Cluster {
         std::fs::write(&policy, text).map_err(|e| e.to_string())?;
         tyd(&["policy", "sign", "cluster.toml", "--key", "operator.key"])?;
 
-        let cache = workspace().join("target/drone-cache");
         let mut images = BTreeMap::new();
-        let names = DRONES.iter().map(|(n, _, _)| Some(*n)).chain([None]);
-        for name in names {
-            let label = name.unwrap_or("unenrolled");
-            let out = dir.join(format!("image-{label}"));
-            let mut cmd = Command::new(bin.join("drone"));
-            cmd.current_dir(&dir)
-                .args([
-                    "build",
-                    "--policy",
-                    "cluster.toml",
-                    "--trust",
-                    "operator.key.pub",
-                ])
-                .arg("--cache")
-                .arg(&cache)
-                .arg("--out")
-                .arg(&out)
-                .arg("--json");
-            if let Some(n) = name {
-                cmd.args(["--node-key", &format!("{n}.key")]);
-            }
-            let report: serde_json::Value =
-                serde_json::from_str(&run(&mut cmd)?).map_err(|e| e.to_string())?;
-            let expected_root = report["expected_root"]
-                .as_str()
-                .ok_or("no expected_root in the build report")?
-                .to_string();
-            images.insert(
-                label.to_string(),
-                Image {
-                    dir: out,
-                    expected_root,
-                },
-            );
+        for (name, _, _) in DRONES {
+            let key = dir.join(format!("{name}.key"));
+            let image = build_image(
+                &bin,
+                &policy,
+                Some(&key),
+                &dir.join(format!("image-{name}")),
+            )?;
+            images.insert((*name).to_string(), image);
         }
+        let unenrolled = build_image(&bin, &policy, None, &dir.join("image-unenrolled"))?;
+        images.insert("unenrolled".to_string(), unenrolled);
         Ok(Cluster {
             operator_key: dir.join("operator.key"),
             policy,
@@ -186,29 +201,49 @@ impl Cluster {
         }
     }
 
-    /// Boots drone `i` (0-based) with its image, the pinned root hash and a console shell.
-    pub fn boot_drone(&self, lab: &Lab, test: &str, i: usize) -> Result<Vm, String> {
+    /// Boots `image` as drone `i` (0-based): its address and name, with `extra` on the
+    /// kernel command line.
+    pub fn boot_image(
+        &self,
+        lab: &Lab,
+        test: &str,
+        image: &Image,
+        i: usize,
+        extra: &str,
+    ) -> Result<Vm, String> {
         let (name, lan, _) = DRONES[i];
-        let root = &self.images[name].expected_root;
         let cmdline = format!(
             "console=ttyS0 quiet panic=-1 ip={lan}::::{name}:eth0:off drone.shell=1 \
-             drone.log=/dev/ttyS1 certainty.expect={root}"
+             drone.log=/dev/ttyS1 {extra}"
         );
-        let nic = u8::try_from(11 + i).unwrap_or(99);
-        Vm::boot(
-            lab,
-            &self.spec(name, name, nic, cmdline),
-            &scratch().join(test),
-        )
+        let spec = Spec {
+            name: name.to_string(),
+            kernel: image.dir.join("vmlinuz"),
+            initrd: image.dir.join("initrd.img"),
+            nic: u8::try_from(11 + i).unwrap_or(99),
+            cmdline,
+        };
+        Vm::boot(lab, &spec, &scratch().join(test))
+    }
+
+    /// Boots drone `i` (0-based) with its image, the pinned root hash and a console shell.
+    pub fn boot_drone(&self, lab: &Lab, test: &str, i: usize) -> Result<Vm, String> {
+        let image = &self.images[DRONES[i].0];
+        let pin = format!("certainty.expect={}", image.expected_root);
+        self.boot_image(lab, test, image, i, &pin)
     }
 
     /// Boots the unenrolled image as a rogue machine on the LAN: it makes its own key, which
-    /// the policy does not list; its console is the attacker's.
-    pub fn boot_rogue(&self, lab: &Lab, test: &str) -> Result<Vm, String> {
-        let cmdline = format!(
-            "console=ttyS0 quiet panic=-1 ip={ROGUE_IP}::::rogue:eth0:off drone.shell=1 \
-             drone.log=/dev/ttyS1"
-        );
+    /// the policy does not list; its console is the attacker's. `ip` is `ROGUE_IP`'s static
+    /// configuration, or `dhcp`.
+    pub fn boot_rogue(&self, lab: &Lab, test: &str, dhcp: bool) -> Result<Vm, String> {
+        let ip = if dhcp {
+            "ip=::::rogue:eth0:dhcp".to_string()
+        } else {
+            format!("ip={ROGUE_IP}::::rogue:eth0:off")
+        };
+        let cmdline =
+            format!("console=ttyS0 quiet panic=-1 {ip} drone.shell=1 drone.log=/dev/ttyS1");
         Vm::boot(
             lab,
             &self.spec("unenrolled", "rogue", 66, cmdline),

@@ -1,7 +1,8 @@
 //! A network namespace holding one bridge, with a tap device per VM. Deleted on drop, even
 //! when the test fails.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -9,6 +10,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 #[derive(Debug)]
 pub struct Lab {
     pub netns: String,
+    dhcpd: Option<Child>,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -36,7 +38,7 @@ impl Lab {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         ip(&["netns", "add", &netns])?;
-        let lab = Self { netns };
+        let lab = Self { netns, dhcpd: None };
         lab.ipn(&["link", "add", "br0", "type", "bridge"])?;
         lab.ipn(&["link", "set", "br0", "up"])?;
         lab.ipn(&["link", "set", "lo", "up"])?;
@@ -57,8 +59,43 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// A DHCP server (busybox udhcpd) on the bridge at 198.18.0.1, leasing .100-.120.
+    pub fn dhcp_server(&mut self, dir: &Path) -> Result<(), String> {
+        self.ipn(&["addr", "add", "198.18.0.1/24", "dev", "br0"])?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let conf = dir.join("udhcpd.conf");
+        let leases = dir.join("udhcpd.leases");
+        let _ = std::fs::remove_file(&leases);
+        std::fs::write(&leases, b"").map_err(|e| e.to_string())?;
+        std::fs::write(
+            &conf,
+            format!(
+                "start 198.18.0.100\nend 198.18.0.120\ninterface br0\nlease_file {}\n\
+                 pidfile {}\noption subnet 255.255.255.0\n",
+                leases.display(),
+                dir.join("udhcpd.pid").display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "busybox", "udhcpd", "-f"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start udhcpd: {e}"))?;
+        self.dhcpd = Some(child);
+        Ok(())
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Some(mut c) = self.dhcpd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = ip(&["netns", "del", &self.netns]);
     }
 }

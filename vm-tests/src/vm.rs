@@ -173,6 +173,18 @@ impl Vm {
         }
     }
 
+    /// Waits until qemu exits (the guest powered off); returns how long that took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!("{}: still running after {timeout:?}", self.name))
+    }
+
     /// Waits until `what` appears on the console after the mark; moves the mark past it.
     pub fn wait_console(&mut self, what: &str, timeout: Duration) -> Result<Duration, String> {
         let start = Instant::now();

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use vm_tests::cluster::{BOOT, CMD, Cluster, DRONES, ROGUE_IP};
+use vm_tests::cluster::{BOOT, CMD, Cluster, DRONES, ROGUE_IP, build_image};
 use vm_tests::lab::Lab;
 use vm_tests::vm::Vm;
 
@@ -137,9 +137,15 @@ fn three_drones_form_a_mesh_and_serve_only_through_the_tunnels() {
 fn a_rogue_on_the_lan_reaches_no_service_even_spoofing_a_member() {
     let (_g, c, lab) = scenario!("rogue");
     let mut vms = boot_drones(c, &lab, "rogue", &[0, 1]);
-    let mut rogue = check(c.boot_rogue(&lab, "rogue"));
-    check(rogue.wait_console("drone: node public key", BOOT));
+    let mut rogue = check(c.boot_rogue(&lab, "rogue", false));
+    // Without a key in its image, the machine made one and printed it for enrolment; its
+    // netguard knows it is not a member.
+    check(rogue.wait_console(
+        "drone: node public key (enrol it with tyd node add): ",
+        BOOT,
+    ));
     check(rogue.wait_console("drone: ready rogue", BOOT));
+    check(rogue.wait_log("not a member", CMD));
     // The rogue is root on its own machine: its firewall goes first.
     check(rogue.sh_ok("nft flush ruleset", CMD));
     for vm in &mut vms {
@@ -297,9 +303,12 @@ fn killing_or_stopping_certaintyd_lets_the_watchdog_reboot_the_drone() {
 
 #[test]
 fn with_netguard_killed_the_service_ports_stay_closed_to_non_members() {
-    let (_g, c, lab) = scenario!("netguard_killed");
+    let (_g, c, mut lab) = scenario!("netguard_killed");
+    // This rogue takes its address by DHCP (the drones' other way to configure the LAN).
+    check(lab.dhcp_server(&vm_tests::scratch().join("netguard_killed")));
     let mut vms = boot_drones(c, &lab, "netguard_killed", &[0, 1]);
-    let mut rogue = check(c.boot_rogue(&lab, "netguard_killed"));
+    let mut rogue = check(c.boot_rogue(&lab, "netguard_killed", true));
+    check(rogue.wait_console("drone: dhcp: 198.18.0.1", BOOT));
     check(rogue.wait_console("drone: ready rogue", BOOT));
     check(rogue.sh_ok("nft flush ruleset; ip route add 10.77.0.0/24 dev eth0", CMD));
     serve_hostname(&mut vms[0], 4660);
@@ -399,5 +408,75 @@ fn a_policy_update_removing_a_drone_cuts_it_off_established_connections_included
         4660,
         "drone2",
         Duration::from_secs(10),
+    );
+}
+
+#[test]
+fn the_same_inputs_build_the_same_image_and_another_key_does_not() {
+    // No VM: this needs the build's inputs only (release binaries, the kernel package).
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::get();
+    let first = &c.images["drone1"];
+    let again = check(build_image(
+        &c.bin,
+        &c.policy,
+        Some(&c.dir.join("drone1.key")),
+        &c.dir.join("image-drone1-again"),
+    ));
+    assert_eq!(again.initrd_blake3, first.initrd_blake3);
+    assert_eq!(again.kernel_blake3, first.kernel_blake3);
+    assert_eq!(again.expected_root, first.expected_root);
+    let other = &c.images["drone2"];
+    assert_ne!(other.expected_root, first.expected_root);
+    assert_ne!(other.initrd_blake3, first.initrd_blake3);
+}
+
+#[test]
+fn a_drone_whose_hardening_fails_powers_off_instead_of_joining() {
+    let (_g, c, lab) = scenario!("hardening_fails");
+    // A policy asking for a sysctl this kernel does not have.
+    let dir = c.dir.join("bad-hardening");
+    let _ = std::fs::remove_dir_all(&dir);
+    check(std::fs::create_dir_all(&dir).map_err(|e| e.to_string()));
+    let text = check(std::fs::read_to_string(&c.policy).map_err(|e| e.to_string()));
+    assert!(text.contains("sysctl = {}"), "the policy template changed");
+    let text = text.replace(
+        "sysctl = {}",
+        "sysctl = { \"kernel.no_such_knob\" = \"1\" }",
+    );
+    let policy = dir.join("cluster.toml");
+    check(std::fs::write(&policy, text).map_err(|e| e.to_string()));
+    check(
+        std::fs::copy(c.dir.join("operator.key.pub"), dir.join("operator.key.pub"))
+            .map_err(|e| e.to_string()),
+    );
+    let key = c.operator_key.display().to_string();
+    check(c.tyd(&[
+        "policy",
+        "sign",
+        &policy.display().to_string(),
+        "--key",
+        &key,
+        "--bump",
+    ]));
+    let image = check(build_image(
+        &c.bin,
+        &policy,
+        Some(&c.dir.join("drone1.key")),
+        &dir.join("image"),
+    ));
+
+    let mut vm = check(c.boot_image(&lab, "hardening_fails", &image, 0, ""));
+    check(vm.wait_console("drone: HARDENING FAILED", BOOT));
+    let off = check(vm.wait_exit(Duration::from_secs(60)));
+    eprintln!("hardening_fails: powered off {off:?} after the message");
+    let log = vm.log_text();
+    assert!(
+        log.contains("kernel.no_such_knob = 1"),
+        "the failure does not name the sysctl"
+    );
+    assert!(
+        !log.contains("netguard starting"),
+        "netguard started on an unhardened drone"
     );
 }
