@@ -14,9 +14,9 @@ packages=(
   python3           # demo-cluster echo servers, benchmark tree builder
   b3sum             # certaintyd benchmark reference
   aide              # certaintyd benchmark reference (the classic tool)
-  busybox-static    # drone images
+  busybox-static    # drone images (and udhcpd in the VM tests)
   qemu-system-x86   # drone VMs
-  cpio              # drone initramfs
+  kmod              # depmod -b on the unpacked kernel package
   bc                # benchmark arithmetic
 )
 

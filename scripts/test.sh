@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit, integration and property tests, the fuzz corpus
-# (inside cargo test) and a short fuzz run. Installs what it needs first (needs root).
+# and the drone VM tests (all inside cargo test), and a short fuzz run. Installs what it needs
+# first (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

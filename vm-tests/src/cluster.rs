@@ -272,7 +272,7 @@ impl Cluster {
             .collect();
         self.tyd(&full)?;
         let key = self.operator_key.display().to_string();
-        self.tyd(&["policy", "sign", &copy_s, "--key", &key])?;
+        self.tyd(&["policy", "sign", &copy_s, "--key", &key, "--bump"])?;
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
         Ok((read(&copy)?, read(&policy_sig(&copy))?))
     }

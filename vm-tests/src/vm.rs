@@ -20,6 +20,13 @@ pub struct Spec {
     pub cmdline: String,
 }
 
+/// The two serial ports.
+#[derive(Debug, Clone, Copy)]
+enum Port {
+    Console,
+    Log,
+}
+
 /// Bytes read from the console so far.
 #[derive(Debug, Default)]
 struct Stream {
@@ -30,6 +37,8 @@ struct Stream {
 #[derive(Debug)]
 pub struct Vm {
     pub name: String,
+    /// When qemu was started.
+    pub started: Instant,
     child: Child,
     stdin: ChildStdin,
     console: Arc<Stream>,
@@ -134,6 +143,7 @@ impl Vm {
         });
         Ok(Vm {
             name: spec.name.clone(),
+            started: Instant::now(),
             child,
             stdin,
             console,
@@ -187,46 +197,47 @@ impl Vm {
 
     /// Waits until `what` appears on the console after the mark; moves the mark past it.
     pub fn wait_console(&mut self, what: &str, timeout: Duration) -> Result<Duration, String> {
-        let start = Instant::now();
-        loop {
-            let text = self.console_text();
-            if let Some(at) = text.get(self.console_mark..).and_then(|t| t.find(what)) {
-                self.console_mark += at + what.len();
-                return Ok(start.elapsed());
-            }
-            self.alive()?;
-            if start.elapsed() > timeout {
-                return Err(format!(
-                    "{}: no {what:?} on the console within {timeout:?}",
-                    self.name
-                ));
-            }
-            if let Ok(guard) = self.console.bytes.lock() {
-                let _ = self
-                    .console
-                    .grew
-                    .wait_timeout(guard, Duration::from_millis(100));
-            }
-        }
+        self.wait_on(Port::Console, what, timeout)
     }
 
     /// Waits until `what` appears in the daemons' log after the mark; moves the mark past it.
     pub fn wait_log(&mut self, what: &str, timeout: Duration) -> Result<Duration, String> {
+        self.wait_on(Port::Log, what, timeout)
+    }
+
+    fn wait_on(&mut self, port: Port, what: &str, timeout: Duration) -> Result<Duration, String> {
         let start = Instant::now();
         loop {
-            let text = self.log_text();
-            if let Some(at) = text.get(self.log_mark..).and_then(|t| t.find(what)) {
-                self.log_mark += at + what.len();
+            let (text, mark) = match port {
+                Port::Console => (self.console_text(), &mut self.console_mark),
+                Port::Log => (self.log_text(), &mut self.log_mark),
+            };
+            if let Some(at) = text.get(*mark..).and_then(|t| t.find(what)) {
+                *mark += at + what.len();
                 return Ok(start.elapsed());
             }
             self.alive()?;
             if start.elapsed() > timeout {
+                let place = match port {
+                    Port::Console => "on the console",
+                    Port::Log => "in the log",
+                };
                 return Err(format!(
-                    "{}: no {what:?} in the log within {timeout:?}",
+                    "{}: no {what:?} {place} within {timeout:?}",
                     self.name
                 ));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            match port {
+                Port::Console => {
+                    if let Ok(guard) = self.console.bytes.lock() {
+                        let _ = self
+                            .console
+                            .grew
+                            .wait_timeout(guard, Duration::from_millis(100));
+                    }
+                }
+                Port::Log => std::thread::sleep(Duration::from_millis(100)),
+            }
         }
     }
 
