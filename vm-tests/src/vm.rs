@@ -295,6 +295,25 @@ impl Vm {
         self.sh_ok(&script, Duration::from_secs(60)).map(|_| ())
     }
 
+    /// Starts a TCP service on `port` that answers with the VM's host name (busybox nc).
+    pub fn serve_hostname(&mut self, port: u16) -> Result<(), String> {
+        self.sh_ok(
+            &format!("nc -ll -p {port} -e /bin/hostname >/dev/null 2>&1 &"),
+            Duration::from_secs(30),
+        )
+        .map(|_| ())
+    }
+
+    /// Whether this VM connects to `addr:port` within 4 s (nc's exit status), and what it
+    /// reads.
+    pub fn fetch(&mut self, addr: &str, port: u16) -> Result<Option<String>, String> {
+        let (status, out) = self.sh(
+            &format!("nc -w 4 {addr} {port} </dev/null"),
+            Duration::from_secs(30),
+        )?;
+        Ok((status == 0).then_some(out))
+    }
+
     /// The console and log, for a failure report.
     pub fn transcript(&self) -> String {
         let tail = |s: String, n: usize| {
@@ -311,6 +330,12 @@ impl Vm {
             tail(self.log_text(), 150)
         )
     }
+}
+
+/// Whether a fetch got `want` as a line (a stray kernel message may share the console).
+pub fn answered(got: &Option<String>, want: &str) -> bool {
+    got.as_ref()
+        .is_some_and(|o| o.lines().any(|l| l.trim() == want))
 }
 
 impl Drop for Vm {

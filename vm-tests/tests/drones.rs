@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use vm_tests::cluster::{BOOT, CMD, Cluster, DRONES, ROGUE_IP, build_image};
 use vm_tests::lab::Lab;
-use vm_tests::vm::Vm;
+use vm_tests::vm::{Vm, answered};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -40,22 +40,12 @@ fn boot_drones(c: &Cluster, lab: &Lab, test: &str, which: &[usize]) -> Vec<Vm> {
     vms
 }
 
-/// A TCP service on `port` that answers with the drone's host name.
 fn serve_hostname(vm: &mut Vm, port: u16) {
-    check(vm.sh_ok(
-        &format!("nc -ll -p {port} -e /bin/hostname >/dev/null 2>&1 &"),
-        CMD,
-    ));
+    check(vm.serve_hostname(port));
 }
 
-/// What `vm` reads from `addr:port` (empty if it cannot connect within 4 s).
-fn fetch(vm: &mut Vm, addr: &str, port: u16) -> String {
-    let (status, out) = check(vm.sh(&format!("nc -w 4 {addr} {port} </dev/null"), CMD));
-    if status == 0 {
-        out.trim().to_string()
-    } else {
-        String::new()
-    }
+fn fetch(vm: &mut Vm, addr: &str, port: u16) -> Option<String> {
+    check(vm.fetch(addr, port))
 }
 
 /// Waits until `vm` reads `want` from `addr:port` (tunnels need a handshake first).
@@ -63,7 +53,7 @@ fn fetch_eventually(vm: &mut Vm, addr: &str, port: u16, want: &str, within: Dura
     let until = Instant::now() + within;
     loop {
         let got = fetch(vm, addr, port);
-        if got == want {
+        if answered(&got, want) {
             return;
         }
         assert!(
@@ -75,15 +65,21 @@ fn fetch_eventually(vm: &mut Vm, addr: &str, port: u16, want: &str, within: Dura
     }
 }
 
-/// Asserts that `rogue` gets nothing from the openMosix TCP ports at any of `addrs`.
+/// Asserts that `vm` cannot connect to `addr:port`.
+fn assert_unreachable(vm: &mut Vm, addr: &str, port: u16, why: &str) {
+    let got = fetch(vm, addr, port);
+    assert!(
+        got.is_none(),
+        "{why}: {} reached {addr}:{port}: {got:?}",
+        vm.name
+    );
+}
+
+/// Asserts that `rogue` reaches none of the openMosix TCP ports at any of `addrs`.
 fn assert_no_service(rogue: &mut Vm, addrs: &[&str], why: &str) {
     for addr in addrs {
         for port in [4660, 723] {
-            assert_eq!(
-                fetch(rogue, addr, port),
-                "",
-                "{why}: rogue reached {addr}:{port}"
-            );
+            assert_unreachable(rogue, addr, port, why);
         }
     }
 }
@@ -114,7 +110,7 @@ fn three_drones_form_a_mesh_and_serve_only_through_the_tunnels() {
             }
             fetch_eventually(vm, tunnel, 4660, name, Duration::from_secs(30));
             // The same service on the LAN address, outside the tunnel: dropped.
-            assert_eq!(fetch(vm, lan, 4660), "", "{name} served on its LAN address");
+            assert_unreachable(vm, lan, 4660, "served on a LAN address");
         }
     }
     for vm in &mut vms {
@@ -179,7 +175,8 @@ fn a_rogue_on_the_lan_reaches_no_service_even_spoofing_a_member() {
         Duration::from_secs(30),
     );
     // Positive control: ssh is open to the LAN by policy, so the rogue's packets do arrive.
-    assert_eq!(fetch(&mut rogue, DRONES[0].1, 22), "drone1");
+    let got = fetch(&mut rogue, DRONES[0].1, 22);
+    assert!(answered(&got, "drone1"), "positive control: {got:?}");
     // Its own address, with a route to the tunnel addresses straight over the LAN.
     check(rogue.sh_ok("ip route add 10.77.0.0/24 dev eth0", CMD));
     let members = [DRONES[0].1, DRONES[0].2, DRONES[1].1, DRONES[1].2];
@@ -319,11 +316,8 @@ fn with_netguard_killed_the_service_ports_stay_closed_to_non_members() {
         "netguard still running"
     );
     // The firewall and the tunnels stay as netguard left them.
-    assert_eq!(
-        fetch(&mut rogue, DRONES[0].1, 22),
-        "drone1",
-        "positive control failed"
-    );
+    let got = fetch(&mut rogue, DRONES[0].1, 22);
+    assert!(answered(&got, "drone1"), "positive control: {got:?}");
     assert_no_service(&mut rogue, &[DRONES[0].1, DRONES[0].2], "netguard killed");
     fetch_eventually(
         &mut vms[1],
@@ -383,8 +377,8 @@ fn a_policy_update_removing_a_drone_cuts_it_off_established_connections_included
     assert_eq!(before, after, "drone3 still gets echoes after its removal");
     // New connections fail too, to both members; the members still talk.
     serve_hostname(&mut vms[0], 723);
-    assert_eq!(fetch(&mut vms[2], DRONES[0].2, 723), "");
-    assert_eq!(fetch(&mut vms[2], DRONES[1].2, 4660), "");
+    assert_unreachable(&mut vms[2], DRONES[0].2, 723, "removed");
+    assert_unreachable(&mut vms[2], DRONES[1].2, 4660, "removed");
     fetch_eventually(
         &mut vms[0],
         DRONES[1].2,
