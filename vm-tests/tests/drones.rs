@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use vm_tests::cluster::{BOOT, CMD, Cluster, DRONES, ROGUE_IP, build_image};
+use vm_tests::cluster::{BOOT, CMD, Cluster, DRONES, Image, ROGUE_IP, build_image};
 use vm_tests::lab::Lab;
 use vm_tests::vm::{Vm, answered};
 
@@ -408,41 +408,43 @@ fn the_same_inputs_build_the_same_image_and_another_key_does_not() {
     assert_ne!(other.initrd_blake3, first.initrd_blake3);
 }
 
-#[test]
-fn a_drone_whose_hardening_fails_powers_off_instead_of_joining() {
-    let (_g, c, lab) = scenario!("hardening_fails");
-    // A policy asking for a sysctl this kernel does not have.
-    let dir = c.dir.join("bad-hardening");
+/// drone1's image with a policy where `from` is replaced by `to`, signed by the operator.
+fn variant_image(c: &Cluster, label: &str, from: &str, to: &str) -> Image {
+    let dir = c.dir.join(label);
     let _ = std::fs::remove_dir_all(&dir);
     check(std::fs::create_dir_all(&dir).map_err(|e| e.to_string()));
     let text = check(std::fs::read_to_string(&c.policy).map_err(|e| e.to_string()));
-    assert!(text.contains("sysctl = {}"), "the policy template changed");
-    let text = text.replace(
-        "sysctl = {}",
-        "sysctl = { \"kernel.no_such_knob\" = \"1\" }",
+    assert!(
+        text.contains(from),
+        "the policy template changed: no {from:?}"
     );
     let policy = dir.join("cluster.toml");
-    check(std::fs::write(&policy, text).map_err(|e| e.to_string()));
+    check(std::fs::write(&policy, text.replace(from, to)).map_err(|e| e.to_string()));
     check(
         std::fs::copy(c.dir.join("operator.key.pub"), dir.join("operator.key.pub"))
             .map_err(|e| e.to_string()),
     );
     let key = c.operator_key.display().to_string();
-    check(c.tyd(&[
-        "policy",
-        "sign",
-        &policy.display().to_string(),
-        "--key",
-        &key,
-        "--bump",
-    ]));
-    let image = check(build_image(
+    let path = policy.display().to_string();
+    check(c.tyd(&["policy", "sign", &path, "--key", &key, "--bump"]));
+    check(build_image(
         &c.bin,
         &policy,
         Some(&c.dir.join("drone1.key")),
         &dir.join("image"),
-    ));
+    ))
+}
 
+#[test]
+fn a_drone_whose_hardening_fails_powers_off_instead_of_joining() {
+    let (_g, c, lab) = scenario!("hardening_fails");
+    // A policy asking for a sysctl this kernel does not have.
+    let image = variant_image(
+        c,
+        "bad-hardening",
+        "sysctl = {}",
+        "sysctl = { \"kernel.no_such_knob\" = \"1\" }",
+    );
     let mut vm = check(c.boot_image(&lab, "hardening_fails", &image, 0, ""));
     check(vm.wait_console("drone: HARDENING FAILED", BOOT));
     let off = check(vm.wait_exit(Duration::from_secs(60)));
@@ -455,5 +457,24 @@ fn a_drone_whose_hardening_fails_powers_off_instead_of_joining() {
     assert!(
         !log.contains("netguard starting"),
         "netguard started on an unhardened drone"
+    );
+}
+
+#[test]
+fn a_drone_whose_certaintyd_cannot_start_powers_off_instead_of_joining() {
+    let (_g, c, lab) = scenario!("certaintyd_refuses");
+    // A valid policy naming a watchdog device the drone does not have: certaintyd refuses.
+    let image = variant_image(
+        c,
+        "bad-watchdog",
+        "watchdog = \"/dev/watchdog\"",
+        "watchdog = \"/dev/no-such-watchdog\"",
+    );
+    let mut vm = check(c.boot_image(&lab, "certaintyd_refuses", &image, 0, ""));
+    check(vm.wait_console("drone: certaintyd ended with exit 4", BOOT));
+    check(vm.wait_exit(Duration::from_secs(60)));
+    assert!(
+        vm.log_text().contains("/dev/no-such-watchdog"),
+        "the refusal does not name the device"
     );
 }
