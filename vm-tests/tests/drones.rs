@@ -135,6 +135,13 @@ fn three_drones_form_a_mesh_and_serve_only_through_the_tunnels() {
                 vm.name
             );
         }
+        // ...and the lock holds: even root cannot load a module now.
+        let (status, out) = check(vm.sh("insmod $(find /lib/modules -name softdog.ko)", CMD));
+        assert!(
+            status != 0 && out.contains("not permitted"),
+            "{}: insmod after the lock: {status} {out}",
+            vm.name
+        );
         // The pinned image hash matched the booted root, and nothing has changed since.
         let log = vm.log_text();
         let name = vm.name.clone();
