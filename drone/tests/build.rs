@@ -72,18 +72,10 @@ fn fixture() -> Fixture {
     );
 
     let mods = f.p(&format!("kernel/lib/modules/{VERSION}"));
-    let all = [
-        "virtio_pci",
-        "virtio_net",
-        "wireguard",
-        "nf_tables",
-        "nft_ct",
-        "nft_objref",
-        "nf_conntrack_netlink",
-        "softdog",
-        "udp_tunnel",
-        "unrelated",
-    ];
+    let all = drone::kernel::DRONE_MODULES
+        .iter()
+        .copied()
+        .chain(["udp_tunnel", "unrelated"]);
     let mut dep = String::new();
     for m in all {
         write(&mods.join(format!("kernel/{m}.ko")), m.as_bytes(), 0o644);
