@@ -2,14 +2,24 @@
 
 use std::path::{Path, PathBuf};
 
-use policy::Hardening;
+use policy::{Hardening, Lockdown};
 
-/// One sysctl write: the file under `/proc/sys` and the value.
+/// One write of a kernel setting: the file and the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     pub name: String,
     pub file: PathBuf,
     pub value: String,
+    pub check: ReadBack,
+}
+
+/// How a written setting shows when read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBack {
+    /// The value itself (sysctls).
+    Same,
+    /// One of a list, the chosen one in brackets (`none [integrity] confidentiality`).
+    Bracketed,
 }
 
 /// The writes `hardening` asks for, under `proc_sys` (normally `/proc/sys`). Names were
@@ -22,8 +32,19 @@ pub fn plan(hardening: &Hardening, proc_sys: &Path) -> Vec<Write> {
             file: proc_sys.join(name.replace('.', "/")),
             name,
             value,
+            check: ReadBack::Same,
         })
         .collect()
+}
+
+/// The write that raises kernel lockdown (under securityfs), if the policy asks for one.
+pub fn lockdown(level: Lockdown, securityfs: &Path) -> Option<Write> {
+    (level != Lockdown::None).then(|| Write {
+        name: "lockdown".into(),
+        file: securityfs.join("lockdown"),
+        value: level.to_string(),
+        check: ReadBack::Bracketed,
+    })
 }
 
 /// The write that forbids loading any further module (one way: only a reboot undoes it).
@@ -32,6 +53,7 @@ pub fn module_lock(proc_sys: &Path) -> Write {
         name: "kernel.modules_disabled".into(),
         file: proc_sys.join("kernel/modules_disabled"),
         value: "1".into(),
+        check: ReadBack::Same,
     }
 }
 
@@ -45,7 +67,13 @@ pub fn apply(writes: &[Write]) -> Vec<String> {
             .and_then(|now| {
                 // The kernel prints some values with tabs for spaces.
                 let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-                if norm(&now) == norm(&w.value) {
+                let ok = match w.check {
+                    ReadBack::Same => norm(&now) == norm(&w.value),
+                    ReadBack::Bracketed => now
+                        .split_whitespace()
+                        .any(|word| word == format!("[{}]", w.value)),
+                };
+                if ok {
                     Ok(())
                 } else {
                     Err(format!("reads back {:?}", now.trim()))
@@ -75,6 +103,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             lock_modules: true,
+            lockdown: Lockdown::Integrity,
         };
         let writes = plan(&h, dir.path());
         assert_eq!(writes[0].file, dir.path().join("kernel/kptr_restrict"));
@@ -92,6 +121,20 @@ mod tests {
             "2\n"
         );
         assert!(apply(&[module_lock(dir.path())]).is_empty());
+    }
+
+    #[test]
+    fn lockdown_reads_back_as_the_bracketed_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(lockdown(Lockdown::None, dir.path()), None);
+        let w = lockdown(Lockdown::Integrity, dir.path()).unwrap();
+        // A plain file keeps what was written: not the kernel's bracketed form, so refused.
+        let failures = apply(std::slice::from_ref(&w));
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].contains("reads back \"integrity\""),
+            "{failures:?}"
+        );
     }
 
     #[test]

@@ -68,7 +68,8 @@ enum Cmd {
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline: PathBuf,
     },
-    /// (At boot) apply the policy's sysctls, or with --lock-modules forbid module loading.
+    /// (At boot) apply the policy's sysctls and lockdown level, or with --lock-modules forbid
+    /// module loading.
     Harden {
         #[arg(long, default_value = "/etc/tyd/cluster.toml")]
         policy: PathBuf,
@@ -76,6 +77,8 @@ enum Cmd {
         trust: PathBuf,
         #[arg(long, default_value = "/proc/sys")]
         proc_sys: PathBuf,
+        #[arg(long, default_value = "/sys/kernel/security")]
+        securityfs: PathBuf,
         #[arg(long)]
         lock_modules: bool,
     },
@@ -148,8 +151,9 @@ fn main() -> ExitCode {
             policy,
             trust,
             proc_sys,
+            securityfs,
             lock_modules,
-        } => harden_cmd(&policy, &trust, &proc_sys, lock_modules),
+        } => harden_cmd(&policy, &trust, &proc_sys, &securityfs, lock_modules),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -260,7 +264,13 @@ fn net(cmdline: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn harden_cmd(policy: &Path, trust: &Path, proc_sys: &Path, lock: bool) -> Result<(), String> {
+fn harden_cmd(
+    policy: &Path,
+    trust: &Path,
+    proc_sys: &Path,
+    securityfs: &Path,
+    lock: bool,
+) -> Result<(), String> {
     let verified =
         policy::load_verified(policy, trust, jiff::Timestamp::now()).map_err(|e| e.to_string())?;
     let writes = if lock {
@@ -270,7 +280,9 @@ fn harden_cmd(policy: &Path, trust: &Path, proc_sys: &Path, lock: bool) -> Resul
         }
         vec![harden::module_lock(proc_sys)]
     } else {
-        harden::plan(&verified.hardening, proc_sys)
+        let mut writes = harden::plan(&verified.hardening, proc_sys);
+        writes.extend(harden::lockdown(verified.hardening.lockdown, securityfs));
+        writes
     };
     let failures = harden::apply(&writes);
     if failures.is_empty() {

@@ -24,7 +24,7 @@ pub mod validate;
 pub use keys::{OperatorPublicKey, WgPublicKey};
 pub use load::{LoadError, load_verified};
 pub use model::{
-    Action, Certainty, Cluster, Firewall, Hardening, Node, NodeId, Policy, Posture,
+    Action, Certainty, Cluster, Firewall, Hardening, Lockdown, Node, NodeId, Policy, Posture,
     RECOMMENDED_SYSCTLS, Role,
 };
 pub use mosix_map::{MapError, MosixMap};

@@ -215,6 +215,33 @@ pub struct Hardening {
     /// compromise cannot load a rootkit module.
     #[serde(default = "yes")]
     pub lock_modules: bool,
+    /// The kernel lockdown level to raise to at boot (it can only be raised): `integrity`
+    /// keeps even root from changing the running kernel (/dev/mem, unsigned modules, kexec,
+    /// MSR writes...); `confidentiality` also from reading kernel memory.
+    #[serde(default = "default_lockdown")]
+    pub lockdown: Lockdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lockdown {
+    None,
+    Integrity,
+    Confidentiality,
+}
+
+impl fmt::Display for Lockdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Lockdown::None => "none",
+            Lockdown::Integrity => "integrity",
+            Lockdown::Confidentiality => "confidentiality",
+        })
+    }
+}
+
+fn default_lockdown() -> Lockdown {
+    Lockdown::Integrity
 }
 
 fn yes() -> bool {
@@ -227,6 +254,7 @@ impl Default for Hardening {
             recommended: true,
             sysctl: BTreeMap::new(),
             lock_modules: true,
+            lockdown: default_lockdown(),
         }
     }
 }

@@ -59,6 +59,8 @@ recommended = true
 sysctl = {{}}
 # kernel.modules_disabled = 1 once the drone's own modules are loaded.
 lock_modules = true
+# Kernel lockdown raised at boot: none | integrity | confidentiality.
+lockdown = "integrity"
 "#
     )
 }

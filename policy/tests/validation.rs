@@ -261,6 +261,7 @@ fn content_every_zero() {
 fn hardening_defaults_to_the_recommended_sysctls_and_a_module_lock() {
     let p = policy::parse_policy("cluster.toml", valid_policy().as_bytes(), now()).unwrap();
     assert!(p.hardening.lock_modules);
+    assert_eq!(p.hardening.lockdown, policy::Lockdown::Integrity);
     let s = p.hardening.sysctls();
     assert_eq!(s.len(), policy::RECOMMENDED_SYSCTLS.len());
     assert_eq!(s["net.ipv4.conf.all.rp_filter"], "1");

@@ -135,6 +135,12 @@ fn three_drones_form_a_mesh_and_serve_only_through_the_tunnels() {
                 vm.name
             );
         }
+        let lockdown = check(vm.sh_ok("cat /sys/kernel/security/lockdown", CMD));
+        assert!(
+            lockdown.contains("[integrity]"),
+            "{}: lockdown {lockdown}",
+            vm.name
+        );
         // ...and the lock holds: even root cannot load a module now.
         let (status, out) = check(vm.sh("insmod $(find /lib/modules -name softdog.ko)", CMD));
         assert!(
