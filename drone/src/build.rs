@@ -148,7 +148,7 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>, BuildError> {
         .collect())
 }
 
-/// The node key's public half and the node the policy lists with it.
+/// The node key's file, its public half, and the node the policy lists with it.
 fn node_identity(
     key_path: &Path,
     policy: &policy::Policy,
@@ -165,8 +165,7 @@ fn node_identity(
             why,
         }
     })?);
-    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*secret));
-    let public = policy::WgPublicKey::from_bytes(public.to_bytes());
+    let public = policy::WgPublicKey::from_secret(&secret);
     let node = policy
         .node_by_key(&public)
         .ok_or_else(|| BuildError::NotInPolicy {
@@ -182,7 +181,9 @@ fn node_identity(
 
 /// Assembles the image tree. Reads files; writes nothing.
 pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
-    let verified = policy::load_verified(&inputs.policy, &inputs.trust, inputs.now)?;
+    // What is verified here is what goes into the image: the same bytes, read once.
+    let signed = policy::load_signed(&inputs.policy, &inputs.trust, inputs.now)?;
+    let verified = &signed.verified;
     let mut tree = Tree::new(inputs.mtime);
 
     for dir in MOUNT_POINTS {
@@ -222,7 +223,8 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
     };
     let dep_text = index("modules.dep")?;
     let dep = kernel::parse_modules_dep(&dep_text);
-    let builtin = kernel::parse_builtin(&index("modules.builtin")?);
+    let builtin_text = index("modules.builtin")?;
+    let builtin = kernel::parse_builtin(&builtin_text);
     let mut wanted: Vec<String> = DRONE_MODULES.iter().map(|m| (*m).to_string()).collect();
     wanted.extend(inputs.extra_modules.iter().cloned());
     let files = kernel::closure(&dep, &builtin, &wanted)?;
@@ -242,7 +244,7 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
     )?;
     tree.file(
         &format!("{dest_root}/modules.builtin"),
-        read(&mods.join("modules.builtin"))?,
+        builtin_text.into_bytes(),
         0o644,
     )?;
     // Load order: as listed (virtio first), each once, builtins left out.
@@ -279,16 +281,12 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
     )?;
 
     // The signed policy, the operator keys it is checked against, and the node's key.
-    tree.file("/etc/tyd/cluster.toml", read(&inputs.policy)?, 0o644)?;
-    tree.file(
-        "/etc/tyd/cluster.toml.sig",
-        read(&policy::signature_path(&inputs.policy))?,
-        0o644,
-    )?;
-    tree.file("/etc/tyd/operator.pub", read(&inputs.trust)?, 0o644)?;
+    tree.file("/etc/tyd/cluster.toml", signed.policy.clone(), 0o644)?;
+    tree.file("/etc/tyd/cluster.toml.sig", signed.signature.clone(), 0o644)?;
+    tree.file("/etc/tyd/operator.pub", signed.trust.clone(), 0o644)?;
     let (node, public_key) = match &inputs.node_key {
         Some(path) => {
-            let (secret, node, public) = node_identity(path, &verified)?;
+            let (secret, node, public) = node_identity(path, verified)?;
             tree.file("/etc/tyd/node.key", secret, 0o600)?;
             tree.file(
                 "/etc/drone/hostname",

@@ -29,8 +29,7 @@ fn write(path: &Path, bytes: &[u8], mode: u32) {
 }
 
 fn node_public(secret: [u8; 32]) -> String {
-    let s = x25519_dalek::StaticSecret::from(secret);
-    policy::WgPublicKey::from_bytes(x25519_dalek::PublicKey::from(&s).to_bytes()).to_base64()
+    policy::WgPublicKey::from_secret(&secret).to_base64()
 }
 
 /// A signed one-node policy, the node's key, a kernel package with a few modules, and the

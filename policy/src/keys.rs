@@ -29,6 +29,12 @@ impl WgPublicKey {
         Self(bytes)
     }
 
+    /// The public key of a WireGuard private key (X25519).
+    pub fn from_secret(secret: &[u8; 32]) -> Self {
+        let s = x25519_dalek::StaticSecret::from(*secret);
+        Self(x25519_dalek::PublicKey::from(&s).to_bytes())
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

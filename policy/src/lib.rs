@@ -22,7 +22,7 @@ pub mod template;
 pub mod validate;
 
 pub use keys::{OperatorPublicKey, WgPublicKey};
-pub use load::{LoadError, load_verified};
+pub use load::{LoadError, SignedFiles, load_signed, load_verified};
 pub use model::{
     Action, Certainty, Cluster, Firewall, Hardening, Lockdown, Node, NodeId, Policy, Posture,
     RECOMMENDED_SYSCTLS, Role,

@@ -25,29 +25,41 @@ pub enum LoadError {
     Verify(#[from] VerifyError),
 }
 
-/// Reads trusted operator keys, one base64 key a line.
-pub fn load_trust(path: &Path) -> Result<TrustedKeys, LoadError> {
-    let bytes = fsutil::read(path)?;
-    TrustedKeys::parse(&String::from_utf8_lossy(&bytes)).map_err(|reason| LoadError::Trust {
-        path: path.display().to_string(),
-        reason,
-    })
-}
-
 /// Reads `policy` and `policy.sig` and verifies them against the keys in `trust`.
 pub fn load_verified(
     policy: &Path,
     trust: &Path,
     now: Timestamp,
 ) -> Result<Verified<Policy>, LoadError> {
-    let trust = load_trust(trust)?;
+    load_signed(policy, trust, now).map(|s| s.verified)
+}
+
+/// A verified policy with the exact files it was verified from, for whoever passes them on
+/// (an image builder must ship what it checked, not a second read).
+#[derive(Debug)]
+pub struct SignedFiles {
+    pub verified: Verified<Policy>,
+    pub policy: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub trust: Vec<u8>,
+}
+
+/// [`load_verified`], keeping the bytes read. The trust file holds one base64 key a line.
+pub fn load_signed(policy: &Path, trust: &Path, now: Timestamp) -> Result<SignedFiles, LoadError> {
+    let trust_bytes = fsutil::read(trust)?;
+    let keys = TrustedKeys::parse(&String::from_utf8_lossy(&trust_bytes)).map_err(|reason| {
+        LoadError::Trust {
+            path: trust.display().to_string(),
+            reason,
+        }
+    })?;
     let bytes = fsutil::read(policy)?;
     let sig = fsutil::read(&signature_path(policy)).map_err(LoadError::Unsigned)?;
-    Ok(verify_policy(
-        &policy.display().to_string(),
-        &bytes,
-        &sig,
-        &trust,
-        now,
-    )?)
+    let verified = verify_policy(&policy.display().to_string(), &bytes, &sig, &keys, now)?;
+    Ok(SignedFiles {
+        verified,
+        policy: bytes,
+        signature: sig,
+        trust: trust_bytes,
+    })
 }

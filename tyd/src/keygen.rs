@@ -34,16 +34,11 @@ pub fn node(out: &Path) -> CliResult<WgPublicKey> {
     // Clamp as `wg genkey` does, so the file is byte-identical in form to wg's.
     secret[0] &= 248;
     secret[31] = (secret[31] & 127) | 64;
-    let public = wg_public(&secret);
+    let public = WgPublicKey::from_secret(&secret);
     let text = Zeroizing::new(format!("{}\n", encode(secret.as_ref())));
     write_new_secret(out, text.as_bytes())?;
     atomic_write(&pub_path(out), format!("{public}\n").as_bytes(), 0o644)?;
     Ok(public)
-}
-
-pub fn wg_public(secret: &[u8; 32]) -> WgPublicKey {
-    let s = x25519_dalek::StaticSecret::from(*secret);
-    WgPublicKey::from_bytes(x25519_dalek::PublicKey::from(&s).to_bytes())
 }
 
 /// Reads an operator secret key, refusing one readable by group or others.

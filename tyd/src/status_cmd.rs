@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 
 use crate::failure::{CliResult, Exit, Failure};
-use crate::keygen::{load_secret_key, wg_public};
+use crate::keygen::load_secret_key;
 use crate::policy_cmd::{load_verified, print_json};
 
 pub struct StatusArgs<'a> {
@@ -27,7 +27,7 @@ fn age(s: Option<u64>) -> String {
 pub fn run(a: &StatusArgs<'_>, now: Timestamp) -> CliResult {
     let policy = load_verified(a.policy, a.trust, now)?;
     let me = match a.key {
-        Some(k) => Some(wg_public(&load_secret_key(k)?)),
+        Some(k) => Some(policy::WgPublicKey::from_secret(&load_secret_key(k)?)),
         None => None,
     };
     let s = netguard::status::collect(&policy, a.interface, me.as_ref());
