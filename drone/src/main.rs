@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use drone::build::{self, Inputs};
 use drone::netcfg::{self, NetConfig};
 use drone::{harden, kernel};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,41 +27,7 @@ struct Args {
 enum Cmd {
     /// Build a drone image: OUT/vmlinuz, OUT/initrd.img and OUT/image.json. Prints the hash
     /// to pin as certaintyd's expected root (`certainty.expect=` on the kernel command line).
-    Build {
-        /// The signed cluster policy (its signature is POLICY.sig).
-        #[arg(long)]
-        policy: PathBuf,
-        /// Trusted operator public keys.
-        #[arg(long)]
-        trust: PathBuf,
-        /// This drone's WireGuard private key (its public key must be in the policy).
-        /// Without it the drone makes one at boot and prints the public key.
-        #[arg(long)]
-        node_key: Option<PathBuf>,
-        #[arg(long, short)]
-        out: PathBuf,
-        /// A linux-image-*-cloud-amd64 .deb; default: download the current one.
-        #[arg(long)]
-        kernel_deb: Option<PathBuf>,
-        /// Where downloaded kernels are kept.
-        #[arg(long, default_value = "/var/cache/drone")]
-        cache: PathBuf,
-        /// Where netguard, certaintyd, drone and tyd are (default: next to this program).
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        /// More kernel modules to include and load at boot.
-        #[arg(long = "module")]
-        modules: Vec<String>,
-        /// The static busybox to use.
-        #[arg(long, default_value = "/bin/busybox")]
-        busybox: PathBuf,
-        /// mtime of every entry (default: $SOURCE_DATE_EPOCH, else 0).
-        #[arg(long)]
-        mtime: Option<u32>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Build(BuildArgs),
     /// (At boot) configure the LAN from `ip=` on the kernel command line, or by DHCP; set the
     /// host name.
     Net {
@@ -84,6 +50,43 @@ enum Cmd {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// The signed cluster policy (its signature is POLICY.sig).
+    #[arg(long)]
+    policy: PathBuf,
+    /// Trusted operator public keys.
+    #[arg(long)]
+    trust: PathBuf,
+    /// This drone's WireGuard private key (its public key must be in the policy).
+    /// Without it the drone makes one at boot and prints the public key.
+    #[arg(long)]
+    node_key: Option<PathBuf>,
+    #[arg(long, short)]
+    out: PathBuf,
+    /// A linux-image-*-cloud-amd64 .deb; default: download the current one.
+    #[arg(long)]
+    kernel_deb: Option<PathBuf>,
+    /// Where downloaded kernels are kept.
+    #[arg(long, default_value = "/var/cache/drone")]
+    cache: PathBuf,
+    /// Where netguard, certaintyd, drone and tyd are (default: next to this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// More kernel modules to include and load at boot.
+    #[arg(long = "module")]
+    modules: Vec<String>,
+    /// The static busybox to use.
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
+    /// mtime of every entry (default: $SOURCE_DATE_EPOCH, else 0).
+    #[arg(long)]
+    mtime: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -95,57 +98,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match args.command {
-        Cmd::Build {
-            policy,
-            trust,
-            node_key,
-            out,
-            kernel_deb,
-            cache,
-            bin_dir,
-            modules,
-            busybox,
-            mtime,
-            json,
-        } => (|| -> Result<(), String> {
-            let deb = match kernel_deb {
-                Some(d) => d,
-                None => kernel::fetch(&cache, None).map_err(|e| e.to_string())?,
-            };
-            let kernel = kernel::unpack(&deb).map_err(|e| e.to_string())?;
-            let bin_dir = match bin_dir {
-                Some(d) => d,
-                None => std::env::current_exe()
-                    .ok()
-                    .and_then(|p| p.parent().map(Path::to_path_buf))
-                    .ok_or("cannot tell where this program is; pass --bin-dir")?,
-            };
-            let mtime = mtime
-                .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
-                .unwrap_or(0);
-            let inputs = Inputs {
-                policy,
-                trust,
-                node_key,
-                bin_dir,
-                kernel: kernel.clone(),
-                extra_modules: modules,
-                busybox,
-                mtime,
-                now: jiff::Timestamp::now(),
-            };
-            let image = build::assemble(&inputs).map_err(|e| e.to_string())?;
-            let report = build::write(&image, &kernel, &out).map_err(|e| e.to_string())?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
-            } else {
-                print_report(&report);
-            }
-            Ok(())
-        })(),
+        Cmd::Build(a) => build_cmd(a),
         Cmd::Net { cmdline } => net(&cmdline),
         Cmd::Harden {
             policy,
@@ -158,11 +111,51 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e}");
             eprintln!("drone: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+fn build_cmd(a: BuildArgs) -> Result<(), String> {
+    let deb = match a.kernel_deb {
+        Some(d) => d,
+        None => kernel::fetch(&a.cache, None).map_err(|e| e.to_string())?,
+    };
+    let kernel = kernel::unpack(&deb).map_err(|e| e.to_string())?;
+    let bin_dir = match a.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .ok_or("cannot tell where this program is; pass --bin-dir")?,
+    };
+    let mtime = a
+        .mtime
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
+        .unwrap_or(0);
+    let inputs = Inputs {
+        policy: a.policy,
+        trust: a.trust,
+        node_key: a.node_key,
+        bin_dir,
+        kernel: kernel.clone(),
+        extra_modules: a.modules,
+        busybox: a.busybox,
+        mtime,
+        now: jiff::Timestamp::now(),
+    };
+    let image = build::assemble(&inputs).map_err(|e| e.to_string())?;
+    let report = build::write(&image, &kernel, &a.out).map_err(|e| e.to_string())?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(())
 }
 
 fn print_report(r: &build::Report) {

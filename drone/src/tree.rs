@@ -212,9 +212,13 @@ impl Tree {
                     Some(t.as_bytes().to_vec()),
                     None,
                 ),
-                Content::CharDev { major, minor } => {
-                    (Kind::CharDev, 0, nix_makedev(*major, *minor), None, None)
-                }
+                Content::CharDev { major, minor } => (
+                    Kind::CharDev,
+                    0,
+                    nix::sys::stat::makedev(u64::from(*major), u64::from(*minor)),
+                    None,
+                    None,
+                ),
             };
             m.entries.insert(
                 path.as_bytes().to_vec(),
@@ -271,12 +275,6 @@ impl Tree {
         }
         cpio::newc::trailer(out)
     }
-}
-
-/// The kernel's `dev_t` encoding (glibc `makedev`).
-fn nix_makedev(major: u32, minor: u32) -> u64 {
-    let (ma, mi) = (u64::from(major), u64::from(minor));
-    ((ma & 0xffff_f000) << 32) | ((ma & 0xfff) << 8) | ((mi & 0xffff_ff00) << 12) | (mi & 0xff)
 }
 
 #[cfg(test)]

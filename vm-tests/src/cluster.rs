@@ -80,6 +80,22 @@ fn build_binaries() -> Result<PathBuf, String> {
     Ok(workspace().join("target/release"))
 }
 
+impl Image {
+    /// A VM booting this image with a console shell, daemon logs on the second serial port,
+    /// and `args` (its `ip=`, ...) on the kernel command line.
+    pub fn spec(&self, name: &str, nic: u8, args: &str) -> Spec {
+        Spec {
+            name: name.to_string(),
+            kernel: self.dir.join("vmlinuz"),
+            initrd: self.dir.join("initrd.img"),
+            nic,
+            cmdline: format!(
+                "console=ttyS0 quiet panic=-1 drone.shell=1 drone.log=/dev/ttyS1 {args}"
+            ),
+        }
+    }
+}
+
 /// `drone build` as an operator runs it; the report's hashes come back.
 pub fn build_image(
     bin: &Path,
@@ -190,17 +206,6 @@ impl Cluster {
             .args(args))
     }
 
-    fn spec(&self, image: &str, name: &str, nic: u8, cmdline: String) -> Spec {
-        let img = &self.images[image];
-        Spec {
-            name: name.to_string(),
-            kernel: img.dir.join("vmlinuz"),
-            initrd: img.dir.join("initrd.img"),
-            nic,
-            cmdline,
-        }
-    }
-
     /// Boots `image` as drone `i` (0-based): its address and name, with `extra` on the
     /// kernel command line.
     pub fn boot_image(
@@ -212,18 +217,9 @@ impl Cluster {
         extra: &str,
     ) -> Result<Vm, String> {
         let (name, lan, _) = DRONES[i];
-        let cmdline = format!(
-            "console=ttyS0 quiet panic=-1 ip={lan}::::{name}:eth0:off drone.shell=1 \
-             drone.log=/dev/ttyS1 {extra}"
-        );
-        let spec = Spec {
-            name: name.to_string(),
-            kernel: image.dir.join("vmlinuz"),
-            initrd: image.dir.join("initrd.img"),
-            nic: u8::try_from(11 + i).unwrap_or(99),
-            cmdline,
-        };
-        Vm::boot(lab, &spec, &scratch().join(test))
+        let ip = format!("ip={lan}::::{name}:eth0:off {extra}");
+        let nic = u8::try_from(11 + i).unwrap_or(99);
+        Vm::boot(lab, &image.spec(name, nic, &ip), &scratch().join(test))
     }
 
     /// Boots drone `i` (0-based) with its image, the pinned root hash and a console shell.
@@ -242,13 +238,8 @@ impl Cluster {
         } else {
             format!("ip={ROGUE_IP}::::rogue:eth0:off")
         };
-        let cmdline =
-            format!("console=ttyS0 quiet panic=-1 {ip} drone.shell=1 drone.log=/dev/ttyS1");
-        Vm::boot(
-            lab,
-            &self.spec("unenrolled", "rogue", 66, cmdline),
-            &scratch().join(test),
-        )
+        let spec = self.images["unenrolled"].spec("rogue", 66, &ip);
+        Vm::boot(lab, &spec, &scratch().join(test))
     }
 
     /// Signs a new policy version: `tyd <command> <copy of the policy> <args>` (which bumps
@@ -274,12 +265,6 @@ impl Cluster {
         let key = self.operator_key.display().to_string();
         self.tyd(&["policy", "sign", &copy_s, "--key", &key, "--bump"])?;
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        Ok((read(&copy)?, read(&policy_sig(&copy))?))
+        Ok((read(&copy)?, read(&policy::signature_path(&copy))?))
     }
-}
-
-fn policy_sig(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".sig");
-    PathBuf::from(s)
 }
