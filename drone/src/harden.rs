@@ -24,17 +24,49 @@ pub enum ReadBack {
 
 /// The writes `hardening` asks for, under `proc_sys` (normally `/proc/sys`). Names were
 /// validated with the policy, so they cannot leave `proc_sys`.
+///
+/// A `net.ipv4.conf.default.X` or `net.ipv6.conf.default.X` setting only reaches interfaces
+/// created later, and `all` does not override every per-interface value (`accept_ra` among
+/// them): so such a setting is also written to each interface that exists already (the LAN
+/// interface is up before hardening runs).
 pub fn plan(hardening: &Hardening, proc_sys: &Path) -> Vec<Write> {
-    hardening
-        .sysctls()
-        .into_iter()
-        .map(|(name, value)| Write {
-            file: proc_sys.join(name.replace('.', "/")),
-            name,
-            value,
-            check: ReadBack::Same,
+    let mut writes = Vec::new();
+    for (name, value) in hardening.sysctls() {
+        for family in ["net.ipv4.conf.default.", "net.ipv6.conf.default."] {
+            if let Some(setting) = name.strip_prefix(family) {
+                let conf = &family[..family.len() - "default.".len()];
+                for iface in interfaces(proc_sys, conf) {
+                    writes.push(sysctl(proc_sys, format!("{conf}{iface}.{setting}"), &value));
+                }
+            }
+        }
+        writes.push(sysctl(proc_sys, name, &value));
+    }
+    writes
+}
+
+fn sysctl(proc_sys: &Path, name: String, value: &str) -> Write {
+    Write {
+        file: proc_sys.join(name.replace('.', "/")),
+        name,
+        value: value.to_string(),
+        check: ReadBack::Same,
+    }
+}
+
+/// The interfaces under `proc_sys`'s `conf` directory (`net.ipv6.conf.`), in name order,
+/// without `all` and `default`; names with a dot are left out (they cannot be sysctl names).
+fn interfaces(proc_sys: &Path, conf: &str) -> Vec<String> {
+    let dir = proc_sys.join(conf.trim_end_matches('.').replace('.', "/"));
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n != "all" && n != "default" && !n.contains('.'))
+                .collect()
         })
-        .collect()
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// The write that raises kernel lockdown (under securityfs), if the policy asks for one.
@@ -149,6 +181,33 @@ mod tests {
             "kernel.unprivileged_bpf_disabled",
         ] {
             assert!(writes.iter().any(|w| w.name == name), "{name}");
+        }
+    }
+
+    /// Regression (issue 9 item 2): a drone on an untrusted LAN must not take router
+    /// advertisements. A new interface inherits `default.accept_ra`, but the LAN interface
+    /// exists before hardening runs, and `all.accept_ra` does not override its own value:
+    /// 1. eth0 comes up with accept_ra = 1 (the kernel's default);
+    /// 2. a rogue sends an RA with the tunnel prefix; eth0 takes an address in it.
+    ///
+    /// Now the plan writes accept_ra = 0 to every existing interface as well.
+    #[test]
+    fn router_advertisements_are_refused_on_interfaces_that_already_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        for iface in ["all", "default", "eth0", "lo"] {
+            std::fs::create_dir_all(dir.path().join(format!("net/ipv6/conf/{iface}"))).unwrap();
+        }
+        let writes = plan(&Hardening::default(), dir.path());
+        for name in [
+            "net.ipv6.conf.all.accept_ra",
+            "net.ipv6.conf.default.accept_ra",
+            "net.ipv6.conf.eth0.accept_ra",
+            "net.ipv6.conf.lo.accept_ra",
+            "net.ipv6.conf.eth0.accept_redirects",
+        ] {
+            let w = writes.iter().find(|w| w.name == name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(w.value, "0");
+            assert_eq!(w.file, dir.path().join(name.replace('.', "/")));
         }
     }
 }

@@ -119,18 +119,27 @@ impl Kernel {
     }
 }
 
-/// Unpacks `deb` next to itself (once) and runs `depmod -b` on it.
-pub fn unpack(deb: &Path) -> Result<Kernel, KernelError> {
-    let root = deb.with_extension("d");
-    let done = root.join(".drone-unpacked");
-    if !done.exists() {
-        let _ = std::fs::remove_dir_all(&root);
-        run(Command::new("dpkg").arg("-x").arg(deb).arg(&root))?;
-    }
+/// Unpacks `deb` (once) into a directory of drone's own under `cache`, named after the
+/// package's content hash, and runs `depmod -b` on it. Nothing outside `cache/unpacked/` is
+/// ever created or removed: the package may sit anywhere, beside anything.
+pub fn unpack(deb: &Path, cache: &Path) -> Result<Kernel, KernelError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| KernelError::Io { path, source }
     };
+    let bytes = std::fs::read(deb).map_err(io(deb))?;
+    let unpacked = cache.join("unpacked");
+    let root = unpacked.join(&blake3::hash(&bytes).to_hex()[..32]);
+    drop(bytes);
+    let done = root.join(".drone-unpacked");
+    if !done.exists() {
+        std::fs::create_dir_all(&unpacked).map_err(io(&unpacked))?;
+        // Only a half-unpacked directory of drone's own (no marker yet) is ever removed.
+        if root.exists() {
+            std::fs::remove_dir_all(&root).map_err(io(&root))?;
+        }
+        run(Command::new("dpkg").arg("-x").arg(deb).arg(&root))?;
+    }
     let mods = root.join("lib/modules");
     let version = std::fs::read_dir(&mods)
         .map_err(io(&mods))?

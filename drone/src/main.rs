@@ -67,7 +67,7 @@ struct BuildArgs {
     /// A linux-image-*-cloud-amd64 .deb; default: download the current one.
     #[arg(long)]
     kernel_deb: Option<PathBuf>,
-    /// Where downloaded kernels are kept.
+    /// Where downloaded kernels are kept and unpacked (drone writes nowhere else).
     #[arg(long, default_value = "/var/cache/drone")]
     cache: PathBuf,
     /// Where netguard, certaintyd, drone and tyd are (default: next to this program).
@@ -122,7 +122,7 @@ fn build_cmd(a: BuildArgs) -> Result<(), String> {
         Some(d) => d,
         None => kernel::fetch(&a.cache, None).map_err(|e| e.to_string())?,
     };
-    let kernel = kernel::unpack(&deb).map_err(|e| e.to_string())?;
+    let kernel = kernel::unpack(&deb, &a.cache).map_err(|e| e.to_string())?;
     let bin_dir = match a.bin_dir {
         Some(d) => d,
         None => std::env::current_exe()

@@ -254,3 +254,29 @@ fn refusals_name_what_is_wrong() {
     let e = build::assemble(&i).unwrap_err();
     assert!(e.to_string().contains("no_such_module"), "{e}");
 }
+
+/// Regression (adversarial testing, issue 9 item 5): a kernel package path next to a
+/// directory of the same stem must never cost that directory.
+/// 1. The operator passes `--kernel-deb /etc/sysctl.conf` by mistake.
+/// 2. The builder used to unpack into `deb.with_extension("d")` and remove it first:
+///    `/etc/sysctl.d` was wiped before dpkg even looked at the file.
+/// Now: the build fails on the bad package, and `X.d` beside it is untouched.
+#[test]
+fn a_wrong_kernel_package_never_deletes_the_directory_beside_it() {
+    let f = fixture();
+    write(&f.p("etc/sysctl.conf"), b"kernel.panic = 10\n", 0o644);
+    write(&f.p("etc/sysctl.d/99-local.conf"), b"vm.swappiness = 1\n", 0o644);
+    let cache = f.p("cache");
+    let e = drone::kernel::unpack(&f.p("etc/sysctl.conf"), &cache).unwrap_err();
+    assert!(e.to_string().contains("dpkg"), "{e}");
+    assert_eq!(
+        std::fs::read(f.p("etc/sysctl.d/99-local.conf")).unwrap(),
+        b"vm.swappiness = 1\n"
+    );
+    // Whatever drone made, it made under its cache.
+    let made: Vec<_> = std::fs::read_dir(f.p("etc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(made.len(), 2, "{made:?}");
+}

@@ -90,7 +90,7 @@ impl Runner {
         let v = policy::verify_policy("cluster.toml", &bytes, &sig, &self.trust, now).unwrap();
         self.store.accept(&v, now).unwrap();
         let verified = t.elapsed();
-        let d = desired(&v, &self.me, Some(&self.env.iface)).unwrap();
+        let d = desired(&v, &self.me, Some(&self.env.iface), jiff::Timestamp::now()).unwrap();
         reconcile(&mut self.iface, &self.private, &d, self.converged.as_ref()).unwrap();
         let took = t.elapsed();
         self.converged = Some(d);
@@ -111,7 +111,7 @@ fn naive(text: &str, env: &Env, private: &Key, me: &WgPublicKey, iface: &str) ->
         jiff::Timestamp::now(),
     )
     .unwrap();
-    let d = desired(&v, me, Some(iface)).unwrap();
+    let d = desired(&v, me, Some(iface), jiff::Timestamp::now()).unwrap();
     let mut conf = format!(
         "[Interface]\nPrivateKey = {}\nListenPort = 51821\n",
         private.to_base64()

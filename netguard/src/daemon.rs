@@ -1,20 +1,23 @@
 //! netguard's loop: reconcile on start, when the policy directory changes (atomic renames
-//! included), on SIGHUP, and every drift interval. SIGTERM and SIGINT stop it; the firewall
-//! table stays in place (only an operator removes it), so stopping never opens anything.
+//! included), on SIGHUP, every drift interval, and at the instant a node (or the policy)
+//! expires. SIGTERM and SIGINT stop it; the firewall table and the tunnels stay in place (only
+//! an operator removes them), so stopping never opens anything, and a restart adopts them.
 //!
 //! Fail closed: a policy that is missing, unverifiable, expired or rolled back is refused and
-//! the last verified state stays in force; with none, the protective ruleset (no service
-//! ports, no peers) is installed.
+//! the last verified state stays in force (across a restart too: a copy of it is kept beside
+//! the rollback state); with none, the protective ruleset (no service ports, no peers) is
+//! installed. A policy in force that reaches its own `expires` opens nothing any more.
 
+use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use policy::{NodeMap, NodeMapDiff, Policy, RollbackStore, Verified, WgPublicKey};
+use policy::{NodeMap, NodeMapDiff, Policy, RollbackStore, SignedFiles, Verified, WgPublicKey};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use wireguard_control::{DeviceUpdate, Key};
 
 use crate::desired::{Desired, desired};
@@ -28,14 +31,15 @@ pub struct Config {
     pub trust: PathBuf,
     /// This node's WireGuard private key (base64, mode 0600).
     pub key: PathBuf,
-    /// Where the last accepted serial is kept (anti-rollback).
+    /// Where the last accepted serial is kept (anti-rollback); the copy of the policy in
+    /// force is kept beside it.
     pub state: PathBuf,
     /// Serial floor from the boot media, for nodes that keep no state.
     pub min_serial: u64,
     /// Overrides the policy's interface name (several nodes on one test host).
     pub interface: Option<String>,
-    /// "kernel" or "userspace"; detected when absent.
-    pub backend: Option<String>,
+    /// Forced backend; detected when absent.
+    pub backend: Option<Kind>,
     pub drift: Duration,
 }
 
@@ -49,8 +53,32 @@ pub enum StartupError {
     Signals(std::io::Error),
 }
 
+/// What prompted a reconciliation pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Start,
+    PolicyChange,
+    Sighup,
+    /// The drift timer: everything is read back, nothing taken on trust.
+    DriftCheck,
+    /// A node, or the policy in force, reached its `expires`.
+    Expiry,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Trigger::Start => "start",
+            Trigger::PolicyChange => "policy change",
+            Trigger::Sighup => "SIGHUP",
+            Trigger::DriftCheck => "drift check",
+            Trigger::Expiry => "expiry",
+        })
+    }
+}
+
 enum Mode {
-    /// No verified policy yet, or this node is not in it.
+    /// No verified policy yet, this node is not (or no longer) in it, or it expired.
     Protective,
     Member(Box<Desired>),
 }
@@ -65,8 +93,13 @@ struct Node {
     kind: Kind,
     iface: Option<Interface>,
     /// What the last successful pass converged to: lets a policy change edit the sets
-    /// without reading the table back first.
+    /// without reading the table back first. Only ever a member's state.
     converged: Option<Box<Desired>>,
+    /// The last refusal logged, so a file refused every drift interval is logged once, and
+    /// again only when the reason changes or clears.
+    refusal: Option<String>,
+    /// Why this node is protective, as last logged (same idea).
+    protective_reason: Option<String>,
 }
 
 fn load_key(path: &std::path::Path) -> Result<Key, StartupError> {
@@ -76,60 +109,144 @@ fn load_key(path: &std::path::Path) -> Result<Key, StartupError> {
     Ok(Key(bytes))
 }
 
+/// How many per-node lines a node-map change logs at info level; a larger change logs one
+/// summary line (the details go to debug).
+const DETAILED_CHANGES: usize = 8;
+
 impl Node {
-    fn load(&mut self) -> Result<Verified<Policy>, String> {
+    fn load(&mut self, path: &std::path::Path) -> Result<SignedFiles, String> {
         let now = Timestamp::now();
-        let v = policy::load_verified(&self.cfg.policy, &self.cfg.trust, now)
-            .map_err(|e| e.to_string())?;
-        self.store.accept(&v, now).map_err(|e| e.to_string())?;
-        Ok(v)
+        let files = policy::load_signed(path, &self.cfg.trust, now).map_err(|e| e.to_string())?;
+        self.store
+            .accept(&files.verified, now)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(files)
     }
 
     /// Loads the policy; on any refusal the state in force stays as it is. With `quiet`, a
     /// refusal is only logged at debug level (the signature may still be on its way) and
-    /// `false` is returned so the caller can check again shortly.
+    /// `false` is returned so the caller can check again shortly. Returns whether the policy
+    /// on disk is the one in force.
     fn reload_quietly(&mut self, quiet: bool) -> bool {
-        let v = match self.load() {
-            Ok(v) => v,
+        let path = self.cfg.policy.clone();
+        let files = match self.load(&path) {
+            Ok(f) => f,
             Err(reason) => {
-                let serial = self.policy.as_ref().map(|p| p.cluster.serial);
                 if quiet {
-                    tracing::debug!(reason = %reason, "policy not (yet) acceptable; checking again shortly");
+                    debug!(reason = %reason, "policy not (yet) acceptable; checking again shortly");
                 } else {
-                    error!(reason = %reason, in_force = ?serial, "policy refused; the last verified state stays in force");
+                    self.refused(reason);
                 }
                 return false;
             }
         };
-        if let Some(old) = &self.policy {
-            if old.digest_hex() == v.digest_hex() {
-                return true;
-            }
-            let diff = NodeMapDiff::new(&NodeMap::from(&**old), &NodeMap::from(&*v));
-            for line in diff.to_string().lines() {
-                info!(change = %line, serial = v.cluster.serial, "node map change");
-            }
+        if self.refusal.take().is_some() {
+            info!(serial = files.verified.cluster.serial, "policy file acceptable again");
         }
-        info!(cluster = %v.cluster.name, serial = v.cluster.serial, nodes = v.nodes.len(), signer = %v.signer().key_id(), "policy accepted");
-        self.mode = match desired(&v, &self.public, self.cfg.interface.as_deref()) {
-            Ok(d) => Mode::Member(Box::new(d)),
-            Err(e) => {
-                error!(reason = %e, "not a member: dropping all peers, protective ruleset");
-                Mode::Protective
-            }
-        };
-        self.policy = Some(v);
+        self.adopt(files);
         true
     }
 
-    fn reload(&mut self) {
-        self.reload_quietly(false);
+    /// Logs a refusal once per distinct reason.
+    fn refused(&mut self, reason: String) {
+        if self.refusal.as_deref() == Some(reason.as_str()) {
+            debug!(reason = %reason, "policy still refused");
+            return;
+        }
+        match self.policy.as_ref().map(|p| p.cluster.serial) {
+            Some(serial) => error!(reason = %reason, in_force = serial,
+                "policy refused; the last verified policy stays in force"),
+            None => error!(reason = %reason, in_force = "none",
+                "policy refused; no verified policy: protective ruleset"),
+        }
+        self.refusal = Some(reason);
     }
 
-    /// One pass; `why` says what prompted it (a drift check logs what it had to repair).
-    fn reconcile(&mut self, why: &str) {
+    /// At start, while the file on disk is refused: the copy of the policy that was in force
+    /// before the restart, if it still verifies and is what the rollback store last accepted.
+    fn fall_back_to_copy_in_force(&mut self) {
+        let copy = policy::load::in_force_path(&self.cfg.state);
+        if self.policy.is_some() || !copy.exists() {
+            return;
+        }
+        match self.load(&copy) {
+            Ok(files) => {
+                warn!(serial = files.verified.cluster.serial, copy = %copy.display(),
+                    "the policy in force before the restart stays in force");
+                self.adopt(files);
+            }
+            Err(reason) => warn!(reason = %reason, "the copy of the policy in force is refused too"),
+        }
+    }
+
+    /// Makes `files` the policy in force: logs the node-map change, keeps a copy, derives
+    /// this node's mode.
+    fn adopt(&mut self, files: SignedFiles) {
+        let v = &files.verified;
+        if let Some(old) = &self.policy
+            && old.digest_hex() == v.digest_hex()
+        {
+            return;
+        }
+        if let Some(old) = &self.policy {
+            log_node_map_change(old, v);
+        }
+        info!(cluster = %v.cluster.name, serial = v.cluster.serial, nodes = v.nodes.len(),
+            signer = %v.signer().key_id(), "policy accepted");
+        if let Err(e) = policy::load::save_in_force(&self.cfg.state, &files) {
+            warn!(reason = %e, "cannot keep a copy of the policy in force");
+        }
+        self.policy = Some(files.verified);
+        self.derive_mode(Timestamp::now());
+    }
+
+    /// This node's place at `now` in the policy in force: member, or protective (not listed,
+    /// expired, or the policy itself expired).
+    fn derive_mode(&mut self, now: Timestamp) {
+        let Some(v) = &self.policy else {
+            self.mode = Mode::Protective;
+            return;
+        };
+        self.mode = match desired(v, &self.public, self.cfg.interface.as_deref(), now) {
+            Ok(d) => {
+                self.protective_reason = None;
+                Mode::Member(Box::new(d))
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if self.protective_reason.as_deref() != Some(reason.as_str()) {
+                    error!(reason = %reason, "not a member: dropping all peers, protective ruleset");
+                    self.protective_reason = Some(reason);
+                }
+                Mode::Protective
+            }
+        };
+    }
+
+    /// At an expiry instant: who left the effective node map, then the new mode.
+    fn expire(&mut self, now: Timestamp) {
+        if let Some(v) = &self.policy {
+            for n in v.nodes.iter().filter(|n| n.expires.is_some_and(|t| t <= now)) {
+                if let Mode::Member(d) = &self.mode
+                    && d.peers.contains_key(&n.public_key)
+                {
+                    info!(node = n.id.get(), name = %n.name, expires = %n.expires.unwrap_or(now),
+                        "node expired: removed from the effective node map");
+                }
+            }
+        }
+        self.derive_mode(now);
+    }
+
+    /// One pass.
+    fn reconcile(&mut self, trigger: Trigger) {
         let result = match &self.mode {
-            Mode::Protective => self.protective(),
+            Mode::Protective => {
+                // A later return to membership must rebuild from what is really installed,
+                // never edit sets on top of the protective rules.
+                self.converged = None;
+                self.protective()
+            }
             Mode::Member(d) => {
                 if self.iface.as_ref().is_none_or(|i| i.name != d.interface) {
                     match Interface::new(&d.interface, self.kind.clone()) {
@@ -144,10 +261,9 @@ impl Node {
                     return;
                 };
                 // Drift checks always read everything back; policy changes may trust the past.
-                let previous = if why == "drift check" {
-                    None
-                } else {
-                    self.converged.as_deref()
+                let previous = match trigger {
+                    Trigger::DriftCheck | Trigger::Start => None,
+                    _ => self.converged.as_deref(),
                 };
                 let r = reconcile(iface, &self.private, d, previous).map_err(|e| e.to_string());
                 self.converged = r.as_ref().ok().map(|_| d.clone());
@@ -156,11 +272,15 @@ impl Node {
         };
         match result {
             Ok(changes) if changes.is_empty() => {}
-            Ok(changes) if why == "drift check" => {
-                warn!(changes = %changes.join("; "), "drift found and repaired")
+            Ok(changes) if trigger == Trigger::DriftCheck => {
+                warn!(changes = %summary(&changes), "drift found and repaired")
             }
-            Ok(changes) => info!(trigger = why, changes = %changes.join("; "), "reconciled"),
-            Err(reason) => error!(trigger = why, reason = %reason, "reconcile failed; will retry"),
+            Ok(changes) => {
+                info!(trigger = %trigger, changes = %summary(&changes), "reconciled")
+            }
+            Err(reason) => {
+                error!(trigger = %trigger, reason = %reason, "reconcile failed; will retry")
+            }
         }
     }
 
@@ -179,6 +299,52 @@ impl Node {
         }
         Ok(changes)
     }
+
+    /// When the next node (or the policy in force) expires, if ever.
+    fn next_expiry(&self) -> Option<Timestamp> {
+        self.policy
+            .as_ref()
+            .and_then(|p| p.next_expiry(Timestamp::now()))
+    }
+}
+
+/// A pass's changes for one log line: all of them when few, else the first few and a count.
+fn summary(changes: &[String]) -> String {
+    if changes.len() <= DETAILED_CHANGES {
+        return changes.join("; ");
+    }
+    for c in changes {
+        debug!(change = %c, "change");
+    }
+    format!(
+        "{}; and {} more (details at debug level)",
+        changes[..DETAILED_CHANGES].join("; "),
+        changes.len() - DETAILED_CHANGES
+    )
+}
+
+/// One line per node-map change when it is small; one summary line with counts otherwise
+/// (a 500-node change is one line, not 500), the details at debug level.
+fn log_node_map_change(old: &Policy, new: &Policy) {
+    let diff = NodeMapDiff::new(&NodeMap::from(old), &NodeMap::from(new));
+    let serial = new.cluster.serial;
+    let lines: Vec<String> = diff.to_string().lines().map(str::to_string).collect();
+    if lines.len() <= DETAILED_CHANGES {
+        for line in &lines {
+            info!(change = %line, serial, "node map change");
+        }
+        return;
+    }
+    for line in &lines {
+        debug!(change = %line, serial, "node map change");
+    }
+    info!(
+        serial,
+        added = diff.added.len(),
+        removed = diff.removed.len(),
+        changed = diff.changed.len(),
+        "node map changed (details at debug level)"
+    );
 }
 
 /// Watches the policy's directory; a change to the policy or its signature (written in place,
@@ -220,15 +386,24 @@ fn watch_policy(cfg: &Config, tx: mpsc::UnboundedSender<()>) -> std::io::Result<
     Ok(())
 }
 
+/// A tokio instant for a wall-clock timestamp (now, if it has passed).
+fn instant_of(t: Timestamp) -> tokio::time::Instant {
+    let wait = Timestamp::now()
+        .duration_until(t)
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + wait
+}
+
 pub async fn run(cfg: Config) -> Result<(), StartupError> {
     let private = load_key(&cfg.key)?;
     let public = WgPublicKey::from_bytes(private.get_public().0);
     let store = RollbackStore::open(&cfg.state, cfg.min_serial)?;
-    let kind = Kind::detect(cfg.backend.as_deref());
+    let kind = cfg.backend.clone().unwrap_or_else(|| Kind::detect(None));
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartupError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartupError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(StartupError::Signals)?;
-    info!(public_key = %public, backend = ?kind, "netguard starting");
+    info!(public_key = %public, backend = %kind, "netguard starting");
     let (tx, mut changed) = mpsc::unbounded_channel();
     if let Err(e) = watch_policy(&cfg, tx) {
         warn!(reason = %e, "cannot watch the policy directory; relying on SIGHUP and the drift timer");
@@ -243,9 +418,13 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         kind,
         iface: None,
         converged: None,
+        refusal: None,
+        protective_reason: None,
     };
-    node.reload();
-    node.reconcile("start");
+    if !node.reload_quietly(false) {
+        node.fall_back_to_copy_in_force();
+    }
+    node.reconcile(Trigger::Start);
     let mut drift = tokio::time::interval(node.cfg.drift);
     drift.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     drift.tick().await;
@@ -254,34 +433,42 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
     let mut recheck: Option<tokio::time::Instant> = None;
     loop {
         let recheck_at = recheck;
+        let expiry = node.next_expiry();
         tokio::select! {
             Some(()) = changed.recv() => {
                 while changed.try_recv().is_ok() {}
                 if node.reload_quietly(true) {
                     recheck = None;
-                    node.reconcile("policy change");
+                    node.reconcile(Trigger::PolicyChange);
                 } else {
                     recheck = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                 }
             }
             () = async { match recheck_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 recheck = None;
-                node.reload();
-                node.reconcile("policy change");
+                node.reload_quietly(false);
+                node.reconcile(Trigger::PolicyChange);
+            }
+            () = async { match expiry { Some(t) => tokio::time::sleep_until(instant_of(t)).await, None => std::future::pending().await } } => {
+                node.expire(Timestamp::now());
+                node.reconcile(Trigger::Expiry);
             }
             _ = sighup.recv() => {
-                node.reload();
-                node.reconcile("SIGHUP");
+                node.reload_quietly(false);
+                node.reconcile(Trigger::Sighup);
             }
             _ = drift.tick() => {
-                // The drift timer also re-reads the policy: a missed inotify event costs one interval.
-                node.reload();
-                node.reconcile("drift check");
+                // The drift timer also re-reads the policy: a missed inotify event costs one
+                // interval. The mode is derived again too, in case the clock jumped past an
+                // expiry.
+                node.reload_quietly(false);
+                node.derive_mode(Timestamp::now());
+                node.reconcile(Trigger::DriftCheck);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
-    info!("stopping; the firewall table stays in place");
+    info!("stopping; the firewall table and the tunnels stay in place");
     Ok(())
 }

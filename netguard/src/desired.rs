@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use jiff::Timestamp;
 use policy::{NodeId, Policy, Verified, WgPublicKey};
 
 use crate::ruleset::RulesetSpec;
@@ -44,10 +45,16 @@ pub struct Desired {
     pub ruleset: RulesetSpec,
 }
 
+/// Why this node has no place in the cluster now: it runs the protective ruleset.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
     #[error("this node's public key {0} is not in the policy: not a member of the cluster")]
     NotMember(WgPublicKey),
+    #[error("this node ({name}) expired at {at}: no longer a member of the cluster")]
+    Expired { name: String, at: Timestamp },
+    /// Fail closed: a policy past its `expires` opens nothing, even the one in force.
+    #[error("the policy in force expired at {0}: services closed and peers removed until a newer one arrives")]
+    PolicyExpired(Timestamp),
 }
 
 fn host(addr: IpAddr) -> IfAddr {
@@ -57,17 +64,28 @@ fn host(addr: IpAddr) -> IfAddr {
     }
 }
 
-/// Computes the desired state of the node whose WireGuard public key is `me`.
-/// `interface` overrides the policy's interface name (several nodes on one test host).
+/// Computes the desired state, at `now`, of the node whose WireGuard public key is `me`:
+/// nodes whose `expires` has passed are nobody's peers. `interface` overrides the policy's
+/// interface name (several nodes on one test host).
 pub fn desired(
     policy: &Verified<Policy>,
     me: &WgPublicKey,
     interface: Option<&str>,
+    now: Timestamp,
 ) -> Result<Desired, IdentityError> {
+    let c = &policy.cluster;
+    if c.expires <= now {
+        return Err(IdentityError::PolicyExpired(c.expires));
+    }
     let node = policy
         .node_by_key(me)
         .ok_or(IdentityError::NotMember(*me))?;
-    let c = &policy.cluster;
+    if let Some(at) = node.expires.filter(|_| !node.is_live(now)) {
+        return Err(IdentityError::Expired {
+            name: node.name.clone(),
+            at,
+        });
+    }
     let addresses = node
         .addresses
         .iter()
@@ -80,8 +98,7 @@ pub fn desired(
         })
         .collect();
     let peers: BTreeMap<WgPublicKey, DesiredPeer> = policy
-        .nodes
-        .iter()
+        .live_nodes(now)
         .filter(|n| n.id != node.id)
         .map(|n| {
             (

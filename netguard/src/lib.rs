@@ -4,13 +4,15 @@
 //!
 //! Pure core: `desired` (what should be), `peers` (the peer plan), `ruleset` (the firewall as
 //! data). Thin shell: `wg` (device, interface, addresses), `nft` (apply and read back),
-//! `reconcile` (one pass), `daemon` (the loop), `status` (for `tyd status`).
+//! `routes` (tunnel addresses and routes on
+//! other interfaces), `reconcile` (one pass), `daemon` (the loop), `status` (for `tyd status`).
 
 pub mod daemon;
 pub mod desired;
 pub mod nft;
 pub mod peers;
 pub mod reconcile;
+pub mod routes;
 pub mod ruleset;
 pub mod status;
 pub mod wg;

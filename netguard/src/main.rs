@@ -4,15 +4,17 @@
 //! Signals: SIGHUP re-reads the policy and reconciles; SIGTERM and SIGINT stop netguard and
 //! leave the firewall table (and tunnels) in place.
 //!
-//! Exit codes: 0 stopped by signal; 1 runtime failure; 2 usage; 4 refused to start (key file,
-//! rollback state).
+//! Exit codes: the shared set (`policy::exit`): 0 stopped by signal, 1 runtime failure,
+//! 2 usage, 5 refused to start (rollback state), 6 key file unusable.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use netguard::daemon::{self, Config};
+use netguard::daemon::{self, Config, StartupError};
+use netguard::wg::Kind;
+use policy::exit::{EXIT_CODES_HELP, Exit};
 use tracing::error;
 
 #[derive(Debug, Parser)]
@@ -20,9 +22,7 @@ use tracing::error;
     name = "netguard",
     version,
     about,
-    after_help = "\
-Exit codes: 0 stopped by signal, 1 runtime failure, 2 usage, 4 refused to start.
-SIGHUP reloads; SIGTERM/SIGINT stop, leaving the firewall in place."
+    after_help = format!("SIGHUP reloads; SIGTERM/SIGINT stop, leaving the firewall and tunnels in place.\n\n{EXIT_CODES_HELP}")
 )]
 struct Args {
     #[arg(long, default_value = "/etc/tyd/cluster.toml")]
@@ -42,13 +42,20 @@ struct Args {
     #[arg(long)]
     interface: Option<String>,
     /// kernel or userspace (default: kernel if the module is there).
-    #[arg(long)]
-    backend: Option<String>,
+    #[arg(long, value_parser = parse_backend)]
+    backend: Option<Kind>,
     /// How often to check for and repair drift, e.g. "5s".
     #[arg(long, default_value = "5s", value_parser = policy::model::duration::parse)]
     drift: Duration,
     #[arg(long)]
     log_json: bool,
+}
+
+fn parse_backend(s: &str) -> Result<Kind, String> {
+    match s {
+        "kernel" | "userspace" => Ok(Kind::detect(Some(s))),
+        _ => Err("expected kernel or userspace".into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -84,14 +91,19 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             error!(cause = %e, "cannot start runtime");
-            return ExitCode::from(1);
+            return Exit::Runtime.into();
         }
     };
     match rt.block_on(daemon::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(reason = %e, "refusing to start");
-            ExitCode::from(4)
+            match e {
+                StartupError::Key(_) => Exit::KeyFile,
+                StartupError::Store(e) => (&e).into(),
+                StartupError::Signals(_) => Exit::Runtime,
+            }
+            .into()
         }
     }
 }

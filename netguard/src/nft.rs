@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::ruleset::{FAMILY, TABLE};
+use crate::ruleset::{FAMILY, Shape, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -49,9 +49,11 @@ pub fn apply(batch: &Value) -> Result<(), NftError> {
 /// netguard's table as it is in the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActualTable {
-    /// Rule comments in order (`ng:0:TAG`, `ng:1:TAG`, ...): which rules, how many, what order.
-    pub rule_comments: Vec<String>,
+    /// Everything but the run-time state, to compare with the desired [`Shape`].
+    pub shape: Shape,
     pub elements: BTreeMap<String, BTreeSet<String>>,
+    /// Set elements that are not plain addresses (intervals, timeouts): never netguard's.
+    pub odd_elements: usize,
     /// Named counter -> (packets, bytes).
     pub counters: BTreeMap<String, (u64, u64)>,
 }
@@ -83,28 +85,23 @@ pub fn parse_table(v: &Value) -> ActualTable {
         .cloned()
         .unwrap_or_default();
     for item in items {
+        t.shape.insert(&item);
         if let Some(set) = item.get("set") {
             let name = set
                 .get("name")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let elems = set
-                .get("elem")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|e| e.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut elems = BTreeSet::new();
+            for e in set.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                match e.as_str() {
+                    Some(addr) => {
+                        elems.insert(addr.to_string());
+                    }
+                    None => t.odd_elements += 1,
+                }
+            }
             t.elements.insert(name, elems);
-        } else if let Some(rule) = item.get("rule") {
-            let c = rule
-                .get("comment")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            t.rule_comments.push(c.to_string());
         } else if let Some(counter) = item.get("counter") {
             let name = counter
                 .get("name")

@@ -1,7 +1,6 @@
 //! One reconciliation pass: read what is, compare with what should be, change only the
 //! difference, and say what was changed (that list is what gets logged).
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::Command;
 
@@ -11,7 +10,8 @@ use crate::desired::Desired;
 use crate::nft::{self, NftError};
 use crate::peers::{PeerOp, plan};
 use crate::ruleset::RulesetSpec;
-use crate::wg::{self, Interface, WgError};
+use crate::routes;
+use crate::wg::{self, Ensured, Interface, WgError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -24,25 +24,14 @@ pub enum ReconcileError {
 /// Brings the ruleset in line with `spec`: element edits when only the node map changed,
 /// a full rebuild (one transaction) when the table is missing, foreign or tampered with.
 pub fn sync_ruleset(spec: &RulesetSpec) -> Result<Vec<String>, NftError> {
-    let tag = spec.tag();
-    let expected = spec.rule_comments();
-    let counters: BTreeSet<String> = spec.counters().into_iter().collect();
     let found = nft::read_table()?;
     let why_rebuild = match &found {
         None => Some("table missing".to_string()),
-        Some(t) if t.rule_comments.first().is_some_and(|c| !c.ends_with(&tag)) => Some(format!(
-            "rules changed ({} -> {tag})",
-            t.rule_comments[0].rsplit(':').next().unwrap_or("?")
+        Some(t) if t.odd_elements > 0 => Some(format!(
+            "{} set elements of a foreign form",
+            t.odd_elements
         )),
-        Some(t) if t.rule_comments != expected => Some(format!(
-            "rules tampered with ({} of {} present)",
-            t.rule_comments.len(),
-            expected.len()
-        )),
-        Some(t) if t.counters.keys().cloned().collect::<BTreeSet<_>>() != counters => {
-            Some("counters tampered with".to_string())
-        }
-        Some(_) => None,
+        Some(t) => spec.drift(&t.shape),
     };
     if let Some(why) = why_rebuild {
         nft::apply(&spec.full_batch())?;
@@ -125,12 +114,15 @@ pub fn reconcile(
         previous.map(|p| &p.ruleset),
         &desired.ruleset,
     )?);
-    let created = iface.ensure()?;
-    if created {
-        changes.push(format!(
-            "interface {} created ({:?})",
+    let ensured = iface.ensure()?;
+    let created = ensured == Ensured::Created;
+    match ensured {
+        Ensured::Created => changes.push(format!("interface {} created ({})", iface.name, iface.kind)),
+        Ensured::Adopted => changes.push(format!(
+            "running interface {} adopted ({}); its sessions are kept",
             iface.name, iface.kind
-        ));
+        )),
+        Ensured::Present => {}
     }
     let dev = iface.read()?;
     let mut update = DeviceUpdate::new();
@@ -168,6 +160,14 @@ pub fn reconcile(
     let link_unchanged = !created && previous.is_some_and(|p| p.addresses == desired.addresses);
     if !link_unchanged {
         changes.extend(iface.configure_link(&desired.addresses)?);
+    }
+    // Full passes (start, drift checks) also look for tunnel addresses and routes on other
+    // interfaces (a rogue router advertisement's, say) and remove them.
+    if previous.is_none() {
+        match routes::repair(&desired.ruleset.tunnel_nets(), &iface.name) {
+            Ok(found) => changes.extend(found),
+            Err(e) => changes.push(format!("cannot check routes: {e}")),
+        }
     }
     if !gone.is_empty() {
         // The rules already drop a removed peer's packets; deleting its conntrack entries

@@ -3,10 +3,16 @@
 //!
 //! Rule order matters for revocation: service ports are judged before `ct state established`
 //! is accepted, so a removed peer loses its open connections too, not just new ones.
+//!
+//! Every expression is written in the form nft itself prints it back (a one-element set is
+//! the element), so what the kernel holds can be compared with what should be, object by
+//! object and expression by expression ([`RulesetSpec::drift`]): a rule replaced in place
+//! with a copied comment is still seen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use policy::{Policy, PortRange, PortSet, Posture, Verified, WgPublicKey};
 use serde_json::{Value, json};
 
@@ -32,6 +38,12 @@ pub struct RulesetSpec {
     pub posture: Posture,
     pub services: BTreeMap<String, PortSet>,
     pub allow: BTreeMap<String, PortSet>,
+    /// The tunnel networks: nothing addressed to them may leave, and nothing from them may
+    /// arrive, on any interface but the tunnel.
+    pub tunnel4: Option<Ipv4Net>,
+    pub tunnel6: Option<Ipv6Net>,
+    /// Router advertisements and redirects from the LAN are dropped unless the policy allows.
+    pub accept_router_advertisements: bool,
     /// Set name to elements (addresses as text, sorted).
     pub elements: BTreeMap<&'static str, BTreeSet<String>>,
 }
@@ -65,6 +77,9 @@ impl RulesetSpec {
             posture: policy.firewall.default,
             services: policy.services.clone(),
             allow: policy.firewall.allow.clone(),
+            tunnel4: policy.cluster.tunnel_ipv4.map(|n| n.trunc()),
+            tunnel6: policy.cluster.tunnel_ipv6.map(|n| n.trunc()),
+            accept_router_advertisements: policy.firewall.accept_router_advertisements,
             elements,
         }
     }
@@ -79,13 +94,16 @@ impl RulesetSpec {
             posture: Posture::Drop,
             services: BTreeMap::new(),
             allow: BTreeMap::new(),
+            tunnel4: None,
+            tunnel6: None,
+            accept_router_advertisements: false,
             elements: SETS.iter().map(|(n, _)| (*n, BTreeSet::new())).collect(),
         }
     }
 
-    /// Identifies the rules (not the set elements). Every rule carries it in its comment
-    /// (`ng:N:TAG`; nft 1.0.6 does not return table comments in JSON), so one read-back shows
-    /// whether the rules are ours, current, complete and in order.
+    /// Identifies the rules (not the set elements): two specs with the same tag differ only in
+    /// set elements. Every rule carries it in its comment (`ng:N:TAG`), so an operator reading
+    /// `nft list` sees which generation is installed; drift is judged by content, not by it.
     pub fn tag(&self) -> String {
         let mut h = blake3::Hasher::new();
         h.update(
@@ -140,14 +158,31 @@ impl RulesetSpec {
                 output.push(out);
             }
         }
-        // 2. Loopback, established flows, invalid packets.
+        // 2. Nothing from a tunnel address arrives beside the tunnel (a rogue on the LAN
+        //    claiming a member's tunnel address), and nothing to one leaves beside it (no clear
+        //    text to a peer when a route points elsewhere, e.g. after a rogue RA).
+        if !self.interface.is_empty() {
+            for (family, net) in self.tunnel_families() {
+                input.push(vec![
+                    m_not_iifname(&self.interface),
+                    m_addr(family, "saddr", net),
+                    json!({"drop": null}),
+                ]);
+                output.push(vec![
+                    m_not_oifname(&self.interface),
+                    m_addr(family, "daddr", net),
+                    json!({"drop": null}),
+                ]);
+            }
+        }
+        // 3. Loopback, established flows, invalid packets.
         input.push(vec![m_iifname("lo"), json!({"accept": null})]);
         input.push(vec![
             m_ct_state(&["established", "related"]),
             json!({"accept": null}),
         ]);
         input.push(vec![m_ct_state(&["invalid"]), json!({"drop": null})]);
-        // 3. WireGuard handshakes from peer endpoints (or anywhere, when roaming is allowed).
+        // 4. WireGuard handshakes from peer endpoints (or anywhere, when roaming is allowed).
         if self.listen_port != 0 {
             let port = json!({"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": self.listen_port}});
             if self.roaming {
@@ -162,16 +197,29 @@ impl RulesetSpec {
                 }
             }
         }
-        // 4. ICMP (path MTU) and ICMPv6 (neighbour discovery cannot work without it).
+        // 5. ICMP (path MTU) and ICMPv6 (neighbour discovery cannot work without it), but no
+        //    router advertisements or redirects: anyone on the LAN can send those, and one
+        //    with the tunnel prefix would give this node an address and a route beside the
+        //    tunnel.
+        if !self.accept_router_advertisements {
+            input.push(vec![
+                json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-advert", "nd-redirect"]}}}),
+                json!({"drop": null}),
+            ]);
+            input.push(vec![
+                json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}}, "right": "redirect"}}),
+                json!({"drop": null}),
+            ]);
+        }
         input.push(vec![m_l4proto("icmp"), json!({"accept": null})]);
         input.push(vec![m_l4proto("ipv6-icmp"), json!({"accept": null})]);
-        // 5. DHCP replies, so a node can always get its address.
+        // 6. DHCP replies, so a node can always get its address.
         input.push(vec![
             json!({"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "sport"}}, "right": 67}}),
             json!({"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 68}}),
             json!({"accept": null}),
         ]);
-        // 6. The allow list, open to the LAN.
+        // 7. The allow list, open to the LAN.
         for ports in self.allow.values() {
             for (proto, ranges) in [("tcp", &ports.tcp), ("udp", &ports.udp)] {
                 if !ranges.is_empty() {
@@ -179,7 +227,7 @@ impl RulesetSpec {
                 }
             }
         }
-        // 7. Everything else: the base posture, counted.
+        // 8. Everything else: the base posture, counted.
         input.push(vec![
             json!({"counter": "unmatched"}),
             posture_verdict(self.posture),
@@ -188,6 +236,23 @@ impl RulesetSpec {
             input.into_iter().map(|r| ("input", r)).collect();
         all.extend(output.into_iter().map(|r| ("output", r)));
         all
+    }
+
+    /// The tunnel networks, with the nft family name that matches each.
+    fn tunnel_families(&self) -> Vec<(&'static str, IpNet)> {
+        let mut nets = Vec::new();
+        if let Some(n) = self.tunnel4 {
+            nets.push(("ip", IpNet::V4(n)));
+        }
+        if let Some(n) = self.tunnel6 {
+            nets.push(("ip6", IpNet::V6(n)));
+        }
+        nets
+    }
+
+    /// The tunnel networks this node's traffic to peers must stay in.
+    pub fn tunnel_nets(&self) -> Vec<IpNet> {
+        self.tunnel_families().into_iter().map(|(_, n)| n).collect()
     }
 
     /// Named counters: one per service (what non-peers tried), and one for the rest.
@@ -236,6 +301,54 @@ impl RulesetSpec {
         json!({"nftables": cmds})
     }
 
+    /// The table as it should read back, everything that changes at run time left out.
+    pub fn shape(&self) -> Shape {
+        let mut shape = Shape::default();
+        for cmd in self.full_batch()["nftables"].as_array().into_iter().flatten() {
+            if let Some(add) = cmd.get("add") {
+                shape.insert(add);
+            }
+        }
+        shape
+    }
+
+    /// What differs between the table in the kernel and this spec, apart from set elements
+    /// (those are edited, not rebuilt): `None` when it does exactly what it should.
+    pub fn drift(&self, actual: &Shape) -> Option<String> {
+        let want = self.shape();
+        if &want == actual {
+            return None;
+        }
+        for (key, obj) in &want.objects {
+            match actual.objects.get(key) {
+                None => return Some(format!("{} {} missing", key.0, key.1)),
+                Some(o) if o != obj => return Some(format!("{} {} changed: {o}", key.0, key.1)),
+                Some(_) => {}
+            }
+        }
+        if let Some((kind, name)) = actual.objects.keys().find(|k| !want.objects.contains_key(*k))
+        {
+            return Some(format!("unexpected {kind} {name}"));
+        }
+        for (chain, rules) in &want.rules {
+            let have = actual.rules.get(chain).map(Vec::as_slice).unwrap_or_default();
+            if have.len() != rules.len() {
+                return Some(format!(
+                    "chain {chain} has {} rules, {} expected",
+                    have.len(),
+                    rules.len()
+                ));
+            }
+            if let Some(i) = (0..rules.len()).find(|&i| have[i] != rules[i]) {
+                return Some(format!("rule {i} of chain {chain} changed: {}", have[i]));
+            }
+        }
+        match actual.rules.keys().find(|c| !want.rules.contains_key(*c)) {
+            Some(chain) => Some(format!("rules in unexpected chain {chain}")),
+            None => Some("table differs".into()),
+        }
+    }
+
     /// Set-element edits from `actual` to these elements, or `None` when nothing differs.
     pub fn element_batch(&self, actual: &BTreeMap<String, BTreeSet<String>>) -> Option<Value> {
         let mut cmds = Vec::new();
@@ -252,6 +365,45 @@ impl RulesetSpec {
             }
         }
         (!cmds.is_empty()).then(|| json!({"nftables": cmds}))
+    }
+}
+
+/// A table with what changes at run time (handles, counter values, set elements) left out:
+/// chains with their hooks, priorities and policies, sets with their types, counters, and
+/// every rule's expressions and comment, in order. Built the same way from what netguard
+/// would add and from what nft reads back, so the two compare structurally.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// (kind, name) to the object's normalised JSON, for every object but rules and the
+    /// table itself.
+    pub objects: BTreeMap<(String, String), String>,
+    /// Chain name to its rules' normalised JSON, in order.
+    pub rules: BTreeMap<String, Vec<String>>,
+}
+
+impl Shape {
+    /// Adds one object as nft names it (`{"chain": {...}}`); the table, elements and nft's
+    /// metainfo are not part of a shape.
+    pub fn insert(&mut self, item: &Value) {
+        let Some((kind, obj)) = item.as_object().and_then(|o| o.iter().next()) else {
+            return;
+        };
+        if matches!(kind.as_str(), "metainfo" | "table" | "element") {
+            return;
+        }
+        let mut obj = obj.clone();
+        if let Some(o) = obj.as_object_mut() {
+            for runtime in ["handle", "elem", "packets", "bytes"] {
+                o.remove(runtime);
+            }
+        }
+        let text = obj.to_string();
+        let field = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        if kind == "rule" {
+            self.rules.entry(field("chain")).or_default().push(text);
+        } else {
+            self.objects.insert((kind.clone(), field("name")), text);
+        }
     }
 }
 
@@ -278,8 +430,35 @@ fn m_l4proto(proto: &str) -> Value {
     json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto}})
 }
 
+fn m_not_iifname(name: &str) -> Value {
+    json!({"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": name}})
+}
+
+fn m_not_oifname(name: &str) -> Value {
+    json!({"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": name}})
+}
+
+/// `ip saddr 10.77.0.0/24`; a full-length prefix is printed by nft as the plain address.
+fn m_addr(family: &str, field: &str, net: IpNet) -> Value {
+    let right = if net.prefix_len() == net.max_prefix_len() {
+        json!(net.addr().to_string())
+    } else {
+        json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix_len()}})
+    };
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": family, "field": field}}, "right": right}})
+}
+
 fn m_ct_state(states: &[&str]) -> Value {
-    json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": states}})
+    json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": one_or_list(states.iter().map(|s| json!(s)).collect())}})
+}
+
+/// nft prints a one-element list or set as the element itself.
+fn one_or_list(mut items: Vec<Value>) -> Value {
+    if items.len() == 1 {
+        items.remove(0)
+    } else {
+        Value::Array(items)
+    }
 }
 
 fn m_saddr_set(family: &str, set: &str) -> Value {
@@ -297,5 +476,10 @@ fn m_dport(proto: &str, ranges: &[PortRange]) -> Value {
             }
         })
         .collect();
-    json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}}, "right": {"set": elems}}})
+    let right = if elems.len() == 1 {
+        one_or_list(elems)
+    } else {
+        json!({ "set": elems })
+    };
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}}, "right": right}})
 }

@@ -72,6 +72,27 @@ impl Kind {
     }
 }
 
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::Kernel => f.write_str("kernel"),
+            Kind::Userspace(bin) => write!(f, "userspace ({})", bin.display()),
+        }
+    }
+}
+
+/// What [`Interface::ensure`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    /// The interface was there and working.
+    Present,
+    /// A running interface (left by an earlier netguard) was taken over as it is: its peers
+    /// keep their sessions.
+    Adopted,
+    /// It had to be created: it needs its keys, peers and addresses again.
+    Created,
+}
+
 /// One WireGuard interface under netguard's care.
 #[derive(Debug)]
 pub struct Interface {
@@ -80,6 +101,8 @@ pub struct Interface {
     pub kind: Kind,
     /// The supervised wireguard-go, for the userspace backend.
     child: Option<std::process::Child>,
+    /// A wireguard-go this netguard did not start but took over (after a restart).
+    adopted: bool,
 }
 
 fn ip(iface: &str, args: &[&str]) -> Result<String, WgError> {
@@ -118,6 +141,7 @@ impl Interface {
             ifname,
             kind,
             child: None,
+            adopted: false,
         })
     }
 
@@ -125,20 +149,38 @@ impl Interface {
         Path::new("/sys/class/net").join(&self.name).exists()
     }
 
-    /// Creates the interface if it is missing (or its wireguard-go died). Returns whether it
-    /// had to be (re)created: a new device needs its keys, peers and addresses again.
-    pub fn ensure(&mut self) -> Result<bool, WgError> {
-        let child_alive = match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        };
-        let up = match self.kind {
-            Kind::Kernel => self.link_exists(),
-            Kind::Userspace(_) => child_alive && self.link_exists(),
+    fn socket(&self) -> PathBuf {
+        PathBuf::from(format!("/run/wireguard/{}.sock", self.name))
+    }
+
+    /// Creates the interface if it is missing (or its wireguard-go died); takes over a working
+    /// one that an earlier netguard left running, so a restart does not break every tunnel
+    /// until the peers rekey. Whatever its configuration, the caller then edits it to the
+    /// desired state difference by difference.
+    pub fn ensure(&mut self) -> Result<Ensured, WgError> {
+        let up = match (&self.kind, &mut self.child) {
+            (Kind::Kernel, _) => self.link_exists(),
+            (Kind::Userspace(_), Some(c)) => {
+                matches!(c.try_wait(), Ok(None)) && self.link_exists()
+            }
+            (Kind::Userspace(_), None) => {
+                self.adopted && self.socket().exists() && self.link_exists()
+            }
         };
         if up {
-            return Ok(false);
+            return Ok(Ensured::Present);
         }
+        if matches!(self.kind, Kind::Userspace(_))
+            && self.child.is_none()
+            && !self.adopted
+            && self.link_exists()
+            && self.socket().exists()
+            && self.read().is_ok()
+        {
+            self.adopted = true;
+            return Ok(Ensured::Adopted);
+        }
+        self.adopted = false;
         match self.kind.clone() {
             Kind::Kernel => {
                 ip(
@@ -154,7 +196,7 @@ impl Interface {
                 if self.link_exists() {
                     let _ = ip(&self.name, &["link", "del", &self.name]);
                 }
-                let socket = PathBuf::from(format!("/run/wireguard/{}.sock", self.name));
+                let socket = self.socket();
                 let _ = std::fs::remove_file(&socket);
                 let child = Command::new(&bin)
                     .args(["-f", &self.name])
@@ -181,7 +223,7 @@ impl Interface {
                 }
             }
         }
-        Ok(true)
+        Ok(Ensured::Created)
     }
 
     /// Sets exactly these tunnel addresses (others removed), the MTU, and link up.

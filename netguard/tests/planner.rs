@@ -26,6 +26,11 @@ fn policy_text(nodes: &[u8], roaming: bool) -> String {
     t
 }
 
+/// The planner's clock: well inside the test policies' lifetime.
+fn now() -> jiff::Timestamp {
+    "2026-06-01T00:00:00Z".parse().unwrap()
+}
+
 fn verified(text: &str) -> policy::Verified<policy::Policy> {
     let op = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
     let sig = policy::sign(text.as_bytes(), &op);
@@ -43,7 +48,7 @@ fn verified(text: &str) -> policy::Verified<policy::Policy> {
 #[test]
 fn desired_state_for_one_node() {
     let v = verified(&policy_text(&[1, 2, 3], false));
-    let d = desired(&v, &WgPublicKey::from_bytes([2; 32]), None).unwrap();
+    let d = desired(&v, &WgPublicKey::from_bytes([2; 32]), None, now()).unwrap();
     assert_eq!(d.interface, "tyd0");
     assert_eq!(d.me.get(), 2);
     assert_eq!(
@@ -74,7 +79,7 @@ fn desired_state_for_one_node() {
 #[test]
 fn a_node_not_in_the_policy_is_not_a_member() {
     let v = verified(&policy_text(&[1, 2], false));
-    let err = desired(&v, &WgPublicKey::from_bytes([9; 32]), None).unwrap_err();
+    let err = desired(&v, &WgPublicKey::from_bytes([9; 32]), None, now()).unwrap_err();
     assert!(err.to_string().contains("is not in the policy"), "{err}");
 }
 
@@ -83,7 +88,7 @@ fn a_node_not_in_the_policy_is_not_a_member() {
 #[test]
 fn ruleset_json_matches_golden_file() {
     let v = verified(&policy_text(&[1, 2, 3], false));
-    let d = desired(&v, &WgPublicKey::from_bytes([2; 32]), None).unwrap();
+    let d = desired(&v, &WgPublicKey::from_bytes([2; 32]), None, now()).unwrap();
     let got = serde_json::to_string_pretty(&d.ruleset.full_batch()).unwrap() + "\n";
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ruleset-node2.json");
@@ -109,8 +114,8 @@ fn rule_count_does_not_grow_with_the_node_map() {
     let nodes: Vec<u8> = (1..=200).collect();
     let big = verified(&policy_text(&nodes, false));
     let me = WgPublicKey::from_bytes([1; 32]);
-    let a = desired(&small, &me, None).unwrap().ruleset;
-    let b = desired(&big, &me, None).unwrap().ruleset;
+    let a = desired(&small, &me, None, now()).unwrap().ruleset;
+    let b = desired(&big, &me, None, now()).unwrap().ruleset;
     assert_eq!(a.rules().len(), b.rules().len());
     assert_eq!(
         a.tag(),
@@ -123,7 +128,7 @@ fn rule_count_does_not_grow_with_the_node_map() {
 #[test]
 fn service_ports_are_guarded_before_established_flows() {
     let v = verified(&policy_text(&[1, 2], false));
-    let rules = desired(&v, &WgPublicKey::from_bytes([1; 32]), None)
+    let rules = desired(&v, &WgPublicKey::from_bytes([1; 32]), None, now())
         .unwrap()
         .ruleset
         .rules();
@@ -145,8 +150,8 @@ fn roaming_opens_the_wireguard_port_to_any_source() {
     let fixed = verified(&policy_text(&[1, 2], false));
     let roam = verified(&policy_text(&[1, 2], true));
     let me = WgPublicKey::from_bytes([1; 32]);
-    let f = serde_json::to_string(&desired(&fixed, &me, None).unwrap().ruleset.rules()).unwrap();
-    let r = serde_json::to_string(&desired(&roam, &me, None).unwrap().ruleset.rules()).unwrap();
+    let f = serde_json::to_string(&desired(&fixed, &me, None, now()).unwrap().ruleset.rules()).unwrap();
+    let r = serde_json::to_string(&desired(&roam, &me, None, now()).unwrap().ruleset.rules()).unwrap();
     assert!(f.contains("@endpoints4") && !r.contains("@endpoints4"));
 }
 
@@ -155,8 +160,8 @@ fn node_map_changes_become_element_edits() {
     let before = verified(&policy_text(&[1, 2, 3], false));
     let after = verified(&policy_text(&[1, 2, 4], false));
     let me = WgPublicKey::from_bytes([1; 32]);
-    let a = desired(&before, &me, None).unwrap().ruleset;
-    let b = desired(&after, &me, None).unwrap().ruleset;
+    let a = desired(&before, &me, None, now()).unwrap().ruleset;
+    let b = desired(&after, &me, None, now()).unwrap().ruleset;
     let actual: BTreeMap<String, BTreeSet<String>> = a
         .elements
         .iter()
@@ -189,4 +194,165 @@ fn the_protective_ruleset_opens_no_service_port() {
     let text = serde_json::to_string(&p.full_batch()).unwrap();
     assert!(!text.contains("4660") && !text.contains("723"));
     assert!(text.contains(r#""policy":"drop""#));
+}
+
+/// The golden ruleset, installed and read back by nft 1.0.6 (captured with
+/// `nft -j list table inet netguard`), compares equal to the desired shape: every expression
+/// is generated in nft's own normal form, so a fresh table is never mistaken for drift.
+fn read_back_of(spec: &RulesetSpec) -> netguard::nft::ActualTable {
+    // What nft adds on a read-back: handles, counter values, and the set elements inside
+    // the set objects; nothing else changes.
+    let mut items = vec![serde_json::json!({"metainfo": {"version": "1.0.6"}})];
+    let mut handle = 1;
+    for cmd in spec.full_batch()["nftables"].as_array().unwrap() {
+        let Some(add) = cmd.get("add") else { continue };
+        let (kind, obj) = add.as_object().unwrap().iter().next().unwrap();
+        if kind == "element" {
+            continue;
+        }
+        let mut obj = obj.clone();
+        obj["handle"] = handle.into();
+        handle += 1;
+        if kind == "counter" {
+            obj["packets"] = 7.into();
+            obj["bytes"] = 700.into();
+        }
+        if kind == "set" {
+            let name = obj["name"].as_str().unwrap();
+            let elems: Vec<&String> = spec
+                .elements
+                .iter()
+                .find(|(n, _)| **n == name)
+                .map(|(_, e)| e.iter().collect())
+                .unwrap_or_default();
+            if !elems.is_empty() {
+                obj["elem"] = serde_json::json!(elems);
+            }
+        }
+        if kind == "table" {
+            obj.as_object_mut().unwrap().remove("comment");
+        }
+        items.push(serde_json::json!({ kind.clone(): obj }));
+    }
+    netguard::nft::parse_table(&serde_json::json!({ "nftables": items }))
+}
+
+#[test]
+fn a_fresh_table_read_back_is_not_drift() {
+    let v = verified(&policy_text(&[1, 2, 3], false));
+    let spec = desired(&v, &WgPublicKey::from_bytes([2; 32]), None, now())
+        .unwrap()
+        .ruleset;
+    assert_eq!(spec.drift(&read_back_of(&spec).shape), None);
+    // The golden file is what nft was given; its rules must already be in nft's normal form
+    // (no one-element sets or lists, which nft prints as the element).
+    let golden = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ruleset-node2.json"),
+    )
+    .unwrap();
+    assert!(!golden.contains("\"set\": [\n                        {\n                          \"range\""));
+}
+
+/// Regression (issue 9 item 1): drift that keeps the rule comment was never seen.
+/// 1. `nft replace rule inet netguard input handle H tcp dport 4660 accept comment "ng:2:TAG"`
+///    (a wider match, the same comment);
+/// 2. `nft add chain inet netguard input { policy accept; }` (the base chain's policy);
+/// 3. the drift check compared comments only: no log line, `tyd status` said "installed",
+///    and a rogue reached 723/4660.
+///
+/// Now the read-back is compared expression by expression, chain by chain.
+#[test]
+fn drift_that_keeps_the_rule_comment_is_seen() {
+    let v = verified(&policy_text(&[1, 2, 3], false));
+    let spec = desired(&v, &WgPublicKey::from_bytes([2; 32]), None, now())
+        .unwrap()
+        .ruleset;
+    let clean = read_back_of(&spec).shape;
+
+    // A service drop rule replaced by an accept, comment copied.
+    let mut t = clean.clone();
+    let input = t.rules.get_mut("input").unwrap();
+    let i = input.iter().position(|r| r.contains("svc_openmosix")).unwrap();
+    input[i] = input[i].replace(r#"{"drop":null}"#, r#"{"accept":null}"#);
+    let why = spec.drift(&t).unwrap();
+    assert!(why.starts_with(&format!("rule {i} of chain input changed")), "{why}");
+
+    // The input chain's policy turned to accept.
+    let mut t = clean.clone();
+    let key = ("chain".to_string(), "input".to_string());
+    let c = t.objects[&key].replace(r#""policy":"drop""#, r#""policy":"accept""#);
+    t.objects.insert(key, c);
+    assert!(spec.drift(&t).unwrap().starts_with("chain input changed"));
+
+    // An extra rule appended, an extra base chain, a rule removed.
+    let mut t = clean.clone();
+    t.rules.get_mut("input").unwrap().push(r#"{"expr":[{"accept":null}]}"#.into());
+    assert!(spec.drift(&t).unwrap().contains("rules"), "{t:?}");
+    let mut t = clean.clone();
+    t.objects.insert(("chain".into(), "evil".into()), "{}".into());
+    assert_eq!(spec.drift(&t).unwrap(), "unexpected chain evil");
+    let mut t = clean.clone();
+    t.rules.get_mut("output").unwrap().pop();
+    assert!(spec.drift(&t).is_some());
+    // Counter values and set elements are run-time state, not drift.
+    assert_eq!(spec.drift(&clean), None);
+}
+
+/// Regression (issue 9 item 2): router advertisements and redirects are dropped from the
+/// LAN unless the policy allows them, and nothing to or from the tunnel networks passes
+/// beside the tunnel.
+#[test]
+fn router_advertisements_are_dropped_and_tunnel_traffic_never_leaves_beside_the_tunnel() {
+    let v = verified(&policy_text(&[1, 2], false));
+    let spec = desired(&v, &WgPublicKey::from_bytes([1; 32]), None, now())
+        .unwrap()
+        .ruleset;
+    let text = serde_json::to_string(&spec.rules()).unwrap();
+    assert!(text.contains("nd-router-advert") && text.contains("redirect"), "{text}");
+    let ra = text.find("nd-router-advert").unwrap();
+    let icmp6_accept = text.find(r#""right":"ipv6-icmp"}},{"accept""#).unwrap();
+    assert!(ra < icmp6_accept, "RAs must be dropped before ICMPv6 is accepted");
+    assert!(text.contains(r#"{"prefix":{"addr":"fd77:7d00::","len":64}}"#), "{text}");
+    assert!(text.contains(r#"{"prefix":{"addr":"10.77.0.0","len":24}}"#), "{text}");
+    let out: Vec<String> = spec
+        .rules()
+        .iter()
+        .filter(|(c, _)| *c == "output")
+        .map(|(_, r)| serde_json::to_string(r).unwrap())
+        .collect();
+    assert!(out.iter().any(|r| r.contains("oifname") && r.contains("daddr")));
+
+    let allowing = verified(
+        &policy_text(&[1, 2], false)
+            .replace("[firewall]\n", "[firewall]\naccept_router_advertisements = true\n"),
+    );
+    let spec = desired(&allowing, &WgPublicKey::from_bytes([1; 32]), None, now())
+        .unwrap()
+        .ruleset;
+    assert!(!serde_json::to_string(&spec.rules()).unwrap().contains("nd-router-advert"));
+}
+
+/// Regression (issue 9 item 3): an expired node is nobody's peer from its instant on; an
+/// expired node itself, or an expired policy, leaves this node with nothing open.
+#[test]
+fn expired_nodes_leave_the_desired_state_at_their_instant() {
+    let text = policy_text(&[1, 2, 3], false).replace(
+        "addresses = [\"10.77.0.3\", \"fd77:7d00::3\"]\n",
+        "addresses = [\"10.77.0.3\", \"fd77:7d00::3\"]\nexpires = \"2026-07-01T00:00:00Z\"\n",
+    );
+    let v = verified(&text);
+    let me = WgPublicKey::from_bytes([1; 32]);
+    let before = desired(&v, &me, None, now()).unwrap();
+    assert_eq!(before.peers.len(), 2);
+    let at = "2026-07-01T00:00:00Z".parse().unwrap();
+    let after = desired(&v, &me, None, at).unwrap();
+    let peers: Vec<u16> = after.peers.values().map(|p| p.node.get()).collect();
+    assert_eq!(peers, [2]);
+    assert!(!after.ruleset.elements["peers4"].contains("10.77.0.3"));
+    // The node that expired is no member any more.
+    let e = desired(&v, &WgPublicKey::from_bytes([3; 32]), None, at).unwrap_err();
+    assert!(e.to_string().contains("expired at 2026-07-01T00:00:00Z"), "{e}");
+    // A policy past its own expiry opens nothing.
+    let e = desired(&v, &me, None, "2030-01-01T00:00:00Z".parse().unwrap()).unwrap_err();
+    assert!(matches!(e, netguard::desired::IdentityError::PolicyExpired(_)), "{e}");
 }

@@ -63,3 +63,17 @@ pub fn load_signed(policy: &Path, trust: &Path, now: Timestamp) -> Result<Signed
         trust: trust_bytes,
     })
 }
+
+/// Where a daemon keeps a copy of the signed policy it has in force, beside its rollback
+/// state (`accepted.json` -> `in-force.toml` and `in-force.toml.sig`): what `tyd status`
+/// shows, and what a restarted daemon falls back to, while the file on disk is refused.
+pub fn in_force_path(state: &Path) -> std::path::PathBuf {
+    state.with_file_name("in-force.toml")
+}
+
+/// Saves `files` as the copy in force (policy and signature, each written atomically).
+pub fn save_in_force(state: &Path, files: &SignedFiles) -> Result<(), FileError> {
+    let path = in_force_path(state);
+    fsutil::atomic_write(&signature_path(&path), &files.signature, 0o644)?;
+    fsutil::atomic_write(&path, &files.policy, 0o644)
+}

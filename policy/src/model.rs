@@ -41,6 +41,23 @@ impl Policy {
     pub fn node_by_key(&self, key: &WgPublicKey) -> Option<&Node> {
         self.nodes.iter().find(|n| &n.public_key == key)
     }
+
+    /// The nodes in the effective node map at `now`: those whose `expires` has not passed.
+    /// An expired node stays in the file (the signature covers it) but is nobody's peer.
+    pub fn live_nodes(&self, now: Timestamp) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(move |n| n.is_live(now))
+    }
+
+    /// The next instant after `now` at which the effective node map changes (a node expires)
+    /// or the whole policy expires: when a running node must look again.
+    pub fn next_expiry(&self, now: Timestamp) -> Option<Timestamp> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.expires)
+            .chain([self.cluster.expires])
+            .filter(|&t| t > now)
+            .min()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +107,10 @@ pub struct Firewall {
     /// Inbound services open to anyone on the LAN (ssh, dhcp, ntp in CHAOS).
     #[serde(default)]
     pub allow: BTreeMap<String, PortSet>,
+    /// Accept IPv6 router advertisements and ICMP redirects from the LAN. Off by default:
+    /// on an untrusted LAN anyone can send them, and a rogue one can claim the tunnel network.
+    #[serde(default)]
+    pub accept_router_advertisements: bool,
 }
 
 impl Default for Firewall {
@@ -97,6 +118,7 @@ impl Default for Firewall {
         Self {
             default: Posture::Drop,
             allow: BTreeMap::new(),
+            accept_router_advertisements: false,
         }
     }
 }
@@ -259,8 +281,8 @@ impl Default for Hardening {
     }
 }
 
-/// What a drone needs and nothing more: no routing, strict source checks, kernel pointers and
-/// logs hidden, no ptrace attach, no unprivileged BPF or perf, no kexec, no magic SysRq.
+/// What a drone needs and nothing more: no routing, strict source checks, no router
+/// advertisements or redirects from the LAN, kernel pointers and logs hidden, no ptrace attach, no unprivileged BPF or perf, no kexec, no magic SysRq.
 pub const RECOMMENDED_SYSCTLS: &[(&str, &str)] = &[
     ("kernel.dmesg_restrict", "1"),
     ("kernel.kexec_load_disabled", "1"),
@@ -277,8 +299,11 @@ pub const RECOMMENDED_SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv4.conf.default.accept_redirects", "0"),
     ("net.ipv4.conf.default.rp_filter", "1"),
     ("net.ipv4.ip_forward", "0"),
+    ("net.ipv6.conf.all.accept_ra", "0"),
     ("net.ipv6.conf.all.accept_redirects", "0"),
     ("net.ipv6.conf.all.forwarding", "0"),
+    ("net.ipv6.conf.default.accept_ra", "0"),
+    ("net.ipv6.conf.default.accept_redirects", "0"),
 ];
 
 impl Hardening {
@@ -357,6 +382,13 @@ pub struct Node {
         skip_serializing_if = "Option::is_none"
     )]
     pub expires: Option<Timestamp>,
+}
+
+impl Node {
+    /// Whether this node is still in the effective node map at `now`.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.expires.is_none_or(|t| t > now)
+    }
 }
 
 /// RFC 3339 instants, written either as a TOML datetime or as a string.

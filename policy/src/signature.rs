@@ -90,6 +90,21 @@ pub enum VerifyError {
     MalformedSignature { file: String },
     #[error("{file}: signature does not match any of the {trusted} trusted operator key(s)")]
     Untrusted { file: String, trusted: usize },
+    /// The signature names a trusted signer but does not verify: the bytes changed after
+    /// signing (tampered with, or damaged).
+    #[error(
+        "{file}: signature does not match: the file was changed after trusted operator key {key_id} signed it"
+    )]
+    Tampered { file: String, key_id: String },
+    /// The signature names a signer this node does not trust.
+    #[error(
+        "{file}: signed by operator key {key_id}, which is not one of the {trusted} trusted here"
+    )]
+    UntrustedSigner {
+        file: String,
+        key_id: String,
+        trusted: usize,
+    },
     #[error("no trusted operator key was given")]
     NoTrustedKeys,
     #[error("{0}")]
@@ -98,19 +113,42 @@ pub enum VerifyError {
     Content { file: String, reason: String },
 }
 
-/// The text of a detached signature file: base64 and a newline.
+/// The text of a detached signature file: base64 and a newline, then a comment naming the
+/// signer's key id. The comment is not signed: it only lets a refusal say whether the file
+/// was changed or signed by a key this node does not trust.
 pub fn sign(bytes: &[u8], key: &SigningKey) -> String {
-    format!("{}\n", B64.encode(key.sign(bytes).to_bytes()))
+    format!(
+        "{}\n# signer {}\n",
+        B64.encode(key.sign(bytes).to_bytes()),
+        OperatorPublicKey::from(key).key_id()
+    )
 }
 
-fn decode_signature(file: &str, text: &[u8]) -> Result<Signature, VerifyError> {
+/// The signature, and the signer's key id if the file names one.
+fn decode_signature(file: &str, text: &[u8]) -> Result<(Signature, Option<String>), VerifyError> {
     let malformed = || VerifyError::MalformedSignature {
         file: file.to_string(),
     };
     let text = std::str::from_utf8(text).map_err(|_| malformed())?;
-    let raw = B64.decode(text.trim()).map_err(|_| malformed())?;
+    let mut signer = None;
+    let mut sig = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line.strip_prefix('#') {
+            Some(comment) => {
+                if let Some(id) = comment.trim().strip_prefix("signer ") {
+                    let id = id.trim();
+                    if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        signer = Some(id.to_ascii_lowercase());
+                    }
+                }
+            }
+            None if sig.is_none() => sig = Some(line),
+            None => return Err(malformed()),
+        }
+    }
+    let raw = B64.decode(sig.ok_or_else(malformed)?).map_err(|_| malformed())?;
     let raw: [u8; 64] = raw.as_slice().try_into().map_err(|_| malformed())?;
-    Ok(Signature::from_bytes(&raw))
+    Ok((Signature::from_bytes(&raw), signer))
 }
 
 /// Checks the signature first, then lets `parse` read the (now trusted) bytes.
@@ -124,15 +162,26 @@ pub fn verify_signed<T>(
     if trust.0.is_empty() {
         return Err(VerifyError::NoTrustedKeys);
     }
-    let sig = decode_signature(&format!("{file}.sig"), signature)?;
+    let (sig, named) = decode_signature(&format!("{file}.sig"), signature)?;
     let signer = trust
         .0
         .iter()
         .find(|k| k.verifying_key().verify_strict(bytes, &sig).is_ok())
         .copied()
-        .ok_or_else(|| VerifyError::Untrusted {
-            file: file.to_string(),
-            trusted: trust.0.len(),
+        .ok_or_else(|| {
+            let file = file.to_string();
+            let trusted = trust.0.len();
+            match named {
+                Some(key_id) if trust.0.iter().any(|k| k.key_id() == key_id) => {
+                    VerifyError::Tampered { file, key_id }
+                }
+                Some(key_id) => VerifyError::UntrustedSigner {
+                    file,
+                    key_id,
+                    trusted,
+                },
+                None => VerifyError::Untrusted { file, trusted },
+            }
         })?;
     let value = parse(bytes)?;
     Ok(Verified {

@@ -57,7 +57,7 @@ pub fn validate(policy: &Policy, now: Timestamp) -> Vec<Finding> {
     }
     check_certainty(policy, &mut out);
     check_hardening(policy, &mut out);
-    check_nodes(policy, now, &mut out);
+    check_nodes(policy, &mut out);
     out
 }
 
@@ -222,7 +222,7 @@ fn check_unique<T: Eq + Hash + std::fmt::Display>(
     }
 }
 
-fn check_nodes(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
+fn check_nodes(policy: &Policy, out: &mut Vec<Finding>) {
     let node_at = |i: usize, k: &str| path(&["node"]).index(i).key(k);
     let nodes = &policy.nodes;
     check_unique(
@@ -300,14 +300,6 @@ fn check_nodes(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
             out.push(finding(
                 node_at(i, "endpoint"),
                 "endpoint port must not be 0",
-            ));
-        }
-        if let Some(expires) = node.expires
-            && expires <= now
-        {
-            out.push(finding(
-                node_at(i, "expires"),
-                format!("node {} ({}) expired at {expires}", node.id, node.name),
             ));
         }
     }

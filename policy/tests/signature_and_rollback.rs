@@ -33,10 +33,36 @@ fn any_of_several_pinned_keys_is_accepted() {
     verify_policy("c", &bytes, &sig, &trust, now()).unwrap();
 }
 
+/// Regression (issue 9 item 10): a wrong signer was reported like a tampered file. The
+/// signature file names its signer's key id, so the refusal says which it is.
 #[test]
-fn wrong_key_is_refused() {
+fn a_wrong_signer_is_told_apart_from_a_tampered_file() {
     let (bytes, sig) = signed(&valid_policy(), 2);
     let err = verify_policy("cluster.toml", &bytes, &sig, &trust(1), now()).unwrap_err();
+    let id2 = policy::OperatorPublicKey::from(&operator(2)).key_id();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cluster.toml: signed by operator key {id2}, which is not one of the 1 trusted here"
+        )
+    );
+    let (mut bytes, sig) = signed(&valid_policy(), 1);
+    bytes.push(b'\n');
+    let id1 = policy::OperatorPublicKey::from(&operator(1)).key_id();
+    let err = verify_policy("cluster.toml", &bytes, &sig, &trust(1), now()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cluster.toml: signature does not match: the file was changed after trusted operator key {id1} signed it"
+        )
+    );
+    // A bare signature (no signer line, as older tyd wrote) still verifies, and a mismatch
+    // says what it can.
+    let (bytes, sig) = signed(&valid_policy(), 2);
+    let bare = String::from_utf8(sig).unwrap().lines().next().unwrap().to_string();
+    let trust2 = TrustedKeys::new(vec![(&operator(2)).into()]);
+    verify_policy("c", &bytes, bare.as_bytes(), &trust2, now()).unwrap();
+    let err = verify_policy("cluster.toml", &bytes, bare.as_bytes(), &trust(1), now()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "cluster.toml: signature does not match any of the 1 trusted operator key(s)"
@@ -49,14 +75,14 @@ fn one_changed_byte_is_refused() {
     let at = bytes.iter().position(|&b| b == b'7').unwrap();
     bytes[at] = b'8';
     let err = verify_policy("c", &bytes, &sig, &trust(1), now()).unwrap_err();
-    assert!(matches!(err, VerifyError::Untrusted { .. }), "{err}");
+    assert!(matches!(err, VerifyError::Tampered { .. }), "{err}");
 }
 
 #[test]
 fn truncated_policy_is_refused() {
     let (bytes, sig) = signed(&valid_policy(), 1);
     let err = verify_policy("c", &bytes[..bytes.len() / 2], &sig, &trust(1), now()).unwrap_err();
-    assert!(matches!(err, VerifyError::Untrusted { .. }), "{err}");
+    assert!(matches!(err, VerifyError::Tampered { .. }), "{err}");
 }
 
 #[test]

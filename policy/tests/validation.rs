@@ -76,16 +76,31 @@ fn native_toml_datetime_is_accepted() {
     policy::parse_policy("c", text.as_bytes(), now()).unwrap();
 }
 
+/// Regression (issue 9 item 3): one expired node made the whole policy invalid.
+/// 1. The operator gives one node `expires = now+40s`.
+/// 2. After that instant every member refused the whole file (an ERROR every 5 s) and kept
+///    the last accepted policy, expired node included, in force; a restarted member fell back
+///    to the protective ruleset.
+///
+/// Now the policy stays valid; the expired node only leaves the effective node map.
 #[test]
-fn expired_node() {
+fn an_expired_node_leaves_the_node_map_and_the_policy_stays_valid() {
     let text = with(
         "roles = [\"master\"]",
         "roles = [\"master\"]\nexpires = \"2026-05-01T00:00:00Z\"",
     );
+    let p = policy::parse_policy("cluster.toml", text.as_bytes(), now()).unwrap();
+    let live: Vec<u16> = p.live_nodes(now()).map(|n| n.id.get()).collect();
+    assert!(!live.contains(&1), "{live:?}");
+    assert_eq!(live.len(), p.nodes.len() - 1);
+    // Before its instant the node is live, and that instant is the next one to act on.
+    let before: jiff::Timestamp = "2026-04-30T00:00:00Z".parse().unwrap();
+    assert!(p.live_nodes(before).any(|n| n.id.get() == 1));
     assert_eq!(
-        only_error(&text),
-        "cluster.toml:22:11: node[0].expires: node 1 (master) expired at 2026-05-01T00:00:00Z"
+        p.next_expiry(before),
+        Some("2026-05-01T00:00:00Z".parse().unwrap())
     );
+    assert_eq!(p.next_expiry(now()), Some(p.cluster.expires));
 }
 
 #[test]

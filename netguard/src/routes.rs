@@ -1,0 +1,210 @@
+//! Addresses and routes inside the tunnel networks on any interface but the tunnel. A rogue
+//! IPv6 router advertisement (or anyone with `ip`) can put them there, and then traffic for a
+//! peer's tunnel address leaves beside the tunnel. They are found on every full pass, removed,
+//! and reported as drift. The firewall's output rule already drops such traffic; this keeps
+//! the routing table honest too, so `ip route get` shows what the firewall enforces.
+
+use std::net::IpAddr;
+use std::process::Command;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+/// An address or a route in a tunnel network on another interface, and how to remove it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Foreign {
+    /// What an operator reads: `address fd77:7d00::5/64 on eth0`.
+    pub what: String,
+    /// The `ip` arguments that remove it.
+    pub delete: Vec<String>,
+}
+
+fn inside(nets: &[IpNet], dst: IpNet) -> bool {
+    nets.iter().any(|n| n.contains(&dst))
+}
+
+/// Addresses in `ip -j addr show` output that lie in `nets` but sit on another interface
+/// than `iface`.
+pub fn foreign_addresses(json: &str, nets: &[IpNet], iface: &str) -> Vec<Foreign> {
+    let v: Value = serde_json::from_str(json).unwrap_or_default();
+    let mut out = Vec::new();
+    for link in v.as_array().into_iter().flatten() {
+        let dev = link.get("ifname").and_then(Value::as_str).unwrap_or_default();
+        if dev == iface || dev.is_empty() {
+            continue;
+        }
+        for a in link
+            .get("addr_info")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let local = a.get("local").and_then(Value::as_str);
+            let prefix = a.get("prefixlen").and_then(Value::as_u64);
+            let (Some(local), Some(prefix)) = (local, prefix) else {
+                continue;
+            };
+            let Ok(addr) = local.parse::<IpAddr>() else {
+                continue;
+            };
+            if inside(nets, IpNet::from(addr)) {
+                let cidr = format!("{addr}/{prefix}");
+                out.push(Foreign {
+                    what: format!("address {cidr} on {dev}"),
+                    delete: ["addr", "del", &cidr, "dev", dev]
+                        .map(String::from)
+                        .to_vec(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Routes in `ip -j route show table all` output (one family) whose destination lies in
+/// `nets` but which go through another interface than `iface`.
+pub fn foreign_routes(json: &str, nets: &[IpNet], iface: &str) -> Vec<Foreign> {
+    let v: Value = serde_json::from_str(json).unwrap_or_default();
+    let mut out = Vec::new();
+    for r in v.as_array().into_iter().flatten() {
+        let field = |k: &str| r.get(k).and_then(Value::as_str);
+        let (Some(dst), Some(dev)) = (field("dst"), field("dev")) else {
+            continue;
+        };
+        if dev == iface {
+            continue;
+        }
+        let net = dst
+            .parse::<IpNet>()
+            .or_else(|_| dst.parse::<IpAddr>().map(IpNet::from));
+        let Ok(net) = net else {
+            continue; // "default", "multicast ..." and the like: not inside a tunnel network
+        };
+        if !inside(nets, net) {
+            continue;
+        }
+        let table = field("table").unwrap_or("main");
+        let mut delete: Vec<String> = vec![if net.addr().is_ipv6() { "-6" } else { "-4" }.into()];
+        delete.extend(["route", "del"].map(String::from));
+        if let Some(ty) = field("type").filter(|t| *t != "unicast") {
+            delete.push(ty.into());
+        }
+        delete.extend([dst, "dev", dev, "table", table].map(String::from));
+        if let Some(metric) = r.get("metric").and_then(Value::as_u64) {
+            delete.extend(["metric".into(), metric.to_string()]);
+        }
+        out.push(Foreign {
+            what: format!("route {dst} via {dev} (table {table})"),
+            delete,
+        });
+    }
+    out
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            policy::parse::one_line(&String::from_utf8_lossy(&out.stderr))
+        ))
+    }
+}
+
+/// Finds and removes tunnel-network addresses and routes on other interfaces. Returns one
+/// line per removal; a removal that fails is returned as an error line too (the firewall
+/// still drops the traffic).
+pub fn repair(nets: &[IpNet], iface: &str) -> Result<Vec<String>, String> {
+    if nets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut changes = Vec::new();
+    let mut remove = |found: Vec<Foreign>| {
+        for f in found {
+            let args: Vec<&str> = f.delete.iter().map(String::as_str).collect();
+            match ip(&args) {
+                Ok(_) => changes.push(format!("{} removed", f.what)),
+                // Removing an address also removes its routes: gone already is fine.
+                Err(e) if e.contains("No such process") || e.contains("Cannot find") => {}
+                Err(e) => changes.push(format!("{} could not be removed: {e}", f.what)),
+            }
+        }
+    };
+    remove(foreign_addresses(
+        &ip(&["-j", "addr", "show"])?,
+        nets,
+        iface,
+    ));
+    for family in ["-4", "-6"] {
+        remove(foreign_routes(
+            &ip(&[family, "-j", "route", "show", "table", "all"])?,
+            nets,
+            iface,
+        ));
+    }
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets() -> Vec<IpNet> {
+        vec![
+            "10.77.0.0/24".parse().unwrap(),
+            "fd77:7d00::/64".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn a_tunnel_address_on_the_lan_is_foreign_and_the_tunnels_own_is_not() {
+        let json = r#"[
+          {"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+          {"ifname":"eth0","addr_info":[
+             {"family":"inet","local":"198.18.0.1","prefixlen":24},
+             {"family":"inet6","local":"fd77:7d00::5054:ff:fe12:3456","prefixlen":64},
+             {"family":"inet6","local":"fe80::1","prefixlen":64}]},
+          {"ifname":"tyd0","addr_info":[{"family":"inet","local":"10.77.0.1","prefixlen":24}]}
+        ]"#;
+        let f = foreign_addresses(json, &nets(), "tyd0");
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].what, "address fd77:7d00::5054:ff:fe12:3456/64 on eth0");
+        assert_eq!(
+            f[0].delete,
+            ["addr", "del", "fd77:7d00::5054:ff:fe12:3456/64", "dev", "eth0"]
+        );
+    }
+
+    #[test]
+    fn routes_into_the_tunnel_network_beside_the_tunnel_are_foreign() {
+        let json = r#"[
+          {"dst":"fd77:7d00::/64","dev":"eth0","protocol":"kernel","metric":256,"flags":[]},
+          {"dst":"fd77:7d00::/64","dev":"tyd0","protocol":"kernel","metric":256,"flags":[]},
+          {"dst":"default","gateway":"fe80::1","dev":"eth0","protocol":"ra","metric":1024},
+          {"type":"local","dst":"fd77:7d00::9","dev":"eth0","table":"local","protocol":"kernel","metric":0},
+          {"type":"multicast","dst":"ff00::/8","dev":"eth0","table":"local","metric":256}
+        ]"#;
+        let f = foreign_routes(json, &nets(), "tyd0");
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[0].what, "route fd77:7d00::/64 via eth0 (table main)");
+        assert_eq!(
+            f[0].delete,
+            ["-6", "route", "del", "fd77:7d00::/64", "dev", "eth0", "table", "main", "metric", "256"]
+        );
+        assert_eq!(
+            f[1].delete,
+            ["-6", "route", "del", "local", "fd77:7d00::9", "dev", "eth0", "table", "local", "metric", "0"]
+        );
+        // Wider routes (the default) lose to the tunnel's own by longest prefix: not foreign.
+        let v4 = r#"[{"dst":"10.0.0.0/8","dev":"eth0"},{"dst":"10.77.0.9","dev":"eth0"}]"#;
+        let f = foreign_routes(v4, &nets(), "tyd0");
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].what, "route 10.77.0.9 via eth0 (table main)");
+    }
+}

@@ -1,0 +1,93 @@
+//! One set of exit codes for every binary (tyd, netguard, certaintyd, drone), so scripts and
+//! service managers can tell failures apart the same way everywhere. Documented once here and
+//! printed by each binary's `--help`.
+
+use crate::fsutil::FileError;
+use crate::load::LoadError;
+use crate::signature::VerifyError;
+use crate::store::StoreError;
+
+/// Why a binary exited. `0` is success (or, for a daemon, stopped on request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// I/O and other runtime failures.
+    Runtime = 1,
+    /// Bad command line (clap uses 2 as well).
+    Usage = 2,
+    /// The policy is malformed, fails validation, or has expired.
+    InvalidPolicy = 3,
+    /// The signature is missing, malformed, or by an untrusted key.
+    BadSignature = 4,
+    /// Refused by the rules: serial not newer, rollback, file exists, unsafe action.
+    Refused = 5,
+    /// A key file is unsafe (readable by others), unreadable, or the wrong kind of key.
+    KeyFile = 6,
+    /// A status check found something wrong (firewall missing or altered, policy refused).
+    Unhealthy = 7,
+    /// certaintyd: integrity was lost and the node was not rebooted (dry run, alert).
+    IntegrityLost = 8,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e.code())
+    }
+}
+
+/// The table every `--help` ends with.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes (the same for tyd, netguard, certaintyd and drone):
+  0  success (a daemon: stopped on request)
+  1  runtime failure (I/O, missing file)
+  2  usage error
+  3  invalid policy (syntax, schema, validation, expiry)
+  4  signature missing, malformed, or not by a trusted key
+  5  refused: serial not newer or rolled back, file exists, unsafe action
+  6  key file unsafe (readable by others), unreadable, or the wrong kind of key
+  7  unhealthy: status found something wrong (firewall missing or altered, policy refused)
+  8  integrity lost without a reboot (certaintyd dry run or alert)";
+
+impl From<&VerifyError> for Exit {
+    fn from(e: &VerifyError) -> Self {
+        match e {
+            VerifyError::Invalid(_) | VerifyError::Content { .. } => Exit::InvalidPolicy,
+            _ => Exit::BadSignature,
+        }
+    }
+}
+
+impl From<&FileError> for Exit {
+    fn from(e: &FileError) -> Self {
+        match e {
+            FileError::TooOpen { .. } => Exit::KeyFile,
+            FileError::Exists { .. } => Exit::Refused,
+            _ => Exit::Runtime,
+        }
+    }
+}
+
+impl From<&LoadError> for Exit {
+    fn from(e: &LoadError) -> Self {
+        match e {
+            LoadError::File(e) => e.into(),
+            LoadError::Verify(e) => e.into(),
+            LoadError::Trust { .. } | LoadError::Unsigned(_) => Exit::BadSignature,
+        }
+    }
+}
+
+impl From<&StoreError> for Exit {
+    fn from(e: &StoreError) -> Self {
+        match e {
+            StoreError::Read { .. } | StoreError::Write(_) => Exit::Runtime,
+            StoreError::Expired(_) => Exit::InvalidPolicy,
+            _ => Exit::Refused,
+        }
+    }
+}
