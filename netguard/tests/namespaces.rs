@@ -279,8 +279,17 @@ impl Lab {
     }
 
     fn start(&mut self, i: usize) {
+        self.start_with_drift(i, "1s");
+    }
+
+    /// Starts netguard on drone `i`, its log appended to (a restart keeps the earlier lines).
+    fn start_with_drift(&mut self, i: usize, drift: &str) {
         let d = &mut self.drones[i];
-        let log = std::fs::File::create(d.dir.join("netguard.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.dir.join("netguard.log"))
+            .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &d.ns, env!("CARGO_BIN_EXE_netguard")])
             .args([
@@ -299,7 +308,7 @@ impl Lab {
                 "--backend",
                 "userspace",
                 "--drift",
-                "1s",
+                drift,
             ])
             .stderr(log)
             .spawn()
@@ -341,6 +350,36 @@ impl Lab {
     fn ns(&self, i: usize) -> &str {
         &self.drones[i].ns
     }
+
+    /// Stops drone `i`'s netguard with SIGTERM (tunnels and table stay, by design).
+    fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.drones[i].netguard.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Kills every process inside this lab's namespaces (netguard, the wireguard-go it started
+/// and left running, echo helpers): by PID, found through the namespace, never by name.
+fn kill_namespace_processes(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>()
+            && pid != std::process::id() as i32
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl Drop for Lab {
@@ -350,13 +389,10 @@ impl Drop for Lab {
                 let _ = c.kill();
                 let _ = c.wait();
             }
-            let _ = Command::new("pkill")
-                .args(["-f", &format!("wireguard-go -f {}", d.iface)])
-                .status();
         }
-        let _ = Command::new("pkill")
-            .args(["-f", &format!("wireguard-go -f {}", self.tag)])
-            .status();
+        for ns in self.drones.iter().map(|d| &d.ns).chain([&self.rogue]) {
+            kill_namespace_processes(ns);
+        }
         for ns in self
             .drones
             .iter()
@@ -691,4 +727,314 @@ fn without_a_policy_the_protective_ruleset_is_installed() {
         "ip", "netns", "exec", &ns, "nft", "list", "table", "inet", "netguard"
     ]));
     let _ = IpAddr::from([0, 0, 0, 0]);
+}
+
+fn nft_in(ns: &str, args: &[&str]) -> String {
+    let mut cmd = vec!["ip", "netns", "exec", ns, "nft"];
+    cmd.extend_from_slice(args);
+    run(&cmd)
+}
+
+/// The handle of the first rule in netguard's input chain whose text contains `needle`.
+fn rule_handle(ns: &str, needle: &str) -> String {
+    let listing = nft_in(ns, &["-a", "list", "chain", "inet", "netguard", "input"]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no rule with {needle} in\n{listing}"));
+    line.rsplit("# handle ").next().unwrap().trim().to_string()
+}
+
+/// Regression (issue 9 item 1): drift that keeps the comment was never seen.
+/// 1. An attacker with root on drone2 replaces the service drop rule in place with an accept,
+///    copying its `ng:N:TAG` comment: `nft replace rule inet netguard input handle H
+///    tcp dport { 723, 4660 } accept comment "ng:2:TAG"`.
+/// 2. The rogue on the LAN reaches 4660, and two drift checks later nothing had noticed.
+/// 3. The attacker also turns the input chain's policy to accept.
+///
+/// Now each is repaired within a drift interval, logged with what changed.
+#[test]
+fn a_rule_replaced_in_place_with_its_comment_copied_is_repaired() {
+    if !root_or_skip("a_rule_replaced_in_place_with_its_comment_copied_is_repaired") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    lab.publish(&[0, 1]);
+    lab.start(0);
+    lab.start(1);
+    echo_server(lab.ns(1));
+    lab.wait_mesh(&[0, 1]);
+    let ns = lab.ns(1).to_string();
+    // Steady state: a fresh table is never mistaken for drift.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!lab.log(1).contains("drift found"), "{}", lab.log(1));
+    assert!(!tcp_ok(&lab.rogue, "198.18.0.2:4660"), "positive control");
+
+    let h = rule_handle(&ns, "svc_openmosix");
+    let listing = nft_in(&ns, &["-a", "list", "chain", "inet", "netguard", "input"]);
+    let comment = listing
+        .lines()
+        .find(|l| l.contains("svc_openmosix"))
+        .and_then(|l| l.split("comment \"").nth(1))
+        .and_then(|c| c.split('"').next())
+        .unwrap()
+        .to_string();
+    let quoted = format!("\"{comment}\"");
+    nft_in(
+        &ns,
+        &[
+            "replace", "rule", "inet", "netguard", "input", "handle", &h, "tcp", "dport",
+            "{ 723, 4660 }", "accept", "comment", &quoted,
+        ],
+    );
+    // The attacker's rule is in, comment and all.
+    assert!(
+        nft_in(&ns, &["list", "chain", "inet", "netguard", "input"])
+            .contains(&format!("dport {{ 723, 4660 }} accept comment \"{comment}\""))
+    );
+    wait_for("the replaced rule repaired", Duration::from_secs(4), || {
+        lab.log(1).contains("ruleset installed (rule ")
+    });
+    assert!(!tcp_ok(&lab.rogue, "198.18.0.2:4660"), "rogue after repair");
+    let listing = nft_in(&ns, &["list", "chain", "inet", "netguard", "input"]);
+    assert!(!listing.contains("dport { 723, 4660 } accept comment"), "{listing}");
+
+    // The chain's policy turned to accept.
+    nft_in(
+        &ns,
+        &[
+            "add", "chain", "inet", "netguard", "input",
+            "{ type filter hook input priority -10 ; policy accept ; }",
+        ],
+    );
+    wait_for("the chain policy repaired", Duration::from_secs(4), || {
+        lab.log(1).contains("chain input changed")
+    });
+    wait_for("policy drop again", Duration::from_secs(2), || {
+        nft_in(&ns, &["list", "chain", "inet", "netguard", "input"]).contains("policy drop")
+    });
+    assert!(tcp_ok(lab.ns(0), "10.77.0.2:4660"), "members unaffected");
+}
+
+/// Sends one IPv6 router advertisement from `ns`'s eth0 to all nodes, announcing `prefix`/64
+/// as on-link and autonomous (SLAAC), with a default route: what a rogue on the LAN can do
+/// with scapy or radvd. Python's raw ICMPv6 socket; the kernel fills in the checksum.
+fn send_router_advertisement(ns: &str, prefix: &str) {
+    let script = format!(
+        r#"
+import socket, struct
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+idx = socket.if_nametoindex("eth0")
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+pi = struct.pack("!BBBBIII", 3, 4, 64, 0xC0, 86400, 14400, 0) + socket.inet_pton(socket.AF_INET6, "{prefix}")
+s.sendto(ra + pi, ("ff02::1", 0, 0, idx))
+"#
+    );
+    run(&["ip", "netns", "exec", ns, "python3", "-c", &script]);
+}
+
+fn lan_addresses(ns: &str) -> String {
+    run(&["ip", "-n", ns, "-6", "addr", "show", "dev", "eth0"])
+}
+
+/// Regression (issue 9 item 2): a rogue IPv6 router advertisement took over tunnel addresses.
+/// 1. The rogue sends an RA to ff02::1 with the tunnel prefix fd77:7d00::/64 (autonomous)
+///    and a default route; every member took an address and a route in the tunnel network
+///    on its LAN interface (netguard accepted all ICMPv6, accept_ra was 1).
+/// 2. After the WireGuard interface was re-created, `ip -6 route get <peer tunnel address>`
+///    went via eth0: traffic for a peer reached the rogue in clear text.
+///
+/// Now RAs are dropped by the firewall (a node without netguard, the positive control, still
+/// takes the address), and a tunnel-network address put on the LAN interface by any other
+/// means is removed at the next drift check and logged.
+#[test]
+fn a_rogue_router_advertisement_gives_no_tunnel_address_or_route() {
+    if !root_or_skip("a_rogue_router_advertisement_gives_no_tunnel_address_or_route") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    lab.publish(&[0, 1]);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_mesh(&[0, 1]);
+    // IPv6 link-local addresses need DAD to finish before an RA can be sent or taken.
+    wait_for("rogue link-local address", Duration::from_secs(5), || {
+        let a = run(&["ip", "-n", &lab.rogue, "-6", "addr", "show", "dev", "eth0"]);
+        a.contains("fe80::") && !a.contains("tentative")
+    });
+    let control = lab.ns(2).to_string();
+    wait_for("positive control's address", Duration::from_secs(30), || {
+        send_router_advertisement(&lab.rogue, "fd77:7d00::");
+        lan_addresses(&control).contains("fd77:7d00:")
+    });
+    // The members, behind netguard, took nothing.
+    for i in 0..2 {
+        let a = lan_addresses(lab.ns(i));
+        assert!(!a.contains("fd77:7d00:"), "d{}: {a}", i + 1);
+        let routes = run(&["ip", "-n", lab.ns(i), "-6", "route", "show"]);
+        assert!(!routes.contains("fd77:7d00::/64 dev eth0"), "{routes}");
+    }
+    // An address and a route in the tunnel network put on the LAN interface by hand.
+    let ns = lab.ns(0).to_string();
+    run(&["ip", "-n", &ns, "addr", "add", "fd77:7d00::99/64", "dev", "eth0"]);
+    run(&["ip", "-n", &ns, "route", "add", "10.77.0.2/32", "dev", "eth0"]);
+    wait_for("foreign tunnel address removed", Duration::from_secs(4), || {
+        !lan_addresses(&ns).contains("fd77:7d00::99")
+            && !run(&["ip", "-n", &ns, "route", "show"]).contains("10.77.0.2 dev eth0")
+    });
+    let log = lab.log(0);
+    assert!(log.contains("address fd77:7d00::99/64 on eth0 removed"), "{log}");
+    assert!(log.contains("route 10.77.0.2 via eth0 (table main) removed"), "{log}");
+    // The tunnel route is what carries traffic to the peer.
+    let via = run(&["ip", "-n", &ns, "route", "get", "10.77.0.2"]);
+    assert!(via.contains(&lab.drones[0].iface), "{via}");
+    assert!(lab.ping(0, 1));
+}
+
+/// Regression (issue 9 item 3): a node's `expires` never removed it, and one expired node
+/// broke the whole policy.
+/// 1. drone3 is listed with `expires = now + 10 s`; a flow from drone3 to drone2 is open.
+/// 2. After the instant every member refused the whole file (an ERROR every 5 s) and kept
+///    the expired node in force: the flow went on.
+///
+/// Now drone3 is cut off at its instant on every member (peer removed, flow cut, one log
+/// line), the rest of the policy stays in force; and when the policy itself expires, a
+/// running member closes the services and removes its peers (documented fail-closed
+/// behaviour).
+#[test]
+fn an_expired_node_is_cut_off_at_its_instant_and_the_rest_of_the_policy_stays() {
+    if !root_or_skip(
+        "an_expired_node_is_cut_off_at_its_instant_and_the_rest_of_the_policy_stays",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let now = jiff::Timestamp::now();
+    let node_expires = (now + jiff::SignedDuration::from_secs(10))
+        .round(jiff::Unit::Second)
+        .unwrap();
+    let policy_expires = now + jiff::SignedDuration::from_secs(20);
+    let text = lab
+        .policy_text(&[0, 1, 2], 2, policy_expires)
+        .replace(
+            "addresses = [\"10.77.0.3\"]\n",
+            &format!("addresses = [\"10.77.0.3\"]\nexpires = \"{node_expires}\"\n"),
+        );
+    lab.publish_text(&text);
+    for i in 0..3 {
+        lab.start_with_drift(i, "30s");
+    }
+    echo_server(lab.ns(1));
+    lab.wait_mesh(&[0, 1, 2]);
+    let ns3 = lab.ns(2).to_string();
+    let flow = std::thread::spawn(move || {
+        let fd = std::fs::File::open(format!("/var/run/netns/{ns3}")).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut s =
+            TcpStream::connect_timeout(&"10.77.0.2:4660".parse().unwrap(), Duration::from_secs(2))
+                .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut echoes = 0;
+        let until = Instant::now() + Duration::from_secs(16);
+        while Instant::now() < until {
+            let mut buf = [0u8; 4];
+            if s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() {
+                echoes += 1;
+            } else {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        echoes
+    });
+    wait_for("drone2 to expire drone3", Duration::from_secs(15), || {
+        lab.log(1).contains("node expired: removed from the effective node map")
+    });
+    let echoes = flow.join().unwrap();
+    // 10 s at 5 a second at most before the cut, not the 80 of the whole 16 s.
+    assert!(echoes < 60, "the expired node's flow went on: {echoes} echoes");
+    assert!(!tcp_ok(lab.ns(2), "10.77.0.2:4660"));
+    assert!(tcp_ok(lab.ns(0), "10.77.0.2:4660"), "the rest stays in force");
+    let log = lab.log(1);
+    assert!(!log.contains("policy refused"), "{log}");
+    assert!(lab.log(2).contains("this node (d3) expired at"), "{}", lab.log(2));
+    // The whole policy expires: nothing stays open on a running member.
+    wait_for("the policy in force to expire", Duration::from_secs(15), || {
+        lab.log(1).contains("the policy in force expired at")
+    });
+    wait_for("services closed", Duration::from_secs(3), || {
+        !tcp_ok(lab.ns(0), "10.77.0.2:4660")
+    });
+    let table = nft_in(lab.ns(1), &["list", "table", "inet", "netguard"]);
+    assert!(!table.contains("4660"), "{table}");
+}
+
+/// Regression (issue 9 item 7): a netguard restart broke every tunnel for 15-18 s with the
+/// userspace backend (the interface was deleted and re-created; peers kept old sessions).
+/// Now a restart adopts the running interface and an open flow keeps working.
+#[test]
+fn a_restart_adopts_the_running_tunnel_and_open_flows_keep_working() {
+    if !root_or_skip("a_restart_adopts_the_running_tunnel_and_open_flows_keep_working") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    lab.publish(&[0, 1]);
+    lab.start(0);
+    lab.start(1);
+    echo_server(lab.ns(1));
+    lab.wait_mesh(&[0, 1]);
+    let ns1 = lab.ns(0).to_string();
+    let mut s = in_netns(&ns1, || {
+        TcpStream::connect_timeout(&"10.77.0.2:4660".parse().unwrap(), Duration::from_secs(2))
+            .unwrap()
+    });
+    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let echo = |s: &mut TcpStream| {
+        let mut buf = [0u8; 4];
+        s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok()
+    };
+    assert!(echo(&mut s));
+    let before = lab.log(0).len();
+    lab.stop(0);
+    lab.start(0);
+    wait_for("the restarted netguard to adopt", Duration::from_secs(5), || {
+        lab.log(0).contains("adopted")
+    });
+    // Within the first 1.5 s after the restart, not the 15-18 s a re-created interface took.
+    assert!(echo(&mut s), "flow broken by the restart:\n{}", lab.log(0));
+    assert!(lab.ping(0, 1));
+    let after = &lab.log(0)[before..];
+    assert!(!after.contains("created ("), "re-created:\n{after}");
+}
+
+/// Regression (issue 9 item 8): a node removed and then re-added sat on the protective
+/// ruleset until the next drift check (logged as "drift found and repaired").
+/// 1. drone1 is removed from the policy: protective ruleset.
+/// 2. drone1 is added back: the pass edited the peer sets on top of the protective rules,
+///    because it trusted the state it had converged to before the removal.
+///
+/// Now it is reconciled at once, as a policy change. The drift interval is 60 s here, so the
+/// drift check cannot be what repairs it.
+#[test]
+fn a_node_removed_then_re_added_is_a_member_again_at_once() {
+    if !root_or_skip("a_node_removed_then_re_added_is_a_member_again_at_once") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    lab.publish(&[0, 1]);
+    lab.start_with_drift(0, "60s");
+    lab.start_with_drift(1, "60s");
+    echo_server(lab.ns(0));
+    lab.wait_mesh(&[0, 1]);
+    lab.publish(&[1]);
+    wait_for("drone1 protective", Duration::from_secs(5), || {
+        lab.log(0).contains("not a member")
+    });
+    lab.publish(&[0, 1]);
+    wait_for("drone1 a member again", Duration::from_secs(10), || {
+        tcp_ok(lab.ns(1), "10.77.0.1:4660")
+    });
+    assert!(!lab.log(0).contains("drift found"), "{}", lab.log(0));
 }

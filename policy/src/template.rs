@@ -31,6 +31,9 @@ udp = ["5000-5700"]
 # Everything else arriving on a node: dropped unless allowed here (CHAOS allowed these).
 [firewall]
 default = "drop"
+# IPv6 router advertisements and ICMP redirects from the LAN are dropped: a rogue one could
+# claim the tunnel network. Set to true only on a LAN you trust.
+accept_router_advertisements = false
 
 [firewall.allow.ssh]
 tcp = [22]
