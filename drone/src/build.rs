@@ -159,12 +159,14 @@ fn node_identity(
             source,
         }
     })?);
-    let secret = Zeroizing::new(policy::keys::decode_key32(text.trim()).map_err(|why| {
-        BuildError::BadKey {
-            path: key_path.into(),
-            why,
-        }
-    })?);
+    let secret = Zeroizing::new(
+        policy::keys::parse_key_file(&text, policy::keys::KeyKind::NodeSecret).map_err(|why| {
+            BuildError::BadKey {
+                path: key_path.into(),
+                why,
+            }
+        })?,
+    );
     let public = policy::WgPublicKey::from_secret(&secret);
     let node = policy
         .node_by_key(&public)

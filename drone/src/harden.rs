@@ -205,7 +205,10 @@ mod tests {
             "net.ipv6.conf.lo.accept_ra",
             "net.ipv6.conf.eth0.accept_redirects",
         ] {
-            let w = writes.iter().find(|w| w.name == name).unwrap_or_else(|| panic!("{name}"));
+            let w = writes
+                .iter()
+                .find(|w| w.name == name)
+                .unwrap_or_else(|| panic!("{name}"));
             assert_eq!(w.value, "0");
             assert_eq!(w.file, dir.path().join(name.replace('.', "/")));
         }

@@ -265,7 +265,11 @@ fn refusals_name_what_is_wrong() {
 fn a_wrong_kernel_package_never_deletes_the_directory_beside_it() {
     let f = fixture();
     write(&f.p("etc/sysctl.conf"), b"kernel.panic = 10\n", 0o644);
-    write(&f.p("etc/sysctl.d/99-local.conf"), b"vm.swappiness = 1\n", 0o644);
+    write(
+        &f.p("etc/sysctl.d/99-local.conf"),
+        b"vm.swappiness = 1\n",
+        0o644,
+    );
     let cache = f.p("cache");
     let e = drone::kernel::unpack(&f.p("etc/sysctl.conf"), &cache).unwrap_err();
     assert!(e.to_string().contains("dpkg"), "{e}");

@@ -104,7 +104,7 @@ struct Node {
 
 fn load_key(path: &std::path::Path) -> Result<Key, StartupError> {
     let text = policy::fsutil::read_secret(path).map_err(|e| StartupError::Key(e.to_string()))?;
-    let bytes = policy::keys::decode_key32(&text)
+    let bytes = policy::keys::parse_key_file(&text, policy::keys::KeyKind::NodeSecret)
         .map_err(|e| StartupError::Key(format!("{}: {e}", path.display())))?;
     Ok(Key(bytes))
 }
@@ -141,7 +141,10 @@ impl Node {
             }
         };
         if self.refusal.take().is_some() {
-            info!(serial = files.verified.cluster.serial, "policy file acceptable again");
+            info!(
+                serial = files.verified.cluster.serial,
+                "policy file acceptable again"
+            );
         }
         self.adopt(files);
         true
@@ -175,7 +178,9 @@ impl Node {
                     "the policy in force before the restart stays in force");
                 self.adopt(files);
             }
-            Err(reason) => warn!(reason = %reason, "the copy of the policy in force is refused too"),
+            Err(reason) => {
+                warn!(reason = %reason, "the copy of the policy in force is refused too")
+            }
         }
     }
 
@@ -226,7 +231,11 @@ impl Node {
     /// At an expiry instant: who left the effective node map, then the new mode.
     fn expire(&mut self, now: Timestamp) {
         if let Some(v) = &self.policy {
-            for n in v.nodes.iter().filter(|n| n.expires.is_some_and(|t| t <= now)) {
+            for n in v
+                .nodes
+                .iter()
+                .filter(|n| n.expires.is_some_and(|t| t <= now))
+            {
                 if let Mode::Member(d) = &self.mode
                     && d.peers.contains_key(&n.public_key)
                 {

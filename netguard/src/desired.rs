@@ -53,7 +53,9 @@ pub enum IdentityError {
     #[error("this node ({name}) expired at {at}: no longer a member of the cluster")]
     Expired { name: String, at: Timestamp },
     /// Fail closed: a policy past its `expires` opens nothing, even the one in force.
-    #[error("the policy in force expired at {0}: services closed and peers removed until a newer one arrives")]
+    #[error(
+        "the policy in force expired at {0}: services closed and peers removed until a newer one arrives"
+    )]
     PolicyExpired(Timestamp),
 }
 

@@ -93,7 +93,12 @@ pub fn parse_table(v: &Value) -> ActualTable {
                 .unwrap_or_default()
                 .to_string();
             let mut elems = BTreeSet::new();
-            for e in set.get("elem").and_then(Value::as_array).into_iter().flatten() {
+            for e in set
+                .get("elem")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 match e.as_str() {
                     Some(addr) => {
                         elems.insert(addr.to_string());

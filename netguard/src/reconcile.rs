@@ -9,8 +9,8 @@ use wireguard_control::{DeviceUpdate, Key};
 use crate::desired::Desired;
 use crate::nft::{self, NftError};
 use crate::peers::{PeerOp, plan};
-use crate::ruleset::RulesetSpec;
 use crate::routes;
+use crate::ruleset::RulesetSpec;
 use crate::wg::{self, Ensured, Interface, WgError};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +27,9 @@ pub fn sync_ruleset(spec: &RulesetSpec) -> Result<Vec<String>, NftError> {
     let found = nft::read_table()?;
     let why_rebuild = match &found {
         None => Some("table missing".to_string()),
-        Some(t) if t.odd_elements > 0 => Some(format!(
-            "{} set elements of a foreign form",
-            t.odd_elements
-        )),
+        Some(t) if t.odd_elements > 0 => {
+            Some(format!("{} set elements of a foreign form", t.odd_elements))
+        }
         Some(t) => spec.drift(&t.shape),
     };
     if let Some(why) = why_rebuild {
@@ -117,7 +116,9 @@ pub fn reconcile(
     let ensured = iface.ensure()?;
     let created = ensured == Ensured::Created;
     match ensured {
-        Ensured::Created => changes.push(format!("interface {} created ({})", iface.name, iface.kind)),
+        Ensured::Created => {
+            changes.push(format!("interface {} created ({})", iface.name, iface.kind))
+        }
         Ensured::Adopted => changes.push(format!(
             "running interface {} adopted ({}); its sessions are kept",
             iface.name, iface.kind

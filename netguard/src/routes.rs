@@ -29,7 +29,10 @@ pub fn foreign_addresses(json: &str, nets: &[IpNet], iface: &str) -> Vec<Foreign
     let v: Value = serde_json::from_str(json).unwrap_or_default();
     let mut out = Vec::new();
     for link in v.as_array().into_iter().flatten() {
-        let dev = link.get("ifname").and_then(Value::as_str).unwrap_or_default();
+        let dev = link
+            .get("ifname")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if dev == iface || dev.is_empty() {
             continue;
         }
@@ -177,7 +180,13 @@ mod tests {
         assert_eq!(f[0].what, "address fd77:7d00::5054:ff:fe12:3456/64 on eth0");
         assert_eq!(
             f[0].delete,
-            ["addr", "del", "fd77:7d00::5054:ff:fe12:3456/64", "dev", "eth0"]
+            [
+                "addr",
+                "del",
+                "fd77:7d00::5054:ff:fe12:3456/64",
+                "dev",
+                "eth0"
+            ]
         );
     }
 
@@ -195,11 +204,34 @@ mod tests {
         assert_eq!(f[0].what, "route fd77:7d00::/64 via eth0 (table main)");
         assert_eq!(
             f[0].delete,
-            ["-6", "route", "del", "fd77:7d00::/64", "dev", "eth0", "table", "main", "metric", "256"]
+            [
+                "-6",
+                "route",
+                "del",
+                "fd77:7d00::/64",
+                "dev",
+                "eth0",
+                "table",
+                "main",
+                "metric",
+                "256"
+            ]
         );
         assert_eq!(
             f[1].delete,
-            ["-6", "route", "del", "local", "fd77:7d00::9", "dev", "eth0", "table", "local", "metric", "0"]
+            [
+                "-6",
+                "route",
+                "del",
+                "local",
+                "fd77:7d00::9",
+                "dev",
+                "eth0",
+                "table",
+                "local",
+                "metric",
+                "0"
+            ]
         );
         // Wider routes (the default) lose to the tunnel's own by longest prefix: not foreign.
         let v4 = r#"[{"dst":"10.0.0.0/8","dev":"eth0"},{"dst":"10.77.0.9","dev":"eth0"}]"#;

@@ -304,7 +304,11 @@ impl RulesetSpec {
     /// The table as it should read back, everything that changes at run time left out.
     pub fn shape(&self) -> Shape {
         let mut shape = Shape::default();
-        for cmd in self.full_batch()["nftables"].as_array().into_iter().flatten() {
+        for cmd in self.full_batch()["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             if let Some(add) = cmd.get("add") {
                 shape.insert(add);
             }
@@ -326,12 +330,19 @@ impl RulesetSpec {
                 Some(_) => {}
             }
         }
-        if let Some((kind, name)) = actual.objects.keys().find(|k| !want.objects.contains_key(*k))
+        if let Some((kind, name)) = actual
+            .objects
+            .keys()
+            .find(|k| !want.objects.contains_key(*k))
         {
             return Some(format!("unexpected {kind} {name}"));
         }
         for (chain, rules) in &want.rules {
-            let have = actual.rules.get(chain).map(Vec::as_slice).unwrap_or_default();
+            let have = actual
+                .rules
+                .get(chain)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             if have.len() != rules.len() {
                 return Some(format!(
                     "chain {chain} has {} rules, {} expected",
@@ -398,7 +409,12 @@ impl Shape {
             }
         }
         let text = obj.to_string();
-        let field = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        let field = |k: &str| {
+            obj.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         if kind == "rule" {
             self.rules.entry(field("chain")).or_default().push(text);
         } else {

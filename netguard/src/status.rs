@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use policy::{Policy, WgPublicKey};
+use policy::{Policy, Verified, WgPublicKey};
 use serde::Serialize;
 
+use crate::desired::desired;
 use crate::nft;
 use crate::peers::RECENT_HANDSHAKE;
 use crate::ruleset::counter_name;
@@ -38,9 +39,20 @@ pub struct Status {
     /// Service name -> packets dropped that came from outside the tunnel or from non-peers.
     pub dropped: BTreeMap<String, u64>,
     pub firewall_installed: bool,
+    /// When this node is known (its key given): how its firewall differs from what the
+    /// policy asks for, if it does (what the next drift check would repair).
+    pub firewall_drift: Option<String>,
+    /// Everything wrong, one line each; empty when healthy. `tyd status` exits 7 otherwise.
+    pub problems: Vec<String>,
 }
 
-pub fn collect(policy: &Policy, interface: Option<&str>, me: Option<&WgPublicKey>) -> Status {
+pub fn collect(
+    verified: &Verified<Policy>,
+    interface: Option<&str>,
+    me: Option<&WgPublicKey>,
+    now: jiff::Timestamp,
+) -> Status {
+    let policy: &Policy = verified;
     let name = interface.unwrap_or(&policy.cluster.interface).to_string();
     let device = Interface::new(&name, Kind::detect(None))
         .ok()
@@ -89,7 +101,7 @@ pub fn collect(policy: &Policy, interface: Option<&str>, me: Option<&WgPublicKey
             }
         })
         .collect();
-    let unknown_peers = peers
+    let unknown_peers: Vec<String> = peers
         .keys()
         .filter(|k| policy.node_by_key(k).is_none())
         .map(ToString::to_string)
@@ -106,6 +118,23 @@ pub fn collect(policy: &Policy, interface: Option<&str>, me: Option<&WgPublicKey
             (s.clone(), packets)
         })
         .collect();
+    let firewall_drift = match (me, &table) {
+        (Some(me), Some(t)) => match desired(verified, me, interface, now) {
+            Ok(d) => d.ruleset.drift(&t.shape),
+            Err(e) => Some(format!("{e}")),
+        },
+        _ => None,
+    };
+    let mut problems = Vec::new();
+    if table.is_none() {
+        problems.push("firewall table inet netguard is missing".to_string());
+    }
+    if let Some(d) = &firewall_drift {
+        problems.push(format!("firewall differs from the policy: {d}"));
+    }
+    for k in &unknown_peers {
+        problems.push(format!("peer {k} is configured but not in the policy"));
+    }
     Status {
         cluster: policy.cluster.name.clone(),
         serial: policy.cluster.serial,
@@ -114,5 +143,7 @@ pub fn collect(policy: &Policy, interface: Option<&str>, me: Option<&WgPublicKey
         unknown_peers,
         dropped,
         firewall_installed: table.is_some(),
+        firewall_drift,
+        problems,
     }
 }

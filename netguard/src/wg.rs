@@ -160,9 +160,7 @@ impl Interface {
     pub fn ensure(&mut self) -> Result<Ensured, WgError> {
         let up = match (&self.kind, &mut self.child) {
             (Kind::Kernel, _) => self.link_exists(),
-            (Kind::Userspace(_), Some(c)) => {
-                matches!(c.try_wait(), Ok(None)) && self.link_exists()
-            }
+            (Kind::Userspace(_), Some(c)) => matches!(c.try_wait(), Ok(None)) && self.link_exists(),
             (Kind::Userspace(_), None) => {
                 self.adopted && self.socket().exists() && self.link_exists()
             }

@@ -783,27 +783,46 @@ fn a_rule_replaced_in_place_with_its_comment_copied_is_repaired() {
     nft_in(
         &ns,
         &[
-            "replace", "rule", "inet", "netguard", "input", "handle", &h, "tcp", "dport",
-            "{ 723, 4660 }", "accept", "comment", &quoted,
+            "replace",
+            "rule",
+            "inet",
+            "netguard",
+            "input",
+            "handle",
+            &h,
+            "tcp",
+            "dport",
+            "{ 723, 4660 }",
+            "accept",
+            "comment",
+            &quoted,
         ],
     );
     // The attacker's rule is in, comment and all.
     assert!(
-        nft_in(&ns, &["list", "chain", "inet", "netguard", "input"])
-            .contains(&format!("dport {{ 723, 4660 }} accept comment \"{comment}\""))
+        nft_in(&ns, &["list", "chain", "inet", "netguard", "input"]).contains(&format!(
+            "dport {{ 723, 4660 }} accept comment \"{comment}\""
+        ))
     );
     wait_for("the replaced rule repaired", Duration::from_secs(4), || {
         lab.log(1).contains("ruleset installed (rule ")
     });
     assert!(!tcp_ok(&lab.rogue, "198.18.0.2:4660"), "rogue after repair");
     let listing = nft_in(&ns, &["list", "chain", "inet", "netguard", "input"]);
-    assert!(!listing.contains("dport { 723, 4660 } accept comment"), "{listing}");
+    assert!(
+        !listing.contains("dport { 723, 4660 } accept comment"),
+        "{listing}"
+    );
 
     // The chain's policy turned to accept.
     nft_in(
         &ns,
         &[
-            "add", "chain", "inet", "netguard", "input",
+            "add",
+            "chain",
+            "inet",
+            "netguard",
+            "input",
             "{ type filter hook input priority -10 ; policy accept ; }",
         ],
     );
@@ -865,10 +884,14 @@ fn a_rogue_router_advertisement_gives_no_tunnel_address_or_route() {
         a.contains("fe80::") && !a.contains("tentative")
     });
     let control = lab.ns(2).to_string();
-    wait_for("positive control's address", Duration::from_secs(30), || {
-        send_router_advertisement(&lab.rogue, "fd77:7d00::");
-        lan_addresses(&control).contains("fd77:7d00:")
-    });
+    wait_for(
+        "positive control's address",
+        Duration::from_secs(30),
+        || {
+            send_router_advertisement(&lab.rogue, "fd77:7d00::");
+            lan_addresses(&control).contains("fd77:7d00:")
+        },
+    );
     // The members, behind netguard, took nothing.
     for i in 0..2 {
         let a = lan_addresses(lab.ns(i));
@@ -878,15 +901,43 @@ fn a_rogue_router_advertisement_gives_no_tunnel_address_or_route() {
     }
     // An address and a route in the tunnel network put on the LAN interface by hand.
     let ns = lab.ns(0).to_string();
-    run(&["ip", "-n", &ns, "addr", "add", "fd77:7d00::99/64", "dev", "eth0"]);
-    run(&["ip", "-n", &ns, "route", "add", "10.77.0.2/32", "dev", "eth0"]);
-    wait_for("foreign tunnel address removed", Duration::from_secs(4), || {
-        !lan_addresses(&ns).contains("fd77:7d00::99")
-            && !run(&["ip", "-n", &ns, "route", "show"]).contains("10.77.0.2 dev eth0")
-    });
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        "fd77:7d00::99/64",
+        "dev",
+        "eth0",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "10.77.0.2/32",
+        "dev",
+        "eth0",
+    ]);
+    wait_for(
+        "foreign tunnel address removed",
+        Duration::from_secs(4),
+        || {
+            !lan_addresses(&ns).contains("fd77:7d00::99")
+                && !run(&["ip", "-n", &ns, "route", "show"]).contains("10.77.0.2 dev eth0")
+        },
+    );
     let log = lab.log(0);
-    assert!(log.contains("address fd77:7d00::99/64 on eth0 removed"), "{log}");
-    assert!(log.contains("route 10.77.0.2 via eth0 (table main) removed"), "{log}");
+    assert!(
+        log.contains("address fd77:7d00::99/64 on eth0 removed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("route 10.77.0.2 via eth0 (table main) removed"),
+        "{log}"
+    );
     // The tunnel route is what carries traffic to the peer.
     let via = run(&["ip", "-n", &ns, "route", "get", "10.77.0.2"]);
     assert!(via.contains(&lab.drones[0].iface), "{via}");
@@ -905,9 +956,7 @@ fn a_rogue_router_advertisement_gives_no_tunnel_address_or_route() {
 /// behaviour).
 #[test]
 fn an_expired_node_is_cut_off_at_its_instant_and_the_rest_of_the_policy_stays() {
-    if !root_or_skip(
-        "an_expired_node_is_cut_off_at_its_instant_and_the_rest_of_the_policy_stays",
-    ) {
+    if !root_or_skip("an_expired_node_is_cut_off_at_its_instant_and_the_rest_of_the_policy_stays") {
         return;
     }
     let mut lab = Lab::new(3);
@@ -916,12 +965,10 @@ fn an_expired_node_is_cut_off_at_its_instant_and_the_rest_of_the_policy_stays() 
         .round(jiff::Unit::Second)
         .unwrap();
     let policy_expires = now + jiff::SignedDuration::from_secs(20);
-    let text = lab
-        .policy_text(&[0, 1, 2], 2, policy_expires)
-        .replace(
-            "addresses = [\"10.77.0.3\"]\n",
-            &format!("addresses = [\"10.77.0.3\"]\nexpires = \"{node_expires}\"\n"),
-        );
+    let text = lab.policy_text(&[0, 1, 2], 2, policy_expires).replace(
+        "addresses = [\"10.77.0.3\"]\n",
+        &format!("addresses = [\"10.77.0.3\"]\nexpires = \"{node_expires}\"\n"),
+    );
     lab.publish_text(&text);
     for i in 0..3 {
         lab.start_with_drift(i, "30s");
@@ -950,20 +997,33 @@ fn an_expired_node_is_cut_off_at_its_instant_and_the_rest_of_the_policy_stays() 
         echoes
     });
     wait_for("drone2 to expire drone3", Duration::from_secs(15), || {
-        lab.log(1).contains("node expired: removed from the effective node map")
+        lab.log(1)
+            .contains("node expired: removed from the effective node map")
     });
     let echoes = flow.join().unwrap();
     // 10 s at 5 a second at most before the cut, not the 80 of the whole 16 s.
-    assert!(echoes < 60, "the expired node's flow went on: {echoes} echoes");
+    assert!(
+        echoes < 60,
+        "the expired node's flow went on: {echoes} echoes"
+    );
     assert!(!tcp_ok(lab.ns(2), "10.77.0.2:4660"));
-    assert!(tcp_ok(lab.ns(0), "10.77.0.2:4660"), "the rest stays in force");
+    assert!(
+        tcp_ok(lab.ns(0), "10.77.0.2:4660"),
+        "the rest stays in force"
+    );
     let log = lab.log(1);
     assert!(!log.contains("policy refused"), "{log}");
-    assert!(lab.log(2).contains("this node (d3) expired at"), "{}", lab.log(2));
+    assert!(
+        lab.log(2).contains("this node (d3) expired at"),
+        "{}",
+        lab.log(2)
+    );
     // The whole policy expires: nothing stays open on a running member.
-    wait_for("the policy in force to expire", Duration::from_secs(15), || {
-        lab.log(1).contains("the policy in force expired at")
-    });
+    wait_for(
+        "the policy in force to expire",
+        Duration::from_secs(15),
+        || lab.log(1).contains("the policy in force expired at"),
+    );
     wait_for("services closed", Duration::from_secs(3), || {
         !tcp_ok(lab.ns(0), "10.77.0.2:4660")
     });
@@ -990,7 +1050,8 @@ fn a_restart_adopts_the_running_tunnel_and_open_flows_keep_working() {
         TcpStream::connect_timeout(&"10.77.0.2:4660".parse().unwrap(), Duration::from_secs(2))
             .unwrap()
     });
-    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
     let echo = |s: &mut TcpStream| {
         let mut buf = [0u8; 4];
         s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok()
@@ -999,9 +1060,11 @@ fn a_restart_adopts_the_running_tunnel_and_open_flows_keep_working() {
     let before = lab.log(0).len();
     lab.stop(0);
     lab.start(0);
-    wait_for("the restarted netguard to adopt", Duration::from_secs(5), || {
-        lab.log(0).contains("adopted")
-    });
+    wait_for(
+        "the restarted netguard to adopt",
+        Duration::from_secs(5),
+        || lab.log(0).contains("adopted"),
+    );
     // Within the first 1.5 s after the restart, not the 15-18 s a re-created interface took.
     assert!(echo(&mut s), "flow broken by the restart:\n{}", lab.log(0));
     assert!(lab.ping(0, 1));

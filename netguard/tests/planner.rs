@@ -150,8 +150,10 @@ fn roaming_opens_the_wireguard_port_to_any_source() {
     let fixed = verified(&policy_text(&[1, 2], false));
     let roam = verified(&policy_text(&[1, 2], true));
     let me = WgPublicKey::from_bytes([1; 32]);
-    let f = serde_json::to_string(&desired(&fixed, &me, None, now()).unwrap().ruleset.rules()).unwrap();
-    let r = serde_json::to_string(&desired(&roam, &me, None, now()).unwrap().ruleset.rules()).unwrap();
+    let f =
+        serde_json::to_string(&desired(&fixed, &me, None, now()).unwrap().ruleset.rules()).unwrap();
+    let r =
+        serde_json::to_string(&desired(&roam, &me, None, now()).unwrap().ruleset.rules()).unwrap();
     assert!(f.contains("@endpoints4") && !r.contains("@endpoints4"));
 }
 
@@ -250,7 +252,10 @@ fn a_fresh_table_read_back_is_not_drift() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ruleset-node2.json"),
     )
     .unwrap();
-    assert!(!golden.contains("\"set\": [\n                        {\n                          \"range\""));
+    assert!(
+        !golden
+            .contains("\"set\": [\n                        {\n                          \"range\"")
+    );
 }
 
 /// Regression (issue 9 item 1): drift that keeps the rule comment was never seen.
@@ -272,10 +277,16 @@ fn drift_that_keeps_the_rule_comment_is_seen() {
     // A service drop rule replaced by an accept, comment copied.
     let mut t = clean.clone();
     let input = t.rules.get_mut("input").unwrap();
-    let i = input.iter().position(|r| r.contains("svc_openmosix")).unwrap();
+    let i = input
+        .iter()
+        .position(|r| r.contains("svc_openmosix"))
+        .unwrap();
     input[i] = input[i].replace(r#"{"drop":null}"#, r#"{"accept":null}"#);
     let why = spec.drift(&t).unwrap();
-    assert!(why.starts_with(&format!("rule {i} of chain input changed")), "{why}");
+    assert!(
+        why.starts_with(&format!("rule {i} of chain input changed")),
+        "{why}"
+    );
 
     // The input chain's policy turned to accept.
     let mut t = clean.clone();
@@ -286,10 +297,14 @@ fn drift_that_keeps_the_rule_comment_is_seen() {
 
     // An extra rule appended, an extra base chain, a rule removed.
     let mut t = clean.clone();
-    t.rules.get_mut("input").unwrap().push(r#"{"expr":[{"accept":null}]}"#.into());
+    t.rules
+        .get_mut("input")
+        .unwrap()
+        .push(r#"{"expr":[{"accept":null}]}"#.into());
     assert!(spec.drift(&t).unwrap().contains("rules"), "{t:?}");
     let mut t = clean.clone();
-    t.objects.insert(("chain".into(), "evil".into()), "{}".into());
+    t.objects
+        .insert(("chain".into(), "evil".into()), "{}".into());
     assert_eq!(spec.drift(&t).unwrap(), "unexpected chain evil");
     let mut t = clean.clone();
     t.rules.get_mut("output").unwrap().pop();
@@ -308,28 +323,47 @@ fn router_advertisements_are_dropped_and_tunnel_traffic_never_leaves_beside_the_
         .unwrap()
         .ruleset;
     let text = serde_json::to_string(&spec.rules()).unwrap();
-    assert!(text.contains("nd-router-advert") && text.contains("redirect"), "{text}");
+    assert!(
+        text.contains("nd-router-advert") && text.contains("redirect"),
+        "{text}"
+    );
     let ra = text.find("nd-router-advert").unwrap();
     let icmp6_accept = text.find(r#""right":"ipv6-icmp"}},{"accept""#).unwrap();
-    assert!(ra < icmp6_accept, "RAs must be dropped before ICMPv6 is accepted");
-    assert!(text.contains(r#"{"prefix":{"addr":"fd77:7d00::","len":64}}"#), "{text}");
-    assert!(text.contains(r#"{"prefix":{"addr":"10.77.0.0","len":24}}"#), "{text}");
+    assert!(
+        ra < icmp6_accept,
+        "RAs must be dropped before ICMPv6 is accepted"
+    );
+    assert!(
+        text.contains(r#"{"prefix":{"addr":"fd77:7d00::","len":64}}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"{"prefix":{"addr":"10.77.0.0","len":24}}"#),
+        "{text}"
+    );
     let out: Vec<String> = spec
         .rules()
         .iter()
         .filter(|(c, _)| *c == "output")
         .map(|(_, r)| serde_json::to_string(r).unwrap())
         .collect();
-    assert!(out.iter().any(|r| r.contains("oifname") && r.contains("daddr")));
-
-    let allowing = verified(
-        &policy_text(&[1, 2], false)
-            .replace("[firewall]\n", "[firewall]\naccept_router_advertisements = true\n"),
+    assert!(
+        out.iter()
+            .any(|r| r.contains("oifname") && r.contains("daddr"))
     );
+
+    let allowing = verified(&policy_text(&[1, 2], false).replace(
+        "[firewall]\n",
+        "[firewall]\naccept_router_advertisements = true\n",
+    ));
     let spec = desired(&allowing, &WgPublicKey::from_bytes([1; 32]), None, now())
         .unwrap()
         .ruleset;
-    assert!(!serde_json::to_string(&spec.rules()).unwrap().contains("nd-router-advert"));
+    assert!(
+        !serde_json::to_string(&spec.rules())
+            .unwrap()
+            .contains("nd-router-advert")
+    );
 }
 
 /// Regression (issue 9 item 3): an expired node is nobody's peer from its instant on; an
@@ -351,8 +385,14 @@ fn expired_nodes_leave_the_desired_state_at_their_instant() {
     assert!(!after.ruleset.elements["peers4"].contains("10.77.0.3"));
     // The node that expired is no member any more.
     let e = desired(&v, &WgPublicKey::from_bytes([3; 32]), None, at).unwrap_err();
-    assert!(e.to_string().contains("expired at 2026-07-01T00:00:00Z"), "{e}");
+    assert!(
+        e.to_string().contains("expired at 2026-07-01T00:00:00Z"),
+        "{e}"
+    );
     // A policy past its own expiry opens nothing.
     let e = desired(&v, &me, None, "2030-01-01T00:00:00Z".parse().unwrap()).unwrap_err();
-    assert!(matches!(e, netguard::desired::IdentityError::PolicyExpired(_)), "{e}");
+    assert!(
+        matches!(e, netguard::desired::IdentityError::PolicyExpired(_)),
+        "{e}"
+    );
 }

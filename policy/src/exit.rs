@@ -65,7 +65,8 @@ impl From<&VerifyError> for Exit {
 impl From<&FileError> for Exit {
     fn from(e: &FileError) -> Self {
         match e {
-            FileError::TooOpen { .. } => Exit::KeyFile,
+            FileError::TooOpen { .. } | FileError::NotAFile { .. } => Exit::KeyFile,
+            FileError::TooLarge { .. } => Exit::InvalidPolicy,
             FileError::Exists { .. } => Exit::Refused,
             _ => Exit::Runtime,
         }

@@ -14,6 +14,14 @@ pub enum FileError {
     Exists { path: PathBuf },
     #[error("{}: secret key file is readable by group or others (mode {mode:03o}); chmod 600 it", path.display())]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error("{}: not a regular file (a key file is expected)", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("{}: {size} bytes is more than the {limit} bytes allowed", path.display())]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
@@ -81,6 +89,11 @@ pub fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
 /// Reads a secret key file, refusing one that group or others can read.
 pub fn read_secret(path: &Path) -> Result<String, FileError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(FileError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(FileError::TooOpen {
@@ -93,6 +106,33 @@ pub fn read_secret(path: &Path) -> Result<String, FileError> {
 
 pub fn read(path: &Path) -> Result<Vec<u8>, FileError> {
     fs::read(path).map_err(io_err(path))
+}
+
+/// Reads at most `limit` bytes: a larger file is refused before it is read (a policy of
+/// 50 MB is a mistake or an attack, and its content would be echoed in errors).
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
+    use std::io::Read as _;
+    let f = File::open(path).map_err(io_err(path))?;
+    let size = f.metadata().map_err(io_err(path))?.len();
+    if size > limit {
+        return Err(FileError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit,
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(path))?;
+    if bytes.len() as u64 > limit {
+        return Err(FileError::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

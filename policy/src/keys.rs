@@ -20,6 +20,102 @@ pub fn encode(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
+/// What a key file holds. All four are 32 bytes of base64, so a file says which it is on a
+/// label line (`# tyd node secret key`); a mix-up (a node's secret key offered as its public
+/// key, a WireGuard key offered for signing) is refused with what was expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// ed25519 seed: signs policies and maintenance windows.
+    OperatorSecret,
+    OperatorPublic,
+    /// WireGuard (X25519) private key.
+    NodeSecret,
+    NodePublic,
+}
+
+impl KeyKind {
+    const ALL: [KeyKind; 4] = [
+        KeyKind::OperatorSecret,
+        KeyKind::OperatorPublic,
+        KeyKind::NodeSecret,
+        KeyKind::NodePublic,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            KeyKind::OperatorSecret => "operator secret key",
+            KeyKind::OperatorPublic => "operator public key",
+            KeyKind::NodeSecret => "node secret key",
+            KeyKind::NodePublic => "node public key",
+        }
+    }
+
+    /// "an operator secret key", "a node public key".
+    pub fn with_article(self) -> String {
+        let article = if self.label().starts_with('o') {
+            "an"
+        } else {
+            "a"
+        };
+        format!("{article} {}", self.label())
+    }
+
+    /// The label line `tyd keygen` writes first.
+    pub fn label_line(self) -> String {
+        format!("# tyd {}", self.label())
+    }
+
+    /// A whole key file: the label line, then the key.
+    pub fn file_text(self, key: &[u8; 32]) -> String {
+        format!("{}\n{}\n", self.label_line(), encode(key))
+    }
+
+    /// The kind a line labels, if it is a label line.
+    fn of_label(line: &str) -> Option<KeyKind> {
+        Self::ALL.into_iter().find(|k| line == k.label_line())
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The kind a key file's label line names, if it has one.
+pub fn labelled_kind(text: &str) -> Option<KeyKind> {
+    text.lines().map(str::trim).find_map(KeyKind::of_label)
+}
+
+/// Reads a key file's text as `expected`: `#` comment lines, at most one label line, and one
+/// base64 line of 32 bytes. A file labelled as another kind is refused, naming both; an
+/// unlabelled one (`wg genkey` output, keys written by an older tyd) is taken as `expected`.
+pub fn parse_key_file(text: &str, expected: KeyKind) -> Result<[u8; 32], String> {
+    if let Some(kind) = labelled_kind(text)
+        && kind != expected
+    {
+        return Err(format!(
+            "this is {}, expected {}",
+            kind.with_article(),
+            expected.with_article()
+        ));
+    }
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let key = lines
+        .next()
+        .ok_or_else(|| format!("no key found (expected {})", expected.with_article()))?;
+    if lines.next().is_some() {
+        return Err(format!(
+            "more than one key line (expected {})",
+            expected.with_article()
+        ));
+    }
+    decode_key32(key)
+}
+
 /// A WireGuard (Curve25519) public key, base64 on the wire as `wg` prints it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WgPublicKey([u8; 32]);
@@ -146,6 +242,32 @@ impl<'de> Deserialize<'de> for OperatorPublicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 9 item 4): keys had no type. A node's secret key given as
+    /// `tyd node add --public-key-file` went into the policy (and every drone image); a
+    /// WireGuard key given to `tyd policy sign --key` signed. Labelled files are told apart.
+    #[test]
+    fn a_key_of_another_kind_is_refused_and_an_unlabelled_one_is_taken_as_asked() {
+        let k = [5u8; 32];
+        let secret = KeyKind::NodeSecret.file_text(&k);
+        assert_eq!(parse_key_file(&secret, KeyKind::NodeSecret), Ok(k));
+        assert_eq!(
+            parse_key_file(&secret, KeyKind::NodePublic).unwrap_err(),
+            "this is a node secret key, expected a node public key"
+        );
+        assert_eq!(
+            parse_key_file(&secret, KeyKind::OperatorSecret).unwrap_err(),
+            "this is a node secret key, expected an operator secret key"
+        );
+        // `wg genkey` output: one bare line.
+        let raw = format!("{}\n", encode(&k));
+        for kind in KeyKind::ALL {
+            assert_eq!(parse_key_file(&raw, kind), Ok(k));
+        }
+        assert!(parse_key_file("# just a comment\n", KeyKind::NodePublic).is_err());
+        let two = format!("{raw}{raw}");
+        assert!(parse_key_file(&two, KeyKind::NodePublic).is_err());
+    }
 
     #[test]
     fn wg_key_roundtrip_and_errors() {

@@ -44,17 +44,24 @@ pub struct SignedFiles {
     pub trust: Vec<u8>,
 }
 
+/// The largest policy file read: about 50 times a 1000-node policy. Larger is refused before
+/// it is read.
+pub const MAX_POLICY_BYTES: u64 = 16 << 20;
+/// Signature and trust files are a few lines.
+const MAX_SMALL_FILE_BYTES: u64 = 64 << 10;
+
 /// [`load_verified`], keeping the bytes read. The trust file holds one base64 key a line.
 pub fn load_signed(policy: &Path, trust: &Path, now: Timestamp) -> Result<SignedFiles, LoadError> {
-    let trust_bytes = fsutil::read(trust)?;
+    let trust_bytes = fsutil::read_limited(trust, MAX_SMALL_FILE_BYTES)?;
     let keys = TrustedKeys::parse(&String::from_utf8_lossy(&trust_bytes)).map_err(|reason| {
         LoadError::Trust {
             path: trust.display().to_string(),
             reason,
         }
     })?;
-    let bytes = fsutil::read(policy)?;
-    let sig = fsutil::read(&signature_path(policy)).map_err(LoadError::Unsigned)?;
+    let bytes = fsutil::read_limited(policy, MAX_POLICY_BYTES)?;
+    let sig = fsutil::read_limited(&signature_path(policy), MAX_SMALL_FILE_BYTES)
+        .map_err(LoadError::Unsigned)?;
     let verified = verify_policy(&policy.display().to_string(), &bytes, &sig, &keys, now)?;
     Ok(SignedFiles {
         verified,

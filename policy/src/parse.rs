@@ -53,6 +53,18 @@ impl Invalid {
     }
 }
 
+/// How much of a value an error message echoes back.
+const SHOWN_CHARS: usize = 64;
+
+/// A value quoted for an error message, cut after 64 characters (with its full length), so a
+/// huge value never becomes a huge log line.
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
 /// Folds a parser's multi-line message (`invalid string\nexpected ...`) into one line.
 pub fn one_line(message: &str) -> String {
     let parts: Vec<&str> = message

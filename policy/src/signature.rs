@@ -24,8 +24,17 @@ impl TrustedKeys {
         Self(keys)
     }
 
-    /// One base64 key a line; blank lines and `#` comments are ignored.
+    /// One base64 key a line; blank lines and `#` comments are ignored. A file labelled as
+    /// another kind of key (a node's, or a secret) is refused.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(kind) = crate::keys::labelled_kind(text)
+            && kind != crate::keys::KeyKind::OperatorPublic
+        {
+            return Err(format!(
+                "this is {}, expected operator public keys",
+                kind.with_article()
+            ));
+        }
         let mut keys = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -146,7 +155,9 @@ fn decode_signature(file: &str, text: &[u8]) -> Result<(Signature, Option<String
             None => return Err(malformed()),
         }
     }
-    let raw = B64.decode(sig.ok_or_else(malformed)?).map_err(|_| malformed())?;
+    let raw = B64
+        .decode(sig.ok_or_else(malformed)?)
+        .map_err(|_| malformed())?;
     let raw: [u8; 64] = raw.as_slice().try_into().map_err(|_| malformed())?;
     Ok((Signature::from_bytes(&raw), signer))
 }

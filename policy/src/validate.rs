@@ -2,6 +2,7 @@
 //!
 //! Each finding names the field it is about, so the caller can place it in the file.
 
+use crate::parse::shown;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -67,8 +68,8 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
         out.push(finding(
             path(&["cluster", "name"]),
             format!(
-                "cluster name {:?} must be 1-63 letters, digits, '-' or '_'",
-                c.name
+                "cluster name {} must be 1-63 letters, digits, '-' or '_'",
+                shown(&c.name)
             ),
         ));
     }
@@ -88,8 +89,8 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
         out.push(finding(
             path(&["cluster", "interface"]),
             format!(
-                "interface name {:?} must be 1-15 letters, digits, '-', '_' or '.'",
-                c.interface
+                "interface name {} must be 1-15 letters, digits, '-', '_' or '.'",
+                shown(&c.interface)
             ),
         ));
     }
@@ -111,11 +112,14 @@ fn check_port_set(at: FieldPath, name: &str, ports: &PortSet, out: &mut Vec<Find
     if !valid_name(name) {
         out.push(finding(
             at.clone(),
-            format!("name {name:?} must be letters, digits, '-' or '_'"),
+            format!("name {} must be letters, digits, '-' or '_'", shown(name)),
         ));
     }
     if ports.is_empty() {
-        out.push(finding(at, format!("{name:?} lists no tcp or udp ports")));
+        out.push(finding(
+            at,
+            format!("{} lists no tcp or udp ports", shown(name)),
+        ));
     }
 }
 
@@ -151,8 +155,8 @@ fn check_certainty(policy: &Policy, out: &mut Vec<Finding>) {
             _ => out.push(finding(
                 at("source"),
                 format!(
-                    "source {:?} must be \"tree\" or \"device:/dev/NAME\"",
-                    c.source
+                    "source {} must be \"tree\" or \"device:/dev/NAME\"",
+                    shown(&c.source)
                 ),
             )),
         }
@@ -186,7 +190,8 @@ fn check_hardening(policy: &Policy, out: &mut Vec<Finding>) {
             out.push(finding(
                 at,
                 format!(
-                    "{name:?} is not a sysctl name (dotted words of letters, digits, '_', '-')"
+                    "{} is not a sysctl name (dotted words of letters, digits, '_', '-')",
+                    shown(name)
                 ),
             ));
         } else if name == "kernel.modules_disabled" {
@@ -283,8 +288,8 @@ fn check_nodes(policy: &Policy, out: &mut Vec<Finding>) {
             out.push(finding(
                 node_at(i, "name"),
                 format!(
-                    "node name {:?} must be 1-63 letters, digits, '-' or '_'",
-                    node.name
+                    "node name {} must be 1-63 letters, digits, '-' or '_'",
+                    shown(&node.name)
                 ),
             ));
         }

@@ -59,7 +59,12 @@ fn a_wrong_signer_is_told_apart_from_a_tampered_file() {
     // A bare signature (no signer line, as older tyd wrote) still verifies, and a mismatch
     // says what it can.
     let (bytes, sig) = signed(&valid_policy(), 2);
-    let bare = String::from_utf8(sig).unwrap().lines().next().unwrap().to_string();
+    let bare = String::from_utf8(sig)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
     let trust2 = TrustedKeys::new(vec![(&operator(2)).into()]);
     verify_policy("c", &bytes, bare.as_bytes(), &trust2, now()).unwrap();
     let err = verify_policy("cluster.toml", &bytes, bare.as_bytes(), &trust(1), now()).unwrap_err();

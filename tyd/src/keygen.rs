@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use policy::fsutil::{self, atomic_write, read_secret, write_new_secret};
-use policy::keys::{decode_key32, encode};
+use policy::keys::{KeyKind, parse_key_file};
 use policy::{OperatorPublicKey, WgPublicKey};
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
@@ -20,10 +20,11 @@ pub fn pub_path(secret: &Path) -> PathBuf {
 /// Writes a new operator key pair: `out` (secret, 0600) and `out.pub`.
 pub fn operator(out: &Path) -> CliResult<OperatorPublicKey> {
     let key = SigningKey::generate(&mut OsRng);
-    let secret = Zeroizing::new(format!("{}\n", encode(key.as_bytes())));
+    let secret = Zeroizing::new(KeyKind::OperatorSecret.file_text(key.as_bytes()));
     write_new_secret(out, secret.as_bytes())?;
     let public = OperatorPublicKey::from(&key);
-    atomic_write(&pub_path(out), format!("{public}\n").as_bytes(), 0o644)?;
+    let text = KeyKind::OperatorPublic.file_text(public.verifying_key().as_bytes());
+    atomic_write(&pub_path(out), text.as_bytes(), 0o644)?;
     Ok(public)
 }
 
@@ -35,30 +36,37 @@ pub fn node(out: &Path) -> CliResult<WgPublicKey> {
     secret[0] &= 248;
     secret[31] = (secret[31] & 127) | 64;
     let public = WgPublicKey::from_secret(&secret);
-    let text = Zeroizing::new(format!("{}\n", encode(secret.as_ref())));
+    let text = Zeroizing::new(KeyKind::NodeSecret.file_text(&secret));
     write_new_secret(out, text.as_bytes())?;
-    atomic_write(&pub_path(out), format!("{public}\n").as_bytes(), 0o644)?;
+    let text = KeyKind::NodePublic.file_text(public.as_bytes());
+    atomic_write(&pub_path(out), text.as_bytes(), 0o644)?;
     Ok(public)
 }
 
-/// Reads an operator secret key, refusing one readable by group or others.
+/// Reads an operator secret key, refusing one readable by group or others, or another kind.
 pub fn load_operator(path: &Path) -> CliResult<SigningKey> {
-    let seed = Zeroizing::new(load_secret_key(path)?);
+    let seed = Zeroizing::new(load_secret_key(path, KeyKind::OperatorSecret)?);
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Reads a file holding one base64 public key, as `tyd keygen node` writes to `KEY.pub`.
-pub fn read_public_key_file(path: &Path) -> CliResult<WgPublicKey> {
-    let bytes = fsutil::read(path)?;
-    let text = String::from_utf8_lossy(&bytes);
-    text.trim()
-        .parse()
-        .map_err(|e| Failure::new(Exit::Runtime, format!("{}: {e}", path.display())))
+/// Reads a node's WireGuard private key (as `tyd keygen node` or `wg genkey` writes it).
+pub fn load_node_secret(path: &Path) -> CliResult<[u8; 32]> {
+    load_secret_key(path, KeyKind::NodeSecret)
 }
 
-/// Reads a 32-byte secret key (an operator seed or a node's WireGuard private key), refusing a
-/// file readable by group or others.
-pub fn load_secret_key(path: &Path) -> CliResult<[u8; 32]> {
+/// Reads a node's public key file, as `tyd keygen node` writes to `KEY.pub` (or `wg pubkey`
+/// prints). A secret key offered here is refused: it would end up in the policy.
+pub fn read_public_key_file(path: &Path) -> CliResult<WgPublicKey> {
+    let bytes = fsutil::read_limited(path, 4096)?;
+    let text = String::from_utf8_lossy(&bytes);
+    parse_key_file(&text, KeyKind::NodePublic)
+        .map(WgPublicKey::from_bytes)
+        .map_err(|e| Failure::new(Exit::KeyFile, format!("{}: {e}", path.display())))
+}
+
+/// Reads a 32-byte secret key of `kind`, refusing a file readable by group or others.
+fn load_secret_key(path: &Path, kind: KeyKind) -> CliResult<[u8; 32]> {
     let text = Zeroizing::new(read_secret(path)?);
-    decode_key32(&text).map_err(|e| Failure::new(Exit::KeyFile, format!("{}: {e}", path.display())))
+    parse_key_file(&text, kind)
+        .map_err(|e| Failure::new(Exit::KeyFile, format!("{}: {e}", path.display())))
 }

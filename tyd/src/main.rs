@@ -36,6 +36,7 @@ enum Command {
     Node(node_cmd::NodeCmd),
     /// Every node of the map: authorised, tunnel up, last handshake, traffic, endpoint; and
     /// what non-peers tried (per-service drops). Run it on the node (in its namespace).
+    /// Exits 7 when something is wrong (firewall missing or altered, policy file refused).
     #[command(after_help = EXIT_CODES_HELP)]
     Status {
         #[arg(long, default_value = "/etc/tyd/cluster.toml")]
@@ -45,7 +46,12 @@ enum Command {
         /// Override the policy's interface name.
         #[arg(long)]
         interface: Option<String>,
-        /// This node's WireGuard private key, to mark which node is this one.
+        /// netguard's rollback state; the copy of the policy in force is kept beside it and
+        /// shown when the policy file is refused.
+        #[arg(long, default_value = "/var/lib/tyd/accepted.json")]
+        state: PathBuf,
+        /// This node's WireGuard private key: marks which node is this one, and lets the
+        /// firewall be checked against the policy.
         #[arg(long)]
         key: Option<PathBuf>,
         #[arg(long)]
@@ -62,6 +68,10 @@ enum Command {
         /// Verify the policy's signature against these operator public keys first.
         #[arg(long)]
         trust: Option<PathBuf>,
+        /// Print the map even when some nodes have no IPv4 tunnel address (they are left
+        /// out, with a warning); without it such a map is refused.
+        #[arg(long)]
+        partial: bool,
     },
 }
 
@@ -147,10 +157,30 @@ enum PolicyCmd {
 }
 
 /// Accepts calendar-free spans such as "90d", "12h", "1h 30m".
+/// A validity period in whole units a policy can be reasoned about with: seconds to weeks.
+/// Years and months vary in length, so they are refused with what to write instead.
 fn parse_span(s: &str) -> Result<SignedDuration, String> {
-    let span: jiff::Span = s.parse().map_err(|e| format!("{e}"))?;
-    span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| format!("{e}"))
+    let plain = || {
+        format!(
+            "{} is not a duration such as \"90d\", \"12h\" or \"2w\" (units s, m, h, d, w; \
+             for a year write 365d)",
+            policy::parse::shown(s)
+        )
+    };
+    let span: jiff::Span = s.parse().map_err(|_| plain())?;
+    if span.get_years() != 0 || span.get_months() != 0 {
+        return Err(plain());
+    }
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| plain())?;
+    if d.is_negative() || d.is_zero() {
+        return Err(format!(
+            "{} must be a positive duration",
+            policy::parse::shown(s)
+        ));
+    }
+    Ok(d)
 }
 
 fn run(cli: Cli, now: Timestamp) -> CliResult {
@@ -202,6 +232,7 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
         Command::Status {
             policy,
             trust,
+            state,
             interface,
             key,
             json,
@@ -209,17 +240,32 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
             &status_cmd::StatusArgs {
                 policy: &policy,
                 trust: &trust,
+                state: &state,
                 interface: interface.as_deref(),
                 key: key.as_ref(),
                 json,
             },
             now,
         ),
-        Command::Showmap { file, trust } => policy_cmd::showmap(&file, trust.as_deref(), now),
+        Command::Showmap {
+            file,
+            trust,
+            partial,
+        } => policy_cmd::showmap(&file, trust.as_deref(), partial, now),
     }
 }
 
+/// Restores the default SIGPIPE action (Rust ignores it), so `tyd status | head` ends tyd
+/// quietly when `head` has read enough, as any Unix tool does, instead of a panic.
+fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler code; nothing else in tyd touches SIGPIPE, and this
+    // runs first in main, before any thread exists.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     match run(cli, Timestamp::now()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -227,7 +273,7 @@ fn main() -> ExitCode {
             for line in f.message.lines() {
                 eprintln!("tyd: {line}");
             }
-            ExitCode::from(f.exit as u8)
+            f.exit.into()
         }
     }
 }
@@ -243,6 +289,6 @@ mod tests {
 
     #[test]
     fn usage_exit_code_matches_clap() {
-        assert_eq!(super::failure::Exit::Usage as u8, 2);
+        assert_eq!(super::failure::Exit::Usage.code(), 2);
     }
 }

@@ -11,6 +11,24 @@ use crate::edit::{NewNode, PolicyEdit, default_addresses, find_node};
 use crate::failure::{CliResult, EXIT_CODES_HELP, Exit, Failure};
 use crate::keygen::read_public_key_file;
 
+/// A node id: 1 to 65535 (0 is not a node), said plainly for any other input.
+fn parse_id(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n @ 1..=65535) => Ok(n as u16),
+        _ => Err("a node id is a number from 1 to 65535".into()),
+    }
+}
+
+/// An endpoint is an IP address and a port; host names are not resolved (a policy pins
+/// addresses, and a resolver on an untrusted LAN could be lied to).
+fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        "an endpoint is an IP address and a port, e.g. 192.0.2.10:51820 or [2001:db8::10]:51820 \
+         (host names are not resolved)"
+            .to_string()
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
     /// Add a node. Tunnel addresses default to the node id's host in each tunnel network.
@@ -19,14 +37,14 @@ pub enum NodeCmd {
         /// The policy file.
         file: PathBuf,
         /// openMosix node number, 1-65535.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_id)]
         id: u16,
         #[arg(long)]
         name: String,
         #[command(flatten)]
         key: KeyArg,
         /// LAN address and WireGuard port, e.g. 192.168.1.10:51820.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_endpoint)]
         endpoint: Option<SocketAddr>,
         /// Tunnel address (repeat for several).
         #[arg(long = "address")]
@@ -38,7 +56,7 @@ pub enum NodeCmd {
         #[arg(long)]
         expires: Option<Timestamp>,
     },
-    /// Remove a node, by id or name.
+    /// Remove a node, by id or name (`id:3` or `name:3` when "3" could be either).
     #[command(after_help = EXIT_CODES_HELP)]
     Remove { file: PathBuf, node: String },
     /// Give a node a new WireGuard public key.

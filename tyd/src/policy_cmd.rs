@@ -52,8 +52,8 @@ pub fn init(args: &InitArgs<'_>, now: Timestamp) -> CliResult {
     let text = policy::template::init_template(args.name, expires);
     // Validate before writing anything, so a bad --name leaves no file behind.
     parse_policy(&display(args.out), text.as_bytes(), now)?;
-    atomic_write(args.out, text.as_bytes(), 0o644)?;
     let Some(map_path) = args.from_map else {
+        atomic_write(args.out, text.as_bytes(), 0o644)?;
         println!("wrote {}", display(args.out));
         return Ok(());
     };
@@ -63,22 +63,67 @@ pub fn init(args: &InitArgs<'_>, now: Timestamp) -> CliResult {
             "--from-map needs --keys-dir for the node keys it generates",
         )
     })?;
-    import_map(args.out, map_path, keys_dir, now)
+    // All or nothing: the import works on a scratch copy and its key files are removed again
+    // if any step fails, so a retry starts from where the operator started.
+    let scratch = args.out.with_file_name(format!(
+        ".{}.init.{}",
+        args.out
+            .file_name()
+            .map_or_else(|| "policy".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    atomic_write(&scratch, text.as_bytes(), 0o644)?;
+    let mut created = Vec::new();
+    let result = import_map(&scratch, map_path, keys_dir, now, &mut created).and_then(|report| {
+        std::fs::rename(&scratch, args.out)
+            .map_err(|e| Failure::new(Exit::Runtime, format!("{}: {e}", display(args.out))))?;
+        Ok(report)
+    });
+    match result {
+        Ok(report) => {
+            println!("wrote {}{report}", display(args.out));
+            Ok(())
+        }
+        Err(f) => {
+            let _ = std::fs::remove_file(&scratch);
+            for p in created.iter().rev() {
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir(p)
+                } else {
+                    std::fs::remove_file(p)
+                };
+            }
+            Err(f)
+        }
+    }
 }
 
 /// Adds one node per map entry: the map's address becomes the LAN endpoint, tunnel addresses
-/// come from the node id, and a fresh WireGuard key pair is written for each node.
-fn import_map(out: &Path, map_path: &Path, keys_dir: &Path, now: Timestamp) -> CliResult {
+/// come from the node id, and a fresh WireGuard key pair is written for each node (each file
+/// it creates is pushed to `created`, for the caller to remove on failure). Returns the rest
+/// of the report line.
+fn import_map(
+    out: &Path,
+    map_path: &Path,
+    keys_dir: &Path,
+    now: Timestamp,
+    created: &mut Vec<PathBuf>,
+) -> CliResult<String> {
     let text = String::from_utf8_lossy(&fsutil::read(map_path)?).into_owned();
     let map = MosixMap::parse(&display(map_path), &text)
         .map_err(|e| Failure::new(Exit::InvalidPolicy, e.to_string()))?;
-    std::fs::create_dir_all(keys_dir)
-        .map_err(|e| Failure::new(Exit::Runtime, format!("{}: {e}", display(keys_dir))))?;
+    if !keys_dir.exists() {
+        std::fs::create_dir_all(keys_dir)
+            .map_err(|e| Failure::new(Exit::Runtime, format!("{}: {e}", display(keys_dir))))?;
+        created.push(keys_dir.to_path_buf());
+    }
     let mut edit = PolicyEdit::open(out)?;
     let base = edit.current(now)?;
     for (&id, &lan) in &map.nodes {
         let key_path = keys_dir.join(format!("node{id}.key"));
         let public_key = keygen::node(&key_path)?;
+        created.push(key_path.clone());
+        created.push(keygen::pub_path(&key_path));
         edit.add_node(&NewNode {
             id,
             name: format!("node{id}"),
@@ -90,17 +135,17 @@ fn import_map(out: &Path, map_path: &Path, keys_dir: &Path, now: Timestamp) -> C
         })?;
     }
     let policy = edit.write(now)?;
-    println!(
-        "wrote {} with {} nodes from {}; node keys in {}",
-        display(out),
+    let mut report = format!(
+        " with {} nodes from {}; node keys in {}",
         policy.nodes.len(),
         display(map_path),
         display(keys_dir)
     );
     if !map.aliases.is_empty() {
-        println!("note: ALIAS lines were not imported (a node has one WireGuard endpoint)");
+        report
+            .push_str("\nnote: ALIAS lines were not imported (a node has one WireGuard endpoint)");
     }
-    Ok(())
+    Ok(report)
 }
 
 #[derive(Serialize)]
@@ -353,9 +398,42 @@ fn ports_text(ports: &policy::PortSet) -> String {
     parts.join("; ")
 }
 
-pub fn showmap(path: &Path, trust: Option<&Path>, now: Timestamp) -> CliResult {
+/// Prints the openMosix map. openMosix maps are IPv4: a node with no IPv4 tunnel address
+/// cannot be in it, and a map without it is refused unless `partial` (then a warning names
+/// the nodes left out), so `tyd showmap > /etc/openmosix.map` never silently drops nodes.
+pub fn showmap(path: &Path, trust: Option<&Path>, partial: bool, now: Timestamp) -> CliResult {
     let (p, _) = load_for_show(path, trust, now)?;
-    print!("{}", MosixMap::from_policy(&p).render());
+    let map = MosixMap::from_policy(&p);
+    let left_out: Vec<String> = p
+        .nodes
+        .iter()
+        .filter(|n| !map.nodes.contains_key(&n.id))
+        .map(|n| format!("{} ({})", n.id, n.name))
+        .collect();
+    if !left_out.is_empty() {
+        let shown: Vec<&str> = left_out.iter().take(10).map(String::as_str).collect();
+        let more = left_out.len().saturating_sub(shown.len());
+        let what = format!(
+            "{} node(s) have no IPv4 tunnel address and cannot be in an openMosix map: {}{}",
+            left_out.len(),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+        if !partial {
+            return Err(Failure::new(
+                Exit::Refused,
+                format!(
+                    "{what}; give them IPv4 tunnel addresses (a larger tunnel_ipv4), or --partial"
+                ),
+            ));
+        }
+        eprintln!("tyd: warning: {what}; left out");
+    }
+    print!("{}", map.render());
     Ok(())
 }
 

@@ -1,16 +1,22 @@
-//! `tyd status`: every node of the map, its tunnel, and what non-peers tried.
+//! `tyd status`: every node of the map, its tunnel, and what non-peers tried. When the policy
+//! file on disk is refused, the policy netguard has in force (its kept copy) is shown instead,
+//! with the refusal: that is when an operator most needs to see the tunnels. Exits 7
+//! (unhealthy) when anything is wrong.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 
 use crate::failure::{CliResult, Exit, Failure};
-use crate::keygen::load_secret_key;
+use crate::keygen::load_node_secret;
 use crate::policy_cmd::{load_verified, print_json};
 
 pub struct StatusArgs<'a> {
     pub policy: &'a Path,
     pub trust: &'a Path,
+    /// netguard's rollback state; the copy of the policy in force is kept beside it.
+    pub state: &'a Path,
     pub interface: Option<&'a str>,
     pub key: Option<&'a PathBuf>,
     pub json: bool,
@@ -25,33 +31,70 @@ fn age(s: Option<u64>) -> String {
 }
 
 pub fn run(a: &StatusArgs<'_>, now: Timestamp) -> CliResult {
-    let policy = load_verified(a.policy, a.trust, now)?;
+    let (policy, refused) = match load_verified(a.policy, a.trust, now) {
+        Ok(p) => (p, None),
+        Err(refusal) => {
+            let copy = policy::load::in_force_path(a.state);
+            match policy::load_verified(&copy, a.trust, now) {
+                Ok(p) => (p, Some(refusal.message)),
+                // Nothing to show: the file's own refusal is the answer.
+                Err(_) => return Err(refusal),
+            }
+        }
+    };
     let me = match a.key {
-        Some(k) => Some(policy::WgPublicKey::from_secret(&load_secret_key(k)?)),
+        Some(k) => Some(policy::WgPublicKey::from_secret(&load_node_secret(k)?)),
         None => None,
     };
-    let s = netguard::status::collect(&policy, a.interface, me.as_ref());
+    let mut s = netguard::status::collect(&policy, a.interface, me.as_ref(), now);
+    if let Some(r) = &refused {
+        s.problems.insert(
+            0,
+            format!(
+                "policy file refused ({r}); showing the policy in force, serial {}",
+                s.serial
+            ),
+        );
+    }
+    let unhealthy = !s.problems.is_empty();
     if a.json {
         print_json(
             &serde_json::to_value(&s).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?,
         );
-        return Ok(());
+    } else {
+        print_table(&s).map_err(|e| Failure::new(Exit::Runtime, format!("stdout: {e}")))?;
     }
-    println!(
-        "cluster {} serial {} on {} (firewall {})",
-        s.cluster,
-        s.serial,
-        s.interface,
-        if s.firewall_installed {
-            "installed"
-        } else {
-            "MISSING"
-        }
-    );
-    println!(
+    if unhealthy {
+        return Err(Failure::new(
+            Exit::Unhealthy,
+            format!("{} problem(s): {}", s.problems.len(), s.problems.join("; ")),
+        ));
+    }
+    Ok(())
+}
+
+fn print_table(s: &netguard::status::Status) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let firewall = if !s.firewall_installed {
+        "MISSING"
+    } else if s.firewall_drift.is_some() {
+        "ALTERED"
+    } else {
+        "installed"
+    };
+    writeln!(
+        out,
+        "cluster {} serial {} on {} (firewall {firewall})",
+        s.cluster, s.serial, s.interface
+    )?;
+    for p in &s.problems {
+        writeln!(out, "  !  {p}")?;
+    }
+    writeln!(
+        out,
         "{:>5}  {:<12} {:<10} {:<7} {:<11} {:>10} {:>10}  endpoint",
         "id", "name", "authorised", "tunnel", "handshake", "rx", "tx"
-    );
+    )?;
     for n in &s.nodes {
         let tunnel = if n.this_node {
             "self"
@@ -62,7 +105,8 @@ pub fn run(a: &StatusArgs<'_>, now: Timestamp) -> CliResult {
         } else {
             "no peer"
         };
-        println!(
+        writeln!(
+            out,
             "{:>5}  {:<12} {:<10} {:<7} {:<11} {:>10} {:>10}  {}",
             n.id,
             n.name,
@@ -76,13 +120,13 @@ pub fn run(a: &StatusArgs<'_>, now: Timestamp) -> CliResult {
             n.rx_bytes,
             n.tx_bytes,
             n.endpoint.as_deref().unwrap_or("-")
-        );
-    }
-    for k in &s.unknown_peers {
-        println!("  !  peer {k} is configured but not in the policy");
+        )?;
     }
     for (svc, packets) in &s.dropped {
-        println!("dropped {svc}: {packets} packets from non-peers or outside the tunnel");
+        writeln!(
+            out,
+            "dropped {svc}: {packets} packets from non-peers or outside the tunnel"
+        )?;
     }
     Ok(())
 }
