@@ -58,7 +58,8 @@ pub enum BuildError {
     },
     #[error("{0}: not found (looked in the binary directory, or PATH for host tools)")]
     Missing(String),
-    #[error("{path}: {source}")]
+    /// The file error names the path already.
+    #[error("{source}")]
     Key {
         path: PathBuf,
         source: policy::fsutil::FileError,

@@ -1,14 +1,17 @@
 //! drone: builds drone images, and sets a drone up at boot (run by its init).
 //!
-//! Exit codes: 0 done; 1 failed (the message says what and where); 2 usage.
+//! Exit codes: the shared set (`policy::exit`), e.g. 1 runtime failure, 2 usage, 4 bad
+//! signature, 6 unusable key file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
+use drone::build::BuildError;
 use drone::build::{self, Inputs};
 use drone::netcfg::{self, NetConfig};
 use drone::{harden, kernel};
+use policy::exit::{EXIT_CODES_HELP, Exit};
 use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
@@ -16,7 +19,7 @@ use tracing::{info, warn};
     name = "drone",
     version,
     about,
-    after_help = "Exit codes: 0 done, 1 failed, 2 usage."
+    after_help = EXIT_CODES_HELP
 )]
 struct Args {
     #[command(subcommand)]
@@ -99,7 +102,7 @@ fn main() -> ExitCode {
         .init();
     let result = match args.command {
         Cmd::Build(a) => build_cmd(a),
-        Cmd::Net { cmdline } => net(&cmdline),
+        Cmd::Net { cmdline } => net(&cmdline).map_err(Failure::from),
         Cmd::Harden {
             policy,
             trust,
@@ -110,14 +113,63 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("drone: {e}");
-            ExitCode::from(1)
+        Err(f) => {
+            eprintln!("drone: {}", f.message);
+            f.exit.into()
         }
     }
 }
 
-fn build_cmd(a: BuildArgs) -> Result<(), String> {
+/// A failure at drone's edge: one line, and its code from the shared set.
+#[derive(Debug)]
+struct Failure {
+    exit: Exit,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            exit: Exit::Runtime,
+            message,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+impl From<BuildError> for Failure {
+    fn from(e: BuildError) -> Self {
+        let exit = match &e {
+            BuildError::Policy(e) => e.into(),
+            BuildError::Key { source, .. } => source.into(),
+            BuildError::BadKey { .. } => Exit::KeyFile,
+            BuildError::NotInPolicy { .. } => Exit::Refused,
+            _ => Exit::Runtime,
+        };
+        Self {
+            exit,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<policy::LoadError> for Failure {
+    fn from(e: policy::LoadError) -> Self {
+        Self {
+            exit: (&e).into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn build_cmd(a: BuildArgs) -> Result<(), Failure> {
+    // A bad policy or signature is refused before a kernel is downloaded.
+    policy::load_verified(&a.policy, &a.trust, jiff::Timestamp::now())?;
     let deb = match a.kernel_deb {
         Some(d) => d,
         None => kernel::fetch(&a.cache, None).map_err(|e| e.to_string())?,
@@ -145,8 +197,8 @@ fn build_cmd(a: BuildArgs) -> Result<(), String> {
         mtime,
         now: jiff::Timestamp::now(),
     };
-    let image = build::assemble(&inputs).map_err(|e| e.to_string())?;
-    let report = build::write(&image, &kernel, &a.out).map_err(|e| e.to_string())?;
+    let image = build::assemble(&inputs)?;
+    let report = build::write(&image, &kernel, &a.out)?;
     if a.json {
         println!(
             "{}",
@@ -253,7 +305,7 @@ fn net(cmdline: &Path) -> Result<(), String> {
         }
         NetConfig::Off => warn!("ip=off: network left to the operator"),
     }
-    info!(config = ?cfg, hostname = %hostname, "network configured");
+    info!(config = %cfg, hostname = %hostname, "network configured");
     Ok(())
 }
 
@@ -263,9 +315,8 @@ fn harden_cmd(
     proc_sys: &Path,
     securityfs: &Path,
     lock: bool,
-) -> Result<(), String> {
-    let verified =
-        policy::load_verified(policy, trust, jiff::Timestamp::now()).map_err(|e| e.to_string())?;
+) -> Result<(), Failure> {
+    let verified = policy::load_verified(policy, trust, jiff::Timestamp::now())?;
     let writes = if lock {
         if !verified.hardening.lock_modules {
             info!("policy leaves module loading open (hardening.lock_modules = false)");
@@ -287,6 +338,7 @@ fn harden_cmd(
             failures.len(),
             writes.len(),
             failures.join("; ")
-        ))
+        )
+        .into())
     }
 }

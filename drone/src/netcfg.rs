@@ -21,6 +21,28 @@ pub enum NetConfig {
     Off,
 }
 
+impl std::fmt::Display for NetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetConfig::Static {
+                device,
+                address,
+                prefix,
+                gateway,
+                ..
+            } => {
+                write!(f, "{device} {address}/{prefix}")?;
+                match gateway {
+                    Some(g) => write!(f, " via {g}"),
+                    None => Ok(()),
+                }
+            }
+            NetConfig::Dhcp { device, .. } => write!(f, "{device} by DHCP"),
+            NetConfig::Off => f.write_str("off"),
+        }
+    }
+}
+
 pub const DEFAULT_DEVICE: &str = "eth0";
 
 fn prefix_of(mask: &str) -> Result<u8, String> {

@@ -235,7 +235,8 @@ fn refusals_name_what_is_wrong() {
 
     std::fs::set_permissions(f.p("drone1.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = build::assemble(&inputs(&f, Some("drone1.key"))).unwrap_err();
-    assert!(e.to_string().contains("drone1.key"), "{e}");
+    // Regression (issue 9 item 11): the path was printed twice (`loose.key: loose.key: ...`).
+    assert_eq!(e.to_string().matches("drone1.key").count(), 1, "{e}");
 
     let mut text = std::fs::read_to_string(f.p("cluster.toml")).unwrap();
     text.push_str("\n# tampered\n");
@@ -283,4 +284,37 @@ fn a_wrong_kernel_package_never_deletes_the_directory_beside_it() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(made.len(), 2, "{made:?}");
+}
+
+/// Regression (issue 9 item 11): `drone` exited 1 for a bad signature where `tyd` exits 4:
+/// every binary now uses the one set of exit codes.
+#[test]
+fn drone_uses_the_shared_exit_codes() {
+    let f = fixture();
+    let mut text = std::fs::read_to_string(f.p("cluster.toml")).unwrap();
+    text.push_str("\n# tampered\n");
+    std::fs::write(f.p("cluster.toml"), text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drone"))
+        .args(["build", "--policy"])
+        .arg(f.p("cluster.toml"))
+        .arg("--trust")
+        .arg(f.p("operator.pub"))
+        .arg("--out")
+        .arg(f.p("out"))
+        .arg("--cache")
+        .arg(f.p("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("signature does not match"), "{err}");
+    assert!(
+        !f.p("cache").exists(),
+        "nothing downloaded or unpacked before the refusal"
+    );
 }

@@ -43,6 +43,10 @@ impl Dir {
     fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.p(name)).unwrap()
     }
+    /// The key in a key file (its last line; the first is the `# tyd ...` label).
+    fn key(&self, name: &str) -> String {
+        self.read(name).lines().last().unwrap().to_string()
+    }
     /// Operator key, policy with three drones, signed.
     fn cluster(&self) {
         self.ok(&["keygen", "operator", "--out", "op.key"]);
@@ -81,13 +85,20 @@ fn keygen_writes_private_keys_and_never_overwrites() {
     let d = Dir::new();
     let public = d.ok(&["keygen", "operator", "--out", "op.key"]);
     assert_eq!(mode(&d.p("op.key")), 0o600);
-    assert_eq!(d.read("op.key.pub"), public);
+    assert_eq!(
+        d.read("op.key.pub"),
+        format!("# tyd operator public key\n{public}")
+    );
     let err = d.fails(&["keygen", "operator", "--out", "op.key"], 5);
     assert_eq!(err, "tyd: op.key: already exists, refusing to overwrite\n");
     let node_pub = d.ok(&["keygen", "node", "--out", "n.key"]);
     assert_eq!(mode(&d.p("n.key")), 0o600);
     assert_eq!(node_pub.trim().len(), 44);
-    assert_eq!(d.read("n.key.pub"), node_pub);
+    assert_eq!(
+        d.read("n.key.pub"),
+        format!("# tyd node public key\n{node_pub}")
+    );
+    assert!(d.read("n.key").starts_with("# tyd node secret key\n"));
 }
 
 #[test]
@@ -133,7 +144,7 @@ fn node_edits_keep_comments_and_bump_the_serial() {
     assert!(err.contains("signature does not match"), "{err}");
     d.ok(&["policy", "sign", "cluster.toml", "--key", "op.key"]);
     d.ok(&["keygen", "node", "--out", "new.key"]);
-    let new_pub = d.read("new.key.pub");
+    let new_pub = d.key("new.key.pub");
     d.ok(&[
         "node",
         "rotate-key",
@@ -151,7 +162,7 @@ fn an_edit_that_would_be_invalid_changes_nothing() {
     let d = Dir::new();
     d.cluster();
     let before = d.read("cluster.toml");
-    let pub1 = d.read("n1.key.pub");
+    let pub1 = d.key("n1.key.pub");
     let err = d.fails(
         &[
             "node",
@@ -270,7 +281,8 @@ fn init_from_an_openmosix_map() {
     assert_eq!(mode(&d.p("keys/node7.key")), 0o600);
     let text = d.read("cluster.toml");
     assert!(text.contains("endpoint = \"192.168.1.40:51820\""));
-    assert!(text.contains(d.read("keys/node7.key.pub").trim()));
+    let public = d.read("keys/node7.key.pub");
+    assert!(text.contains(public.lines().last().unwrap()));
     // The exported map speaks tunnel addresses: openMosix then talks through the tunnels.
     assert_eq!(
         d.ok(&["showmap", "cluster.toml"]),
@@ -298,4 +310,263 @@ fn every_subcommand_has_help() {
         let out = d.ok(args);
         assert!(out.contains("Exit codes:"), "{args:?}: {out}");
     }
+}
+
+/// Regression (issue 9 item 4): keys had no type.
+/// 1. `tyd node add --public-key-file drone1.key` (the secret, by mistake) was accepted: the
+///    private key sat in the policy and in every drone image.
+/// 2. `tyd policy sign --key drone1.key` (a WireGuard key) signed without complaint.
+///
+/// Now each is refused with one line saying what was expected; a bare `wg genkey`-style key
+/// still works where the command expects that kind.
+#[test]
+fn a_key_of_the_wrong_kind_is_refused_with_what_was_expected() {
+    let d = Dir::new();
+    d.ok(&["keygen", "operator", "--out", "op.key"]);
+    d.ok(&["policy", "init", "--name", "lab"]);
+    d.ok(&["keygen", "node", "--out", "n1.key"]);
+    let add = |file: &str| {
+        d.tyd(&[
+            "node",
+            "add",
+            "cluster.toml",
+            "--id",
+            "1",
+            "--name",
+            "n1",
+            "--public-key-file",
+            file,
+        ])
+    };
+    let out = add("n1.key");
+    assert_eq!(out.status.code(), Some(6));
+    assert_eq!(
+        stderr(&out),
+        "tyd: n1.key: this is a node secret key, expected a node public key\n"
+    );
+    assert!(!d.read("cluster.toml").contains("[[node]]"));
+    let err = d.fails(&["policy", "sign", "cluster.toml", "--key", "n1.key"], 6);
+    assert_eq!(
+        err,
+        "tyd: n1.key: this is a node secret key, expected an operator secret key\n"
+    );
+    let err = d.fails(
+        &["policy", "sign", "cluster.toml", "--key", "op.key.pub"],
+        6,
+    );
+    assert!(err.contains("op.key.pub: "), "{err}");
+    // Trusting a node's public key as an operator key is refused too.
+    let err = d.fails(
+        &["policy", "verify", "cluster.toml", "--trust", "n1.key.pub"],
+        4,
+    );
+    assert!(
+        err.contains("this is a node public key, expected operator public keys"),
+        "{err}"
+    );
+    // A bare public key line (as `wg pubkey` prints it) is still taken.
+    let public = d.read("n1.key.pub").lines().last().unwrap().to_string();
+    std::fs::write(d.p("bare.pub"), format!("{public}\n")).unwrap();
+    assert!(
+        add("bare.pub").status.success(),
+        "{}",
+        stderr(&add("bare.pub"))
+    );
+    // A directory is not a key file.
+    std::fs::create_dir(d.p("keys")).unwrap();
+    let err = d.fails(&["policy", "sign", "cluster.toml", "--key", "keys"], 6);
+    assert_eq!(
+        err,
+        "tyd: keys: not a regular file (a key file is expected)\n"
+    );
+}
+
+/// Regression (issue 9 item 11): bad input gets a clear one-line answer that names what and
+/// where, and nothing is left half done.
+#[test]
+fn bad_input_is_refused_plainly() {
+    let d = Dir::new();
+    d.ok(&["keygen", "operator", "--out", "op.key"]);
+    let err = d.fails(&["policy", "init", "--valid-for", "1y"], 2);
+    assert!(err.contains("for a year write 365d"), "{err}");
+    assert!(!err.contains("Span") && !err.contains("relative"), "{err}");
+    d.ok(&["policy", "init", "--name", "lab"]);
+    d.ok(&["keygen", "node", "--out", "n.key"]);
+    let add = |extra: &[&str]| {
+        let mut args = vec![
+            "node",
+            "add",
+            "cluster.toml",
+            "--name",
+            "n3",
+            "--public-key-file",
+            "n.key.pub",
+        ];
+        args.extend_from_slice(extra);
+        d.tyd(&args)
+    };
+    for id in ["0", "70000", "99999999999999999999"] {
+        let out = add(&["--id", id]);
+        assert_eq!(out.status.code(), Some(2), "{id}");
+        assert!(
+            stderr(&out).contains("--id") && stderr(&out).contains("from 1 to 65535"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = add(&["--id", "3", "--endpoint", "drone3.lan:51820"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("an IP address and a port"),
+        "{}",
+        stderr(&out)
+    );
+
+    // "3" is node 3's id and node 5's name: nothing is guessed.
+    assert!(add(&["--id", "3"]).status.success());
+    d.ok(&["keygen", "node", "--out", "m.key"]);
+    d.ok(&[
+        "node",
+        "add",
+        "cluster.toml",
+        "--id",
+        "5",
+        "--name",
+        "3",
+        "--public-key-file",
+        "m.key.pub",
+    ]);
+    let err = d.fails(&["node", "remove", "cluster.toml", "3"], 2);
+    assert!(err.contains("say id:3 or name:3"), "{err}");
+    d.ok(&["node", "remove", "cluster.toml", "name:3"]);
+    assert!(d.read("cluster.toml").contains("name = \"n3\""));
+
+    // A huge value is not echoed back whole, and a huge file is not read.
+    let big = d.read("cluster.toml").replace(
+        "name = \"lab\"",
+        &format!("name = \"{}\"", "x".repeat(100_000)),
+    );
+    std::fs::write(d.p("big.toml"), big).unwrap();
+    let err = d.fails(&["policy", "check", "big.toml"], 3);
+    assert!(err.len() < 400, "{} bytes", err.len());
+    assert!(err.contains("(100000 bytes)"), "{err}");
+    let f = std::fs::File::create(d.p("huge.toml")).unwrap();
+    f.set_len(17 << 20).unwrap();
+    std::fs::write(d.p("huge.toml.sig"), "x").unwrap();
+    let err = d.fails(
+        &["policy", "verify", "huge.toml", "--trust", "op.key.pub"],
+        3,
+    );
+    assert!(
+        err.contains("more than the 16777216 bytes allowed"),
+        "{err}"
+    );
+}
+
+/// Regression (issue 9 item 11): a failed `policy init --from-map` left a node-less
+/// cluster.toml and keys behind, so a retry failed even with --force. Now it is all or
+/// nothing, and showmap refuses to leave nodes out silently.
+#[test]
+fn a_failed_import_leaves_nothing_and_showmap_never_drops_nodes_silently() {
+    let d = Dir::new();
+    // Node 7's key file exists already: the import must fail at node 7, after node 1's keys.
+    std::fs::create_dir(d.p("keys")).unwrap();
+    std::fs::write(d.p("keys/node7.key"), "taken").unwrap();
+    std::fs::write(d.p("openmosix.map"), "1 192.168.1.10 1\n7 192.168.1.40 1\n").unwrap();
+    let init = [
+        "policy",
+        "init",
+        "--name",
+        "lab",
+        "--from-map",
+        "openmosix.map",
+        "--keys-dir",
+        "keys",
+    ];
+    let err = d.fails(&init, 5);
+    assert!(err.contains("node7.key: already exists"), "{err}");
+    assert!(!d.p("cluster.toml").exists());
+    let mut left: Vec<String> = std::fs::read_dir(d.p("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["node7.key"]);
+    assert_eq!(
+        std::fs::read_dir(d.p(".")).unwrap().count(),
+        2,
+        "scratch files left"
+    );
+    std::fs::remove_file(d.p("keys/node7.key")).unwrap();
+    d.ok(&init);
+
+    // 300 nodes in a /24: ids 255 and up have no IPv4 tunnel address.
+    let map: String = (1..=300)
+        .map(|i| format!("{i} 192.168.{}.{} 1\n", i / 200, i % 200 + 1))
+        .collect();
+    let e = Dir::new();
+    std::fs::write(e.p("big.map"), map).unwrap();
+    e.ok(&[
+        "policy",
+        "init",
+        "--name",
+        "big",
+        "--from-map",
+        "big.map",
+        "--keys-dir",
+        "k",
+    ]);
+    let err = e.fails(&["showmap", "cluster.toml"], 5);
+    assert!(
+        err.contains("46 node(s) have no IPv4 tunnel address"),
+        "{err}"
+    );
+    let out = e.tyd(&["showmap", "cluster.toml", "--partial"]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("warning: 46 node(s)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Regression (issue 9 item 9): `tyd status | head` panicked with a backtrace (broken pipe),
+/// and `tyd status` exited 0 with the firewall missing. Here (no netguard, no table in this
+/// namespace, or no nft at all) the firewall is missing: exit 7, and a closed pipe ends tyd
+/// quietly.
+#[test]
+fn status_exits_unhealthy_without_a_firewall_and_a_closed_pipe_is_no_panic() {
+    let d = Dir::new();
+    d.cluster();
+    let out = d.tyd(&[
+        "status",
+        "--policy",
+        "cluster.toml",
+        "--trust",
+        "op.key.pub",
+        "--state",
+        "accepted.json",
+        "--interface",
+        "nosuchif0",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("firewall table inet netguard is missing"),
+        "{}",
+        stderr(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(firewall MISSING)"), "{stdout}");
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} status --policy cluster.toml --trust op.key.pub --state accepted.json \
+             --interface nosuchif0 --json | head -c 1",
+            env!("CARGO_BIN_EXE_tyd")
+        ))
+        .current_dir(d.p("."))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(!err.contains("panicked"), "{err}");
 }
