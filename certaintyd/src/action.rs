@@ -123,7 +123,7 @@ impl Actuator {
             Ok(Ok(status)) => info!(hook = %hook.display(), %status, "exec hook finished"),
             Ok(Err(e)) => error!(hook = %hook.display(), cause = %e, "exec hook failed"),
             Err(_) => {
-                warn!(hook = %hook.display(), deadline = ?self.exec_deadline, "exec hook overran its deadline; killing it");
+                warn!(hook = %hook.display(), deadline = %policy::model::duration::format(&self.exec_deadline), "exec hook overran its deadline; killing it");
                 let _ = child.kill().await;
             }
         }
@@ -131,7 +131,11 @@ impl Actuator {
 
     fn power(&self, mode: nix::sys::reboot::RebootMode) -> Outcome {
         if self.dry_run {
-            warn!(mode = ?mode, "dry run: not rebooting");
+            let what = match mode {
+                nix::sys::reboot::RebootMode::RB_POWER_OFF => "poweroff",
+                _ => "reboot",
+            };
+            warn!(action = what, "dry run: not rebooting");
             return Outcome::DryRun;
         }
         nix::unistd::sync();

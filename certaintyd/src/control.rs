@@ -147,7 +147,12 @@ async fn handle(line: &str, status: &Mutex<Status>, tx: &mpsc::Sender<Command>) 
             ..ControlResponse::default()
         };
     }
-    info!(op = ?std::mem::discriminant(&request), "signed control request received");
+    let op = match &request {
+        ControlRequest::Status => "status",
+        ControlRequest::Maintain { .. } => "maintain",
+        ControlRequest::Stop { .. } => "stop",
+    };
+    info!(op, "signed control request received");
     let (reply, rx) = oneshot::channel();
     if tx.send(Command { request, reply }).await.is_err() {
         return ControlResponse::err("daemon is shutting down");

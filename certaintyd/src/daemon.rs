@@ -5,7 +5,7 @@
 //! guard) unless `signals_are_violations` is off, in which case they stop the daemon cleanly.
 //! The only other clean stop is a signed `stop` request on the control socket.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,6 +117,8 @@ struct Daemon {
     pass: u64,
     /// The monitored filesystem's device, for the writer scan.
     dev: u64,
+    /// The baseline's regular files by inode: what the writer scan matches against.
+    tree_inodes: HashMap<u64, String>,
 }
 
 fn now_text() -> String {
@@ -166,9 +168,10 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
         deadline: Duration::ZERO,
         pass: 0,
         dev: 0,
+        tree_inodes: HashMap::new(),
     };
 
-    info!(grace = ?d.cfg.grace, root = %d.cfg.root.display(), "grace period before baseline");
+    info!(grace = %policy::model::duration::format(&d.cfg.grace), root = %d.cfg.root.display(), "grace period before baseline");
     let grace = tokio::time::sleep(d.cfg.grace);
     tokio::pin!(grace);
     loop {
@@ -217,15 +220,34 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Processes that could write to the filesystem on `dev` without events, as findings.
-fn writer_findings(dev: u64) -> Vec<Finding> {
-    preflight::scan(dev, std::path::Path::new("/proc"))
+/// Processes that could write to the monitored tree without events, as findings: writers on
+/// the filesystem `dev` whose inode is in `tree` (inode to the path it has in the tree).
+fn writer_findings(dev: u64, tree: &HashMap<u64, String>) -> Vec<Finding> {
+    let writers = preflight::scan(dev, std::path::Path::new("/proc"));
+    preflight::in_tree(writers, tree)
         .into_iter()
-        .map(|w| Finding {
-            path: w.path,
+        .map(|(w, in_tree)| Finding {
+            detail: if w.path == in_tree {
+                format!("pid {} ({}) holds a {}", w.pid, w.command, w.how)
+            } else {
+                format!(
+                    "pid {} ({}) holds a {} through {}",
+                    w.pid, w.command, w.how, w.path
+                )
+            },
+            path: in_tree,
             changes: vec![],
-            detail: format!("pid {} ({}) holds a {}", w.pid, w.command, w.how),
         })
+        .collect()
+}
+
+/// The tree's regular files by inode, with their paths (what a writer can change).
+fn inodes_of(manifest: &Manifest) -> HashMap<u64, String> {
+    manifest
+        .entries
+        .iter()
+        .filter(|(_, e)| e.kind == crate::entry::Kind::File)
+        .map(|(p, e)| (e.ino, crate::entry::display_path(p)))
         .collect()
 }
 
@@ -258,14 +280,14 @@ impl Daemon {
                 })?
                 .st_dev;
             self.dev = dev;
-            let writers = writer_findings(dev);
-            if !writers.is_empty() {
-                let detail = "processes can write to the monitored filesystem without events; refusing to take a baseline";
-                return Ok(self
-                    .violation(Cause::UnsafeWriters, writers, detail.into())
-                    .await);
-            }
         }
+        // Writers are looked for before the walk (one that closes during it is still seen)
+        // and after it, and matched against the walked tree's inodes.
+        let before = if self.cfg.source == Source::Tree {
+            preflight::scan(self.dev, std::path::Path::new("/proc"))
+        } else {
+            Vec::new()
+        };
         let started = Instant::now();
         let snap = tokio::task::spawn_blocking(self.take_snapshot())
             .await
@@ -285,6 +307,28 @@ impl Daemon {
             });
         }
         let took = started.elapsed();
+        if self.cfg.source == Source::Tree {
+            let tree = inodes_of(&snap.manifest);
+            let mut writers = writer_findings(self.dev, &tree);
+            for (w, in_tree) in preflight::in_tree(before, &tree) {
+                if !writers.iter().any(|f| f.path == in_tree) {
+                    writers.push(Finding {
+                        detail: format!(
+                            "pid {} ({}) held a {} during the walk",
+                            w.pid, w.command, w.how
+                        ),
+                        path: in_tree,
+                        changes: vec![],
+                    });
+                }
+            }
+            if !writers.is_empty() {
+                let detail = "processes can write to the monitored tree without events; refusing to take a baseline";
+                return Ok(self
+                    .violation(Cause::UnsafeWriters, writers, detail.into())
+                    .await);
+            }
+        }
         self.deadline = self
             .cfg
             .deadline
@@ -318,6 +362,7 @@ impl Daemon {
     /// Makes `manifest` the reference and (re)starts the watchers on its directories.
     fn adopt(&mut self, manifest: Manifest) -> Result<(), StartupError> {
         self.watchers = None;
+        self.tree_inodes = inodes_of(&manifest);
         self.baseline_root = manifest.root_hash().to_hex().to_string();
         self.stable_root = manifest.stable_root().to_hex().to_string();
         self.mounts = read_mounts(&self.cfg.root).map_err(StartupError::Mounts)?;
@@ -345,10 +390,9 @@ impl Daemon {
         let started = Instant::now();
         if self.cfg.source == Source::Tree {
             // The one way to change content without an event: a shared writable mapping.
-            let writers = writer_findings(self.dev);
+            let writers = writer_findings(self.dev, &self.tree_inodes);
             if !writers.is_empty() {
-                let detail =
-                    "a process can write to the monitored filesystem without events".into();
+                let detail = "a process can write to the monitored tree without events".into();
                 return self.violation(Cause::UnsafeWriters, writers, detail).await;
             }
         }
@@ -492,7 +536,7 @@ impl Daemon {
         }
         if let Some(w) = &self.window {
             warn!(
-                cause = ?cause,
+                cause = %cause,
                 findings = findings.len(),
                 changes = %summary(&findings),
                 detail = %detail,
@@ -512,7 +556,7 @@ impl Daemon {
             detail,
         };
         error!(
-            cause = ?report.cause,
+            cause = %report.cause,
             findings = report.findings.len(),
             changes = %summary(&report.findings),
             detail = %report.detail,

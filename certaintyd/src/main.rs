@@ -4,18 +4,20 @@
 //! unless `--stop-on-signal` is given. A clean stop is a signed `stop` request on the
 //! control socket (`tyd certainty stop`).
 //!
-//! Exit codes: 0 stopped on request; 1 runtime failure; 2 usage; 3 integrity lost and the
-//! action did not reboot (dry run, alert that could not continue, reboot failure); 4 refused
-//! to start (policy, root, unsafe action, unreadable baseline).
+//! Exit codes: the shared set (`policy::exit`): 0 stopped on request; 1 runtime failure
+//! (unreadable baseline, watchdog); 2 usage; 3 invalid policy; 4 bad signature; 5 refused to
+//! start (unsafe action, root not in RAM); 8 integrity lost and the action did not reboot (dry
+//! run, alert that could not continue, reboot failure).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use certaintyd::action::{Actuator, check_allowed};
-use certaintyd::daemon::{self, Config, Exit, Source};
+use certaintyd::daemon::{self, Config, Source};
 use certaintyd::protect::{Heartbeat, Watchdog, harden};
 use clap::Parser;
+use policy::exit::{EXIT_CODES_HELP, Exit};
 use policy::{Action, TrustedKeys};
 use tracing::{error, info, warn};
 
@@ -24,9 +26,7 @@ use tracing::{error, info, warn};
     name = "certaintyd",
     version,
     about,
-    after_help = "\
-Exit codes: 0 stopped on request, 1 runtime failure, 2 usage, 3 integrity lost without reboot,
-4 refused to start. SIGTERM/SIGINT/SIGHUP are integrity events unless --stop-on-signal."
+    after_help = format!("SIGTERM/SIGINT/SIGHUP are integrity events unless --stop-on-signal.\n\n{EXIT_CODES_HELP}")
 )]
 struct Args {
     /// The signed cluster policy (its signature is POLICY.sig).
@@ -111,11 +111,12 @@ fn init_logging(json: bool) {
     }
 }
 
-struct Refused(String);
+/// Why certaintyd will not start, with its exit code.
+struct Refused(Exit, String);
 
 fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
     let verified = policy::load_verified(&args.policy, &args.trust, jiff::Timestamp::now())
-        .map_err(|e| Refused(e.to_string()))?;
+        .map_err(|e| Refused((&e).into(), e.to_string()))?;
     let c = &verified.certainty;
     let root = args.root.clone().unwrap_or_else(|| c.root.clone());
     let source = match c.source.strip_prefix("device:") {
@@ -126,11 +127,12 @@ fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
     let exec = args.exec.clone().or_else(|| c.exec.clone());
     if action == Action::Exec && exec.is_none() {
         return Err(Refused(
+            Exit::Refused,
             "action exec needs a hook (--exec or certainty.exec)".into(),
         ));
     }
     check_allowed(action, &root, args.dry_run, args.force_disk_root)
-        .map_err(|e| Refused(e.to_string()))?;
+        .map_err(|e| Refused(Exit::Refused, e.to_string()))?;
     let node = match &args.node {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()
@@ -183,12 +185,12 @@ fn hash_only(root: &std::path::Path) -> ExitCode {
             if snap.problems.is_empty() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(1)
+                Exit::Runtime.into()
             }
         }
         Err(e) => {
             error!(reason = %e, "cannot snapshot");
-            ExitCode::from(4)
+            Exit::Runtime.into()
         }
     }
 }
@@ -203,9 +205,9 @@ fn main() -> ExitCode {
     }
     let (config, watchdog_dev) = match configure(&args) {
         Ok(c) => c,
-        Err(Refused(why)) => {
+        Err(Refused(exit, why)) => {
             error!(reason = %why, "refusing to start");
-            return ExitCode::from(4);
+            return exit.into();
         }
     };
     if !args.no_harden {
@@ -225,7 +227,7 @@ fn main() -> ExitCode {
                 Ok(w) => Some(w),
                 Err(e) => {
                     error!(reason = %e, "refusing to start");
-                    return ExitCode::from(4);
+                    return Exit::Runtime.into();
                 }
             }
         }
@@ -239,28 +241,28 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             error!(cause = %e, "cannot start runtime");
-            return ExitCode::from(1);
+            return Exit::Runtime.into();
         }
     };
     info!(
         root = %config.root.display(),
         action = %config.actuator.action,
         dry_run = config.actuator.dry_run,
-        interval = ?config.interval,
+        interval = %policy::model::duration::format(&config.interval),
         "certaintyd starting"
     );
     match runtime.block_on(daemon::run(config)) {
-        Ok(Exit::Stopped) => {
+        Ok(daemon::Exit::Stopped) => {
             if let Some(w) = watchdog {
                 w.disarm();
             }
             info!("stopped");
             ExitCode::SUCCESS
         }
-        Ok(Exit::IntegrityLost) => ExitCode::from(3),
+        Ok(daemon::Exit::IntegrityLost) => Exit::IntegrityLost.into(),
         Err(e) => {
             error!(reason = %e, "refusing to start");
-            ExitCode::from(4)
+            Exit::Runtime.into()
         }
     }
 }

@@ -53,7 +53,11 @@ pub enum RequestError {
     WrongNode { got: String, want: String },
     #[error("request was issued at {0}, which is stale or in the future")]
     Stale(Timestamp),
-    #[error("maintenance of {asked:?} exceeds the policy's maximum of {max:?}")]
+    #[error(
+        "maintenance of {} exceeds the policy's maximum of {}",
+        policy::model::duration::format(asked),
+        policy::model::duration::format(max)
+    )]
     TooLong { asked: Duration, max: Duration },
     #[error("maintenance duration must be greater than 0")]
     Empty,
@@ -198,7 +202,7 @@ mod tests {
             ),
             (
                 Box::new(|r| r.duration = Duration::from_secs(7200)),
-                "maintenance of 7200s exceeds the policy's maximum of 3600s",
+                "maintenance of 2h exceeds the policy's maximum of 1h",
             ),
             (
                 Box::new(|r| r.duration = Duration::ZERO),
@@ -220,6 +224,9 @@ mod tests {
         let (b, _) = request(|_| {});
         let other = policy::sign(&b, &SigningKey::from_bytes(&[6; 32]));
         let err = check(&b, other.as_bytes(), &mut used).unwrap_err();
-        assert!(err.contains("does not match any of the 1 trusted"), "{err}");
+        assert!(
+            err.contains("which is not one of the 1 trusted here"),
+            "{err}"
+        );
     }
 }

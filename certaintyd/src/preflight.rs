@@ -12,6 +12,9 @@ pub struct Writer {
     pub pid: u32,
     pub command: String,
     pub path: String,
+    /// The inode written to: matched against the monitored tree's, so a writer elsewhere on
+    /// the same filesystem is not a finding, and one through a hard link from outside is.
+    pub inode: u64,
     /// `shared writable mapping` or `open for writing`.
     pub how: &'static str,
 }
@@ -44,6 +47,20 @@ pub fn fdinfo_writes(text: &str) -> bool {
         })
 }
 
+/// The writers whose inode is one of the monitored tree's (by inode, to the tree path it
+/// has there). With `--root` below the top of a filesystem, a log file written beside the
+/// tree is not the tree's business; a hard link into the tree from outside is, and is named
+/// by its path in the tree.
+pub fn in_tree(
+    writers: Vec<Writer>,
+    tree: &std::collections::HashMap<u64, String>,
+) -> Vec<(Writer, String)> {
+    writers
+        .into_iter()
+        .filter_map(|w| tree.get(&w.inode).map(|p| (w, p.clone())))
+        .collect()
+}
+
 /// Scans every process for writers on the filesystem whose device is `dev`.
 pub fn scan(dev: u64, proc_root: &Path) -> Vec<Writer> {
     use std::os::unix::fs::MetadataExt;
@@ -66,11 +83,12 @@ pub fn scan(dev: u64, proc_root: &Path) -> Vec<Writer> {
             .unwrap_or_default();
         if let Ok(maps) = std::fs::read_to_string(dir.join("maps")) {
             for line in maps.lines() {
-                if let Some((_, path)) = maps_line_writes(line, split) {
+                if let Some((inode, path)) = maps_line_writes(line, split) {
                     out.push(Writer {
                         pid,
                         command: command.clone(),
                         path,
+                        inode,
                         how: "shared writable mapping",
                     });
                 }
@@ -96,6 +114,7 @@ pub fn scan(dev: u64, proc_root: &Path) -> Vec<Writer> {
                     pid,
                     command: command.clone(),
                     path,
+                    inode: meta.ino(),
                     how: "open for writing",
                 });
             }
@@ -127,6 +146,28 @@ mod tests {
             None
         );
         assert_eq!(maps_line_writes("7f00-7f10 rw-s 0 00:00 0", (0, 0)), None);
+    }
+
+    /// Regression (issue 9 item 6): with `--root` below the top of a filesystem, any file open
+    /// for writing anywhere on it (a log file beside the tree) was a violation at the baseline.
+    #[test]
+    fn only_writers_of_the_trees_inodes_count_and_are_named_by_their_tree_path() {
+        let w = |inode, path: &str| Writer {
+            pid: 7,
+            command: "x".into(),
+            path: path.into(),
+            inode,
+            how: "open for writing",
+        };
+        let tree: std::collections::HashMap<u64, String> =
+            [(10, "/bin/sh".to_string())].into_iter().collect();
+        let found = in_tree(
+            vec![w(99, "/var/log/app.log"), w(10, "/outside/link")],
+            &tree,
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0.path, "/outside/link");
+        assert_eq!(found[0].1, "/bin/sh");
     }
 
     #[test]

@@ -156,7 +156,10 @@ fn feed(
             if heartbeat.age() <= stale {
                 let _ = file.write_all(b"\0");
             } else {
-                warn!(age = ?heartbeat.age(), "daemon loop is stale; not feeding the watchdog");
+                warn!(
+                    age_ms = heartbeat.age().as_millis() as u64,
+                    "daemon loop is stale; not feeding the watchdog"
+                );
             }
             last_feed = Instant::now();
         }

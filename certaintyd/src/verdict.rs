@@ -40,6 +40,23 @@ pub enum Cause {
     UnsafeWriters,
 }
 
+impl std::fmt::Display for Cause {
+    /// The same words as the report's JSON (`unsafe_writers`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cause::FullVerification => "full_verification",
+            Cause::Event => "event",
+            Cause::Mounts => "mounts",
+            Cause::EventOverflow => "event_overflow",
+            Cause::DeadlineMissed => "deadline_missed",
+            Cause::WatcherFailed => "watcher_failed",
+            Cause::Signal => "signal",
+            Cause::ExpectedRootMismatch => "expected_root_mismatch",
+            Cause::UnsafeWriters => "unsafe_writers",
+        })
+    }
+}
+
 /// What is logged and handed to the action (the `exec` hook reads it as JSON on stdin).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
