@@ -261,6 +261,7 @@ fn refusals_name_what_is_wrong() {
 /// 1. The operator passes `--kernel-deb /etc/sysctl.conf` by mistake.
 /// 2. The builder used to unpack into `deb.with_extension("d")` and remove it first:
 ///    `/etc/sysctl.d` was wiped before dpkg even looked at the file.
+///
 /// Now: the build fails on the bad package, and `X.d` beside it is untouched.
 #[test]
 fn a_wrong_kernel_package_never_deletes_the_directory_beside_it() {

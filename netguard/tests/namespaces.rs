@@ -1033,6 +1033,7 @@ fn an_expired_node_is_cut_off_at_its_instant_and_the_rest_of_the_policy_stays() 
 
 /// Regression (issue 9 item 7): a netguard restart broke every tunnel for 15-18 s with the
 /// userspace backend (the interface was deleted and re-created; peers kept old sessions).
+///
 /// Now a restart adopts the running interface and an open flow keeps working.
 #[test]
 fn a_restart_adopts_the_running_tunnel_and_open_flows_keep_working() {
