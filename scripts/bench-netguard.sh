@@ -11,7 +11,11 @@ a="ngbench$$a"; b="ngbench$$b"; work=$(mktemp -d); pids=()
 cleanup() {
   set +e
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  pkill -f "wireguard-go -f ngb$$" 2>/dev/null; pkill -f "wireguard-go naive0" 2>/dev/null
+  # What netguard started (wireguard-go) lives on in the namespaces: kill it by PID, found
+  # through the namespaces this script made, never by name.
+  for ns in "$a" "$b"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null; done
+  done
   ip netns del "$a" 2>/dev/null; ip netns del "$b" 2>/dev/null; rm -rf "$work"
 }
 trap cleanup EXIT

@@ -18,7 +18,11 @@ cleanup() {
   set +e
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   wait 2>/dev/null
-  pkill -f "wireguard-go -f tyd${id}w" 2>/dev/null
+  # netguard leaves its wireguard-go running on purpose (a restart adopts it): kill it by
+  # PID, found through the namespaces this script made, never by name.
+  for ns in "${nss[@]}" "$rogue"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null; done
+  done
   for ns in "${nss[@]}" "$rogue" "$br"; do ip netns del "$ns" 2>/dev/null; done
   if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS"; cp "$work"/n*/netguard.log "$KEEP_LOGS"/ 2>/dev/null; fi
   rm -rf "$work"

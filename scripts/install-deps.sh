@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project's builds and tests need, idempotently: quick when all is present.
-# With --runtime, only what the daemons and demos need (no cargo-fuzz). Needs root for apt-get. The Rust toolchain (1.85 or newer, for edition 2024) must already be
+# With --runtime, only what the daemons and demos need (no cargo-fuzz). Needs root for apt-get. The Rust toolchain (1.88 or newer: edition 2024 and let-chains) must already be
 # installed; Debian 12's own rustc is too old.
 set -euo pipefail
 
@@ -34,12 +34,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null; then
-  echo "install-deps: cargo not found; install a Rust toolchain 1.85 or newer (rustup)" >&2
+  echo "install-deps: cargo not found; install a Rust toolchain 1.88 or newer (rustup)" >&2
   exit 1
 fi
 rustc_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
-if [ "${rustc_minor:-0}" -lt 85 ]; then
-  echo "install-deps: $(rustc --version) is too old; edition 2024 needs 1.85 or newer" >&2
+if [ "${rustc_minor:-0}" -lt 88 ]; then
+  echo "install-deps: $(rustc --version) is too old; the code needs 1.88 or newer (let-chains)" >&2
   exit 1
 fi
 
