@@ -190,7 +190,10 @@ fn drift_check(r: &mut Runner, n: usize) {
         let t = Instant::now();
         let changes = reconcile(&mut r.iface, &r.private, &d, None).unwrap();
         full.push(t.elapsed());
-        assert!(changes.is_empty(), "a clean table was repaired: {changes:?}");
+        assert!(
+            changes.is_empty(),
+            "a clean table was repaired: {changes:?}"
+        );
         let t = Instant::now();
         let table = netguard::nft::read_table().unwrap().expect("table");
         read.push(t.elapsed());

@@ -481,3 +481,28 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
     info!("stopping; the firewall table and the tunnels stay in place");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 9 item 10): a 500-node change logged 497 lines and a 12-29 KB line.
+    #[test]
+    fn a_large_change_is_one_short_line() {
+        let changes: Vec<String> = (0..500).map(|i| format!("peer n{i} added")).collect();
+        let line = summary(&changes);
+        assert!(line.len() < 400, "{} bytes", line.len());
+        assert!(
+            line.ends_with("and 492 more (details at debug level)"),
+            "{line}"
+        );
+        let few = &changes[..3];
+        assert_eq!(summary(few), "peer n0 added; peer n1 added; peer n2 added");
+    }
+
+    #[test]
+    fn triggers_read_as_words() {
+        assert_eq!(Trigger::DriftCheck.to_string(), "drift check");
+        assert_eq!(Trigger::Expiry.to_string(), "expiry");
+    }
+}

@@ -648,6 +648,11 @@ fn bad_expired_or_rolled_back_policies_leave_the_previous_state() {
     wait_for("garbage refused", Duration::from_secs(5), || {
         refusals(&lab) >= 1
     });
+    // Regression (issue 9 item 10): the same refusal was logged again every drift interval
+    // (about 720 ERROR lines an hour). Three drift intervals later: still one line.
+    let once = refusals(&lab);
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(refusals(&lab), once, "{}", lab.log(0));
     // Expired.
     let expired = lab.policy_text(
         &[0],
