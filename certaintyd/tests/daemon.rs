@@ -64,6 +64,22 @@ impl Ns {
         c
     }
 
+    /// Starts `args` inside the namespace and waits for its first line of output, `ready`.
+    fn spawn_until(&self, args: &[&str], ready: &str) -> Child {
+        let mut child = self
+            .enter()
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), ready, "{args:?}");
+        child
+    }
+
     fn sh(&self, script: &str) {
         let status = self.enter().args(["sh", "-c", script]).status().unwrap();
         assert!(status.success(), "in namespace: {script}");
@@ -348,16 +364,7 @@ fn a_writable_shared_mapping_before_the_baseline_is_refused() {
         "import mmap,sys,time\nf=open('{}','r+b')\nm=mmap.mmap(f.fileno(),0)\nprint('mapped',flush=True)\ntime.sleep(30)\n",
         ns.p("var/db")
     );
-    let mut writer = ns
-        .enter()
-        .args(["python3", "-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(writer.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut writer = ns.spawn_until(&["python3", "-c", &script], "mapped");
     let log = fx.dir.path().join("log");
     let status = ns
         .enter()
@@ -686,21 +693,14 @@ fn only_writers_of_the_monitored_tree_count_and_a_hard_link_is_named_by_its_tree
     let ns = Ns::new();
     let fx = fixture("1h");
     // A writer outside the tree, on the same filesystem, for the whole test.
-    let mut logger = ns
-        .enter()
-        .args([
+    let mut logger = ns.spawn_until(
+        &[
             "sh",
             "-c",
             &format!("exec 3>>{}; echo open; exec sleep 60", ns.p("etc/app.log")),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(logger.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "open");
+        ],
+        "open",
+    );
     let log = fx.dir.path().join("below.log");
     let d = fx.dir.path();
     let mut child = ns

@@ -90,6 +90,15 @@ fn echo_server(ns: &str) {
     rx.recv().unwrap();
 }
 
+/// A TCP connection opened from inside `ns` (a socket stays in the namespace it was made in,
+/// so the stream can then be used from any thread).
+fn connect_from(ns: &str, to: &str) -> TcpStream {
+    let to: SocketAddr = to.parse().unwrap();
+    in_netns(ns, || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap()
+    })
+}
+
 /// Connects from `ns` to `to` and checks an echo comes back.
 fn tcp_ok(ns: &str, to: &str) -> bool {
     let to: SocketAddr = to.parse().unwrap();
@@ -980,14 +989,9 @@ fn an_expired_node_is_cut_off_at_its_instant_and_the_rest_of_the_policy_stays() 
     }
     echo_server(lab.ns(1));
     lab.wait_mesh(&[0, 1, 2]);
-    let ns3 = lab.ns(2).to_string();
+    let mut s = connect_from(lab.ns(2), "10.77.0.2:4660");
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let flow = std::thread::spawn(move || {
-        let fd = std::fs::File::open(format!("/var/run/netns/{ns3}")).unwrap();
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let mut s =
-            TcpStream::connect_timeout(&"10.77.0.2:4660".parse().unwrap(), Duration::from_secs(2))
-                .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let mut echoes = 0;
         let until = Instant::now() + Duration::from_secs(16);
         while Instant::now() < until {
@@ -1051,11 +1055,7 @@ fn a_restart_adopts_the_running_tunnel_and_open_flows_keep_working() {
     lab.start(1);
     echo_server(lab.ns(1));
     lab.wait_mesh(&[0, 1]);
-    let ns1 = lab.ns(0).to_string();
-    let mut s = in_netns(&ns1, || {
-        TcpStream::connect_timeout(&"10.77.0.2:4660".parse().unwrap(), Duration::from_secs(2))
-            .unwrap()
-    });
+    let mut s = connect_from(lab.ns(0), "10.77.0.2:4660");
     s.set_read_timeout(Some(Duration::from_millis(1500)))
         .unwrap();
     let echo = |s: &mut TcpStream| {
