@@ -353,8 +353,8 @@ fn router_advertisements_are_dropped_and_tunnel_traffic_never_leaves_beside_the_
     );
 
     let allowing = verified(&policy_text(&[1, 2], false).replace(
-        "[firewall]\n",
-        "[firewall]\naccept_router_advertisements = true\n",
+        "accept_router_advertisements = false",
+        "accept_router_advertisements = true",
     ));
     let spec = desired(&allowing, &WgPublicKey::from_bytes([1; 32]), None, now())
         .unwrap()
