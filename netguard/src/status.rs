@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::desired::desired;
 use crate::nft;
 use crate::peers::RECENT_HANDSHAKE;
-use crate::ruleset::counter_name;
+use crate::ruleset::{RulesetSpec, counter_name};
 use crate::wg::{self, Interface, Kind};
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,14 +118,19 @@ pub fn collect(
             (s.clone(), packets)
         })
         .collect();
+    // This node's own view: the member ruleset, or, when it has no place in the cluster, the
+    // protective one (which is then what netguard keeps installed).
+    let mut problems = Vec::new();
     let firewall_drift = match (me, &table) {
         (Some(me), Some(t)) => match desired(verified, me, interface, now) {
             Ok(d) => d.ruleset.drift(&t.shape),
-            Err(e) => Some(format!("{e}")),
+            Err(e) => {
+                problems.push(format!("not a member: {e}"));
+                RulesetSpec::protective().drift(&t.shape)
+            }
         },
         _ => None,
     };
-    let mut problems = Vec::new();
     if table.is_none() {
         problems.push("firewall table inet netguard is missing".to_string());
     }
