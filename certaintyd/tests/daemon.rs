@@ -24,6 +24,17 @@ fn root_or_skip(test: &str) -> bool {
 }
 
 /// A private mount namespace holding a tmpfs at `root`; gone when dropped.
+/// Spawns `cmd` and waits for its first line of output, which must be `ready`.
+fn until_ready(cmd: &mut Command, ready: &str) -> Child {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), ready, "{cmd:?} did not get ready");
+    child
+}
+
 struct Ns {
     holder: Child,
     root: PathBuf,
@@ -41,16 +52,10 @@ impl Ns {
              echo data > {r}/var/db && echo ready && exec sleep 600",
             r = root.display()
         );
-        let mut holder = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(holder.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "namespace setup failed");
+        let holder = until_ready(
+            Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]),
+            "ready",
+        );
         Self {
             holder,
             root,
@@ -66,18 +71,7 @@ impl Ns {
 
     /// Starts `args` inside the namespace and waits for its first line of output, `ready`.
     fn spawn_until(&self, args: &[&str], ready: &str) -> Child {
-        let mut child = self
-            .enter()
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), ready, "{args:?}");
-        child
+        until_ready(self.enter().args(args), ready)
     }
 
     fn sh(&self, script: &str) {
