@@ -41,6 +41,8 @@ pub struct Config {
     /// Forced backend; detected when absent.
     pub backend: Option<Kind>,
     pub drift: Duration,
+    /// clusterd's quarantine list: these nodes keep their tunnels but not the services.
+    pub quarantine: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,8 @@ enum Trigger {
     DriftCheck,
     /// A node, or the policy in force, reached its `expires`.
     Expiry,
+    /// clusterd changed the quarantine list.
+    Quarantine,
 }
 
 impl fmt::Display for Trigger {
@@ -73,6 +77,7 @@ impl fmt::Display for Trigger {
             Trigger::Sighup => "SIGHUP",
             Trigger::DriftCheck => "drift check",
             Trigger::Expiry => "expiry",
+            Trigger::Quarantine => "quarantine",
         })
     }
 }
@@ -100,6 +105,8 @@ struct Node {
     refusal: Option<String>,
     /// Why this node is protective, as last logged (same idea).
     protective_reason: Option<String>,
+    /// The nodes clusterd has quarantined: no services for them here.
+    quarantined: std::collections::BTreeSet<policy::NodeId>,
 }
 
 fn load_key(path: &std::path::Path) -> Result<Key, StartupError> {
@@ -213,8 +220,9 @@ impl Node {
             return;
         };
         self.mode = match desired(v, &self.public, self.cfg.interface.as_deref(), now) {
-            Ok(d) => {
+            Ok(mut d) => {
                 self.protective_reason = None;
+                d.quarantine(&self.quarantined);
                 Mode::Member(Box::new(d))
             }
             Err(e) => {
@@ -309,6 +317,33 @@ impl Node {
         Ok(changes)
     }
 
+    /// Reads clusterd's quarantine list; a change re-derives the mode (a set-element edit).
+    /// Returns whether anything changed. An unreadable list keeps the last one in force.
+    fn reload_quarantine(&mut self) -> bool {
+        let list = match policy::quarantine::QuarantineList::read(&self.cfg.quarantine) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(reason = %e, "quarantine list unreadable; the last one stays in force");
+                return false;
+            }
+        };
+        let ids = list.ids();
+        if ids == self.quarantined {
+            return false;
+        }
+        let shown = |ids: &std::collections::BTreeSet<policy::NodeId>| {
+            ids.iter()
+                .map(|i| i.get().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        info!(quarantined = %shown(&ids), was = %shown(&self.quarantined),
+            "quarantine list changed: services withheld from these nodes");
+        self.quarantined = ids;
+        self.derive_mode(Timestamp::now());
+        true
+    }
+
     /// When the next node (or the policy in force) expires, if ever.
     fn next_expiry(&self) -> Option<Timestamp> {
         self.policy
@@ -356,25 +391,40 @@ fn log_node_map_change(old: &Policy, new: &Policy) {
     );
 }
 
-/// Watches the policy's directory; a change to the policy or its signature (written in place,
-/// created, renamed over, deleted) is reported.
-fn watch_policy(cfg: &Config, tx: mpsc::UnboundedSender<()>) -> std::io::Result<()> {
+/// What a watched file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    Policy,
+    Quarantine,
+}
+
+/// Watches the directories of the policy (and its signature) and of the quarantine list; a
+/// change to one of them (written in place, created, renamed over, deleted) is reported.
+fn watch_files(cfg: &Config, tx: mpsc::UnboundedSender<Watched>) -> std::io::Result<()> {
     use inotify::{Inotify, WatchMask};
-    let dir = cfg
-        .policy
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .to_path_buf();
-    let names: Vec<Vec<u8>> = [cfg.policy.clone(), policy::signature_path(&cfg.policy)]
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.as_bytes().to_vec()))
-        .collect();
+    let dir_of = |p: &std::path::Path| {
+        p.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf()
+    };
     let mut inotify = Inotify::init()?;
-    inotify.watches().add(
-        &dir,
-        WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE,
-    )?;
+    let mask = WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE;
+    let mut watched = Vec::new();
+    for (path, what) in [
+        (cfg.policy.clone(), Watched::Policy),
+        (policy::signature_path(&cfg.policy), Watched::Policy),
+        (cfg.quarantine.clone(), Watched::Quarantine),
+    ] {
+        let dir = dir_of(&path);
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+        }
+        let wd = inotify.watches().add(&dir, mask)?;
+        if let Some(name) = path.file_name() {
+            watched.push((wd, name.as_bytes().to_vec(), what));
+        }
+    }
     std::thread::Builder::new()
         .name("policy-watch".into())
         .spawn(move || {
@@ -383,12 +433,16 @@ fn watch_policy(cfg: &Config, tx: mpsc::UnboundedSender<()>) -> std::io::Result<
                 let Ok(events) = inotify.read_events_blocking(&mut buf) else {
                     return;
                 };
-                let relevant = events.into_iter().any(|e| {
-                    e.name
-                        .is_some_and(|n| names.iter().any(|x| x.as_slice() == n.as_bytes()))
-                });
-                if relevant && tx.send(()).is_err() {
-                    return;
+                for e in events {
+                    let Some(name) = e.name else { continue };
+                    let hit = watched
+                        .iter()
+                        .find(|(wd, n, _)| *wd == e.wd && n.as_slice() == name.as_bytes());
+                    if let Some((_, _, what)) = hit
+                        && tx.send(*what).is_err()
+                    {
+                        return;
+                    }
                 }
             }
         })?;
@@ -414,7 +468,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
     let mut sighup = signal(SignalKind::hangup()).map_err(StartupError::Signals)?;
     info!(public_key = %public, backend = %kind, "netguard starting");
     let (tx, mut changed) = mpsc::unbounded_channel();
-    if let Err(e) = watch_policy(&cfg, tx) {
+    if let Err(e) = watch_files(&cfg, tx) {
         warn!(reason = %e, "cannot watch the policy directory; relying on SIGHUP and the drift timer");
     }
     let mut node = Node {
@@ -429,7 +483,9 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         converged: None,
         refusal: None,
         protective_reason: None,
+        quarantined: std::collections::BTreeSet::new(),
     };
+    node.reload_quarantine();
     if !node.reload_quietly(false) {
         node.fall_back_to_copy_in_force();
     }
@@ -444,13 +500,23 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         let recheck_at = recheck;
         let expiry = node.next_expiry();
         tokio::select! {
-            Some(()) = changed.recv() => {
-                while changed.try_recv().is_ok() {}
-                if node.reload_quietly(true) {
-                    recheck = None;
-                    node.reconcile(Trigger::PolicyChange);
-                } else {
-                    recheck = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+            Some(what) = changed.recv() => {
+                let mut policy_changed = what == Watched::Policy;
+                let mut quarantine_changed = what == Watched::Quarantine;
+                while let Ok(w) = changed.try_recv() {
+                    policy_changed |= w == Watched::Policy;
+                    quarantine_changed |= w == Watched::Quarantine;
+                }
+                if quarantine_changed && node.reload_quarantine() && !policy_changed {
+                    node.reconcile(Trigger::Quarantine);
+                }
+                if policy_changed {
+                    if node.reload_quietly(true) {
+                        recheck = None;
+                        node.reconcile(Trigger::PolicyChange);
+                    } else {
+                        recheck = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
                 }
             }
             () = async { match recheck_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
@@ -471,6 +537,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                 // interval. The mode is derived again too, in case the clock jumped past an
                 // expiry.
                 node.reload_quietly(false);
+                node.reload_quarantine();
                 node.derive_mode(Timestamp::now());
                 node.reconcile(Trigger::DriftCheck);
             }

@@ -45,6 +45,19 @@ pub struct Desired {
     pub ruleset: RulesetSpec,
 }
 
+impl Desired {
+    /// Withholds the services from the peers whose node ids are in `quarantined` (ids not in
+    /// the map are ignored). Their WireGuard peers stay: only the service sets change.
+    pub fn quarantine(&mut self, quarantined: &std::collections::BTreeSet<NodeId>) {
+        let q: Vec<&DesiredPeer> = self
+            .peers
+            .values()
+            .filter(|p| quarantined.contains(&p.node))
+            .collect();
+        self.ruleset.quarantine(&q);
+    }
+}
+
 /// Why this node has no place in the cluster now: it runs the protective ruleset.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {

@@ -47,6 +47,9 @@ struct Args {
     /// How often to check for and repair drift, e.g. "5s".
     #[arg(long, default_value = "5s", value_parser = policy::model::duration::parse)]
     drift: Duration,
+    /// clusterd's quarantine list (nodes that keep their tunnel but not the services).
+    #[arg(long, default_value = "/run/tyd/quarantine.json")]
+    quarantine: PathBuf,
     #[arg(long)]
     log_json: bool,
 }
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         interface: args.interface,
         backend: args.backend,
         drift: args.drift,
+        quarantine: args.quarantine,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

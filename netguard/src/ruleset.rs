@@ -21,10 +21,14 @@ use crate::desired::DesiredPeer;
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "netguard";
 
-/// The named sets whose elements follow the node map.
-pub const SETS: [(&str, &str); 4] = [
+/// The named sets whose elements follow the node map. `peers` may use the services (members
+/// not in quarantine); `members` may use the distribution port (every member, so a
+/// quarantined node can still report that it is well again).
+pub const SETS: [(&str, &str); 6] = [
     ("peers4", "ipv4_addr"),
     ("peers6", "ipv6_addr"),
+    ("members4", "ipv4_addr"),
+    ("members6", "ipv6_addr"),
     ("endpoints4", "ipv4_addr"),
     ("endpoints6", "ipv6_addr"),
 ];
@@ -44,6 +48,8 @@ pub struct RulesetSpec {
     pub tunnel6: Option<Ipv6Net>,
     /// Router advertisements and redirects from the LAN are dropped unless the policy allows.
     pub accept_router_advertisements: bool,
+    /// clusterd's port (heartbeats and policy fetch), open to every member through the tunnel.
+    pub distribution_port: u16,
     /// Set name to elements (addresses as text, sorted).
     pub elements: BTreeMap<&'static str, BTreeSet<String>>,
 }
@@ -58,8 +64,16 @@ impl RulesetSpec {
             SETS.iter().map(|(n, _)| (*n, BTreeSet::new())).collect();
         for p in peers.values() {
             for a in &p.allowed_ips {
-                let set = if a.addr.is_ipv4() { "peers4" } else { "peers6" };
+                let (set, member) = if a.addr.is_ipv4() {
+                    ("peers4", "members4")
+                } else {
+                    ("peers6", "members6")
+                };
                 elements.entry(set).or_default().insert(a.addr.to_string());
+                elements
+                    .entry(member)
+                    .or_default()
+                    .insert(a.addr.to_string());
             }
             if let Some(ep) = p.endpoint {
                 let set = if ep.ip().is_ipv4() {
@@ -80,7 +94,21 @@ impl RulesetSpec {
             tunnel4: policy.cluster.tunnel_ipv4.map(|n| n.trunc()),
             tunnel6: policy.cluster.tunnel_ipv6.map(|n| n.trunc()),
             accept_router_advertisements: policy.firewall.accept_router_advertisements,
+            distribution_port: policy.distribution.port,
             elements,
+        }
+    }
+
+    /// Withholds the services from `quarantined` peers: their tunnel addresses leave the
+    /// `peers` sets (a set-element edit) and stay in `members`.
+    pub fn quarantine(&mut self, quarantined: &[&DesiredPeer]) {
+        for p in quarantined {
+            for a in &p.allowed_ips {
+                let set = if a.addr.is_ipv4() { "peers4" } else { "peers6" };
+                if let Some(e) = self.elements.get_mut(set) {
+                    e.remove(&a.addr.to_string());
+                }
+            }
         }
     }
 
@@ -97,6 +125,7 @@ impl RulesetSpec {
             tunnel4: None,
             tunnel6: None,
             accept_router_advertisements: false,
+            distribution_port: 0,
             elements: SETS.iter().map(|(n, _)| (*n, BTreeSet::new())).collect(),
         }
     }
@@ -126,6 +155,21 @@ impl RulesetSpec {
     pub fn rules(&self) -> Vec<(&'static str, Vec<Value>)> {
         let mut input: Vec<Vec<Value>> = Vec::new();
         let mut output: Vec<Vec<Value>> = Vec::new();
+        // 0. clusterd's port: every member, quarantined or not, through the tunnel only.
+        if !self.interface.is_empty() && self.distribution_port != 0 {
+            for proto in ["tcp", "udp"] {
+                let port = json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}}, "right": self.distribution_port}});
+                for (family, set) in [("ip", "members4"), ("ip6", "members6")] {
+                    input.push(vec![
+                        m_iifname(&self.interface),
+                        port.clone(),
+                        m_saddr_set(family, set),
+                        json!({"accept": null}),
+                    ]);
+                }
+                input.push(vec![port, json!({"drop": null})]);
+            }
+        }
         // 1. Service ports: only from peers, only through the tunnel; counted and dropped
         //    everywhere else. Before `established`, so revocation cuts open flows.
         for (name, ports) in &self.services {

@@ -312,6 +312,10 @@ impl Lab {
                 &d.dir.join("accepted.json").display().to_string(),
             ])
             .args([
+                "--quarantine",
+                &d.dir.join("quarantine.json").display().to_string(),
+            ])
+            .args([
                 "--interface",
                 &d.iface,
                 "--backend",

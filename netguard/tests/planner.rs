@@ -177,8 +177,8 @@ fn node_map_changes_become_element_edits() {
         "{text}"
     );
     let cmds = batch["nftables"].as_array().unwrap();
-    // peers4, peers6, endpoints4: one delete and one add each.
-    assert_eq!(cmds.len(), 6, "{text}");
+    // peers4, peers6, members4, members6, endpoints4: one delete and one add each.
+    assert_eq!(cmds.len(), 10, "{text}");
     assert!(
         b.element_batch(
             &b.elements
@@ -394,5 +394,34 @@ fn expired_nodes_leave_the_desired_state_at_their_instant() {
     assert!(
         matches!(e, netguard::desired::IdentityError::PolicyExpired(_)),
         "{e}"
+    );
+}
+
+/// Quarantine is a set-element edit: the node's tunnel addresses leave the service sets and
+/// stay in the member sets (its heartbeats still reach clusterd); the rules do not change.
+#[test]
+fn quarantine_withholds_the_services_but_keeps_the_tunnel_and_the_distribution_port() {
+    let v = verified(&policy_text(&[1, 2, 3], false));
+    let me = WgPublicKey::from_bytes([1; 32]);
+    let clean = desired(&v, &me, None, now()).unwrap();
+    let mut q = clean.clone();
+    q.quarantine(&[policy::NodeId::new(3).unwrap()].into_iter().collect());
+    assert_eq!(q.ruleset.tag(), clean.ruleset.tag(), "rules unchanged");
+    assert_eq!(q.peers, clean.peers, "WireGuard peers unchanged");
+    assert!(!q.ruleset.elements["peers4"].contains("10.77.0.3"));
+    assert!(q.ruleset.elements["members4"].contains("10.77.0.3"));
+    assert!(!q.ruleset.elements["peers6"].contains("fd77:7d00::3"));
+    let was: BTreeMap<String, BTreeSet<String>> = clean
+        .ruleset
+        .elements
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let batch = q.ruleset.element_batch(&was).unwrap();
+    assert_eq!(batch["nftables"].as_array().unwrap().len(), 2, "{batch}");
+    let text = serde_json::to_string(&q.ruleset.rules()).unwrap();
+    assert!(
+        text.contains("@members4") && text.contains("7946"),
+        "{text}"
     );
 }

@@ -16,6 +16,7 @@ pub mod mosix_map;
 pub mod nodemap;
 pub mod parse;
 pub mod ports;
+pub mod quarantine;
 pub mod signature;
 pub mod source;
 pub mod store;
@@ -25,8 +26,8 @@ pub mod validate;
 pub use keys::{OperatorPublicKey, WgPublicKey};
 pub use load::{LoadError, SignedFiles, load_signed, load_verified};
 pub use model::{
-    Action, Certainty, Cluster, Firewall, Hardening, Lockdown, Node, NodeId, Policy, Posture,
-    RECOMMENDED_SYSCTLS, Role,
+    Action, Certainty, Cluster, Distribution, Firewall, Hardening, Lockdown, Node, NodeId, Policy,
+    Posture, RECOMMENDED_SYSCTLS, Role,
 };
 pub use mosix_map::{MapError, MosixMap};
 pub use nodemap::{Change, NodeChange, NodeMap, NodeMapDiff};

@@ -29,6 +29,8 @@ pub struct Policy {
     pub certainty: Certainty,
     #[serde(default)]
     pub hardening: Hardening,
+    #[serde(default)]
+    pub distribution: Distribution,
     #[serde(default, rename = "node")]
     pub nodes: Vec<Node>,
 }
@@ -119,6 +121,55 @@ impl Default for Firewall {
             default: Posture::Drop,
             allow: BTreeMap::new(),
             accept_router_advertisements: false,
+        }
+    }
+}
+
+/// How members keep each other current (clusterd): the signed policy and each node's own
+/// heartbeat travel between members through the tunnels, on `port` (UDP heartbeats, TCP
+/// policy fetch), which is guarded like the services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distribution {
+    #[serde(default = "default_distribution_port")]
+    pub port: u16,
+    /// How often each node tells every peer its state.
+    #[serde(default = "default_heartbeat", with = "duration")]
+    pub heartbeat: Duration,
+    /// Take the cluster services away from a node that reports lost integrity, whose
+    /// certaintyd does not answer, whose root differs from the pinned one, or that is silent
+    /// for `quarantine_after`. Its tunnel and this port stay, so it can come back.
+    #[serde(default = "default_true")]
+    pub quarantine: bool,
+    #[serde(default = "default_quarantine_after", with = "duration")]
+    pub quarantine_after: Duration,
+    /// A node without a running certaintyd is quarantined too (off only for clusters whose
+    /// nodes do not run certaintyd).
+    #[serde(default = "default_true")]
+    pub require_certainty: bool,
+}
+
+fn default_distribution_port() -> u16 {
+    7946
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_quarantine_after() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Distribution {
+    fn default() -> Self {
+        Self {
+            port: default_distribution_port(),
+            heartbeat: default_heartbeat(),
+            quarantine: true,
+            quarantine_after: default_quarantine_after(),
+            require_certainty: true,
         }
     }
 }

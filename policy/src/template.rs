@@ -64,6 +64,17 @@ sysctl = {{}}
 lock_modules = true
 # Kernel lockdown raised at boot: none | integrity | confidentiality.
 lockdown = "integrity"
+
+# clusterd: members pass the signed policy and their own heartbeats to each other through
+# the tunnels on this port (UDP and TCP; guarded like the services).
+[distribution]
+port = 7946
+heartbeat = "1s"
+# Services are taken from a node that reports lost integrity, whose certaintyd does not
+# answer, whose root is not the pinned one, or that is silent this long; its tunnel stays.
+quarantine = true
+quarantine_after = "3s"
+require_certainty = true
 "#
     )
 }

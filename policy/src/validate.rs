@@ -79,6 +79,27 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
             "serial must be greater than 0",
         ));
     }
+    let d = &policy.distribution;
+    if d.port == 0 || d.port == c.listen_port {
+        out.push(finding(
+            path(&["distribution", "port"]),
+            format!(
+                "distribution port {} must be set and differ from the WireGuard port",
+                d.port
+            ),
+        ));
+    }
+    if d.heartbeat.is_zero() {
+        out.push(finding(
+            path(&["distribution", "heartbeat"]),
+            "heartbeat must be longer than 0s",
+        ));
+    } else if d.quarantine_after < d.heartbeat * 2 {
+        out.push(finding(
+            path(&["distribution", "quarantine_after"]),
+            "quarantine_after must be at least two heartbeats (one lost datagram is not silence)",
+        ));
+    }
     if c.expires <= now {
         out.push(finding(
             path(&["cluster", "expires"]),
