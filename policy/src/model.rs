@@ -380,6 +380,9 @@ impl Hardening {
 pub struct NodeId(u16);
 
 impl NodeId {
+    /// Node 1, the first valid id.
+    pub const MIN: NodeId = NodeId(1);
+
     pub fn new(id: u16) -> Option<Self> {
         (id != 0).then_some(Self(id))
     }

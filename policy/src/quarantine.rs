@@ -19,6 +19,12 @@ pub struct Quarantined {
     pub reason: String,
     /// RFC 3339.
     pub since: String,
+    /// The boot it was quarantined in, and whether only a reboot (a new boot id) can end it:
+    /// kept so that a restarted clusterd does not readmit a node that lost integrity.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    #[serde(default)]
+    pub until_reboot: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,711 @@
+//! The protocol as plain decisions, without sockets or clocks: the shell feeds it what
+//! arrived and the time (a monotonic `Duration`), and carries out the [`Action`]s it returns.
+//! The simulation (`examples/simulate.rs`) runs this same code over a lossy simulated network.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use policy::NodeId;
+use rand_core::RngCore;
+
+use crate::proto::{Heartbeat, Integrity, Message};
+
+/// How many random peers a node offers a newer policy to at once.
+pub const FANOUT: usize = 4;
+/// A fetch that has not finished by then is abandoned (the next heartbeat retries).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub me: NodeId,
+    pub heartbeat: Duration,
+    pub quarantine: bool,
+    pub quarantine_after: Duration,
+    pub require_certainty: bool,
+}
+
+impl Config {
+    pub fn from_policy(me: NodeId, d: &policy::Distribution) -> Self {
+        Self {
+            me,
+            heartbeat: d.heartbeat,
+            quarantine: d.quarantine,
+            quarantine_after: d.quarantine_after,
+            require_certainty: d.require_certainty,
+        }
+    }
+}
+
+/// Why a node has no services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// Its certaintyd found a change.
+    IntegrityLost,
+    /// Its certaintyd does not answer.
+    CertaintyUnreachable,
+    /// Its root is not the pinned one.
+    RootMismatch,
+    /// Not heard from for this long.
+    Silent(Duration),
+    /// It booted and has no verified baseline yet (grace period).
+    NotVerified,
+}
+
+impl Reason {
+    /// Whether readmission needs a fresh boot: a node that lost integrity stays out until it
+    /// has rebooted into a verified image.
+    pub fn needs_reboot(&self) -> bool {
+        matches!(self, Reason::IntegrityLost | Reason::RootMismatch)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::IntegrityLost => f.write_str("it reports lost integrity"),
+            Reason::CertaintyUnreachable => f.write_str("its certaintyd does not answer"),
+            Reason::RootMismatch => f.write_str("its root is not the pinned one"),
+            Reason::Silent(d) => write!(f, "silent for {} s", d.as_secs()),
+            Reason::NotVerified => f.write_str("no verified baseline yet"),
+        }
+    }
+}
+
+/// What the shell is to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Send {
+        to: NodeId,
+        msg: Message,
+    },
+    /// Fetch the policy from this peer over TCP; report with [`Core::fetch_done`].
+    Fetch {
+        from: NodeId,
+        serial: u64,
+    },
+    Quarantine {
+        node: NodeId,
+        reason: Reason,
+    },
+    Readmit {
+        node: NodeId,
+        why: String,
+    },
+}
+
+/// A peer's quarantine: why, since when, and in which boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    pub reason: Reason,
+    pub since: Duration,
+    pub boot_id: Option<String>,
+}
+
+/// What this node knows of one peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub name: String,
+    /// When it entered the map here: silence is counted from then until first heard.
+    pub known_since: Duration,
+    pub heard: Option<Duration>,
+    pub last: Option<Heartbeat>,
+    pub quarantine: Option<Quarantine>,
+}
+
+/// One node's side of the protocol.
+#[derive(Debug)]
+pub struct Core {
+    cfg: Config,
+    peers: BTreeMap<NodeId, Peer>,
+    serial: u64,
+    digest: String,
+    /// A fetch under way: from whom, for which serial, since when.
+    fetching: Option<(NodeId, u64, Duration)>,
+    /// Heartbeats received whose claimed node was not the sender (counted, not logged each).
+    pub impostors: u64,
+}
+
+impl Core {
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg,
+            peers: BTreeMap::new(),
+            serial: 0,
+            digest: String::new(),
+            fetching: None,
+            impostors: 0,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    pub fn peers(&self) -> &BTreeMap<NodeId, Peer> {
+        &self.peers
+    }
+
+    /// A policy is in force here (at start, fetched, or put in place locally): the peers
+    /// follow its live node map, and a newer serial is offered to a few random peers at once.
+    pub fn policy_in_force(
+        &mut self,
+        cfg: Config,
+        serial: u64,
+        digest: &str,
+        members: &[(NodeId, String)],
+        now: Duration,
+        rng: &mut dyn RngCore,
+    ) -> Vec<Action> {
+        self.cfg = cfg;
+        let newer = serial > self.serial;
+        self.serial = serial;
+        self.digest = digest.to_string();
+        let me = self.cfg.me;
+        self.peers
+            .retain(|id, _| members.iter().any(|(m, _)| m == id));
+        for (id, name) in members.iter().filter(|(id, _)| *id != me) {
+            self.peers.entry(*id).or_insert_with(|| Peer {
+                name: name.clone(),
+                known_since: now,
+                heard: None,
+                last: None,
+                quarantine: None,
+            });
+        }
+        if self.fetching.is_some_and(|(_, s, _)| s <= serial) {
+            self.fetching = None;
+        }
+        if !newer {
+            return Vec::new();
+        }
+        let offer = Message::Offer {
+            serial,
+            digest: digest.to_string(),
+        };
+        self.random_peers(FANOUT, rng)
+            .into_iter()
+            .map(|to| Action::Send {
+                to,
+                msg: offer.clone(),
+            })
+            .collect()
+    }
+
+    /// Up to `k` distinct peers, chosen at random.
+    fn random_peers(&self, k: usize, rng: &mut dyn RngCore) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        let k = k.min(ids.len());
+        for i in 0..k {
+            let span = (ids.len() - i) as u64;
+            let j = i + (rng.next_u64() % span) as usize;
+            ids.swap(i, j);
+        }
+        ids.truncate(k);
+        ids
+    }
+
+    /// Takes over a quarantine decided before a restart (from the quarantine list), so a
+    /// restart never readmits anyone: `until_reboot` keeps it until a new boot id.
+    pub fn restore_quarantine(
+        &mut self,
+        id: NodeId,
+        until_reboot: bool,
+        boot_id: Option<String>,
+        now: Duration,
+    ) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.quarantine = Some(Quarantine {
+                reason: if until_reboot {
+                    Reason::IntegrityLost
+                } else {
+                    Reason::Silent(Duration::ZERO)
+                },
+                since: now,
+                boot_id,
+            });
+        }
+    }
+
+    /// A datagram from `from` (the node whose tunnel address sent it).
+    pub fn receive(&mut self, from: NodeId, msg: Message, now: Duration) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return out;
+        };
+        let serial = match msg {
+            Message::Heartbeat(hb) => {
+                if hb.node != from.get() {
+                    // One member speaking for another: never believed.
+                    self.impostors += 1;
+                    return out;
+                }
+                let serial = hb.serial;
+                peer.heard = Some(now);
+                peer.last = Some(hb);
+                out.extend(self.judge(from, now));
+                serial
+            }
+            Message::Offer { serial, .. } => serial,
+        };
+        out.extend(self.maybe_fetch(from, serial, now));
+        out
+    }
+
+    fn maybe_fetch(&mut self, from: NodeId, serial: u64, now: Duration) -> Option<Action> {
+        if serial <= self.serial || self.fetching.is_some() {
+            return None;
+        }
+        self.fetching = Some((from, serial, now));
+        Some(Action::Fetch { from, serial })
+    }
+
+    /// The fetch from `from` ended; on success the shell has called [`Core::policy_in_force`].
+    pub fn fetch_done(&mut self, from: NodeId) {
+        if self.fetching.is_some_and(|(f, _, _)| f == from) {
+            self.fetching = None;
+        }
+    }
+
+    /// Quarantine or readmit `id` on what it last said.
+    fn judge(&mut self, id: NodeId, now: Duration) -> Option<Action> {
+        let cfg = self.cfg.clone();
+        let peer = self.peers.get_mut(&id)?;
+        let hb = peer.last.as_ref()?;
+        let problem = match hb.integrity {
+            Integrity::Lost => Some(Reason::IntegrityLost),
+            Integrity::Unreachable if cfg.require_certainty => Some(Reason::CertaintyUnreachable),
+            Integrity::NotRequired if cfg.require_certainty => Some(Reason::CertaintyUnreachable),
+            Integrity::Grace => Some(Reason::NotVerified),
+            _ if hb.root_matches == Some(false) => Some(Reason::RootMismatch),
+            _ => None,
+        };
+        let boot = hb.boot_id.clone();
+        match (&peer.quarantine, problem) {
+            (None, Some(reason)) => {
+                // A node in its first grace period is not yet judged: it is given the same
+                // time to show a verified baseline as a silent node gets to speak.
+                if reason == Reason::NotVerified
+                    && now.saturating_sub(peer.known_since) < cfg.quarantine_after
+                {
+                    return None;
+                }
+                peer.quarantine = Some(Quarantine {
+                    reason: reason.clone(),
+                    since: now,
+                    boot_id: Some(boot),
+                });
+                cfg.quarantine
+                    .then_some(Action::Quarantine { node: id, reason })
+            }
+            (Some(q), Some(reason)) if q.reason != reason && reason.needs_reboot() => {
+                // Worse news than the quarantine already says: keep it, with the real reason.
+                peer.quarantine = Some(Quarantine {
+                    reason: reason.clone(),
+                    since: q.since,
+                    boot_id: Some(boot),
+                });
+                cfg.quarantine
+                    .then_some(Action::Quarantine { node: id, reason })
+            }
+            (Some(q), None) => {
+                let rebooted = q.boot_id.as_deref() != Some(boot.as_str());
+                if q.reason.needs_reboot() && !rebooted {
+                    return None;
+                }
+                let why = if q.reason.needs_reboot() {
+                    format!("rebooted and verified its root ({})", hb.integrity)
+                } else {
+                    format!("heard again, {}", hb.integrity)
+                };
+                peer.quarantine = None;
+                cfg.quarantine.then_some(Action::Readmit { node: id, why })
+            }
+            _ => None,
+        }
+    }
+
+    /// Every heartbeat interval: this node's heartbeat to every peer, and silence checks.
+    pub fn tick(&mut self, mine: &Heartbeat, now: Duration) -> Vec<Action> {
+        let mut out: Vec<Action> = self
+            .peers
+            .keys()
+            .map(|&to| Action::Send {
+                to,
+                msg: Message::Heartbeat(mine.clone()),
+            })
+            .collect();
+        if self
+            .fetching
+            .is_some_and(|(_, _, at)| now.saturating_sub(at) > FETCH_TIMEOUT)
+        {
+            self.fetching = None;
+        }
+        let after = self.cfg.quarantine_after;
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let since = peer.heard.unwrap_or(peer.known_since);
+            let silent = now.saturating_sub(since);
+            if silent >= after
+                && peer
+                    .quarantine
+                    .as_ref()
+                    .is_none_or(|q| matches!(q.reason, Reason::NotVerified))
+            {
+                let reason = Reason::Silent(silent);
+                peer.quarantine = Some(Quarantine {
+                    reason: reason.clone(),
+                    since: now,
+                    boot_id: peer.last.as_ref().map(|h| h.boot_id.clone()),
+                });
+                if self.cfg.quarantine {
+                    out.push(Action::Quarantine { node: id, reason });
+                }
+            } else if peer.heard.is_some() {
+                out.extend(self.judge(id, now));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counter(u64);
+    impl RngCore for Counter {
+        fn next_u32(&mut self) -> u32 {
+            self.next_u64() as u32
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1);
+            self.0 >> 11
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            for b in dest {
+                *b = self.next_u64() as u8;
+            }
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+
+    fn id(n: u16) -> NodeId {
+        NodeId::new(n).unwrap()
+    }
+
+    fn cfg() -> Config {
+        Config {
+            me: id(1),
+            heartbeat: Duration::from_secs(1),
+            quarantine: true,
+            quarantine_after: Duration::from_secs(3),
+            require_certainty: true,
+        }
+    }
+
+    fn members(n: u16) -> Vec<(NodeId, String)> {
+        (1..=n).map(|i| (id(i), format!("n{i}"))).collect()
+    }
+
+    fn hb(node: u16, integrity: Integrity, boot: &str) -> Heartbeat {
+        Heartbeat {
+            node,
+            boot_id: boot.into(),
+            seq: 1,
+            serial: 5,
+            digest: "d".into(),
+            integrity,
+            stable_root: None,
+            root_matches: None,
+            last_verification: None,
+            uptime_s: 1,
+            load1: 0.0,
+            mem_available_kb: 1,
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn core(n: u16) -> Core {
+        let mut c = Core::new(cfg());
+        c.policy_in_force(cfg(), 5, "d", &members(n), secs(0), &mut Counter(1));
+        c
+    }
+
+    #[test]
+    fn a_newer_policy_is_offered_to_a_few_random_peers_and_a_newer_one_heard_of_is_fetched() {
+        let mut c = core(10);
+        let out = c.policy_in_force(cfg(), 6, "e", &members(10), secs(1), &mut Counter(7));
+        let to: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    to,
+                    msg: Message::Offer { serial: 6, .. },
+                } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(to.len(), FANOUT);
+        assert!(!to.contains(&id(1)), "never to itself");
+        // The same serial again: nothing to offer.
+        assert!(
+            c.policy_in_force(cfg(), 6, "e", &members(10), secs(1), &mut Counter(7))
+                .is_empty()
+        );
+        // Pull: a heartbeat with a newer serial starts one fetch, not two at once.
+        let mut h = hb(2, Integrity::Verifying, "b2");
+        h.serial = 9;
+        let out = c.receive(id(2), Message::Heartbeat(h.clone()), secs(2));
+        assert!(
+            out.contains(&Action::Fetch {
+                from: id(2),
+                serial: 9
+            }),
+            "{out:?}"
+        );
+        h.node = 3;
+        assert!(
+            !c.receive(id(3), Message::Heartbeat(h), secs(2))
+                .iter()
+                .any(|a| matches!(a, Action::Fetch { .. }))
+        );
+        c.fetch_done(id(2));
+        let offer = Message::Offer {
+            serial: 9,
+            digest: "f".into(),
+        };
+        assert_eq!(
+            c.receive(id(4), offer, secs(3)),
+            vec![Action::Fetch {
+                from: id(4),
+                serial: 9
+            }]
+        );
+    }
+
+    /// One member must not be able to get another quarantined: a heartbeat is believed only
+    /// about the node whose tunnel address sent it.
+    #[test]
+    fn a_member_cannot_speak_for_another() {
+        let mut c = core(3);
+        c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "b2")),
+            secs(1),
+        );
+        c.receive(
+            id(3),
+            Message::Heartbeat(hb(3, Integrity::Verifying, "b3")),
+            secs(1),
+        );
+        // Node 2 sends a heartbeat claiming to be node 3, with lost integrity.
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(3, Integrity::Lost, "b3")),
+            secs(2),
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(c.impostors, 1);
+        assert!(c.peers()[&id(3)].quarantine.is_none());
+    }
+
+    #[test]
+    fn lost_integrity_is_quarantined_at_once_and_readmitted_only_after_a_verified_reboot() {
+        let mut c = core(3);
+        c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "boot-a")),
+            secs(1),
+        );
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Lost, "boot-a")),
+            secs(2),
+        );
+        assert_eq!(
+            out,
+            vec![Action::Quarantine {
+                node: id(2),
+                reason: Reason::IntegrityLost
+            }]
+        );
+        // Saying "verifying" again in the same boot is not enough.
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "boot-a")),
+            secs(3),
+        );
+        assert!(out.is_empty(), "{out:?}");
+        // Rebooted: grace first (still out), then verified.
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Grace, "boot-b")),
+            secs(20),
+        );
+        assert!(out.is_empty(), "{out:?}");
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "boot-b")),
+            secs(50),
+        );
+        assert!(
+            matches!(&out[..], [Action::Readmit { node, .. }] if *node == id(2)),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_root_or_an_unreachable_certaintyd_is_quarantined() {
+        let mut c = core(3);
+        let mut h = hb(2, Integrity::Verifying, "b");
+        h.root_matches = Some(false);
+        let out = c.receive(id(2), Message::Heartbeat(h), secs(1));
+        assert_eq!(
+            out,
+            vec![Action::Quarantine {
+                node: id(2),
+                reason: Reason::RootMismatch
+            }]
+        );
+        let out = c.receive(
+            id(3),
+            Message::Heartbeat(hb(3, Integrity::Unreachable, "c")),
+            secs(1),
+        );
+        assert_eq!(
+            out,
+            vec![Action::Quarantine {
+                node: id(3),
+                reason: Reason::CertaintyUnreachable
+            }]
+        );
+        // An unreachable certaintyd that answers again readmits (no reboot needed).
+        let out = c.receive(
+            id(3),
+            Message::Heartbeat(hb(3, Integrity::Verifying, "c")),
+            secs(2),
+        );
+        assert!(matches!(&out[..], [Action::Readmit { .. }]), "{out:?}");
+    }
+
+    #[test]
+    fn silence_quarantines_and_speaking_again_readmits() {
+        let mut c = core(3);
+        let mine = hb(1, Integrity::Verifying, "me");
+        c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "b")),
+            secs(1),
+        );
+        c.receive(
+            id(3),
+            Message::Heartbeat(hb(3, Integrity::Verifying, "c")),
+            secs(1),
+        );
+        let out = c.tick(&mine, secs(2));
+        assert_eq!(out.len(), 2, "one heartbeat per peer: {out:?}");
+        c.receive(
+            id(3),
+            Message::Heartbeat(hb(3, Integrity::Verifying, "c")),
+            secs(4),
+        );
+        let out = c.tick(&mine, secs(4));
+        assert!(
+            out.contains(&Action::Quarantine {
+                node: id(2),
+                reason: Reason::Silent(secs(3))
+            }),
+            "{out:?}"
+        );
+        assert!(
+            !out.iter()
+                .any(|a| matches!(a, Action::Quarantine { node, .. } if *node == id(3)))
+        );
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "b")),
+            secs(5),
+        );
+        assert!(matches!(&out[..], [Action::Readmit { .. }]), "{out:?}");
+    }
+
+    #[test]
+    fn a_node_in_grace_gets_the_same_time_as_a_silent_one_then_waits_for_its_baseline() {
+        let mut c = core(2);
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Grace, "b")),
+            secs(1),
+        );
+        assert!(out.is_empty());
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Grace, "b")),
+            secs(3),
+        );
+        assert_eq!(
+            out,
+            vec![Action::Quarantine {
+                node: id(2),
+                reason: Reason::NotVerified
+            }]
+        );
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "b")),
+            secs(30),
+        );
+        assert!(matches!(&out[..], [Action::Readmit { .. }]), "{out:?}");
+    }
+
+    #[test]
+    fn with_quarantine_off_nothing_is_withheld_but_health_is_still_known() {
+        let mut c = core(2);
+        let off = Config {
+            quarantine: false,
+            ..cfg()
+        };
+        c.policy_in_force(off, 5, "d", &members(2), secs(0), &mut Counter(1));
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Lost, "b")),
+            secs(1),
+        );
+        assert!(out.is_empty());
+        assert!(c.peers()[&id(2)].quarantine.is_some());
+    }
+
+    #[test]
+    fn a_node_removed_from_the_map_is_forgotten() {
+        let mut c = core(3);
+        c.receive(
+            id(3),
+            Message::Heartbeat(hb(3, Integrity::Lost, "c")),
+            secs(1),
+        );
+        c.policy_in_force(cfg(), 6, "e", &members(2), secs(2), &mut Counter(1));
+        assert!(!c.peers().contains_key(&id(3)));
+        assert!(
+            c.receive(
+                id(3),
+                Message::Heartbeat(hb(3, Integrity::Lost, "c")),
+                secs(3)
+            )
+            .is_empty()
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! This node's own facts for its heartbeat: certaintyd's state from its control socket, the
+//! boot id, uptime, load and free memory (what mosmon showed). Blocking reads of small
+//! files and one short socket exchange; the daemon runs them off its event loop.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use certaintyd::control::{ControlRequest, ControlResponse};
+
+use crate::proto::Integrity;
+
+/// How long certaintyd may take to answer a status request before it counts as unreachable.
+pub const CERTAINTY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Where the facts come from (files, so tests can stand in for `/proc`).
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// certaintyd's control socket; `None`: this node runs no certaintyd.
+    pub certainty_socket: Option<PathBuf>,
+    pub boot_id: PathBuf,
+    pub proc_root: PathBuf,
+}
+
+/// What certaintyd says, reduced to what peers judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertaintyFacts {
+    pub integrity: Integrity,
+    pub stable_root: Option<String>,
+    pub last_verification: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Facts {
+    pub certainty: CertaintyFacts,
+    pub boot_id: String,
+    pub uptime_s: u64,
+    pub load1: f64,
+    pub mem_available_kb: u64,
+}
+
+/// certaintyd's state; any failure to get an answer is `Unreachable`.
+pub fn certainty(socket: Option<&Path>) -> CertaintyFacts {
+    let unreachable = CertaintyFacts {
+        integrity: Integrity::Unreachable,
+        stable_root: None,
+        last_verification: None,
+    };
+    let Some(socket) = socket else {
+        return CertaintyFacts {
+            integrity: Integrity::NotRequired,
+            ..unreachable
+        };
+    };
+    let ask = || -> std::io::Result<ControlResponse> {
+        let mut s = UnixStream::connect(socket)?;
+        s.set_read_timeout(Some(CERTAINTY_TIMEOUT))?;
+        s.set_write_timeout(Some(CERTAINTY_TIMEOUT))?;
+        let mut line = serde_json::to_vec(&ControlRequest::Status)?;
+        line.push(b'\n');
+        s.write_all(&line)?;
+        let mut reply = String::new();
+        BufReader::new(s).take(64 << 10).read_line(&mut reply)?;
+        serde_json::from_str(&reply).map_err(std::io::Error::other)
+    };
+    match ask() {
+        Ok(ControlResponse {
+            ok: true,
+            status: Some(st),
+            ..
+        }) => CertaintyFacts {
+            integrity: Integrity::from_status(&st.state),
+            stable_root: st.stable_root,
+            last_verification: st.last_verification_at,
+        },
+        _ => unreachable,
+    }
+}
+
+fn first_number(text: &str) -> Option<f64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// `MemAvailable` in kB from `/proc/meminfo` text.
+pub fn mem_available_kb(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// All facts; a file that cannot be read gives zero (it is shown, not judged).
+pub fn facts(src: &Sources) -> Facts {
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let proc_file = |name: &str| read(&src.proc_root.join(name));
+    Facts {
+        certainty: certainty(src.certainty_socket.as_deref()),
+        boot_id: read(&src.boot_id).trim().to_string(),
+        uptime_s: first_number(&proc_file("uptime")).unwrap_or(0.0) as u64,
+        load1: first_number(&proc_file("loadavg")).unwrap_or(0.0),
+        mem_available_kb: mem_available_kb(&proc_file("meminfo")).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_texts_are_read_and_a_dead_socket_is_unreachable() {
+        assert_eq!(
+            mem_available_kb("MemTotal: 10 kB\nMemAvailable:    2048 kB\n"),
+            Some(2048)
+        );
+        assert_eq!(first_number("0.42 0.30 0.10 1/100 7"), Some(0.42));
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("no.sock");
+        assert_eq!(certainty(Some(&gone)).integrity, Integrity::Unreachable);
+        assert_eq!(certainty(None).integrity, Integrity::NotRequired);
+    }
+}

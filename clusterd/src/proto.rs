@@ -1,0 +1,164 @@
+//! What members say to each other over UDP, inside the tunnels: a node's own heartbeat, and an
+//! offer of a newer policy. JSON, one datagram each, size-limited both ways.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The largest datagram sent or accepted: a heartbeat is a few hundred bytes.
+pub const MAX_DATAGRAM: usize = 1400;
+
+/// A node's integrity as its certaintyd reports it (or cannot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Integrity {
+    /// Booted, no baseline yet.
+    Grace,
+    /// Baseline taken, verifying.
+    Verifying,
+    /// In a signed maintenance window.
+    Maintenance,
+    /// certaintyd found a change.
+    Lost,
+    /// certaintyd does not answer on its control socket.
+    Unreachable,
+    /// This node runs no certaintyd and the policy does not require one.
+    NotRequired,
+}
+
+impl Integrity {
+    /// From certaintyd's status text.
+    pub fn from_status(state: &str) -> Self {
+        match state {
+            "grace" => Integrity::Grace,
+            "verifying" => Integrity::Verifying,
+            "maintenance" => Integrity::Maintenance,
+            _ => Integrity::Lost,
+        }
+    }
+
+    /// Verified, or under a window the operator signed: may use the services.
+    pub fn is_good(self) -> bool {
+        matches!(
+            self,
+            Integrity::Verifying | Integrity::Maintenance | Integrity::NotRequired
+        )
+    }
+}
+
+impl fmt::Display for Integrity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Integrity::Grace => "grace",
+            Integrity::Verifying => "verifying",
+            Integrity::Maintenance => "maintenance",
+            Integrity::Lost => "integrity lost",
+            Integrity::Unreachable => "certaintyd unreachable",
+            Integrity::NotRequired => "not monitored",
+        })
+    }
+}
+
+/// What a node says about itself, and only itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The sender's node id; it must be the node whose tunnel address sent it.
+    pub node: u16,
+    /// `/proc/sys/kernel/random/boot_id`: a new one means the node rebooted.
+    pub boot_id: String,
+    /// Counts up within one boot.
+    pub seq: u64,
+    /// The policy in force there.
+    pub serial: u64,
+    pub digest: String,
+    pub integrity: Integrity,
+    /// certaintyd's boot-stable root, and whether it equals the pinned one (none pinned: null).
+    pub stable_root: Option<String>,
+    pub root_matches: Option<bool>,
+    /// When certaintyd last finished a full verification (RFC 3339).
+    pub last_verification: Option<String>,
+    pub uptime_s: u64,
+    pub load1: f64,
+    pub mem_available_kb: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Message {
+    Heartbeat(Heartbeat),
+    /// "I have this policy": the receiver fetches it if it is newer.
+    Offer {
+        serial: u64,
+        digest: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("datagram of {0} bytes is over the {MAX_DATAGRAM}-byte limit")]
+    TooLarge(usize),
+    #[error("not a message: {0}")]
+    Malformed(String),
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
+        if bytes.len() > MAX_DATAGRAM {
+            return Err(ProtoError::TooLarge(bytes.len()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| {
+            let mut s = e.to_string();
+            s.truncate(120);
+            ProtoError::Malformed(s)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn heartbeat() -> Heartbeat {
+        Heartbeat {
+            node: 3,
+            boot_id: "b".repeat(36),
+            seq: 7,
+            serial: 12,
+            digest: "d".repeat(64),
+            integrity: Integrity::Verifying,
+            stable_root: Some("e".repeat(64)),
+            root_matches: Some(true),
+            last_verification: Some("2026-11-22T12:00:00Z".into()),
+            uptime_s: 1234,
+            load1: 0.25,
+            mem_available_kb: 123_456,
+        }
+    }
+
+    #[test]
+    fn a_full_heartbeat_fits_one_datagram_and_round_trips() {
+        let m = Message::Heartbeat(heartbeat());
+        let bytes = m.encode();
+        assert!(bytes.len() < MAX_DATAGRAM / 2, "{} bytes", bytes.len());
+        assert_eq!(Message::decode(&bytes), Ok(m));
+    }
+
+    #[test]
+    fn hostile_datagrams_are_refused_plainly() {
+        assert_eq!(
+            Message::decode(&[b' '; 2000]),
+            Err(ProtoError::TooLarge(2000))
+        );
+        assert!(matches!(
+            Message::decode(b"{\"offer\":{\"serial\":1}}"),
+            Err(ProtoError::Malformed(_))
+        ));
+        let extra = br#"{"offer":{"serial":1,"digest":"x","more":1}}"#;
+        assert!(Message::decode(extra).is_err());
+    }
+}
