@@ -47,18 +47,32 @@ fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// netguard sits beside clusterd in the target directory (built here if it is not yet).
-fn netguard_bin() -> PathBuf {
+/// Another binary of the workspace, beside clusterd in the target directory (built here if
+/// it is not yet): netguard, tyd.
+fn workspace_bin(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_clusterd")).parent().unwrap();
-    let bin = dir.join("netguard");
+    let bin = dir.join(name);
     if !bin.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "netguard", "--bin", "netguard"])
+            .args(["build", "-p", name, "--bin", name])
             .status()
             .unwrap();
-        assert!(status.success(), "cannot build netguard");
+        assert!(status.success(), "cannot build {name}");
     }
     bin
+}
+
+/// `tyd status --cluster` on member `i`'s view: exit code and output.
+fn tyd_cluster_status(lab: &Lab, i: usize) -> (i32, String) {
+    let out = Command::new(workspace_bin("tyd"))
+        .args(["status", "--cluster", "--view"])
+        .arg(lab.members[i].dir.join("view.json"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
@@ -239,7 +253,7 @@ impl Lab {
     }
 
     fn start(&mut self, i: usize) {
-        let netguard = netguard_bin();
+        let netguard = workspace_bin("netguard");
         let m = &mut self.members[i];
         let d = m.dir.clone();
         let p = |name: &str| d.join(name).display().to_string();
@@ -467,6 +481,24 @@ fn the_cluster_keeps_itself_current_and_quarantines_a_node_that_lost_integrity()
         || !lab.tcp_ok(2, "10.77.0.2:4660"),
     );
     assert!(lab.tcp_ok(0, "10.77.0.2:4660"), "d1 -> d2 unaffected");
+    // Heartbeats carry each node's serial: within one interval the view has settled.
+    wait_for(
+        "d2's view: one quarantined, the rest healthy",
+        Duration::from_secs(3),
+        || {
+            tyd_cluster_status(&lab, 1)
+                .1
+                .contains("4 nodes, 3 healthy, 1 quarantined")
+        },
+    );
+    let (code, text) = tyd_cluster_status(&lab, 1);
+    assert_eq!(code, 7, "{text}");
+    assert!(
+        text.lines()
+            .nth(2)
+            .is_some_and(|l| l.contains("quarantined: it reports lost integrity")),
+        "{text}"
+    );
     // Its tunnel stays: d2 still hears it.
     std::thread::sleep(Duration::from_millis(1500));
     let d3 = lab.view(1)["nodes"]
@@ -489,6 +521,9 @@ fn the_cluster_keeps_itself_current_and_quarantines_a_node_that_lost_integrity()
     });
     wait_for("d3 served again", Duration::from_secs(3), || {
         lab.tcp_ok(2, "10.77.0.2:4660")
+    });
+    wait_for("a healthy cluster view", Duration::from_secs(3), || {
+        tyd_cluster_status(&lab, 1).0 == 0
     });
 
     // d3 speaks for d4: "d4 lost integrity". Nobody believes it.

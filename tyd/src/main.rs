@@ -1,6 +1,7 @@
 //! `tyd`: the operator's tool for a tyd cluster: keys, the signed policy, the node map.
 
 mod certainty_cmd;
+mod cluster_cmd;
 mod edit;
 mod failure;
 mod keygen;
@@ -56,6 +57,19 @@ enum Command {
         key: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// The whole cluster as clusterd on this node sees it: every node's reachability,
+        /// serial, integrity, root, load and memory; problems first.
+        #[arg(long)]
+        cluster: bool,
+        /// With --cluster: only the nodes with a problem.
+        #[arg(long, requires = "cluster")]
+        problems: bool,
+        /// With --cluster: redraw every second, like mosmon (Ctrl-C ends it).
+        #[arg(long, requires = "cluster")]
+        watch: bool,
+        /// clusterd's view of the cluster.
+        #[arg(long, default_value = "/run/tyd/cluster-status.json")]
+        view: PathBuf,
     },
     /// Talk to certaintyd: status, signed maintenance windows, authorised stop.
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
@@ -230,12 +244,21 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
         Command::Node(cmd) => node_cmd::run(cmd, now),
         Command::Certainty(cmd) => certainty_cmd::run(cmd),
         Command::Status {
+            json,
+            cluster: true,
+            problems,
+            watch,
+            view,
+            ..
+        } => cluster_cmd::run(&view, json, problems, watch, now),
+        Command::Status {
             policy,
             trust,
             state,
             interface,
             key,
             json,
+            ..
         } => status_cmd::run(
             &status_cmd::StatusArgs {
                 policy: &policy,
