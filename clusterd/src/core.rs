@@ -122,6 +122,10 @@ pub struct Core {
     digest: String,
     /// A fetch under way: from whom, for which serial, since when.
     fetching: Option<(NodeId, u64, Duration)>,
+    /// Peers whose heartbeat showed a newer serial than this node's: pulled from one of them,
+    /// chosen at random, at the next tick (if no offer has brought it by then), so that one
+    /// node's heartbeat does not send every peer to fetch from that one node at once.
+    newer: BTreeMap<NodeId, u64>,
     /// Heartbeats received whose claimed node was not the sender (counted, not logged each).
     pub impostors: u64,
 }
@@ -134,6 +138,7 @@ impl Core {
             serial: 0,
             digest: String::new(),
             fetching: None,
+            newer: BTreeMap::new(),
             impostors: 0,
         }
     }
@@ -180,6 +185,7 @@ impl Core {
         if self.fetching.is_some_and(|(_, s, _)| s <= serial) {
             self.fetching = None;
         }
+        self.newer.retain(|_, s| *s > serial);
         if !newer {
             return Vec::new();
         }
@@ -237,22 +243,23 @@ impl Core {
         let Some(peer) = self.peers.get_mut(&from) else {
             return out;
         };
-        let serial = match msg {
+        match msg {
             Message::Heartbeat(hb) => {
                 if hb.node != from.get() {
                     // One member speaking for another: never believed.
                     self.impostors += 1;
                     return out;
                 }
-                let serial = hb.serial;
+                if hb.serial > self.serial {
+                    self.newer.insert(from, hb.serial);
+                }
                 peer.heard = Some(now);
                 peer.last = Some(hb);
                 out.extend(self.judge(from, now));
-                serial
             }
-            Message::Offer { serial, .. } => serial,
-        };
-        out.extend(self.maybe_fetch(from, serial, now));
+            // Push: fetched at once.
+            Message::Offer { serial, .. } => out.extend(self.maybe_fetch(from, serial, now)),
+        }
         out
     }
 
@@ -329,21 +336,34 @@ impl Core {
         }
     }
 
-    /// Every heartbeat interval: this node's heartbeat to every peer, and silence checks.
-    pub fn tick(&mut self, mine: &Heartbeat, now: Duration) -> Vec<Action> {
-        let mut out: Vec<Action> = self
-            .peers
+    /// This node's heartbeat to every peer now, out of turn: a change (integrity lost) is told
+    /// at once, and repeated by the caller so a lost datagram does not delay it.
+    pub fn announce(&self, mine: &Heartbeat) -> Vec<Action> {
+        self.peers
             .keys()
             .map(|&to| Action::Send {
                 to,
                 msg: Message::Heartbeat(mine.clone()),
             })
-            .collect();
+            .collect()
+    }
+
+    /// Every heartbeat interval: this node's heartbeat to every peer, silence checks, and a
+    /// pull from a random peer known to have a newer serial (anti-entropy: a node that missed
+    /// every offer catches up within one interval).
+    pub fn tick(&mut self, mine: &Heartbeat, now: Duration, rng: &mut dyn RngCore) -> Vec<Action> {
+        let mut out = self.announce(mine);
         if self
             .fetching
             .is_some_and(|(_, _, at)| now.saturating_sub(at) > FETCH_TIMEOUT)
         {
             self.fetching = None;
+        }
+        if !self.newer.is_empty() && self.fetching.is_none() {
+            let holders: Vec<(NodeId, u64)> = self.newer.iter().map(|(k, v)| (*k, *v)).collect();
+            let (from, serial) = holders[(rng.next_u64() % holders.len() as u64) as usize];
+            self.newer.remove(&from);
+            out.extend(self.maybe_fetch(from, serial, now));
         }
         let after = self.cfg.quarantine_after;
         let ids: Vec<NodeId> = self.peers.keys().copied().collect();
@@ -466,24 +486,29 @@ mod tests {
             c.policy_in_force(cfg(), 6, "e", &members(10), secs(1), &mut Counter(7))
                 .is_empty()
         );
-        // Pull: a heartbeat with a newer serial starts one fetch, not two at once.
+        // Pull: heartbeats with a newer serial start no fetch at once (offers may still bring
+        // it); the next tick fetches from one of those peers, and only one fetch runs at once.
         let mut h = hb(2, Integrity::Verifying, "b2");
         h.serial = 9;
         let out = c.receive(id(2), Message::Heartbeat(h.clone()), secs(2));
         assert!(
-            out.contains(&Action::Fetch {
-                from: id(2),
-                serial: 9
-            }),
+            !out.iter().any(|a| matches!(a, Action::Fetch { .. })),
             "{out:?}"
         );
         h.node = 3;
-        assert!(
-            !c.receive(id(3), Message::Heartbeat(h), secs(2))
-                .iter()
-                .any(|a| matches!(a, Action::Fetch { .. }))
-        );
-        c.fetch_done(id(2));
+        c.receive(id(3), Message::Heartbeat(h), secs(2));
+        let mine = hb(1, Integrity::Verifying, "me");
+        let out = c.tick(&mine, secs(2), &mut Counter(3));
+        let fetches: Vec<_> = out
+            .iter()
+            .filter(|a| matches!(a, Action::Fetch { serial: 9, .. }))
+            .collect();
+        assert_eq!(fetches.len(), 1, "{out:?}");
+        let Action::Fetch { from, .. } = fetches[0] else {
+            unreachable!()
+        };
+        assert!([id(2), id(3)].contains(from));
+        c.fetch_done(*from);
         let offer = Message::Offer {
             serial: 9,
             digest: "f".into(),
@@ -616,14 +641,14 @@ mod tests {
             Message::Heartbeat(hb(3, Integrity::Verifying, "c")),
             secs(1),
         );
-        let out = c.tick(&mine, secs(2));
+        let out = c.tick(&mine, secs(2), &mut Counter(1));
         assert_eq!(out.len(), 2, "one heartbeat per peer: {out:?}");
         c.receive(
             id(3),
             Message::Heartbeat(hb(3, Integrity::Verifying, "c")),
             secs(4),
         );
-        let out = c.tick(&mine, secs(4));
+        let out = c.tick(&mine, secs(4), &mut Counter(1));
         assert!(
             out.contains(&Action::Quarantine {
                 node: id(2),

@@ -54,6 +54,9 @@ pub enum StartupError {
 const POLL: Duration = Duration::from_millis(200);
 /// Policy transfers served at once.
 const MAX_SERVING: usize = 16;
+/// A change of integrity is told this many times, one poll apart (a lost datagram would
+/// otherwise wait for the next heartbeat).
+const CHANGE_REPEATS: u32 = 3;
 
 struct Node {
     cfg: Config,
@@ -76,6 +79,8 @@ struct Node {
     stamp: Option<(std::time::SystemTime, u64)>,
     /// Datagrams dropped since the last log line about them (untrusted input: rate-limited).
     dropped: u64,
+    /// How many more times a changed heartbeat is to be told out of turn.
+    repeats: u32,
     rng: rand_core::OsRng,
 }
 
@@ -298,6 +303,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         quarantine,
         stamp: None,
         dropped: 0,
+        repeats: 0,
         rng: rand_core::OsRng,
     };
     info!(public_key = %me, "clusterd starting");
@@ -389,17 +395,24 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                     }
                     _ => false,
                 };
-                if changed && let Some(hb) = node.heartbeat() {
-                    // Told at once, not at the next heartbeat.
-                    info!(integrity = %hb.integrity, "integrity state changed; telling every peer now");
-                    actions.extend(node.core.tick(&hb, node.now()));
+                if changed {
+                    node.repeats = CHANGE_REPEATS;
+                    if let Some(f) = &node.facts {
+                        info!(integrity = %f.certainty.integrity, "integrity state changed; telling every peer now");
+                    }
+                }
+                if node.repeats > 0 && let Some(hb) = node.heartbeat() {
+                    // Told at once, not at the next heartbeat, and again at the next polls.
+                    node.repeats -= 1;
+                    actions.extend(node.core.announce(&hb));
                 }
             }
             _ = heartbeat.tick() => {
                 let src = node.cfg.sources.clone();
                 node.facts = tokio::task::spawn_blocking(move || probe::facts(&src)).await.ok();
                 if let Some(hb) = node.heartbeat() {
-                    actions = node.core.tick(&hb, node.now());
+                    let now = node.now();
+                    actions = node.core.tick(&hb, now, &mut node.rng);
                     node.write_view(&hb);
                 }
                 if node.dropped > 0 {

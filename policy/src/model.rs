@@ -156,7 +156,7 @@ fn default_heartbeat() -> Duration {
     Duration::from_secs(1)
 }
 fn default_quarantine_after() -> Duration {
-    Duration::from_secs(3)
+    Duration::from_secs(5)
 }
 fn default_true() -> bool {
     true

@@ -73,7 +73,7 @@ heartbeat = "1s"
 # Services are taken from a node that reports lost integrity, whose certaintyd does not
 # answer, whose root is not the pinned one, or that is silent this long; its tunnel stays.
 quarantine = true
-quarantine_after = "3s"
+quarantine_after = "5s"
 require_certainty = true
 "#
     )
