@@ -158,6 +158,19 @@ enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Put a signed policy in force on this member: verified first, refused if it is not newer
+    /// than the one in place; clusterd then carries it to every other member by itself.
+    /// From the operator's machine: `scp cluster.toml cluster.toml.sig MEMBER:/tmp/ && ssh
+    /// MEMBER tyd policy push /tmp/cluster.toml`.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Push {
+        file: PathBuf,
+        #[arg(long, default_value = "/etc/tyd/operator.pub")]
+        trust: PathBuf,
+        /// The policy the member's clusterd and netguard read.
+        #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+        to: PathBuf,
+    },
     /// Show a policy: cluster, services, firewall, certainty, nodes.
     #[command(after_help = EXIT_CODES_HELP)]
     Show {
@@ -237,6 +250,7 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
             PolicyCmd::Check { file, json } => policy_cmd::check(&file, json, now),
             PolicyCmd::Sign { file, key, bump } => policy_cmd::sign_cmd(&file, &key, bump, now),
             PolicyCmd::Verify { file, trust, json } => policy_cmd::verify(&file, &trust, json, now),
+            PolicyCmd::Push { file, trust, to } => policy_cmd::push(&file, &trust, &to, now),
             PolicyCmd::Show { file, trust, json } => {
                 policy_cmd::show(&file, trust.as_deref(), json, now)
             }

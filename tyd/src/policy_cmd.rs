@@ -282,6 +282,49 @@ pub fn sign_cmd(path: &Path, key: &Path, bump: bool, now: Timestamp) -> CliResul
     Ok(())
 }
 
+/// Verifies `path` and puts it (signature first, each atomically) in place at `to`, unless
+/// the policy there is as new or newer: a push never rolls a member back.
+pub fn push(path: &Path, trust: &Path, to: &Path, now: Timestamp) -> CliResult {
+    let files = policy::load_signed(path, trust, now)?;
+    let v = &files.verified;
+    if let Ok(current) = policy::load_verified(to, trust, now) {
+        if current.cluster.name != v.cluster.name {
+            return Err(Failure::new(
+                Exit::Refused,
+                format!(
+                    "{}: is for cluster {}, {} holds cluster {}",
+                    display(path),
+                    v.cluster.name,
+                    display(to),
+                    current.cluster.name
+                ),
+            ));
+        }
+        if current.cluster.serial >= v.cluster.serial {
+            return Err(Failure::new(
+                Exit::Refused,
+                format!(
+                    "{}: serial {} is not newer than serial {} in force at {}",
+                    display(path),
+                    v.cluster.serial,
+                    current.cluster.serial,
+                    display(to)
+                ),
+            ));
+        }
+    }
+    atomic_write(&policy::signature_path(to), &files.signature, 0o644)?;
+    atomic_write(to, &files.policy, 0o644)?;
+    println!(
+        "{} in place at {} (cluster {}, serial {}); clusterd offers it to the other members",
+        display(path),
+        display(to),
+        v.cluster.name,
+        v.cluster.serial
+    );
+    Ok(())
+}
+
 pub fn verify(path: &Path, trust: &Path, json: bool, now: Timestamp) -> CliResult {
     let v = load_verified(path, trust, now)?;
     if json {

@@ -301,6 +301,7 @@ fn every_subcommand_has_help() {
         &["policy", "check", "--help"],
         &["policy", "sign", "--help"],
         &["policy", "verify", "--help"],
+        &["policy", "push", "--help"],
         &["policy", "show", "--help"],
         &["node", "add", "--help"],
         &["node", "remove", "--help"],
@@ -569,4 +570,48 @@ fn status_exits_unhealthy_without_a_firewall_and_a_closed_pipe_is_no_panic() {
         .unwrap();
     let err = String::from_utf8_lossy(&piped.stderr);
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `tyd policy push` puts a verified, newer policy in place on a member (clusterd then carries
+/// it to the others); anything unverified or not newer is refused and nothing is written.
+#[test]
+fn push_places_only_a_verified_newer_policy() {
+    let d = Dir::new();
+    d.cluster();
+    std::fs::create_dir(d.p("member")).unwrap();
+    let to = d.p("member/cluster.toml").display().to_string();
+    let push = |file: &str| d.tyd(&["policy", "push", file, "--trust", "op.key.pub", "--to", &to]);
+    assert!(push("cluster.toml").status.success());
+    assert_eq!(d.read("member/cluster.toml"), d.read("cluster.toml"));
+    assert_eq!(
+        d.read("member/cluster.toml.sig"),
+        d.read("cluster.toml.sig")
+    );
+    // The same serial again: refused, exit 5.
+    let out = push("cluster.toml");
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not newer than serial"),
+        "{}",
+        stderr(&out)
+    );
+    // Changed after signing: refused, exit 4, the member's copy untouched.
+    let before = d.read("member/cluster.toml");
+    let mut text = d.read("cluster.toml");
+    text.push_str("\n# edited after signing\n");
+    std::fs::write(d.p("cluster.toml"), text).unwrap();
+    let out = push("cluster.toml");
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(d.read("member/cluster.toml"), before);
+    // Re-signed with a new serial: placed.
+    d.ok(&[
+        "policy",
+        "sign",
+        "cluster.toml",
+        "--key",
+        "op.key",
+        "--bump",
+    ]);
+    assert!(push("cluster.toml").status.success());
+    assert_eq!(d.read("member/cluster.toml"), d.read("cluster.toml"));
 }
