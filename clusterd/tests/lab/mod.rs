@@ -1,0 +1,436 @@
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! The namespace lab for clusterd (tests and the benchmark): nodes in network namespaces on a bridge, each running netguard
+//! (userspace WireGuard) and clusterd, with a stand-in certaintyd per node (a control socket
+//! the test answers, so it can say "integrity lost" on cue). Each test builds its own lab
+//! with unique names and removes it, failed or not.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use certaintyd::control::{ControlResponse, Status};
+use ed25519_dalek::SigningKey;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub fn root_or_skip(test: &str) -> bool {
+    let have = |bin: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if nix::unistd::geteuid().is_root() && have("wireguard-go") && have("nft") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root, nft and wireguard-go; CI has them"
+    );
+    eprintln!("SKIP {test}: needs root, nft and wireguard-go (scripts/install-deps.sh)");
+    false
+}
+
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A binary of the workspace in the target directory this program was built into (built
+/// here if it is not yet): clusterd, netguard, tyd.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // Tests run from target/PROFILE/deps, examples from target/PROFILE/examples.
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join(name);
+    if !bin.exists() {
+        let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.args(["build", "-p", name, "--bin", name]);
+        if profile == "release" {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot build {name}");
+    }
+    bin
+}
+
+/// `tyd status --cluster` on member `i`'s view: exit code and output.
+pub fn tyd_cluster_status(lab: &Lab, i: usize) -> (i32, String) {
+    let out = Command::new(workspace_bin("tyd"))
+        .args(["status", "--cluster", "--view"])
+        .arg(lab.members[i].dir.join("view.json"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let fd = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A stand-in certaintyd: answers status requests with whatever state the test sets.
+pub fn fake_certaintyd(socket: &Path, state: Arc<Mutex<String>>) {
+    let listener = UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut line = String::new();
+            let mut reader = BufReader::new(&conn);
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let status = Status {
+                state: state.lock().unwrap().clone(),
+                ..Status::default()
+            };
+            let reply = ControlResponse {
+                ok: true,
+                status: Some(status),
+                ..ControlResponse::default()
+            };
+            let mut out = serde_json::to_vec(&reply).unwrap();
+            out.push(b'\n');
+            let _ = (&conn).write_all(&out);
+        }
+    });
+}
+
+pub struct Member {
+    pub ns: String,
+    pub iface: String,
+    pub tun: String,
+    pub dir: PathBuf,
+    pub key: [u8; 32],
+    /// What the stand-in certaintyd answers.
+    pub certainty: Arc<Mutex<String>>,
+    /// netguard, then clusterd.
+    pub children: Vec<Child>,
+}
+
+pub struct Lab {
+    br: String,
+    pub members: Vec<Member>,
+    pub dir: tempfile::TempDir,
+    pub operator: SigningKey,
+    /// netguard's drift interval (long in the benchmark: 50 drift checks a second would
+    /// take both cores).
+    pub drift: String,
+}
+
+impl Lab {
+    pub fn new(n: usize) -> Self {
+        let tag = format!(
+            "cd{}{}",
+            std::process::id() % 10000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let br = format!("{tag}br");
+        run(&["ip", "netns", "add", &br]);
+        run(&["ip", "-n", &br, "link", "add", "br0", "type", "bridge"]);
+        run(&["ip", "-n", &br, "link", "set", "br0", "up"]);
+        let mut lab = Lab {
+            br: br.clone(),
+            members: Vec::new(),
+            dir,
+            operator: SigningKey::from_bytes(&[7; 32]),
+            drift: "1s".into(),
+        };
+        for i in 1..=n {
+            let ns = format!("{tag}n{i}");
+            run(&["ip", "netns", "add", &ns]);
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("p{i}"),
+                "netns",
+                &br,
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                &br,
+                "link",
+                "set",
+                &format!("p{i}"),
+                "master",
+                "br0",
+                "up",
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("198.18.0.{i}/24"),
+                "dev",
+                "eth0",
+            ]);
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            let d = lab.dir.path().join(format!("n{i}"));
+            std::fs::create_dir(&d).unwrap();
+            let key = wireguard_key();
+            let secret = d.join("node.key");
+            std::fs::write(&secret, format!("{}\n", policy::keys::encode(&key))).unwrap();
+            std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            let op = policy::OperatorPublicKey::from(&lab.operator).to_base64();
+            std::fs::write(d.join("operator.pub"), format!("{op}\n")).unwrap();
+            std::fs::write(d.join("boot_id"), format!("boot-{i}-a\n")).unwrap();
+            let certainty = Arc::new(Mutex::new("verifying".to_string()));
+            fake_certaintyd(&d.join("certaintyd.sock"), certainty.clone());
+            lab.members.push(Member {
+                ns,
+                iface: format!("{tag}w{i}"),
+                tun: format!("10.77.0.{i}"),
+                dir: d,
+                key,
+                certainty,
+                children: Vec::new(),
+            });
+        }
+        lab
+    }
+
+    pub fn policy_text(&self, serial: u64) -> String {
+        let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+        let mut t = policy::template::init_template("lab", expires)
+            .replace("serial = 1", &format!("serial = {serial}"));
+        for (i, m) in self.members.iter().enumerate() {
+            let public = policy::WgPublicKey::from_secret(&m.key);
+            t.push_str(&format!(
+                "\n[[node]]\nid = {}\nname = \"d{}\"\npublic_key = \"{public}\"\nendpoint = \"198.18.0.{}:51820\"\naddresses = [\"{}\"]\n",
+                i + 1, i + 1, i + 1, m.tun
+            ));
+        }
+        t
+    }
+
+    /// Puts the signed policy in place on the given members only.
+    pub fn publish_on(&self, serial: u64, on: &[usize]) {
+        let text = self.policy_text(serial);
+        let sig = policy::sign(text.as_bytes(), &self.operator);
+        for &i in on {
+            let d = &self.members[i].dir;
+            std::fs::write(d.join(".s.tmp"), &sig).unwrap();
+            std::fs::rename(d.join(".s.tmp"), d.join("cluster.toml.sig")).unwrap();
+            std::fs::write(d.join(".p.tmp"), &text).unwrap();
+            std::fs::rename(d.join(".p.tmp"), d.join("cluster.toml")).unwrap();
+        }
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let netguard = workspace_bin("netguard");
+        let clusterd = workspace_bin("clusterd");
+        let drift = self.drift.clone();
+        let m = &mut self.members[i];
+        let d = m.dir.clone();
+        let p = |name: &str| d.join(name).display().to_string();
+        let log = |name: &str| std::fs::File::create(d.join(name)).unwrap();
+        let ng = Command::new("ip")
+            .args(["netns", "exec", &m.ns])
+            .arg(&netguard)
+            .args([
+                "--policy",
+                &p("cluster.toml"),
+                "--trust",
+                &p("operator.pub"),
+            ])
+            .args(["--key", &p("node.key"), "--state", &p("accepted.json")])
+            .args(["--quarantine", &p("quarantine.json")])
+            .args([
+                "--interface",
+                &m.iface,
+                "--backend",
+                "userspace",
+                "--drift",
+                &drift,
+            ])
+            .stderr(log("netguard.log"))
+            .spawn()
+            .unwrap();
+        let cd = Command::new("ip")
+            .args(["netns", "exec", &m.ns])
+            .arg(&clusterd)
+            .args([
+                "--policy",
+                &p("cluster.toml"),
+                "--trust",
+                &p("operator.pub"),
+            ])
+            .args(["--key", &p("node.key"), "--state", &p("clusterd.json")])
+            .args(["--certainty-socket", &p("certaintyd.sock")])
+            .args(["--boot-id", &p("boot_id")])
+            .args([
+                "--quarantine",
+                &p("quarantine.json"),
+                "--view",
+                &p("view.json"),
+            ])
+            .stderr(log("clusterd.log"))
+            .spawn()
+            .unwrap();
+        m.children.extend([ng, cd]);
+    }
+
+    pub fn file(&self, i: usize, name: &str) -> String {
+        std::fs::read_to_string(self.members[i].dir.join(name)).unwrap_or_default()
+    }
+
+    pub fn serial_on(&self, i: usize) -> Option<u64> {
+        let text = self.file(i, "cluster.toml");
+        text.lines()
+            .find_map(|l| l.strip_prefix("serial = "))
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    pub fn quarantined_on(&self, i: usize) -> Vec<u16> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.file(i, "quarantine.json")).unwrap_or_default();
+        v["nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n["id"].as_u64())
+                    .map(|n| n as u16)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn view(&self, i: usize) -> serde_json::Value {
+        serde_json::from_str(&self.file(i, "view.json")).unwrap_or_default()
+    }
+
+    pub fn tcp_ok(&self, from: usize, to: &str) -> bool {
+        let to: SocketAddr = to.parse().unwrap();
+        in_netns(&self.members[from].ns, || {
+            let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(800)) else {
+                return false;
+            };
+            s.set_read_timeout(Some(Duration::from_millis(800)))
+                .unwrap();
+            let mut buf = [0u8; 5];
+            s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok()
+        })
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, _) in self.members.iter().enumerate() {
+            for name in ["netguard.log", "clusterd.log"] {
+                out.push_str(&format!("--- d{} {name}\n{}", i + 1, self.file(i, name)));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for m in &mut self.members {
+            for c in &mut m.children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            // What netguard left running (wireguard-go): by PID, through our namespace.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &m.ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", &m.ns]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.br]).status();
+    }
+}
+
+pub fn wireguard_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut k)
+        .unwrap();
+    k[0] &= 248;
+    k[31] = (k[31] & 127) | 64;
+    k
+}
+
+/// An echo server on 4660 in `ns` (lives until the test process ends).
+pub fn echo_server(ns: &str) {
+    let ns = ns.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = std::net::TcpListener::bind("0.0.0.0:4660").unwrap();
+        tx.send(()).unwrap();
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 64];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    rx.recv().unwrap();
+}
+
