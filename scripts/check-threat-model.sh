@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks threat-model.md against the test suite: defences are numbered 1, 2, 3... in order,
 # each names at least one test as `path/to/file.rs::test_name`, and every named test exists
-# there as a #[test] function. Run by scripts/test.sh; no root, no build.
+# there as a #[test] (or #[tokio::test]) function. Run by scripts/test.sh; no root, no build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 - <<'PY'
@@ -24,7 +24,7 @@ for want, item in enumerate(items, 1):
         except OSError:
             errors.append(f"threat-model.md: defence {n}: {path} does not exist")
             continue
-        if not re.search(r"#\[test\]\s*(?:#\[[^\]]*\]\s*)*fn " + re.escape(name) + r"\(", src):
+        if not re.search(r"#\[(?:tokio::)?test(?:\([^\]]*\))?\]\s*(?:#\[[^\]]*\]\s*)*(?:async )?fn " + re.escape(name) + r"\(", src):
             errors.append(f"threat-model.md: defence {n}: no #[test] fn {name} in {path}")
 if not items:
     errors.append("threat-model.md: no numbered defences found")

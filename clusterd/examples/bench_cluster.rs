@@ -103,7 +103,11 @@ fn main() {
         .arg(d1.join("cluster.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut reached: Vec<Option<Duration>> = vec![None; n];
     while reached.iter().any(Option::is_none) && t0.elapsed() < Duration::from_secs(30) {
         for (i, r) in reached.iter_mut().enumerate() {
@@ -151,8 +155,16 @@ fn main() {
     let tx0: Vec<u64> = (0..n).map(|i| tunnel_tx(&lab, i)).collect();
     let window = Duration::from_secs(10);
     std::thread::sleep(window);
-    let cpu: Vec<u64> = pids.iter().zip(&cpu0).map(|(&p, c)| cpu_ticks(p) - c).collect();
-    let tx: Vec<u64> = (0..n).map(|i| tunnel_tx(&lab, i)).zip(&tx0).map(|(a, b)| a - b).collect();
+    let cpu: Vec<u64> = pids
+        .iter()
+        .zip(&cpu0)
+        .map(|(&p, c)| cpu_ticks(p) - c)
+        .collect();
+    let tx: Vec<u64> = (0..n)
+        .map(|i| tunnel_tx(&lab, i))
+        .zip(&tx0)
+        .map(|(a, b)| a - b)
+        .collect();
     let rss: Vec<u64> = pids.iter().map(|&p| rss_kb(p)).collect();
     let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len() as f64;
     let ticks_per_s = 100.0;

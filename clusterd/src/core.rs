@@ -94,12 +94,19 @@ pub enum Action {
     },
 }
 
+/// Good heartbeats in a row a quarantined node must send before it is readmitted: one late
+/// datagram on a loaded LAN must not make it flap in and out (each flap is an edit on every
+/// peer's firewall).
+pub const READMIT_AFTER: u32 = 2;
+
 /// A peer's quarantine: why, since when, and in which boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quarantine {
     pub reason: Reason,
     pub since: Duration,
     pub boot_id: Option<String>,
+    /// Good heartbeats in a row since (counts toward [`READMIT_AFTER`]).
+    pub good: u32,
 }
 
 /// What this node knows of one peer.
@@ -233,6 +240,7 @@ impl Core {
                 },
                 since: now,
                 boot_id,
+                good: 0,
             });
         }
     }
@@ -305,6 +313,7 @@ impl Core {
                     reason: reason.clone(),
                     since: now,
                     boot_id: Some(boot),
+                    good: 0,
                 });
                 cfg.quarantine
                     .then_some(Action::Quarantine { node: id, reason })
@@ -315,6 +324,7 @@ impl Core {
                     reason: reason.clone(),
                     since: q.since,
                     boot_id: Some(boot),
+                    good: 0,
                 });
                 cfg.quarantine
                     .then_some(Action::Quarantine { node: id, reason })
@@ -322,6 +332,13 @@ impl Core {
             (Some(q), None) => {
                 let rebooted = q.boot_id.as_deref() != Some(boot.as_str());
                 if q.reason.needs_reboot() && !rebooted {
+                    return None;
+                }
+                let good = q.good + 1;
+                if good < READMIT_AFTER {
+                    if let Some(q) = peer.quarantine.as_mut() {
+                        q.good = good;
+                    }
                     return None;
                 }
                 let why = if q.reason.needs_reboot() {
@@ -384,6 +401,7 @@ impl Core {
                     reason: reason.clone(),
                     since: now,
                     boot_id: peer.last.as_ref().map(|h| h.boot_id.clone()),
+                    good: 0,
                 });
                 if self.cfg.quarantine {
                     out.push(Action::Quarantine { node: id, reason });
@@ -587,6 +605,13 @@ mod tests {
             Message::Heartbeat(hb(2, Integrity::Verifying, "boot-b")),
             secs(50),
         );
+        // One good heartbeat is not enough (hysteresis); the next one readmits.
+        assert!(out.is_empty(), "{out:?}");
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "boot-b")),
+            secs(50),
+        );
         assert!(
             matches!(&out[..], [Action::Readmit { node, .. }] if *node == id(2)),
             "{out:?}"
@@ -619,6 +644,13 @@ mod tests {
             }]
         );
         // An unreachable certaintyd that answers again readmits (no reboot needed).
+        let out = c.receive(
+            id(3),
+            Message::Heartbeat(hb(3, Integrity::Verifying, "c")),
+            secs(2),
+        );
+        // One good heartbeat is not enough (hysteresis); the next one readmits.
+        assert!(out.is_empty(), "{out:?}");
         let out = c.receive(
             id(3),
             Message::Heartbeat(hb(3, Integrity::Verifying, "c")),
@@ -665,6 +697,13 @@ mod tests {
             Message::Heartbeat(hb(2, Integrity::Verifying, "b")),
             secs(5),
         );
+        // One good heartbeat is not enough (hysteresis); the next one readmits.
+        assert!(out.is_empty(), "{out:?}");
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "b")),
+            secs(5),
+        );
         assert!(matches!(&out[..], [Action::Readmit { .. }]), "{out:?}");
     }
 
@@ -689,6 +728,13 @@ mod tests {
                 reason: Reason::NotVerified
             }]
         );
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "b")),
+            secs(30),
+        );
+        // One good heartbeat is not enough (hysteresis); the next one readmits.
+        assert!(out.is_empty(), "{out:?}");
         let out = c.receive(
             id(2),
             Message::Heartbeat(hb(2, Integrity::Verifying, "b")),

@@ -61,9 +61,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         if profile == "release" {
             build.arg("--release");
         }
-        let status = build
-            .status()
-            .unwrap();
+        let status = build.status().unwrap();
         assert!(status.success(), "cannot build {name}");
     }
     bin
@@ -433,4 +431,3 @@ pub fn echo_server(ns: &str) {
     });
     rx.recv().unwrap();
 }
-
