@@ -150,7 +150,11 @@ fn main() {
     });
 
     // Idle cost over 10 s.
-    let pids: Vec<u32> = lab.members.iter().map(|m| m.children[1].id()).collect();
+    let pids: Vec<u32> = lab
+        .members
+        .iter()
+        .map(|m| m.children.last().unwrap().id())
+        .collect();
     let cpu0: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
     let tx0: Vec<u64> = (0..n).map(|i| tunnel_tx(&lab, i)).collect();
     let window = Duration::from_secs(10);

@@ -406,8 +406,6 @@ impl Core {
                 if self.cfg.quarantine {
                     out.push(Action::Quarantine { node: id, reason });
                 }
-            } else if peer.heard.is_some() {
-                out.extend(self.judge(id, now));
             }
         }
         out
@@ -705,6 +703,34 @@ mod tests {
             secs(5),
         );
         assert!(matches!(&out[..], [Action::Readmit { .. }]), "{out:?}");
+    }
+
+    /// Regression (found by the 35- and 50-member benchmarks): ticks re-judged a peer's last
+    /// heartbeat, so each tick counted as another good heartbeat and a silent node was
+    /// readmitted after two ticks without sending anything, then quarantined again: flapping
+    /// ("silent for 5 s", "8 s", "11 s"...). Only a new heartbeat counts.
+    #[test]
+    fn ticks_alone_never_readmit_a_silent_node() {
+        let mut c = core(2);
+        let mine = hb(1, Integrity::Verifying, "me");
+        c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Verifying, "b")),
+            secs(1),
+        );
+        let out = c.tick(&mine, secs(6), &mut Counter(1));
+        assert!(
+            out.iter().any(|a| matches!(a, Action::Quarantine { .. })),
+            "{out:?}"
+        );
+        for t in 7..20 {
+            let out = c.tick(&mine, secs(t), &mut Counter(1));
+            assert!(
+                !out.iter()
+                    .any(|a| matches!(a, Action::Readmit { .. } | Action::Quarantine { .. })),
+                "at {t} s: {out:?}"
+            );
+        }
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl Node {
         let v = view::of(&self.core, &cluster, mine, &self.my_name, self.now());
         let mut bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
         bytes.push(b'\n');
-        if let Err(e) = policy::fsutil::atomic_write(&self.cfg.view, &bytes, 0o644) {
+        if let Err(e) = policy::fsutil::replace_volatile(&self.cfg.view, &bytes, 0o644) {
             debug!(reason = %e, "cannot write the cluster view");
         }
     }

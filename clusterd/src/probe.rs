@@ -70,7 +70,13 @@ pub fn certainty(socket: Option<&Path>) -> CertaintyFacts {
             status: Some(st),
             ..
         }) => CertaintyFacts {
-            integrity: Integrity::from_status(&st.state),
+            // A violation in this boot is lost integrity for good, even after certaintyd in
+            // alert mode has taken the changed tree as its new reference ("verifying" again).
+            integrity: if st.violations > 0 {
+                Integrity::Lost
+            } else {
+                Integrity::from_status(&st.state)
+            },
             stable_root: st.stable_root,
             last_verification: st.last_verification_at,
         },

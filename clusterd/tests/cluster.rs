@@ -166,3 +166,54 @@ fn the_cluster_keeps_itself_current_and_quarantines_a_node_that_lost_integrity()
         lab.file(1, "clusterd.log")
     );
 }
+
+/// The issue's own measure, with a real certaintyd (alert mode, on a tmpfs in its own mount
+/// namespace): a write in d3's root gets d3 quarantined on every peer within a second, and it
+/// stays quarantined (certaintyd in alert mode watches the changed tree afterwards, but its
+/// violation count says this boot has lost integrity).
+#[test]
+fn a_real_certaintyd_finding_a_change_gets_its_node_quarantined_within_a_second() {
+    if !root_or_skip("a_real_certaintyd_finding_a_change_gets_its_node_quarantined_within_a_second")
+    {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    lab.publish_on(2, &[0, 1, 2]);
+    lab.real_certaintyd(2);
+    for i in 0..3 {
+        lab.start(i);
+    }
+    wait_for(
+        "every node to hear its peers, nobody quarantined",
+        Duration::from_secs(30),
+        || {
+            (0..3).all(|i| {
+                lab.view(i)["nodes"].as_array().is_some_and(|n| {
+                    n.len() == 3
+                        && n.iter()
+                            .all(|n| n["reachable"] == true && n["quarantined"].is_null())
+                })
+            })
+        },
+    );
+    lab.tamper(2);
+    let took = wait_for(
+        "d3 quarantined on both peers",
+        Duration::from_secs(5),
+        || [0, 1].iter().all(|&i| lab.quarantined_on(i) == [3]),
+    );
+    eprintln!(
+        "write in d3's root to quarantine on both peers: {} ms",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(lab.file(2, "certaintyd.log").contains("integrity lost"));
+    // Still out 3 s later: alert mode is back to "verifying", the violation stays.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lab.quarantined_on(0),
+        [3],
+        "{}",
+        lab.file(0, "clusterd.log")
+    );
+}

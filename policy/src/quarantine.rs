@@ -57,7 +57,8 @@ impl QuarantineList {
     pub fn write(&self, path: &Path) -> Result<(), FileError> {
         let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
         bytes.push(b'\n');
-        fsutil::atomic_write(path, &bytes, 0o644)
+        // Lives in /run: atomic, but not worth an fsync in clusterd's event loop.
+        fsutil::replace_volatile(path, &bytes, 0o644)
     }
 
     pub fn ids(&self) -> std::collections::BTreeSet<NodeId> {

@@ -137,7 +137,11 @@ pub struct Member {
     pub key: [u8; 32],
     /// What the stand-in certaintyd answers.
     pub certainty: Arc<Mutex<String>>,
-    /// netguard, then clusterd.
+    /// The control socket clusterd asks: the stand-in's, or a real certaintyd's.
+    pub certainty_socket: PathBuf,
+    /// A real certaintyd's root (a tmpfs in its own mount namespace), when it runs one.
+    pub certainty_root: Option<PathBuf>,
+    /// What the lab started for it: a real certaintyd (if any), netguard, clusterd (last).
     pub children: Vec<Child>,
 }
 
@@ -227,6 +231,8 @@ impl Lab {
                 ns,
                 iface: format!("{tag}w{i}"),
                 tun: format!("10.77.0.{i}"),
+                certainty_socket: d.join("certaintyd.sock"),
+                certainty_root: None,
                 dir: d,
                 key,
                 certainty,
@@ -303,7 +309,8 @@ impl Lab {
                 &p("operator.pub"),
             ])
             .args(["--key", &p("node.key"), "--state", &p("clusterd.json")])
-            .args(["--certainty-socket", &p("certaintyd.sock")])
+            .arg("--certainty-socket")
+            .arg(&m.certainty_socket)
             .args(["--boot-id", &p("boot_id")])
             .args([
                 "--quarantine",
@@ -315,6 +322,55 @@ impl Lab {
             .spawn()
             .unwrap();
         m.children.extend([ng, cd]);
+    }
+
+    /// Runs a real certaintyd for member `i` (call before `start`): alert mode, on a tmpfs in
+    /// its own mount namespace, verifying every 300 ms. Returns when its baseline is taken.
+    pub fn real_certaintyd(&mut self, i: usize) {
+        let bin = workspace_bin("certaintyd");
+        let m = &mut self.members[i];
+        let root = m.dir.join("root");
+        std::fs::create_dir(&root).unwrap();
+        let socket = m.dir.join("real-certaintyd.sock");
+        let d = m.dir.display().to_string();
+        let script = format!(
+            "mount -t tmpfs -o size=16m tmpfs {r} && mkdir {r}/bin && echo shell > {r}/bin/sh && \
+             exec {bin} --policy {d}/cluster.toml --trust {d}/operator.pub --root {r} \
+             --socket {s} --node d{n} --grace 0s --interval 300ms --action alert --no-harden",
+            r = root.display(),
+            bin = bin.display(),
+            s = socket.display(),
+            n = i + 1
+        );
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stderr(std::fs::File::create(m.dir.join("certaintyd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        m.children.push(child);
+        m.certainty_socket = socket;
+        m.certainty_root = Some(root);
+        let log = m.dir.join("certaintyd.log");
+        wait_for("certaintyd's baseline", Duration::from_secs(20), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("baseline taken"))
+        });
+    }
+
+    /// Writes into member `i`'s real certaintyd root, as root on that node would.
+    pub fn tamper(&self, i: usize) {
+        let m = &self.members[i];
+        let holder = m.children[0].id().to_string();
+        let target = m.certainty_root.as_ref().unwrap().join("bin/sh");
+        run(&[
+            "nsenter",
+            "-t",
+            &holder,
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo tampered >> {}", target.display()),
+        ]);
     }
 
     pub fn file(&self, i: usize, name: &str) -> String {
@@ -362,7 +418,7 @@ impl Lab {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for (i, _) in self.members.iter().enumerate() {
-            for name in ["netguard.log", "clusterd.log"] {
+            for name in ["netguard.log", "clusterd.log", "certaintyd.log"] {
                 out.push_str(&format!("--- d{} {name}\n{}", i + 1, self.file(i, name)));
             }
         }
