@@ -84,30 +84,8 @@ fn main() {
     );
 
     // Distribution: the operator pushes serial 3 to member 1 only.
-    let text = lab.policy_text(3);
-    let staged = lab.dir.path().join("serial3.toml");
-    std::fs::write(&staged, &text).unwrap();
-    std::fs::write(
-        policy::signature_path(&staged),
-        policy::sign(text.as_bytes(), &lab.operator),
-    )
-    .unwrap();
-    let d1 = lab.members[0].dir.clone();
     let t0 = Instant::now();
-    let out = Command::new(workspace_bin("tyd"))
-        .args(["policy", "push"])
-        .arg(&staged)
-        .arg("--trust")
-        .arg(d1.join("operator.pub"))
-        .arg("--to")
-        .arg(d1.join("cluster.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.push(3, 0);
     let mut reached: Vec<Option<Duration>> = vec![None; n];
     while reached.iter().any(Option::is_none) && t0.elapsed() < Duration::from_secs(30) {
         for (i, r) in reached.iter_mut().enumerate() {

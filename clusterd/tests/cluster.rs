@@ -6,10 +6,9 @@
 
 mod lab;
 
-use std::process::Command;
 use std::time::Duration;
 
-use lab::{Lab, echo_server, in_netns, root_or_skip, tyd_cluster_status, wait_for, workspace_bin};
+use lab::{Lab, echo_server, in_netns, root_or_skip, tyd_cluster_status, wait_for};
 
 /// A new serial put on one member only reaches every member by itself; a member that lost
 /// integrity loses the services on every peer within about a second and keeps its tunnel;
@@ -45,29 +44,7 @@ fn the_cluster_keeps_itself_current_and_quarantines_a_node_that_lost_integrity()
     assert!(lab.tcp_ok(2, "10.77.0.2:4660"), "d3 -> d2 before");
 
     // Distribution: the operator pushes serial 3 to d1 only.
-    let text = lab.policy_text(3);
-    let staged = lab.dir.path().join("serial3.toml");
-    std::fs::write(&staged, &text).unwrap();
-    std::fs::write(
-        policy::signature_path(&staged),
-        policy::sign(text.as_bytes(), &lab.operator),
-    )
-    .unwrap();
-    let d1 = &lab.members[0].dir;
-    let out = Command::new(workspace_bin("tyd"))
-        .args(["policy", "push"])
-        .arg(&staged)
-        .arg("--trust")
-        .arg(d1.join("operator.pub"))
-        .arg("--to")
-        .arg(d1.join("cluster.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.push(3, 0);
     let took = wait_for("serial 3 on every member", Duration::from_secs(5), || {
         (0..4).all(|i| lab.serial_on(i) == Some(3))
     });

@@ -34,6 +34,18 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
 /// Replaces `path` with `bytes` so a reader sees the old or the new file, never a torn one,
 /// and the new one survives a crash: temp file, fsync, rename, fsync of the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    replace(path, bytes, mode, true)
+}
+
+/// Replaces `path` with `bytes` atomically (temp file, rename) but without fsync: for
+/// run-time state that lives in `/run` and is rewritten every second (a reader sees the old
+/// or the new file; a crash may lose the last write, never leave a torn one). A daemon's
+/// event loop must not wait on the disk for it.
+pub fn replace_volatile(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    replace(path, bytes, mode, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), FileError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -51,41 +63,16 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileErro
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
+        if durable {
+            f.sync_all().map_err(io_err(&tmp))?;
+        }
         fs::rename(&tmp, path).map_err(io_err(path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Replaces `path` with `bytes` atomically (temp file, rename) but without fsync: for
-/// run-time state that lives in `/run` and is rewritten every second (a reader sees the old
-/// or the new file; a crash may lose the last write, never leave a torn one). A daemon's
-/// event loop must not wait on the disk for it.
-pub fn replace_volatile(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_err(path))
+        if durable {
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&dir))?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

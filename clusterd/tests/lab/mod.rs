@@ -269,6 +269,34 @@ impl Lab {
         }
     }
 
+    /// The operator signs serial `serial` and pushes it with `tyd policy push` to member `i`
+    /// only (clusterd carries it to the others).
+    pub fn push(&self, serial: u64, i: usize) {
+        let text = self.policy_text(serial);
+        let staged = self.dir.path().join(format!("serial{serial}.toml"));
+        std::fs::write(&staged, &text).unwrap();
+        std::fs::write(
+            policy::signature_path(&staged),
+            policy::sign(text.as_bytes(), &self.operator),
+        )
+        .unwrap();
+        let d = &self.members[i].dir;
+        let out = Command::new(workspace_bin("tyd"))
+            .args(["policy", "push"])
+            .arg(&staged)
+            .arg("--trust")
+            .arg(d.join("operator.pub"))
+            .arg("--to")
+            .arg(d.join("cluster.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn start(&mut self, i: usize) {
         let netguard = workspace_bin("netguard");
         let clusterd = workspace_bin("clusterd");
