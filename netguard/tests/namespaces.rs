@@ -68,12 +68,17 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 
 /// Starts an echo server on port 4660 inside `ns` (lives until the test process ends).
 fn echo_server(ns: &str) {
+    echo_server_on(ns, 4660);
+}
+
+/// Starts an echo server on `port` inside `ns` (lives until the test process ends).
+fn echo_server_on(ns: &str, port: u16) {
     let ns = ns.to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let fd = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
         nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let l = TcpListener::bind("0.0.0.0:4660").unwrap();
+        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
         tx.send(()).unwrap();
         for c in l.incoming().flatten() {
             std::thread::spawn(move || {
@@ -440,6 +445,14 @@ fn services_only_through_tunnels_only_from_members() {
     assert!(!tcp_ok(lab.ns(0), "198.18.0.2:4660"));
     // A rogue on the LAN: refused.
     assert!(!tcp_ok(&lab.rogue, "198.18.0.2:4660"));
+    // clusterd's port (7946): members through the tunnel only, like the services.
+    echo_server_on(lab.ns(1), 7946);
+    assert!(tcp_ok(lab.ns(0), "10.77.0.2:7946"), "member through tunnel");
+    assert!(!tcp_ok(&lab.rogue, "198.18.0.2:7946"), "rogue on the LAN");
+    assert!(
+        !tcp_ok(lab.ns(0), "198.18.0.2:7946"),
+        "member beside the tunnel"
+    );
     // A rogue spoofing a member's LAN address: still refused (not from the tunnel).
     run(&[
         "ip",
