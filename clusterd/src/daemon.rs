@@ -85,10 +85,9 @@ struct Node {
 }
 
 fn load_key(path: &std::path::Path) -> Result<WgPublicKey, StartupError> {
-    let text = policy::fsutil::read_secret(path).map_err(|e| StartupError::Key(e.to_string()))?;
-    let bytes = policy::keys::parse_key_file(&text, policy::keys::KeyKind::NodeSecret)
-        .map_err(|e| StartupError::Key(format!("{}: {e}", path.display())))?;
-    Ok(WgPublicKey::from_secret(&bytes))
+    let secret = policy::keys::read_secret_key(path, policy::keys::KeyKind::NodeSecret)
+        .map_err(|e| StartupError::Key(e.to_string()))?;
+    Ok(WgPublicKey::from_secret(&secret))
 }
 
 impl Node {

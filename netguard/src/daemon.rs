@@ -110,10 +110,9 @@ struct Node {
 }
 
 fn load_key(path: &std::path::Path) -> Result<Key, StartupError> {
-    let text = policy::fsutil::read_secret(path).map_err(|e| StartupError::Key(e.to_string()))?;
-    let bytes = policy::keys::parse_key_file(&text, policy::keys::KeyKind::NodeSecret)
-        .map_err(|e| StartupError::Key(format!("{}: {e}", path.display())))?;
-    Ok(Key(bytes))
+    let secret = policy::keys::read_secret_key(path, policy::keys::KeyKind::NodeSecret)
+        .map_err(|e| StartupError::Key(e.to_string()))?;
+    Ok(Key(*secret))
 }
 
 /// How many per-node lines a node-map change logs at info level; a larger change logs one

@@ -83,6 +83,15 @@ impl From<&LoadError> for Exit {
     }
 }
 
+impl From<&crate::keys::SecretKeyError> for Exit {
+    fn from(e: &crate::keys::SecretKeyError) -> Self {
+        match e {
+            crate::keys::SecretKeyError::File(e) => e.into(),
+            crate::keys::SecretKeyError::Key { .. } => Exit::KeyFile,
+        }
+    }
+}
+
 impl From<&StoreError> for Exit {
     fn from(e: &StoreError) -> Self {
         match e {

@@ -87,6 +87,31 @@ pub fn labelled_kind(text: &str) -> Option<KeyKind> {
     text.lines().map(str::trim).find_map(KeyKind::of_label)
 }
 
+/// A secret key file that cannot be used: unreadable or unsafe (the file error names it), or
+/// not a key of the expected kind.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretKeyError {
+    #[error("{0}")]
+    File(#[from] crate::fsutil::FileError),
+    #[error("{path}: {why}")]
+    Key { path: String, why: String },
+}
+
+/// Reads a secret key file of `kind`: refused if group or others can read it, if it is not a
+/// regular file, or if it is labelled as another kind. The text is wiped after parsing.
+pub fn read_secret_key(
+    path: &std::path::Path,
+    kind: KeyKind,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, SecretKeyError> {
+    let text = zeroize::Zeroizing::new(crate::fsutil::read_secret(path)?);
+    parse_key_file(&text, kind)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|why| SecretKeyError::Key {
+            path: path.display().to_string(),
+            why,
+        })
+}
+
 /// Reads a key file's text as `expected`: `#` comment lines, at most one label line, and one
 /// base64 line of 32 bytes. A file labelled as another kind is refused, naming both; an
 /// unlabelled one (`wg genkey` output, keys written by an older tyd) is taken as `expected`.

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
-use policy::fsutil::{self, atomic_write, read_secret, write_new_secret};
+use policy::fsutil::{self, atomic_write, write_new_secret};
 use policy::keys::{KeyKind, parse_key_file};
 use policy::{OperatorPublicKey, WgPublicKey};
 use rand_core::{OsRng, RngCore};
@@ -66,7 +66,7 @@ pub fn read_public_key_file(path: &Path) -> CliResult<WgPublicKey> {
 
 /// Reads a 32-byte secret key of `kind`, refusing a file readable by group or others.
 fn load_secret_key(path: &Path, kind: KeyKind) -> CliResult<[u8; 32]> {
-    let text = Zeroizing::new(read_secret(path)?);
-    parse_key_file(&text, kind)
-        .map_err(|e| Failure::new(Exit::KeyFile, format!("{}: {e}", path.display())))
+    policy::keys::read_secret_key(path, kind)
+        .map(|k| *k)
+        .map_err(|e| Failure::new((&e).into(), e.to_string()))
 }
