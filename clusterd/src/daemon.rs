@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::core::{Action, Config as CoreConfig, Core};
-use crate::probe::{self, Facts, Sources};
+use crate::probe::{self, CertaintyFacts, Facts, Sources};
 use crate::proto::{Heartbeat, MAX_DATAGRAM, Message};
 use crate::{transfer, view};
 
@@ -73,7 +73,11 @@ struct Node {
     /// Where each peer is reached, and who each tunnel address is.
     addr_of: BTreeMap<NodeId, IpAddr>,
     node_of: BTreeMap<IpAddr, NodeId>,
+    /// The host's facts, read at each heartbeat.
     facts: Option<Facts>,
+    /// certaintyd's answer, read at each poll (only there, so a change is always noticed
+    /// where it is told out of turn).
+    certainty: Option<CertaintyFacts>,
     quarantine: QuarantineList,
     /// (modified, length) of the policy file when last read.
     stamp: Option<(std::time::SystemTime, u64)>,
@@ -189,6 +193,7 @@ impl Node {
     fn heartbeat(&mut self) -> Option<Heartbeat> {
         let id = self.my_id?;
         let facts = self.facts.as_ref()?;
+        let certainty = self.certainty.as_ref()?;
         let pinned = self
             .policy()
             .and_then(|p| p.certainty.expected_root.clone());
@@ -199,13 +204,13 @@ impl Node {
             seq: self.seq,
             serial: self.core.serial(),
             digest: self.policy().map(|p| p.digest_hex()).unwrap_or_default(),
-            integrity: facts.certainty.integrity,
-            root_matches: match (&pinned, &facts.certainty.stable_root) {
+            integrity: certainty.integrity,
+            root_matches: match (&pinned, &certainty.stable_root) {
                 (Some(p), Some(r)) => Some(p.eq_ignore_ascii_case(r)),
                 _ => None,
             },
-            stable_root: facts.certainty.stable_root.clone(),
-            last_verification: facts.certainty.last_verification.clone(),
+            stable_root: certainty.stable_root.clone(),
+            last_verification: certainty.last_verification.clone(),
             uptime_s: facts.uptime_s,
             load1: facts.load1,
             mem_available_kb: facts.mem_available_kb,
@@ -299,6 +304,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         addr_of: BTreeMap::new(),
         node_of: BTreeMap::new(),
         facts: None,
+        certainty: None,
         quarantine,
         stamp: None,
         dropped: 0,
@@ -387,17 +393,17 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                 let now_state = tokio::task::spawn_blocking(move || probe::certainty(socket.as_deref()))
                     .await
                     .ok();
-                let changed = match (&mut node.facts, now_state) {
-                    (Some(f), Some(c)) if f.certainty.integrity != c.integrity => {
-                        f.certainty = c;
-                        true
-                    }
+                let changed = match (&node.certainty, &now_state) {
+                    (Some(was), Some(now)) => was.integrity != now.integrity,
                     _ => false,
                 };
+                if now_state.is_some() {
+                    node.certainty = now_state;
+                }
                 if changed {
                     node.repeats = CHANGE_REPEATS;
-                    if let Some(f) = &node.facts {
-                        info!(integrity = %f.certainty.integrity, "integrity state changed; telling every peer now");
+                    if let Some(c) = &node.certainty {
+                        info!(integrity = %c.integrity, "integrity state changed; telling every peer now");
                     }
                 }
                 if node.repeats > 0 && let Some(hb) = node.heartbeat() {

@@ -1,5 +1,5 @@
-//! This node's own facts for its heartbeat: certaintyd's state from its control socket, the
-//! boot id, uptime, load and free memory (what mosmon showed). Blocking reads of small
+//! This node's own facts for its heartbeat: certaintyd's state from its control socket (asked
+//! every poll), and the boot id, uptime, load and free memory (what mosmon showed). Blocking reads of small
 //! files and one short socket exchange; the daemon runs them off its event loop.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,9 +31,9 @@ pub struct CertaintyFacts {
     pub last_verification: Option<String>,
 }
 
+/// The host's facts (certaintyd is asked separately, more often).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Facts {
-    pub certainty: CertaintyFacts,
     pub boot_id: String,
     pub uptime_s: u64,
     pub load1: f64,
@@ -96,12 +96,11 @@ pub fn mem_available_kb(meminfo: &str) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// All facts; a file that cannot be read gives zero (it is shown, not judged).
+/// The host's facts; a file that cannot be read gives zero (it is shown, not judged).
 pub fn facts(src: &Sources) -> Facts {
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let proc_file = |name: &str| read(&src.proc_root.join(name));
     Facts {
-        certainty: certainty(src.certainty_socket.as_deref()),
         boot_id: read(&src.boot_id).trim().to_string(),
         uptime_s: first_number(&proc_file("uptime")).unwrap_or(0.0) as u64,
         load1: first_number(&proc_file("loadavg")).unwrap_or(0.0),
