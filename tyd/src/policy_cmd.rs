@@ -285,6 +285,18 @@ pub fn sign_cmd(path: &Path, key: &Path, bump: bool, now: Timestamp) -> CliResul
 /// Verifies `path` and puts it (signature first, each atomically) in place at `to`, unless
 /// the policy there is as new or newer: a push never rolls a member back.
 pub fn push(path: &Path, trust: &Path, to: &Path, now: Timestamp) -> CliResult {
+    // A directory (or a path ending in '/') is a typo for the file in it: refused before
+    // anything is written, so no stray signature is left behind.
+    if to.is_dir() || to.as_os_str().to_string_lossy().ends_with('/') {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "--to {}: is a directory; name the policy file, e.g. {}",
+                display(to),
+                display(&to.join("cluster.toml"))
+            ),
+        ));
+    }
     let files = policy::load_signed(path, trust, now)?;
     let v = &files.verified;
     if let Ok(current) = policy::load_verified(to, trust, now) {

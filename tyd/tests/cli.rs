@@ -603,6 +603,23 @@ fn push_places_only_a_verified_newer_policy() {
     let out = push("cluster.toml");
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(d.read("member/cluster.toml"), before);
+    // A directory as the target (a typo): refused, nothing written beside it.
+    let out = d.tyd(&[
+        "policy",
+        "push",
+        "cluster.toml",
+        "--trust",
+        "op.key.pub",
+        "--to",
+        "member/",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a directory; name the policy file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_dir(d.p("member")).unwrap().count(), 2);
     // Re-signed with a new serial: placed.
     d.ok(&[
         "policy",
