@@ -168,7 +168,7 @@ impl Sim {
                     self.carry_out(to, a, t);
                 }
                 Event::Fetched { node, from, serial } => {
-                    self.cores[node].fetch_done(id(from));
+                    self.cores[node].fetch_done(id(from), false);
                     if serial > self.cores[node].serial() {
                         let hops = self.got[from].map_or(0, |(_, h)| h) + 1;
                         self.got[node].get_or_insert((t, hops));

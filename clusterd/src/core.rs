@@ -133,6 +133,10 @@ pub struct Core {
     /// chosen at random, at the next tick (if no offer has brought it by then), so that one
     /// node's heartbeat does not send every peer to fetch from that one node at once.
     newer: BTreeMap<NodeId, u64>,
+    /// Peers whose fetched policy was refused (bad signature, rolled back, malformed): not
+    /// fetched from again until this node's policy changes, so a hostile member offering a
+    /// "newer" serial over and over costs one fetch, not one per offer.
+    spoiled: std::collections::BTreeSet<NodeId>,
     /// Heartbeats received whose claimed node was not the sender (counted, not logged each).
     pub impostors: u64,
 }
@@ -146,6 +150,7 @@ impl Core {
             digest: String::new(),
             fetching: None,
             newer: BTreeMap::new(),
+            spoiled: std::collections::BTreeSet::new(),
             impostors: 0,
         }
     }
@@ -193,6 +198,9 @@ impl Core {
             self.fetching = None;
         }
         self.newer.retain(|_, s| *s > serial);
+        if newer {
+            self.spoiled.clear();
+        }
         if !newer {
             return Vec::new();
         }
@@ -272,7 +280,7 @@ impl Core {
     }
 
     fn maybe_fetch(&mut self, from: NodeId, serial: u64, now: Duration) -> Option<Action> {
-        if serial <= self.serial || self.fetching.is_some() {
+        if serial <= self.serial || self.fetching.is_some() || self.spoiled.contains(&from) {
             return None;
         }
         self.fetching = Some((from, serial, now));
@@ -280,9 +288,15 @@ impl Core {
     }
 
     /// The fetch from `from` ended; on success the shell has called [`Core::policy_in_force`].
-    pub fn fetch_done(&mut self, from: NodeId) {
+    /// `refused`: what it served was refused (not a network failure), so it is not asked again
+    /// until this node's policy changes.
+    pub fn fetch_done(&mut self, from: NodeId, refused: bool) {
         if self.fetching.is_some_and(|(f, _, _)| f == from) {
             self.fetching = None;
+        }
+        if refused {
+            self.spoiled.insert(from);
+            self.newer.remove(&from);
         }
     }
 
@@ -524,7 +538,7 @@ mod tests {
             unreachable!()
         };
         assert!([id(2), id(3)].contains(from));
-        c.fetch_done(*from);
+        c.fetch_done(*from, false);
         let offer = Message::Offer {
             serial: 9,
             digest: "f".into(),
@@ -534,6 +548,44 @@ mod tests {
             vec![Action::Fetch {
                 from: id(4),
                 serial: 9
+            }]
+        );
+    }
+
+    /// A hostile member offering a "newer" serial and serving garbage costs one fetch, not one
+    /// per offer; an honest peer's offer is still fetched, and a real new policy forgives.
+    #[test]
+    fn a_peer_that_served_a_refused_policy_is_not_asked_again() {
+        let mut c = core(3);
+        let offer = |serial| Message::Offer {
+            serial,
+            digest: "x".into(),
+        };
+        assert_eq!(
+            c.receive(id(2), offer(9), secs(1)),
+            vec![Action::Fetch {
+                from: id(2),
+                serial: 9
+            }]
+        );
+        c.fetch_done(id(2), true);
+        for t in 2..10 {
+            assert!(c.receive(id(2), offer(9 + t), secs(t)).is_empty());
+        }
+        assert_eq!(
+            c.receive(id(3), offer(9), secs(10)),
+            vec![Action::Fetch {
+                from: id(3),
+                serial: 9
+            }]
+        );
+        c.fetch_done(id(3), false);
+        c.policy_in_force(cfg(), 9, "n", &members(3), secs(11), &mut Counter(1));
+        assert_eq!(
+            c.receive(id(2), offer(10), secs(12)),
+            vec![Action::Fetch {
+                from: id(2),
+                serial: 10
             }]
         );
     }

@@ -249,15 +249,28 @@ impl Node {
     }
 }
 
-/// A finished fetch: from whom, and the files or why not.
-type Fetched = (NodeId, Result<(Vec<u8>, Vec<u8>), String>);
+/// Why a fetch brought nothing: the network, or what the peer sent.
+#[derive(Debug)]
+enum FetchFailure {
+    Network(String),
+    /// Malformed, oversized, unverifiable or not newer: the peer is not asked again.
+    Refused(String),
+}
 
-async fn fetch(addr: SocketAddr) -> Result<(Vec<u8>, Vec<u8>), String> {
+/// A finished fetch: from whom, and the files or why not.
+type Fetched = (NodeId, Result<(Vec<u8>, Vec<u8>), FetchFailure>);
+
+async fn fetch(addr: SocketAddr) -> Result<(Vec<u8>, Vec<u8>), FetchFailure> {
     let mut s = tokio::time::timeout(transfer::TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    transfer::receive(&mut s).await.map_err(|e| e.to_string())
+        .map_err(|_| FetchFailure::Network("connect timed out".into()))?
+        .map_err(|e| FetchFailure::Network(e.to_string()))?;
+    transfer::receive(&mut s).await.map_err(|e| match e {
+        transfer::TransferError::Io(_) | transfer::TransferError::Timeout => {
+            FetchFailure::Network(e.to_string())
+        }
+        _ => FetchFailure::Refused(e.to_string()),
+    })
 }
 
 struct Sockets {
@@ -361,17 +374,20 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                 });
             }
             Some((from, result)) = fetched.recv() => {
-                node.core.fetch_done(from);
                 match result.and_then(|(bytes, sig)| {
                     let file = node.cfg.policy.display().to_string();
                     policy::verify_policy(&file, &bytes, &sig, &node.trust, Timestamp::now())
                         .map(|verified| SignedFiles { verified, policy: bytes, signature: sig, trust: Vec::new() })
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| FetchFailure::Refused(e.to_string()))
                 }) {
                     Ok(files) => {
                         let (policy_bytes, sig) = (files.policy.clone(), files.signature.clone());
                         let before = node.core.serial();
+                        let already = node.policy().is_some_and(|p| p.digest_hex() == files.verified.digest_hex());
                         actions = node.accept(files, "peer");
+                        // Verified but not newer here (rolled back, replayed): a lie too. The
+                        // policy this node took meanwhile from elsewhere is not.
+                        node.core.fetch_done(from, !already && node.core.serial() <= before);
                         if node.core.serial() > before {
                             // Where netguard and certaintyd read it: signature first, so the
                             // pair is complete when the policy appears.
@@ -384,7 +400,14 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                             }
                         }
                     }
-                    Err(reason) => warn!(from = from.get(), reason = %reason, "fetched policy refused"),
+                    Err(FetchFailure::Network(reason)) => {
+                        node.core.fetch_done(from, false);
+                        debug!(from = from.get(), reason = %reason, "fetch failed; another peer or the next heartbeat will do");
+                    }
+                    Err(FetchFailure::Refused(reason)) => {
+                        node.core.fetch_done(from, true);
+                        warn!(from = from.get(), reason = %reason, "fetched policy refused; not fetching from this peer again until the policy changes");
+                    }
                 }
             }
             _ = poll.tick() => {
@@ -457,7 +480,7 @@ async fn carry_out(
         }
         Action::Fetch { from, serial } => {
             let Some(ip) = node.addr_of.get(&from).copied() else {
-                node.core.fetch_done(from);
+                node.core.fetch_done(from, false);
                 return;
             };
             debug!(from = from.get(), serial, "fetching a newer policy");
