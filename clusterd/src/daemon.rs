@@ -88,6 +88,24 @@ struct Node {
     rng: rand_core::OsRng,
 }
 
+/// Where a policy came from, for the log.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The policy file (the operator's delivery).
+    File,
+    /// Fetched from this peer.
+    Peer(NodeId),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File => f.write_str("file"),
+            Source::Peer(id) => write!(f, "peer:{}", id.get()),
+        }
+    }
+}
+
 fn load_key(path: &std::path::Path) -> Result<WgPublicKey, StartupError> {
     let secret = policy::keys::read_secret_key(path, policy::keys::KeyKind::NodeSecret)
         .map_err(|e| StartupError::Key(e.to_string()))?;
@@ -113,7 +131,7 @@ impl Node {
         self.stamp = stamp;
         let now = Timestamp::now();
         match policy::load_signed(&self.cfg.policy, &self.cfg.trust, now) {
-            Ok(files) => self.accept(files, "policy file"),
+            Ok(files) => self.accept(files, Source::File),
             Err(e) => {
                 debug!(reason = %e, "policy file not (yet) acceptable");
                 Vec::new()
@@ -122,7 +140,7 @@ impl Node {
     }
 
     /// A verified policy from the file or a peer: through the rollback store, then in force.
-    fn accept(&mut self, files: SignedFiles, source: &str) -> Vec<Action> {
+    fn accept(&mut self, files: SignedFiles, source: Source) -> Vec<Action> {
         let now = Timestamp::now();
         if let Some(cur) = self.policy()
             && cur.digest_hex() == files.verified.digest_hex()
@@ -130,11 +148,11 @@ impl Node {
             return Vec::new();
         }
         if let Err(e) = self.store.accept(&files.verified, now) {
-            warn!(source, reason = %e, "policy refused; the one in force stays");
+            warn!(%source, reason = %e, "policy refused; the one in force stays");
             return Vec::new();
         }
         let v = &files.verified;
-        info!(source, cluster = %v.cluster.name, serial = v.cluster.serial, signer = %v.signer().key_id(),
+        info!(%source, cluster = %v.cluster.name, serial = v.cluster.serial, signer = %v.signer().key_id(),
             "policy accepted");
         self.adopt(files)
     }
@@ -384,7 +402,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                         let (policy_bytes, sig) = (files.policy.clone(), files.signature.clone());
                         let before = node.core.serial();
                         let already = node.policy().is_some_and(|p| p.digest_hex() == files.verified.digest_hex());
-                        actions = node.accept(files, "peer");
+                        actions = node.accept(files, Source::Peer(from));
                         // Verified but not newer here (rolled back, replayed): a lie too. The
                         // policy this node took meanwhile from elsewhere is not.
                         node.core.fetch_done(from, !already && node.core.serial() <= before);

@@ -18,6 +18,7 @@ use crate::tree::{Content, Tree, TreeError};
 pub const PROJECT_BINARIES: &[(&str, &str)] = &[
     ("netguard", "/sbin/netguard"),
     ("certaintyd", "/sbin/certaintyd"),
+    ("clusterd", "/sbin/clusterd"),
     ("drone", "/sbin/drone"),
     ("tyd", "/bin/tyd"),
 ];

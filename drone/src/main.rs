@@ -73,7 +73,7 @@ struct BuildArgs {
     /// Where downloaded kernels are kept and unpacked (drone writes nowhere else).
     #[arg(long, default_value = "/var/cache/drone")]
     cache: PathBuf,
-    /// Where netguard, certaintyd, drone and tyd are (default: next to this program).
+    /// Where netguard, certaintyd, clusterd, drone and tyd are (default: next to this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// More kernel modules to include and load at boot.

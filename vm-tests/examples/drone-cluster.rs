@@ -1,7 +1,8 @@
 //! A drone cluster in VMs, narrated: builds the images as an operator would, boots three
-//! drones on a bridge in a network namespace of its own, shows the mesh and `tyd status`,
-//! writes under `/bin` on one drone and watches it reboot and rejoin. Removes the namespace
-//! and the VMs on exit. Needs root and qemu (scripts/install-deps.sh).
+//! drones on a bridge in a network namespace of its own, shows the mesh, `tyd status` and
+//! `tyd status --cluster`, writes under `/bin` on one drone and watches its peer quarantine
+//! it, and it reboot, rejoin and be readmitted. Removes the namespace and the VMs on exit.
+//! Needs root and qemu (scripts/install-deps.sh).
 //!
 //! `cargo run --release -p vm-tests --example drone-cluster`
 
@@ -86,8 +87,12 @@ fn demo() -> Result<(), String> {
         println!("  {line}");
     }
 
+    step("tyd status --cluster on drone1 (clusterd's heartbeats, once every drone is verified)");
+    show_cluster(&mut vms[0], "3 healthy")?;
+
     step("root on drone2 writes /bin/evil (after certaintyd's grace period)");
     vms[1].wait_log("baseline taken", BOOT)?;
+    vms[0].mark();
     vms[1].mark();
     let written = Instant::now();
     vms[1].type_line("echo evil > /bin/evil")?;
@@ -97,9 +102,20 @@ fn demo() -> Result<(), String> {
     if let Some(line) = log.lines().rev().find(|l| l.contains("integrity lost")) {
         println!("  {}", line.trim());
     }
+    vms[0].wait_log("quarantined: services withheld", Duration::from_secs(30))?;
+    println!(
+        "  drone1 quarantined drone2 {:.1?} after the write (silent while it reboots):",
+        written.elapsed()
+    );
+    show_cluster(&mut vms[0], "1 quarantined")?;
     vms[1].wait_console("drone: ready drone2", BOOT)?;
     println!(
         "  verdict {verdict:.1?} after the write; drone2 rebooted from its image and was ready {:.1?} after it",
+        written.elapsed()
+    );
+    vms[0].wait_log("readmitted: services restored", Duration::from_secs(60))?;
+    println!(
+        "  drone1 readmitted drone2 {:.1?} after the write, once it had verified its root",
         written.elapsed()
     );
     vms[1].serve_hostname(4660)?;
@@ -118,6 +134,23 @@ fn demo() -> Result<(), String> {
         "\nconsoles and logs: {}",
         vm_tests::scratch().join("demo").display()
     );
+    Ok(())
+}
+
+/// Prints `tyd status --cluster` on `vm` once its summary says `want` (30 s at most).
+fn show_cluster(vm: &mut Vm, want: &str) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(30);
+    let (status, out) = loop {
+        let (status, out) = vm.sh("tyd status --cluster", CMD)?;
+        if out.contains(want) || Instant::now() > until {
+            break (status, out);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    for line in out.lines() {
+        println!("  {line}");
+    }
+    println!("  (exit {status})");
     Ok(())
 }
 

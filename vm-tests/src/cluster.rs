@@ -73,6 +73,8 @@ fn build_binaries() -> Result<PathBuf, String> {
             "-p",
             "certaintyd",
             "-p",
+            "clusterd",
+            "-p",
             "tyd",
             "-p",
             "drone",

@@ -169,6 +169,20 @@ impl Vm {
             .unwrap_or_default()
     }
 
+    /// The console after the mark.
+    pub fn console_since_mark(&self) -> String {
+        let text = self.console_text();
+        text.get(self.console_mark..)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The daemons' log after the mark.
+    pub fn log_since_mark(&self) -> String {
+        let text = self.log_text();
+        text.get(self.log_mark..).unwrap_or_default().to_string()
+    }
+
     /// Forget what was seen so far: later waits only match new output.
     pub fn mark(&mut self) {
         self.console_mark = self.console_text().len();

@@ -113,6 +113,22 @@ fn three_drones_form_a_mesh_and_serve_only_through_the_tunnels() {
             assert_unreachable(vm, lan, 4660, "served on a LAN address");
         }
     }
+    // Every drone sees the whole cluster healthy (clusterd's heartbeats through the tunnels).
+    for vm in &mut vms {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, out) = check(vm.sh("tyd status --cluster", CMD));
+            if status == 0 && out.contains("3 nodes, 3 healthy") {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{}: tyd status --cluster exit {status}: {out}",
+                vm.name
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
     for vm in &mut vms {
         // The kernel's WireGuard, not wireguard-go.
         let link = check(vm.sh_ok("/sbin/ip -d link show tyd0", CMD));
@@ -231,6 +247,7 @@ fn writing_under_bin_after_the_grace_period_reboots_the_drone_and_it_rejoins() {
         Duration::from_secs(30),
     );
 
+    vms[0].mark();
     vms[1].mark();
     let written = Instant::now();
     // The shell may die with the node before it prints its end marker: just type.
@@ -253,8 +270,22 @@ fn writing_under_bin_after_the_grace_period_reboots_the_drone_and_it_rejoins() {
         verdict < Duration::from_secs(2) + CMD_SLACK,
         "verdict after {verdict:?}"
     );
-    let back = rebooted(&mut vms[1], BOOT);
-    eprintln!("tamper: verdict after {verdict:?}, ready again after {back:?}");
+    // The peer cuts drone2 off before drone2 is back (it went silent as it rebooted), and
+    // readmits it only after it is back and has verified its root.
+    let (quarantined, back) = quarantined_before_ready(&mut vms, 0, 1, BOOT);
+    eprintln!(
+        "tamper: verdict after {verdict:?}, quarantined on drone1 {quarantined:?} after the write, ready again after {back:?}"
+    );
+    let readmitted = Instant::now();
+    check(vms[0].wait_log("readmitted: services restored", Duration::from_secs(60)));
+    eprintln!(
+        "tamper: readmitted on drone1 {:?} after drone2 was ready",
+        readmitted.elapsed()
+    );
+    let line = last_line_with(&vms[0].log_text(), "readmitted: services restored");
+    assert!(line.contains("name=drone2"), "{line}");
+    let peers = check(vms[0].sh_ok("nft list set inet netguard peers4", CMD));
+    assert!(peers.contains(DRONES[1].2), "not readmitted: {peers}");
 
     // Fresh from its image, it rejoins: the service answers through the tunnel again.
     serve_hostname(&mut vms[1], 4660);
@@ -270,6 +301,69 @@ fn writing_under_bin_after_the_grace_period_reboots_the_drone_and_it_rejoins() {
         1,
         "the write survived the reboot"
     );
+}
+
+fn last_line_with(text: &str, what: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| l.contains(what))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Watches `peer`'s log and `node`'s console after their marks (set before the node went
+/// down) until the peer has quarantined the node and the node is ready again. Fails if the
+/// node was back first, if the peer still served it while quarantined, or if the peer
+/// readmitted it before it was back. Returns when each happened, from now.
+fn quarantined_before_ready(
+    vms: &mut [Vm],
+    peer: usize,
+    node: usize,
+    within: Duration,
+) -> (Duration, Duration) {
+    let start = Instant::now();
+    let name = vms[node].name.clone();
+    let mut quarantined = None;
+    loop {
+        let log = vms[peer].log_since_mark();
+        let about = |what: &str| {
+            log.lines()
+                .any(|l| l.contains(what) && l.contains(&format!("name={name}")))
+        };
+        if quarantined.is_none() && about("quarantined: services withheld") {
+            quarantined = Some(start.elapsed());
+            // Enforced: the node's tunnel address left the peer's service set.
+            let set = check(vms[peer].sh_ok("nft list set inet netguard peers4", CMD));
+            let addr = DRONES.iter().find(|d| d.0 == name).map_or("?", |d| d.2);
+            assert!(!set.contains(addr), "quarantined but still served: {set}");
+        }
+        let readmitted_early = about("readmitted: services restored");
+        if vms[node]
+            .console_since_mark()
+            .contains(&format!("drone: ready {name}"))
+        {
+            let back = start.elapsed();
+            let Some(q) = quarantined else {
+                panic!(
+                    "{name} was ready again before {} quarantined it",
+                    vms[peer].name
+                );
+            };
+            assert!(
+                !readmitted_early,
+                "{} readmitted {name} before it was back",
+                vms[peer].name
+            );
+            // Later waits on the node's console start after this boot's "ready".
+            vms[node].mark();
+            return (q, back);
+        }
+        assert!(
+            start.elapsed() < within,
+            "{name} not back within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Typing into a TCG guest's console and seeing the log line takes a moment of its own.
@@ -374,14 +468,26 @@ fn a_policy_update_removing_a_drone_cuts_it_off_established_connections_included
     }
 
     let (policy, sig) = check(c.signed_update(&["node", "remove"], &["drone3"]));
+    // Delivered to drone1 only: clusterd carries it to drone2.
+    vms[1].mark();
+    vms[0].mark();
+    // Signature first: netguard re-checks a second later if it sees the policy first.
+    check(vms[0].put_file("/run/tyd/cluster.toml.sig", &sig));
+    check(vms[0].put_file("/run/tyd/cluster.toml", &policy));
+    let delivered = Instant::now();
     for vm in &mut vms[..2] {
-        vm.mark();
-        // Signature first: netguard re-checks a second later if it sees the policy first.
-        check(vm.put_file("/run/tyd/cluster.toml.sig", &sig));
-        check(vm.put_file("/run/tyd/cluster.toml", &policy));
         check(vm.wait_log("node 3 (drone3) removed", Duration::from_secs(30)));
         check(vm.wait_log("remove peer", Duration::from_secs(30)));
     }
+    eprintln!(
+        "removal: in force on both members {:?} after it was put on drone1",
+        delivered.elapsed()
+    );
+    let accepted = last_line_with(&vms[1].log_text(), "policy accepted source=");
+    assert!(
+        accepted.contains("source=peer:1"),
+        "drone2 did not get the update from its peer: {accepted}"
+    );
     // The established connection is cut: no more echoes after a short settling time.
     std::thread::sleep(Duration::from_secs(3));
     let before = echoed(&mut vms[2]);
