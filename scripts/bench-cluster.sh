@@ -8,6 +8,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-cluster: needs root" >&2; exit 1; }
 members=${1:-50}
+# The kernel's neighbour tables are shared by every network namespace: 50 members with a LAN
+# neighbour and a tunnel neighbour per peer need about 2*50*49 entries, over the default
+# hard limit of 1024 (the kernel then drops datagrams: "neighbor table overflow"). Raised for
+# the run, put back on exit.
+saved=()
+for v in 4 6; do
+  for t in 1 2 3; do
+    k=net.ipv$v.neigh.default.gc_thresh$t
+    saved+=("$k=$(sysctl -n "$k")")
+  done
+done
+restore() { for kv in "${saved[@]}"; do sysctl -q -w "$kv"; done; }
+trap restore EXIT
+need=$((4 * members * members + 1024))
+for v in 4 6; do
+  sysctl -q -w net.ipv$v.neigh.default.gc_thresh1=$((need / 8)) \
+    net.ipv$v.neigh.default.gc_thresh2=$((need / 2)) net.ipv$v.neigh.default.gc_thresh3=$need
+done
 cargo build --quiet --release -p netguard -p clusterd -p tyd --bins
 cargo build --quiet --release -p clusterd --example bench_cluster --example simulate
 ./target/release/examples/bench_cluster "$members"

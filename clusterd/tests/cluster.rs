@@ -6,9 +6,13 @@
 
 mod lab;
 
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lab::{Lab, echo_server, in_netns, root_or_skip, tyd_cluster_status, wait_for};
+use ed25519_dalek::SigningKey;
+use lab::{Lab, NO_ANSWER, echo_server, in_netns, root_or_skip, run, tyd_cluster_status, wait_for};
 
 /// A new serial put on one member only reaches every member by itself; a member that lost
 /// integrity loses the services on every peer within about a second and keeps its tunnel;
@@ -192,5 +196,261 @@ fn a_real_certaintyd_finding_a_change_gets_its_node_quarantined_within_a_second(
         [3],
         "{}",
         lab.file(0, "clusterd.log")
+    );
+}
+
+/// A member that stands in for a compromised one: from `ns` (its own tunnel address `me`), it
+/// offers `offered` to every peer and claims it in its heartbeats, and serves `policy` and
+/// `signature` to whoever fetches, until `stop` is set.
+fn hostile_member(
+    ns: &str,
+    me: &str,
+    peers: Vec<String>,
+    policy: Vec<u8>,
+    signature: Vec<u8>,
+    offered: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let ns = ns.to_string();
+    let me = me.to_string();
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let udp = std::net::UdpSocket::bind(format!("{me}:7946")).unwrap();
+        let tcp = std::net::TcpListener::bind(format!("{me}:7946")).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let offer = serde_json::json!({"offer": {"serial": offered, "digest": "f".repeat(64)}});
+        let mut seq = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            seq += 1;
+            let hb = serde_json::json!({"heartbeat": {
+                "node": 5, "boot_id": "boot-5-a", "seq": 1_000_000 + seq, "serial": offered,
+                "digest": "f".repeat(64), "integrity": "verifying", "stable_root": null,
+                "root_matches": null, "last_verification": null, "uptime_s": 1, "load1": 0.0,
+                "mem_available_kb": 1}});
+            for p in &peers {
+                let _ = udp.send_to(offer.to_string().as_bytes(), format!("{p}:7946"));
+                let _ = udp.send_to(hb.to_string().as_bytes(), format!("{p}:7946"));
+            }
+            let until = std::time::Instant::now() + Duration::from_millis(300);
+            while std::time::Instant::now() < until {
+                match tcp.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let mut out = b"TYD1".to_vec();
+                        for part in [&policy, &signature] {
+                            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                            out.extend_from_slice(part);
+                        }
+                        let _ = c.write_all(&out);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    })
+}
+
+fn count(text: &str, what: &[&str]) -> usize {
+    text.lines()
+        .filter(|l| what.iter().all(|w| l.contains(w)))
+        .count()
+}
+
+/// Five members: one offline during two updates is current within a heartbeat or two of its
+/// return; one whose certaintyd stops answering is quarantined and readmitted when it answers
+/// again; a member that turned hostile and offers a forged policy, then an old genuine one
+/// (a rollback), has both refused by every peer, one fetch and one log line each, nothing
+/// written; and the operator's removal of that member reaches every other member.
+#[test]
+fn offline_members_catch_up_hostile_members_are_refused_and_removal_reaches_all() {
+    if !root_or_skip("offline_members_catch_up_hostile_members_are_refused_and_removal_reaches_all")
+    {
+        return;
+    }
+    let n = 5;
+    let all: Vec<usize> = (0..n).collect();
+    let mut lab = Lab::new(n);
+    lab.publish_on(2, &all);
+    for i in 0..n {
+        lab.start(i);
+    }
+    wait_for(
+        "every node to hear its four peers",
+        Duration::from_secs(45),
+        || {
+            all.iter().all(|&i| {
+                lab.view(i)["nodes"].as_array().is_some_and(|v| {
+                    v.len() == n
+                        && v.iter()
+                            .all(|x| x["reachable"] == true && x["quarantined"].is_null())
+                })
+            })
+        },
+    );
+
+    // d4 goes offline (its LAN link down) and misses two updates.
+    let d4 = 3;
+    run(&[
+        "ip",
+        "-n",
+        &lab.members[d4].ns,
+        "link",
+        "set",
+        "eth0",
+        "down",
+    ]);
+    let online = [0, 1, 2, 4];
+    lab.push(3, 0);
+    wait_for(
+        "serial 3 on the online members",
+        Duration::from_secs(5),
+        || online.iter().all(|&i| lab.serial_on(i) == Some(3)),
+    );
+    lab.push(4, 1);
+    wait_for(
+        "serial 4 on the online members",
+        Duration::from_secs(5),
+        || online.iter().all(|&i| lab.serial_on(i) == Some(4)),
+    );
+    wait_for(
+        "d4 quarantined for silence",
+        Duration::from_secs(10),
+        || online.iter().all(|&i| lab.quarantined_on(i).contains(&4)),
+    );
+    assert_eq!(lab.serial_on(d4), Some(2), "offline, yet updated");
+    run(&["ip", "-n", &lab.members[d4].ns, "link", "set", "eth0", "up"]);
+    let back = wait_for("d4 on serial 4", Duration::from_secs(20), || {
+        lab.serial_on(d4) == Some(4)
+    });
+    eprintln!(
+        "d4 back online: on serial 4 after {} ms (heartbeat 1 s; a WireGuard handshake retry is 5 s)",
+        back.as_millis()
+    );
+    // One heartbeat after its tunnel is back up: it fetches at its next tick.
+    assert!(back < Duration::from_secs(8), "{back:?}");
+    wait_for("d4 readmitted everywhere", Duration::from_secs(10), || {
+        online.iter().all(|&i| !lab.quarantined_on(i).contains(&4))
+    });
+
+    // d3's certaintyd stops answering (killed): quarantined; answering again: readmitted.
+    let d3 = 2;
+    *lab.members[d3].certainty.lock().unwrap() = NO_ANSWER.into();
+    let took = wait_for(
+        "d3 quarantined: certaintyd unreachable",
+        Duration::from_secs(5),
+        || {
+            all.iter()
+                .filter(|&&i| i != d3)
+                .all(|&i| lab.quarantined_on(i).contains(&3))
+        },
+    );
+    eprintln!(
+        "d3's certaintyd silent: quarantined on all peers after {} ms",
+        took.as_millis()
+    );
+    assert!(
+        count(
+            &lab.file(0, "clusterd.log"),
+            &["quarantined", "name=d3", "certaintyd"]
+        ) >= 1,
+        "{}",
+        lab.file(0, "clusterd.log")
+    );
+    *lab.members[d3].certainty.lock().unwrap() = "verifying".into();
+    wait_for("d3 readmitted", Duration::from_secs(5), || {
+        all.iter().all(|&i| !lab.quarantined_on(i).contains(&3))
+    });
+
+    // d5 turns hostile: its clusterd is replaced by a program offering serial 99.
+    let d5 = 4;
+    let clusterd = lab.members[d5].children.last_mut().unwrap();
+    clusterd.kill().unwrap();
+    clusterd.wait().unwrap();
+    let others: Vec<usize> = (0..4).collect();
+    let peers: Vec<String> = others.iter().map(|&i| lab.members[i].tun.clone()).collect();
+    let logs_before: Vec<String> = others
+        .iter()
+        .map(|&i| lab.file(i, "clusterd.log"))
+        .collect();
+    // First a policy signed by a key the cluster does not trust.
+    let forger = SigningKey::from_bytes(&[9; 32]);
+    let forged = lab.policy_text(99);
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = hostile_member(
+        &lab.members[d5].ns,
+        &lab.members[d5].tun,
+        peers.clone(),
+        forged.clone().into_bytes(),
+        policy::sign(forged.as_bytes(), &forger).into_bytes(),
+        99,
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    for (k, &i) in others.iter().enumerate() {
+        let log = lab.file(i, "clusterd.log");
+        let new = log.get(logs_before[k].len()..).unwrap_or_default();
+        assert_eq!(
+            lab.serial_on(i),
+            Some(4),
+            "d{}: forged policy in force",
+            i + 1
+        );
+        assert_eq!(
+            count(new, &["fetched policy refused", "from=5"]),
+            1,
+            "d{}: one fetch, one line, however often it is offered:\n{new}",
+            i + 1
+        );
+    }
+
+    // Then, once the policy has changed (so d5 is asked again), a genuine but old policy.
+    lab.push(5, 0);
+    wait_for("serial 5 on d1-d4", Duration::from_secs(5), || {
+        others.iter().all(|&i| lab.serial_on(i) == Some(5))
+    });
+    let logs_before: Vec<String> = others
+        .iter()
+        .map(|&i| lab.file(i, "clusterd.log"))
+        .collect();
+    let old = lab.policy_text(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = hostile_member(
+        &lab.members[d5].ns,
+        &lab.members[d5].tun,
+        peers,
+        old.clone().into_bytes(),
+        policy::sign(old.as_bytes(), &lab.operator).into_bytes(),
+        99,
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    for (k, &i) in others.iter().enumerate() {
+        let log = lab.file(i, "clusterd.log");
+        let new = log.get(logs_before[k].len()..).unwrap_or_default();
+        assert_eq!(lab.serial_on(i), Some(5), "d{}: rolled back", i + 1);
+        assert_eq!(
+            count(new, &["refused", "peer:5"]) + count(new, &["refused", "from=5"]),
+            1,
+            "d{}: one fetch, one line:\n{new}",
+            i + 1
+        );
+    }
+
+    // The operator removes d5: pushed to d2 only, in force on all four others.
+    let t = std::time::Instant::now();
+    lab.push_text(6, &lab.policy_text_of(6, &others), 1);
+    wait_for("d5 removed on d1-d4", Duration::from_secs(10), || {
+        others.iter().all(|&i| {
+            lab.file(i, "netguard.log").contains("removed") && lab.serial_on(i) == Some(6)
+        })
+    });
+    eprintln!(
+        "removal of d5 in force on d1-d4 after {} ms",
+        t.elapsed().as_millis()
     );
 }

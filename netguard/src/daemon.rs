@@ -207,6 +207,7 @@ impl Node {
         if let Err(e) = policy::load::save_in_force(&self.cfg.state, &files) {
             warn!(reason = %e, "cannot keep a copy of the policy in force");
         }
+        size_neighbour_tables(v.nodes.len());
         self.policy = Some(files.verified);
         self.derive_mode(Timestamp::now());
     }
@@ -546,6 +547,34 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
     }
     info!("stopping; the firewall table and the tunnels stay in place");
     Ok(())
+}
+
+/// Raises the kernel's neighbour-table limits when the map needs more (see `neighbours`).
+fn size_neighbour_tables(nodes: usize) {
+    for (family, dir) in crate::neighbours::tables(std::path::Path::new("/proc/sys")) {
+        let current = match crate::neighbours::read(&dir) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(reason = %e, "cannot read the neighbour table limits");
+                continue;
+            }
+        };
+        let Some(up) = crate::neighbours::raised(current, nodes) else {
+            continue;
+        };
+        match crate::neighbours::write(&dir, up) {
+            Ok(()) => info!(
+                family,
+                nodes,
+                gc_thresh3 = up.gc_thresh3,
+                was = current.gc_thresh3,
+                "neighbour table limit raised for the node map"
+            ),
+            Err(e) => warn!(family, nodes, reason = %e,
+                "cannot raise the neighbour table limit; packets to some peers may be dropped"),
+        }
+    }
 }
 
 #[cfg(test)]

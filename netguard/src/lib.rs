@@ -5,10 +5,11 @@
 //! Pure core: `desired` (what should be), `peers` (the peer plan), `ruleset` (the firewall as
 //! data). Thin shell: `wg` (device, interface, addresses), `nft` (apply and read back),
 //! `routes` (tunnel addresses and routes on
-//! other interfaces), `reconcile` (one pass), `daemon` (the loop), `status` (for `tyd status`).
+//! other interfaces), `neighbours` (the kernel's neighbour table sized for the map), `reconcile` (one pass), `daemon` (the loop), `status` (for `tyd status`).
 
 pub mod daemon;
 pub mod desired;
+pub mod neighbours;
 pub mod nft;
 pub mod peers;
 pub mod reconcile;

@@ -103,6 +103,10 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> D
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// What the stand-in certaintyd is set to when it is to behave as if killed: it takes each
+/// connection and closes it without a word.
+pub const NO_ANSWER: &str = "";
+
 /// A stand-in certaintyd: answers status requests with whatever state the test sets.
 pub fn fake_certaintyd(socket: &Path, state: Arc<Mutex<String>>) {
     let listener = UnixListener::bind(socket).unwrap();
@@ -110,7 +114,7 @@ pub fn fake_certaintyd(socket: &Path, state: Arc<Mutex<String>>) {
         for conn in listener.incoming().flatten() {
             let mut line = String::new();
             let mut reader = BufReader::new(&conn);
-            if reader.read_line(&mut line).is_err() {
+            if reader.read_line(&mut line).is_err() || *state.lock().unwrap() == NO_ANSWER {
                 continue;
             }
             let status = Status {
@@ -243,10 +247,18 @@ impl Lab {
     }
 
     pub fn policy_text(&self, serial: u64) -> String {
+        self.policy_text_of(serial, &(0..self.members.len()).collect::<Vec<_>>())
+    }
+
+    /// The policy at `serial` listing only the members `listed`.
+    pub fn policy_text_of(&self, serial: u64, listed: &[usize]) -> String {
         let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
         let mut t = policy::template::init_template("lab", expires)
             .replace("serial = 1", &format!("serial = {serial}"));
         for (i, m) in self.members.iter().enumerate() {
+            if !listed.contains(&i) {
+                continue;
+            }
             let public = policy::WgPublicKey::from_secret(&m.key);
             t.push_str(&format!(
                 "\n[[node]]\nid = {}\nname = \"d{}\"\npublic_key = \"{public}\"\nendpoint = \"198.18.0.{}:51820\"\naddresses = [\"{}\"]\n",
@@ -272,9 +284,13 @@ impl Lab {
     /// The operator signs serial `serial` and pushes it with `tyd policy push` to member `i`
     /// only (clusterd carries it to the others).
     pub fn push(&self, serial: u64, i: usize) {
-        let text = self.policy_text(serial);
+        self.push_text(serial, &self.policy_text(serial), i);
+    }
+
+    /// Signs `text` (at `serial`) with the operator's key and pushes it to member `i`.
+    pub fn push_text(&self, serial: u64, text: &str, i: usize) {
         let staged = self.dir.path().join(format!("serial{serial}.toml"));
-        std::fs::write(&staged, &text).unwrap();
+        std::fs::write(&staged, text).unwrap();
         std::fs::write(
             policy::signature_path(&staged),
             policy::sign(text.as_bytes(), &self.operator),
