@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # A whole cluster on one machine (needs root): three drone namespaces and one rogue on a
-# bridge, keys and a signed policy, netguard in each drone (userspace WireGuard). Shows the
-# tunnels up, TCP 4660 (openMosix) working between members through the tunnels and refused to
-# the rogue, then removes a drone from the policy and shows it cut off, established flow
-# included. Everything it creates is removed on exit, Ctrl-C included.
+# bridge, keys and a signed policy, netguard and clusterd in each drone (userspace WireGuard).
+# Shows the tunnels up, `tyd status --cluster`, TCP 4660 (openMosix) working between members
+# through the tunnels and refused to the rogue, then removes a drone from the policy, pushed to
+# drone1 only, and shows it reach drone2 and cut drone3 off, established flow included.
+# Everything it creates is removed on exit, Ctrl-C included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo-cluster: needs root (network namespaces)" >&2; exit 1; }
 scripts/install-deps.sh --runtime
-cargo build --quiet --release -p tyd -p netguard
+cargo build --quiet --release -p tyd -p netguard -p clusterd
 bin="$PWD/target/release"
 id=$$
 br="tydbr$id"; nss=("tyd${id}n1" "tyd${id}n2" "tyd${id}n3"); rogue="tyd${id}rg"
@@ -24,7 +25,12 @@ cleanup() {
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null; done
   done
   for ns in "${nss[@]}" "$rogue" "$br"; do ip netns del "$ns" 2>/dev/null; done
-  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS"; cp "$work"/n*/netguard.log "$KEEP_LOGS"/ 2>/dev/null; fi
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    mkdir -p "$KEEP_LOGS"
+    for i in 1 2 3; do
+      for f in netguard clusterd; do cp "$work/n$i/$f.log" "$KEEP_LOGS/drone$i-$f.log" 2>/dev/null; done
+    done
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -67,6 +73,9 @@ for i in 1 2 3; do
   "$bin/tyd" node add cluster.toml --id "$i" --name "drone$i" --public-key-file "drone$i.key.pub" \
     --endpoint "198.18.0.$i:51820" >/dev/null
 done
+# These namespaces run no certaintyd (it guards a RAM root: see the drone demo), so the demo
+# policy does not require one; clusterd still quarantines nodes that fall silent.
+sed -i 's/^require_certainty = true/require_certainty = false/' cluster.toml
 "$bin/tyd" policy sign cluster.toml --key operator.key
 publish() { # copy the signed policy to every drone, atomically
   for i in 1 2 3; do
@@ -77,13 +86,16 @@ publish() { # copy the signed policy to every drone, atomically
 }
 publish
 
-step "netguard in each drone"
+step "netguard and clusterd in each drone"
 for i in 1 2 3; do
   cp operator.key.pub "n$i/operator.pub"; cp "drone$i.key" "n$i/node.key"
   ip netns exec "${nss[$((i - 1))]}" "$bin/netguard" --policy "n$i/cluster.toml" --trust "n$i/operator.pub" \
     --key "n$i/node.key" --state "n$i/accepted.json" --interface "tyd${id}w$i" \
-    --backend userspace --drift 1s 2> "n$i/netguard.log" &
-  mkdir -p "n$i"
+    --quarantine "n$i/quarantine.json" --backend userspace --drift 1s 2> "n$i/netguard.log" &
+  pids+=($!)
+  ip netns exec "${nss[$((i - 1))]}" "$bin/clusterd" --policy "n$i/cluster.toml" --trust "n$i/operator.pub" \
+    --key "n$i/node.key" --state "n$i/clusterd.json" --certainty-socket none \
+    --quarantine "n$i/quarantine.json" --view "n$i/cluster-status.json" 2> "n$i/clusterd.log" &
   pids+=($!)
 done
 for t in $(seq 1 100); do
@@ -91,6 +103,15 @@ for t in $(seq 1 100); do
   sleep 0.2
 done
 in_ns "${nss[0]}" "$bin/tyd" status --policy n1/cluster.toml --trust n1/operator.pub --interface "tyd${id}w1" --key n1/node.key
+cluster_status() { # drone i, and what the summary must say
+  for t in $(seq 1 100); do
+    "$bin/tyd" status --cluster --view "n$1/cluster-status.json" 2>/dev/null | grep -q "$2" && break
+    sleep 0.2
+  done
+  "$bin/tyd" status --cluster --view "n$1/cluster-status.json" || true
+}
+step "tyd status --cluster on drone1 (clusterd's heartbeats through the tunnels)"
+cluster_status 1 "3 healthy"
 
 step "openMosix's tcp 4660 on every drone (an echo server)"
 for i in 1 2 3; do
@@ -127,10 +148,15 @@ flow=$!
 sleep 1
 "$bin/tyd" node remove cluster.toml drone3 >/dev/null
 "$bin/tyd" policy sign cluster.toml --key operator.key
-publish
+# Put in force on drone1 only (from another machine: scp, then ssh MEMBER tyd policy push).
+"$bin/tyd" policy push cluster.toml --trust operator.key.pub --to n1/cluster.toml
+for t in $(seq 1 50); do grep -q "source=peer" n2/clusterd.log && break; sleep 0.1; done
+echo "drone2 got it from its peer: $(grep -o 'policy accepted source=peer:[0-9]* cluster=[a-z]* serial=[0-9]*' n2/clusterd.log | tail -n 1)"
 wait "$flow" || true
 if tcp_try "${nss[2]}" 10.77.0.2 4660; then echo "FAIL: removed drone3 still connects" >&2; exit 1; fi
 echo "drone3 -> drone2 new connection: refused"
 tcp_try "${nss[0]}" 10.77.0.2 4660 && echo "drone1 -> drone2: still connected"
 in_ns "${nss[1]}" "$bin/tyd" status --policy n2/cluster.toml --trust n2/operator.pub --interface "tyd${id}w2" --key n2/node.key
+step "tyd status --cluster on drone2"
+cluster_status 2 "2 nodes, 2 healthy"
 printf '\ndemo-cluster: done; namespaces and files are removed now\n'

@@ -74,7 +74,7 @@ fn summary(v: &ClusterView, stale: Option<u64>) -> String {
     line
 }
 
-fn row(n: &NodeView, serial: u64) -> String {
+fn row(n: &NodeView, serial: u64, name_width: usize) -> String {
     let mem = n
         .mem_available_kb
         .map_or("-".into(), |kb| format!("{} MiB", kb / 1024));
@@ -84,13 +84,9 @@ fn row(n: &NodeView, serial: u64) -> String {
         None => "-".into(),
     };
     format!(
-        "{:>5}  {:<12} {:<11} {:>7} {:<16} {:<5} {:>5} {:>10}  {}",
+        "{:>5}  {:<name_width$} {:<11} {:>7} {:<16} {:<5} {:>5} {:>10}  {}",
         n.id,
-        if n.this_node {
-            format!("{} (this)", n.name)
-        } else {
-            n.name.clone()
-        },
+        shown_name(n),
         if n.this_node {
             "-".into()
         } else {
@@ -107,20 +103,38 @@ fn row(n: &NodeView, serial: u64) -> String {
         mem,
         n.problem(serial).unwrap_or_default()
     )
+    .trim_end()
+    .to_string()
+}
+
+fn shown_name(n: &NodeView) -> String {
+    if n.this_node {
+        format!("{} (this)", n.name)
+    } else {
+        n.name.clone()
+    }
 }
 
 fn render(v: &ClusterView, problems_only: bool, stale: Option<u64>) -> String {
     let mut out = summary(v, stale);
     out.push('\n');
+    // Names are as long as the policy makes them: the column fits the longest.
+    let name_width = v
+        .nodes
+        .iter()
+        .map(|n| shown_name(n).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(12);
     out.push_str(&format!(
-        "{:>5}  {:<12} {:<11} {:>7} {:<16} {:<5} {:>5} {:>10}  problem\n",
+        "{:>5}  {:<name_width$} {:<11} {:>7} {:<16} {:<5} {:>5} {:>10}  problem\n",
         "id", "name", "heard", "serial", "integrity", "root", "load", "free"
     ));
     for n in &v.nodes {
         if problems_only && n.problem(v.serial).is_none() {
             continue;
         }
-        out.push_str(&row(n, v.serial));
+        out.push_str(&row(n, v.serial, name_width));
         out.push('\n');
     }
     out
@@ -227,5 +241,29 @@ mod tests {
         );
         let only = render(&v, true, None);
         assert_eq!(only.lines().count(), 2 + 3);
+    }
+
+    #[test]
+    fn columns_line_up_whatever_the_names() {
+        let mut nodes: Vec<NodeView> = (1..=3).map(|i| node(i, 9, None, true)).collect();
+        nodes[0].name = "compute-node-001".into();
+        nodes[2].name = "gpu".into();
+        let v = ClusterView {
+            schema: 1,
+            cluster: "lab".into(),
+            serial: 9,
+            written_at: Timestamp::now().to_string(),
+            quarantine_enabled: true,
+            nodes,
+        };
+        let text = render(&v, false, None);
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        // Every row's "heard" column starts where the header's does.
+        let at = lines[0].find("heard").unwrap();
+        for l in &lines[1..] {
+            let b = l.as_bytes();
+            assert!(b[at - 1] == b' ' && b[at] != b' ', "{text}");
+            assert_eq!(l.trim_end(), *l, "trailing blanks: {l:?}");
+        }
     }
 }
