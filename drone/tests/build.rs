@@ -97,7 +97,7 @@ fn fixture() -> Fixture {
         b"kernel",
         0o644,
     );
-    for b in ["netguard", "certaintyd", "drone", "tyd"] {
+    for b in ["netguard", "certaintyd", "clusterd", "drone", "tyd"] {
         std::fs::create_dir_all(f.p("bin")).unwrap();
         std::fs::copy("/bin/true", f.p(&format!("bin/{b}"))).unwrap();
     }
@@ -155,6 +155,7 @@ fn the_image_holds_what_a_drone_needs_and_only_the_modules_it_needs() {
     for path in [
         "/sbin/netguard",
         "/sbin/certaintyd",
+        "/sbin/clusterd",
         "/sbin/drone",
         "/bin/tyd",
         "/usr/sbin/nft",
