@@ -1,0 +1,317 @@
+//! The join exchange on the wire, over any byte stream (TCP in practice), with `snow`:
+//!
+//! 1. joiner → member, in clear: `TYDJ`, version 1, the token's public id (6 bytes);
+//! 2. a Noise `NNpsk0` handshake whose pre-shared key is derived from the whole token, with
+//!    the id in the prologue: only someone holding the token completes it, on either side, and
+//!    the secret never crosses the wire;
+//! 3. in transport mode: the joiner's request, then the master's answer.
+//!
+//! The request travels only after the handshake, under keys from both sides' fresh ephemeral
+//! keys: a recorded first message replayed gets a new answer that only the real joiner could
+//! read, and no request can follow it. Every Noise message is framed by a 2-byte length; an
+//! application message is a 4-byte length then its bytes, cut into as many Noise messages as it
+//! needs, and bounded.
+
+use std::io::{Read, Write};
+
+use crate::token::{Psk, TokenId};
+
+const MAGIC: &[u8; 4] = b"TYDJ";
+const VERSION: u8 = 1;
+const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// Noise's own limit on one message.
+const NOISE_MAX: usize = 65535;
+const TAG: usize = 16;
+/// The largest request or answer (an answer carries the signed policy: 16 MiB at most).
+pub const MAX_MESSAGE: usize = 17 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a tyd join request")]
+    NotJoin,
+    #[error("join protocol version {0} is not supported (this side speaks {VERSION})")]
+    Version(u8),
+    #[error("{0}")]
+    BadTokenId(String),
+    /// The handshake failed: a wrong or unknown token on one side, or tampering.
+    #[error("handshake failed: the token does not match (wrong, unknown, or not for this cluster)")]
+    Handshake,
+    #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    #[error("the peer closed the connection")]
+    Closed,
+}
+
+fn noise_err(_: snow::Error) -> WireError {
+    WireError::Handshake
+}
+
+fn prologue(id: &TokenId) -> Vec<u8> {
+    let mut p = b"tyd join v1 ".to_vec();
+    p.extend_from_slice(id.as_str().as_bytes());
+    p
+}
+
+/// A handshake state for `psk` and `prologue` (snow copies both in).
+fn handshake(
+    psk: &Psk,
+    prologue: &[u8],
+    initiator: bool,
+) -> Result<snow::HandshakeState, WireError> {
+    let params = PATTERN.parse().map_err(noise_err)?;
+    let b = snow::Builder::new(params)
+        .psk(0, psk.as_bytes())
+        .map_err(noise_err)?
+        .prologue(prologue)
+        .map_err(noise_err)?;
+    if initiator {
+        b.build_initiator().map_err(noise_err)
+    } else {
+        b.build_responder().map_err(noise_err)
+    }
+}
+
+fn write_frame(w: &mut impl Write, bytes: &[u8]) -> Result<(), WireError> {
+    let len = u16::try_from(bytes.len()).map_err(|_| WireError::TooLarge(bytes.len()))?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(bytes)?;
+    Ok(())
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8]) -> Result<(), WireError> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            WireError::Closed
+        } else {
+            WireError::Io(e)
+        }
+    })
+}
+
+fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, WireError> {
+    let mut len = [0u8; 2];
+    read_exact(r, &mut len)?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    read_exact(r, &mut buf)?;
+    Ok(buf)
+}
+
+/// Both ends after the handshake: sends and receives whole application messages.
+pub struct Channel<S> {
+    stream: S,
+    noise: snow::TransportState,
+}
+
+impl<S> std::fmt::Debug for Channel<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Channel")
+    }
+}
+
+impl<S: Read + Write> Channel<S> {
+    pub fn send(&mut self, message: &[u8]) -> Result<(), WireError> {
+        if message.len() > MAX_MESSAGE {
+            return Err(WireError::TooLarge(message.len()));
+        }
+        let mut plain = (message.len() as u32).to_be_bytes().to_vec();
+        plain.extend_from_slice(message);
+        let mut out = vec![0u8; NOISE_MAX];
+        for chunk in plain.chunks(NOISE_MAX - TAG) {
+            let n = self
+                .noise
+                .write_message(chunk, &mut out)
+                .map_err(noise_err)?;
+            write_frame(&mut self.stream, &out[..n])?;
+        }
+        self.stream.flush()?;
+        Ok(())
+    }
+
+    pub fn receive(&mut self) -> Result<Vec<u8>, WireError> {
+        let mut plain = Vec::new();
+        let mut buf = vec![0u8; NOISE_MAX];
+        let mut want = None;
+        loop {
+            let frame = read_frame(&mut self.stream)?;
+            let n = self
+                .noise
+                .read_message(&frame, &mut buf)
+                .map_err(noise_err)?;
+            plain.extend_from_slice(&buf[..n]);
+            if want.is_none() && plain.len() >= 4 {
+                let len = u32::from_be_bytes([plain[0], plain[1], plain[2], plain[3]]) as usize;
+                if len > MAX_MESSAGE {
+                    return Err(WireError::TooLarge(len));
+                }
+                want = Some(len + 4);
+            }
+            if let Some(w) = want
+                && plain.len() >= w
+            {
+                plain.truncate(w);
+                return Ok(plain.split_off(4));
+            }
+        }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+}
+
+/// The joiner's side: hello, handshake; returns the channel to send the request on.
+pub fn connect<S: Read + Write>(
+    mut stream: S,
+    id: &TokenId,
+    psk: &Psk,
+) -> Result<Channel<S>, WireError> {
+    let mut hello = MAGIC.to_vec();
+    hello.push(VERSION);
+    hello.extend_from_slice(id.as_str().as_bytes());
+    stream.write_all(&hello)?;
+    let mut hs = handshake(psk, &prologue(id), true)?;
+    let mut buf = vec![0u8; NOISE_MAX];
+    let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
+    write_frame(&mut stream, &buf[..n])?;
+    stream.flush()?;
+    let frame = read_frame(&mut stream)?;
+    hs.read_message(&frame, &mut buf).map_err(noise_err)?;
+    let noise = hs.into_transport_mode().map_err(noise_err)?;
+    Ok(Channel { stream, noise })
+}
+
+/// The first bytes of a join: which token the joiner says it holds.
+pub fn read_hello(stream: &mut impl Read) -> Result<TokenId, WireError> {
+    let mut hello = [0u8; 4 + 1 + crate::token::ID_LEN];
+    read_exact(stream, &mut hello)?;
+    if &hello[..4] != MAGIC {
+        return Err(WireError::NotJoin);
+    }
+    if hello[4] != VERSION {
+        return Err(WireError::Version(hello[4]));
+    }
+    let id = String::from_utf8_lossy(&hello[5..]).into_owned();
+    TokenId::try_from(id).map_err(|e| WireError::BadTokenId(e.to_string()))
+}
+
+/// The master's side, after [`read_hello`]: the handshake with the token's key. With no key
+/// (an unknown token) the handshake is still run, with a random key, so it fails the same way
+/// a wrong secret does and the joiner learns nothing about which ids exist.
+pub fn accept<S: Read + Write>(
+    mut stream: S,
+    id: &TokenId,
+    psk: Option<&Psk>,
+) -> Result<Channel<S>, WireError> {
+    let decoy;
+    let psk = match psk {
+        Some(p) => p,
+        None => {
+            decoy = crate::token::Token::generate(&mut rand_core::OsRng).psk();
+            &decoy
+        }
+    };
+    let mut hs = handshake(psk, &prologue(id), false)?;
+    let mut buf = vec![0u8; NOISE_MAX];
+    let frame = read_frame(&mut stream)?;
+    hs.read_message(&frame, &mut buf).map_err(noise_err)?;
+    let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
+    write_frame(&mut stream, &buf[..n])?;
+    stream.flush()?;
+    let noise = hs.into_transport_mode().map_err(noise_err)?;
+    Ok(Channel { stream, noise })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Token;
+    use rand_core::OsRng;
+    use std::os::unix::net::UnixStream;
+
+    /// Runs the master's side in a thread: hello, handshake with `known` (if the id matches),
+    /// then echoes one message back reversed.
+    fn master(
+        stream: UnixStream,
+        known: Token,
+    ) -> std::thread::JoinHandle<Result<Vec<u8>, WireError>> {
+        std::thread::spawn(move || {
+            let mut s = stream;
+            let id = read_hello(&mut s)?;
+            let psk = (id == known.id).then(|| known.psk());
+            let mut ch = accept(s, &id, psk.as_ref())?;
+            let got = ch.receive()?;
+            let mut back = got.clone();
+            back.reverse();
+            ch.send(&back)?;
+            Ok(got)
+        })
+    }
+
+    #[test]
+    fn the_right_token_opens_a_channel_that_carries_large_messages() {
+        let t = Token::generate(&mut OsRng);
+        let (a, b) = UnixStream::pair().unwrap();
+        let m = master(b, t.clone());
+        let mut ch = connect(a, &t.id, &t.psk()).unwrap();
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        ch.send(&big).unwrap();
+        let mut want = big.clone();
+        want.reverse();
+        assert_eq!(ch.receive().unwrap(), want);
+        assert_eq!(m.join().unwrap().unwrap(), big);
+    }
+
+    #[test]
+    fn a_wrong_secret_or_an_unknown_id_fails_the_handshake_on_both_sides() {
+        let t = Token::generate(&mut OsRng);
+        let wrong: Token = format!("{}.{}", t.id, "0".repeat(crate::token::SECRET_LEN))
+            .parse()
+            .unwrap();
+        let stranger = Token::generate(&mut OsRng);
+        for bad in [wrong, stranger] {
+            let (a, b) = UnixStream::pair().unwrap();
+            let m = master(b, t.clone());
+            let r = connect(a, &bad.id, &bad.psk());
+            // The master refuses the first message; the joiner sees the connection end.
+            assert!(matches!(m.join().unwrap(), Err(WireError::Handshake)));
+            assert!(r.is_err());
+        }
+    }
+
+    #[test]
+    fn a_replayed_first_message_leads_nowhere() {
+        let t = Token::generate(&mut OsRng);
+        // Record a genuine joiner's hello and first message.
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let (id, psk) = (t.id.clone(), t.psk());
+        let joiner = std::thread::spawn(move || connect(a, &id, &psk).map(|_| ()));
+        let mut recorded = vec![0u8; 4 + 1 + crate::token::ID_LEN];
+        b.read_exact(&mut recorded).unwrap();
+        let first = read_frame(&mut b).unwrap();
+        drop(b);
+        let _ = joiner.join();
+        // Replayed to the master that holds the token: it answers the handshake, but no
+        // request can follow without the joiner's ephemeral key; anything else is refused.
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let m = master(b, t);
+        a.write_all(&recorded).unwrap();
+        write_frame(&mut a, &first).unwrap();
+        read_frame(&mut a).unwrap();
+        write_frame(&mut a, &[0u8; 64]).unwrap();
+        assert!(matches!(m.join().unwrap(), Err(WireError::Handshake)));
+    }
+
+    #[test]
+    fn hostile_hellos_and_frames_are_refused_plainly() {
+        let mut s: &[u8] = b"GET / HTTP/1.1\r\n";
+        assert!(matches!(read_hello(&mut s), Err(WireError::NotJoin)));
+        let mut s: &[u8] = b"TYDJ\x02abcdef";
+        assert!(matches!(read_hello(&mut s), Err(WireError::Version(2))));
+        let mut s: &[u8] = b"TYDJ\x01ABC/EF";
+        assert!(matches!(read_hello(&mut s), Err(WireError::BadTokenId(_))));
+        let mut s: &[u8] = b"TYDJ\x01abc";
+        assert!(matches!(read_hello(&mut s), Err(WireError::Closed)));
+    }
+}
