@@ -210,6 +210,11 @@ impl OperatorPublicKey {
         encode(self.0.as_bytes())
     }
 
+    /// What a joining node pins (`tyd join --operator`): the key's whole BLAKE3 hash.
+    pub fn fingerprint(&self) -> String {
+        format!("blake3:{}", blake3::hash(self.0.as_bytes()).to_hex())
+    }
+
     /// A short, stable name for logs: the first 8 bytes of the key's BLAKE3 hash, in hex.
     pub fn key_id(&self) -> String {
         let hash = blake3::hash(self.0.as_bytes());

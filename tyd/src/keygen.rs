@@ -70,3 +70,20 @@ fn load_secret_key(path: &Path, kind: KeyKind) -> CliResult<[u8; 32]> {
         .map(|k| *k)
         .map_err(|e| Failure::new((&e).into(), e.to_string()))
 }
+
+/// The fingerprint of the operator key in a trust file (the first, if it lists several: the
+/// one `tyd policy sign` uses on this master should come first).
+pub fn operator_fingerprint(trust: &Path) -> CliResult<String> {
+    let bytes = fsutil::read_limited(trust, 64 << 10)?;
+    let keys = policy::TrustedKeys::parse(&String::from_utf8_lossy(&bytes))
+        .map_err(|e| Failure::new(Exit::KeyFile, format!("{}: {e}", trust.display())))?;
+    keys.keys()
+        .first()
+        .map(policy::OperatorPublicKey::fingerprint)
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::KeyFile,
+                format!("{}: no operator key", trust.display()),
+            )
+        })
+}

@@ -8,6 +8,7 @@ mod keygen;
 mod node_cmd;
 mod policy_cmd;
 mod status_cmd;
+mod token_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +72,9 @@ enum Command {
         #[arg(long, default_value = "/run/tyd/cluster-status.json")]
         view: PathBuf,
     },
+    /// Join tokens on a master: create (printed once, with the join command), list, revoke.
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Token(token_cmd::TokenCmd),
     /// Talk to certaintyd: status, signed maintenance windows, authorised stop.
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Certainty(certainty_cmd::CertaintyCmd),
@@ -257,6 +261,7 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
         },
         Command::Node(cmd) => node_cmd::run(cmd, now),
         Command::Certainty(cmd) => certainty_cmd::run(cmd),
+        Command::Token(cmd) => token_cmd::run(cmd, now),
         Command::Status {
             json,
             cluster: true,

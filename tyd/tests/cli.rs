@@ -632,3 +632,82 @@ fn push_places_only_a_verified_newer_policy() {
     assert!(push("cluster.toml").status.success());
     assert_eq!(d.read("member/cluster.toml"), d.read("cluster.toml"));
 }
+
+#[test]
+fn tokens_are_shown_once_kept_hashed_listed_and_revoked() {
+    let d = Dir::new();
+    d.ok(&["keygen", "operator", "--out", "op.key"]);
+    let out = d.tyd(&[
+        "token",
+        "create",
+        "--tokens",
+        "t.json",
+        "--trust",
+        "op.key.pub",
+        "--uses",
+        "3",
+        "--expires",
+        "2h",
+        "--member",
+        "198.18.0.1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = String::from_utf8(out.stdout.clone()).unwrap().trim().to_string();
+    let (id, secret) = token.split_once('.').unwrap();
+    assert_eq!((id.len(), secret.len()), (6, 16), "{token}");
+    // The join command to hand out: member, token, operator fingerprint.
+    assert!(
+        stderr(&out).contains(&format!(
+            "tyd join 198.18.0.1 --token {token} --operator blake3:"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let store = std::fs::read_to_string(d.p("t.json")).unwrap();
+    assert!(!store.contains(secret), "the secret is kept: {store}");
+    assert_eq!(
+        std::fs::metadata(d.p("t.json"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let list = d.ok(&["token", "list", "--tokens", "t.json"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(id) && l.contains("0/3") && l.ends_with("valid")),
+        "{list}"
+    );
+    d.ok(&["token", "revoke", id, "--tokens", "t.json"]);
+    let list = d.ok(&["token", "list", "--tokens", "t.json"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(id) && l.ends_with("revoked")),
+        "{list}"
+    );
+    let e = d.fails(&["token", "revoke", "zzzzzz", "--tokens", "t.json"], 1);
+    assert!(e.contains("no token \"zzzzzz\""), "{e}");
+    d.fails(
+        &[
+            "token",
+            "create",
+            "--tokens",
+            "t.json",
+            "--trust",
+            "op.key.pub",
+            "--uses",
+            "0",
+        ],
+        2,
+    );
+    // A secret key offered as the trusted public key is refused, and nothing is created.
+    let e = d.fails(
+        &[
+            "token", "create", "--tokens", "t2.json", "--trust", "op.key",
+        ],
+        6,
+    );
+    assert!(e.contains("op.key"), "{e}");
+    assert!(!d.p("t2.json").exists());
+}

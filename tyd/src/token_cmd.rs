@@ -1,0 +1,176 @@
+//! `tyd token create | list | revoke`: join tokens on a master (the node holding the
+//! operator key). The token is shown once, at creation; the store keeps only what checks it.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use jiff::{SignedDuration, Timestamp};
+use join::token::{Limits, TokenStore};
+use policy::Role;
+
+use crate::failure::{CliResult, EXIT_CODES_HELP, Exit, Failure};
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a join token and print it with the command that joins a node with it.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Create {
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        uses: u32,
+        /// How long it is valid, e.g. "1h", "30m", "2d".
+        #[arg(long, default_value = "1h", value_parser = crate::parse_span)]
+        expires: SignedDuration,
+        /// What a node joining with it becomes: drone, or master (trusted with joins).
+        #[arg(long, value_delimiter = ',', default_value = "drone", value_parser = parse_role)]
+        roles: Vec<Role>,
+        #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
+        tokens: PathBuf,
+        /// The operator's public key, whose fingerprint the joiner pins.
+        #[arg(long, default_value = "/etc/tyd/operator.pub")]
+        trust: PathBuf,
+        /// This member's LAN address, shown in the join command.
+        #[arg(long)]
+        member: Option<String>,
+    },
+    /// The tokens on this master: id, uses, expiry, roles, state (never the secret).
+    #[command(after_help = EXIT_CODES_HELP)]
+    List {
+        #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
+        tokens: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id: no further join with it.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
+        tokens: PathBuf,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "drone" => Ok(Role::Drone),
+        "master" => Ok(Role::Master),
+        _ => Err(format!(
+            "{} is not a role (drone or master)",
+            policy::parse::shown(s)
+        )),
+    }
+}
+
+fn load(path: &Path) -> CliResult<TokenStore> {
+    TokenStore::load(path).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))
+}
+
+fn save(store: &TokenStore, path: &Path) -> CliResult {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::new(Exit::Runtime, format!("{}: {e}", dir.display())))?;
+    }
+    store
+        .save(path)
+        .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))
+}
+
+fn role_names(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| match r {
+            Role::Master => "master",
+            Role::Drone => "drone",
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn run(cmd: TokenCmd, now: Timestamp) -> CliResult {
+    match cmd {
+        TokenCmd::Create {
+            uses,
+            expires,
+            roles,
+            tokens,
+            trust,
+            member,
+        } => {
+            let fingerprint = crate::keygen::operator_fingerprint(&trust)?;
+            let mut store = load(&tokens)?;
+            store.prune(now);
+            let limits = Limits {
+                uses,
+                valid_for: expires.unsigned_abs(),
+                roles,
+            };
+            let token = store.create(&limits, now, &mut rand_core::OsRng);
+            save(&store, &tokens)?;
+            let until = store.get(&token.id).map_or(now, |t| t.expires);
+            println!("{}", token.reveal().as_str());
+            eprintln!(
+                "token {}: {uses} join(s) as {} until {until:.0}; join a node with:",
+                token.id,
+                role_names(&limits.roles)
+            );
+            eprintln!(
+                "  tyd join {} --token {} --operator {fingerprint}",
+                member.as_deref().unwrap_or("<member address>"),
+                token.reveal().as_str()
+            );
+            Ok(())
+        }
+        TokenCmd::List { tokens, json } => {
+            let store = load(&tokens)?;
+            if json {
+                let list: Vec<serde_json::Value> = store
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "id": t.id.as_str(), "created": t.created.to_string(),
+                            "expires": t.expires.to_string(), "uses": t.uses, "used": t.used,
+                            "roles": role_names(&t.roles), "state": state(t, now),
+                        })
+                    })
+                    .collect();
+                crate::policy_cmd::print_json(&serde_json::json!({ "tokens": list }));
+                return Ok(());
+            }
+            println!(
+                "{:<8} {:<10} {:<8} {:<26} state",
+                "id", "used", "roles", "expires"
+            );
+            for t in &store.tokens {
+                println!(
+                    "{:<8} {:<10} {:<8} {:<26} {}",
+                    t.id.as_str(),
+                    format!("{}/{}", t.used, t.uses),
+                    role_names(&t.roles),
+                    format!("{:.0}", t.expires),
+                    state(t, now)
+                );
+            }
+            Ok(())
+        }
+        TokenCmd::Revoke { id, tokens } => {
+            let mut store = load(&tokens)?;
+            store
+                .revoke(&id)
+                .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
+            save(&store, &tokens)?;
+            eprintln!("token {id} revoked");
+            Ok(())
+        }
+    }
+}
+
+fn state(t: &join::token::TokenRecord, now: Timestamp) -> &'static str {
+    match t.admits(now) {
+        Ok(()) => "valid",
+        Err(join::token::Refusal::Revoked) => "revoked",
+        Err(join::token::Refusal::Expired) => "expired",
+        Err(join::token::Refusal::UsedUp) => "used up",
+        Err(join::token::Refusal::Unknown) => "unknown",
+    }
+}
