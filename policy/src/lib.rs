@@ -5,6 +5,7 @@
 //! Pure: no root, no network. Daemons only ever hold a [`Verified<Policy>`], which only
 //! [`verify_policy`] can make, and accept it only through a [`RollbackStore`].
 
+pub mod edit;
 pub mod exit;
 pub mod fsutil;
 #[doc(hidden)]

@@ -1,20 +1,28 @@
-//! In-place policy edits that keep the operator's comments and layout (toml_edit), bump the
-//! serial, and are written only if the result is a valid policy.
+//! The policy edits (`policy::edit`) at the CLI's edge: how a command names a node, and the
+//! edit errors as exit codes.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use policy::edit::EditError;
+use policy::{NodeId, Policy};
 
-use jiff::Timestamp;
-use policy::fsutil::{self, atomic_write};
-use policy::{NodeId, Policy, Role, WgPublicKey, parse_policy};
-use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, value};
+pub use policy::edit::{NewNode, PolicyEdit, default_addresses};
 
 use crate::failure::{CliResult, Exit, Failure};
 
-/// A policy file opened for editing.
-pub struct PolicyEdit<'p> {
-    path: &'p Path,
-    pub doc: DocumentMut,
+impl From<EditError> for Failure {
+    fn from(e: EditError) -> Self {
+        let exit = match &e {
+            EditError::File(_) | EditError::NoSuchNode(_) => Exit::Runtime,
+            EditError::SerialOverflow => Exit::Refused,
+            EditError::NotUtf8 { .. }
+            | EditError::Toml { .. }
+            | EditError::NodesNotTables
+            | EditError::Invalid(_) => Exit::InvalidPolicy,
+        };
+        if let EditError::File(f) = e {
+            return f.into();
+        }
+        Failure::new(exit, e.to_string())
+    }
 }
 
 /// How a command names a node: by id or by name.
@@ -52,160 +60,4 @@ pub fn find_node(policy: &Policy, which: &str) -> CliResult<NodeId> {
             format!("no node {} in the policy", policy::parse::shown(which)),
         )
     })
-}
-
-impl<'p> PolicyEdit<'p> {
-    pub fn open(path: &'p Path) -> CliResult<Self> {
-        let bytes = fsutil::read(path)?;
-        let text = String::from_utf8(bytes).map_err(|_| {
-            Failure::new(
-                Exit::InvalidPolicy,
-                format!("{}: not valid UTF-8", path.display()),
-            )
-        })?;
-        let doc = text.parse::<DocumentMut>().map_err(|e| {
-            Failure::new(
-                Exit::InvalidPolicy,
-                format!(
-                    "{}: {}",
-                    path.display(),
-                    policy::parse::one_line(e.message())
-                ),
-            )
-        })?;
-        Ok(Self { path, doc })
-    }
-
-    /// The policy as it is now (validated), to decide what to edit.
-    pub fn current(&self, now: Timestamp) -> CliResult<Policy> {
-        Ok(parse_policy(
-            &self.path.display().to_string(),
-            self.doc.to_string().as_bytes(),
-            now,
-        )?)
-    }
-
-    pub fn serial(&self) -> u64 {
-        self.doc["cluster"]["serial"]
-            .as_integer()
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0)
-    }
-
-    pub fn set_serial(&mut self, serial: u64) -> CliResult {
-        let n = i64::try_from(serial)
-            .map_err(|_| Failure::new(Exit::Refused, "serial would overflow"))?;
-        self.doc["cluster"]["serial"] = value(n);
-        Ok(())
-    }
-
-    fn nodes_mut(&mut self) -> CliResult<&mut ArrayOfTables> {
-        if self.doc.get("node").is_none() {
-            self.doc["node"] = Item::ArrayOfTables(ArrayOfTables::new());
-        }
-        self.doc["node"].as_array_of_tables_mut().ok_or_else(|| {
-            Failure::new(
-                Exit::InvalidPolicy,
-                "`node` must be an array of tables ([[node]])",
-            )
-        })
-    }
-
-    fn node_index(&mut self, id: NodeId) -> CliResult<usize> {
-        let nodes = self.nodes_mut()?;
-        nodes
-            .iter()
-            .position(|t| t.get("id").and_then(Item::as_integer) == Some(i64::from(id.get())))
-            .ok_or_else(|| Failure::new(Exit::Runtime, format!("no node {id} in the policy")))
-    }
-
-    pub fn add_node(&mut self, node: &NewNode) -> CliResult {
-        let mut t = Table::new();
-        t["id"] = value(i64::from(node.id.get()));
-        t["name"] = value(node.name.clone());
-        t["public_key"] = value(node.public_key.to_base64());
-        if let Some(ep) = node.endpoint {
-            t["endpoint"] = value(ep.to_string());
-        }
-        let addrs: Array = node.addresses.iter().map(|a| a.to_string()).collect();
-        t["addresses"] = value(addrs);
-        let roles: Array = node
-            .roles
-            .iter()
-            .map(|r| match r {
-                Role::Master => "master",
-                Role::Drone => "drone",
-            })
-            .collect();
-        t["roles"] = value(roles);
-        if let Some(exp) = node.expires {
-            t["expires"] = value(exp.to_string());
-        }
-        self.nodes_mut()?.push(t);
-        Ok(())
-    }
-
-    pub fn remove_node(&mut self, id: NodeId) -> CliResult {
-        let i = self.node_index(id)?;
-        self.nodes_mut()?.remove(i);
-        Ok(())
-    }
-
-    pub fn set_node_key(&mut self, id: NodeId, key: &WgPublicKey) -> CliResult {
-        let i = self.node_index(id)?;
-        let nodes = self.nodes_mut()?;
-        if let Some(t) = nodes.get_mut(i) {
-            t["public_key"] = value(key.to_base64());
-        }
-        Ok(())
-    }
-
-    /// Bumps the serial, validates the result, and replaces the file atomically.
-    /// Nothing is written if the edited policy would be invalid.
-    pub fn commit(mut self, now: Timestamp) -> CliResult<Policy> {
-        let next = self.serial() + 1;
-        self.set_serial(next)?;
-        self.write(now)
-    }
-
-    /// Validates and writes without touching the serial.
-    pub fn write(self, now: Timestamp) -> CliResult<Policy> {
-        let text = self.doc.to_string();
-        let policy = parse_policy(&self.path.display().to_string(), text.as_bytes(), now)?;
-        let mode = std::fs::metadata(self.path)
-            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
-            .unwrap_or(0o644);
-        atomic_write(self.path, text.as_bytes(), mode)?;
-        Ok(policy)
-    }
-}
-
-/// A node to add, as given on the command line.
-#[derive(Debug)]
-pub struct NewNode {
-    pub id: NodeId,
-    pub name: String,
-    pub public_key: WgPublicKey,
-    pub endpoint: Option<SocketAddr>,
-    pub addresses: Vec<IpAddr>,
-    pub roles: Vec<Role>,
-    pub expires: Option<Timestamp>,
-}
-
-/// Tunnel addresses derived from the node id: the id-th host of each tunnel network.
-pub fn default_addresses(policy: &Policy, id: NodeId) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    if let Some(net) = policy.cluster.tunnel_ipv4 {
-        let addr = Ipv4Addr::from(u32::from(net.network()).wrapping_add(u32::from(id.get())));
-        if net.contains(&addr) && addr != net.broadcast() {
-            out.push(IpAddr::V4(addr));
-        }
-    }
-    if let Some(net) = policy.cluster.tunnel_ipv6 {
-        let addr = Ipv6Addr::from(u128::from(net.network()).wrapping_add(u128::from(id.get())));
-        if net.contains(&addr) {
-            out.push(IpAddr::V6(addr));
-        }
-    }
-    out
 }

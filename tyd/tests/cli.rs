@@ -652,7 +652,10 @@ fn tokens_are_shown_once_kept_hashed_listed_and_revoked() {
         "198.18.0.1",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let token = String::from_utf8(out.stdout.clone()).unwrap().trim().to_string();
+    let token = String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_string();
     let (id, secret) = token.split_once('.').unwrap();
     assert_eq!((id.len(), secret.len()), (6, 16), "{token}");
     // The join command to hand out: member, token, operator fingerprint.

@@ -1,0 +1,243 @@
+//! What a master decides about a join request, given the policy in force: the node to add
+//! (the lowest free id, its tunnel addresses, a name), the node it already is (a retry), or
+//! why not. Pure: the service applies the decision.
+
+use std::net::SocketAddr;
+
+use policy::edit::{NewNode, default_addresses};
+use policy::{NodeId, Policy, Role, WgPublicKey};
+use serde::{Deserialize, Serialize};
+
+/// What a joiner asks for, sent inside the Noise channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// Its WireGuard public key (base64).
+    pub public_key: String,
+    /// The name it would like; the master picks `node<id>` when absent or taken.
+    pub name: Option<String>,
+    /// Where its WireGuard listens: its LAN address as it reached the member, and port.
+    pub endpoint: SocketAddr,
+}
+
+/// The master's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum JoinAnswer {
+    /// Admitted (or already a member): the signed policy listing it, and the operator key
+    /// that signed it (the joiner checks it against the fingerprint it pinned).
+    Accepted {
+        node: u16,
+        name: String,
+        policy: String,
+        signature: String,
+        operator_key: String,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// Why a request is refused (told to the joiner, inside the channel).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("not a WireGuard public key")]
+    BadKey,
+    #[error("name {0} is taken by another node")]
+    NameTaken(String),
+    #[error("name {0} is not usable: 1-32 letters, digits, '-', '_' or '.'")]
+    BadName(String),
+    #[error("endpoint {claimed} is not the address the request came from ({seen})")]
+    EndpointMismatch { claimed: String, seen: String },
+    #[error("no free node id with tunnel addresses left in the cluster's networks")]
+    Full,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Add(NewNode),
+    /// Its key is already in the map (a retry after a lost answer): nothing to change.
+    Already {
+        id: NodeId,
+        name: String,
+    },
+}
+
+fn usable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Decides on `req` against `policy`. `seen`: the address the request came from when it came
+/// straight from the joiner (its claimed endpoint must be that address); `None` when a member
+/// relayed it through its tunnel (the member vouches for the address it saw).
+pub fn decide(
+    policy: &Policy,
+    req: &JoinRequest,
+    seen: Option<std::net::IpAddr>,
+    roles: &[Role],
+) -> Result<Admission, Refusal> {
+    let key: WgPublicKey = req.public_key.parse().map_err(|_| Refusal::BadKey)?;
+    if let Some(node) = policy.node_by_key(&key) {
+        return Ok(Admission::Already {
+            id: node.id,
+            name: node.name.clone(),
+        });
+    }
+    if let Some(seen) = seen
+        && seen != req.endpoint.ip()
+    {
+        return Err(Refusal::EndpointMismatch {
+            claimed: req.endpoint.to_string(),
+            seen: seen.to_string(),
+        });
+    }
+    if let Some(name) = &req.name {
+        if !usable_name(name) {
+            return Err(Refusal::BadName(policy::parse::shown(name)));
+        }
+        if policy.nodes.iter().any(|n| &n.name == name) {
+            return Err(Refusal::NameTaken(policy::parse::shown(name)));
+        }
+    }
+    let (id, addresses) = (1..=u16::MAX)
+        .filter_map(NodeId::new)
+        .filter(|id| policy.node_by_id(*id).is_none())
+        .map(|id| (id, default_addresses(policy, id)))
+        .find(|(_, addrs)| {
+            !addrs.is_empty()
+                && !policy
+                    .nodes
+                    .iter()
+                    .any(|n| n.addresses.iter().any(|a| addrs.contains(a)))
+        })
+        .ok_or(Refusal::Full)?;
+    let mut name = req.name.clone().unwrap_or_else(|| format!("node{id}"));
+    if policy.nodes.iter().any(|n| n.name == name) {
+        name = format!(
+            "node{id}-{}",
+            &key.to_base64()[..6].replace(['+', '/'], "x")
+        );
+    }
+    Ok(Admission::Add(NewNode {
+        id,
+        name,
+        public_key: key,
+        endpoint: Some(req.endpoint),
+        addresses,
+        roles: roles.to_vec(),
+        expires: None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::Timestamp;
+
+    fn key(n: u8) -> WgPublicKey {
+        WgPublicKey::from_secret(&[n; 32])
+    }
+
+    fn policy_with(nodes: &[(u16, &str, u8)]) -> Policy {
+        let expires = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+        let mut t = policy::template::init_template("lab", expires);
+        for (id, name, k) in nodes {
+            t.push_str(&format!(
+                "\n[[node]]\nid = {id}\nname = \"{name}\"\npublic_key = \"{}\"\naddresses = [\"10.77.0.{id}\"]\n",
+                key(*k)
+            ));
+        }
+        policy::parse_policy("test", t.as_bytes(), Timestamp::now()).unwrap()
+    }
+
+    fn req(k: u8, name: Option<&str>) -> JoinRequest {
+        JoinRequest {
+            public_key: key(k).to_base64(),
+            name: name.map(String::from),
+            endpoint: "198.18.0.9:51820".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_new_node_gets_the_lowest_free_id_its_addresses_and_its_name() {
+        let p = policy_with(&[(1, "master", 1), (3, "c", 3)]);
+        let seen = Some("198.18.0.9".parse().unwrap());
+        match decide(&p, &req(9, Some("web-1")), seen, &[Role::Drone]).unwrap() {
+            Admission::Add(n) => {
+                assert_eq!(n.id.get(), 2);
+                assert_eq!(n.name, "web-1");
+                let want: Vec<std::net::IpAddr> = vec![
+                    "10.77.0.2".parse().unwrap(),
+                    "fd77:7d00::2".parse().unwrap(),
+                ];
+                assert_eq!(n.addresses, want);
+                assert_eq!(n.endpoint, Some("198.18.0.9:51820".parse().unwrap()));
+                assert_eq!(n.roles, vec![Role::Drone]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match decide(&p, &req(9, None), None, &[Role::Drone]).unwrap() {
+            Admission::Add(n) => assert_eq!(n.name, "node2"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retry_with_a_known_key_changes_nothing() {
+        let p = policy_with(&[(1, "master", 1), (2, "b", 2)]);
+        assert_eq!(
+            decide(&p, &req(2, Some("other")), None, &[Role::Drone]).unwrap(),
+            Admission::Already {
+                id: NodeId::new(2).unwrap(),
+                name: "b".into()
+            }
+        );
+    }
+
+    #[test]
+    fn claims_on_another_nodes_name_or_a_foreign_endpoint_are_refused() {
+        let p = policy_with(&[(1, "master", 1)]);
+        assert_eq!(
+            decide(&p, &req(9, Some("master")), None, &[Role::Drone]),
+            Err(Refusal::NameTaken("\"master\"".into()))
+        );
+        assert!(matches!(
+            decide(&p, &req(9, Some("a b")), None, &[Role::Drone]),
+            Err(Refusal::BadName(_))
+        ));
+        let elsewhere = Some("198.18.0.50".parse().unwrap());
+        assert!(matches!(
+            decide(&p, &req(9, None), elsewhere, &[Role::Drone]),
+            Err(Refusal::EndpointMismatch { .. })
+        ));
+        let mut bad = req(9, None);
+        bad.public_key = "not a key".into();
+        assert_eq!(decide(&p, &bad, None, &[Role::Drone]), Err(Refusal::BadKey));
+    }
+
+    #[test]
+    fn a_full_network_refuses() {
+        // A /30 has two usable host addresses: ids 1 and 2.
+        let expires = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+        let t = policy::template::init_template("lab", expires)
+            .replace("10.77.0.0/24", "10.77.0.0/30")
+            .replace("tunnel_ipv6 = \"fd77:7d00::/64\"\n", "");
+        let mut t = t;
+        for id in [1u16, 2] {
+            t.push_str(&format!(
+                "\n[[node]]\nid = {id}\nname = \"n{id}\"\npublic_key = \"{}\"\naddresses = [\"10.77.0.{id}\"]\n",
+                key(id as u8)
+            ));
+        }
+        let p = policy::parse_policy("test", t.as_bytes(), Timestamp::now()).unwrap();
+        assert_eq!(
+            decide(&p, &req(9, None), None, &[Role::Drone]),
+            Err(Refusal::Full)
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! In-place policy edits that keep the operator's comments and layout (toml_edit), bump the
+//! serial, and are written only if the result is a valid policy. Used by `tyd node ...` and
+//! by a master admitting a joining node.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, value};
+
+use crate::fsutil::{self, FileError, atomic_write};
+use crate::{Invalid, NodeId, Policy, Role, WgPublicKey, parse_policy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{path}: not valid UTF-8")]
+    NotUtf8 { path: PathBuf },
+    #[error("{path}: {why}")]
+    Toml { path: PathBuf, why: String },
+    #[error("`node` must be an array of tables ([[node]])")]
+    NodesNotTables,
+    #[error("no node {0} in the policy")]
+    NoSuchNode(NodeId),
+    #[error("serial would overflow")]
+    SerialOverflow,
+    /// The edited policy would be invalid: nothing was written.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+/// A policy file opened for editing.
+#[derive(Debug)]
+pub struct PolicyEdit {
+    path: PathBuf,
+    pub doc: DocumentMut,
+}
+
+impl PolicyEdit {
+    pub fn open(path: &Path) -> Result<Self, EditError> {
+        let bytes = fsutil::read(path)?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| EditError::NotUtf8 { path: path.into() })?;
+        let doc = text.parse::<DocumentMut>().map_err(|e| EditError::Toml {
+            path: path.into(),
+            why: crate::parse::one_line(e.message()),
+        })?;
+        Ok(Self {
+            path: path.into(),
+            doc,
+        })
+    }
+
+    /// The policy as it is now (validated), to decide what to edit.
+    pub fn current(&self, now: Timestamp) -> Result<Policy, EditError> {
+        Ok(parse_policy(
+            &self.path.display().to_string(),
+            self.doc.to_string().as_bytes(),
+            now,
+        )?)
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.doc["cluster"]["serial"]
+            .as_integer()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0)
+    }
+
+    pub fn set_serial(&mut self, serial: u64) -> Result<(), EditError> {
+        let n = i64::try_from(serial).map_err(|_| EditError::SerialOverflow)?;
+        self.doc["cluster"]["serial"] = value(n);
+        Ok(())
+    }
+
+    fn nodes_mut(&mut self) -> Result<&mut ArrayOfTables, EditError> {
+        if self.doc.get("node").is_none() {
+            self.doc["node"] = Item::ArrayOfTables(ArrayOfTables::new());
+        }
+        self.doc["node"]
+            .as_array_of_tables_mut()
+            .ok_or(EditError::NodesNotTables)
+    }
+
+    fn node_index(&mut self, id: NodeId) -> Result<usize, EditError> {
+        let nodes = self.nodes_mut()?;
+        nodes
+            .iter()
+            .position(|t| t.get("id").and_then(Item::as_integer) == Some(i64::from(id.get())))
+            .ok_or(EditError::NoSuchNode(id))
+    }
+
+    pub fn add_node(&mut self, node: &NewNode) -> Result<(), EditError> {
+        let mut t = Table::new();
+        t["id"] = value(i64::from(node.id.get()));
+        t["name"] = value(node.name.clone());
+        t["public_key"] = value(node.public_key.to_base64());
+        if let Some(ep) = node.endpoint {
+            t["endpoint"] = value(ep.to_string());
+        }
+        let addrs: Array = node.addresses.iter().map(|a| a.to_string()).collect();
+        t["addresses"] = value(addrs);
+        let roles: Array = node
+            .roles
+            .iter()
+            .map(|r| match r {
+                Role::Master => "master",
+                Role::Drone => "drone",
+            })
+            .collect();
+        t["roles"] = value(roles);
+        if let Some(exp) = node.expires {
+            t["expires"] = value(exp.to_string());
+        }
+        self.nodes_mut()?.push(t);
+        Ok(())
+    }
+
+    pub fn remove_node(&mut self, id: NodeId) -> Result<(), EditError> {
+        let i = self.node_index(id)?;
+        self.nodes_mut()?.remove(i);
+        Ok(())
+    }
+
+    pub fn set_node_key(&mut self, id: NodeId, key: &WgPublicKey) -> Result<(), EditError> {
+        let i = self.node_index(id)?;
+        let nodes = self.nodes_mut()?;
+        if let Some(t) = nodes.get_mut(i) {
+            t["public_key"] = value(key.to_base64());
+        }
+        Ok(())
+    }
+
+    /// Bumps the serial, validates the result, and replaces the file atomically.
+    /// Nothing is written if the edited policy would be invalid.
+    pub fn commit(mut self, now: Timestamp) -> Result<Policy, EditError> {
+        let next = self.serial() + 1;
+        self.set_serial(next)?;
+        self.write(now)
+    }
+
+    /// Validates and writes without touching the serial.
+    pub fn write(self, now: Timestamp) -> Result<Policy, EditError> {
+        let text = self.doc.to_string();
+        let policy = parse_policy(&self.path.display().to_string(), text.as_bytes(), now)?;
+        let mode = std::fs::metadata(&self.path)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .unwrap_or(0o644);
+        atomic_write(&self.path, text.as_bytes(), mode)?;
+        Ok(policy)
+    }
+}
+
+/// A node to add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNode {
+    pub id: NodeId,
+    pub name: String,
+    pub public_key: WgPublicKey,
+    pub endpoint: Option<SocketAddr>,
+    pub addresses: Vec<IpAddr>,
+    pub roles: Vec<Role>,
+    pub expires: Option<Timestamp>,
+}
+
+/// Tunnel addresses derived from the node id: the id-th host of each tunnel network.
+pub fn default_addresses(policy: &Policy, id: NodeId) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    if let Some(net) = policy.cluster.tunnel_ipv4 {
+        let addr = Ipv4Addr::from(u32::from(net.network()).wrapping_add(u32::from(id.get())));
+        if net.contains(&addr) && addr != net.broadcast() {
+            out.push(IpAddr::V4(addr));
+        }
+    }
+    if let Some(net) = policy.cluster.tunnel_ipv6 {
+        let addr = Ipv6Addr::from(u128::from(net.network()).wrapping_add(u128::from(id.get())));
+        if net.contains(&addr) {
+            out.push(IpAddr::V6(addr));
+        }
+    }
+    out
+}
