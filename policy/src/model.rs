@@ -31,6 +31,9 @@ pub struct Policy {
     pub hardening: Hardening,
     #[serde(default)]
     pub distribution: Distribution,
+    /// The join service (`tyd join`); absent: nodes are only added by the operator.
+    #[serde(default)]
+    pub join: Option<Join>,
     #[serde(default, rename = "node")]
     pub nodes: Vec<Node>,
 }
@@ -172,6 +175,20 @@ impl Default for Distribution {
             require_certainty: true,
         }
     }
+}
+
+/// Joining with one command: members listen for `tyd join` on this TCP port on the LAN (it
+/// must be in `[firewall.allow]`); a master admits the node, other members relay to a master
+/// through the tunnels. The exchange is authenticated by a join token (docs/join.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    #[serde(default = "default_join_port")]
+    pub port: u16,
+}
+
+pub fn default_join_port() -> u16 {
+    7947
 }
 
 /// What certaintyd does when integrity is lost.

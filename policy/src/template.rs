@@ -44,6 +44,10 @@ udp = [68]
 [firewall.allow.ntp]
 udp = [123]
 
+# tyd join: authenticated by a join token (Noise), open to the LAN so new nodes can ask.
+[firewall.allow.join]
+tcp = [7947]
+
 # certaintyd: integrity of the RAM root filesystem.
 [certainty]
 root = "/"
@@ -75,6 +79,12 @@ heartbeat = "1s"
 quarantine = true
 quarantine_after = "5s"
 require_certainty = true
+
+# Joining with one command (tyd join): masters admit nodes that hold a join token; other
+# members relay to a master through the tunnels. Remove this section to add nodes only by
+# hand (tyd node add); the port must be in [firewall.allow].
+[join]
+port = 7947
 "#
     )
 }

@@ -89,6 +89,31 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
             ),
         ));
     }
+    if let Some(j) = &policy.join {
+        let open = policy
+            .firewall
+            .allow
+            .values()
+            .any(|ports| ports.tcp.iter().any(|r| r.contains(j.port)));
+        if j.port == 0 || j.port == c.listen_port || j.port == d.port {
+            out.push(finding(
+                path(&["join", "port"]),
+                format!(
+                    "join port {} must be set and differ from the WireGuard and distribution ports",
+                    j.port
+                ),
+            ));
+        } else if !open {
+            out.push(finding(
+                path(&["join", "port"]),
+                format!(
+                    "join port {} is not open to the LAN: add it to [firewall.allow] \
+                     ([firewall.allow.join] tcp = [{}])",
+                    j.port, j.port
+                ),
+            ));
+        }
+    }
     if d.heartbeat.is_zero() {
         out.push(finding(
             path(&["distribution", "heartbeat"]),
