@@ -38,7 +38,7 @@ pub enum WireError {
     /// The handshake failed: a wrong or unknown token on one side, or tampering.
     #[error("handshake failed: the token does not match (wrong, unknown, or not for this cluster)")]
     Handshake,
-    #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
+    #[error("message of {0} bytes is over the limit")]
     TooLarge(usize),
     #[error("the peer closed the connection")]
     Closed,
@@ -130,6 +130,11 @@ impl<S: Read + Write> Channel<S> {
     }
 
     pub fn receive(&mut self) -> Result<Vec<u8>, WireError> {
+        self.receive_limited(MAX_MESSAGE)
+    }
+
+    /// Receives one message of at most `max` bytes.
+    pub fn receive_limited(&mut self, max: usize) -> Result<Vec<u8>, WireError> {
         let mut plain = Vec::new();
         let mut buf = vec![0u8; NOISE_MAX];
         let mut want = None;
@@ -142,7 +147,7 @@ impl<S: Read + Write> Channel<S> {
             plain.extend_from_slice(&buf[..n]);
             if want.is_none() && plain.len() >= 4 {
                 let len = u32::from_be_bytes([plain[0], plain[1], plain[2], plain[3]]) as usize;
-                if len > MAX_MESSAGE {
+                if len > max.min(MAX_MESSAGE) {
                     return Err(WireError::TooLarge(len));
                 }
                 want = Some(len + 4);

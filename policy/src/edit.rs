@@ -140,6 +140,16 @@ impl PolicyEdit {
         self.write(now)
     }
 
+    /// Bumps the serial and validates, writing nothing: the text and the policy, for a caller
+    /// that signs first and then writes the signature and the policy in its own order.
+    pub fn commit_text(mut self, now: Timestamp) -> Result<(String, Policy), EditError> {
+        let next = self.serial() + 1;
+        self.set_serial(next)?;
+        let text = self.doc.to_string();
+        let policy = parse_policy(&self.path.display().to_string(), text.as_bytes(), now)?;
+        Ok((text, policy))
+    }
+
     /// Validates and writes without touching the serial.
     pub fn write(self, now: Timestamp) -> Result<Policy, EditError> {
         let text = self.doc.to_string();

@@ -1,0 +1,276 @@
+//! A master admitting joiners over in-memory streams (no root, no network): the admission,
+//! the retry, the refusals, and ten joins at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use jiff::Timestamp;
+use join::admit::{JoinAnswer, JoinRequest};
+use join::client::{JoinError, check, exchange};
+use join::service::{Master, Outcome};
+use join::token::{Limits, Token, TokenStore};
+use policy::{OperatorPublicKey, Role, WgPublicKey};
+
+struct Lab {
+    _dir: tempfile::TempDir,
+    policy: PathBuf,
+    tokens: PathBuf,
+    master: Arc<Master>,
+    fingerprint: String,
+}
+
+fn key(n: u8) -> WgPublicKey {
+    WgPublicKey::from_secret(&[n; 32])
+}
+
+fn lab() -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = SigningKey::from_bytes(&[7; 32]);
+    let expires = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    let mut text = policy::template::init_template("lab", expires);
+    text.push_str(&format!(
+        "\n[[node]]\nid = 1\nname = \"master\"\npublic_key = \"{}\"\nendpoint = \"198.18.0.1:51820\"\naddresses = [\"10.77.0.1\"]\nroles = [\"master\"]\n",
+        key(1)
+    ));
+    let policy = dir.path().join("cluster.toml");
+    std::fs::write(&policy, &text).unwrap();
+    std::fs::write(
+        policy::signature_path(&policy),
+        policy::sign(text.as_bytes(), &operator),
+    )
+    .unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let fingerprint = OperatorPublicKey::from(&operator).fingerprint();
+    let master = Arc::new(Master::new(policy.clone(), operator, tokens.clone()));
+    Lab {
+        _dir: dir,
+        policy,
+        tokens,
+        master,
+        fingerprint,
+    }
+}
+
+fn token(lab: &Lab, uses: u32, valid: Duration) -> Token {
+    let mut store = TokenStore::load(&lab.tokens).unwrap();
+    let t = store.create(
+        &Limits {
+            uses,
+            valid_for: valid,
+            roles: vec![Role::Drone],
+        },
+        Timestamp::now(),
+        &mut rand_core::OsRng,
+    );
+    store.save(&lab.tokens).unwrap();
+    t
+}
+
+fn request(k: u8, name: Option<&str>) -> JoinRequest {
+    JoinRequest {
+        public_key: key(k).to_base64(),
+        name: name.map(String::from),
+        endpoint: format!("198.18.0.{k}:51820").parse().unwrap(),
+    }
+}
+
+/// One joiner against the master: what the joiner got, and how the master saw it.
+fn attempt(lab: &Lab, t: &Token, req: &JoinRequest) -> (Result<JoinAnswer, String>, Outcome) {
+    let (a, b) = UnixStream::pair().unwrap();
+    for s in [&a, &b] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    let master = lab.master.clone();
+    let served = std::thread::spawn(move || master.serve(b, None));
+    let got = exchange(a, t, req).map_err(|e| e.to_string());
+    (got, served.join().unwrap())
+}
+
+fn serial(path: &Path) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("serial = "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_joiner_with_a_token_is_added_signed_and_answered_and_a_retry_changes_nothing() {
+    let lab = lab();
+    let t = token(&lab, 2, Duration::from_secs(3600));
+    let before = serial(&lab.policy);
+    let (got, outcome) = attempt(&lab, &t, &request(5, Some("web-1")));
+    assert!(
+        matches!(outcome, Outcome::Joined { id: 2, .. }),
+        "{outcome:?}"
+    );
+    let joined = check(got.unwrap(), &lab.fingerprint, &key(5), Timestamp::now()).unwrap();
+    assert_eq!((joined.node, joined.name.as_str()), (2, "web-1"));
+    assert_eq!(joined.serial, before + 1);
+    // On disk, signed: what netguard and clusterd will read.
+    let trust = policy::TrustedKeys::new(vec![joined.operator_key]);
+    let v = policy::verify_policy(
+        "on disk",
+        &std::fs::read(&lab.policy).unwrap(),
+        &std::fs::read(policy::signature_path(&lab.policy)).unwrap(),
+        &trust,
+        Timestamp::now(),
+    );
+    assert!(v.is_ok(), "{v:?}");
+    assert_eq!(serial(&lab.policy), before + 1);
+    let store = TokenStore::load(&lab.tokens).unwrap();
+    assert_eq!(store.get(&t.id).unwrap().used, 1);
+
+    // The answer was lost; the joiner asks again with the same key: same node, no new use.
+    let (got, outcome) = attempt(&lab, &t, &request(5, Some("web-1")));
+    assert!(
+        matches!(outcome, Outcome::Already { id: 2, .. }),
+        "{outcome:?}"
+    );
+    check(got.unwrap(), &lab.fingerprint, &key(5), Timestamp::now()).unwrap();
+    assert_eq!(serial(&lab.policy), before + 1);
+    assert_eq!(
+        TokenStore::load(&lab.tokens)
+            .unwrap()
+            .get(&t.id)
+            .unwrap()
+            .used,
+        1
+    );
+}
+
+#[test]
+fn wrong_used_up_expired_or_revoked_tokens_and_false_claims_change_nothing() {
+    let lab = lab();
+    let before = std::fs::read(&lab.policy).unwrap();
+    // A wrong secret: no handshake, the master counts a failure against the source.
+    let t = token(&lab, 1, Duration::from_secs(3600));
+    let wrong: Token = format!("{}.{}", t.id, "0".repeat(16)).parse().unwrap();
+    let (got, outcome) = attempt(&lab, &wrong, &request(5, None));
+    assert!(got.is_err());
+    assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+    // An unknown id fails the same way.
+    let stranger = Token::generate(&mut rand_core::OsRng);
+    let (got, outcome) = attempt(&lab, &stranger, &request(5, None));
+    assert!(got.is_err() && matches!(outcome, Outcome::Failed(_)));
+    // Claiming the master's name: refused, told why.
+    let (got, _) = attempt(&lab, &t, &request(5, Some("master")));
+    assert!(
+        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("taken")),
+        "{got:?}"
+    );
+    // Used up (one use, spent on node 5), expired, revoked.
+    let (got, _) = attempt(&lab, &t, &request(5, None));
+    assert!(matches!(got, Ok(JoinAnswer::Accepted { .. })));
+    let after_one = std::fs::read(&lab.policy).unwrap();
+    let (got, _) = attempt(&lab, &t, &request(6, None));
+    assert!(
+        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("used up")),
+        "{got:?}"
+    );
+    let short = token(&lab, 1, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(5));
+    let (got, _) = attempt(&lab, &short, &request(6, None));
+    assert!(
+        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("expired")),
+        "{got:?}"
+    );
+    let revoked = token(&lab, 1, Duration::from_secs(3600));
+    let mut store = TokenStore::load(&lab.tokens).unwrap();
+    store.revoke(revoked.id.as_str()).unwrap();
+    store.save(&lab.tokens).unwrap();
+    let (got, _) = attempt(&lab, &revoked, &request(6, None));
+    assert!(
+        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("revoked")),
+        "{got:?}"
+    );
+    assert_ne!(before, after_one);
+    assert_eq!(
+        std::fs::read(&lab.policy).unwrap(),
+        after_one,
+        "a refusal changed the policy"
+    );
+}
+
+#[test]
+fn the_joiner_refuses_an_answer_from_another_operator_or_not_listing_it() {
+    let lab = lab();
+    let t = token(&lab, 3, Duration::from_secs(3600));
+    let (got, _) = attempt(&lab, &t, &request(5, None));
+    let answer = got.unwrap();
+    let other = OperatorPublicKey::from(&SigningKey::from_bytes(&[8; 32])).fingerprint();
+    assert!(matches!(
+        check(answer.clone(), &other, &key(5), Timestamp::now()),
+        Err(JoinError::WrongOperator { .. })
+    ));
+    assert!(matches!(
+        check(answer.clone(), &lab.fingerprint, &key(9), Timestamp::now()),
+        Err(JoinError::NotListed(2))
+    ));
+    let JoinAnswer::Accepted {
+        node,
+        name,
+        policy,
+        signature,
+        operator_key,
+    } = answer
+    else {
+        panic!()
+    };
+    let forged = JoinAnswer::Accepted {
+        node,
+        name,
+        policy: policy.replace("allow_roaming = false", "allow_roaming = true"),
+        signature,
+        operator_key,
+    };
+    assert!(matches!(
+        check(forged, &lab.fingerprint, &key(5), Timestamp::now()),
+        Err(JoinError::BadPolicy(_))
+    ));
+}
+
+#[test]
+fn ten_joins_at_once_all_succeed_with_distinct_ids_and_addresses() {
+    let lab = lab();
+    let t = token(&lab, 10, Duration::from_secs(3600));
+    let handles: Vec<_> = (10..20u8)
+        .map(|k| {
+            let (a, b) = UnixStream::pair().unwrap();
+            let master = lab.master.clone();
+            let served = std::thread::spawn(move || master.serve(b, None));
+            let t = t.clone();
+            let joiner = std::thread::spawn(move || exchange(a, &t, &request(k, None)).unwrap());
+            (k, served, joiner)
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for (k, served, joiner) in handles {
+        let _ = served.join().unwrap();
+        let joined = check(
+            joiner.join().unwrap(),
+            &lab.fingerprint,
+            &key(k),
+            Timestamp::now(),
+        );
+        ids.push(joined.unwrap().node);
+    }
+    ids.sort();
+    assert_eq!(ids, (2..12).collect::<Vec<u16>>());
+    let text = std::fs::read_to_string(&lab.policy).unwrap();
+    let p = policy::parse_policy("p", text.as_bytes(), Timestamp::now()).unwrap();
+    assert_eq!(p.nodes.len(), 11);
+    let mut addrs: Vec<_> = p.nodes.iter().flat_map(|n| n.addresses.clone()).collect();
+    let n = addrs.len();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), n, "an address was given twice");
+    // A further join: the token is used up.
+    let (got, _) = attempt(&lab, &t, &request(30, None));
+    assert!(matches!(got, Ok(JoinAnswer::Refused { .. })));
+}
