@@ -16,7 +16,8 @@ pub struct JoinRequest {
     pub public_key: String,
     /// The name it would like; the master picks `node<id>` when absent or taken.
     pub name: Option<String>,
-    /// Where its WireGuard listens: its LAN address as it reached the member, and port.
+    /// Its LAN address as it reached the member (the port is the cluster's WireGuard port,
+    /// whatever is sent here).
     pub endpoint: SocketAddr,
 }
 
@@ -127,7 +128,11 @@ pub fn decide(
         id,
         name,
         public_key: key,
-        endpoint: Some(req.endpoint),
+        // Every node's WireGuard listens on the cluster's port.
+        endpoint: Some(SocketAddr::new(
+            req.endpoint.ip(),
+            policy.cluster.listen_port,
+        )),
         addresses,
         roles: roles.to_vec(),
         expires: None,

@@ -4,12 +4,14 @@ mod certainty_cmd;
 mod cluster_cmd;
 mod edit;
 mod failure;
+mod join_cmd;
 mod keygen;
 mod node_cmd;
 mod policy_cmd;
 mod status_cmd;
 mod token_cmd;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -71,6 +73,53 @@ enum Command {
         /// clusterd's view of the cluster.
         #[arg(long, default_value = "/run/tyd/cluster-status.json")]
         view: PathBuf,
+    },
+    /// Start a cluster on this node (CHAOS: `tyd -f init`): the operator key, a signed policy
+    /// with this node as node 1 (master), a first join token and the command that joins
+    /// further nodes.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Init {
+        /// This node's LAN address (its WireGuard endpoint, and where nodes join).
+        #[arg(long)]
+        endpoint: IpAddr,
+        /// The cluster's name.
+        #[arg(long, default_value = "cluster")]
+        cluster: String,
+        /// This node's name in the map (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where the keys and the policy go.
+        #[arg(long, default_value = "/etc/tyd")]
+        dir: PathBuf,
+        #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
+        tokens: PathBuf,
+        /// How many nodes the first token admits.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        uses: u32,
+        /// How long the first token is valid.
+        #[arg(long, default_value = "1h", value_parser = parse_span)]
+        expires: SignedDuration,
+    },
+    /// Join a cluster through any member (CHAOS: `tyd -m <member>`): a token from a master and
+    /// the operator key's fingerprint, both printed by `tyd init` or `tyd token create`.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Join {
+        /// A member's LAN address (port 7947 unless given).
+        member: String,
+        #[arg(long)]
+        token: String,
+        /// The operator key's fingerprint (blake3:...): the cluster must prove it.
+        #[arg(long)]
+        operator: String,
+        /// Where the keys and the policy go.
+        #[arg(long, default_value = "/etc/tyd")]
+        dir: PathBuf,
+        /// This node's WireGuard key (made if missing; default DIR/node.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The name this node asks for (default: the master picks node<ID>).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Join tokens on a master: create (printed once, with the join command), list, revoke.
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
@@ -262,6 +311,50 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
         Command::Node(cmd) => node_cmd::run(cmd, now),
         Command::Certainty(cmd) => certainty_cmd::run(cmd),
         Command::Token(cmd) => token_cmd::run(cmd, now),
+        Command::Init {
+            endpoint,
+            cluster,
+            name,
+            dir,
+            tokens,
+            uses,
+            expires,
+        } => {
+            let host = name.unwrap_or_else(|| {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "node1".into())
+            });
+            join_cmd::init(
+                &join_cmd::InitArgs {
+                    dir: &dir,
+                    cluster: &cluster,
+                    node_name: &host,
+                    endpoint,
+                    tokens: &tokens,
+                    uses,
+                    expires,
+                },
+                now,
+            )
+        }
+        Command::Join {
+            member,
+            token,
+            operator,
+            dir,
+            key,
+            name,
+        } => join_cmd::join(&join_cmd::JoinArgs {
+            member: &member,
+            token: &token,
+            operator: &operator,
+            dir: &dir,
+            key: key.as_deref(),
+            name: name.as_deref(),
+        }),
         Command::Status {
             json,
             cluster: true,
@@ -306,9 +399,22 @@ fn default_sigpipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
+/// CHAOS's spellings: `tyd -f init ...` is `tyd init ...`, `tyd -m <member> ...` is
+/// `tyd join <member> ...`.
+fn chaos_spelling(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("-f") if args.get(2).and_then(|a| a.to_str()) == Some("init") => {
+            args.remove(1);
+        }
+        Some("-m") => args[1] = "join".into(),
+        _ => {}
+    }
+    args
+}
+
 fn main() -> ExitCode {
     default_sigpipe();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(chaos_spelling(std::env::args_os().collect()));
     match run(cli, Timestamp::now()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

@@ -48,7 +48,7 @@ pub fn run(args: &[&str]) -> String {
 }
 
 /// A binary of the workspace in the target directory this program was built into (built
-/// here if it is not yet): clusterd, netguard, tyd.
+/// here if it is not yet): clusterd, netguard, tyd, joind.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // Tests run from target/PROFILE/deps, examples from target/PROFILE/examples.
@@ -57,7 +57,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     if !bin.exists() {
         let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
         let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build.args(["build", "-p", name, "--bin", name]);
+        let package = if name == "joind" { "join" } else { name };
+        build.args(["build", "-p", package, "--bin", name]);
         if profile == "release" {
             build.arg("--release");
         }
@@ -368,6 +369,47 @@ impl Lab {
         m.children.extend([ng, cd]);
     }
 
+    /// Starts joind for member `i`: a master (with the operator key `tyd init` wrote in its
+    /// directory) or a relay.
+    pub fn start_joind(&mut self, i: usize, master: bool) {
+        let m = &mut self.members[i];
+        let d = m.dir.clone();
+        let p = |name: &str| d.join(name).display().to_string();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &m.ns])
+            .arg(workspace_bin("joind"))
+            .args([
+                "--policy",
+                &p("cluster.toml"),
+                "--trust",
+                &p("operator.pub"),
+            ])
+            .args(["--key", &p("node.key"), "--tokens", &p("tokens.json")]);
+        if master {
+            cmd.args(["--operator-key", &p("operator.key")]);
+        }
+        let child = cmd
+            .stderr(std::fs::File::create(d.join("joind.log")).unwrap())
+            .spawn()
+            .unwrap();
+        m.children.push(child);
+    }
+
+    /// Runs `tyd` with `args` inside member `i`'s namespace: exit code, stdout and stderr.
+    pub fn tyd_in(&self, i: usize, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.members[i].ns])
+            .arg(workspace_bin("tyd"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Runs a real certaintyd for member `i` (call before `start`): alert mode, on a tmpfs in
     /// its own mount namespace, verifying every 300 ms. Returns when its baseline is taken.
     pub fn real_certaintyd(&mut self, i: usize) {
@@ -462,7 +504,12 @@ impl Lab {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for (i, _) in self.members.iter().enumerate() {
-            for name in ["netguard.log", "clusterd.log", "certaintyd.log"] {
+            for name in [
+                "netguard.log",
+                "clusterd.log",
+                "certaintyd.log",
+                "joind.log",
+            ] {
                 out.push_str(&format!("--- d{} {name}\n{}", i + 1, self.file(i, name)));
             }
         }

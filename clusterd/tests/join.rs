@@ -1,0 +1,174 @@
+//! Joining for real, as root, in network namespaces: `tyd init` on the first node, then `tyd
+//! join` on further ones, straight to the master and relayed through a member; each join ends
+//! with tunnels to every member and the service port open between them. Bad tokens change
+//! nothing. Each test builds its own lab and removes it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod lab;
+
+use std::time::{Duration, Instant};
+
+use lab::{Lab, echo_server, root_or_skip, wait_for};
+
+/// The token and the fingerprint from `tyd init`'s "tyd join ..." line.
+fn join_line(init_out: &str) -> (String, String) {
+    let line = init_out
+        .lines()
+        .find(|l| l.trim_start().starts_with("tyd join "))
+        .unwrap_or_else(|| panic!("no join command in:\n{init_out}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |flag: &str| {
+        let i = words.iter().position(|w| *w == flag).unwrap();
+        words[i + 1].to_string()
+    };
+    (after("--token"), after("--operator"))
+}
+
+#[test]
+fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
+    if !root_or_skip("tyd_init_then_joins_direct_and_relayed_make_a_working_cluster") {
+        return;
+    }
+    let n = 4;
+    let mut lab = Lab::new(n);
+    // The lab gave each member a node key and the lab operator's key; the cluster made here
+    // has its own operator (tyd init makes it), so the lab's trust file goes.
+    for m in &lab.members {
+        std::fs::remove_file(m.dir.join("operator.pub")).unwrap();
+    }
+    let dir = |lab: &Lab, i: usize| lab.members[i].dir.display().to_string();
+    let d1 = dir(&lab, 0);
+    let tokens = format!("{d1}/tokens.json");
+    let (code, out, err) = lab.tyd_in(
+        0,
+        &[
+            "init",
+            "--endpoint",
+            "198.18.0.1",
+            "--cluster",
+            "lab",
+            "--name",
+            "d1",
+            "--dir",
+            &d1,
+            "--tokens",
+            &tokens,
+            "--uses",
+            "5",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (token, fingerprint) = join_line(&out);
+    lab.start(0);
+    lab.start_joind(0, true);
+    for i in 0..n {
+        echo_server(&lab.members[i].ns);
+    }
+    // joind listening.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A wrong token: refused, nothing written on the joiner or the master.
+    let bad = format!("{}.{}", &token[..6], "0".repeat(16));
+    let before = lab.file(0, "cluster.toml");
+    let (code, out, err) = lab.tyd_in(
+        1,
+        &[
+            "join",
+            "198.18.0.1",
+            "--token",
+            &bad,
+            "--operator",
+            &fingerprint,
+            "--dir",
+            &dir(&lab, 1),
+        ],
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("handshake failed") || err.contains("closed"),
+        "{err}"
+    );
+    assert!(!lab.members[1].dir.join("cluster.toml").exists());
+    assert_eq!(lab.file(0, "cluster.toml"), before);
+    // The wrong fingerprint: the joiner refuses the cluster and keeps nothing. (The master
+    // had admitted its key: the later join with the same key is a repeat.)
+    let other = "blake3:".to_string() + &"0".repeat(64);
+    std::thread::sleep(Duration::from_millis(300)); // the source's back-off after the failure
+    let (code, _, err) = lab.tyd_in(
+        1,
+        &[
+            "join",
+            "198.18.0.1",
+            "--token",
+            &token,
+            "--operator",
+            &other,
+            "--dir",
+            &dir(&lab, 1),
+            "--name",
+            "d2",
+        ],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("not the pinned"), "{err}");
+    assert!(!lab.members[1].dir.join("cluster.toml").exists());
+
+    // d2 joins straight to the master (its earlier attempt admitted its key: a repeat now),
+    // d3 through d2 (a relay), d4 through d3.
+    let mut took = Vec::new();
+    for i in 1..n {
+        let via = if i == 1 { 0 } else { i - 1 };
+        let t = Instant::now();
+        let (code, out, err) = lab.tyd_in(
+            i,
+            &[
+                "join",
+                &format!("198.18.0.{}", via + 1),
+                "--token",
+                &token,
+                "--operator",
+                &fingerprint,
+                "--dir",
+                &dir(&lab, i),
+                "--name",
+                &format!("d{}", i + 1),
+            ],
+        );
+        assert_eq!(code, 0, "d{} join: {out}{err}", i + 1);
+        assert!(
+            out.contains(&format!("as node {} (d{})", i + 1, i + 1)),
+            "{out}"
+        );
+        lab.start(i);
+        lab.start_joind(i, false);
+        // Tunnels up with every member and the service open both ways.
+        wait_for(
+            &format!("d{} served by and serving every member", i + 1),
+            Duration::from_secs(20),
+            || {
+                (0..i).all(|j| {
+                    lab.tcp_ok(i, &format!("10.77.0.{}:4660", j + 1))
+                        && lab.tcp_ok(j, &format!("10.77.0.{}:4660", i + 1))
+                })
+            },
+        );
+        took.push(t.elapsed());
+        eprintln!(
+            "d{} joined via d{} and works with every member after {} ms",
+            i + 1,
+            via + 1,
+            t.elapsed().as_millis()
+        );
+    }
+    assert!(
+        lab.file(2, "joind.log").contains("relayed to a master"),
+        "{}",
+        lab.file(2, "joind.log")
+    );
+    let master_log = lab.file(0, "joind.log");
+    assert_eq!(master_log.matches("node joined").count(), 3, "{master_log}");
+    assert!(master_log.contains("join repeated"), "{master_log}");
+    // Three admissions spent three of the token's five uses; the repeat spent none.
+    let (_, list, _) = lab.tyd_in(0, &["token", "list", "--tokens", &tokens]);
+    assert!(list.contains("3/5"), "{list}");
+}

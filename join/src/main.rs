@@ -1,0 +1,296 @@
+//! joind: the join endpoint (`tyd join` talks to it). On a master (given the operator key) it
+//! admits nodes that hold a join token; on any other member it relays the connection to a
+//! master through the tunnels. It listens on the policy's `[join] port` on every address.
+//!
+//! Signals: SIGTERM and SIGINT stop it (joins under way finish first, within their timeout).
+//! Exit codes: the shared set (`policy::exit`).
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use jiff::Timestamp;
+use join::guard::{Guard, Turned};
+use join::service::{Master, Outcome, relay};
+use policy::exit::{EXIT_CODES_HELP, Exit};
+use policy::{Policy, Role, TrustedKeys, Verified, WgPublicKey};
+use tracing::{error, info, warn};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "joind",
+    version,
+    about = "The join endpoint: admits nodes with a join token (on a master) or relays to a master.",
+    after_help = format!("SIGTERM/SIGINT stop it.\n\n{EXIT_CODES_HELP}")
+)]
+struct Args {
+    /// The policy netguard and clusterd read; a master edits, signs and replaces it.
+    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+    policy: PathBuf,
+    #[arg(long, default_value = "/etc/tyd/operator.pub")]
+    trust: PathBuf,
+    /// This node's WireGuard private key: who this node is in the map.
+    #[arg(long, default_value = "/etc/tyd/node.key")]
+    key: PathBuf,
+    /// The operator's signing key: this node is a master and admits joins itself.
+    #[arg(long)]
+    operator_key: Option<PathBuf>,
+    /// The master's join tokens (`tyd token create`).
+    #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
+    tokens: PathBuf,
+    #[arg(long)]
+    log_json: bool,
+}
+
+/// Read and write timeouts of one join connection.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Repeated failures and turned-away connections are logged once per this interval.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn install_signals() -> nix::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(s, &action)? };
+    }
+    Ok(())
+}
+
+struct Node {
+    args: Args,
+    me: WgPublicKey,
+    master: Option<Master>,
+}
+
+/// Counts of what is logged in summary, not line by line (untrusted input).
+#[derive(Default)]
+struct Tally {
+    failed: u64,
+    turned_away: u64,
+    since: Option<Instant>,
+}
+
+impl Node {
+    fn policy(&self) -> Result<Verified<Policy>, String> {
+        policy::load_verified(&self.args.policy, &self.args.trust, Timestamp::now())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The masters' tunnel addresses on the join port (this node excluded).
+    fn masters(&self, p: &Policy, port: u16) -> Vec<SocketAddr> {
+        p.nodes
+            .iter()
+            .filter(|n| n.roles.contains(&Role::Master) && n.public_key != self.me)
+            .filter_map(|n| n.addresses.first())
+            .map(|a| SocketAddr::new(*a, port))
+            .collect()
+    }
+
+    fn handle(&self, stream: TcpStream, from: SocketAddr) -> bool {
+        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+        let p = match self.policy() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(reason = %e, "join connection closed: no acceptable policy in force");
+                return false;
+            }
+        };
+        let members: Vec<IpAddr> = p.nodes.iter().flat_map(|n| n.addresses.clone()).collect();
+        let Some(master) = &self.master else {
+            let port = p.join.as_ref().map_or(0, |j| j.port);
+            return match relay(stream, &self.masters(&p, port), IO_TIMEOUT) {
+                Ok(to) => {
+                    info!(source = %from.ip(), master = %to, "join request relayed to a master");
+                    true
+                }
+                Err(e) => {
+                    warn!(source = %from.ip(), reason = %e, "cannot relay a join request: no master reachable");
+                    true
+                }
+            };
+        };
+        // Through a member's tunnel: relayed (the member saw the joiner); else direct.
+        let seen = (!members.contains(&from.ip())).then_some(from.ip());
+        match master.serve(stream, seen) {
+            Outcome::Joined {
+                token,
+                id,
+                name,
+                serial,
+            } => {
+                info!(token = %token, node = id, name = %name, serial, source = %from.ip(),
+                    "node joined; the new policy is signed and in place");
+                true
+            }
+            Outcome::Already { token, id, name } => {
+                info!(token = %token, node = id, name = %name, source = %from.ip(),
+                    "join repeated by a member; answered with the policy in force");
+                true
+            }
+            Outcome::Refused { token, reason } => {
+                warn!(token = %token, reason = %reason, source = %from.ip(), "join refused");
+                true
+            }
+            Outcome::Failed(_) => false,
+        }
+    }
+}
+
+fn load_trust(path: &Path) -> Result<TrustedKeys, String> {
+    let bytes = policy::fsutil::read(path).map_err(|e| e.to_string())?;
+    TrustedKeys::parse(&String::from_utf8_lossy(&bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn start(args: Args) -> Result<(Node, TcpListener), (Exit, String)> {
+    let trust = load_trust(&args.trust).map_err(|e| (Exit::KeyFile, e))?;
+    let secret = policy::keys::read_secret_key(&args.key, policy::keys::KeyKind::NodeSecret)
+        .map_err(|e| (Exit::KeyFile, e.to_string()))?;
+    let me = WgPublicKey::from_secret(&secret);
+    let master = match &args.operator_key {
+        None => None,
+        Some(path) => {
+            let seed = policy::keys::read_secret_key(path, policy::keys::KeyKind::OperatorSecret)
+                .map_err(|e| (Exit::KeyFile, e.to_string()))?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let public = policy::OperatorPublicKey::from(&key);
+            if !trust.keys().contains(&public) {
+                return Err((
+                    Exit::KeyFile,
+                    format!(
+                        "{}: this operator key ({}) is not one {} trusts",
+                        path.display(),
+                        public.key_id(),
+                        args.trust.display()
+                    ),
+                ));
+            }
+            Some(Master::new(args.policy.clone(), key, args.tokens.clone()))
+        }
+    };
+    let node = Node { args, me, master };
+    let p = node.policy().map_err(|e| (Exit::InvalidPolicy, e))?;
+    let Some(join) = &p.join else {
+        return Err((
+            Exit::Refused,
+            format!(
+                "{}: the policy has no [join] section: joining is off",
+                node.args.policy.display()
+            ),
+        ));
+    };
+    let at = SocketAddr::from(([0, 0, 0, 0], join.port));
+    let listener = TcpListener::bind(at).map_err(|e| (Exit::Runtime, format!("{at}: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| (Exit::Runtime, e.to_string()))?;
+    info!(address = %at, role = if node.master.is_some() { "master" } else { "relay" },
+        "listening for joins");
+    Ok((node, listener))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JOIND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        b.json().flatten_event(true).init()
+    } else {
+        b.init()
+    }
+    if let Err(e) = install_signals() {
+        error!(cause = %e, "cannot install signal handlers");
+        return Exit::Runtime.into();
+    }
+    let (node, listener) = match start(args) {
+        Ok(x) => x,
+        Err((exit, reason)) => {
+            error!(reason = %reason, "refusing to start");
+            return exit.into();
+        }
+    };
+    let node = Arc::new(node);
+    let guard = Arc::new(Mutex::new(Guard::default()));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mut workers = Vec::new();
+    while !STOP.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, from)) => {
+                let _ = stream.set_nonblocking(false);
+                let now = Instant::now();
+                let turned = guard
+                    .lock()
+                    .map(|mut g| g.open(from.ip(), now))
+                    .unwrap_or(Err(Turned::Busy));
+                if turned.is_err() {
+                    if let Ok(mut t) = tally.lock() {
+                        t.turned_away += 1;
+                    }
+                    continue;
+                }
+                let (node, guard, tally) = (node.clone(), guard.clone(), tally.clone());
+                workers.push(std::thread::spawn(move || {
+                    let ok = node.handle(stream, from);
+                    if let Ok(mut g) = guard.lock() {
+                        g.done(from.ip(), !ok, Instant::now());
+                    }
+                    if !ok && let Ok(mut t) = tally.lock() {
+                        t.failed += 1;
+                    }
+                }));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                warn!(cause = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        workers.retain(|w| !w.is_finished());
+        if let Ok(mut t) = tally.lock() {
+            let since = *t.since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SUMMARY_EVERY {
+                if t.failed > 0 || t.turned_away > 0 {
+                    warn!(
+                        failed = t.failed,
+                        turned_away = t.turned_away,
+                        "join attempts that failed (wrong or unknown token, malformed, timed out) or were turned away (back-off, busy)"
+                    );
+                }
+                *t = Tally {
+                    since: Some(Instant::now()),
+                    ..Tally::default()
+                };
+            }
+        }
+    }
+    info!(
+        under_way = workers.len(),
+        "stopping; joins under way finish first"
+    );
+    for w in workers {
+        let _ = w.join();
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,228 @@
+//! `tyd init` (CHAOS's `tyd -f init`) on the first node, and `tyd join` (`tyd -m <member>`)
+//! on every further one. docs/join.md.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use jiff::{SignedDuration, Timestamp};
+use join::token::{Limits, Token, TokenStore};
+use policy::edit::{NewNode, PolicyEdit, default_addresses};
+use policy::fsutil::atomic_write;
+use policy::keys::KeyKind;
+use policy::{NodeId, Role, WgPublicKey, sign, signature_path};
+
+use crate::failure::{CliResult, Exit, Failure};
+use crate::keygen;
+
+/// What `tyd init` needs.
+#[derive(Debug)]
+pub struct InitArgs<'a> {
+    pub dir: &'a Path,
+    pub cluster: &'a str,
+    pub node_name: &'a str,
+    pub endpoint: IpAddr,
+    pub tokens: &'a Path,
+    pub uses: u32,
+    pub expires: SignedDuration,
+}
+
+fn io(path: &Path, e: std::io::Error) -> Failure {
+    Failure::new(Exit::Runtime, format!("{}: {e}", path.display()))
+}
+
+/// The node key at `path`, made if there is none yet.
+fn node_key(path: &Path) -> CliResult<WgPublicKey> {
+    if path.exists() {
+        Ok(WgPublicKey::from_secret(&keygen::load_node_secret(path)?))
+    } else {
+        keygen::node(path)
+    }
+}
+
+pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
+    let policy_path = a.dir.join("cluster.toml");
+    if policy_path.exists() {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!(
+                "{}: already exists: this node is initialised (tyd join adds further nodes)",
+                policy_path.display()
+            ),
+        ));
+    }
+    std::fs::create_dir_all(a.dir).map_err(|e| io(a.dir, e))?;
+    let operator_path = a.dir.join("operator.key");
+    let operator = if operator_path.exists() {
+        keygen::load_operator(&operator_path)?
+    } else {
+        keygen::operator(&operator_path)?;
+        keygen::load_operator(&operator_path)?
+    };
+    let public = policy::OperatorPublicKey::from(&operator);
+    let trust_text = KeyKind::OperatorPublic.file_text(public.verifying_key().as_bytes());
+    atomic_write(&a.dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
+    let me = node_key(&a.dir.join("node.key"))?;
+
+    let expires = now
+        .checked_add(SignedDuration::from_hours(365 * 24))
+        .map_err(|e| Failure::new(Exit::Usage, e.to_string()))?;
+    let text = policy::template::init_template(a.cluster, expires);
+    policy::parse_policy("template", text.as_bytes(), now)?;
+    // Written under a scratch name, edited, signed, then moved into place: a failure leaves
+    // no half-made policy where the daemons look.
+    let scratch = a.dir.join(".cluster.toml.init");
+    atomic_write(&scratch, text.as_bytes(), 0o644)?;
+    let mut edit = PolicyEdit::open(&scratch)?;
+    let current = edit.current(now)?;
+    let id = NodeId::MIN;
+    edit.add_node(&NewNode {
+        id,
+        name: a.node_name.to_string(),
+        public_key: me,
+        endpoint: Some(SocketAddr::new(a.endpoint, current.cluster.listen_port)),
+        addresses: default_addresses(&current, id),
+        roles: vec![Role::Master],
+        expires: None,
+    })?;
+    let policy = edit.write(now)?;
+    let bytes = policy::fsutil::read(&scratch)?;
+    atomic_write(
+        &signature_path(&policy_path),
+        sign(&bytes, &operator).as_bytes(),
+        0o644,
+    )?;
+    std::fs::rename(&scratch, &policy_path).map_err(|e| io(&policy_path, e))?;
+
+    let mut store =
+        TokenStore::load(a.tokens).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
+    let token = store.create(
+        &Limits {
+            uses: a.uses,
+            valid_for: a.expires.unsigned_abs(),
+            roles: vec![Role::Drone],
+        },
+        now,
+        &mut rand_core::OsRng,
+    );
+    if let Some(dir) = a.tokens.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    store
+        .save(a.tokens)
+        .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
+    let d = a.dir.display();
+    println!(
+        "cluster {} initialised: this node is node 1 ({}, master), serial {}",
+        policy.cluster.name, a.node_name, policy.cluster.serial
+    );
+    println!("start the daemons on this node:");
+    println!("  netguard --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key");
+    println!("  clusterd --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key");
+    println!(
+        "  joind --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key --operator-key {d}/operator.key --tokens {}",
+        a.tokens.display()
+    );
+    println!(
+        "join further nodes ({} use(s) of this token, valid {}):",
+        a.uses,
+        policy::model::duration::format(&a.expires.unsigned_abs())
+    );
+    println!(
+        "  tyd join {} --token {} --operator {}",
+        a.endpoint,
+        token.reveal().as_str(),
+        public.fingerprint()
+    );
+    Ok(())
+}
+
+/// What `tyd join` needs.
+#[derive(Debug)]
+pub struct JoinArgs<'a> {
+    pub member: &'a str,
+    pub token: &'a str,
+    pub operator: &'a str,
+    pub dir: &'a Path,
+    pub key: Option<&'a Path>,
+    pub name: Option<&'a str>,
+}
+
+fn member_addr(member: &str) -> CliResult<SocketAddr> {
+    let with_port = if member.parse::<IpAddr>().is_ok() || !member.contains(':') {
+        format!("{member}:{}", policy::model::default_join_port())
+    } else {
+        member.to_string()
+    };
+    let shown = policy::parse::shown(member);
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| Failure::new(Exit::Usage, format!("member {shown}: {e}")))?
+        .next()
+        .ok_or_else(|| Failure::new(Exit::Usage, format!("member {shown}: no address")))
+}
+
+pub fn join(a: &JoinArgs<'_>) -> CliResult {
+    if a.member == "any" {
+        return Err(Failure::new(
+            Exit::Usage,
+            "-m any (finding a member by broadcast) is not built yet: name a member's address",
+        ));
+    }
+    let token: Token = a
+        .token
+        .parse()
+        .map_err(|e: join::token::TokenError| Failure::new(Exit::Usage, format!("--token: {e}")))?;
+    let member = member_addr(a.member)?;
+    let policy_path = a.dir.join("cluster.toml");
+    if policy_path.exists() {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!(
+                "{}: already exists: this node already has a cluster (remove it to join another)",
+                policy_path.display()
+            ),
+        ));
+    }
+    std::fs::create_dir_all(a.dir).map_err(|e| io(a.dir, e))?;
+    let key_path: PathBuf = a
+        .key
+        .map_or_else(|| a.dir.join("node.key"), Path::to_path_buf);
+    let me = node_key(&key_path)?;
+    let joined = join::client::join(member, &token, a.operator, &me, a.name.map(String::from), 0)
+        .map_err(|e| {
+        let exit = match &e {
+            join::client::JoinError::Connect(..) | join::client::JoinError::Wire(..) => {
+                Exit::Runtime
+            }
+            join::client::JoinError::Refused(_) => Exit::Refused,
+            join::client::JoinError::WrongOperator { .. }
+            | join::client::JoinError::BadPolicy(_) => Exit::BadSignature,
+            _ => Exit::Refused,
+        };
+        Failure::new(exit, e.to_string())
+    })?;
+    let trust_text =
+        KeyKind::OperatorPublic.file_text(joined.operator_key.verifying_key().as_bytes());
+    atomic_write(&a.dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
+    atomic_write(
+        &signature_path(&policy_path),
+        joined.signature.as_bytes(),
+        0o644,
+    )?;
+    atomic_write(&policy_path, joined.policy.as_bytes(), 0o644)?;
+    let d = a.dir.display();
+    println!(
+        "joined cluster {} as node {} ({}), serial {}",
+        joined.cluster, joined.node, joined.name, joined.serial
+    );
+    println!("start the daemons on this node:");
+    println!(
+        "  netguard --policy {d}/cluster.toml --trust {d}/operator.pub --key {}",
+        key_path.display()
+    );
+    println!(
+        "  clusterd --policy {d}/cluster.toml --trust {d}/operator.pub --key {}",
+        key_path.display()
+    );
+    Ok(())
+}
