@@ -171,4 +171,24 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
     // Three admissions spent three of the token's five uses; the repeat spent none.
     let (_, list, _) = lab.tyd_in(0, &["token", "list", "--tokens", &tokens]);
     assert!(list.contains("3/5"), "{list}");
+
+    // d4 leaves: the master removes it, every other member drops it, and it is cut off.
+    let t = Instant::now();
+    let (code, out, err) = lab.tyd_in(3, &["leave", "--dir", &dir(&lab, 3)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("node 4 (d4) removed"), "{out}");
+    wait_for("d4 dropped by d1-d3", Duration::from_secs(10), || {
+        (0..3).all(|i| lab.file(i, "netguard.log").contains("node 4 (d4) removed"))
+    });
+    eprintln!(
+        "d4 left: dropped by every member after {} ms",
+        t.elapsed().as_millis()
+    );
+    wait_for("d4 cut off", Duration::from_secs(5), || {
+        !lab.tcp_ok(3, "10.77.0.1:4660") && !lab.tcp_ok(0, "10.77.0.4:4660")
+    });
+    assert!(lab.tcp_ok(1, "10.77.0.3:4660"), "d2 -> d3 after d4 left");
+    // Leaving again: it is no member now.
+    let (code, _, err) = lab.tyd_in(3, &["leave", "--dir", &dir(&lab, 3)]);
+    assert_ne!(code, 0, "{err}");
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use jiff::Timestamp;
 use join::guard::{Guard, Turned};
-use join::service::{Master, Outcome, relay};
+use join::service::{Master, Outcome, RelayError, Source, relay};
 use policy::exit::{EXIT_CODES_HELP, Exit};
 use policy::{Policy, Role, TrustedKeys, Verified, WgPublicKey};
 use tracing::{error, info, warn};
@@ -119,15 +119,19 @@ impl Node {
                     info!(source = %from.ip(), master = %to, "join request relayed to a master");
                     true
                 }
+                Err(RelayError::Hello(_)) => false,
                 Err(e) => {
-                    warn!(source = %from.ip(), reason = %e, "cannot relay a join request: no master reachable");
+                    warn!(source = %from.ip(), reason = %e, "cannot relay a join request");
                     true
                 }
             };
         };
-        // Through a member's tunnel: relayed (the member saw the joiner); else direct.
-        let seen = (!members.contains(&from.ip())).then_some(from.ip());
-        match master.serve(stream, seen) {
+        let source = if members.contains(&from.ip()) {
+            Source::Tunnel(from.ip())
+        } else {
+            Source::Lan(from.ip())
+        };
+        match master.serve(stream, source) {
             Outcome::Joined {
                 token,
                 id,
@@ -145,6 +149,14 @@ impl Node {
             }
             Outcome::Refused { token, reason } => {
                 warn!(token = %token, reason = %reason, source = %from.ip(), "join refused");
+                true
+            }
+            Outcome::Left { id, name, serial } => {
+                info!(node = id, name = %name, serial, "node left at its own request; the new policy is signed and in place");
+                true
+            }
+            Outcome::LeaveRefused { from, reason } => {
+                warn!(source = %from, reason = %reason, "leave refused");
                 true
             }
             Outcome::Failed(_) => false,

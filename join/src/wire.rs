@@ -172,10 +172,7 @@ pub fn connect<S: Read + Write>(
     id: &TokenId,
     psk: &Psk,
 ) -> Result<Channel<S>, WireError> {
-    let mut hello = MAGIC.to_vec();
-    hello.push(VERSION);
-    hello.extend_from_slice(id.as_str().as_bytes());
-    stream.write_all(&hello)?;
+    stream.write_all(&Hello::Join(id.clone()).to_bytes())?;
     let mut hs = handshake(psk, &prologue(id), true)?;
     let mut buf = vec![0u8; NOISE_MAX];
     let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
@@ -187,18 +184,56 @@ pub fn connect<S: Read + Write>(
     Ok(Channel { stream, noise })
 }
 
-/// The first bytes of a join: which token the joiner says it holds.
-pub fn read_hello(stream: &mut impl Read) -> Result<TokenId, WireError> {
-    let mut hello = [0u8; 4 + 1 + crate::token::ID_LEN];
+/// What a connection to the join port is for, from its first 11 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hello {
+    /// A join with the token of this id.
+    Join(TokenId),
+    /// A member asking to be removed (only believed through the tunnel: the source address
+    /// is the node).
+    Leave,
+}
+
+const LEAVE_MAGIC: &[u8; 4] = b"TYDL";
+const HELLO_LEN: usize = 4 + 1 + crate::token::ID_LEN;
+
+impl Hello {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HELLO_LEN);
+        match self {
+            Hello::Join(id) => {
+                out.extend_from_slice(MAGIC);
+                out.push(VERSION);
+                out.extend_from_slice(id.as_str().as_bytes());
+            }
+            Hello::Leave => {
+                out.extend_from_slice(LEAVE_MAGIC);
+                out.push(VERSION);
+                out.extend_from_slice(&[b'-'; crate::token::ID_LEN]);
+            }
+        }
+        out
+    }
+}
+
+/// Reads the first bytes of a connection to the join port.
+pub fn read_hello(stream: &mut impl Read) -> Result<Hello, WireError> {
+    let mut hello = [0u8; HELLO_LEN];
     read_exact(stream, &mut hello)?;
-    if &hello[..4] != MAGIC {
+    let leave = &hello[..4] == LEAVE_MAGIC;
+    if &hello[..4] != MAGIC && !leave {
         return Err(WireError::NotJoin);
     }
     if hello[4] != VERSION {
         return Err(WireError::Version(hello[4]));
     }
+    if leave {
+        return Ok(Hello::Leave);
+    }
     let id = String::from_utf8_lossy(&hello[5..]).into_owned();
-    TokenId::try_from(id).map_err(|e| WireError::BadTokenId(e.to_string()))
+    TokenId::try_from(id)
+        .map(Hello::Join)
+        .map_err(|e| WireError::BadTokenId(e.to_string()))
 }
 
 /// The master's side, after [`read_hello`]: the handshake with the token's key. With no key
@@ -243,7 +278,9 @@ mod tests {
     ) -> std::thread::JoinHandle<Result<Vec<u8>, WireError>> {
         std::thread::spawn(move || {
             let mut s = stream;
-            let id = read_hello(&mut s)?;
+            let Hello::Join(id) = read_hello(&mut s)? else {
+                return Err(WireError::NotJoin);
+            };
             let psk = (id == known.id).then(|| known.psk());
             let mut ch = accept(s, &id, psk.as_ref())?;
             let got = ch.receive()?;
@@ -318,5 +355,7 @@ mod tests {
         assert!(matches!(read_hello(&mut s), Err(WireError::BadTokenId(_))));
         let mut s: &[u8] = b"TYDJ\x01abc";
         assert!(matches!(read_hello(&mut s), Err(WireError::Closed)));
+        let leave = Hello::Leave.to_bytes();
+        assert_eq!(read_hello(&mut leave.as_slice()).unwrap(), Hello::Leave);
     }
 }

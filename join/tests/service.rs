@@ -11,7 +11,10 @@ use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
 use join::admit::{JoinAnswer, JoinRequest};
 use join::client::{JoinError, check, exchange};
-use join::service::{Master, Outcome};
+use join::service::{Master, Outcome, Source};
+
+/// As if relayed by a member (the joiner's claimed endpoint is taken as it is).
+const RELAYED: Source = Source::Tunnel(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 0, 1)));
 use join::token::{Limits, Token, TokenStore};
 use policy::{OperatorPublicKey, Role, WgPublicKey};
 
@@ -85,7 +88,7 @@ fn attempt(lab: &Lab, t: &Token, req: &JoinRequest) -> (Result<JoinAnswer, Strin
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     }
     let master = lab.master.clone();
-    let served = std::thread::spawn(move || master.serve(b, None));
+    let served = std::thread::spawn(move || master.serve(b, RELAYED));
     let got = exchange(a, t, req).map_err(|e| e.to_string());
     (got, served.join().unwrap())
 }
@@ -243,7 +246,7 @@ fn ten_joins_at_once_all_succeed_with_distinct_ids_and_addresses() {
         .map(|k| {
             let (a, b) = UnixStream::pair().unwrap();
             let master = lab.master.clone();
-            let served = std::thread::spawn(move || master.serve(b, None));
+            let served = std::thread::spawn(move || master.serve(b, RELAYED));
             let t = t.clone();
             let joiner = std::thread::spawn(move || exchange(a, &t, &request(k, None)).unwrap());
             (k, served, joiner)
@@ -273,4 +276,122 @@ fn ten_joins_at_once_all_succeed_with_distinct_ids_and_addresses() {
     // A further join: the token is used up.
     let (got, _) = attempt(&lab, &t, &request(30, None));
     assert!(matches!(got, Ok(JoinAnswer::Refused { .. })));
+}
+
+fn leave(lab: &Lab, from: Source) -> (Option<String>, Outcome) {
+    let (mut a, b) = UnixStream::pair().unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let master = lab.master.clone();
+    let served = std::thread::spawn(move || master.serve(b, from));
+    use std::io::{Read, Write};
+    a.write_all(&join::wire::Hello::Leave.to_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = a.read_to_string(&mut answer);
+    let outcome = served.join().unwrap();
+    ((!answer.is_empty()).then_some(answer), outcome)
+}
+
+#[test]
+fn a_member_leaves_through_its_tunnel_only_and_the_last_master_stays() {
+    let lab = lab();
+    let t = token(&lab, 2, Duration::from_secs(3600));
+    let (got, _) = attempt(&lab, &t, &request(5, Some("web-1")));
+    assert!(matches!(got, Ok(JoinAnswer::Accepted { node: 2, .. })));
+    let before = std::fs::read(&lab.policy).unwrap();
+    let tunnel = |n: u8| std::net::IpAddr::from([10, 77, 0, n]);
+    // From the LAN, claiming nothing but an address: not a leave.
+    let (answer, outcome) = leave(&lab, Source::Lan("198.18.0.5".parse().unwrap()));
+    assert!(
+        answer.is_none() && matches!(outcome, Outcome::Failed(_)),
+        "{outcome:?}"
+    );
+    // From an address no member has.
+    let (answer, _) = leave(&lab, Source::Tunnel(tunnel(99)));
+    assert!(answer.unwrap().contains("no member"));
+    // The only master.
+    let (answer, _) = leave(&lab, Source::Tunnel(tunnel(1)));
+    assert!(answer.unwrap().contains("last master"));
+    assert_eq!(std::fs::read(&lab.policy).unwrap(), before);
+    // Node 2 from its own tunnel address: removed, signed, written.
+    let (answer, outcome) = leave(&lab, Source::Tunnel(tunnel(2)));
+    assert!(answer.unwrap().contains("\"removed\":{\"node\":2}"));
+    assert!(
+        matches!(outcome, Outcome::Left { id: 2, .. }),
+        "{outcome:?}"
+    );
+    let text = std::fs::read_to_string(&lab.policy).unwrap();
+    let p = policy::parse_policy("p", text.as_bytes(), Timestamp::now()).unwrap();
+    assert!(p.nodes.iter().all(|n| n.id.get() != 2));
+    assert_eq!(serial(&lab.policy), serial_of(&before) + 1);
+}
+
+fn serial_of(bytes: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines()
+        .find_map(|l| l.strip_prefix("serial = "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_master_drops_expired_nodes_at_its_next_signing() {
+    let lab = lab();
+    // Node 3 expired a moment ago (members dropped it then); the file still lists it.
+    let mut edit = policy::edit::PolicyEdit::open(&lab.policy).unwrap();
+    edit.add_node(&policy::edit::NewNode {
+        id: policy::NodeId::new(3).unwrap(),
+        name: "temp".into(),
+        public_key: key(3),
+        endpoint: None,
+        addresses: vec!["10.77.0.3".parse().unwrap()],
+        roles: vec![Role::Drone],
+        expires: Some(Timestamp::now() + jiff::SignedDuration::from_millis(300)),
+    })
+    .unwrap();
+    edit.write(Timestamp::now()).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let t = token(&lab, 1, Duration::from_secs(3600));
+    let (got, _) = attempt(&lab, &t, &request(5, None));
+    assert!(
+        matches!(got, Ok(JoinAnswer::Accepted { node: 2, .. })),
+        "{got:?}"
+    );
+    let text = std::fs::read_to_string(&lab.policy).unwrap();
+    assert!(!text.contains("temp"), "{text}");
+}
+
+/// A member relays joins only: a leave sent to a member from the LAN would otherwise reach a
+/// master from the member's own tunnel address and remove the member.
+#[test]
+fn a_relay_forwards_joins_only() {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    let member = TcpListener::bind("127.0.0.1:0").unwrap();
+    let master = TcpListener::bind("127.0.0.1:0").unwrap();
+    let master_addr = master.local_addr().unwrap();
+    let send = |hello: Vec<u8>| {
+        let mut c = TcpStream::connect(member.local_addr().unwrap()).unwrap();
+        c.write_all(&hello).unwrap();
+        let (s, _) = member.accept().unwrap();
+        (c, s)
+    };
+    let (_c, s) = send(join::wire::Hello::Leave.to_bytes());
+    let r = join::service::relay(s, &[master_addr], Duration::from_secs(1));
+    assert!(
+        matches!(r, Err(join::service::RelayError::Hello(_))),
+        "{r:?}"
+    );
+    // A join is passed on, hello first.
+    let t = Token::generate(&mut rand_core::OsRng);
+    let (c, s) = send(join::wire::Hello::Join(t.id.clone()).to_bytes());
+    drop(c);
+    let relayed = std::thread::spawn(move || {
+        join::service::relay(s, &[master_addr], Duration::from_secs(1)).map_err(|e| e.to_string())
+    });
+    let (mut at_master, _) = master.accept().unwrap();
+    let got = join::wire::read_hello(&mut at_master).unwrap();
+    assert_eq!(got, join::wire::Hello::Join(t.id));
+    drop(at_master);
+    assert_eq!(relayed.join().unwrap().unwrap(), master_addr);
 }

@@ -226,3 +226,71 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
     );
     Ok(())
 }
+
+/// `tyd leave`: asks a master, through the tunnel, to remove this node.
+pub fn leave(dir: &Path, key: Option<&Path>, now: Timestamp) -> CliResult {
+    use std::io::{BufRead, Write};
+    let policy_path = dir.join("cluster.toml");
+    let files = policy::load_signed(&policy_path, &dir.join("operator.pub"), now)?;
+    let p = &files.verified;
+    let key_path: PathBuf = key.map_or_else(|| dir.join("node.key"), Path::to_path_buf);
+    let me = WgPublicKey::from_secret(&keygen::load_node_secret(&key_path)?);
+    let mine = p.node_by_key(&me).ok_or_else(|| {
+        Failure::new(
+            Exit::Refused,
+            format!("{}: this node is not in the policy", policy_path.display()),
+        )
+    })?;
+    let port = p.join.as_ref().map(|j| j.port).ok_or_else(|| {
+        Failure::new(
+            Exit::Refused,
+            "the policy has no [join] section: ask the operator (tyd node remove)",
+        )
+    })?;
+    let masters: Vec<SocketAddr> = p
+        .nodes
+        .iter()
+        .filter(|n| n.roles.contains(&Role::Master) && n.public_key != me)
+        .filter_map(|n| n.addresses.first())
+        .map(|a| SocketAddr::new(*a, port))
+        .collect();
+    let mut last = String::from("no other master in the policy");
+    for m in masters {
+        let timeout = std::time::Duration::from_secs(5);
+        let mut s = match std::net::TcpStream::connect_timeout(&m, timeout) {
+            Ok(s) => s,
+            Err(e) => {
+                last = format!("{m}: {e}");
+                continue;
+            }
+        };
+        let _ = s.set_read_timeout(Some(timeout));
+        s.write_all(&join::wire::Hello::Leave.to_bytes())
+            .map_err(|e| Failure::new(Exit::Runtime, format!("{m}: {e}")))?;
+        let mut line = String::new();
+        std::io::BufReader::new(&s)
+            .read_line(&mut line)
+            .map_err(|e| Failure::new(Exit::Runtime, format!("{m}: {e}")))?;
+        return match serde_json::from_str::<join::service::LeaveAnswer>(&line) {
+            Ok(join::service::LeaveAnswer::Removed { node }) => {
+                println!(
+                    "node {node} ({}) removed from cluster {} by the master at {m}; stop this node's daemons",
+                    mine.name, p.cluster.name
+                );
+                Ok(())
+            }
+            Ok(join::service::LeaveAnswer::Refused { reason }) => Err(Failure::new(
+                Exit::Refused,
+                format!("{m} refused: {reason}"),
+            )),
+            Err(_) => Err(Failure::new(
+                Exit::Runtime,
+                format!("{m}: no answer to the leave request"),
+            )),
+        };
+    }
+    Err(Failure::new(
+        Exit::Runtime,
+        format!("cannot reach a master: {last}"),
+    ))
+}

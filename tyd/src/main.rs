@@ -121,6 +121,16 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Leave the cluster: a master removes this node (asked through the tunnel) and every
+    /// member drops it. `tyd node remove` on the operator's copy stays the forced way.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Leave {
+        #[arg(long, default_value = "/etc/tyd")]
+        dir: PathBuf,
+        /// This node's WireGuard key (default DIR/node.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
     /// Join tokens on a master: create (printed once, with the join command), list, revoke.
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Token(token_cmd::TokenCmd),
@@ -311,6 +321,7 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
         Command::Node(cmd) => node_cmd::run(cmd, now),
         Command::Certainty(cmd) => certainty_cmd::run(cmd),
         Command::Token(cmd) => token_cmd::run(cmd, now),
+        Command::Leave { dir, key } => join_cmd::leave(&dir, key.as_deref(), now),
         Command::Init {
             endpoint,
             cluster,
