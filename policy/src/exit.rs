@@ -42,7 +42,7 @@ impl From<Exit> for std::process::ExitCode {
 
 /// The table every `--help` ends with.
 pub const EXIT_CODES_HELP: &str = "\
-Exit codes: the same for tyd, netguard, certaintyd, clusterd and drone.
+Exit codes: the same for tyd, netguard, certaintyd, clusterd, joind and drone.
   0  success (a daemon: stopped on request)
   1  runtime failure (I/O, missing file)
   2  usage error
