@@ -1,5 +1,5 @@
 //! Joining for real, as root, in network namespaces: `tyd init` on the first node, then `tyd
-//! join` on further ones, straight to the master and relayed through a member; each join ends
+//! join` on further ones, found by broadcast, straight to the master and relayed through a member; each join ends
 //! with tunnels to every member and the service port open between them. Bad tokens change
 //! nothing. Each test builds its own lab and removes it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -117,13 +117,19 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
     // d3 through d2 (a relay), d4 through d3.
     let mut took = Vec::new();
     for i in 1..n {
+        // d2 finds a member by broadcast (`tyd join any`: only d1 runs joind yet).
         let via = if i == 1 { 0 } else { i - 1 };
+        let member = if i == 1 {
+            "any".to_string()
+        } else {
+            format!("198.18.0.{}", via + 1)
+        };
         let t = Instant::now();
         let (code, out, err) = lab.tyd_in(
             i,
             &[
                 "join",
-                &format!("198.18.0.{}", via + 1),
+                &member,
                 "--token",
                 &token,
                 "--operator",
@@ -135,6 +141,9 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
             ],
         );
         assert_eq!(code, 0, "d{} join: {out}{err}", i + 1);
+        if i == 1 {
+            assert!(err.contains("found a member at 198.18.0.1"), "{err}");
+        }
         assert!(
             out.contains(&format!("as node {} (d{})", i + 1, i + 1)),
             "{out}"

@@ -2,12 +2,13 @@
 //!
 //! `admit`: what a master decides about a request (pure). `guard`: connection limit and
 //! per-source back-off (pure). `service`: the master's admission and a member's relay.
-//! `client`: the joiner's side, checking what comes back. `token`: join tokens (`<id>.<secret>`), and the master's store of them (derived keys only,
+//! `client`: the joiner's side, checking what comes back. `discover`: `tyd join any`. `token`: join tokens (`<id>.<secret>`), and the master's store of them (derived keys only,
 //! uses, expiry, roles, revocation). `wire`: the exchange on the wire, a Noise `NNpsk0`
 //! handshake keyed by the token (the `snow` crate), then the request and the answer.
 
 pub mod admit;
 pub mod client;
+pub mod discover;
 pub mod guard;
 pub mod service;
 pub mod token;

@@ -5,7 +5,7 @@
 //! Signals: SIGTERM and SIGINT stop it (joins under way finish first, within their timeout).
 //! Exit codes: the shared set (`policy::exit`).
 
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,7 +170,7 @@ fn load_trust(path: &Path) -> Result<TrustedKeys, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn start(args: Args) -> Result<(Node, TcpListener), (Exit, String)> {
+fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
     let trust = load_trust(&args.trust).map_err(|e| (Exit::KeyFile, e))?;
     let secret = policy::keys::read_secret_key(&args.key, policy::keys::KeyKind::NodeSecret)
         .map_err(|e| (Exit::KeyFile, e.to_string()))?;
@@ -212,9 +212,40 @@ fn start(args: Args) -> Result<(Node, TcpListener), (Exit, String)> {
     listener
         .set_nonblocking(true)
         .map_err(|e| (Exit::Runtime, e.to_string()))?;
+    // `tyd join any` asks on the same port, over UDP.
+    let discovery = UdpSocket::bind(at).map_err(|e| (Exit::Runtime, format!("{at} (udp): {e}")))?;
+    discovery
+        .set_nonblocking(true)
+        .map_err(|e| (Exit::Runtime, e.to_string()))?;
     info!(address = %at, role = if node.master.is_some() { "master" } else { "relay" },
         "listening for joins");
-    Ok((node, listener))
+    Ok((node, listener, discovery))
+}
+
+/// Answers `tyd join any` questions, at most `MAX_ANSWERS_PER_SECOND` in all.
+struct Discovery {
+    socket: UdpSocket,
+    window: Instant,
+    answered: u32,
+}
+
+impl Discovery {
+    fn poll(&mut self) {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            let Some(answer) = join::discover::answer(&buf[..n]) else {
+                continue;
+            };
+            if self.window.elapsed() >= Duration::from_secs(1) {
+                self.window = Instant::now();
+                self.answered = 0;
+            }
+            if self.answered < join::discover::MAX_ANSWERS_PER_SECOND {
+                self.answered += 1;
+                let _ = self.socket.send_to(answer, from);
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -234,7 +265,7 @@ fn main() -> ExitCode {
         error!(cause = %e, "cannot install signal handlers");
         return Exit::Runtime.into();
     }
-    let (node, listener) = match start(args) {
+    let (node, listener, discovery) = match start(args) {
         Ok(x) => x,
         Err((exit, reason)) => {
             error!(reason = %reason, "refusing to start");
@@ -245,7 +276,13 @@ fn main() -> ExitCode {
     let guard = Arc::new(Mutex::new(Guard::default()));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut workers = Vec::new();
+    let mut discovery = Discovery {
+        socket: discovery,
+        window: Instant::now(),
+        answered: 0,
+    };
     while !STOP.load(Ordering::Relaxed) {
+        discovery.poll();
         match listener.accept() {
             Ok((stream, from)) => {
                 let _ = stream.set_nonblocking(false);

@@ -44,9 +44,11 @@ udp = [68]
 [firewall.allow.ntp]
 udp = [123]
 
-# tyd join: authenticated by a join token (Noise), open to the LAN so new nodes can ask.
+# tyd join: authenticated by a join token (Noise), open to the LAN so new nodes can ask
+# (udp: `tyd join any` finding a member).
 [firewall.allow.join]
 tcp = [7947]
+udp = [7947]
 
 # certaintyd: integrity of the RAM root filesystem.
 [certainty]

@@ -162,17 +162,30 @@ fn member_addr(member: &str) -> CliResult<SocketAddr> {
 }
 
 pub fn join(a: &JoinArgs<'_>) -> CliResult {
-    if a.member == "any" {
-        return Err(Failure::new(
-            Exit::Usage,
-            "-m any (finding a member by broadcast) is not built yet: name a member's address",
-        ));
-    }
     let token: Token = a
         .token
         .parse()
         .map_err(|e: join::token::TokenError| Failure::new(Exit::Usage, format!("--token: {e}")))?;
-    let member = member_addr(a.member)?;
+    let member = if a.member == "any" {
+        let port = policy::model::default_join_port();
+        let found = join::discover::find_member(port, std::time::Duration::from_secs(5))
+            .map_err(|e| {
+                Failure::new(
+                    Exit::Runtime,
+                    format!("asking the segment for a member: {e}"),
+                )
+            })?
+            .ok_or_else(|| {
+                Failure::new(
+                    Exit::Runtime,
+                    format!("no member answered on the local segment (udp {port}) within 5 s"),
+                )
+            })?;
+        eprintln!("found a member at {found}");
+        SocketAddr::new(found, port)
+    } else {
+        member_addr(a.member)?
+    };
     let policy_path = a.dir.join("cluster.toml");
     if policy_path.exists() {
         return Err(Failure::new(

@@ -104,7 +104,8 @@ enum Command {
     /// the operator key's fingerprint, both printed by `tyd init` or `tyd token create`.
     #[command(after_help = EXIT_CODES_HELP)]
     Join {
-        /// A member's LAN address (port 7947 unless given).
+        /// A member's LAN address (port 7947 unless given), or "any": the first member that
+        /// answers a broadcast on the local segment.
         member: String,
         #[arg(long)]
         token: String,
