@@ -52,6 +52,13 @@ pub enum Refusal {
     EndpointMismatch { claimed: String, seen: String },
     #[error("no free node id with tunnel addresses left in the cluster's networks")]
     Full,
+    /// A machine that rebooted with a new key (a drone's key lives in RAM) finds its old
+    /// entry: the operator removes it, or lets it expire. Never replaced by a join: whoever
+    /// holds a token could otherwise push a node out by claiming its address.
+    #[error(
+        "endpoint {endpoint} is already node {node}'s: remove that node first (tyd node remove), or give such nodes an expiry"
+    )]
+    EndpointTaken { endpoint: String, node: u16 },
 }
 
 /// The decision.
@@ -105,6 +112,13 @@ pub fn decide(
             return Err(Refusal::NameTaken(policy::parse::shown(name)));
         }
     }
+    let endpoint = SocketAddr::new(req.endpoint.ip(), policy.cluster.listen_port);
+    if let Some(n) = policy.nodes.iter().find(|n| n.endpoint == Some(endpoint)) {
+        return Err(Refusal::EndpointTaken {
+            endpoint: endpoint.to_string(),
+            node: n.id.get(),
+        });
+    }
     let (id, addresses) = (1..=u16::MAX)
         .filter_map(NodeId::new)
         .filter(|id| policy.node_by_id(*id).is_none())
@@ -153,7 +167,7 @@ mod tests {
         let mut t = policy::template::init_template("lab", expires);
         for (id, name, k) in nodes {
             t.push_str(&format!(
-                "\n[[node]]\nid = {id}\nname = \"{name}\"\npublic_key = \"{}\"\naddresses = [\"10.77.0.{id}\"]\n",
+                "\n[[node]]\nid = {id}\nname = \"{name}\"\npublic_key = \"{}\"\nendpoint = \"198.18.0.{id}:51820\"\naddresses = [\"10.77.0.{id}\"]\n",
                 key(*k)
             ));
         }
@@ -220,6 +234,16 @@ mod tests {
             decide(&p, &req(9, None), elsewhere, &[Role::Drone]),
             Err(Refusal::EndpointMismatch { .. })
         ));
+        // A new key at an address the map already has (a drone rebooted): refused, named.
+        let mut again = req(9, None);
+        again.endpoint = "198.18.0.1:40000".parse().unwrap();
+        assert_eq!(
+            decide(&p, &again, None, &[Role::Drone]),
+            Err(Refusal::EndpointTaken {
+                endpoint: "198.18.0.1:51820".into(),
+                node: 1
+            })
+        );
         let mut bad = req(9, None);
         bad.public_key = "not a key".into();
         assert_eq!(decide(&p, &bad, None, &[Role::Drone]), Err(Refusal::BadKey));

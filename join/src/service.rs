@@ -143,9 +143,10 @@ impl Master {
         let (answer, outcome) = match self.admit(&mut ch, &id, seen) {
             Ok((answer, outcome)) => (answer, outcome),
             Err(ServeError::Wire(e)) => return Outcome::Failed(e),
+            // The joiner learns that it failed, not the master's paths and internals.
             Err(ServeError::Master(reason)) => (
                 JoinAnswer::Refused {
-                    reason: reason.clone(),
+                    reason: "the master could not admit this node; its log says why".into(),
                 },
                 Outcome::Refused { token: id, reason },
             ),

@@ -110,8 +110,11 @@ enum Command {
         #[arg(long)]
         token: String,
         /// The operator key's fingerprint (blake3:...): the cluster must prove it.
+        #[arg(long, required_unless_present = "trust", conflicts_with = "trust")]
+        operator: Option<String>,
+        /// Or the operator's public key file itself (a drone image carries it).
         #[arg(long)]
-        operator: String,
+        trust: Option<PathBuf>,
         /// Where the keys and the policy go.
         #[arg(long, default_value = "/etc/tyd")]
         dir: PathBuf,
@@ -356,13 +359,18 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
             member,
             token,
             operator,
+            trust,
             dir,
             key,
             name,
         } => join_cmd::join(&join_cmd::JoinArgs {
             member: &member,
             token: &token,
-            operator: &operator,
+            operator: &match (operator, trust) {
+                (Some(fp), _) => fp,
+                (None, Some(t)) => keygen::operator_fingerprint(&t)?,
+                (None, None) => unreachable_usage()?,
+            },
             dir: &dir,
             key: key.as_deref(),
             name: name.as_deref(),
@@ -409,6 +417,14 @@ fn default_sigpipe() {
     // SAFETY: SIG_DFL installs no handler code; nothing else in tyd touches SIGPIPE, and this
     // runs first in main, before any thread exists.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+/// clap requires --operator or --trust; this keeps the match total without a panic.
+fn unreachable_usage() -> CliResult<String> {
+    Err(failure::Failure::new(
+        failure::Exit::Usage,
+        "tyd join needs --operator or --trust",
+    ))
 }
 
 /// CHAOS's spellings: `tyd -f init ...` is `tyd init ...`, `tyd -m <member> ...` is

@@ -90,11 +90,14 @@ impl KeyArg {
     }
 }
 
-fn parse_role(s: &str) -> Result<Role, String> {
+pub fn parse_role(s: &str) -> Result<Role, String> {
     match s {
         "master" => Ok(Role::Master),
         "drone" => Ok(Role::Drone),
-        _ => Err(format!("unknown role {s:?} (master or drone)")),
+        _ => Err(format!(
+            "{} is not a role (master or drone)",
+            policy::parse::shown(s)
+        )),
     }
 }
 

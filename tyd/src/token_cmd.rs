@@ -22,7 +22,7 @@ pub enum TokenCmd {
         #[arg(long, default_value = "1h", value_parser = crate::parse_span)]
         expires: SignedDuration,
         /// What a node joining with it becomes: drone, or master (trusted with joins).
-        #[arg(long, value_delimiter = ',', default_value = "drone", value_parser = parse_role)]
+        #[arg(long, value_delimiter = ',', default_value = "drone", value_parser = crate::node_cmd::parse_role)]
         roles: Vec<Role>,
         #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
         tokens: PathBuf,
@@ -48,17 +48,6 @@ pub enum TokenCmd {
         #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
         tokens: PathBuf,
     },
-}
-
-fn parse_role(s: &str) -> Result<Role, String> {
-    match s {
-        "drone" => Ok(Role::Drone),
-        "master" => Ok(Role::Master),
-        _ => Err(format!(
-            "{} is not a role (drone or master)",
-            policy::parse::shown(s)
-        )),
-    }
 }
 
 fn load(path: &Path) -> CliResult<TokenStore> {

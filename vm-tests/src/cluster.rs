@@ -75,6 +75,8 @@ fn build_binaries() -> Result<PathBuf, String> {
             "-p",
             "clusterd",
             "-p",
+            "join",
+            "-p",
             "tyd",
             "-p",
             "drone",

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod lab;
+pub mod master;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

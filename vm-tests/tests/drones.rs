@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use vm_tests::cluster::{BOOT, CMD, Cluster, DRONES, Image, ROGUE_IP, build_image};
 use vm_tests::lab::Lab;
+use vm_tests::master::{MASTER_LAN, MASTER_TUNNEL};
 use vm_tests::vm::{Vm, answered};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -504,6 +505,79 @@ fn a_policy_update_removing_a_drone_cuts_it_off_established_connections_included
         4660,
         "drone2",
         Duration::from_secs(10),
+    );
+}
+
+/// Boot `vm` is in: joined as node `node`, ready, and through the tunnel to the master.
+fn joined(vm: &mut Vm, node: u16) -> Duration {
+    let t = Instant::now();
+    check(vm.wait_console("drone: joined cluster lab", BOOT));
+    check(vm.wait_console("drone: ready joiner", BOOT));
+    let line = last_line_with(&vm.console_text(), "drone: joined cluster lab");
+    assert!(
+        line.contains(&format!("as node {node} (node{node})")),
+        "{line}"
+    );
+    fetch_eventually(vm, MASTER_TUNNEL, 4660, "master", Duration::from_secs(30));
+    let status = check(vm.sh_ok(
+        "tyd status --policy /run/tyd/cluster.toml --key /run/tyd/node.key",
+        CMD,
+    ));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("master") && l.contains("up")),
+        "{status}"
+    );
+    t.elapsed()
+}
+
+#[test]
+fn a_drone_without_a_key_joins_at_boot_and_a_second_boot_is_refused_until_its_old_entry_goes() {
+    let (_g, c, lab) = scenario!("join");
+    // Declared before the VM, so the VM is stopped first.
+    let master = check(c.start_master(&lab, "join"));
+    let extra = format!(
+        "ip=198.18.0.44::::joiner:eth0:off tyd.join={MASTER_LAN} tyd.token={}",
+        master.token
+    );
+    let spec = c.images["unenrolled"].spec("joiner", 44, &extra);
+    let mut vm = check(Vm::boot(&lab, &spec, &vm_tests::scratch().join("join")));
+    let first = joined(&mut vm, 4);
+    let key1 = check(vm.sh_ok("tail -n 1 /run/tyd/node.key.pub", CMD));
+
+    // The key lived in RAM: the next boot has a new one, at the same address as node 4.
+    vm.mark();
+    check(vm.type_line("reboot -f"));
+    check(vm.wait_console("drone: join failed (exit 5)", BOOT));
+    check(vm.wait_console("drone: ready joiner", BOOT));
+    assert!(
+        vm.log_text().contains("already node 4's"),
+        "the refusal does not say why"
+    );
+    // The operator removes the old entry on the master; the next boot joins.
+    let policy = master.dir.join("cluster.toml").display().to_string();
+    check(c.tyd(&["node", "remove", &policy, "node4"]));
+    check(c.tyd(&[
+        "policy",
+        "sign",
+        &policy,
+        "--key",
+        &c.operator_key.display().to_string(),
+        "--bump",
+    ]));
+    vm.mark();
+    check(vm.type_line("reboot -f"));
+    let third = joined(&mut vm, 4);
+    let key3 = check(vm.sh_ok("tail -n 1 /run/tyd/node.key.pub", CMD));
+    assert_ne!(key1.trim(), key3.trim(), "the same key after a reboot");
+    eprintln!(
+        "join: joined and through the tunnel to the master {first:?} after qemu started; again {third:?} after the third boot began"
+    );
+    assert_eq!(master.log("joind.log").matches("node joined").count(), 2);
+    assert_eq!(
+        master.log("joind.log").matches("already node 4's").count(),
+        1
     );
 }
 

@@ -1,0 +1,176 @@
+//! A master on the test LAN, for drones that join at boot. It runs in the lab's own network
+//! namespace (198.18.0.1 on the bridge): netguard (userspace WireGuard), joind with the test
+//! cluster's operator key, and a service on tcp 4660 that answers "master". Its policy is the
+//! test cluster's with a master node (id 10) added and signed, as an operator would. Stopped,
+//! by PID, when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::cluster::Cluster;
+use crate::lab::Lab;
+use crate::scratch;
+
+/// The master's LAN and tunnel addresses.
+pub const MASTER_LAN: &str = "198.18.0.1";
+pub const MASTER_TUNNEL: &str = "10.77.0.10";
+
+#[derive(Debug)]
+pub struct Master {
+    pub dir: PathBuf,
+    /// A join token with two uses.
+    pub token: String,
+    netns: String,
+    children: Vec<Child>,
+}
+
+fn spawn(netns: &str, program: &Path, args: &[&str], log: &Path) -> Result<Child, String> {
+    let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))
+}
+
+impl Cluster {
+    /// Starts the master in `lab`'s namespace; files under the test's scratch directory.
+    pub fn start_master(&self, lab: &Lab, test: &str) -> Result<Master, String> {
+        let dir = scratch().join(test).join("master");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let p = |name: &str| dir.join(name).display().to_string();
+        std::fs::copy(&self.policy, dir.join("cluster.toml")).map_err(|e| e.to_string())?;
+        let trust = self.policy.with_file_name("operator.key.pub");
+        let operator = self.operator_key.display().to_string();
+        self.tyd(&["keygen", "node", "--out", &p("node.key")])?;
+        self.tyd(&[
+            "node",
+            "add",
+            &p("cluster.toml"),
+            "--id",
+            "10",
+            "--name",
+            "master",
+            "--public-key-file",
+            &p("node.key.pub"),
+            "--endpoint",
+            &format!("{MASTER_LAN}:51820"),
+            "--role",
+            "master",
+        ])?;
+        self.tyd(&[
+            "policy",
+            "sign",
+            &p("cluster.toml"),
+            "--key",
+            &operator,
+            "--bump",
+        ])?;
+        let token = self
+            .tyd(&[
+                "token",
+                "create",
+                "--tokens",
+                &p("tokens.json"),
+                "--trust",
+                &trust.display().to_string(),
+                "--uses",
+                "2",
+            ])?
+            .trim()
+            .to_string();
+        lab.ipn(&["addr", "add", &format!("{MASTER_LAN}/24"), "dev", "br0"])?;
+        let mut master = Master {
+            dir: dir.clone(),
+            token,
+            netns: lab.netns.clone(),
+            children: Vec::new(),
+        };
+        let trust_s = trust.display().to_string();
+        master.children.push(spawn(
+            &lab.netns,
+            &self.bin.join("netguard"),
+            &[
+                "--policy",
+                &p("cluster.toml"),
+                "--trust",
+                &trust_s,
+                "--key",
+                &p("node.key"),
+                "--state",
+                &p("accepted.json"),
+                "--interface",
+                "tydm0",
+                "--backend",
+                "userspace",
+            ],
+            &dir.join("netguard.log"),
+        )?);
+        master.children.push(spawn(
+            &lab.netns,
+            &self.bin.join("joind"),
+            &[
+                "--policy",
+                &p("cluster.toml"),
+                "--trust",
+                &trust_s,
+                "--key",
+                &p("node.key"),
+                "--operator-key",
+                &operator,
+                "--tokens",
+                &p("tokens.json"),
+            ],
+            &dir.join("joind.log"),
+        )?);
+        let server = "import socket\n\
+             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('0.0.0.0', 4660)); s.listen()\n\
+             while True:\n    c, _ = s.accept(); c.sendall(b'master\\n'); c.close()\n";
+        master.children.push(spawn(
+            &lab.netns,
+            Path::new("python3"),
+            &["-c", server],
+            &dir.join("service.log"),
+        )?);
+        Ok(master)
+    }
+}
+
+impl Master {
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for name in ["netguard.log", "joind.log"] {
+                eprintln!("--- master {name}\n{}", self.log(name));
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // What netguard left running (wireguard-go), by PID, through the lab's namespace.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.netns])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}
