@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # A whole cluster on one machine (needs root): three drone namespaces and one rogue on a
-# bridge, keys and a signed policy, netguard and clusterd in each drone (userspace WireGuard).
-# Shows the tunnels up, `tyd status --cluster`, TCP 4660 (openMosix) working between members
-# through the tunnels and refused to the rogue, then removes a drone from the policy, pushed to
-# drone1 only, and shows it reach drone2 and cut drone3 off, established flow included.
+# bridge. drone1 starts the cluster (tyd -f init), drone2 joins through it (tyd -m), drone3
+# finds a member by broadcast (tyd -m any); each runs netguard (userspace WireGuard), clusterd
+# and joind. Shows the tunnels up, `tyd status --cluster`, TCP 4660 (openMosix) working
+# between members through the tunnels and refused to the rogue, then drone3 leaves (tyd
+# leave) and is cut off, established flow included, while drone2 gets the new policy from
+# its peer.
 # Everything it creates is removed on exit, Ctrl-C included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo-cluster: needs root (network namespaces)" >&2; exit 1; }
 scripts/install-deps.sh --runtime
-cargo build --quiet --release -p tyd -p netguard -p clusterd
+cargo build --quiet --release -p tyd -p netguard -p clusterd -p join
 bin="$PWD/target/release"
 id=$$
 br="tydbr$id"; nss=("tyd${id}n1" "tyd${id}n2" "tyd${id}n3"); rogue="tyd${id}rg"
@@ -28,7 +30,7 @@ cleanup() {
   if [ -n "${KEEP_LOGS:-}" ]; then
     mkdir -p "$KEEP_LOGS"
     for i in 1 2 3; do
-      for f in netguard clusterd; do cp "$work/n$i/$f.log" "$KEEP_LOGS/drone$i-$f.log" 2>/dev/null; done
+      for f in netguard clusterd joind; do cp "$work/n$i/$f.log" "$KEEP_LOGS/drone$i-$f.log" 2>/dev/null; done
     done
   fi
   rm -rf "$work"
@@ -64,40 +66,42 @@ for ns in "${nss[@]}" "$rogue"; do
   ip -n "$ns" link set eth0 up; ip -n "$ns" link set lo up
 done
 
-step "keys and a signed policy"
 cd "$work"
-"$bin/tyd" keygen operator --out operator.key >/dev/null 2>&1
-"$bin/tyd" policy init --name demo >/dev/null
-for i in 1 2 3; do
-  "$bin/tyd" keygen node --out "drone$i.key" >/dev/null
-  "$bin/tyd" node add cluster.toml --id "$i" --name "drone$i" --public-key-file "drone$i.key.pub" \
-    --endpoint "198.18.0.$i:51820" >/dev/null
-done
-# These namespaces run no certaintyd (it guards a RAM root: see the drone demo), so the demo
-# policy does not require one; clusterd still quarantines nodes that fall silent.
-sed -i 's/^require_certainty = true/require_certainty = false/' cluster.toml
-"$bin/tyd" policy sign cluster.toml --key operator.key
-publish() { # copy the signed policy to every drone, atomically
-  for i in 1 2 3; do
-    mkdir -p "n$i"
-    cp cluster.toml "n$i/.c.tmp"; cp cluster.toml.sig "n$i/.s.tmp"
-    mv "n$i/.c.tmp" "n$i/cluster.toml"; mv "n$i/.s.tmp" "n$i/cluster.toml.sig"
-  done
-}
-publish
-
-step "netguard and clusterd in each drone"
-for i in 1 2 3; do
-  cp operator.key.pub "n$i/operator.pub"; cp "drone$i.key" "n$i/node.key"
-  ip netns exec "${nss[$((i - 1))]}" "$bin/netguard" --policy "n$i/cluster.toml" --trust "n$i/operator.pub" \
+mkdir -p n1 n2 n3
+start_node() { # i, and "master" for drone1: netguard, clusterd and joind in drone i
+  local i=$1 ns=${nss[$(($1 - 1))]}
+  ip netns exec "$ns" "$bin/netguard" --policy "n$i/cluster.toml" --trust "n$i/operator.pub" \
     --key "n$i/node.key" --state "n$i/accepted.json" --interface "tyd${id}w$i" \
     --quarantine "n$i/quarantine.json" --backend userspace --drift 1s 2> "n$i/netguard.log" &
   pids+=($!)
-  ip netns exec "${nss[$((i - 1))]}" "$bin/clusterd" --policy "n$i/cluster.toml" --trust "n$i/operator.pub" \
+  ip netns exec "$ns" "$bin/clusterd" --policy "n$i/cluster.toml" --trust "n$i/operator.pub" \
     --key "n$i/node.key" --state "n$i/clusterd.json" --certainty-socket none \
     --quarantine "n$i/quarantine.json" --view "n$i/cluster-status.json" 2> "n$i/clusterd.log" &
   pids+=($!)
-done
+  local master=()
+  [ "${2:-}" = master ] && master=(--operator-key "n$i/operator.key")
+  ip netns exec "$ns" "$bin/joind" --policy "n$i/cluster.toml" --trust "n$i/operator.pub" \
+    --key "n$i/node.key" --tokens "n$i/tokens.json" "${master[@]}" 2> "n$i/joind.log" &
+  pids+=($!)
+}
+
+step "drone1: tyd -f init (the operator key, a signed policy with drone1 as master, a token)"
+in_ns "${nss[0]}" "$bin/tyd" -f init --endpoint 198.18.0.1 --cluster demo --name drone1 --dir n1 \
+  --tokens n1/tokens.json --uses 2 | tee n1/init.out
+token=$(grep -o -- '--token [a-z0-9.]*' n1/init.out | cut -d' ' -f2)
+fingerprint=$(grep -o -- '--operator blake3:[0-9a-f]*' n1/init.out | cut -d' ' -f2)
+# These namespaces run no certaintyd (it guards a RAM root: see the drone demo), so the demo
+# policy does not require one; clusterd still quarantines nodes that fall silent.
+sed -i 's/^require_certainty = true/require_certainty = false/' n1/cluster.toml
+"$bin/tyd" policy sign n1/cluster.toml --key n1/operator.key --bump >/dev/null
+start_node 1 master
+sleep 0.5
+
+step "drone2: tyd -m 198.18.0.1 (join through a member); drone3: tyd -m any (find one by broadcast)"
+in_ns "${nss[1]}" "$bin/tyd" -m 198.18.0.1 --token "$token" --operator "$fingerprint" --dir n2 --name drone2
+start_node 2
+in_ns "${nss[2]}" "$bin/tyd" -m any --token "$token" --operator "$fingerprint" --dir n3 --name drone3
+start_node 3
 for t in $(seq 1 100); do
   in_ns "${nss[0]}" ping -c1 -W1 10.77.0.2 >/dev/null 2>&1 && in_ns "${nss[0]}" ping -c1 -W1 10.77.0.3 >/dev/null 2>&1 && break
   sleep 0.2
@@ -132,7 +136,7 @@ echo "rogue -> drone2 198.18.0.2:4660 on the LAN: refused (dropped, counted)"
 if tcp_try "${nss[0]}" 198.18.0.2 4660; then echo "FAIL: drone1 reached drone2 outside the tunnel" >&2; exit 1; fi
 echo "drone1 -> drone2 198.18.0.2:4660 outside the tunnel: refused"
 
-step "an established flow from drone3, then drone3 is removed from the policy"
+step "an established flow from drone3, then drone3 leaves the cluster (tyd leave)"
 ip netns exec "${nss[2]}" python3 - <<'PY' &
 import socket, time, sys
 s = socket.create_connection(("10.77.0.2", 4660), timeout=2)
@@ -146,12 +150,10 @@ except OSError as e:
 PY
 flow=$!
 sleep 1
-"$bin/tyd" node remove cluster.toml drone3 >/dev/null
-"$bin/tyd" policy sign cluster.toml --key operator.key
-# Put in force on drone1 only (from another machine: scp, then ssh MEMBER tyd policy push).
-"$bin/tyd" policy push cluster.toml --trust operator.key.pub --to n1/cluster.toml
-for t in $(seq 1 50); do grep -q "source=peer" n2/clusterd.log && break; sleep 0.1; done
-echo "drone2 got it from its peer: $(grep -o 'policy accepted source=peer:[0-9]* cluster=[a-z]* serial=[0-9]*' n2/clusterd.log | tail -n 1)"
+# drone3 leaves: it asks the master through its tunnel; clusterd carries the new policy on.
+in_ns "${nss[2]}" "$bin/tyd" leave --dir n3
+for t in $(seq 1 50); do grep -q "node 3 (drone3) removed" n2/netguard.log && break; sleep 0.1; done
+echo "drone2 got the new policy from its peer: $(grep -o 'policy accepted source=peer:[0-9]* cluster=[a-z]* serial=[0-9]*' n2/clusterd.log | tail -n 1)"
 wait "$flow" || true
 if tcp_try "${nss[2]}" 10.77.0.2 4660; then echo "FAIL: removed drone3 still connects" >&2; exit 1; fi
 echo "drone3 -> drone2 new connection: refused"
