@@ -200,4 +200,70 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
     // Leaving again: it is no member now.
     let (code, _, err) = lab.tyd_in(3, &["leave", "--dir", &dir(&lab, 3)]);
     assert_ne!(code, 0, "{err}");
+
+    // d4 comes back without a token: its join waits until the operator, seeing the same code
+    // on the master as on d4, approves it.
+    std::fs::remove_file(lab.members[3].dir.join("cluster.toml")).unwrap();
+    let mut joiner = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.members[3].ns])
+        .arg(lab::workspace_bin("tyd"))
+        .args([
+            "join",
+            "198.18.0.1",
+            "--operator",
+            &fingerprint,
+            "--dir",
+            &dir(&lab, 3),
+        ])
+        .args(["--name", "d4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = joiner.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let shown = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let code = shown
+        .split_whitespace()
+        .find(|w| w.len() == 7 && w.as_bytes()[3] == b'-')
+        .unwrap_or_else(|| panic!("no code in {shown:?}"))
+        .to_string();
+    let pending = format!("{d1}/pending.json");
+    let mut listed = String::new();
+    wait_for(
+        "the join waiting on the master",
+        Duration::from_secs(5),
+        || {
+            listed = lab.tyd_in(0, &["join", "list", "--pending", &pending]).1;
+            listed.lines().count() > 1
+        },
+    );
+    let row = listed.lines().nth(1).unwrap();
+    assert!(
+        row.contains(&code),
+        "the master shows another code: {row} (d4 showed {code})"
+    );
+    let id = row.split_whitespace().next().unwrap().to_string();
+    let (c, out, err) = lab.tyd_in(0, &["join", "approve", &id, "--pending", &pending]);
+    assert_eq!(c, 0, "{out}{err}");
+    let out = joiner.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("as node 4 (d4)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -73,6 +73,39 @@ pub fn join(
     check(answer, fingerprint, public_key, Timestamp::now())
 }
 
+/// A join without a token: sends the request, calls `show_code` with the code the operator
+/// must see in `tyd join list` on the master, then waits up to `wait` for the decision.
+pub fn join_with_approval(
+    member: SocketAddr,
+    fingerprint: &str,
+    public_key: &WgPublicKey,
+    name: Option<String>,
+    wait: Duration,
+    show_code: impl FnOnce(&str),
+) -> Result<Joined, JoinError> {
+    let stream =
+        TcpStream::connect_timeout(&member, TIMEOUT).map_err(|e| JoinError::Connect(member, e))?;
+    let _ = stream.set_write_timeout(Some(TIMEOUT));
+    let _ = stream.set_read_timeout(Some(wait + TIMEOUT));
+    let local = stream
+        .local_addr()
+        .map_err(|e| JoinError::Connect(member, e))?;
+    let wire_err = |e| JoinError::Wire(member, e);
+    let (mut ch, code) = wire::connect_for_approval(stream).map_err(wire_err)?;
+    let req = JoinRequest {
+        public_key: public_key.to_base64(),
+        name,
+        endpoint: SocketAddr::new(local.ip(), 0),
+    };
+    ch.send(&serde_json::to_vec(&req).unwrap_or_default())
+        .map_err(wire_err)?;
+    show_code(&code);
+    let raw = ch.receive().map_err(wire_err)?;
+    let answer: JoinAnswer = serde_json::from_slice(&raw)
+        .map_err(|e| JoinError::Malformed(policy::parse::shown(&e.to_string())))?;
+    check(answer, fingerprint, public_key, Timestamp::now())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
     #[error(transparent)]

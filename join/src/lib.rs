@@ -1,7 +1,8 @@
 //! Joining a cluster with one command (CHAOS's `tyd -m <ip>`), without a shared secret.
 //!
 //! `admit`: what a master decides about a request (pure). `guard`: connection limit and
-//! per-source back-off (pure). `service`: the master's admission and a member's relay.
+//! per-source back-off (pure). `pending`: joins without a token waiting for approval.
+//! `service`: the master's admission and a member's relay.
 //! `client`: the joiner's side, checking what comes back. `discover`: `tyd join any`. `token`: join tokens (`<id>.<secret>`), and the master's store of them (derived keys only,
 //! uses, expiry, roles, revocation). `wire`: the exchange on the wire, a Noise `NNpsk0`
 //! handshake keyed by the token (the `snow` crate), then the request and the answer.
@@ -10,6 +11,7 @@ pub mod admit;
 pub mod client;
 pub mod discover;
 pub mod guard;
+pub mod pending;
 pub mod service;
 pub mod token;
 pub mod wire;

@@ -151,6 +151,10 @@ impl Node {
                 warn!(token = %token, reason = %reason, source = %from.ip(), "join refused");
                 true
             }
+            Outcome::ApprovalEnded { code, result } => {
+                info!(code = %code, result = %result, source = %from.ip(), "join without a token ended");
+                true
+            }
             Outcome::Left { id, name, serial } => {
                 info!(node = id, name = %name, serial, "node left at its own request; the new policy is signed and in place");
                 true

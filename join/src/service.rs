@@ -17,11 +17,20 @@ use policy::fsutil::atomic_write;
 use policy::{OperatorPublicKey, Role};
 
 use crate::admit::{Admission, JoinAnswer, JoinRequest, decide};
+use crate::pending::{Decision, PendingStore};
 use crate::token::{TokenId, TokenStore};
 use crate::wire::{self, Hello, WireError};
 
 /// A request is a key, a name and an address: a few hundred bytes.
 const MAX_REQUEST: usize = 4096;
+/// How long a join without a token waits for the operator's decision.
+pub const APPROVAL_WAIT: Duration = Duration::from_secs(600);
+
+/// Where the joins waiting for approval are kept: beside the tokens.
+pub fn pending_path(tokens: &std::path::Path) -> PathBuf {
+    tokens.with_file_name("pending.json")
+}
+
 /// How long a relay waits to reach a master.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -45,6 +54,11 @@ pub enum LeaveAnswer {
 /// How one join connection ended, for the log.
 #[derive(Debug)]
 pub enum Outcome {
+    /// A join without a token ended: approved, denied, refused or timed out.
+    ApprovalEnded {
+        code: String,
+        result: String,
+    },
     /// A member left (removed at its own request).
     Left {
         id: u16,
@@ -91,6 +105,10 @@ pub struct Master {
     pub policy: PathBuf,
     pub operator: SigningKey,
     pub tokens: PathBuf,
+    /// Joins without a token waiting for the operator (`tyd join list`), beside the tokens.
+    pub pending: PathBuf,
+    /// How long such a join waits for a decision.
+    pub approval_wait: Duration,
     /// One admission at a time: each reads the policy the previous one wrote.
     lock: Mutex<()>,
 }
@@ -100,7 +118,9 @@ impl Master {
         Self {
             policy,
             operator,
+            pending: pending_path(&tokens),
             tokens,
+            approval_wait: APPROVAL_WAIT,
             lock: Mutex::new(()),
         }
     }
@@ -122,6 +142,13 @@ impl Master {
                 Source::Tunnel(ip) => self.serve_leave(stream, ip),
                 Source::Lan(_) => Outcome::Failed(WireError::NotJoin),
             },
+            Ok(Hello::Approval) => {
+                let seen = match from {
+                    Source::Lan(ip) => Some(ip),
+                    Source::Tunnel(_) => None,
+                };
+                self.serve_approval(stream, seen)
+            }
         }
     }
 
@@ -244,15 +271,9 @@ impl Master {
                 },
             )
         };
-        let raw = ch.receive_limited(MAX_REQUEST)?;
-        let req: JoinRequest = match serde_json::from_slice(&raw) {
+        let req = match read_request(ch)? {
             Ok(r) => r,
-            Err(e) => {
-                return Ok(refused(format!(
-                    "malformed request: {}",
-                    policy::parse::shown(&e.to_string())
-                )));
-            }
+            Err(reason) => return Ok(refused(reason)),
         };
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let now = Timestamp::now();
@@ -262,81 +283,250 @@ impl Master {
             Ok(t) => t.roles.clone(),
             Err(r) => return Ok(refused(r.to_string())),
         };
-        let edit = PolicyEdit::open(&self.policy).map_err(|e| ServeError::Master(e.to_string()))?;
-        let current = edit
-            .current(now)
-            .map_err(|e| ServeError::Master(e.to_string()))?;
-        let operator_key = OperatorPublicKey::from(&self.operator).to_base64();
-        match decide(&current, &req, seen, &roles) {
-            Err(r) => Ok(refused(r.to_string())),
-            Ok(Admission::Already { id: node, name }) => {
-                let read = |p: &std::path::Path| {
-                    policy::fsutil::read(p).map_err(|e| ServeError::Master(e.to_string()))
-                };
-                let text = read(&self.policy)?;
-                let sig = read(&policy::signature_path(&self.policy))?;
-                Ok((
-                    JoinAnswer::Accepted {
-                        node: node.get(),
-                        name: name.clone(),
-                        policy: String::from_utf8_lossy(&text).into_owned(),
-                        signature: String::from_utf8_lossy(&sig).into_owned(),
-                        operator_key,
-                    },
-                    Outcome::Already {
-                        token: id.clone(),
-                        id: node.get(),
-                        name,
-                    },
-                ))
-            }
+        // The token is spent before the policy is written: a crash between the two costs a
+        // use, never grants a second join.
+        let spend = || {
+            store.consume(id);
+            store.save(&self.tokens).map_err(|e| e.to_string())
+        };
+        Ok(match self.add(&req, seen, &roles, spend)? {
+            Added::Refused(reason) => refused(reason),
+            Added::Already { node, name, answer } => (
+                answer,
+                Outcome::Already {
+                    token: id.clone(),
+                    id: node,
+                    name,
+                },
+            ),
+            Added::New {
+                node,
+                name,
+                serial,
+                answer,
+            } => (
+                answer,
+                Outcome::Joined {
+                    token: id.clone(),
+                    id: node,
+                    name,
+                    serial,
+                },
+            ),
+        })
+    }
+
+    /// Decides on `req` and, if it is a new node, calls `before_write` (spending a token) and
+    /// writes the signed policy with it. The caller holds the lock.
+    fn add(
+        &self,
+        req: &JoinRequest,
+        seen: Option<IpAddr>,
+        roles: &[Role],
+        before_write: impl FnOnce() -> Result<(), String>,
+    ) -> Result<Added, ServeError> {
+        let now = Timestamp::now();
+        let master = |e: String| ServeError::Master(e);
+        let mut edit = PolicyEdit::open(&self.policy).map_err(|e| master(e.to_string()))?;
+        let current = edit.current(now).map_err(|e| master(e.to_string()))?;
+        let (node, name, serial) = match decide(&current, req, seen, roles) {
+            Err(r) => return Ok(Added::Refused(r.to_string())),
+            Ok(Admission::Already { id, name }) => (id.get(), name, None),
             Ok(Admission::Add(new)) => {
-                let mut edit = edit;
-                edit.add_node(&new)
-                    .map_err(|e| ServeError::Master(e.to_string()))?;
-                // The token is spent before the policy is written: a crash between the two
-                // costs a use, never grants a second join.
-                store.consume(id);
-                store
-                    .save(&self.tokens)
-                    .map_err(|e| ServeError::Master(e.to_string()))?;
-                let p = self
-                    .sign_and_write(edit, &current, now)
-                    .map_err(ServeError::Master)?;
-                let text = policy::fsutil::read(&self.policy)
-                    .map_err(|e| ServeError::Master(e.to_string()))?;
-                let sig = policy::fsutil::read(&policy::signature_path(&self.policy))
-                    .map_err(|e| ServeError::Master(e.to_string()))?;
-                Ok((
-                    JoinAnswer::Accepted {
-                        node: new.id.get(),
-                        name: new.name.clone(),
-                        policy: String::from_utf8_lossy(&text).into_owned(),
-                        signature: String::from_utf8_lossy(&sig).into_owned(),
-                        operator_key,
-                    },
-                    Outcome::Joined {
-                        token: id.clone(),
-                        id: new.id.get(),
-                        name: new.name,
-                        serial: p.cluster.serial,
-                    },
-                ))
+                edit.add_node(&new).map_err(|e| master(e.to_string()))?;
+                before_write().map_err(master)?;
+                let p = self.sign_and_write(edit, &current, now).map_err(master)?;
+                (new.id.get(), new.name, Some(p.cluster.serial))
+            }
+        };
+        let read = |p: &std::path::Path| {
+            policy::fsutil::read(p)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|e| master(e.to_string()))
+        };
+        let answer = JoinAnswer::Accepted {
+            node,
+            name: name.clone(),
+            policy: read(&self.policy)?,
+            signature: read(&policy::signature_path(&self.policy))?,
+            operator_key: OperatorPublicKey::from(&self.operator).to_base64(),
+        };
+        Ok(match serial {
+            Some(serial) => Added::New {
+                node,
+                name,
+                serial,
+                answer,
+            },
+            None => Added::Already { node, name, answer },
+        })
+    }
+
+    /// A join without a token: recorded as waiting with its code, answered when the
+    /// operator approves or denies it (`tyd join approve|deny`), or refused after the wait.
+    fn serve_approval<S: Read + Write>(&self, stream: S, seen: Option<IpAddr>) -> Outcome {
+        let (mut ch, code) = match wire::accept_for_approval(stream) {
+            Ok(x) => x,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let (answer, outcome) = match self.await_approval(&mut ch, &code, seen) {
+            Ok(x) => x,
+            Err(ServeError::Wire(e)) => return Outcome::Failed(e),
+            Err(ServeError::Master(reason)) => (
+                JoinAnswer::Refused {
+                    reason: "the master could not admit this node; its log says why".into(),
+                },
+                Outcome::ApprovalEnded {
+                    code,
+                    result: reason,
+                },
+            ),
+        };
+        let bytes = serde_json::to_vec(&answer).unwrap_or_default();
+        let _ = ch.send(&bytes);
+        outcome
+    }
+
+    fn await_approval<S: Read + Write>(
+        &self,
+        ch: &mut wire::Channel<S>,
+        code: &str,
+        seen: Option<IpAddr>,
+    ) -> Result<(JoinAnswer, Outcome), ServeError> {
+        let ended = |answer: JoinAnswer, result: String| {
+            (
+                answer,
+                Outcome::ApprovalEnded {
+                    code: code.to_string(),
+                    result,
+                },
+            )
+        };
+        let refused = |reason: String| {
+            ended(
+                JoinAnswer::Refused {
+                    reason: reason.clone(),
+                },
+                reason,
+            )
+        };
+        let req = match read_request(ch)? {
+            Ok(r) => r,
+            Err(reason) => return Ok(refused(reason)),
+        };
+        let roles = [Role::Drone];
+        let master = |e: String| ServeError::Master(e);
+        // Refused at once when it could never be admitted (a taken name, a foreign address).
+        {
+            let now = Timestamp::now();
+            let current = PolicyEdit::open(&self.policy)
+                .and_then(|e| e.current(now))
+                .map_err(|e| master(e.to_string()))?;
+            if let Err(r) = decide(&current, &req, seen, &roles) {
+                return Ok(refused(r.to_string()));
             }
         }
+        let id = {
+            let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending =
+                PendingStore::load(&self.pending).map_err(|e| master(e.to_string()))?;
+            let now = Timestamp::now();
+            pending.prune(now, self.approval_wait);
+            let id = match pending.add(&req, code, seen, now) {
+                Ok(id) => id,
+                Err(full) => return Ok(refused(full.to_string())),
+            };
+            pending
+                .save(&self.pending)
+                .map_err(|e| master(e.to_string()))?;
+            id
+        };
+        let until = std::time::Instant::now() + self.approval_wait;
+        while std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(250));
+            let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending =
+                PendingStore::load(&self.pending).map_err(|e| master(e.to_string()))?;
+            let decision = pending.get(id).map(|r| r.decision);
+            match decision {
+                None => return Ok(refused("the request was withdrawn on the master".into())),
+                Some(Decision::Waiting) => continue,
+                Some(Decision::Denied) => {
+                    pending.remove(id);
+                    pending
+                        .save(&self.pending)
+                        .map_err(|e| master(e.to_string()))?;
+                    return Ok(refused("denied by the operator".into()));
+                }
+                Some(Decision::Approved) => {
+                    pending.remove(id);
+                    pending
+                        .save(&self.pending)
+                        .map_err(|e| master(e.to_string()))?;
+                    return Ok(match self.add(&req, seen, &roles, || Ok(()))? {
+                        Added::Refused(reason) => refused(reason),
+                        Added::Already { node, answer, .. } => {
+                            ended(answer, format!("approved; already node {node}"))
+                        }
+                        Added::New {
+                            node, name, answer, ..
+                        } => ended(answer, format!("approved; joined as node {node} ({name})")),
+                    });
+                }
+            }
+        }
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(mut pending) = PendingStore::load(&self.pending) {
+            pending.remove(id);
+            let _ = pending.save(&self.pending);
+        }
+        Ok(refused(format!(
+            "no decision within {}",
+            policy::model::duration::format(&self.approval_wait)
+        )))
     }
 }
 
+/// What [`Master::add`] did.
+enum Added {
+    Refused(String),
+    Already {
+        node: u16,
+        name: String,
+        answer: JoinAnswer,
+    },
+    New {
+        node: u16,
+        name: String,
+        serial: u64,
+        answer: JoinAnswer,
+    },
+}
+
+/// The request, or why it is refused (malformed).
+fn read_request<S: Read + Write>(
+    ch: &mut wire::Channel<S>,
+) -> Result<Result<JoinRequest, String>, ServeError> {
+    let raw = ch.receive_limited(MAX_REQUEST)?;
+    Ok(serde_json::from_slice(&raw).map_err(|e| {
+        format!(
+            "malformed request: {}",
+            policy::parse::shown(&e.to_string())
+        )
+    }))
+}
+
 /// Relays a join from `client` to the first master that answers, bytes only, until either
-/// side ends or is silent for `idle`. Only a join hello is relayed: anything else (a leave,
-/// which a master believes only from a member's own tunnel address) is refused here.
+/// side ends or is silent for `idle`. Only joins (with a token, or waiting for approval) are
+/// relayed: a leave, which a master believes only from a member's own tunnel address, is
+/// refused here.
 pub fn relay(
     mut client: TcpStream,
     masters: &[SocketAddr],
     idle: Duration,
 ) -> Result<SocketAddr, RelayError> {
     let hello = wire::read_hello(&mut client).map_err(RelayError::Hello)?;
-    if !matches!(hello, Hello::Join(_)) {
+    if hello == Hello::Leave {
         return Err(RelayError::Hello(WireError::NotJoin));
     }
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no master in the policy");

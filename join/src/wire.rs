@@ -192,9 +192,15 @@ pub enum Hello {
     /// A member asking to be removed (only believed through the tunnel: the source address
     /// is the node).
     Leave,
+    /// A join without a token, waiting for the operator's approval on the master.
+    Approval,
 }
 
 const LEAVE_MAGIC: &[u8; 4] = b"TYDL";
+const APPROVAL_MAGIC: &[u8; 4] = b"TYDA";
+/// The unauthenticated handshake of a join that waits for approval: both ends show a code
+/// from its hash, and the operator approves only if they match (no one in the middle).
+const APPROVAL_PATTERN: &str = "Noise_NN_25519_ChaChaPoly_BLAKE2s";
 const HELLO_LEN: usize = 4 + 1 + crate::token::ID_LEN;
 
 impl Hello {
@@ -211,6 +217,11 @@ impl Hello {
                 out.push(VERSION);
                 out.extend_from_slice(&[b'-'; crate::token::ID_LEN]);
             }
+            Hello::Approval => {
+                out.extend_from_slice(APPROVAL_MAGIC);
+                out.push(VERSION);
+                out.extend_from_slice(&[b'-'; crate::token::ID_LEN]);
+            }
         }
         out
     }
@@ -220,8 +231,8 @@ impl Hello {
 pub fn read_hello(stream: &mut impl Read) -> Result<Hello, WireError> {
     let mut hello = [0u8; HELLO_LEN];
     read_exact(stream, &mut hello)?;
-    let leave = &hello[..4] == LEAVE_MAGIC;
-    if &hello[..4] != MAGIC && !leave {
+    let (leave, approval) = (&hello[..4] == LEAVE_MAGIC, &hello[..4] == APPROVAL_MAGIC);
+    if &hello[..4] != MAGIC && !leave && !approval {
         return Err(WireError::NotJoin);
     }
     if hello[4] != VERSION {
@@ -229,6 +240,9 @@ pub fn read_hello(stream: &mut impl Read) -> Result<Hello, WireError> {
     }
     if leave {
         return Ok(Hello::Leave);
+    }
+    if approval {
+        return Ok(Hello::Approval);
     }
     let id = String::from_utf8_lossy(&hello[5..]).into_owned();
     TokenId::try_from(id)
@@ -261,6 +275,58 @@ pub fn accept<S: Read + Write>(
     stream.flush()?;
     let noise = hs.into_transport_mode().map_err(noise_err)?;
     Ok(Channel { stream, noise })
+}
+
+/// The code both ends of an approval join show: 6 digits from the handshake hash, grouped.
+fn approval_code(hash: &[u8]) -> String {
+    let h = blake3::derive_key("tyd join approval code 2026-11", hash);
+    let n = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % 1_000_000;
+    format!("{:03}-{:03}", n / 1000, n % 1000)
+}
+
+fn unauthenticated(initiator: bool) -> Result<snow::HandshakeState, WireError> {
+    let params = APPROVAL_PATTERN.parse().map_err(noise_err)?;
+    let b = snow::Builder::new(params)
+        .prologue(b"tyd join v1 approval")
+        .map_err(noise_err)?;
+    if initiator {
+        b.build_initiator().map_err(noise_err)
+    } else {
+        b.build_responder().map_err(noise_err)
+    }
+}
+
+/// The joiner's side of a join without a token: the channel and the code to show.
+pub fn connect_for_approval<S: Read + Write>(
+    mut stream: S,
+) -> Result<(Channel<S>, String), WireError> {
+    stream.write_all(&Hello::Approval.to_bytes())?;
+    let mut hs = unauthenticated(true)?;
+    let mut buf = vec![0u8; NOISE_MAX];
+    let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
+    write_frame(&mut stream, &buf[..n])?;
+    stream.flush()?;
+    let frame = read_frame(&mut stream)?;
+    hs.read_message(&frame, &mut buf).map_err(noise_err)?;
+    let code = approval_code(hs.get_handshake_hash());
+    let noise = hs.into_transport_mode().map_err(noise_err)?;
+    Ok((Channel { stream, noise }, code))
+}
+
+/// The master's side, after [`read_hello`] said `Approval`: the channel and the code.
+pub fn accept_for_approval<S: Read + Write>(
+    mut stream: S,
+) -> Result<(Channel<S>, String), WireError> {
+    let mut hs = unauthenticated(false)?;
+    let mut buf = vec![0u8; NOISE_MAX];
+    let frame = read_frame(&mut stream)?;
+    hs.read_message(&frame, &mut buf).map_err(noise_err)?;
+    let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
+    write_frame(&mut stream, &buf[..n])?;
+    stream.flush()?;
+    let code = approval_code(hs.get_handshake_hash());
+    let noise = hs.into_transport_mode().map_err(noise_err)?;
+    Ok((Channel { stream, noise }, code))
 }
 
 #[cfg(test)]
@@ -343,6 +409,27 @@ mod tests {
         read_frame(&mut a).unwrap();
         write_frame(&mut a, &[0u8; 64]).unwrap();
         assert!(matches!(m.join().unwrap(), Err(WireError::Handshake)));
+    }
+
+    #[test]
+    fn both_ends_of_an_approval_join_show_the_same_code_and_another_connection_another() {
+        let run = || {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            let master = std::thread::spawn(move || {
+                assert_eq!(read_hello(&mut b).unwrap(), Hello::Approval);
+                accept_for_approval(b).map(|(_, code)| code).unwrap()
+            });
+            let (_, code) = connect_for_approval(a).unwrap();
+            (code, master.join().unwrap())
+        };
+        let (joiner, master) = run();
+        assert_eq!(joiner, master);
+        assert_eq!(joiner.len(), 7, "{joiner}");
+        let (other, _) = run();
+        assert_ne!(
+            joiner, other,
+            "codes must differ per connection (a man in the middle shows two)"
+        );
     }
 
     #[test]

@@ -394,4 +394,112 @@ fn a_relay_forwards_joins_only() {
     assert_eq!(got, join::wire::Hello::Join(t.id));
     drop(at_master);
     assert_eq!(relayed.join().unwrap().unwrap(), master_addr);
+    // So is a join waiting for approval.
+    let (c, s) = send(join::wire::Hello::Approval.to_bytes());
+    drop(c);
+    let relayed = std::thread::spawn(move || {
+        join::service::relay(s, &[master_addr], Duration::from_secs(1)).map_err(|e| e.to_string())
+    });
+    let (mut at_master, _) = master.accept().unwrap();
+    assert_eq!(
+        join::wire::read_hello(&mut at_master).unwrap(),
+        join::wire::Hello::Approval
+    );
+    drop(at_master);
+    assert!(relayed.join().unwrap().is_ok());
+}
+
+/// A join without a token, over an in-memory stream: the joiner's code (sent back on
+/// `codes`), and what it finally got.
+fn approval_attempt(
+    master: Arc<Master>,
+    req: JoinRequest,
+) -> (
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<Result<JoinAnswer, String>>,
+) {
+    let (a, b) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || master.serve(b, RELAYED));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let joiner = std::thread::spawn(move || {
+        let (mut ch, code) = join::wire::connect_for_approval(a).map_err(|e| e.to_string())?;
+        ch.send(&serde_json::to_vec(&req).unwrap())
+            .map_err(|e| e.to_string())?;
+        tx.send(code).unwrap();
+        let raw = ch.receive().map_err(|e| e.to_string())?;
+        serde_json::from_slice(&raw).map_err(|e| e.to_string())
+    });
+    (rx, joiner)
+}
+
+fn waiting(m: &Master) -> Vec<join::pending::Pending> {
+    join::pending::PendingStore::load(&m.pending)
+        .unwrap()
+        .requests
+}
+
+#[test]
+fn a_join_without_a_token_waits_for_the_operator_who_sees_the_joiners_code() {
+    let lab = lab();
+    let mut m = Master::new(
+        lab.policy.clone(),
+        SigningKey::from_bytes(&[7; 32]),
+        lab.tokens.clone(),
+    );
+    m.approval_wait = Duration::from_secs(3);
+    let m = Arc::new(m);
+    let pending = m.pending.clone();
+
+    // Approved: the operator finds it by its code.
+    let (codes, joiner) = approval_attempt(m.clone(), request(5, Some("web-1")));
+    let code = codes.recv().unwrap();
+    let entry = loop {
+        if let Some(e) = waiting(&m).into_iter().next() {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        entry.code, code,
+        "the master shows another code than the joiner"
+    );
+    let mut store = join::pending::PendingStore::load(&pending).unwrap();
+    store
+        .decide(entry.id, join::pending::Decision::Approved)
+        .unwrap();
+    store.save(&pending).unwrap();
+    let answer = joiner.join().unwrap().unwrap();
+    let joined = check(answer, &lab.fingerprint, &key(5), Timestamp::now()).unwrap();
+    assert_eq!((joined.node, joined.name.as_str()), (2, "web-1"));
+    assert!(waiting(&m).is_empty());
+
+    // Denied.
+    let (codes, joiner) = approval_attempt(m.clone(), request(6, None));
+    codes.recv().unwrap();
+    let id = loop {
+        if let Some(e) = waiting(&m).into_iter().next() {
+            break e.id;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut store = join::pending::PendingStore::load(&pending).unwrap();
+    store.decide(id, join::pending::Decision::Denied).unwrap();
+    store.save(&pending).unwrap();
+    let got = joiner.join().unwrap();
+    assert!(
+        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("denied")),
+        "{got:?}"
+    );
+
+    // Nobody decides: refused after the wait, and the entry is gone.
+    let before = std::fs::read(&lab.policy).unwrap();
+    let (codes, joiner) = approval_attempt(m.clone(), request(7, None));
+    codes.recv().unwrap();
+    let got = joiner.join().unwrap();
+    assert!(
+        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("no decision")),
+        "{got:?}"
+    );
+    assert!(waiting(&m).is_empty());
+    assert_eq!(std::fs::read(&lab.policy).unwrap(), before);
 }

@@ -140,7 +140,8 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
 #[derive(Debug)]
 pub struct JoinArgs<'a> {
     pub member: &'a str,
-    pub token: &'a str,
+    /// None: wait for the operator's approval.
+    pub token: Option<&'a str>,
     pub operator: &'a str,
     pub dir: &'a Path,
     pub key: Option<&'a Path>,
@@ -162,9 +163,10 @@ fn member_addr(member: &str) -> CliResult<SocketAddr> {
 }
 
 pub fn join(a: &JoinArgs<'_>) -> CliResult {
-    let token: Token = a
+    let token: Option<Token> = a
         .token
-        .parse()
+        .map(str::parse)
+        .transpose()
         .map_err(|e: join::token::TokenError| Failure::new(Exit::Usage, format!("--token: {e}")))?;
     let member = if a.member == "any" {
         let port = policy::model::default_join_port();
@@ -201,8 +203,24 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         .key
         .map_or_else(|| a.dir.join("node.key"), Path::to_path_buf);
     let me = node_key(&key_path)?;
-    let joined = join::client::join(member, &token, a.operator, &me, a.name.map(String::from), 0)
-        .map_err(|e| {
+    let joined = match &token {
+        Some(token) => {
+            join::client::join(member, token, a.operator, &me, a.name.map(String::from), 0)
+        }
+        None => join::client::join_with_approval(
+            member,
+            a.operator,
+            &me,
+            a.name.map(String::from),
+            join::service::APPROVAL_WAIT,
+            |code| {
+                eprintln!(
+                    "waiting for the operator's approval: on a master, `tyd join list` must show code {code} for this node; then `tyd join approve ID`"
+                );
+            },
+        ),
+    }
+    .map_err(|e| {
         let exit = match &e {
             join::client::JoinError::Connect(..) | join::client::JoinError::Wire(..) => {
                 Exit::Runtime
@@ -306,4 +324,73 @@ pub fn leave(dir: &Path, key: Option<&Path>, now: Timestamp) -> CliResult {
         Exit::Runtime,
         format!("cannot reach a master: {last}"),
     ))
+}
+
+/// `tyd join list|approve|deny`, on a master.
+#[derive(Debug, clap::Subcommand)]
+pub enum Decide {
+    /// Joins without a token waiting for approval: id, code (it must match the one the
+    /// joiner shows), key, name, address.
+    List {
+        #[arg(long, default_value = "/var/lib/tyd/pending.json")]
+        pending: PathBuf,
+    },
+    /// Admit a waiting join (check its code first).
+    Approve {
+        id: u32,
+        #[arg(long, default_value = "/var/lib/tyd/pending.json")]
+        pending: PathBuf,
+    },
+    /// Refuse a waiting join.
+    Deny {
+        id: u32,
+        #[arg(long, default_value = "/var/lib/tyd/pending.json")]
+        pending: PathBuf,
+    },
+}
+
+pub fn decide(d: Decide, now: Timestamp) -> CliResult {
+    use join::pending::{Decision, PendingStore};
+    let fail = |e: join::pending::PendingError| Failure::new(Exit::Runtime, e.to_string());
+    let (id, pending, decision) = match d {
+        Decide::List { pending } => {
+            let store = PendingStore::load(&pending).map_err(fail)?;
+            println!(
+                "{:>4}  {:<8} {:<14} {:<12} {:<16} {:<16} waiting",
+                "id", "code", "key", "name", "address", "from"
+            );
+            for r in &store.requests {
+                let waited = now.duration_since(r.since).as_secs().max(0);
+                println!(
+                    "{:>4}  {:<8} {:<14} {:<12} {:<16} {:<16} {waited}s{}",
+                    r.id,
+                    r.code,
+                    format!("{}...", r.public_key.get(..10).unwrap_or(&r.public_key)),
+                    r.name.as_deref().unwrap_or("-"),
+                    r.endpoint,
+                    r.source,
+                    match r.decision {
+                        Decision::Waiting => "",
+                        Decision::Approved => " (approved)",
+                        Decision::Denied => " (denied)",
+                    }
+                );
+            }
+            return Ok(());
+        }
+        Decide::Approve { id, pending } => (id, pending, Decision::Approved),
+        Decide::Deny { id, pending } => (id, pending, Decision::Denied),
+    };
+    let mut store = PendingStore::load(&pending).map_err(fail)?;
+    store.decide(id, decision).map_err(fail)?;
+    store.save(&pending).map_err(fail)?;
+    eprintln!(
+        "join {id} {}; joind answers the joiner within a second",
+        if decision == Decision::Approved {
+            "approved"
+        } else {
+            "denied"
+        }
+    );
+    Ok(())
 }

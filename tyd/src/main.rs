@@ -103,28 +103,7 @@ enum Command {
     /// Join a cluster through any member (CHAOS: `tyd -m <member>`): a token from a master and
     /// the operator key's fingerprint, both printed by `tyd init` or `tyd token create`.
     #[command(after_help = EXIT_CODES_HELP)]
-    Join {
-        /// A member's LAN address (port 7947 unless given), or "any": the first member that
-        /// answers a broadcast on the local segment.
-        member: String,
-        #[arg(long)]
-        token: String,
-        /// The operator key's fingerprint (blake3:...): the cluster must prove it.
-        #[arg(long, required_unless_present = "trust", conflicts_with = "trust")]
-        operator: Option<String>,
-        /// Or the operator's public key file itself (a drone image carries it).
-        #[arg(long)]
-        trust: Option<PathBuf>,
-        /// Where the keys and the policy go.
-        #[arg(long, default_value = "/etc/tyd")]
-        dir: PathBuf,
-        /// This node's WireGuard key (made if missing; default DIR/node.key).
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// The name this node asks for (default: the master picks node<ID>).
-        #[arg(long)]
-        name: Option<String>,
-    },
+    Join(JoinArgs),
     /// Leave the cluster: a master removes this node (asked through the tunnel) and every
     /// member drops it. `tyd node remove` on the operator's copy stays the forced way.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -154,6 +133,36 @@ enum Command {
         #[arg(long)]
         partial: bool,
     },
+}
+
+/// `tyd join <member> ...`, or `tyd join list|approve|deny` on a master.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct JoinArgs {
+    #[command(subcommand)]
+    decide: Option<join_cmd::Decide>,
+    /// A member's LAN address (port 7947 unless given), or "any": the first member that
+    /// answers a broadcast on the local segment.
+    member: Option<String>,
+    /// A join token from a master; without one the join waits for the operator's approval
+    /// (`tyd join list` and `tyd join approve ID` on the master; compare the codes).
+    #[arg(long)]
+    token: Option<String>,
+    /// The operator key's fingerprint (blake3:...): the cluster must prove it.
+    #[arg(long, required_unless_present = "trust", conflicts_with = "trust")]
+    operator: Option<String>,
+    /// Or the operator's public key file itself (a drone image carries it).
+    #[arg(long)]
+    trust: Option<PathBuf>,
+    /// Where the keys and the policy go.
+    #[arg(long, default_value = "/etc/tyd")]
+    dir: PathBuf,
+    /// This node's WireGuard key (made if missing; default DIR/node.key).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The name this node asks for (default: the master picks node<ID>).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,26 +364,30 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
                 now,
             )
         }
-        Command::Join {
-            member,
-            token,
-            operator,
-            trust,
-            dir,
-            key,
-            name,
-        } => join_cmd::join(&join_cmd::JoinArgs {
-            member: &member,
-            token: &token,
-            operator: &match (operator, trust) {
+        Command::Join(JoinArgs {
+            decide: Some(d), ..
+        }) => join_cmd::decide(d, now),
+        Command::Join(a) => {
+            let member = a.member.ok_or_else(|| {
+                failure::Failure::new(
+                    failure::Exit::Usage,
+                    "tyd join needs a member's address, \"any\", or list|approve|deny",
+                )
+            })?;
+            let operator = match (a.operator, a.trust) {
                 (Some(fp), _) => fp,
                 (None, Some(t)) => keygen::operator_fingerprint(&t)?,
                 (None, None) => unreachable_usage()?,
-            },
-            dir: &dir,
-            key: key.as_deref(),
-            name: name.as_deref(),
-        }),
+            };
+            join_cmd::join(&join_cmd::JoinArgs {
+                member: &member,
+                token: a.token.as_deref(),
+                operator: &operator,
+                dir: &a.dir,
+                key: a.key.as_deref(),
+                name: a.name.as_deref(),
+            })
+        }
         Command::Status {
             json,
             cluster: true,
