@@ -90,6 +90,42 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
     );
     assert!(!lab.members[1].dir.join("cluster.toml").exists());
     assert_eq!(lab.file(0, "cluster.toml"), before);
+    // That failure backed d2 off: a connection right now is turned away at once. After the
+    // back-off, a client that connects and says nothing is dropped after the read timeout
+    // (5 s); a hello with a bad version is dropped at once.
+    let (turned_away, slow, garbage) = lab::in_netns(&lab.members[1].ns, || {
+        use std::io::{Read, Write};
+        let t = Instant::now();
+        let mut s = std::net::TcpStream::connect("198.18.0.1:7947").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 1];
+        let _ = s.read(&mut buf);
+        let turned_away = t.elapsed();
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        let mut s = std::net::TcpStream::connect("198.18.0.1:7947").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let _ = s.read(&mut buf);
+        let slow = t.elapsed();
+        std::thread::sleep(Duration::from_secs(1)); // past the back-off that timeout earned
+        let t = Instant::now();
+        let mut s = std::net::TcpStream::connect("198.18.0.1:7947").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(b"TYDJ\x09abcdef").unwrap();
+        let _ = s.read(&mut buf);
+        (turned_away, slow, t.elapsed())
+    });
+    assert!(
+        turned_away < Duration::from_secs(1),
+        "backed-off source held {turned_away:?}"
+    );
+    assert!(
+        slow >= Duration::from_secs(4) && slow < Duration::from_secs(10),
+        "a silent client was held {slow:?}"
+    );
+    assert!(garbage < Duration::from_secs(2), "garbage held {garbage:?}");
+    std::thread::sleep(Duration::from_secs(1)); // past the back-off the garbage earned
+
     // The wrong fingerprint: the joiner refuses the cluster and keeps nothing. (The master
     // had admitted its key: the later join with the same key is a repeat.)
     let other = "blake3:".to_string() + &"0".repeat(64);
