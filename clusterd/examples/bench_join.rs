@@ -10,7 +10,7 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::{Lab, echo_server, wait_for};
+use lab::{Lab, echo_server, join_line, wait_for};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -52,13 +52,7 @@ fn main() {
     );
     let init = t.elapsed();
     assert_eq!(code, 0, "{out}{err}");
-    let line = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("tyd join "))
-        .unwrap();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let after = |flag: &str| words[words.iter().position(|w| *w == flag).unwrap() + 1].to_string();
-    let (token, fingerprint) = (after("--token"), after("--operator"));
+    let (token, fingerprint) = join_line(&out);
     lab.start(0);
     lab.start_joind(0, true);
     for i in 0..n {

@@ -199,9 +199,31 @@ fn a_real_certaintyd_finding_a_change_gets_its_node_quarantined_within_a_second(
     );
 }
 
-/// A member that stands in for a compromised one: from `ns` (its own tunnel address `me`), it
-/// offers `offered` to every peer and claims it in its heartbeats, and serves `policy` and
-/// `signature` to whoever fetches, until `stop` is set.
+/// A member that stands in for a compromised one: from member `i` (its own tunnel address),
+/// for 4 s, it offers serial 99 to `peers` three times a second, claims it in its
+/// heartbeats, and serves `policy` with `signature` to whoever fetches.
+fn hostile_member_offers(lab: &Lab, i: usize, peers: &[String], policy: &str, signature: String) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = hostile_member(
+        &lab.members[i].ns,
+        &lab.members[i].tun,
+        peers.to_vec(),
+        policy.as_bytes().to_vec(),
+        signature.into_bytes(),
+        99,
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+/// What member `i`'s clusterd logged after `before`.
+fn logged_since(lab: &Lab, i: usize, before: &str) -> String {
+    let log = lab.file(i, "clusterd.log");
+    log.get(before.len()..).unwrap_or_default().to_string()
+}
+
 fn hostile_member(
     ns: &str,
     me: &str,
@@ -376,22 +398,15 @@ fn offline_members_catch_up_hostile_members_are_refused_and_removal_reaches_all(
     // First a policy signed by a key the cluster does not trust.
     let forger = SigningKey::from_bytes(&[9; 32]);
     let forged = lab.policy_text(99);
-    let stop = Arc::new(AtomicBool::new(false));
-    let h = hostile_member(
-        &lab.members[d5].ns,
-        &lab.members[d5].tun,
-        peers.clone(),
-        forged.clone().into_bytes(),
-        policy::sign(forged.as_bytes(), &forger).into_bytes(),
-        99,
-        stop.clone(),
+    hostile_member_offers(
+        &lab,
+        d5,
+        &peers,
+        &forged,
+        policy::sign(forged.as_bytes(), &forger),
     );
-    std::thread::sleep(Duration::from_secs(4));
-    stop.store(true, Ordering::Relaxed);
-    h.join().unwrap();
     for (k, &i) in others.iter().enumerate() {
-        let log = lab.file(i, "clusterd.log");
-        let new = log.get(logs_before[k].len()..).unwrap_or_default();
+        let new = logged_since(&lab, i, &logs_before[k]);
         assert_eq!(
             lab.serial_on(i),
             Some(4),
@@ -399,7 +414,7 @@ fn offline_members_catch_up_hostile_members_are_refused_and_removal_reaches_all(
             i + 1
         );
         assert_eq!(
-            count(new, &["fetched policy refused", "from=5"]),
+            count(&new, &["fetched policy refused", "from=5"]),
             1,
             "d{}: one fetch, one line, however often it is offered:\n{new}",
             i + 1
@@ -416,25 +431,18 @@ fn offline_members_catch_up_hostile_members_are_refused_and_removal_reaches_all(
         .map(|&i| lab.file(i, "clusterd.log"))
         .collect();
     let old = lab.policy_text(3);
-    let stop = Arc::new(AtomicBool::new(false));
-    let h = hostile_member(
-        &lab.members[d5].ns,
-        &lab.members[d5].tun,
-        peers,
-        old.clone().into_bytes(),
-        policy::sign(old.as_bytes(), &lab.operator).into_bytes(),
-        99,
-        stop.clone(),
+    hostile_member_offers(
+        &lab,
+        d5,
+        &peers,
+        &old,
+        policy::sign(old.as_bytes(), &lab.operator),
     );
-    std::thread::sleep(Duration::from_secs(4));
-    stop.store(true, Ordering::Relaxed);
-    h.join().unwrap();
     for (k, &i) in others.iter().enumerate() {
-        let log = lab.file(i, "clusterd.log");
-        let new = log.get(logs_before[k].len()..).unwrap_or_default();
+        let new = logged_since(&lab, i, &logs_before[k]);
         assert_eq!(lab.serial_on(i), Some(5), "d{}: rolled back", i + 1);
         assert_eq!(
-            count(new, &["refused", "peer:5"]) + count(new, &["refused", "from=5"]),
+            count(&new, &["refused", "peer:5"]) + count(&new, &["refused", "from=5"]),
             1,
             "d{}: one fetch, one line:\n{new}",
             i + 1

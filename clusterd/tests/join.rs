@@ -8,21 +8,7 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::{Lab, echo_server, root_or_skip, wait_for};
-
-/// The token and the fingerprint from `tyd init`'s "tyd join ..." line.
-fn join_line(init_out: &str) -> (String, String) {
-    let line = init_out
-        .lines()
-        .find(|l| l.trim_start().starts_with("tyd join "))
-        .unwrap_or_else(|| panic!("no join command in:\n{init_out}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let after = |flag: &str| {
-        let i = words.iter().position(|w| *w == flag).unwrap();
-        words[i + 1].to_string()
-    };
-    (after("--token"), after("--operator"))
-}
+use lab::{Lab, echo_server, join_line, root_or_skip, wait_for};
 
 #[test]
 fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {

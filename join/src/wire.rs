@@ -173,15 +173,38 @@ pub fn connect<S: Read + Write>(
     psk: &Psk,
 ) -> Result<Channel<S>, WireError> {
     stream.write_all(&Hello::Join(id.clone()).to_bytes())?;
-    let mut hs = handshake(psk, &prologue(id), true)?;
+    let hs = handshake(psk, &prologue(id), true)?;
+    let (stream, hs) = initiate(stream, hs)?;
+    let noise = hs.into_transport_mode().map_err(noise_err)?;
+    Ok(Channel { stream, noise })
+}
+
+/// The initiator's two handshake messages (`-> e`, `<- e, ee`), empty payloads.
+fn initiate<S: Read + Write>(
+    mut stream: S,
+    mut hs: snow::HandshakeState,
+) -> Result<(S, snow::HandshakeState), WireError> {
     let mut buf = vec![0u8; NOISE_MAX];
     let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
     write_frame(&mut stream, &buf[..n])?;
     stream.flush()?;
     let frame = read_frame(&mut stream)?;
     hs.read_message(&frame, &mut buf).map_err(noise_err)?;
-    let noise = hs.into_transport_mode().map_err(noise_err)?;
-    Ok(Channel { stream, noise })
+    Ok((stream, hs))
+}
+
+/// The responder's side of the same two messages.
+fn respond<S: Read + Write>(
+    mut stream: S,
+    mut hs: snow::HandshakeState,
+) -> Result<(S, snow::HandshakeState), WireError> {
+    let mut buf = vec![0u8; NOISE_MAX];
+    let frame = read_frame(&mut stream)?;
+    hs.read_message(&frame, &mut buf).map_err(noise_err)?;
+    let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
+    write_frame(&mut stream, &buf[..n])?;
+    stream.flush()?;
+    Ok((stream, hs))
 }
 
 /// What a connection to the join port is for, from its first 11 bytes.
@@ -254,7 +277,7 @@ pub fn read_hello(stream: &mut impl Read) -> Result<Hello, WireError> {
 /// (an unknown token) the handshake is still run, with a random key, so it fails the same way
 /// a wrong secret does and the joiner learns nothing about which ids exist.
 pub fn accept<S: Read + Write>(
-    mut stream: S,
+    stream: S,
     id: &TokenId,
     psk: Option<&Psk>,
 ) -> Result<Channel<S>, WireError> {
@@ -266,13 +289,8 @@ pub fn accept<S: Read + Write>(
             &decoy
         }
     };
-    let mut hs = handshake(psk, &prologue(id), false)?;
-    let mut buf = vec![0u8; NOISE_MAX];
-    let frame = read_frame(&mut stream)?;
-    hs.read_message(&frame, &mut buf).map_err(noise_err)?;
-    let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
-    write_frame(&mut stream, &buf[..n])?;
-    stream.flush()?;
+    let hs = handshake(psk, &prologue(id), false)?;
+    let (stream, hs) = respond(stream, hs)?;
     let noise = hs.into_transport_mode().map_err(noise_err)?;
     Ok(Channel { stream, noise })
 }
@@ -301,29 +319,15 @@ pub fn connect_for_approval<S: Read + Write>(
     mut stream: S,
 ) -> Result<(Channel<S>, String), WireError> {
     stream.write_all(&Hello::Approval.to_bytes())?;
-    let mut hs = unauthenticated(true)?;
-    let mut buf = vec![0u8; NOISE_MAX];
-    let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
-    write_frame(&mut stream, &buf[..n])?;
-    stream.flush()?;
-    let frame = read_frame(&mut stream)?;
-    hs.read_message(&frame, &mut buf).map_err(noise_err)?;
+    let (stream, hs) = initiate(stream, unauthenticated(true)?)?;
     let code = approval_code(hs.get_handshake_hash());
     let noise = hs.into_transport_mode().map_err(noise_err)?;
     Ok((Channel { stream, noise }, code))
 }
 
 /// The master's side, after [`read_hello`] said `Approval`: the channel and the code.
-pub fn accept_for_approval<S: Read + Write>(
-    mut stream: S,
-) -> Result<(Channel<S>, String), WireError> {
-    let mut hs = unauthenticated(false)?;
-    let mut buf = vec![0u8; NOISE_MAX];
-    let frame = read_frame(&mut stream)?;
-    hs.read_message(&frame, &mut buf).map_err(noise_err)?;
-    let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
-    write_frame(&mut stream, &buf[..n])?;
-    stream.flush()?;
+pub fn accept_for_approval<S: Read + Write>(stream: S) -> Result<(Channel<S>, String), WireError> {
+    let (stream, hs) = respond(stream, unauthenticated(false)?)?;
     let code = approval_code(hs.get_handshake_hash());
     let noise = hs.into_transport_mode().map_err(noise_err)?;
     Ok((Channel { stream, noise }, code))

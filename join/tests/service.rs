@@ -438,6 +438,16 @@ fn waiting(m: &Master) -> Vec<join::pending::Pending> {
         .requests
 }
 
+/// The first waiting join, once there is one.
+fn first_waiting(m: &Master) -> join::pending::Pending {
+    loop {
+        if let Some(e) = waiting(m).into_iter().next() {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_join_without_a_token_waits_for_the_operator_who_sees_the_joiners_code() {
     let lab = lab();
@@ -453,12 +463,7 @@ fn a_join_without_a_token_waits_for_the_operator_who_sees_the_joiners_code() {
     // Approved: the operator finds it by its code.
     let (codes, joiner) = approval_attempt(m.clone(), request(5, Some("web-1")));
     let code = codes.recv().unwrap();
-    let entry = loop {
-        if let Some(e) = waiting(&m).into_iter().next() {
-            break e;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let entry = first_waiting(&m);
     assert_eq!(
         entry.code, code,
         "the master shows another code than the joiner"
@@ -476,12 +481,7 @@ fn a_join_without_a_token_waits_for_the_operator_who_sees_the_joiners_code() {
     // Denied.
     let (codes, joiner) = approval_attempt(m.clone(), request(6, None));
     codes.recv().unwrap();
-    let id = loop {
-        if let Some(e) = waiting(&m).into_iter().next() {
-            break e.id;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let id = first_waiting(&m).id;
     let mut store = join::pending::PendingStore::load(&pending).unwrap();
     store.decide(id, join::pending::Decision::Denied).unwrap();
     store.save(&pending).unwrap();

@@ -578,3 +578,17 @@ pub fn echo_server(ns: &str) {
     });
     rx.recv().unwrap();
 }
+
+/// The token and the operator fingerprint from `tyd init`'s "tyd join ..." line.
+pub fn join_line(init_out: &str) -> (String, String) {
+    let line = init_out
+        .lines()
+        .find(|l| l.trim_start().starts_with("tyd join "))
+        .unwrap_or_else(|| panic!("no join command in:\n{init_out}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |flag: &str| {
+        let i = words.iter().position(|w| *w == flag).unwrap();
+        words[i + 1].to_string()
+    };
+    (after("--token"), after("--operator"))
+}
