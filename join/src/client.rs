@@ -52,7 +52,6 @@ pub fn join(
     fingerprint: &str,
     public_key: &WgPublicKey,
     name: Option<String>,
-    wg_port: u16,
 ) -> Result<Joined, JoinError> {
     let stream =
         TcpStream::connect_timeout(&member, TIMEOUT).map_err(|e| JoinError::Connect(member, e))?;
@@ -64,7 +63,7 @@ pub fn join(
     let req = JoinRequest {
         public_key: public_key.to_base64(),
         name,
-        endpoint: SocketAddr::new(local.ip(), wg_port),
+        endpoint: SocketAddr::new(local.ip(), 0),
     };
     let answer = exchange(stream, token, &req).map_err(|e| match e {
         ExchangeError::Wire(e) => JoinError::Wire(member, e),

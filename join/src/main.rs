@@ -73,6 +73,8 @@ fn install_signals() -> nix::Result<()> {
 
 struct Node {
     args: Args,
+    /// The verified policy and the file stamps it was read at.
+    cache: Mutex<Option<(Stamp, InForce)>>,
     me: WgPublicKey,
     master: Option<Master>,
 }
@@ -85,10 +87,42 @@ struct Tally {
     since: Option<Instant>,
 }
 
+/// (modified, length) of the policy and its signature: they change together when a new
+/// policy is put in place.
+type Stamp = [Option<(std::time::SystemTime, u64)>; 2];
+
+/// The verified policy, or none when the files in place are refused.
+type InForce = Option<Arc<Verified<Policy>>>;
+
+fn stamp(policy: &Path) -> Stamp {
+    let of = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    [of(policy), of(&policy::signature_path(policy))]
+}
+
 impl Node {
-    fn policy(&self) -> Result<Verified<Policy>, String> {
-        policy::load_verified(&self.args.policy, &self.args.trust, Timestamp::now())
-            .map_err(|e| e.to_string())
+    /// The policy in force, verified once per change of its files (not once per connection:
+    /// anyone on the LAN can open connections). A refusal is logged once per change too.
+    fn policy(&self) -> InForce {
+        let now = stamp(&self.args.policy);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, p)) = cache.as_ref()
+            && *at == now
+        {
+            return p.clone();
+        }
+        let loaded = policy::load_verified(&self.args.policy, &self.args.trust, Timestamp::now());
+        let p = match loaded {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                warn!(reason = %e, "no acceptable policy in force: join connections are closed until it changes");
+                None
+            }
+        };
+        *cache = Some((now, p.clone()));
+        p
     }
 
     /// The masters' tunnel addresses on the join port (this node excluded).
@@ -104,12 +138,8 @@ impl Node {
     fn handle(&self, stream: TcpStream, from: SocketAddr) -> bool {
         let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
         let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-        let p = match self.policy() {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(reason = %e, "join connection closed: no acceptable policy in force");
-                return false;
-            }
+        let Some(p) = self.policy() else {
+            return false;
         };
         let members: Vec<IpAddr> = p.nodes.iter().flat_map(|n| n.addresses.clone()).collect();
         let Some(master) = &self.master else {
@@ -200,8 +230,14 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
             Some(Master::new(args.policy.clone(), key, args.tokens.clone()))
         }
     };
-    let node = Node { args, me, master };
-    let p = node.policy().map_err(|e| (Exit::InvalidPolicy, e))?;
+    let node = Node {
+        args,
+        cache: Mutex::new(None),
+        me,
+        master,
+    };
+    let p = policy::load_verified(&node.args.policy, &node.args.trust, Timestamp::now())
+        .map_err(|e| (Exit::InvalidPolicy, e.to_string()))?;
     let Some(join) = &p.join else {
         return Err((
             Exit::Refused,

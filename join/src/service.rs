@@ -243,7 +243,11 @@ impl Master {
     ) -> Result<policy::Policy, String> {
         for n in &current.nodes {
             if n.expires.is_some_and(|e| e <= now) {
-                edit.remove_node(n.id).map_err(|e| e.to_string())?;
+                // Already gone when the edit was a removal of this very node (a leave).
+                match edit.remove_node(n.id) {
+                    Ok(()) | Err(policy::edit::EditError::NoSuchNode(_)) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
             }
         }
         let (text, p) = edit.commit_text(now).map_err(|e| e.to_string())?;

@@ -503,3 +503,30 @@ fn a_join_without_a_token_waits_for_the_operator_who_sees_the_joiners_code() {
     assert!(waiting(&m).is_empty());
     assert_eq!(std::fs::read(&lab.policy).unwrap(), before);
 }
+
+/// A node whose `expires` has passed may still ask to leave: it is removed once, and the
+/// signing that drops expired nodes does not trip over it.
+#[test]
+fn an_expired_node_leaving_is_removed_once() {
+    let lab = lab();
+    let mut edit = policy::edit::PolicyEdit::open(&lab.policy).unwrap();
+    edit.add_node(&policy::edit::NewNode {
+        id: policy::NodeId::new(3).unwrap(),
+        name: "temp".into(),
+        public_key: key(3),
+        endpoint: None,
+        addresses: vec!["10.77.0.3".parse().unwrap()],
+        roles: vec![Role::Drone],
+        expires: Some(Timestamp::now() + jiff::SignedDuration::from_millis(300)),
+    })
+    .unwrap();
+    edit.write(Timestamp::now()).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let (answer, outcome) = leave(&lab, Source::Tunnel("10.77.0.3".parse().unwrap()));
+    assert!(
+        matches!(outcome, Outcome::Left { id: 3, .. }),
+        "{outcome:?} {answer:?}"
+    );
+    let text = std::fs::read_to_string(&lab.policy).unwrap();
+    assert!(!text.contains("temp"), "{text}");
+}

@@ -205,7 +205,7 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
     let me = node_key(&key_path)?;
     let joined = match &token {
         Some(token) => {
-            join::client::join(member, token, a.operator, &me, a.name.map(String::from), 0)
+            join::client::join(member, token, a.operator, &me, a.name.map(String::from))
         }
         None => join::client::join_with_approval(
             member,
