@@ -11,7 +11,7 @@ packages=(
   iproute2          # ip netns/link for namespace tests
   conntrack         # killing a removed node's flows
   iputils-ping      # tunnel checks in namespace tests and the demo
-  python3           # demo-cluster echo servers, benchmark tree builder
+  python3           # demo-cluster echo servers, the VM join test's master service, benchmark tree builder
   b3sum             # certaintyd benchmark reference
   aide              # certaintyd benchmark reference (the classic tool)
   busybox-static    # drone images (and udhcpd in the VM tests)
