@@ -17,7 +17,7 @@ for t in b3sum md5sum aide python3 unshare; do
   command -v "$t" >/dev/null || { echo "bench-certaintyd: $t missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
 cargo build --quiet --release -p certaintyd -p tyd
-export BIN="$PWD/target/release" FILES="$files" MIB="$mib"
+export BIN="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release" FILES="$files" MIB="$mib"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export WORK="$work"

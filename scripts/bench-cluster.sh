@@ -28,5 +28,5 @@ for v in 4 6; do
 done
 cargo build --quiet --release -p netguard -p clusterd -p tyd --bins
 cargo build --quiet --release -p clusterd --example bench_cluster --example simulate
-./target/release/examples/bench_cluster "$members"
-./target/release/examples/simulate 1000 0.05 1 5
+"${CARGO_TARGET_DIR:-target}"/release/examples/bench_cluster "$members"
+"${CARGO_TARGET_DIR:-target}"/release/examples/simulate 1000 0.05 1 5

@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-join: needs root" >&2; exit 1; }
 cargo build --quiet --release -p netguard -p clusterd -p tyd -p join --bins
 cargo build --quiet --release -p clusterd --example bench_join
-./target/release/examples/bench_join
+"${CARGO_TARGET_DIR:-target}"/release/examples/bench_join

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-netguard: needs root" >&2; exit 1; }
 cargo build --quiet --release -p netguard --example converge
-bin="$PWD/target/release/examples/converge"
+bin="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/examples/converge"
 a="ngbench$$a"; b="ngbench$$b"; work=$(mktemp -d); pids=()
 cleanup() {
   set +e

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo-cluster: needs root (network namespaces)" >&2; exit 1; }
 scripts/install-deps.sh --runtime
 cargo build --quiet --release -p tyd -p netguard -p clusterd -p join
-bin="$PWD/target/release"
+bin="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release"
 id=$$
 br="tydbr$id"; nss=("tyd${id}n1" "tyd${id}n2" "tyd${id}n3"); rogue="tyd${id}rg"
 work=$(mktemp -d)

@@ -10,7 +10,7 @@ keep=""
 if [ "${1:-}" = "--keep" ]; then keep=${2:?--keep needs a directory}; fi
 
 cargo build --quiet --release -p tyd
-tyd="$PWD/target/release/tyd"
+tyd="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/tyd"
 
 if [ -n "$keep" ]; then
   mkdir -p "$keep"; work=$(cd "$keep" && pwd)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::lab::Lab;
 use crate::vm::{Spec, Vm};
-use crate::{scratch, workspace};
+use crate::{scratch, target_dir, workspace};
 
 /// The drones: name, LAN address, tunnel address (as `tyd node add` assigns them).
 pub const DRONES: &[(&str, &str, &str)] = &[
@@ -81,7 +81,7 @@ fn build_binaries() -> Result<PathBuf, String> {
             "-p",
             "drone",
         ]))?;
-    Ok(workspace().join("target/release"))
+    Ok(target_dir().join("release"))
 }
 
 impl Image {
@@ -114,7 +114,7 @@ pub fn build_image(
         .arg("--trust")
         .arg(policy.with_file_name("operator.key.pub"))
         .arg("--cache")
-        .arg(workspace().join("target/drone-cache"))
+        .arg(target_dir().join("drone-cache"))
         .arg("--out")
         .arg(out)
         .arg("--json");

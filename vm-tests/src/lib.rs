@@ -20,9 +20,19 @@ pub fn workspace() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (a relative one is taken from the
+/// workspace, where the release build below runs), else `target/` in the workspace. The
+/// binaries the images carry are built there.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace().join(dir),
+        _ => workspace().join("target"),
+    }
+}
+
 /// Where tests keep images, consoles and logs (kept after the run for inspection).
 pub fn scratch() -> PathBuf {
-    workspace().join("target/vm-tests")
+    target_dir().join("vm-tests")
 }
 
 /// Whether VM tests can run here. Outside CI a missing qemu or root skips with a message;
