@@ -11,7 +11,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::elf::{self, ElfError};
-use crate::kernel::{self, DRONE_MODULES, Kernel, KernelError};
+use crate::kernel::{self, DRONE_MODULES, Kernel, KernelError, NIC_MODULES};
 use crate::tree::{Content, Tree, TreeError};
 
 /// The project's programs, looked up in the build's binary directory.
@@ -19,7 +19,7 @@ pub const PROJECT_BINARIES: &[(&str, &str)] = &[
     ("netguard", "/sbin/netguard"),
     ("certaintyd", "/sbin/certaintyd"),
     ("clusterd", "/sbin/clusterd"),
-    ("drone", "/sbin/drone"),
+    ("drone-boot", "/sbin/drone-boot"),
     ("tyd", "/bin/tyd"),
 ];
 
@@ -94,6 +94,8 @@ pub struct Inputs {
     pub bin_dir: PathBuf,
     pub kernel: Kernel,
     pub extra_modules: Vec<String>,
+    /// Where the firmware the modules ask for is looked up (the host's `/lib/firmware`).
+    pub firmware_dir: PathBuf,
     pub busybox: PathBuf,
     /// Every entry's mtime (seconds since the epoch), for reproducible images.
     pub mtime: u32,
@@ -110,6 +112,9 @@ pub struct Image {
     pub public_key: Option<String>,
     pub kernel_version: String,
     pub modules: Vec<String>,
+    /// Firmware files included, and those some module may ask for that were not found.
+    pub firmware: Vec<String>,
+    pub firmware_missing: Vec<String>,
 }
 
 /// Finds a host program in PATH (and the sbin directories, which root's PATH may lack).
@@ -230,11 +235,36 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
     let builtin_text = index("modules.builtin")?;
     let builtin = kernel::parse_builtin(&builtin_text);
     let mut wanted: Vec<String> = DRONE_MODULES.iter().map(|m| (*m).to_string()).collect();
+    // Real NICs' drivers, where this kernel has them (a VM-only kernel has none).
+    wanted.extend(
+        NIC_MODULES
+            .iter()
+            .filter(|m| {
+                let name = kernel::module_name(m);
+                dep.contains_key(&name) || builtin.contains(&name)
+            })
+            .map(|m| (*m).to_string()),
+    );
     wanted.extend(inputs.extra_modules.iter().cloned());
     let files = kernel::closure(&dep, &builtin, &wanted)?;
     let dest_root = format!("/lib/modules/{}", inputs.kernel.version);
+    let mut firmware = std::collections::BTreeSet::new();
     for rel in &files {
-        tree.file(&format!("{dest_root}/{rel}"), read(&mods.join(rel))?, 0o644)?;
+        let bytes = read(&mods.join(rel))?;
+        firmware.extend(kernel::firmware_names(&bytes));
+        tree.file(&format!("{dest_root}/{rel}"), bytes, 0o644)?;
+    }
+    // Firmware the modules may ask for, when the build host has it (Debian's non-free
+    // firmware packages); a module finds the rest missing, as on any system without it.
+    let (mut firmware_found, mut firmware_missing) = (Vec::new(), Vec::new());
+    for name in firmware {
+        let src = inputs.firmware_dir.join(&name);
+        if src.is_file() {
+            tree.file(&format!("/lib/firmware/{name}"), read(&src)?, 0o644)?;
+            firmware_found.push(name);
+        } else {
+            firmware_missing.push(name);
+        }
     }
     tree.file(
         &format!("{dest_root}/modules.dep"),
@@ -310,6 +340,8 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
         public_key,
         kernel_version: inputs.kernel.version.clone(),
         modules: ordered,
+        firmware: firmware_found,
+        firmware_missing,
     })
 }
 
@@ -329,6 +361,9 @@ pub struct Report {
     pub entries: usize,
     pub content_bytes: u64,
     pub modules: Vec<String>,
+    pub firmware: Vec<String>,
+    /// Firmware some included module may ask for, not found on the build host.
+    pub firmware_missing: Vec<String>,
     /// certaintyd's stable root of the booted drone: pin it with `certainty.expect=`.
     pub expected_root: String,
     /// A kernel command line to start from.
@@ -380,6 +415,8 @@ pub fn write(image: &Image, kernel: &Kernel, out: &Path) -> Result<Report, Build
         entries: image.tree.len(),
         content_bytes: image.tree.content_bytes(),
         modules: image.modules.clone(),
+        firmware: image.firmware.clone(),
+        firmware_missing: image.firmware_missing.clone(),
         cmdline: format!("console=ttyS0 quiet panic=-1 ip=dhcp certainty.expect={expected_root}"),
         expected_root,
     };

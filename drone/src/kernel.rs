@@ -1,13 +1,42 @@
-//! The kernel and its modules, from Debian's `linux-image-*-cloud-amd64` package: fetched
-//! with `apt-get download` into a cache, unpacked with `dpkg -x`, indexed with `depmod -b`.
-//! Nothing is installed on the host.
+//! The kernel and its modules, from a Debian kernel package (the cloud kernel by default, the
+//! generic one for real lab PCs): fetched with `apt-get download` into a cache, unpacked with
+//! `dpkg -x`, indexed with `depmod -b`. Nothing is installed on the host.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The metapackage that always depends on the current cloud kernel.
+/// The metapackage that always depends on the current cloud kernel (virtio only: VMs).
 pub const CLOUD_METAPACKAGE: &str = "linux-image-cloud-amd64";
+/// The metapackage of Debian's generic kernel, with drivers for real hardware.
+pub const GENERIC_METAPACKAGE: &str = "linux-image-amd64";
+
+/// Which kernel an image boots: `cloud`, `generic`, or a kernel package file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelChoice {
+    Cloud,
+    Generic,
+    Deb(PathBuf),
+}
+
+impl std::str::FromStr for KernelChoice {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "cloud" => Self::Cloud,
+            "generic" => Self::Generic,
+            path => Self::Deb(PathBuf::from(path)),
+        })
+    }
+}
+
+/// Wired NIC drivers of common lab PCs (Intel, Realtek with its PHY driver, Broadcom,
+/// Atheros), included whenever the kernel has them: Debian's generic kernel has all of them,
+/// the cloud kernel none.
+pub const NIC_MODULES: &[&str] = &[
+    "e1000", "e1000e", "igb", "igc", "ixgbe", "r8169", "realtek", "tg3", "8139too", "alx", "atl1c",
+];
 
 /// Modules every drone needs: virtio networking, WireGuard, nftables with conntrack and named
 /// counters (objref), conntrack's netlink interface (to cut removed peers' connections), and
@@ -29,8 +58,8 @@ pub enum KernelError {
     Spawn { cmd: String, source: std::io::Error },
     #[error("{cmd} failed: {stderr}")]
     Failed { cmd: String, stderr: String },
-    #[error("{0}: no kernel package named in `apt-cache depends {CLOUD_METAPACKAGE}`")]
-    NoDepends(String),
+    #[error("`apt-cache depends {metapackage}` names no kernel package: {output}")]
+    NoDepends { metapackage: String, output: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -66,20 +95,18 @@ pub fn parse_depends(output: &str) -> Option<String> {
     })
 }
 
-/// Downloads `package` (default: what the cloud metapackage depends on) into `cache`, unless
-/// a `.deb` of it is there already. Returns the `.deb`.
-pub fn fetch(cache: &Path, package: Option<&str>) -> Result<PathBuf, KernelError> {
+/// Downloads the kernel package `metapackage` depends on into `cache`, unless a `.deb` of it
+/// is there already. Returns the `.deb`.
+pub fn fetch(cache: &Path, metapackage: &str) -> Result<PathBuf, KernelError> {
     std::fs::create_dir_all(cache).map_err(|source| KernelError::Io {
         path: cache.into(),
         source,
     })?;
-    let package = match package {
-        Some(p) => p.to_string(),
-        None => {
-            let out = run(Command::new("apt-cache").args(["depends", CLOUD_METAPACKAGE]))?;
-            parse_depends(&out).ok_or_else(|| KernelError::NoDepends(out.trim().into()))?
-        }
-    };
+    let out = run(Command::new("apt-cache").args(["depends", metapackage]))?;
+    let package = parse_depends(&out).ok_or_else(|| KernelError::NoDepends {
+        metapackage: metapackage.into(),
+        output: policy::parse::one_line(&out),
+    })?;
     let existing = |cache: &Path| -> Option<PathBuf> {
         let mut debs: Vec<PathBuf> = std::fs::read_dir(cache)
             .ok()?
@@ -225,6 +252,29 @@ pub fn filter_index(text: &str, included: &BTreeSet<String>, alias: bool) -> Str
     out
 }
 
+/// The firmware files a module may ask for: its `.modinfo` strings `firmware=NAME`, each
+/// between NULs (what `modinfo -F firmware` reads). Only uncompressed modules (`.ko`, as in
+/// Debian 12) are read this way; names that would leave `/lib/firmware` are dropped.
+pub fn firmware_names(module: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"\0firmware=";
+    let mut out = Vec::new();
+    let mut rest = module;
+    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+        rest = &rest[at + KEY.len()..];
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        if let Ok(name) = std::str::from_utf8(&rest[..end])
+            && !name.is_empty()
+            && !name.starts_with('/')
+            && !name.split('/').any(|part| part == ".." || part.is_empty())
+            && name.bytes().all(|b| b.is_ascii_graphic())
+        {
+            out.push(name.to_string());
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
 /// Names of built-in modules from `modules.builtin` (paths, one a line).
 pub fn parse_builtin(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -270,6 +320,16 @@ kernel/drivers/net/net_failover.ko:
             closure(&dep, &builtin, &["nope".into()]),
             Err(KernelError::UnknownModule(n)) if n == "nope"
         ));
+    }
+
+    #[test]
+    fn firmware_names_come_from_modinfo_strings_and_stay_under_lib_firmware() {
+        let ko = b"\x7fELF...\0license=GPL\0firmware=rtl_nic/rtl8168d-1.fw\0firmware=tigon/tg3.bin\0firmware=../../etc/shadow\0firmware=/abs\0firmware=\0xfirmware=no\0firmware=last";
+        assert_eq!(
+            firmware_names(ko),
+            vec!["rtl_nic/rtl8168d-1.fw", "tigon/tg3.bin", "last"]
+        );
+        assert!(firmware_names(b"no strings here").is_empty());
     }
 
     #[test]

@@ -1,18 +1,20 @@
-//! drone: builds drone images, and sets a drone up at boot (run by its init).
+//! drone: builds drone images, and the boot tree that starts them from the network. What a
+//! drone itself runs at boot is `drone-boot`, a separate program: an image carries none of
+//! this builder.
 //!
 //! Exit codes: the shared set (`policy::exit`), e.g. 1 runtime failure, 2 usage, 4 bad
 //! signature, 6 unusable key file.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 use drone::build::BuildError;
 use drone::build::{self, Inputs};
-use drone::netcfg::{self, NetConfig};
-use drone::{harden, kernel};
+use drone::kernel;
+use drone::pxe::{self, Host};
 use policy::exit::{EXIT_CODES_HELP, Exit};
-use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,26 +33,10 @@ enum Cmd {
     /// Build a drone image: OUT/vmlinuz, OUT/initrd.img and OUT/image.json. Prints the hash
     /// to pin as certaintyd's expected root (`certainty.expect=` on the kernel command line).
     Build(BuildArgs),
-    /// (At boot) configure the LAN from `ip=` on the kernel command line, or by DHCP; set the
-    /// host name.
-    Net {
-        #[arg(long, default_value = "/proc/cmdline")]
-        cmdline: PathBuf,
-    },
-    /// (At boot) apply the policy's sysctls and lockdown level, or with --lock-modules forbid
-    /// module loading.
-    Harden {
-        #[arg(long, default_value = "/etc/tyd/cluster.toml")]
-        policy: PathBuf,
-        #[arg(long, default_value = "/etc/tyd/operator.pub")]
-        trust: PathBuf,
-        #[arg(long, default_value = "/proc/sys")]
-        proc_sys: PathBuf,
-        #[arg(long, default_value = "/sys/kernel/security")]
-        securityfs: PathBuf,
-        #[arg(long)]
-        lock_modules: bool,
-    },
+    /// Write a network boot tree for drones into OUT: the images, iPXE for BIOS and UEFI PXE
+    /// ROMs, boot.ipxe (an entry per MAC address, else the default) and dnsmasq.conf (proxy
+    /// DHCP beside the LAN's own DHCP server, and TFTP). With --run, serve it with dnsmasq.
+    Pxe(PxeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,9 +53,15 @@ struct BuildArgs {
     node_key: Option<PathBuf>,
     #[arg(long, short)]
     out: PathBuf,
-    /// A linux-image-*-cloud-amd64 .deb; default: download the current one.
-    #[arg(long)]
-    kernel_deb: Option<PathBuf>,
+    /// The kernel: `cloud` (Debian's cloud kernel: virtio NICs only, for VMs), `generic`
+    /// (Debian's generic kernel, with the drivers of real lab PCs' NICs: e1000, e1000e, igb,
+    /// r8169, tg3...), or a linux-image .deb file. cloud and generic are downloaded.
+    #[arg(long, default_value = "cloud")]
+    kernel: kernel::KernelChoice,
+    /// Where the firmware the NIC drivers ask for is looked up (install Debian's
+    /// firmware-realtek, firmware-misc-nonfree... on the build host to include it).
+    #[arg(long, default_value = "/lib/firmware")]
+    firmware_dir: PathBuf,
     /// Where downloaded kernels are kept and unpacked (drone writes nowhere else).
     #[arg(long, default_value = "/var/cache/drone")]
     cache: PathBuf,
@@ -90,6 +82,50 @@ struct BuildArgs {
     json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct PxeArgs {
+    /// An image directory written by `drone build`, by name: NAME=DIR (repeatable). An image
+    /// carrying a node key is refused: TFTP serves it to anyone on the LAN.
+    #[arg(long = "image", required = true, value_parser = parse_named_dir)]
+    images: Vec<(String, PathBuf)>,
+    /// The image for machines without a --host entry (default: the first --image); `none`:
+    /// they are told so and boot from their next device.
+    #[arg(long)]
+    default: Option<String>,
+    /// One machine's entry, "MAC IMAGE [KERNEL ARGS...]" (repeatable), e.g.
+    /// "52:54:00:12:34:01 generic ip=192.168.1.11::192.168.1.1:24:drone1:eth0:off".
+    #[arg(long = "host")]
+    hosts: Vec<Host>,
+    /// Kernel arguments for every entry, e.g. "tyd.join=any tyd.token=ID.SECRET". Each entry
+    /// also gets certainty.expect= with its image's hash.
+    #[arg(long, default_value = "")]
+    append: String,
+    /// The LAN's network address, where the proxy answers (e.g. 192.168.1.0).
+    #[arg(long)]
+    network: Ipv4Addr,
+    /// The interface dnsmasq listens on (default: all).
+    #[arg(long)]
+    interface: Option<String>,
+    /// Where iPXE's undionly.kpxe and snponly.efi are (Debian's ipxe package).
+    #[arg(long, default_value = "/usr/lib/ipxe")]
+    ipxe_dir: PathBuf,
+    /// The boot tree (the TFTP root).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Then replace this program with dnsmasq in the foreground, logging to stderr.
+    #[arg(long)]
+    run: bool,
+}
+
+fn parse_named_dir(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
+        _ => Err(format!("{s}: expected NAME=DIR")),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -102,14 +138,7 @@ fn main() -> ExitCode {
         .init();
     let result = match args.command {
         Cmd::Build(a) => build_cmd(a),
-        Cmd::Net { cmdline } => net(&cmdline).map_err(Failure::from),
-        Cmd::Harden {
-            policy,
-            trust,
-            proc_sys,
-            securityfs,
-            lock_modules,
-        } => harden_cmd(&policy, &trust, &proc_sys, &securityfs, lock_modules),
+        Cmd::Pxe(a) => pxe_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,9 +199,14 @@ impl From<policy::LoadError> for Failure {
 fn build_cmd(a: BuildArgs) -> Result<(), Failure> {
     // A bad policy or signature is refused before a kernel is downloaded.
     policy::load_verified(&a.policy, &a.trust, jiff::Timestamp::now())?;
-    let deb = match a.kernel_deb {
-        Some(d) => d,
-        None => kernel::fetch(&a.cache, None).map_err(|e| e.to_string())?,
+    let deb = match a.kernel {
+        kernel::KernelChoice::Deb(d) => d,
+        kernel::KernelChoice::Cloud => {
+            kernel::fetch(&a.cache, kernel::CLOUD_METAPACKAGE).map_err(|e| e.to_string())?
+        }
+        kernel::KernelChoice::Generic => {
+            kernel::fetch(&a.cache, kernel::GENERIC_METAPACKAGE).map_err(|e| e.to_string())?
+        }
     };
     let kernel = kernel::unpack(&deb, &a.cache).map_err(|e| e.to_string())?;
     let bin_dir = match a.bin_dir {
@@ -193,6 +227,7 @@ fn build_cmd(a: BuildArgs) -> Result<(), Failure> {
         bin_dir,
         kernel: kernel.clone(),
         extra_modules: a.modules,
+        firmware_dir: a.firmware_dir,
         busybox: a.busybox,
         mtime,
         now: jiff::Timestamp::now(),
@@ -234,6 +269,11 @@ fn print_report(r: &build::Report) {
         r.initrd_blake3
     );
     println!("  modules {}", r.modules.join(" "));
+    println!(
+        "  firmware {} file(s) included, {} a driver may ask for not found on this host",
+        r.firmware.len(),
+        r.firmware_missing.len()
+    );
     if let Some(k) = &r.public_key {
         println!("  node public key {k}");
     }
@@ -241,104 +281,143 @@ fn print_report(r: &build::Report) {
     println!("{}", r.expected_root);
 }
 
-fn run_ip(args: &[String]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+/// What `drone pxe` reads from an image's image.json.
+#[derive(serde::Deserialize)]
+struct ImageInfo {
+    expected_root: String,
+    node: Option<String>,
 }
 
-fn net(cmdline: &Path) -> Result<(), String> {
-    let text =
-        std::fs::read_to_string(cmdline).map_err(|e| format!("{}: {e}", cmdline.display()))?;
-    let cfg = netcfg::parse_cmdline(&text).map_err(|e| format!("{}: {e}", cmdline.display()))?;
-    let from_image = std::fs::read_to_string("/etc/drone/hostname")
-        .ok()
-        .map(|s| s.trim().to_string());
-    let hostname = match &cfg {
-        NetConfig::Static { hostname, .. } | NetConfig::Dhcp { hostname, .. } => hostname.clone(),
-        NetConfig::Off => None,
-    }
-    .or(from_image)
-    .unwrap_or_else(|| "drone".into());
-    nix::unistd::sethostname(&hostname).map_err(|e| format!("sethostname {hostname}: {e}"))?;
-    match &cfg {
-        NetConfig::Static { .. } => {
-            for cmd in netcfg::static_commands(&cfg) {
-                run_ip(&cmd)?;
-            }
-        }
-        NetConfig::Dhcp { device, .. } => {
-            run_ip(&["link".into(), "set".into(), "lo".into(), "up".into()])?;
-            let status = Command::new("udhcpc")
-                .args([
-                    "-i",
-                    device,
-                    "-s",
-                    "/etc/drone/udhcpc",
-                    "-t",
-                    "5",
-                    "-T",
-                    "2",
-                    "-b",
-                ])
-                .args([
-                    "-p",
-                    "/run/udhcpc.pid",
-                    "-x",
-                    &format!("hostname:{hostname}"),
-                ])
-                .status()
-                .map_err(|e| format!("cannot run udhcpc: {e}"))?;
-            if !status.success() {
-                return Err(format!("udhcpc on {device}: {status}"));
-            }
-        }
-        NetConfig::Off => warn!("ip=off: network left to the operator"),
-    }
-    info!(config = %cfg, hostname = %hostname, "network configured");
-    Ok(())
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Failure + '_ {
+    move |e| format!("{}: {e}", path.display()).into()
 }
 
-fn harden_cmd(
-    policy: &Path,
-    trust: &Path,
-    proc_sys: &Path,
-    securityfs: &Path,
-    lock: bool,
-) -> Result<(), Failure> {
-    let verified = policy::load_verified(policy, trust, jiff::Timestamp::now())?;
-    let writes = if lock {
-        if !verified.hardening.lock_modules {
-            info!("policy leaves module loading open (hardening.lock_modules = false)");
-            return Ok(());
+/// Copies `from` to `to` through a temporary name, readable by dnsmasq's unprivileged user.
+fn install(from: &Path, to: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = to.with_extension("part");
+    std::fs::copy(from, &tmp).map_err(io_err(from))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, to).map_err(io_err(to))
+}
+
+fn write_file(to: &Path, text: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = to.with_extension("part");
+    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, to).map_err(io_err(to))
+}
+
+fn make_dir(dir: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io_err(dir))
+}
+
+fn pxe_cmd(a: PxeArgs) -> Result<(), Failure> {
+    let mut images = Vec::new();
+    for (name, dir) in &a.images {
+        let [kernel, initrd, json] = pxe::image_files(dir);
+        for f in [&kernel, &initrd, &json] {
+            if !f.is_file() {
+                return Err(format!(
+                    "image {name}: {} is missing (is {} a directory `drone build` wrote?)",
+                    f.display(),
+                    dir.display()
+                )
+                .into());
+            }
         }
-        vec![harden::module_lock(proc_sys)]
-    } else {
-        let mut writes = harden::plan(&verified.hardening, proc_sys);
-        writes.extend(harden::lockdown(verified.hardening.lockdown, securityfs));
-        writes
+        let text = std::fs::read_to_string(&json).map_err(io_err(&json))?;
+        let info: ImageInfo = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{}: not an image.json from drone build: {e}",
+                json.display()
+            )
+        })?;
+        if let Some(node) = info.node {
+            return Err(Failure {
+                exit: Exit::Refused,
+                message: format!(
+                    "image {name} ({}) carries node {node}'s key, and TFTP serves it to anyone on the LAN: build the image without --node-key (drones join by token)",
+                    dir.display()
+                ),
+            });
+        }
+        if info.expected_root.len() != 64
+            || !info.expected_root.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(format!("{}: expected_root is not a hash", json.display()).into());
+        }
+        images.push(pxe::Image {
+            name: name.clone(),
+            expected_root: info.expected_root,
+        });
+    }
+    let default = match a.default.as_deref() {
+        Some("none") => None,
+        Some(name) => Some(name.to_string()),
+        None => images.first().map(|i| i.name.clone()),
     };
-    let failures = harden::apply(&writes);
-    if failures.is_empty() {
-        info!(applied = writes.len(), "hardening applied");
-        Ok(())
-    } else {
-        Err(format!(
-            "hardening: {} of {} not applied: {}",
-            failures.len(),
-            writes.len(),
-            failures.join("; ")
-        )
-        .into())
+    make_dir(&a.out)?;
+    let root = a.out.canonicalize().map_err(io_err(&a.out))?;
+    let setup = pxe::Setup {
+        images,
+        default,
+        hosts: a.hosts,
+        append: a.append,
+        network: a.network,
+        interface: a.interface,
+        root: root.clone(),
+    };
+    let plan = pxe::plan(&setup).map_err(|e| Failure {
+        exit: Exit::Usage,
+        message: e.to_string(),
+    })?;
+    for file in [pxe::IPXE_BIOS, pxe::IPXE_UEFI] {
+        let from = a.ipxe_dir.join(file);
+        if !from.is_file() {
+            return Err(format!(
+                "{}: missing (install Debian's ipxe package, or pass --ipxe-dir)",
+                from.display()
+            )
+            .into());
+        }
+        install(&from, &root.join(file))?;
     }
+    for (name, dir) in &a.images {
+        let to = root.join(pxe::image_dir(name));
+        make_dir(&to)?;
+        for from in pxe::image_files(dir) {
+            if let Some(file) = from.file_name() {
+                install(&from, &to.join(file))?;
+            }
+        }
+    }
+    write_file(&root.join("boot.ipxe"), &plan.boot_ipxe)?;
+    let conf = root.join("dnsmasq.conf");
+    write_file(&conf, &plan.dnsmasq_conf)?;
+    println!(
+        "boot tree {}: {} image(s), {} host entr{}, default {}",
+        root.display(),
+        setup.images.len(),
+        setup.hosts.len(),
+        if setup.hosts.len() == 1 { "y" } else { "ies" },
+        setup.default.as_deref().unwrap_or("none")
+    );
+    println!(
+        "serve it: dnsmasq --keep-in-foreground --conf-file={}",
+        conf.display()
+    );
+    if a.run {
+        use std::os::unix::process::CommandExt;
+        let err = Command::new("dnsmasq")
+            .arg("--keep-in-foreground")
+            .arg("--log-facility=-")
+            .arg(format!("--conf-file={}", conf.display()))
+            .exec();
+        return Err(format!("cannot run dnsmasq: {err} (install Debian's dnsmasq-base)").into());
+    }
+    Ok(())
 }

@@ -71,13 +71,20 @@ fn fixture() -> Fixture {
     );
 
     let mods = f.p(&format!("kernel/lib/modules/{VERSION}"));
-    let all = drone::kernel::DRONE_MODULES
-        .iter()
-        .copied()
-        .chain(["udp_tunnel", "unrelated"]);
+    let all = drone::kernel::DRONE_MODULES.iter().copied().chain([
+        "udp_tunnel",
+        "unrelated",
+        "e1000e",
+        "tg3",
+    ]);
     let mut dep = String::new();
     for m in all {
-        write(&mods.join(format!("kernel/{m}.ko")), m.as_bytes(), 0o644);
+        let content = if m == "tg3" {
+            b"tg3\0firmware=tigon/tg3.bin\0firmware=tigon/tg3_tso.bin\0".to_vec()
+        } else {
+            m.as_bytes().to_vec()
+        };
+        write(&mods.join(format!("kernel/{m}.ko")), &content, 0o644);
         let deps = if m == "wireguard" {
             " kernel/udp_tunnel.ko"
         } else {
@@ -92,12 +99,13 @@ fn fixture() -> Fixture {
         0o644,
     );
     write(&mods.join("modules.builtin"), b"kernel/fs/ext4.ko\n", 0o644);
+    write(&f.p("firmware/tigon/tg3.bin"), b"tg3 firmware", 0o644);
     write(
         &f.p(&format!("kernel/boot/vmlinuz-{VERSION}")),
         b"kernel",
         0o644,
     );
-    for b in ["netguard", "certaintyd", "clusterd", "drone", "tyd"] {
+    for b in ["netguard", "certaintyd", "clusterd", "drone-boot", "tyd"] {
         std::fs::create_dir_all(f.p("bin")).unwrap();
         std::fs::copy("/bin/true", f.p(&format!("bin/{b}"))).unwrap();
     }
@@ -116,6 +124,7 @@ fn inputs(f: &Fixture, key: Option<&str>) -> Inputs {
             vmlinuz: f.p(&format!("kernel/boot/vmlinuz-{VERSION}")),
         },
         extra_modules: Vec::new(),
+        firmware_dir: f.p("firmware"),
         busybox: PathBuf::from("/bin/busybox"),
         mtime: 0,
         now: jiff::Timestamp::now(),
@@ -156,7 +165,7 @@ fn the_image_holds_what_a_drone_needs_and_only_the_modules_it_needs() {
         "/sbin/netguard",
         "/sbin/certaintyd",
         "/sbin/clusterd",
-        "/sbin/drone",
+        "/sbin/drone-boot",
         "/bin/tyd",
         "/usr/sbin/nft",
         "/sbin/ip",
@@ -259,7 +268,7 @@ fn refusals_name_what_is_wrong() {
 
 /// Regression (adversarial testing, issue 9 item 5): a kernel package path next to a
 /// directory of the same stem must never cost that directory.
-/// 1. The operator passes `--kernel-deb /etc/sysctl.conf` by mistake.
+/// 1. The operator passes `--kernel /etc/sysctl.conf` by mistake.
 /// 2. The builder used to unpack into `deb.with_extension("d")` and remove it first:
 ///    `/etc/sysctl.d` was wiped before dpkg even looked at the file.
 ///
@@ -319,4 +328,35 @@ fn drone_uses_the_shared_exit_codes() {
         !f.p("cache").exists(),
         "nothing downloaded or unpacked before the refusal"
     );
+}
+
+#[test]
+fn the_nic_drivers_the_kernel_has_come_with_the_firmware_the_host_has() {
+    let f = fixture();
+    let image = build::assemble(&inputs(&f, None)).unwrap();
+    let t = &image.tree;
+    let Content::File(list) = &t.get("/etc/drone/modules").unwrap().content else {
+        panic!("modules list is not a file");
+    };
+    let list = String::from_utf8_lossy(list);
+    let names: Vec<&str> = list.lines().collect();
+    // The drone's own modules first, then the NIC drivers this kernel has (no igb here).
+    assert_eq!(
+        names[..drone::kernel::DRONE_MODULES.len()],
+        *drone::kernel::DRONE_MODULES
+    );
+    assert_eq!(
+        names[drone::kernel::DRONE_MODULES.len()..],
+        ["e1000e", "tg3"]
+    );
+    assert!(
+        t.get(&format!("/lib/modules/{VERSION}/kernel/tg3.ko"))
+            .is_some()
+    );
+    assert_eq!(
+        t.get("/lib/firmware/tigon/tg3.bin").unwrap().content,
+        Content::File(b"tg3 firmware".to_vec())
+    );
+    assert_eq!(image.firmware, vec!["tigon/tg3.bin"]);
+    assert_eq!(image.firmware_missing, vec!["tigon/tg3_tso.bin"]);
 }

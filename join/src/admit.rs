@@ -2,6 +2,7 @@
 //! (the lowest free id, its tunnel addresses, a name), the node it already is (a retry), or
 //! why not. Pure: the service applies the decision.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use policy::edit::{NewNode, default_addresses};
@@ -37,6 +38,11 @@ pub enum JoinAnswer {
     Refused {
         reason: String,
     },
+    /// Not now, maybe soon: the joiner retries (a drone whose old entry the cluster has not
+    /// yet given up on).
+    Later {
+        reason: String,
+    },
 }
 
 /// Why a request is refused (told to the joiner, inside the channel).
@@ -59,6 +65,27 @@ pub enum Refusal {
         "endpoint {endpoint} is already node {node}'s: remove that node first (tyd node remove), or give such nodes an expiry"
     )]
     EndpointTaken { endpoint: String, node: u16 },
+    /// An ephemeral drone's address whose node the cluster still hears: retry later.
+    #[error(
+        "endpoint {endpoint} is node {node}'s, which the cluster still hears; it can be replaced once lost (quarantined or silent)"
+    )]
+    EndpointBusy { endpoint: String, node: u16 },
+}
+
+impl Refusal {
+    /// Whether the same request may succeed later without anyone changing anything.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Self::EndpointBusy { .. })
+    }
+}
+
+/// Nodes a join with an ephemeral token may take over at their address: RAM drones admitted
+/// by an ephemeral token (their key died with them at reboot), known by id and the key they
+/// were admitted with, and which of them the master's cluster view has lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replaceable {
+    pub ephemeral: BTreeSet<(NodeId, WgPublicKey)>,
+    pub lost: BTreeSet<NodeId>,
 }
 
 /// The decision.
@@ -69,6 +96,13 @@ pub enum Admission {
     Already {
         id: NodeId,
         name: String,
+    },
+    /// An ephemeral drone back with a new key at its address, its old entry lost: the entry
+    /// (id, name, tunnel addresses) gets the new key.
+    Replace {
+        id: NodeId,
+        name: String,
+        public_key: WgPublicKey,
     },
 }
 
@@ -82,12 +116,14 @@ fn usable_name(name: &str) -> bool {
 
 /// Decides on `req` against `policy`. `seen`: the address the request came from when it came
 /// straight from the joiner (its claimed endpoint must be that address); `None` when a member
-/// relayed it through its tunnel (the member vouches for the address it saw).
+/// relayed it through its tunnel (the member vouches for the address it saw). `replace`:
+/// for a join with an ephemeral token, the entries it may take over.
 pub fn decide(
     policy: &Policy,
     req: &JoinRequest,
     seen: Option<std::net::IpAddr>,
     roles: &[Role],
+    replace: Option<&Replaceable>,
 ) -> Result<Admission, Refusal> {
     let key: WgPublicKey = req.public_key.parse().map_err(|_| Refusal::BadKey)?;
     if let Some(node) = policy.node_by_key(&key) {
@@ -104,6 +140,25 @@ pub fn decide(
             seen: seen.to_string(),
         });
     }
+    let endpoint = SocketAddr::new(req.endpoint.ip(), policy.cluster.listen_port);
+    if let Some(n) = policy.nodes.iter().find(|n| n.endpoint == Some(endpoint)) {
+        let ephemeral = replace.filter(|r| r.ephemeral.contains(&(n.id, n.public_key)));
+        return match ephemeral {
+            Some(r) if r.lost.contains(&n.id) => Ok(Admission::Replace {
+                id: n.id,
+                name: n.name.clone(),
+                public_key: key,
+            }),
+            Some(_) => Err(Refusal::EndpointBusy {
+                endpoint: endpoint.to_string(),
+                node: n.id.get(),
+            }),
+            None => Err(Refusal::EndpointTaken {
+                endpoint: endpoint.to_string(),
+                node: n.id.get(),
+            }),
+        };
+    }
     if let Some(name) = &req.name {
         if !usable_name(name) {
             return Err(Refusal::BadName(policy::parse::shown(name)));
@@ -111,13 +166,6 @@ pub fn decide(
         if policy.nodes.iter().any(|n| &n.name == name) {
             return Err(Refusal::NameTaken(policy::parse::shown(name)));
         }
-    }
-    let endpoint = SocketAddr::new(req.endpoint.ip(), policy.cluster.listen_port);
-    if let Some(n) = policy.nodes.iter().find(|n| n.endpoint == Some(endpoint)) {
-        return Err(Refusal::EndpointTaken {
-            endpoint: endpoint.to_string(),
-            node: n.id.get(),
-        });
     }
     let (id, addresses) = (1..=u16::MAX)
         .filter_map(NodeId::new)
@@ -186,7 +234,7 @@ mod tests {
     fn a_new_node_gets_the_lowest_free_id_its_addresses_and_its_name() {
         let p = policy_with(&[(1, "master", 1), (3, "c", 3)]);
         let seen = Some("198.18.0.9".parse().unwrap());
-        match decide(&p, &req(9, Some("web-1")), seen, &[Role::Drone]).unwrap() {
+        match decide(&p, &req(9, Some("web-1")), seen, &[Role::Drone], None).unwrap() {
             Admission::Add(n) => {
                 assert_eq!(n.id.get(), 2);
                 assert_eq!(n.name, "web-1");
@@ -200,7 +248,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match decide(&p, &req(9, None), None, &[Role::Drone]).unwrap() {
+        match decide(&p, &req(9, None), None, &[Role::Drone], None).unwrap() {
             Admission::Add(n) => assert_eq!(n.name, "node2"),
             other => panic!("{other:?}"),
         }
@@ -210,7 +258,7 @@ mod tests {
     fn a_retry_with_a_known_key_changes_nothing() {
         let p = policy_with(&[(1, "master", 1), (2, "b", 2)]);
         assert_eq!(
-            decide(&p, &req(2, Some("other")), None, &[Role::Drone]).unwrap(),
+            decide(&p, &req(2, Some("other")), None, &[Role::Drone], None).unwrap(),
             Admission::Already {
                 id: NodeId::new(2).unwrap(),
                 name: "b".into()
@@ -222,23 +270,23 @@ mod tests {
     fn claims_on_another_nodes_name_or_a_foreign_endpoint_are_refused() {
         let p = policy_with(&[(1, "master", 1)]);
         assert_eq!(
-            decide(&p, &req(9, Some("master")), None, &[Role::Drone]),
+            decide(&p, &req(9, Some("master")), None, &[Role::Drone], None),
             Err(Refusal::NameTaken("\"master\"".into()))
         );
         assert!(matches!(
-            decide(&p, &req(9, Some("a b")), None, &[Role::Drone]),
+            decide(&p, &req(9, Some("a b")), None, &[Role::Drone], None),
             Err(Refusal::BadName(_))
         ));
         let elsewhere = Some("198.18.0.50".parse().unwrap());
         assert!(matches!(
-            decide(&p, &req(9, None), elsewhere, &[Role::Drone]),
+            decide(&p, &req(9, None), elsewhere, &[Role::Drone], None),
             Err(Refusal::EndpointMismatch { .. })
         ));
         // A new key at an address the map already has (a drone rebooted): refused, named.
         let mut again = req(9, None);
         again.endpoint = "198.18.0.1:40000".parse().unwrap();
         assert_eq!(
-            decide(&p, &again, None, &[Role::Drone]),
+            decide(&p, &again, None, &[Role::Drone], None),
             Err(Refusal::EndpointTaken {
                 endpoint: "198.18.0.1:51820".into(),
                 node: 1
@@ -246,7 +294,52 @@ mod tests {
         );
         let mut bad = req(9, None);
         bad.public_key = "not a key".into();
-        assert_eq!(decide(&p, &bad, None, &[Role::Drone]), Err(Refusal::BadKey));
+        assert_eq!(
+            decide(&p, &bad, None, &[Role::Drone], None),
+            Err(Refusal::BadKey)
+        );
+    }
+
+    #[test]
+    fn an_ephemeral_drone_back_at_its_address_takes_over_its_entry_only_once_it_is_lost() {
+        let p = policy_with(&[(1, "master", 1), (2, "node2", 2), (3, "node3", 3)]);
+        let mut back = req(9, None);
+        back.endpoint = "198.18.0.2:51820".parse().unwrap();
+        let id = |n| NodeId::new(n).unwrap();
+        let mut r = Replaceable::default();
+        r.ephemeral.insert((id(2), key(2)));
+        // Still heard: retry later.
+        let busy = decide(&p, &back, None, &[Role::Drone], Some(&r)).unwrap_err();
+        assert!(busy.is_temporary(), "{busy}");
+        // Lost: the entry gets the new key, keeping its id and name.
+        r.lost.insert(id(2));
+        assert_eq!(
+            decide(&p, &back, None, &[Role::Drone], Some(&r)),
+            Ok(Admission::Replace {
+                id: id(2),
+                name: "node2".into(),
+                public_key: key(9),
+            })
+        );
+        // A token that is not ephemeral never replaces.
+        assert!(matches!(
+            decide(&p, &back, None, &[Role::Drone], None),
+            Err(Refusal::EndpointTaken { node: 2, .. })
+        ));
+        // Node 3 was not admitted as ephemeral: lost or not, never replaced.
+        r.lost.insert(id(3));
+        let mut other = back.clone();
+        other.endpoint = "198.18.0.3:51820".parse().unwrap();
+        let refused = decide(&p, &other, None, &[Role::Drone], Some(&r)).unwrap_err();
+        assert!(!refused.is_temporary());
+        // Ephemeral under another key (the id was reused by a later, ordinary join): never.
+        let mut r2 = Replaceable::default();
+        r2.ephemeral.insert((id(2), key(7)));
+        r2.lost.insert(id(2));
+        assert!(matches!(
+            decide(&p, &back, None, &[Role::Drone], Some(&r2)),
+            Err(Refusal::EndpointTaken { .. })
+        ));
     }
 
     #[test]
@@ -265,7 +358,7 @@ mod tests {
         }
         let p = policy::parse_policy("test", t.as_bytes(), Timestamp::now()).unwrap();
         assert_eq!(
-            decide(&p, &req(9, None), None, &[Role::Drone]),
+            decide(&p, &req(9, None), None, &[Role::Drone], None),
             Err(Refusal::Full)
         );
     }

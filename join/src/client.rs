@@ -24,6 +24,8 @@ pub enum JoinError {
     Wire(SocketAddr, WireError),
     #[error("refused by the cluster: {0}")]
     Refused(String),
+    #[error("not yet: {0}")]
+    Later(String),
     #[error("the answer is not a join answer: {0}")]
     Malformed(String),
     #[error("the cluster's operator key has fingerprint {got}, not the pinned {want}: not joining")]
@@ -135,6 +137,7 @@ pub fn check(
 ) -> Result<Joined, JoinError> {
     let (node, name, policy_text, signature, operator_key) = match answer {
         JoinAnswer::Refused { reason } => return Err(JoinError::Refused(reason)),
+        JoinAnswer::Later { reason } => return Err(JoinError::Later(reason)),
         JoinAnswer::Accepted {
             node,
             name,

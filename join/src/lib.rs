@@ -2,7 +2,8 @@
 //!
 //! `admit`: what a master decides about a request (pure). `guard`: connection limit and
 //! per-source back-off (pure). `pending`: joins without a token waiting for approval.
-//! `service`: the master's admission and a member's relay.
+//! `lost`: which nodes the master's cluster view has lost (an ephemeral drone's entry may then
+//! go to its new key). `service`: the master's admission and a member's relay.
 //! `client`: the joiner's side, checking what comes back. `discover`: `tyd join any`. `token`: join tokens (`<id>.<secret>`), and the master's store of them (derived keys only,
 //! uses, expiry, roles, revocation). `wire`: the exchange on the wire, a Noise `NNpsk0`
 //! handshake keyed by the token (the `snow` crate), then the request and the answer.
@@ -11,6 +12,7 @@ pub mod admit;
 pub mod client;
 pub mod discover;
 pub mod guard;
+pub mod lost;
 pub mod pending;
 pub mod service;
 pub mod token;

@@ -42,6 +42,10 @@ struct Args {
     /// The master's join tokens (`tyd token create`).
     #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
     tokens: PathBuf,
+    /// clusterd's view of the cluster (its --view): an ephemeral drone coming back at its
+    /// address with a new key takes over its entry only once this view says it is lost.
+    #[arg(long, default_value = "/run/tyd/cluster-status.json")]
+    view: PathBuf,
     #[arg(long)]
     log_json: bool,
 }
@@ -167,9 +171,15 @@ impl Node {
                 id,
                 name,
                 serial,
+                replaced,
             } => {
-                info!(token = %token, node = id, name = %name, serial, source = %from.ip(),
-                    "node joined; the new policy is signed and in place");
+                if replaced {
+                    info!(token = %token, node = id, name = %name, serial, source = %from.ip(),
+                        "ephemeral node back with a new key; its lost entry now has that key, signed and in place");
+                } else {
+                    info!(token = %token, node = id, name = %name, serial, source = %from.ip(),
+                        "node joined; the new policy is signed and in place");
+                }
                 true
             }
             Outcome::Already { token, id, name } => {
@@ -227,7 +237,9 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
                     ),
                 ));
             }
-            Some(Master::new(args.policy.clone(), key, args.tokens.clone()))
+            let mut master = Master::new(args.policy.clone(), key, args.tokens.clone());
+            master.view = Some(args.view.clone());
+            Some(master)
         }
     };
     let node = Node {

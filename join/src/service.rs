@@ -16,7 +16,7 @@ use policy::edit::PolicyEdit;
 use policy::fsutil::atomic_write;
 use policy::{OperatorPublicKey, Role};
 
-use crate::admit::{Admission, JoinAnswer, JoinRequest, decide};
+use crate::admit::{Admission, JoinAnswer, JoinRequest, Replaceable, decide};
 use crate::pending::{Decision, PendingStore};
 use crate::token::{TokenId, TokenStore};
 use crate::wire::{self, Hello, WireError};
@@ -74,6 +74,8 @@ pub enum Outcome {
         id: u16,
         name: String,
         serial: u64,
+        /// An ephemeral drone's lost entry, now under its new key.
+        replaced: bool,
     },
     /// The key was already a member (a retry): answered with the policy in force.
     Already {
@@ -109,6 +111,9 @@ pub struct Master {
     pub pending: PathBuf,
     /// How long such a join waits for a decision.
     pub approval_wait: Duration,
+    /// This node's clusterd view (`clusterd --view`): which nodes the cluster has lost, for
+    /// ephemeral drones coming back with a new key. None: no entry is ever taken over.
+    pub view: Option<PathBuf>,
     /// One admission at a time: each reads the policy the previous one wrote.
     lock: Mutex<()>,
 }
@@ -121,6 +126,7 @@ impl Master {
             pending: pending_path(&tokens),
             tokens,
             approval_wait: APPROVAL_WAIT,
+            view: None,
             lock: Mutex::new(()),
         }
     }
@@ -283,64 +289,134 @@ impl Master {
         let now = Timestamp::now();
         let mut store =
             TokenStore::load(&self.tokens).map_err(|e| ServeError::Master(e.to_string()))?;
-        let roles = match store.check(id, now) {
-            Ok(t) => t.roles.clone(),
+        let (roles, ephemeral) = match store.check(id, now) {
+            Ok(t) => (t.roles.clone(), t.ephemeral),
             Err(r) => return Ok(refused(r.to_string())),
         };
+        let replace = ephemeral.then(|| self.replaceable(&store, now));
         // The token is spent before the policy is written: a crash between the two costs a
-        // use, never grants a second join.
-        let spend = || {
-            store.consume(id);
+        // use, never grants a second join. Taking over a lost ephemeral entry spends nothing
+        // (the drone already paid for its place).
+        let spend = |admission: &Admission| {
+            if let Admission::Add(new) = admission {
+                store.consume(id);
+                if ephemeral {
+                    store.record_ephemeral(new.id.get(), &new.public_key);
+                }
+            }
+            if let Admission::Replace { id, public_key, .. } = admission {
+                store.record_ephemeral(id.get(), public_key);
+            }
             store.save(&self.tokens).map_err(|e| e.to_string())
         };
-        Ok(match self.add(&req, seen, &roles, spend)? {
-            Added::Refused(reason) => refused(reason),
-            Added::Already { node, name, answer } => (
-                answer,
-                Outcome::Already {
-                    token: id.clone(),
-                    id: node,
-                    name,
-                },
-            ),
-            Added::New {
-                node,
-                name,
-                serial,
-                answer,
-            } => (
-                answer,
-                Outcome::Joined {
-                    token: id.clone(),
-                    id: node,
+        Ok(
+            match self.add(&req, seen, &roles, replace.as_ref(), spend)? {
+                Added::Refused(reason) => refused(reason),
+                Added::Later(reason) => (
+                    JoinAnswer::Later {
+                        reason: reason.clone(),
+                    },
+                    Outcome::Refused {
+                        token: id.clone(),
+                        reason,
+                    },
+                ),
+                Added::Already { node, name, answer } => (
+                    answer,
+                    Outcome::Already {
+                        token: id.clone(),
+                        id: node,
+                        name,
+                    },
+                ),
+                Added::New {
+                    node,
                     name,
                     serial,
-                },
-            ),
-        })
+                    answer,
+                    replaced,
+                } => (
+                    answer,
+                    Outcome::Joined {
+                        token: id.clone(),
+                        id: node,
+                        name,
+                        serial,
+                        replaced,
+                    },
+                ),
+            },
+        )
     }
 
-    /// Decides on `req` and, if it is a new node, calls `before_write` (spending a token) and
-    /// writes the signed policy with it. The caller holds the lock.
+    /// The ephemeral entries a join may take over, and which of them the cluster has lost.
+    fn replaceable(&self, store: &TokenStore, now: Timestamp) -> Replaceable {
+        let current = PolicyEdit::open(&self.policy).and_then(|e| e.current(now));
+        let ephemeral = match &current {
+            Ok(p) => store.ephemeral_in(p).into_iter().collect(),
+            Err(_) => Default::default(),
+        };
+        let lost = match &self.view {
+            None => Default::default(),
+            Some(path) => match policy::fsutil::read(path) {
+                Ok(bytes) => match crate::lost::lost_nodes(&bytes, now) {
+                    Ok(lost) => lost,
+                    Err(e) => {
+                        tracing::warn!(view = %path.display(), error = %e, "cluster view unusable: no entry is taken over");
+                        Default::default()
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster view unreadable: no entry is taken over");
+                    Default::default()
+                }
+            },
+        };
+        Replaceable { ephemeral, lost }
+    }
+
+    /// Decides on `req` and, if it changes the map, calls `before_write` with the decision
+    /// (spending a token) and writes the signed policy. The caller holds the lock.
     fn add(
         &self,
         req: &JoinRequest,
         seen: Option<IpAddr>,
         roles: &[Role],
-        before_write: impl FnOnce() -> Result<(), String>,
+        replace: Option<&Replaceable>,
+        before_write: impl FnOnce(&Admission) -> Result<(), String>,
     ) -> Result<Added, ServeError> {
         let now = Timestamp::now();
         let master = |e: String| ServeError::Master(e);
         let mut edit = PolicyEdit::open(&self.policy).map_err(|e| master(e.to_string()))?;
         let current = edit.current(now).map_err(|e| master(e.to_string()))?;
-        let (node, name, serial) = match decide(&current, req, seen, roles) {
+        let admission = match decide(&current, req, seen, roles, replace) {
+            Err(r) if r.is_temporary() => return Ok(Added::Later(r.to_string())),
             Err(r) => return Ok(Added::Refused(r.to_string())),
-            Ok(Admission::Already { id, name }) => (id.get(), name, None),
-            Ok(Admission::Add(new)) => {
-                edit.add_node(&new).map_err(|e| master(e.to_string()))?;
-                before_write().map_err(master)?;
+            Ok(a) => a,
+        };
+        let (node, name, serial, replaced) = match &admission {
+            Admission::Already { id, name } => (id.get(), name.clone(), None, false),
+            Admission::Add(new) => {
+                edit.add_node(new).map_err(|e| master(e.to_string()))?;
+                before_write(&admission).map_err(master)?;
                 let p = self.sign_and_write(edit, &current, now).map_err(master)?;
-                (new.id.get(), new.name, Some(p.cluster.serial))
+                (
+                    new.id.get(),
+                    new.name.clone(),
+                    Some(p.cluster.serial),
+                    false,
+                )
+            }
+            Admission::Replace {
+                id,
+                name,
+                public_key,
+            } => {
+                edit.set_node_key(*id, public_key)
+                    .map_err(|e| master(e.to_string()))?;
+                before_write(&admission).map_err(master)?;
+                let p = self.sign_and_write(edit, &current, now).map_err(master)?;
+                (id.get(), name.clone(), Some(p.cluster.serial), true)
             }
         };
         let read = |p: &std::path::Path| {
@@ -361,6 +437,7 @@ impl Master {
                 name,
                 serial,
                 answer,
+                replaced,
             },
             None => Added::Already { node, name, answer },
         })
@@ -426,7 +503,7 @@ impl Master {
             let current = PolicyEdit::open(&self.policy)
                 .and_then(|e| e.current(now))
                 .map_err(|e| master(e.to_string()))?;
-            if let Err(r) = decide(&current, &req, seen, &roles) {
+            if let Err(r) = decide(&current, &req, seen, &roles, None) {
                 return Ok(refused(r.to_string()));
             }
         }
@@ -467,8 +544,8 @@ impl Master {
                     pending
                         .save(&self.pending)
                         .map_err(|e| master(e.to_string()))?;
-                    return Ok(match self.add(&req, seen, &roles, || Ok(()))? {
-                        Added::Refused(reason) => refused(reason),
+                    return Ok(match self.add(&req, seen, &roles, None, |_| Ok(()))? {
+                        Added::Refused(reason) | Added::Later(reason) => refused(reason),
                         Added::Already { node, answer, .. } => {
                             ended(answer, format!("approved; already node {node}"))
                         }
@@ -494,6 +571,8 @@ impl Master {
 /// What [`Master::add`] did.
 enum Added {
     Refused(String),
+    /// Not now; the joiner may retry.
+    Later(String),
     Already {
         node: u16,
         name: String,
@@ -504,6 +583,7 @@ enum Added {
         name: String,
         serial: u64,
         answer: JoinAnswer,
+        replaced: bool,
     },
 }
 

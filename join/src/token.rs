@@ -178,6 +178,10 @@ pub struct TokenRecord {
     /// What a node that joins with it becomes.
     pub roles: Vec<Role>,
     pub revoked: bool,
+    /// For RAM drones (a new key each boot): a node it admitted that comes back at its address
+    /// with a new key takes over its entry once the cluster has lost it.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// Why a token does not admit a join. What the joiner is told is only "refused" (it learns
@@ -219,6 +223,16 @@ pub struct Limits {
     pub uses: u32,
     pub valid_for: std::time::Duration,
     pub roles: Vec<Role>,
+    pub ephemeral: bool,
+}
+
+/// A node an ephemeral token admitted, with the key it was admitted with (an entry with
+/// another key under the same id is not this node any more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EphemeralNode {
+    pub id: u16,
+    pub public_key: String,
 }
 
 /// The master's tokens: a JSON file, mode 0600, replaced atomically.
@@ -226,6 +240,8 @@ pub struct Limits {
 #[serde(deny_unknown_fields)]
 pub struct TokenStore {
     pub tokens: Vec<TokenRecord>,
+    #[serde(default)]
+    pub ephemeral_nodes: Vec<EphemeralNode>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +296,7 @@ impl TokenStore {
             used: 0,
             roles: limits.roles.clone(),
             revoked: false,
+            ephemeral: limits.ephemeral,
         });
         token
     }
@@ -300,6 +317,40 @@ impl TokenStore {
         if let Some(t) = self.tokens.iter_mut().find(|t| &t.id == id) {
             t.used = t.used.saturating_add(1);
         }
+    }
+
+    /// Records that node `id` joined with `key` through an ephemeral token (replacing any
+    /// earlier record of that id).
+    pub fn record_ephemeral(&mut self, id: u16, key: &policy::WgPublicKey) {
+        self.ephemeral_nodes.retain(|n| n.id != id);
+        self.ephemeral_nodes.push(EphemeralNode {
+            id,
+            public_key: key.to_base64(),
+        });
+        self.ephemeral_nodes.sort_by_key(|n| n.id);
+    }
+
+    /// The ephemeral nodes still in `policy` under the key they joined with (the others are
+    /// forgotten: removed, or their id given to another node).
+    pub fn ephemeral_in(
+        &self,
+        policy: &policy::Policy,
+    ) -> Vec<(policy::NodeId, policy::WgPublicKey)> {
+        self.ephemeral_nodes
+            .iter()
+            .filter_map(|n| {
+                let id = policy::NodeId::new(n.id)?;
+                let key: policy::WgPublicKey = n.public_key.parse().ok()?;
+                (policy.node_by_id(id)?.public_key == key).then_some((id, key))
+            })
+            .collect()
+    }
+
+    /// Drops records of ephemeral nodes no longer in `policy` with their key.
+    pub fn forget_departed(&mut self, policy: &policy::Policy) {
+        let kept = self.ephemeral_in(policy);
+        self.ephemeral_nodes
+            .retain(|n| kept.iter().any(|(id, _)| id.get() == n.id));
     }
 
     pub fn revoke(&mut self, id: &str) -> Result<(), StoreError> {
@@ -330,6 +381,7 @@ mod tests {
     fn limits(uses: u32) -> Limits {
         Limits {
             uses,
+            ephemeral: false,
             valid_for: Duration::from_secs(3600),
             roles: vec![Role::Drone],
         }

@@ -59,12 +59,17 @@ fn lab() -> Lab {
 }
 
 fn token(lab: &Lab, uses: u32, valid: Duration) -> Token {
+    token_with(lab, uses, valid, false)
+}
+
+fn token_with(lab: &Lab, uses: u32, valid: Duration, ephemeral: bool) -> Token {
     let mut store = TokenStore::load(&lab.tokens).unwrap();
     let t = store.create(
         &Limits {
             uses,
             valid_for: valid,
             roles: vec![Role::Drone],
+            ephemeral,
         },
         Timestamp::now(),
         &mut rand_core::OsRng,
@@ -529,4 +534,96 @@ fn an_expired_node_leaving_is_removed_once() {
     );
     let text = std::fs::read_to_string(&lab.policy).unwrap();
     assert!(!text.contains("temp"), "{text}");
+}
+
+/// clusterd's view as the master's joind reads it: node 2 heard or not.
+fn write_view(path: &Path, node2_reachable: bool) {
+    let text = format!(
+        r#"{{"schema":1,"cluster":"lab","serial":1,"written_at":"{}","quarantine_enabled":true,"nodes":[
+        {{"id":1,"name":"master","this_node":true,"reachable":true,"quarantined":null}},
+        {{"id":2,"name":"node2","this_node":false,"reachable":{node2_reachable},"quarantined":null}}]}}"#,
+        Timestamp::now()
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn an_ephemeral_drone_back_with_a_new_key_gets_its_entry_once_the_cluster_has_lost_it() {
+    let mut lab = lab();
+    let view = lab._dir.path().join("cluster-status.json");
+    let mut m = Master::new(
+        lab.policy.clone(),
+        SigningKey::from_bytes(&[7; 32]),
+        lab.tokens.clone(),
+    );
+    m.view = Some(view.clone());
+    lab.master = Arc::new(m);
+    let t = token_with(&lab, 2, Duration::from_secs(3600), true);
+    let (_, outcome) = attempt(&lab, &t, &request(5, None));
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Joined {
+                id: 2,
+                replaced: false,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let joined_serial = serial(&lab.policy);
+
+    // Rebooted: a new key (6) at the same address (198.18.0.5).
+    let mut back = request(6, None);
+    back.endpoint = "198.18.0.5:51820".parse().unwrap();
+    // No view yet, then a view that still hears node 2: not now, nothing changed.
+    for reachable in [None, Some(true)] {
+        if let Some(r) = reachable {
+            write_view(&view, r);
+        }
+        let (got, outcome) = attempt(&lab, &t, &back);
+        assert!(
+            matches!(got, Ok(JoinAnswer::Later { .. })),
+            "{got:?} {outcome:?}"
+        );
+        let err = check(got.unwrap(), &lab.fingerprint, &key(6), Timestamp::now()).unwrap_err();
+        assert!(matches!(err, JoinError::Later(_)), "{err}");
+        assert_eq!(serial(&lab.policy), joined_serial);
+    }
+    // Lost: node 2 (same id, name and addresses) now has key 6; no use spent.
+    write_view(&view, false);
+    let (got, outcome) = attempt(&lab, &t, &back);
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Joined {
+                id: 2,
+                replaced: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let joined = check(got.unwrap(), &lab.fingerprint, &key(6), Timestamp::now()).unwrap();
+    assert_eq!((joined.node, joined.name.as_str()), (2, "node2"));
+    assert_eq!(serial(&lab.policy), joined_serial + 1);
+    let text = std::fs::read_to_string(&lab.policy).unwrap();
+    assert!(text.contains(&key(6).to_base64()) && !text.contains(&key(5).to_base64()));
+    assert_eq!(
+        TokenStore::load(&lab.tokens)
+            .unwrap()
+            .get(&t.id)
+            .unwrap()
+            .used,
+        1
+    );
+
+    // A token that is not ephemeral never takes an entry over, lost or not.
+    let plain = token(&lab, 1, Duration::from_secs(3600));
+    let mut third = request(7, None);
+    third.endpoint = "198.18.0.5:51820".parse().unwrap();
+    let (got, _) = attempt(&lab, &plain, &third);
+    let err = check(got.unwrap(), &lab.fingerprint, &key(7), Timestamp::now()).unwrap_err();
+    assert!(err.to_string().contains("already node 2's"), "{err}");
+    assert_eq!(serial(&lab.policy), joined_serial + 1);
 }

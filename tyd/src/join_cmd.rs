@@ -100,6 +100,7 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
             uses: a.uses,
             valid_for: a.expires.unsigned_abs(),
             roles: vec![Role::Drone],
+            ephemeral: false,
         },
         now,
         &mut rand_core::OsRng,
@@ -226,6 +227,9 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
                 Exit::Runtime
             }
             join::client::JoinError::Refused(_) => Exit::Refused,
+            // Not yet (a drone's old entry the cluster still hears): try again, as for an
+            // unreachable member.
+            join::client::JoinError::Later(_) => Exit::Runtime,
             join::client::JoinError::WrongOperator { .. }
             | join::client::JoinError::BadPolicy(_) => Exit::BadSignature,
             _ => Exit::Refused,

@@ -24,6 +24,12 @@ pub enum TokenCmd {
         /// What a node joining with it becomes: drone, or master (trusted with joins).
         #[arg(long, value_delimiter = ',', default_value = "drone", value_parser = crate::node_cmd::parse_role)]
         roles: Vec<Role>,
+        /// For RAM drones (network-booted, a new key each boot): a node that joined with it
+        /// and comes back at the same address with a new key gets its old entry (id, name,
+        /// tunnel addresses) once the cluster has lost it (quarantined or silent), spending
+        /// no use.
+        #[arg(long)]
+        ephemeral: bool,
         #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
         tokens: PathBuf,
         /// The operator's public key, whose fingerprint the joiner pins.
@@ -81,6 +87,7 @@ pub fn run(cmd: TokenCmd, now: Timestamp) -> CliResult {
             uses,
             expires,
             roles,
+            ephemeral,
             tokens,
             trust,
             member,
@@ -92,15 +99,17 @@ pub fn run(cmd: TokenCmd, now: Timestamp) -> CliResult {
                 uses,
                 valid_for: expires.unsigned_abs(),
                 roles,
+                ephemeral,
             };
             let token = store.create(&limits, now, &mut rand_core::OsRng);
             save(&store, &tokens)?;
             let until = store.get(&token.id).map_or(now, |t| t.expires);
             println!("{}", token.reveal().as_str());
             eprintln!(
-                "token {}: {uses} join(s) as {} until {until:.0}; join a node with:",
+                "token {}: {uses} join(s) as {}{} until {until:.0}; join a node with:",
                 token.id,
-                role_names(&limits.roles)
+                role_names(&limits.roles),
+                if ephemeral { " (ephemeral)" } else { "" }
             );
             eprintln!(
                 "  tyd join {} --token {} --operator {fingerprint}",
@@ -120,6 +129,7 @@ pub fn run(cmd: TokenCmd, now: Timestamp) -> CliResult {
                             "id": t.id.as_str(), "created": t.created.to_string(),
                             "expires": t.expires.to_string(), "uses": t.uses, "used": t.used,
                             "roles": role_names(&t.roles), "state": state(t, now),
+                            "ephemeral": t.ephemeral,
                         })
                     })
                     .collect();
@@ -135,9 +145,18 @@ pub fn run(cmd: TokenCmd, now: Timestamp) -> CliResult {
                     "{:<8} {:<10} {:<8} {:<26} {}",
                     t.id.as_str(),
                     format!("{}/{}", t.used, t.uses),
-                    role_names(&t.roles),
+                    if t.ephemeral {
+                        format!("{}*", role_names(&t.roles))
+                    } else {
+                        role_names(&t.roles)
+                    },
                     format!("{:.0}", t.expires),
                     state(t, now)
+                );
+            }
+            if store.tokens.iter().any(|t| t.ephemeral) {
+                println!(
+                    "* ephemeral: a drone back at its address with a new key gets its lost entry"
                 );
             }
             Ok(())

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::lab::Lab;
-use crate::vm::{Spec, Vm};
+use crate::vm::{Boot, NicModel, Spec, Vm};
 use crate::{scratch, target_dir, workspace};
 
 /// The drones: name, LAN address, tunnel address (as `tyd node add` assigns them).
@@ -80,9 +80,15 @@ fn build_binaries() -> Result<PathBuf, String> {
             "tyd",
             "-p",
             "drone",
+            "-p",
+            "drone-boot",
         ]))?;
     Ok(target_dir().join("release"))
 }
+
+/// The test's console and log ports on the kernel command line: a root shell on the console,
+/// the daemons' logs on the second serial port.
+pub const CONSOLE_ARGS: &str = "console=ttyS0 quiet drone.shell=1 drone.log=/dev/ttyS1";
 
 impl Image {
     /// A VM booting this image with a console shell, daemon logs on the second serial port,
@@ -90,12 +96,13 @@ impl Image {
     pub fn spec(&self, name: &str, nic: u8, args: &str) -> Spec {
         Spec {
             name: name.to_string(),
-            kernel: self.dir.join("vmlinuz"),
-            initrd: self.dir.join("initrd.img"),
+            boot: Boot::Direct {
+                kernel: self.dir.join("vmlinuz"),
+                initrd: self.dir.join("initrd.img"),
+                cmdline: format!("{CONSOLE_ARGS} panic=-1 {args}"),
+            },
             nic,
-            cmdline: format!(
-                "console=ttyS0 quiet panic=-1 drone.shell=1 drone.log=/dev/ttyS1 {args}"
-            ),
+            model: NicModel::Virtio,
         }
     }
 }

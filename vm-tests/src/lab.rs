@@ -10,7 +10,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 #[derive(Debug)]
 pub struct Lab {
     pub netns: String,
-    dhcpd: Option<Child>,
+    /// Servers on the LAN (udhcpd, dnsmasq): stopped by PID when the lab goes.
+    children: Vec<Child>,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -38,7 +39,10 @@ impl Lab {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         ip(&["netns", "add", &netns])?;
-        let lab = Self { netns, dhcpd: None };
+        let lab = Self {
+            netns,
+            children: Vec::new(),
+        };
         lab.ipn(&["link", "add", "br0", "type", "bridge"])?;
         lab.ipn(&["link", "set", "br0", "up"])?;
         lab.ipn(&["link", "set", "lo", "up"])?;
@@ -51,6 +55,15 @@ impl Lab {
         ip(&all)
     }
 
+    /// Gives the bridge address `cidr` (the lab's own host on the LAN), once: the master and
+    /// the DHCP server share 198.18.0.1.
+    pub fn address(&self, cidr: &str) -> Result<(), String> {
+        match self.ipn(&["addr", "add", cidr, "dev", "br0"]) {
+            Err(e) if e.contains("File exists") => Ok(()),
+            other => other,
+        }
+    }
+
     /// A tap device on the bridge, for one VM's NIC.
     pub fn tap(&self, name: &str) -> Result<(), String> {
         self.ipn(&["tuntap", "add", "dev", name, "mode", "tap"])?;
@@ -60,9 +73,10 @@ impl Lab {
 }
 
 impl Lab {
-    /// A DHCP server (busybox udhcpd) on the bridge at 198.18.0.1, leasing .100-.120.
-    pub fn dhcp_server(&mut self, dir: &Path) -> Result<(), String> {
-        self.ipn(&["addr", "add", "198.18.0.1/24", "dev", "br0"])?;
+    /// A DHCP server (busybox udhcpd) on the bridge at 198.18.0.1, leasing .100-.120, and
+    /// the fixed addresses in `statics` (MAC, address).
+    pub fn dhcp_server(&mut self, dir: &Path, statics: &[(&str, &str)]) -> Result<(), String> {
+        self.address("198.18.0.1/24")?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let conf = dir.join("udhcpd.conf");
         let leases = dir.join("udhcpd.leases");
@@ -72,9 +86,13 @@ impl Lab {
             &conf,
             format!(
                 "start 198.18.0.100\nend 198.18.0.120\ninterface br0\nlease_file {}\n\
-                 pidfile {}\noption subnet 255.255.255.0\n",
+                 pidfile {}\noption subnet 255.255.255.0\n{}",
                 leases.display(),
-                dir.join("udhcpd.pid").display()
+                dir.join("udhcpd.pid").display(),
+                statics
+                    .iter()
+                    .map(|(mac, ip)| format!("static_lease {mac} {ip}\n"))
+                    .collect::<String>()
             ),
         )
         .map_err(|e| e.to_string())?;
@@ -85,14 +103,30 @@ impl Lab {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start udhcpd: {e}"))?;
-        self.dhcpd = Some(child);
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Runs `program` in the lab's namespace until the lab goes; its output goes to `log`.
+    pub fn run(&mut self, program: &Path, args: &[&str], log: &Path) -> Result<(), String> {
+        let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(program)
+            .args(args)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        self.children.push(child);
         Ok(())
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut c) = self.dhcpd.take() {
+        for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }

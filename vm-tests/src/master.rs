@@ -1,6 +1,7 @@
 //! A master on the test LAN, for drones that join at boot. It runs in the lab's own network
-//! namespace (198.18.0.1 on the bridge): netguard (userspace WireGuard), joind with the test
-//! cluster's operator key, and a service on tcp 4660 that answers "master". Its policy is the
+//! namespace (198.18.0.1 on the bridge): netguard (userspace WireGuard), clusterd (no
+//! certaintyd: `--certainty-socket none`), joind with the test cluster's operator key and
+//! clusterd's view, and a service on tcp 4660 that answers "master". Its policy is the
 //! test cluster's with a master node (id 10) added and signed, as an operator would. Stopped,
 //! by PID, when dropped.
 
@@ -20,6 +21,8 @@ pub struct Master {
     pub dir: PathBuf,
     /// A join token with two uses.
     pub token: String,
+    /// An ephemeral join token (`tyd token create --ephemeral`) with ten uses.
+    pub ephemeral_token: String,
     netns: String,
     children: Vec<Child>,
 }
@@ -83,10 +86,25 @@ impl Cluster {
             ])?
             .trim()
             .to_string();
-        lab.ipn(&["addr", "add", &format!("{MASTER_LAN}/24"), "dev", "br0"])?;
+        let ephemeral_token = self
+            .tyd(&[
+                "token",
+                "create",
+                "--tokens",
+                &p("tokens.json"),
+                "--trust",
+                &trust.display().to_string(),
+                "--uses",
+                "10",
+                "--ephemeral",
+            ])?
+            .trim()
+            .to_string();
+        lab.address(&format!("{MASTER_LAN}/24"))?;
         let mut master = Master {
             dir: dir.clone(),
             token,
+            ephemeral_token,
             netns: lab.netns.clone(),
             children: Vec::new(),
         };
@@ -107,8 +125,31 @@ impl Cluster {
                 "tydm0",
                 "--backend",
                 "userspace",
+                "--quarantine",
+                &p("quarantine.json"),
             ],
             &dir.join("netguard.log"),
+        )?);
+        master.children.push(spawn(
+            &lab.netns,
+            &self.bin.join("clusterd"),
+            &[
+                "--policy",
+                &p("cluster.toml"),
+                "--trust",
+                &trust_s,
+                "--key",
+                &p("node.key"),
+                "--state",
+                &p("clusterd.json"),
+                "--certainty-socket",
+                "none",
+                "--quarantine",
+                &p("quarantine.json"),
+                "--view",
+                &p("cluster-status.json"),
+            ],
+            &dir.join("clusterd.log"),
         )?);
         master.children.push(spawn(
             &lab.netns,
@@ -124,6 +165,8 @@ impl Cluster {
                 &operator,
                 "--tokens",
                 &p("tokens.json"),
+                "--view",
+                &p("cluster-status.json"),
             ],
             &dir.join("joind.log"),
         )?);
@@ -150,7 +193,7 @@ impl Master {
 impl Drop for Master {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for name in ["netguard.log", "joind.log"] {
+            for name in ["netguard.log", "clusterd.log", "joind.log"] {
                 eprintln!("--- master {name}\n{}", self.log(name));
             }
         }

@@ -13,11 +13,41 @@ use crate::lab::Lab;
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub name: String,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    pub boot: Boot,
     /// The last byte of the MAC address (52:54:00:12:34:NN) and of the tap's name.
     pub nic: u8,
-    pub cmdline: String,
+    pub model: NicModel,
+}
+
+/// Where the VM's kernel comes from.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// Given to qemu (`-kernel`, `-initrd`, `-append`).
+    Direct {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        cmdline: String,
+    },
+    /// From the network: the NIC's iPXE ROM (qemu's ipxe-qemu), `-boot n`, again at every
+    /// reboot.
+    Network,
+}
+
+/// The emulated NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicModel {
+    Virtio,
+    /// Intel 82540EM, as on many real PCs: the cloud kernel has no driver for it.
+    E1000,
+}
+
+impl NicModel {
+    fn device(self) -> &'static str {
+        match self {
+            Self::Virtio => "virtio-net-pci",
+            Self::E1000 => "e1000",
+        }
+    }
 }
 
 /// The two serial ports.
@@ -83,24 +113,37 @@ impl Vm {
         let console_file = dir.join(format!("{}.console", spec.name));
         let log_file = dir.join(format!("{}.log", spec.name));
         let _ = std::fs::remove_file(&log_file);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &lab.netns, "qemu-system-x86_64"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lab.netns, "qemu-system-x86_64"])
             .args(["-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1"])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
             .args(["-serial", "stdio"])
             .arg("-serial")
-            .arg(format!("file:{}", log_file.display()))
-            .arg("-kernel")
-            .arg(&spec.kernel)
-            .arg("-initrd")
-            .arg(&spec.initrd)
-            .args(["-append", &spec.cmdline])
+            .arg(format!("file:{}", log_file.display()));
+        match &spec.boot {
+            Boot::Direct {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                cmd.arg("-kernel")
+                    .arg(kernel)
+                    .arg("-initrd")
+                    .arg(initrd)
+                    .args(["-append", cmdline]);
+            }
+            Boot::Network => {
+                cmd.args(["-boot", "n"]);
+            }
+        }
+        let mut child = cmd
             .args([
                 "-netdev",
                 &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
                 "-device",
                 &format!(
-                    "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:{:02x}",
+                    "{},netdev=n0,mac=52:54:00:12:34:{:02x}",
+                    spec.model.device(),
                     spec.nic
                 ),
             ])

@@ -401,7 +401,7 @@ fn killing_or_stopping_certaintyd_lets_the_watchdog_reboot_the_drone() {
 fn with_netguard_killed_the_service_ports_stay_closed_to_non_members() {
     let (_g, c, mut lab) = scenario!("netguard_killed");
     // This rogue takes its address by DHCP (the drones' other way to configure the LAN).
-    check(lab.dhcp_server(&vm_tests::scratch().join("netguard_killed")));
+    check(lab.dhcp_server(&vm_tests::scratch().join("netguard_killed"), &[]));
     let mut vms = boot_drones(c, &lab, "netguard_killed", &[0, 1]);
     let mut rogue = check(c.boot_rogue(&lab, "netguard_killed", true));
     check(rogue.wait_console("drone: dhcp: 198.18.0.1", BOOT));

@@ -1,0 +1,206 @@
+//! drone-boot: what a drone's init runs at boot. `net` configures the LAN from `ip=` on the
+//! kernel command line (or DHCP) and sets the host name; `harden` applies the policy's
+//! sysctls and lockdown level, or with --lock-modules forbids module loading.
+//!
+//! Exit codes: the shared set (`policy::exit`), e.g. 1 runtime failure, 2 usage, 4 bad
+//! signature.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+use drone_boot::harden;
+use drone_boot::netcfg::{self, NetConfig};
+use policy::exit::{EXIT_CODES_HELP, Exit};
+use tracing::{info, warn};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drone-boot",
+    version,
+    about,
+    after_help = EXIT_CODES_HELP
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Configure the LAN from `ip=` on the kernel command line, or by DHCP; set the host name.
+    Net {
+        #[arg(long, default_value = "/proc/cmdline")]
+        cmdline: PathBuf,
+    },
+    /// Apply the policy's sysctls and lockdown level, or with --lock-modules forbid module
+    /// loading.
+    Harden {
+        #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+        policy: PathBuf,
+        #[arg(long, default_value = "/etc/tyd/operator.pub")]
+        trust: PathBuf,
+        #[arg(long, default_value = "/proc/sys")]
+        proc_sys: PathBuf,
+        #[arg(long, default_value = "/sys/kernel/security")]
+        securityfs: PathBuf,
+        #[arg(long)]
+        lock_modules: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DRONE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match args.command {
+        Cmd::Net { cmdline } => net(&cmdline).map_err(Failure::from),
+        Cmd::Harden {
+            policy,
+            trust,
+            proc_sys,
+            securityfs,
+            lock_modules,
+        } => harden_cmd(&policy, &trust, &proc_sys, &securityfs, lock_modules),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("drone-boot: {}", f.message);
+            f.exit.into()
+        }
+    }
+}
+
+/// A failure at the edge: one line, and its code from the shared set.
+#[derive(Debug)]
+struct Failure {
+    exit: Exit,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            exit: Exit::Runtime,
+            message,
+        }
+    }
+}
+
+impl From<policy::LoadError> for Failure {
+    fn from(e: policy::LoadError) -> Self {
+        Self {
+            exit: (&e).into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn run_ip(args: &[String]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn net(cmdline: &Path) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(cmdline).map_err(|e| format!("{}: {e}", cmdline.display()))?;
+    let cfg = netcfg::parse_cmdline(&text).map_err(|e| format!("{}: {e}", cmdline.display()))?;
+    let from_image = std::fs::read_to_string("/etc/drone/hostname")
+        .ok()
+        .map(|s| s.trim().to_string());
+    let hostname = match &cfg {
+        NetConfig::Static { hostname, .. } | NetConfig::Dhcp { hostname, .. } => hostname.clone(),
+        NetConfig::Off => None,
+    }
+    .or(from_image)
+    .unwrap_or_else(|| "drone".into());
+    nix::unistd::sethostname(&hostname).map_err(|e| format!("sethostname {hostname}: {e}"))?;
+    match &cfg {
+        NetConfig::Static { .. } => {
+            for cmd in netcfg::static_commands(&cfg) {
+                run_ip(&cmd)?;
+            }
+        }
+        NetConfig::Dhcp { device, .. } => {
+            run_ip(&["link".into(), "set".into(), "lo".into(), "up".into()])?;
+            let status = Command::new("udhcpc")
+                .args([
+                    "-i",
+                    device,
+                    "-s",
+                    "/etc/drone/udhcpc",
+                    "-t",
+                    "5",
+                    "-T",
+                    "2",
+                    "-b",
+                ])
+                .args([
+                    "-p",
+                    "/run/udhcpc.pid",
+                    "-x",
+                    &format!("hostname:{hostname}"),
+                ])
+                .status()
+                .map_err(|e| format!("cannot run udhcpc: {e}"))?;
+            if !status.success() {
+                return Err(format!("udhcpc on {device}: {status}"));
+            }
+        }
+        NetConfig::Off => warn!("ip=off: network left to the operator"),
+    }
+    info!(config = %cfg, hostname = %hostname, "network configured");
+    Ok(())
+}
+
+fn harden_cmd(
+    policy: &Path,
+    trust: &Path,
+    proc_sys: &Path,
+    securityfs: &Path,
+    lock: bool,
+) -> Result<(), Failure> {
+    let verified = policy::load_verified(policy, trust, jiff::Timestamp::now())?;
+    let writes = if lock {
+        if !verified.hardening.lock_modules {
+            info!("policy leaves module loading open (hardening.lock_modules = false)");
+            return Ok(());
+        }
+        vec![harden::module_lock(proc_sys)]
+    } else {
+        let mut writes = harden::plan(&verified.hardening, proc_sys);
+        writes.extend(harden::lockdown(verified.hardening.lockdown, securityfs));
+        writes
+    };
+    let failures = harden::apply(&writes);
+    if failures.is_empty() {
+        info!(applied = writes.len(), "hardening applied");
+        Ok(())
+    } else {
+        Err(format!(
+            "hardening: {} of {} not applied: {}",
+            failures.len(),
+            writes.len(),
+            failures.join("; ")
+        )
+        .into())
+    }
+}
