@@ -16,6 +16,9 @@ packages=(
   aide              # certaintyd benchmark reference (the classic tool)
   busybox-static    # drone images (and udhcpd in the VM tests)
   qemu-system-x86   # drone VMs
+  ipxe-qemu         # qemu's NIC boot ROMs (iPXE): drones booted from the network in the VM tests
+  ipxe              # undionly.kpxe and snponly.efi, served by drone pxe to real PXE ROMs
+  dnsmasq-base      # drone pxe's boot server (proxy DHCP + TFTP); -base: no system service
   kmod              # depmod -b on the unpacked kernel package
   bc                # benchmark arithmetic
 )

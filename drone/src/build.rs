@@ -246,6 +246,27 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
             .map(|m| (*m).to_string()),
     );
     wanted.extend(inputs.extra_modules.iter().cloned());
+    // Hard dependencies come from modules.dep; soft ones (libcrc32c's crc32c) are added and
+    // listed first, since busybox's modprobe ignores them.
+    let alias_text = index("modules.alias")?;
+    let softdeps = match std::fs::read_to_string(mods.join("modules.softdep")) {
+        Ok(text) => kernel::parse_softdeps(&text),
+        Err(_) => Default::default(),
+    };
+    let known = |name: &str| dep.contains_key(name) || builtin.contains(name);
+    let hard = |name: &str| -> Vec<String> {
+        dep.get(name)
+            .map(|(_, deps)| deps.iter().map(|d| kernel::module_name(d)).collect())
+            .unwrap_or_default()
+    };
+    let aliases = kernel::parse_plain_aliases(&alias_text);
+    let wanted = kernel::LoadOrder {
+        softdeps: &softdeps,
+        aliases: &aliases,
+        known: &known,
+        hard: &hard,
+    }
+    .of(&wanted);
     let files = kernel::closure(&dep, &builtin, &wanted)?;
     let dest_root = format!("/lib/modules/{}", inputs.kernel.version);
     let mut firmware = std::collections::BTreeSet::new();
@@ -273,7 +294,7 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
     )?;
     tree.file(
         &format!("{dest_root}/modules.alias"),
-        kernel::filter_index(&index("modules.alias")?, &files, true).into_bytes(),
+        kernel::filter_index(&alias_text, &files, true).into_bytes(),
         0o644,
     )?;
     tree.file(

@@ -208,6 +208,103 @@ pub fn parse_modules_dep(text: &str) -> BTreeMap<String, (String, Vec<String>)> 
     out
 }
 
+/// `modules.softdep`: each module's `pre:` soft dependencies (module names or aliases), which
+/// must be loaded before it (e.g. libcrc32c needs a crc32c implementation, r8169 its PHY
+/// driver). modprobe honours them; busybox's does not, so the image lists them in order.
+pub fn parse_softdeps(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("softdep") {
+            continue;
+        }
+        let Some(module) = words.next() else { continue };
+        let mut pre = false;
+        for w in words {
+            match w {
+                "pre:" => pre = true,
+                "post:" => pre = false,
+                dep if pre => out
+                    .entry(module_name(module))
+                    .or_default()
+                    .push(dep.to_string()),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// `modules.alias` lines without wildcards: alias -> the modules providing it, in file order.
+pub fn parse_plain_aliases(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("alias"), Some(alias), Some(module)) =
+            (words.next(), words.next(), words.next())
+            && !alias.contains(['*', '?', '['])
+        {
+            out.entry(alias.to_string())
+                .or_default()
+                .push(module_name(module));
+        }
+    }
+    out
+}
+
+/// The load order for `wanted`: each module after its dependencies, hard (`hard`: from
+/// modules.dep) and soft (`softdeps`, an alias standing for every module that provides it),
+/// recursively, each once. `known`: whether a name is a module of this kernel (a file or
+/// built in).
+pub struct LoadOrder<'a> {
+    pub softdeps: &'a BTreeMap<String, Vec<String>>,
+    pub aliases: &'a BTreeMap<String, Vec<String>>,
+    pub known: &'a dyn Fn(&str) -> bool,
+    pub hard: &'a dyn Fn(&str) -> Vec<String>,
+}
+
+impl std::fmt::Debug for LoadOrder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOrder")
+            .field("softdeps", &self.softdeps.len())
+            .field("aliases", &self.aliases.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadOrder<'_> {
+    pub fn of(&self, wanted: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for name in wanted {
+            self.visit(name, &mut out, 0);
+        }
+        out
+    }
+
+    fn visit(&self, name: &str, out: &mut Vec<String>, depth: usize) {
+        let name = module_name(name);
+        if out.contains(&name) || depth > 16 {
+            return;
+        }
+        for dep in (self.hard)(&name) {
+            self.visit(&dep, out, depth + 1);
+        }
+        for dep in self.softdeps.get(&name).into_iter().flatten() {
+            let providers = if (self.known)(&module_name(dep)) {
+                vec![module_name(dep)]
+            } else {
+                self.aliases.get(dep).cloned().unwrap_or_default()
+            };
+            for p in providers {
+                self.visit(&p, out, depth + 1);
+            }
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+}
+
 /// The module files needed for `wanted` (with everything they depend on), in path order.
 /// Modules built into the kernel (`modules.builtin`) need no file.
 pub fn closure(
@@ -330,6 +427,51 @@ kernel/drivers/net/net_failover.ko:
             vec!["rtl_nic/rtl8168d-1.fw", "tigon/tg3.bin", "last"]
         );
         assert!(firmware_names(b"no strings here").is_empty());
+    }
+
+    #[test]
+    fn soft_dependencies_come_first_through_their_aliases() {
+        let soft = parse_softdeps(
+            "# comment\nsoftdep libcrc32c pre: crc32c\nsoftdep r8169 pre: realtek post: x\n",
+        );
+        let aliases = parse_plain_aliases(
+            "alias crc32c crc32c_intel\nalias crc32c crc32c_generic\nalias pci:v*d* e1000\n",
+        );
+        assert!(!aliases.contains_key("pci:v*d*"));
+        let known = |n: &str| {
+            [
+                "libcrc32c",
+                "nf_tables",
+                "r8169",
+                "realtek",
+                "crc32c_intel",
+                "crc32c_generic",
+            ]
+            .contains(&n)
+        };
+        let hard = |n: &str| match n {
+            "nf_tables" => vec!["libcrc32c".to_string()],
+            _ => Vec::new(),
+        };
+        let order = LoadOrder {
+            softdeps: &soft,
+            aliases: &aliases,
+            known: &known,
+            hard: &hard,
+        };
+        let wanted: Vec<String> = ["nf_tables", "r8169"].map(String::from).to_vec();
+        // libcrc32c (a hard dependency of nf_tables) needs crc32c first.
+        assert_eq!(
+            order.of(&wanted),
+            [
+                "crc32c_intel",
+                "crc32c_generic",
+                "libcrc32c",
+                "nf_tables",
+                "realtek",
+                "r8169"
+            ]
+        );
     }
 
     #[test]

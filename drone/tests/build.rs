@@ -340,15 +340,13 @@ fn the_nic_drivers_the_kernel_has_come_with_the_firmware_the_host_has() {
     };
     let list = String::from_utf8_lossy(list);
     let names: Vec<&str> = list.lines().collect();
-    // The drone's own modules first, then the NIC drivers this kernel has (no igb here).
-    assert_eq!(
-        names[..drone::kernel::DRONE_MODULES.len()],
-        *drone::kernel::DRONE_MODULES
-    );
-    assert_eq!(
-        names[drone::kernel::DRONE_MODULES.len()..],
-        ["e1000e", "tg3"]
-    );
+    // The drone's own modules first, each after what it needs (udp_tunnel before wireguard),
+    // then the NIC drivers this kernel has (no igb here).
+    let mut want: Vec<&str> = drone::kernel::DRONE_MODULES.to_vec();
+    let at = want.iter().position(|m| *m == "wireguard").unwrap();
+    want.insert(at, "udp_tunnel");
+    want.extend(["e1000e", "tg3"]);
+    assert_eq!(names, want);
     assert!(
         t.get(&format!("/lib/modules/{VERSION}/kernel/tg3.ko"))
             .is_some()

@@ -129,7 +129,7 @@ pub fn desired(
         })
         .collect();
     let interface = interface.unwrap_or(&c.interface).to_string();
-    let ruleset = RulesetSpec::new(policy, &interface, &peers);
+    let ruleset = RulesetSpec::new(policy, &interface, &peers, &node.roles);
     Ok(Desired {
         interface,
         me: node.id,

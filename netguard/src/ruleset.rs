@@ -55,10 +55,12 @@ pub struct RulesetSpec {
 }
 
 impl RulesetSpec {
+    /// `roles`: this node's, for allow-list entries open on some roles only.
     pub fn new(
         policy: &Verified<Policy>,
         interface: &str,
         peers: &BTreeMap<WgPublicKey, DesiredPeer>,
+        roles: &[policy::Role],
     ) -> Self {
         let mut elements: BTreeMap<&'static str, BTreeSet<String>> =
             SETS.iter().map(|(n, _)| (*n, BTreeSet::new())).collect();
@@ -90,7 +92,13 @@ impl RulesetSpec {
             roaming: policy.cluster.allow_roaming,
             posture: policy.firewall.default,
             services: policy.services.clone(),
-            allow: policy.firewall.allow.clone(),
+            allow: policy
+                .firewall
+                .allow
+                .iter()
+                .filter(|(_, ports)| ports.open_on(roles))
+                .map(|(name, ports)| (name.clone(), ports.clone()))
+                .collect(),
             tunnel4: policy.cluster.tunnel_ipv4.map(|n| n.trunc()),
             tunnel6: policy.cluster.tunnel_ipv6.map(|n| n.trunc()),
             accept_router_advertisements: policy.firewall.accept_router_advertisements,

@@ -146,6 +146,55 @@ fn service_ports_are_guarded_before_established_flows() {
 }
 
 #[test]
+fn an_allow_entry_with_roles_is_open_on_those_nodes_only() {
+    // Node 1 is a master serving network boots; node 2 a drone.
+    let text = policy_text(&[1, 2], false).replacen(
+        "[firewall.allow.ssh]",
+        "[firewall.allow.pxe]\nudp = [67, 69, 4011]\nroles = [\"master\"]\n\n[firewall.allow.ssh]",
+        1,
+    );
+    let text = text.replacen(
+        "addresses = [\"10.77.0.1\", \"fd77:7d00::1\"]\n",
+        "addresses = [\"10.77.0.1\", \"fd77:7d00::1\"]\nroles = [\"master\"]\n",
+        1,
+    );
+    let v = verified(&text);
+    let rules_of = |n: u8| {
+        serde_json::to_string(
+            &desired(&v, &WgPublicKey::from_bytes([n; 32]), None, now())
+                .unwrap()
+                .ruleset
+                .rules(),
+        )
+        .unwrap()
+    };
+    let (master, drone) = (rules_of(1), rules_of(2));
+    assert!(
+        master.contains("4011"),
+        "the master's boot server is closed"
+    );
+    assert!(
+        !drone.contains("4011"),
+        "a drone opens the boot server's ports"
+    );
+    // Entries without roles are open everywhere.
+    assert!(master.contains("7947") && drone.contains("7947"));
+    // roles on a service (not an allow entry) is refused.
+    let bad = policy_text(&[1, 2], false).replacen(
+        "[services.openmosix]",
+        "[services.openmosix]\nroles = [\"master\"]",
+        1,
+    );
+    let findings = policy::parse_policy("p", bad.as_bytes(), now()).unwrap_err();
+    assert!(
+        findings
+            .to_string()
+            .contains("roles applies to [firewall.allow] entries only"),
+        "{findings}"
+    );
+}
+
+#[test]
 fn roaming_opens_the_wireguard_port_to_any_source() {
     let fixed = verified(&policy_text(&[1, 2], false));
     let roam = verified(&policy_text(&[1, 2], true));

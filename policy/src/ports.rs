@@ -112,11 +112,20 @@ pub struct PortSet {
     pub tcp: Vec<PortRange>,
     #[serde(default)]
     pub udp: Vec<PortRange>,
+    /// Allow-list entries only: open on nodes with one of these roles (empty: every node),
+    /// e.g. a master's boot server (`drone pxe`: udp 67, 69, 4011).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<crate::model::Role>,
 }
 
 impl PortSet {
     pub fn is_empty(&self) -> bool {
         self.tcp.is_empty() && self.udp.is_empty()
+    }
+
+    /// Whether an allow-list entry is open on a node with `roles`.
+    pub fn open_on(&self, roles: &[crate::model::Role]) -> bool {
+        self.roles.is_empty() || self.roles.iter().any(|r| roles.contains(r))
     }
 }
 

@@ -52,6 +52,12 @@ pub fn validate(policy: &Policy, now: Timestamp) -> Vec<Finding> {
     check_cluster(policy, now, &mut out);
     for (name, ports) in &policy.services {
         check_port_set(path(&["services", name]), name, ports, &mut out);
+        if !ports.roles.is_empty() {
+            out.push(finding(
+                path(&["services", name, "roles"]),
+                "roles applies to [firewall.allow] entries only: services are open to every member",
+            ));
+        }
     }
     for (name, ports) in &policy.firewall.allow {
         check_port_set(path(&["firewall", "allow", name]), name, ports, &mut out);
@@ -90,11 +96,10 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
         ));
     }
     if let Some(j) = &policy.join {
-        let open = policy
-            .firewall
-            .allow
-            .values()
-            .any(|ports| ports.tcp.iter().any(|r| r.contains(j.port)));
+        let open =
+            policy.firewall.allow.values().any(|ports| {
+                ports.roles.is_empty() && ports.tcp.iter().any(|r| r.contains(j.port))
+            });
         if j.port == 0 || j.port == c.listen_port || j.port == d.port {
             out.push(finding(
                 path(&["join", "port"]),
@@ -107,8 +112,8 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
             out.push(finding(
                 path(&["join", "port"]),
                 format!(
-                    "join port {} is not open to the LAN: add it to [firewall.allow] \
-                     ([firewall.allow.join] tcp = [{}])",
+                    "join port {} is not open to the LAN on every node: add it to [firewall.allow] \
+                     ([firewall.allow.join] tcp = [{}], no roles)",
                     j.port, j.port
                 ),
             ));

@@ -114,8 +114,20 @@ pub fn build_image(
     node_key: Option<&Path>,
     out: &Path,
 ) -> Result<Image, String> {
+    build_image_with(bin, policy, node_key, out, "cloud")
+}
+
+/// `drone build --kernel KERNEL` (cloud, generic or a package file).
+pub fn build_image_with(
+    bin: &Path,
+    policy: &Path,
+    node_key: Option<&Path>,
+    out: &Path,
+    kernel: &str,
+) -> Result<Image, String> {
     let mut cmd = Command::new(bin.join("drone"));
     cmd.arg("build")
+        .args(["--kernel", kernel])
         .arg("--policy")
         .arg(policy)
         .arg("--trust")

@@ -59,7 +59,7 @@ impl Lab {
     /// the DHCP server share 198.18.0.1.
     pub fn address(&self, cidr: &str) -> Result<(), String> {
         match self.ipn(&["addr", "add", cidr, "dev", "br0"]) {
-            Err(e) if e.contains("File exists") => Ok(()),
+            Err(e) if e.contains("File exists") || e.contains("already assigned") => Ok(()),
             other => other,
         }
     }
@@ -105,6 +105,34 @@ impl Lab {
             .map_err(|e| format!("cannot start udhcpd: {e}"))?;
         self.children.push(child);
         Ok(())
+    }
+
+    /// An IPv6 router on the LAN, as most have (dnsmasq sending router advertisements for
+    /// fd00:18::/64, nothing else). Without one, iPXE waits about 14 s for advertisements
+    /// before it boots (its IPv6 autoconfiguration times out).
+    pub fn ipv6_router(&mut self, dir: &Path) -> Result<(), String> {
+        match self.ipn(&["addr", "add", "fd00:18::1/64", "dev", "br0", "nodad"]) {
+            Err(e) if e.contains("File exists") || e.contains("already assigned") => {}
+            other => other?,
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let arg = |name: &str, file: &str| format!("--{name}={}", dir.join(file).display());
+        self.run(
+            Path::new("dnsmasq"),
+            &[
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--interface=br0",
+                "--bind-interfaces",
+                "--enable-ra",
+                "--dhcp-range=::,constructor:br0,ra-only,64",
+                &arg("dhcp-leasefile", "router.leases"),
+                &arg("pid-file", "router.pid"),
+                "--log-facility=-",
+            ],
+            &dir.join("router.log"),
+        )
     }
 
     /// Runs `program` in the lab's namespace until the lab goes; its output goes to `log`.

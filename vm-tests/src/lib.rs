@@ -48,6 +48,20 @@ pub fn can_run(test: &str) -> bool {
     if !Path::new("/dev/net/tun").exists() {
         missing.push("/dev/net/tun");
     }
+    if test == "pxe" {
+        for (path, what) in [
+            ("/usr/sbin/dnsmasq", "dnsmasq (dnsmasq-base)"),
+            ("/usr/lib/ipxe/undionly.kpxe", "iPXE (ipxe)"),
+            (
+                "/usr/lib/ipxe/qemu/pxe-virtio.rom",
+                "qemu's boot ROMs (ipxe-qemu)",
+            ),
+        ] {
+            if !Path::new(path).exists() {
+                missing.push(what);
+            }
+        }
+    }
     if missing.is_empty() {
         return true;
     }

@@ -42,6 +42,18 @@ fn spawn(netns: &str, program: &Path, args: &[&str], log: &Path) -> Result<Child
 impl Cluster {
     /// Starts the master in `lab`'s namespace; files under the test's scratch directory.
     pub fn start_master(&self, lab: &Lab, test: &str) -> Result<Master, String> {
+        self.start_master_with(lab, test, false)
+    }
+
+    /// As [`Cluster::start_master`]; with `boot_server`, the policy opens the LAN's DHCP
+    /// and the boot server's ports (udp 67, 69, 4011) on masters, as an operator serving
+    /// `drone pxe` from a master does.
+    pub fn start_master_with(
+        &self,
+        lab: &Lab,
+        test: &str,
+        boot_server: bool,
+    ) -> Result<Master, String> {
         let dir = scratch().join(test).join("master");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -65,6 +77,16 @@ impl Cluster {
             "--role",
             "master",
         ])?;
+        if boot_server {
+            let path = dir.join("cluster.toml");
+            let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+            let text = text.replacen(
+                "[firewall.allow.ssh]",
+                "[firewall.allow.pxe]\nudp = [67, 69, 4011]\nroles = [\"master\"]\n\n[firewall.allow.ssh]",
+                1,
+            );
+            std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        }
         self.tyd(&[
             "policy",
             "sign",
