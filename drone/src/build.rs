@@ -235,19 +235,16 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
     let builtin_text = index("modules.builtin")?;
     let builtin = kernel::parse_builtin(&builtin_text);
     let mut wanted: Vec<String> = DRONE_MODULES.iter().map(|m| (*m).to_string()).collect();
-    // Real NICs' drivers, where this kernel has them (a VM-only kernel has none).
-    wanted.extend(
-        NIC_MODULES
-            .iter()
-            .filter(|m| {
-                let name = kernel::module_name(m);
-                dep.contains_key(&name) || builtin.contains(&name)
-            })
-            .map(|m| (*m).to_string()),
-    );
     wanted.extend(inputs.extra_modules.iter().cloned());
-    // Hard dependencies come from modules.dep; soft ones (libcrc32c's crc32c) are added and
-    // listed first, since busybox's modprobe ignores them.
+    // Real NICs' drivers, where this kernel has them (a VM-only kernel has none). They are
+    // in the image, and load at boot only for the hardware present (by PCI modalias).
+    let nics: Vec<String> = NIC_MODULES
+        .iter()
+        .map(|m| kernel::module_name(m))
+        .filter(|name| dep.contains_key(name) || builtin.contains(name))
+        .collect();
+    // Hard dependencies come from modules.dep; soft ones (libcrc32c's crc32c, r8169's PHY
+    // driver) are added and listed first, since busybox's modprobe ignores them.
     let alias_text = index("modules.alias")?;
     let softdeps = match std::fs::read_to_string(mods.join("modules.softdep")) {
         Ok(text) => kernel::parse_softdeps(&text),
@@ -260,14 +257,19 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
             .unwrap_or_default()
     };
     let aliases = kernel::parse_plain_aliases(&alias_text);
-    let wanted = kernel::LoadOrder {
+    let order = kernel::LoadOrder {
         softdeps: &softdeps,
         aliases: &aliases,
         known: &known,
         hard: &hard,
+    };
+    for nic in &nics {
+        wanted.extend(order.soft_providers(nic));
     }
-    .of(&wanted);
-    let files = kernel::closure(&dep, &builtin, &wanted)?;
+    let wanted = order.of(&wanted);
+    let mut included = wanted.clone();
+    included.extend(nics.iter().cloned());
+    let files = kernel::closure(&dep, &builtin, &included)?;
     let dest_root = format!("/lib/modules/{}", inputs.kernel.version);
     let mut firmware = std::collections::BTreeSet::new();
     for rel in &files {
@@ -314,6 +316,7 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
         format!("{}\n", ordered.join("\n")).into_bytes(),
         0o644,
     )?;
+    ordered.extend(nics.iter().filter(|m| !builtin.contains(*m)).cloned());
 
     // Boot scripts and configuration.
     tree.file("/etc/inittab", INITTAB.as_bytes().to_vec(), 0o644)?;

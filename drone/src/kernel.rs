@@ -281,6 +281,19 @@ impl LoadOrder<'_> {
         out
     }
 
+    /// The modules that provide `name`'s soft dependencies (an alias: every provider).
+    pub fn soft_providers(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for dep in self.softdeps.get(&module_name(name)).into_iter().flatten() {
+            if (self.known)(&module_name(dep)) {
+                out.push(module_name(dep));
+            } else {
+                out.extend(self.aliases.get(dep).cloned().unwrap_or_default());
+            }
+        }
+        out
+    }
+
     fn visit(&self, name: &str, out: &mut Vec<String>, depth: usize) {
         let name = module_name(name);
         if out.contains(&name) || depth > 16 {
@@ -289,15 +302,8 @@ impl LoadOrder<'_> {
         for dep in (self.hard)(&name) {
             self.visit(&dep, out, depth + 1);
         }
-        for dep in self.softdeps.get(&name).into_iter().flatten() {
-            let providers = if (self.known)(&module_name(dep)) {
-                vec![module_name(dep)]
-            } else {
-                self.aliases.get(dep).cloned().unwrap_or_default()
-            };
-            for p in providers {
-                self.visit(&p, out, depth + 1);
-            }
+        for p in self.soft_providers(&name) {
+            self.visit(&p, out, depth + 1);
         }
         if !out.contains(&name) {
             out.push(name);

@@ -37,13 +37,19 @@ fn mac(nic: u8) -> String {
 /// latest); returns the node id and name it got.
 fn joined(vm: &mut Vm, within: Duration) -> (u16, String) {
     check(vm.wait_console("drone: joined cluster lab as node", within));
-    let text = vm.console_text();
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.contains("drone: joined cluster lab as node"))
-        .unwrap_or_default()
-        .to_string();
+    // The rest of the line may still be on its way.
+    let until = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = vm.console_text();
+        let at = text
+            .rfind("drone: joined cluster lab as node")
+            .unwrap_or_default();
+        if let Some(end) = text[at..].find('\n') {
+            break text[at..at + end].to_string();
+        }
+        assert!(Instant::now() < until, "{}: join line unfinished", vm.name);
+        std::thread::sleep(Duration::from_millis(100));
+    };
     // "drone: joined cluster lab as node N (NAME), serial S"
     let rest = line
         .split("as node ")
