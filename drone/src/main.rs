@@ -412,6 +412,22 @@ fn pxe_cmd(a: PxeArgs) -> Result<(), Failure> {
     );
     if a.run {
         use std::os::unix::process::CommandExt;
+        let mut sockets = String::new();
+        for table in ["/proc/net/udp", "/proc/net/udp6"] {
+            sockets.push_str(&std::fs::read_to_string(table).unwrap_or_default());
+        }
+        let ports: Vec<u16> = pxe::EXCLUSIVE_PORTS.iter().map(|(p, _)| *p).collect();
+        if let Some(port) = pxe::bound_udp_ports(&sockets, &ports).first() {
+            let what = pxe::EXCLUSIVE_PORTS
+                .iter()
+                .find(|(p, _)| p == port)
+                .map_or("", |(_, w)| *w);
+            return Err(format!(
+                "udp port {port} ({what}) is already in use on this machine: stop the other server (another dnsmasq or TFTP server), or serve {} with it",
+                root.display()
+            )
+            .into());
+        }
         let err = Command::new("dnsmasq")
             .arg("--keep-in-foreground")
             .arg("--log-facility=-")

@@ -296,6 +296,28 @@ fn dnsmasq_conf(setup: &Setup) -> String {
     s
 }
 
+/// The UDP ports a boot server needs to itself: TFTP and the PXE boot server (port 67 is
+/// shared: the LAN's own DHCP server may run on the same machine, and the proxy answers beside
+/// it).
+pub const EXCLUSIVE_PORTS: [(u16, &str); 2] = [(69, "TFTP"), (4011, "PXE boot server")];
+
+/// Which of `ports` have a socket bound in `/proc/net/udp` or `/proc/net/udp6` text (this
+/// network namespace's). Another TFTP server would otherwise share the port silently (dnsmasq
+/// binds with SO_REUSEADDR) and answer half the requests.
+pub fn bound_udp_ports(proc_net_udp: &str, ports: &[u16]) -> Vec<u16> {
+    let mut out: Vec<u16> = proc_net_udp
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|local| local.rsplit_once(':'))
+        .filter_map(|(_, port)| u16::from_str_radix(port, 16).ok())
+        .filter(|p| ports.contains(p))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// The files of an image directory `drone build` wrote.
 pub fn image_files(dir: &Path) -> [PathBuf; 3] {
     [
@@ -332,6 +354,17 @@ mod tests {
             interface: Some("br0".into()),
             root: "/srv/drone".into(),
         }
+    }
+
+    #[test]
+    fn bound_ports_are_read_from_proc_net_udp() {
+        let udp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+   1: 011212C6:0045 00000000:0000 07 00000000:00000000 00:00000000 00000000   0        0 1 2 0 0 0\n\
+   2: 00000000:0043 00000000:0000 07 00000000:00000000 00:00000000 00000000   0        0 1 2 0 0 0\n";
+        assert_eq!(bound_udp_ports(udp, &[69, 4011]), vec![69]);
+        let udp6 = "  sl  local_address remote_address st\n   0: 00000000000000000000000000000000:0FAB 00000000000000000000000000000000:0000 07\n";
+        assert_eq!(bound_udp_ports(udp6, &[69, 4011]), vec![4011]);
+        assert!(bound_udp_ports("header only\n", &[69]).is_empty());
     }
 
     #[test]

@@ -347,8 +347,15 @@ fn the_nic_drivers_the_kernel_has_come_with_the_firmware_the_host_has() {
     let at = want.iter().position(|m| *m == "wireguard").unwrap();
     want.insert(at, "udp_tunnel");
     assert_eq!(names, want);
-    assert!(t.get(&format!("/lib/modules/{VERSION}/kernel/e1000e.ko")).is_some());
-    assert!(image.modules.ends_with(&["e1000e".to_string(), "tg3".to_string()]));
+    assert!(
+        t.get(&format!("/lib/modules/{VERSION}/kernel/e1000e.ko"))
+            .is_some()
+    );
+    assert!(
+        image
+            .modules
+            .ends_with(&["e1000e".to_string(), "tg3".to_string()])
+    );
     assert!(
         t.get(&format!("/lib/modules/{VERSION}/kernel/tg3.ko"))
             .is_some()
