@@ -179,6 +179,18 @@ fn the_image_holds_what_a_drone_needs_and_only_the_modules_it_needs() {
     ] {
         assert!(t.get(path).is_some(), "{path} missing");
     }
+    // The builder stays on the operator's machine: a drone runs drone-boot only.
+    for path in [
+        "/sbin/drone",
+        "/bin/drone",
+        "/usr/bin/drone",
+        "/usr/sbin/drone",
+    ] {
+        assert!(
+            t.get(path).is_none(),
+            "the image builder is in the image at {path}"
+        );
+    }
     // Libraries the programs load come along (the loader at least).
     assert!(
         t.paths().any(|p| p.contains("ld-linux")),
