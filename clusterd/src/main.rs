@@ -52,17 +52,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUSTERD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        b.json().flatten_event(true).init()
-    } else {
-        b.init()
-    }
+    logsetup::init("CLUSTERD_LOG", args.log_json);
     for dir in [
         args.state.parent(),
         args.quarantine.parent(),

@@ -51,14 +51,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DRONE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    logsetup::init("DRONE_LOG", false);
     let result = match args.command {
         Cmd::Net { cmdline } => net(&cmdline).map_err(Failure::from),
         Cmd::Harden {

@@ -63,17 +63,7 @@ fn parse_backend(s: &str) -> Result<Kind, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NETGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        b.json().flatten_event(true).init()
-    } else {
-        b.init()
-    }
+    logsetup::init("NETGUARD_LOG", args.log_json);
     if let Some(dir) = args.state.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

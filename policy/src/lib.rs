@@ -5,6 +5,7 @@
 //! Pure: no root, no network. Daemons only ever hold a [`Verified<Policy>`], which only
 //! [`verify_policy`] can make, and accept it only through a [`RollbackStore`].
 
+pub mod diff;
 pub mod edit;
 pub mod exit;
 pub mod fsutil;
@@ -24,6 +25,7 @@ pub mod store;
 pub mod template;
 pub mod validate;
 
+pub use diff::PolicyDiff;
 pub use keys::{OperatorPublicKey, WgPublicKey};
 pub use load::{LoadError, SignedFiles, load_signed, load_verified};
 pub use model::{

@@ -223,7 +223,15 @@ enum PolicyCmd {
         /// Raise the serial past the last one this key signed, instead of refusing.
         #[arg(long)]
         bump: bool,
+        /// Sign without asking. On a terminal, sign shows what changed since the last policy
+        /// this key signed for the cluster and asks first; elsewhere it shows it and signs.
+        #[arg(long, short)]
+        yes: bool,
     },
+    /// Show what changed from OLD to NEW: serial, expiry, nodes added, removed or changed
+    /// (key, endpoint, addresses, name, roles, expiry), and other sections that differ.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Diff { old: PathBuf, new: PathBuf },
     /// Verify FILE.sig against trusted operator public keys, then validate FILE.
     #[command(after_help = EXIT_CODES_HELP)]
     Verify {
@@ -324,7 +332,13 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
                 now,
             ),
             PolicyCmd::Check { file, json } => policy_cmd::check(&file, json, now),
-            PolicyCmd::Sign { file, key, bump } => policy_cmd::sign_cmd(&file, &key, bump, now),
+            PolicyCmd::Sign {
+                file,
+                key,
+                bump,
+                yes,
+            } => policy_cmd::sign_cmd(&file, &key, bump, yes, now),
+            PolicyCmd::Diff { old, new } => policy_cmd::diff_cmd(&old, &new),
             PolicyCmd::Verify { file, trust, json } => policy_cmd::verify(&file, &trust, json, now),
             PolicyCmd::Push { file, trust, to } => policy_cmd::push(&file, &trust, &to, now),
             PolicyCmd::Show { file, trust, json } => {

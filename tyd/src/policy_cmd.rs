@@ -206,6 +206,55 @@ struct SigningLog(BTreeMap<String, SignedEntry>);
 struct SignedEntry {
     serial: u64,
     digest: String,
+    /// The policy text signed, to show what the next signing changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+}
+
+/// Parses a policy for comparison only: its content, whatever its expiry (an old signed
+/// policy may have expired since).
+fn parse_for_diff(name: &str, bytes: &[u8]) -> CliResult<Policy> {
+    Ok(parse_policy(name, bytes, Timestamp::UNIX_EPOCH)?)
+}
+
+pub fn diff_cmd(old: &Path, new: &Path) -> CliResult {
+    let a = parse_for_diff(&display(old), &fsutil::read(old)?)?;
+    let b = parse_for_diff(&display(new), &fsutil::read(new)?)?;
+    print!("{}", policy::PolicyDiff::new(&a, &b));
+    Ok(())
+}
+
+/// Shows what this signing changes against the last policy this key signed for the cluster,
+/// and on a terminal asks (unless `yes`). False: the operator said no.
+fn review(path: &Path, bytes: &[u8], last: Option<&SignedEntry>, yes: bool) -> CliResult<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let new = parse_for_diff(&display(path), bytes)?;
+    match last.and_then(|l| l.text.as_deref()) {
+        Some(text) => match parse_for_diff("the last signed policy", text.as_bytes()) {
+            Ok(old) => {
+                eprintln!("changes since the last policy signed with this key:");
+                eprint!("{}", policy::PolicyDiff::new(&old, &new));
+            }
+            Err(e) => eprintln!("(cannot compare with the last signed policy: {e})"),
+        },
+        None => eprintln!(
+            "first signing of cluster {} with this key: serial {}, {} node(s)",
+            new.cluster.name,
+            new.cluster.serial,
+            new.nodes.len()
+        ),
+    }
+    if yes || !std::io::stdin().is_terminal() {
+        return Ok(true);
+    }
+    eprint!("sign it? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::new(Exit::Runtime, format!("stdin: {e}")))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 fn log_path(key: &Path) -> PathBuf {
@@ -230,7 +279,7 @@ fn read_log(path: &Path) -> CliResult<SigningLog> {
     }
 }
 
-pub fn sign_cmd(path: &Path, key: &Path, bump: bool, now: Timestamp) -> CliResult {
+pub fn sign_cmd(path: &Path, key: &Path, bump: bool, yes: bool, now: Timestamp) -> CliResult {
     let signing_key = keygen::load_operator(key)?;
     let log_file = log_path(key);
     let mut log = read_log(&log_file)?;
@@ -259,6 +308,12 @@ pub fn sign_cmd(path: &Path, key: &Path, bump: bool, now: Timestamp) -> CliResul
             println!("serial bumped to {}", policy.cluster.serial);
         }
     }
+    if !review(path, &bytes, log.0.get(&policy.cluster.name), yes)? {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!("{}: not signed", display(path)),
+        ));
+    }
     let sig_path = signature_path(path);
     atomic_write(&sig_path, sign(&bytes, &signing_key).as_bytes(), 0o644)?;
     log.0.insert(
@@ -266,6 +321,7 @@ pub fn sign_cmd(path: &Path, key: &Path, bump: bool, now: Timestamp) -> CliResul
         SignedEntry {
             serial: policy.cluster.serial,
             digest: blake3::hash(&bytes).to_hex().to_string(),
+            text: Some(String::from_utf8_lossy(&bytes).into_owned()),
         },
     );
     let mut log_bytes =

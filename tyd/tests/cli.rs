@@ -158,6 +158,47 @@ fn node_edits_keep_comments_and_bump_the_serial() {
 }
 
 #[test]
+fn sign_shows_what_changed_since_the_last_signing_and_diff_compares_two_files() {
+    let d = Dir::new();
+    d.cluster();
+    std::fs::copy(d.p("cluster.toml"), d.p("before.toml")).unwrap();
+    d.ok(&["node", "remove", "cluster.toml", "drone2"]);
+    d.ok(&["keygen", "node", "--out", "new.key"]);
+    let new_pub = d.key("new.key.pub");
+    d.ok(&[
+        "node",
+        "rotate-key",
+        "cluster.toml",
+        "3",
+        "--public-key",
+        new_pub.trim(),
+    ]);
+    // Not a terminal: shown, then signed.
+    let out = d.tyd(&["policy", "sign", "cluster.toml", "--key", "op.key"]);
+    assert!(out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("changes since the last policy signed with this key:")
+            && err.contains("- node 2 (drone2) removed")
+            && err.contains("~ node 3 (drone3): key rotated"),
+        "{err}"
+    );
+    let diff = d.ok(&["policy", "diff", "before.toml", "cluster.toml"]);
+    assert!(diff.contains("- node 2 (drone2) removed"), "{diff}");
+    assert!(diff.contains("~ node 3 (drone3): key rotated"), "{diff}");
+    assert!(diff.lines().any(|l| l.starts_with("~ serial ")), "{diff}");
+    // Signing the same again: nothing but the serial.
+    let out = d.tyd(&["policy", "sign", "cluster.toml", "--key", "op.key"]);
+    assert!(
+        stderr(&out).contains("no change but the serial"),
+        "{}",
+        stderr(&out)
+    );
+    let err = d.fails(&["policy", "diff", "before.toml", "missing.toml"], 1);
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
 fn an_edit_that_would_be_invalid_changes_nothing() {
     let d = Dir::new();
     d.cluster();
