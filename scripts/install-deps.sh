@@ -20,6 +20,7 @@ packages=(
   ipxe              # undionly.kpxe and snponly.efi, served by drone pxe to real PXE ROMs
   dnsmasq-base      # drone pxe's boot server (proxy DHCP + TFTP); -base: no system service
   kmod              # depmod -b on the unpacked kernel package
+  systemd           # systemd-analyze: checking the units in packaging/systemd
   bc                # benchmark arithmetic
 )
 

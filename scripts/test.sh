@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all --check
 scripts/check-threat-model.sh
+scripts/check-units.sh
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
