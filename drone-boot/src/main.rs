@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 use drone_boot::harden;
 use drone_boot::netcfg::{self, NetConfig};
-use policy::exit::{EXIT_CODES_HELP, Exit};
+use policy::exit::{EXIT_CODES_HELP, Failure};
 use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
@@ -62,38 +62,7 @@ fn main() -> ExitCode {
             lock_modules,
         } => harden_cmd(&policy, &trust, &proc_sys, &securityfs, lock_modules),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("drone-boot: {}", f.message);
-            f.exit.into()
-        }
-    }
-}
-
-/// A failure at the edge: one line, and its code from the shared set.
-#[derive(Debug)]
-struct Failure {
-    exit: Exit,
-    message: String,
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Self {
-            exit: Exit::Runtime,
-            message,
-        }
-    }
-}
-
-impl From<policy::LoadError> for Failure {
-    fn from(e: policy::LoadError) -> Self {
-        Self {
-            exit: (&e).into(),
-            message: e.to_string(),
-        }
-    }
+    policy::exit::finish("drone-boot", result)
 }
 
 fn run_ip(args: &[String]) -> Result<(), String> {

@@ -75,6 +75,23 @@ pub enum BuildError {
     Busybox(String),
 }
 
+/// At `drone build`'s edge: the shared exit code for each kind of failure.
+impl From<BuildError> for policy::exit::Failure {
+    fn from(e: BuildError) -> Self {
+        let exit = match &e {
+            BuildError::Policy(e) => e.into(),
+            BuildError::Key { source, .. } => source.into(),
+            BuildError::BadKey { .. } => policy::exit::Exit::KeyFile,
+            BuildError::NotInPolicy { .. } => policy::exit::Exit::Refused,
+            _ => policy::exit::Exit::Runtime,
+        };
+        Self {
+            exit,
+            message: e.to_string(),
+        }
+    }
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
     std::fs::read(path).map_err(|source| BuildError::Io {
         path: path.into(),

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
-use drone::build::BuildError;
 use drone::build::{self, Inputs};
 use drone::kernel;
 use drone::pxe::{self, Host};
-use policy::exit::{EXIT_CODES_HELP, Exit};
+use policy::exit::{EXIT_CODES_HELP, Exit, Failure};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -133,60 +132,7 @@ fn main() -> ExitCode {
         Cmd::Build(a) => build_cmd(a),
         Cmd::Pxe(a) => pxe_cmd(a),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("drone: {}", f.message);
-            f.exit.into()
-        }
-    }
-}
-
-/// A failure at drone's edge: one line, and its code from the shared set.
-#[derive(Debug)]
-struct Failure {
-    exit: Exit,
-    message: String,
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Self {
-            exit: Exit::Runtime,
-            message,
-        }
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(message: &str) -> Self {
-        message.to_string().into()
-    }
-}
-
-impl From<BuildError> for Failure {
-    fn from(e: BuildError) -> Self {
-        let exit = match &e {
-            BuildError::Policy(e) => e.into(),
-            BuildError::Key { source, .. } => source.into(),
-            BuildError::BadKey { .. } => Exit::KeyFile,
-            BuildError::NotInPolicy { .. } => Exit::Refused,
-            _ => Exit::Runtime,
-        };
-        Self {
-            exit,
-            message: e.to_string(),
-        }
-    }
-}
-
-impl From<policy::LoadError> for Failure {
-    fn from(e: policy::LoadError) -> Self {
-        Self {
-            exit: (&e).into(),
-            message: e.to_string(),
-        }
-    }
+    policy::exit::finish("drone", result)
 }
 
 fn build_cmd(a: BuildArgs) -> Result<(), Failure> {

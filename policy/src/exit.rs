@@ -2,6 +2,8 @@
 //! service managers can tell failures apart the same way everywhere. Documented once here and
 //! printed by each binary's `--help`.
 
+use std::fmt;
+
 use crate::fsutil::FileError;
 use crate::load::LoadError;
 use crate::signature::VerifyError;
@@ -98,6 +100,100 @@ impl From<&StoreError> for Exit {
             StoreError::Read { .. } | StoreError::Write(_) => Exit::Runtime,
             StoreError::Expired(_) => Exit::InvalidPolicy,
             _ => Exit::Refused,
+        }
+    }
+}
+
+/// A failure at a binary's edge: one line for stderr, and its code from the shared set.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self {
+            exit,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<crate::parse::Invalid> for Failure {
+    fn from(e: crate::parse::Invalid) -> Self {
+        Self::new(Exit::InvalidPolicy, e.to_string())
+    }
+}
+
+impl From<VerifyError> for Failure {
+    fn from(e: VerifyError) -> Self {
+        Self::new((&e).into(), e.to_string())
+    }
+}
+
+impl From<FileError> for Failure {
+    fn from(e: FileError) -> Self {
+        Self::new((&e).into(), e.to_string())
+    }
+}
+
+impl From<LoadError> for Failure {
+    fn from(e: LoadError) -> Self {
+        Self::new((&e).into(), e.to_string())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Self::new((&e).into(), e.to_string())
+    }
+}
+
+impl From<crate::edit::EditError> for Failure {
+    fn from(e: crate::edit::EditError) -> Self {
+        let exit = match &e {
+            crate::edit::EditError::File(_) | crate::edit::EditError::NoSuchNode(_) => {
+                Exit::Runtime
+            }
+            crate::edit::EditError::SerialOverflow => Exit::Refused,
+            crate::edit::EditError::NotUtf8 { .. }
+            | crate::edit::EditError::Toml { .. }
+            | crate::edit::EditError::NodesNotTables
+            | crate::edit::EditError::Invalid(_) => Exit::InvalidPolicy,
+        };
+        if let crate::edit::EditError::File(f) = e {
+            return f.into();
+        }
+        Failure::new(exit, e.to_string())
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self::new(Exit::Runtime, message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Self::new(Exit::Runtime, message)
+    }
+}
+
+/// Ends a binary: `program: message` on stderr and the failure's code, or success.
+pub fn finish(program: &str, result: Result<(), Failure>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("{program}: {}", f.message);
+            f.exit.into()
         }
     }
 }

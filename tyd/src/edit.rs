@@ -1,29 +1,11 @@
 //! The policy edits (`policy::edit`) at the CLI's edge: how a command names a node, and the
 //! edit errors as exit codes.
 
-use policy::edit::EditError;
 use policy::{NodeId, Policy};
 
 pub use policy::edit::{NewNode, PolicyEdit, default_addresses};
 
 use crate::failure::{CliResult, Exit, Failure};
-
-impl From<EditError> for Failure {
-    fn from(e: EditError) -> Self {
-        let exit = match &e {
-            EditError::File(_) | EditError::NoSuchNode(_) => Exit::Runtime,
-            EditError::SerialOverflow => Exit::Refused,
-            EditError::NotUtf8 { .. }
-            | EditError::Toml { .. }
-            | EditError::NodesNotTables
-            | EditError::Invalid(_) => Exit::InvalidPolicy,
-        };
-        if let EditError::File(f) = e {
-            return f.into();
-        }
-        Failure::new(exit, e.to_string())
-    }
-}
 
 /// How a command names a node: by id or by name.
 /// The node `which` names, by id or by name. When it is both one node's id and another's

@@ -95,33 +95,17 @@ impl Cluster {
             &operator,
             "--bump",
         ])?;
-        let token = self
-            .tyd(&[
-                "token",
-                "create",
-                "--tokens",
-                &p("tokens.json"),
-                "--trust",
-                &trust.display().to_string(),
-                "--uses",
-                "2",
-            ])?
-            .trim()
-            .to_string();
-        let ephemeral_token = self
-            .tyd(&[
-                "token",
-                "create",
-                "--tokens",
-                &p("tokens.json"),
-                "--trust",
-                &trust.display().to_string(),
-                "--uses",
-                "10",
-                "--ephemeral",
-            ])?
-            .trim()
-            .to_string();
+        let trust_s = trust.display().to_string();
+        let tokens = p("tokens.json");
+        let token = |extra: &[&str]| -> Result<String, String> {
+            let mut args = vec!["token", "create", "--tokens", &tokens, "--trust", &trust_s];
+            args.extend_from_slice(extra);
+            Ok(self.tyd(&args)?.trim().to_string())
+        };
+        let (token, ephemeral_token) = (
+            token(&["--uses", "2"])?,
+            token(&["--uses", "10", "--ephemeral"])?,
+        );
         lab.address(&format!("{MASTER_LAN}/24"))?;
         let mut master = Master {
             dir: dir.clone(),
@@ -130,68 +114,59 @@ impl Cluster {
             netns: lab.netns.clone(),
             children: Vec::new(),
         };
-        let trust_s = trust.display().to_string();
-        master.children.push(spawn(
-            &lab.netns,
-            &self.bin.join("netguard"),
-            &[
-                "--policy",
-                &p("cluster.toml"),
-                "--trust",
-                &trust_s,
-                "--key",
-                &p("node.key"),
-                "--state",
-                &p("accepted.json"),
-                "--interface",
-                "tydm0",
-                "--backend",
-                "userspace",
-                "--quarantine",
-                &p("quarantine.json"),
-            ],
-            &dir.join("netguard.log"),
-        )?);
-        master.children.push(spawn(
-            &lab.netns,
-            &self.bin.join("clusterd"),
-            &[
-                "--policy",
-                &p("cluster.toml"),
-                "--trust",
-                &trust_s,
-                "--key",
-                &p("node.key"),
-                "--state",
-                &p("clusterd.json"),
-                "--certainty-socket",
-                "none",
-                "--quarantine",
-                &p("quarantine.json"),
-                "--view",
-                &p("cluster-status.json"),
-            ],
-            &dir.join("clusterd.log"),
-        )?);
-        master.children.push(spawn(
-            &lab.netns,
-            &self.bin.join("joind"),
-            &[
-                "--policy",
-                &p("cluster.toml"),
-                "--trust",
-                &trust_s,
-                "--key",
-                &p("node.key"),
-                "--operator-key",
-                &operator,
-                "--tokens",
-                &p("tokens.json"),
-                "--view",
-                &p("cluster-status.json"),
-            ],
-            &dir.join("joind.log"),
-        )?);
+        // Each daemon with the master's policy, trust and key, then its own arguments.
+        let (policy, key) = (p("cluster.toml"), p("node.key"));
+        let (quarantine, view) = (p("quarantine.json"), p("cluster-status.json"));
+        let (accepted, clusterd_state) = (p("accepted.json"), p("clusterd.json"));
+        let daemons: [(&str, Vec<&str>); 3] = [
+            (
+                "netguard",
+                vec![
+                    "--state",
+                    &accepted,
+                    "--interface",
+                    "tydm0",
+                    "--backend",
+                    "userspace",
+                    "--quarantine",
+                    &quarantine,
+                ],
+            ),
+            (
+                "clusterd",
+                vec![
+                    "--state",
+                    &clusterd_state,
+                    "--certainty-socket",
+                    "none",
+                    "--quarantine",
+                    &quarantine,
+                    "--view",
+                    &view,
+                ],
+            ),
+            (
+                "joind",
+                vec![
+                    "--operator-key",
+                    &operator,
+                    "--tokens",
+                    &tokens,
+                    "--view",
+                    &view,
+                ],
+            ),
+        ];
+        for (name, extra) in daemons {
+            let mut args = vec!["--policy", &policy, "--trust", &trust_s, "--key", &key];
+            args.extend(extra);
+            master.children.push(spawn(
+                &lab.netns,
+                &self.bin.join(name),
+                &args,
+                &dir.join(format!("{name}.log")),
+            )?);
+        }
         let server = "import socket\n\
              s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
              s.bind(('0.0.0.0', 4660)); s.listen()\n\
