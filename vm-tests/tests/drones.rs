@@ -315,7 +315,9 @@ fn last_line_with(text: &str, what: &str) -> String {
 /// Watches `peer`'s log and `node`'s console after their marks (set before the node went
 /// down) until the peer has quarantined the node and the node is ready again. Fails if the
 /// node was back first, if the peer still served it while quarantined, or if the peer
-/// readmitted it before it was back. Returns when each happened, from now.
+/// readmitted it before the node's certaintyd had verified its root again in its new boot
+/// (`baseline taken`; the console's `ready` may come a moment after the readmission).
+/// Returns when each happened, from now.
 fn quarantined_before_ready(
     vms: &mut [Vm],
     peer: usize,
@@ -325,7 +327,10 @@ fn quarantined_before_ready(
     let start = Instant::now();
     let name = vms[node].name.clone();
     let mut quarantined = None;
+    let mut readmitted_early = false;
     loop {
+        // The node's log first: a readmission seen after it must follow a baseline seen in it.
+        let verified_again = vms[node].log_since_mark().contains("baseline taken");
         let log = vms[peer].log_since_mark();
         let about = |what: &str| {
             log.lines()
@@ -338,7 +343,7 @@ fn quarantined_before_ready(
             let addr = DRONES.iter().find(|d| d.0 == name).map_or("?", |d| d.2);
             assert!(!set.contains(addr), "quarantined but still served: {set}");
         }
-        let readmitted_early = about("readmitted: services restored");
+        readmitted_early |= about("readmitted: services restored") && !verified_again;
         if vms[node]
             .console_since_mark()
             .contains(&format!("drone: ready {name}"))
@@ -352,7 +357,7 @@ fn quarantined_before_ready(
             };
             assert!(
                 !readmitted_early,
-                "{} readmitted {name} before it was back",
+                "{} readmitted {name} before its root was verified again",
                 vms[peer].name
             );
             // Later waits on the node's console start after this boot's "ready".
