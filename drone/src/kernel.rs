@@ -123,9 +123,31 @@ pub fn fetch(cache: &Path, metapackage: &str) -> Result<PathBuf, KernelError> {
     if let Some(deb) = existing(cache) {
         return Ok(deb);
     }
-    run(Command::new("apt-get")
-        .args(["download", "-q", &package])
-        .current_dir(cache))?;
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        // An operator watching: apt's own progress (bytes, rate) on the terminal, since the
+        // generic kernel is tens of megabytes.
+        eprintln!("downloading {package} into {}", cache.display());
+        let status = Command::new("apt-get")
+            .args(["download", &package])
+            .current_dir(cache)
+            .stdout(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::inherit())
+            .status()
+            .map_err(|source| KernelError::Spawn {
+                cmd: format!("apt-get download {package}"),
+                source,
+            })?;
+        if !status.success() {
+            return Err(KernelError::Failed {
+                cmd: format!("apt-get download {package}"),
+                stderr: format!("{status} (its messages are above)"),
+            });
+        }
+    } else {
+        run(Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(cache))?;
+    }
     existing(cache).ok_or_else(|| KernelError::Failed {
         cmd: format!("apt-get download {package}"),
         stderr: "no .deb appeared".into(),

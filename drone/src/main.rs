@@ -349,6 +349,11 @@ fn pxe_cmd(a: PxeArgs) -> Result<(), Failure> {
         "serve it: dnsmasq --keep-in-foreground --conf-file={}",
         conf.display()
     );
+    println!(
+        "open its ports on this node's firewall (policy): [firewall.allow.pxe] udp = [67, 69, 4011, \"{}-{}\"] roles = [\"master\"]",
+        pxe::TFTP_PORTS.0,
+        pxe::TFTP_PORTS.1
+    );
     if a.run {
         use std::os::unix::process::CommandExt;
         let mut sockets = String::new();

@@ -278,6 +278,10 @@ fn dnsmasq_conf(setup: &Setup) -> String {
         "dhcp-range={network},proxy\n\
          enable-tftp\n\
          tftp-root={root}\n\
+         # Transfers from these ports: open them with 67, 69 and 4011 on the serving node\n\
+         # (udp = [67, 69, 4011, \"{tftp_first}-{tftp_last}\"]), so its firewall lets the data leave even to a\n\
+         # client port inside a cluster service's range.\n\
+         tftp-port-range={tftp_first},{tftp_last}\n\
          # iPXE says so in option 175: it gets the script; a PXE ROM gets iPXE first.\n\
          dhcp-match=set:ipxe,175\n\
          pxe-prompt=\"drone\",0\n\
@@ -292,9 +296,15 @@ fn dnsmasq_conf(setup: &Setup) -> String {
         root = setup.root.display(),
         bios = IPXE_BIOS,
         uefi = IPXE_UEFI,
+        tftp_first = TFTP_PORTS.0,
+        tftp_last = TFTP_PORTS.1,
     ));
     s
 }
+
+/// The UDP ports TFTP transfers use on the server (dnsmasq's `tftp-port-range`): with 67, 69
+/// and 4011 they make the boot server's allow-list entry (`udp = [67, 69, 4011, "6900-6999"]`).
+pub const TFTP_PORTS: (u16, u16) = (6900, 6999);
 
 /// The UDP ports a boot server needs to itself: TFTP and the PXE boot server (port 67 is
 /// shared: the LAN's own DHCP server may run on the same machine, and the proxy answers beside
@@ -424,6 +434,7 @@ mod tests {
             "pxe-service=tag:!ipxe,x86PC,\"drone: iPXE\",undionly.kpxe",
             "pxe-service=tag:!ipxe,X86-64_EFI,\"drone: iPXE\",snponly.efi",
             "dhcp-boot=tag:ipxe,boot.ipxe",
+            "tftp-port-range=6900,6999",
         ] {
             assert!(conf.lines().any(|l| l == line), "{line} missing:\n{conf}");
         }

@@ -163,6 +163,8 @@ impl RulesetSpec {
     pub fn rules(&self) -> Vec<(&'static str, Vec<Value>)> {
         let mut input: Vec<Vec<Value>> = Vec::new();
         let mut output: Vec<Vec<Value>> = Vec::new();
+        // Service ports never leave beside the tunnel; gathered here, placed last in output.
+        let mut service_output: Vec<Vec<Value>> = Vec::new();
         // 0. clusterd's port: every member, quarantined or not, through the tunnel only.
         if !self.interface.is_empty() && self.distribution_port != 0 {
             for proto in ["tcp", "udp"] {
@@ -207,7 +209,7 @@ impl RulesetSpec {
                     out.push(json!({"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": self.interface}}));
                 }
                 out.push(json!({"drop": null}));
-                output.push(out);
+                service_output.push(out);
             }
         }
         // 2. Nothing from a tunnel address arrives beside the tunnel (a rogue on the LAN
@@ -286,6 +288,20 @@ impl RulesetSpec {
         ]);
         let mut all: Vec<(&'static str, Vec<Value>)> =
             input.into_iter().map(|r| ("input", r)).collect();
+        // Replies of the services this node opens to the LAN (ssh, dhcp, join, a boot server's
+        // TFTP from port 69) go to whatever port the client chose, which may fall in a
+        // cluster service's range (iPXE picks low ports): they leave. Then the service ports.
+        for ports in self.allow.values() {
+            for (proto, ranges) in [("tcp", &ports.tcp), ("udp", &ports.udp)] {
+                if !ranges.is_empty() {
+                    output.push(vec![
+                        m_port(proto, "sport", ranges),
+                        json!({"accept": null}),
+                    ]);
+                }
+            }
+        }
+        output.extend(service_output);
         all.extend(output.into_iter().map(|r| ("output", r)));
         all
     }
@@ -534,6 +550,11 @@ fn m_saddr_set(family: &str, set: &str) -> Value {
 }
 
 fn m_dport(proto: &str, ranges: &[PortRange]) -> Value {
+    m_port(proto, "dport", ranges)
+}
+
+/// `proto field in ranges` (`field`: sport or dport), in nft's normal form.
+fn m_port(proto: &str, field: &str, ranges: &[PortRange]) -> Value {
     let elems: Vec<Value> = ranges
         .iter()
         .map(|r| {
@@ -549,5 +570,5 @@ fn m_dport(proto: &str, ranges: &[PortRange]) -> Value {
     } else {
         json!({ "set": elems })
     };
-    json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}}, "right": right}})
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": field}}, "right": right}})
 }

@@ -195,6 +195,38 @@ fn an_allow_entry_with_roles_is_open_on_those_nodes_only() {
 }
 
 #[test]
+fn replies_of_lan_services_leave_even_to_a_port_in_a_service_range() {
+    // ssh (22) answers a LAN client whose port happens to be 4660: the reply leaves. The
+    // service-port drop stays for everything else, and after the tunnel-network drops.
+    let v = verified(&policy_text(&[1, 2], false));
+    let rules = desired(&v, &WgPublicKey::from_bytes([1; 32]), None, now())
+        .unwrap()
+        .ruleset
+        .rules();
+    let out: Vec<String> = rules
+        .iter()
+        .filter(|(c, _)| *c == "output")
+        .map(|(_, r)| serde_json::to_string(r).unwrap())
+        .collect();
+    let ssh_reply = out
+        .iter()
+        .position(|r| r.contains(r#""field":"sport""#) && r.contains("22") && r.contains("accept"))
+        .expect("no accept for ssh replies");
+    let service_drop = out
+        .iter()
+        .position(|r| r.contains(r#""field":"dport""#) && r.contains("4660") && r.contains("drop"))
+        .expect("no service-port drop");
+    let tunnel_drop = out
+        .iter()
+        .position(|r| r.contains("10.77.0.0") && r.contains("drop"))
+        .expect("no tunnel-network drop");
+    assert!(
+        tunnel_drop < ssh_reply && ssh_reply < service_drop,
+        "{out:#?}"
+    );
+}
+
+#[test]
 fn roaming_opens_the_wireguard_port_to_any_source() {
     let fixed = verified(&policy_text(&[1, 2], false));
     let roam = verified(&policy_text(&[1, 2], true));

@@ -113,7 +113,7 @@ pub struct PortSet {
     #[serde(default)]
     pub udp: Vec<PortRange>,
     /// Allow-list entries only: open on nodes with one of these roles (empty: every node),
-    /// e.g. a master's boot server (`drone pxe`: udp 67, 69, 4011).
+    /// e.g. a master's boot server (`drone pxe`: udp 67, 69, 4011, 6900-6999).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<crate::model::Role>,
 }

@@ -96,11 +96,12 @@ impl Lab {
             ),
         )
         .map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join("udhcpd.log")).map_err(|e| e.to_string())?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.netns, "busybox", "udhcpd", "-f"])
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start udhcpd: {e}"))?;
         self.children.push(child);

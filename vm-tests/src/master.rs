@@ -46,7 +46,7 @@ impl Cluster {
     }
 
     /// As [`Cluster::start_master`]; with `boot_server`, the policy opens the LAN's DHCP
-    /// and the boot server's ports (udp 67, 69, 4011) on masters, as an operator serving
+    /// and the boot server's ports (udp 67, 69, 4011, TFTP transfers 6900-6999) on masters, as an operator serving
     /// `drone pxe` from a master does.
     pub fn start_master_with(
         &self,
@@ -82,7 +82,7 @@ impl Cluster {
             let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
             let text = text.replacen(
                 "[firewall.allow.ssh]",
-                "[firewall.allow.pxe]\nudp = [67, 69, 4011]\nroles = [\"master\"]\n\n[firewall.allow.ssh]",
+                "[firewall.allow.pxe]\nudp = [67, 69, 4011, \"6900-6999\"]\nroles = [\"master\"]\n\n[firewall.allow.ssh]",
                 1,
             );
             std::fs::write(&path, text).map_err(|e| e.to_string())?;
