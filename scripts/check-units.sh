@@ -3,7 +3,8 @@
 # scratch root (the host's own units for targets, stand-in executables at the ExecStart paths;
 # nothing is installed or started on this machine), `systemd-analyze security` prints each
 # daemon's exposure, and certaintyd's unit skips itself where / is not a RAM filesystem.
-# Run by scripts/test.sh. Man pages are not checked yet (--man=no): there are none.
+# Run by scripts/test.sh. The Documentation= man pages are checked on the installed package
+# (scripts/check-deb.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v systemd-analyze >/dev/null || { echo "check-units: systemd-analyze missing" >&2; exit 1; }

@@ -22,6 +22,8 @@ packages=(
   kmod              # depmod -b on the unpacked kernel package
   systemd           # systemd-analyze: checking the units in packaging/systemd
   bc                # benchmark arithmetic
+  lintian           # checking the Debian packages (scripts/check-deb.sh)
+  dpkg-dev          # dpkg-shlibdeps: cargo-deb's automatic package dependencies
 )
 
 missing=()
@@ -53,4 +55,9 @@ fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "install-deps: installing cargo-fuzz"
   cargo install --locked --quiet cargo-fuzz
+fi
+# The Debian packages (scripts/build-deb.sh); a pinned release, built without liblzma-dev.
+if ! cargo deb --version 2>/dev/null | grep -q ' 3\.'; then
+  echo "install-deps: installing cargo-deb"
+  cargo install --locked --quiet cargo-deb --version '^3.6'
 fi

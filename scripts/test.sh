@@ -10,4 +10,5 @@ scripts/check-threat-model.sh
 scripts/check-units.sh
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+scripts/check-deb.sh
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

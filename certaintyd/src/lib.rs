@@ -10,6 +10,7 @@
 //! watchdog, self-protection) are thin and tested in namespaces and VMs.
 
 pub mod action;
+pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod entry;

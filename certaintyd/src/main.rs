@@ -14,88 +14,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use certaintyd::action::{Actuator, check_allowed};
+use certaintyd::cli::Args;
 use certaintyd::daemon::{self, Config, Source};
 use certaintyd::protect::{Heartbeat, Watchdog, harden};
 use clap::Parser;
-use policy::exit::{EXIT_CODES_HELP, Exit};
+use policy::exit::Exit;
 use policy::{Action, TrustedKeys};
 use tracing::{error, info, warn};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "certaintyd",
-    version,
-    about,
-    after_help = format!("SIGTERM/SIGINT/SIGHUP are integrity events unless --stop-on-signal.\n\n{EXIT_CODES_HELP}")
-)]
-struct Args {
-    /// The signed cluster policy (its signature is POLICY.sig).
-    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
-    policy: PathBuf,
-    /// Trusted operator public keys, one base64 key a line.
-    #[arg(long, default_value = "/etc/tyd/operator.pub")]
-    trust: PathBuf,
-    /// This node's name in the policy (default: the host name).
-    #[arg(long)]
-    node: Option<String>,
-    /// Override the policy's monitored root.
-    #[arg(long)]
-    root: Option<PathBuf>,
-    /// Override the policy's interval, e.g. "500ms".
-    #[arg(long, value_parser = parse_duration)]
-    interval: Option<Duration>,
-    /// Override the policy's grace period, e.g. "0s" for tests.
-    #[arg(long, value_parser = parse_duration)]
-    grace: Option<Duration>,
-    /// Loss of certainty if a full verification takes longer than this.
-    #[arg(long, value_parser = parse_duration)]
-    deadline: Option<Duration>,
-    /// Override the policy's action: reboot, poweroff, exec or alert.
-    #[arg(long, value_parser = parse_action)]
-    action: Option<Action>,
-    /// Override the policy's exec hook.
-    #[arg(long)]
-    exec: Option<PathBuf>,
-    /// Override the policy's content_every: re-hash file content every N verifications.
-    #[arg(long)]
-    content_every: Option<u32>,
-    /// Do everything except reboot or power off; exit 3 instead.
-    #[arg(long)]
-    dry_run: bool,
-    /// Allow reboot, poweroff and exec although the root is not a RAM filesystem.
-    #[arg(long)]
-    force_disk_root: bool,
-    /// Treat SIGTERM, SIGINT and SIGHUP as a request to stop, not as integrity events.
-    #[arg(long)]
-    stop_on_signal: bool,
-    /// Control socket (root only): status, maintenance windows, authorised stop.
-    #[arg(long, default_value = "/run/certaintyd.sock")]
-    socket: PathBuf,
-    /// Skip mlockall, undumpable and OOM protection (development only).
-    #[arg(long)]
-    no_harden: bool,
-    /// Take one snapshot of --root, print its hashes and coverage as JSON, and exit (no
-    /// policy needed). The `stable_root` it prints is what `certainty.expected_root` pins.
-    #[arg(long, requires = "root")]
-    hash_only: bool,
-    /// Log as JSON lines instead of text.
-    #[arg(long)]
-    log_json: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    policy::model::duration::parse(s)
-}
-
-fn parse_action(s: &str) -> Result<Action, String> {
-    match s {
-        "reboot" => Ok(Action::Reboot),
-        "poweroff" => Ok(Action::Poweroff),
-        "exec" => Ok(Action::Exec),
-        "alert" => Ok(Action::Alert),
-        _ => Err(format!("unknown action {s:?}")),
-    }
-}
 
 fn init_logging(json: bool) {
     logsetup::init("CERTAINTYD_LOG", json);

@@ -239,7 +239,7 @@ fn main() {
             heartbeat: Duration::from_secs(1),
             quarantine: true,
             quarantine_after: Duration::from_secs(after),
-            require_certainty: true,
+            certainty_exempt: Default::default(),
         };
         let mut c = Core::new(cfg.clone());
         c.policy_in_force(cfg, 1, "old", &members, Duration::ZERO, &mut rng);

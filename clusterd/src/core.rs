@@ -2,7 +2,7 @@
 //! arrived and the time (a monotonic `Duration`), and carries out the [`Action`]s it returns.
 //! The simulation (`examples/simulate.rs`) runs this same code over a lossy simulated network.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -22,17 +22,22 @@ pub struct Config {
     pub heartbeat: Duration,
     pub quarantine: bool,
     pub quarantine_after: Duration,
-    pub require_certainty: bool,
+    /// Nodes the policy lets run without certaintyd (`require_certainty`).
+    pub certainty_exempt: BTreeSet<NodeId>,
 }
 
 impl Config {
-    pub fn from_policy(me: NodeId, d: &policy::Distribution) -> Self {
+    pub fn from_policy(me: NodeId, d: &policy::Distribution, nodes: &[policy::Node]) -> Self {
         Self {
             me,
             heartbeat: d.heartbeat,
             quarantine: d.quarantine,
             quarantine_after: d.quarantine_after,
-            require_certainty: d.require_certainty,
+            certainty_exempt: nodes
+                .iter()
+                .filter(|n| !d.require_certainty.of(&n.roles))
+                .map(|n| n.id)
+                .collect(),
         }
     }
 }
@@ -307,8 +312,11 @@ impl Core {
         let hb = peer.last.as_ref()?;
         let problem = match hb.integrity {
             Integrity::Lost => Some(Reason::IntegrityLost),
-            Integrity::Unreachable if cfg.require_certainty => Some(Reason::CertaintyUnreachable),
-            Integrity::NotRequired if cfg.require_certainty => Some(Reason::CertaintyUnreachable),
+            Integrity::Unreachable | Integrity::NotRequired
+                if !cfg.certainty_exempt.contains(&id) =>
+            {
+                Some(Reason::CertaintyUnreachable)
+            }
             Integrity::Grace => Some(Reason::NotVerified),
             _ if hb.root_matches == Some(false) => Some(Reason::RootMismatch),
             _ => None,
@@ -460,7 +468,7 @@ mod tests {
             heartbeat: Duration::from_secs(1),
             quarantine: true,
             quarantine_after: Duration::from_secs(3),
-            require_certainty: true,
+            certainty_exempt: BTreeSet::new(),
         }
     }
 
@@ -707,6 +715,83 @@ mod tests {
             secs(2),
         );
         assert!(matches!(&out[..], [Action::Readmit { .. }]), "{out:?}");
+    }
+
+    #[test]
+    fn a_node_the_policy_exempts_from_certaintyd_keeps_its_services_without_one() {
+        // Node 2 (a master on a disk) is exempt; node 3 (a drone) is not.
+        let mut exempt = cfg();
+        exempt.certainty_exempt.insert(id(2));
+        let mut c = Core::new(exempt.clone());
+        c.policy_in_force(exempt, 5, "d", &members(3), secs(0), &mut Counter(1));
+        for integrity in [Integrity::NotRequired, Integrity::Unreachable] {
+            let out = c.receive(id(2), Message::Heartbeat(hb(2, integrity, "b")), secs(1));
+            assert!(out.is_empty(), "{integrity}: {out:?}");
+        }
+        let out = c.receive(
+            id(3),
+            Message::Heartbeat(hb(3, Integrity::NotRequired, "c")),
+            secs(1),
+        );
+        assert_eq!(
+            out,
+            vec![Action::Quarantine {
+                node: id(3),
+                reason: Reason::CertaintyUnreachable
+            }]
+        );
+        // Exempt or not, a node that reports lost integrity loses its services.
+        let out = c.receive(
+            id(2),
+            Message::Heartbeat(hb(2, Integrity::Lost, "b")),
+            secs(2),
+        );
+        assert_eq!(
+            out,
+            vec![Action::Quarantine {
+                node: id(2),
+                reason: Reason::IntegrityLost
+            }]
+        );
+    }
+
+    #[test]
+    fn the_policy_names_who_must_run_certaintyd_by_role() {
+        use policy::{CertaintyRequired, Distribution, Role};
+        let node = |n: u16, role: Role| {
+            let text = format!(
+                "id = {n}\nname = \"n{n}\"\npublic_key = \"{}\"\naddresses = [\"10.0.0.{n}\"]\nroles = [\"{}\"]\n",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                if role == Role::Master {
+                    "master"
+                } else {
+                    "drone"
+                }
+            );
+            toml::from_str::<policy::Node>(&text).unwrap()
+        };
+        let nodes = [node(1, Role::Master), node(2, Role::Drone)];
+        let mut d = Distribution {
+            require_certainty: CertaintyRequired::Roles(vec![Role::Drone]),
+            ..Distribution::default()
+        };
+        assert_eq!(
+            Config::from_policy(id(1), &d, &nodes).certainty_exempt,
+            BTreeSet::from([id(1)])
+        );
+        d.require_certainty = CertaintyRequired::Every(true);
+        assert!(
+            Config::from_policy(id(1), &d, &nodes)
+                .certainty_exempt
+                .is_empty()
+        );
+        d.require_certainty = CertaintyRequired::Every(false);
+        assert_eq!(
+            Config::from_policy(id(1), &d, &nodes)
+                .certainty_exempt
+                .len(),
+            2
+        );
     }
 
     #[test]

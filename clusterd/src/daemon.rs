@@ -186,7 +186,8 @@ impl Node {
         } else {
             Vec::new()
         };
-        let core_cfg = CoreConfig::from_policy(self.my_id.unwrap_or(NodeId::MIN), &v.distribution);
+        let core_cfg =
+            CoreConfig::from_policy(self.my_id.unwrap_or(NodeId::MIN), &v.distribution, &v.nodes);
         let (serial, digest) = (v.cluster.serial, v.digest_hex());
         let elapsed = self.now();
         let actions =
@@ -320,7 +321,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let quarantine = QuarantineList::read(&cfg.quarantine).unwrap_or_default();
-    let placeholder = CoreConfig::from_policy(NodeId::MIN, &policy::Distribution::default());
+    let placeholder = CoreConfig::from_policy(NodeId::MIN, &policy::Distribution::default(), &[]);
     let mut node = Node {
         cfg,
         me,

@@ -15,6 +15,7 @@
 //! against C's tunnel address, so one member could get another quarantined. The policy itself
 //! is signed by the operator, so it may travel any path.
 
+pub mod cli;
 pub mod core;
 pub mod daemon;
 pub mod probe;

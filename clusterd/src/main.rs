@@ -8,47 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use clusterd::cli::Args;
 use clusterd::daemon::{self, Config, StartupError};
 use clusterd::probe::Sources;
-use policy::exit::{EXIT_CODES_HELP, Exit};
+use policy::exit::Exit;
 use tracing::error;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "clusterd",
-    version,
-    about,
-    after_help = format!("SIGTERM/SIGINT stop; the quarantine list stays in force.\n\n{EXIT_CODES_HELP}")
-)]
-struct Args {
-    /// The policy netguard and certaintyd read; a newer one fetched from a peer is written here.
-    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
-    policy: PathBuf,
-    #[arg(long, default_value = "/etc/tyd/operator.pub")]
-    trust: PathBuf,
-    /// This node's WireGuard private key (mode 0600): who this node is in the map.
-    #[arg(long, default_value = "/etc/tyd/node.key")]
-    key: PathBuf,
-    /// clusterd's own anti-rollback state.
-    #[arg(long, default_value = "/var/lib/tyd/clusterd.json")]
-    state: PathBuf,
-    /// Refuse policies with a lower serial (for nodes that keep no state across boots).
-    #[arg(long, default_value_t = 0)]
-    min_serial: u64,
-    /// certaintyd's control socket; "none" when this node runs no certaintyd.
-    #[arg(long, default_value = "/run/certaintyd.sock")]
-    certainty_socket: String,
-    #[arg(long, default_value = "/proc/sys/kernel/random/boot_id")]
-    boot_id: PathBuf,
-    /// Where the quarantine list for netguard is written.
-    #[arg(long, default_value = "/run/tyd/quarantine.json")]
-    quarantine: PathBuf,
-    /// Where the cluster view for `tyd status --cluster` is written.
-    #[arg(long, default_value = "/run/tyd/cluster-status.json")]
-    view: PathBuf,
-    #[arg(long)]
-    log_json: bool,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

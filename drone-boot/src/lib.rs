@@ -2,5 +2,6 @@
 //! and the policy's hardening ([`harden`]). Kept apart from the image builder (`drone`), so an
 //! image carries none of the builder's code (package download, unpacking, archive writing).
 
+pub mod cli;
 pub mod harden;
 pub mod netcfg;

@@ -5,49 +5,15 @@
 //! Exit codes: the shared set (`policy::exit`), e.g. 1 runtime failure, 2 usage, 4 bad
 //! signature.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use drone_boot::cli::{Args, Cmd};
 use drone_boot::harden;
 use drone_boot::netcfg::{self, NetConfig};
-use policy::exit::{EXIT_CODES_HELP, Failure};
+use policy::exit::Failure;
 use tracing::{info, warn};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "drone-boot",
-    version,
-    about,
-    after_help = EXIT_CODES_HELP
-)]
-struct Args {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Configure the LAN from `ip=` on the kernel command line, or by DHCP; set the host name.
-    Net {
-        #[arg(long, default_value = "/proc/cmdline")]
-        cmdline: PathBuf,
-    },
-    /// Apply the policy's sysctls and lockdown level, or with --lock-modules forbid module
-    /// loading.
-    Harden {
-        #[arg(long, default_value = "/etc/tyd/cluster.toml")]
-        policy: PathBuf,
-        #[arg(long, default_value = "/etc/tyd/operator.pub")]
-        trust: PathBuf,
-        #[arg(long, default_value = "/proc/sys")]
-        proc_sys: PathBuf,
-        #[arg(long, default_value = "/sys/kernel/security")]
-        securityfs: PathBuf,
-        #[arg(long)]
-        lock_modules: bool,
-    },
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -6,6 +6,7 @@
 //! see; [`kernel`], [`elf`] and [`build`] read the host; `main` writes.
 
 pub mod build;
+pub mod cli;
 pub mod elf;
 pub mod kernel;
 pub mod pxe;

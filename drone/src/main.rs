@@ -5,125 +5,15 @@
 //! Exit codes: the shared set (`policy::exit`), e.g. 1 runtime failure, 2 usage, 4 bad
 //! signature, 6 unusable key file.
 
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use drone::build::{self, Inputs};
+use drone::cli::{Args, BuildArgs, Cmd, PxeArgs};
 use drone::kernel;
-use drone::pxe::{self, Host};
-use policy::exit::{EXIT_CODES_HELP, Exit, Failure};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "drone",
-    version,
-    about,
-    after_help = EXIT_CODES_HELP
-)]
-struct Args {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Build a drone image: OUT/vmlinuz, OUT/initrd.img and OUT/image.json. Prints the hash
-    /// to pin as certaintyd's expected root (`certainty.expect=` on the kernel command line).
-    Build(BuildArgs),
-    /// Write a network boot tree for drones into OUT: the images, iPXE for BIOS and UEFI PXE
-    /// ROMs, boot.ipxe (an entry per MAC address, else the default) and dnsmasq.conf (proxy
-    /// DHCP beside the LAN's own DHCP server, and TFTP). With --run, serve it with dnsmasq.
-    Pxe(PxeArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct BuildArgs {
-    /// The signed cluster policy (its signature is POLICY.sig).
-    #[arg(long)]
-    policy: PathBuf,
-    /// Trusted operator public keys.
-    #[arg(long)]
-    trust: PathBuf,
-    /// This drone's WireGuard private key (its public key must be in the policy).
-    /// Without it the drone makes one at boot and prints the public key.
-    #[arg(long)]
-    node_key: Option<PathBuf>,
-    #[arg(long, short)]
-    out: PathBuf,
-    /// The kernel: `cloud` (Debian's cloud kernel: virtio NICs only, for VMs), `generic`
-    /// (Debian's generic kernel, with the drivers of real lab PCs' NICs: e1000, e1000e, igb,
-    /// r8169, tg3...), or a linux-image .deb file. cloud and generic are downloaded.
-    #[arg(long, default_value = "cloud")]
-    kernel: kernel::KernelChoice,
-    /// Where the firmware the NIC drivers ask for is looked up (install Debian's
-    /// firmware-realtek, firmware-misc-nonfree... on the build host to include it).
-    #[arg(long, default_value = "/lib/firmware")]
-    firmware_dir: PathBuf,
-    /// Where downloaded kernels are kept and unpacked (drone writes nowhere else).
-    #[arg(long, default_value = "/var/cache/drone")]
-    cache: PathBuf,
-    /// Where netguard, certaintyd, clusterd, drone and tyd are (default: next to this program).
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
-    /// More kernel modules to include and load at boot.
-    #[arg(long = "module")]
-    modules: Vec<String>,
-    /// The static busybox to use.
-    #[arg(long, default_value = "/bin/busybox")]
-    busybox: PathBuf,
-    /// mtime of every entry (default: $SOURCE_DATE_EPOCH, else 0).
-    #[arg(long)]
-    mtime: Option<u32>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-struct PxeArgs {
-    /// An image directory written by `drone build`, by name: NAME=DIR (repeatable). An image
-    /// carrying a node key is refused: TFTP serves it to anyone on the LAN.
-    #[arg(long = "image", required = true, value_parser = parse_named_dir)]
-    images: Vec<(String, PathBuf)>,
-    /// The image for machines without a --host entry (default: the first --image); `none`:
-    /// they are told so and boot from their next device.
-    #[arg(long)]
-    default: Option<String>,
-    /// One machine's entry, "MAC IMAGE [KERNEL ARGS...]" (repeatable), e.g.
-    /// "52:54:00:12:34:01 generic ip=192.168.1.11::192.168.1.1:24:drone1:eth0:off".
-    #[arg(long = "host")]
-    hosts: Vec<Host>,
-    /// Kernel arguments for every entry, e.g. "tyd.join=any tyd.token=ID.SECRET". Each entry
-    /// also gets certainty.expect= with its image's hash.
-    #[arg(long, default_value = "")]
-    append: String,
-    /// The LAN's network address, where the proxy answers (e.g. 192.168.1.0).
-    #[arg(long)]
-    network: Ipv4Addr,
-    /// The interface dnsmasq listens on (default: all).
-    #[arg(long)]
-    interface: Option<String>,
-    /// Where iPXE's undionly.kpxe and snponly.efi are (Debian's ipxe package).
-    #[arg(long, default_value = "/usr/lib/ipxe")]
-    ipxe_dir: PathBuf,
-    /// The boot tree (the TFTP root).
-    #[arg(long, short)]
-    out: PathBuf,
-    /// Then replace this program with dnsmasq in the foreground, logging to stderr.
-    #[arg(long)]
-    run: bool,
-}
-
-fn parse_named_dir(s: &str) -> Result<(String, PathBuf), String> {
-    match s.split_once('=') {
-        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
-            Ok((name.to_string(), PathBuf::from(dir)))
-        }
-        _ => Err(format!("{s}: expected NAME=DIR")),
-    }
-}
+use drone::pxe::{self};
+use policy::exit::{Exit, Failure};
 
 fn main() -> ExitCode {
     let args = Args::parse();

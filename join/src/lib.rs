@@ -9,6 +9,7 @@
 //! handshake keyed by the token (the `snow` crate), then the request and the answer.
 
 pub mod admit;
+pub mod cli;
 pub mod client;
 pub mod discover;
 pub mod guard;

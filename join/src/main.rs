@@ -6,7 +6,7 @@
 //! Exit codes: the shared set (`policy::exit`).
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,41 +14,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use jiff::Timestamp;
+use join::cli::Args;
 use join::guard::{Guard, Turned};
 use join::service::{Master, Outcome, RelayError, Source, relay};
-use policy::exit::{EXIT_CODES_HELP, Exit};
+use policy::exit::Exit;
 use policy::{Policy, Role, TrustedKeys, Verified, WgPublicKey};
 use tracing::{error, info, warn};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "joind",
-    version,
-    about = "The join endpoint: admits nodes with a join token (on a master) or relays to a master.",
-    after_help = format!("SIGTERM/SIGINT stop it.\n\n{EXIT_CODES_HELP}")
-)]
-struct Args {
-    /// The policy netguard and clusterd read; a master edits, signs and replaces it.
-    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
-    policy: PathBuf,
-    #[arg(long, default_value = "/etc/tyd/operator.pub")]
-    trust: PathBuf,
-    /// This node's WireGuard private key: who this node is in the map.
-    #[arg(long, default_value = "/etc/tyd/node.key")]
-    key: PathBuf,
-    /// The operator's signing key: this node is a master and admits joins itself.
-    #[arg(long)]
-    operator_key: Option<PathBuf>,
-    /// The master's join tokens (`tyd token create`).
-    #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
-    tokens: PathBuf,
-    /// clusterd's view of the cluster (its --view): an ephemeral drone coming back at its
-    /// address with a new key takes over its entry only once this view says it is lost.
-    #[arg(long, default_value = "/run/tyd/cluster-status.json")]
-    view: PathBuf,
-    #[arg(long)]
-    log_json: bool,
-}
 
 /// Read and write timeouts of one join connection.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);

@@ -7,6 +7,7 @@
 //! `routes` (tunnel addresses and routes on
 //! other interfaces), `neighbours` (the kernel's neighbour table sized for the map), `reconcile` (one pass), `daemon` (the loop), `status` (for `tyd status`).
 
+pub mod cli;
 pub mod daemon;
 pub mod desired;
 pub mod neighbours;

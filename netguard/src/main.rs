@@ -7,59 +7,13 @@
 //! Exit codes: the shared set (`policy::exit`): 0 stopped by signal, 1 runtime failure,
 //! 2 usage, 5 refused to start (rollback state), 6 key file unusable.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
+use netguard::cli::Args;
 use netguard::daemon::{self, Config, StartupError};
-use netguard::wg::Kind;
-use policy::exit::{EXIT_CODES_HELP, Exit};
+use policy::exit::Exit;
 use tracing::error;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "netguard",
-    version,
-    about,
-    after_help = format!("SIGHUP reloads; SIGTERM/SIGINT stop, leaving the firewall and tunnels in place.\n\n{EXIT_CODES_HELP}")
-)]
-struct Args {
-    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
-    policy: PathBuf,
-    #[arg(long, default_value = "/etc/tyd/operator.pub")]
-    trust: PathBuf,
-    /// This node's WireGuard private key (mode 0600).
-    #[arg(long, default_value = "/etc/tyd/node.key")]
-    key: PathBuf,
-    /// Anti-rollback state: the last accepted serial and digest.
-    #[arg(long, default_value = "/var/lib/tyd/accepted.json")]
-    state: PathBuf,
-    /// Refuse policies with a lower serial (for nodes that keep no state across boots).
-    #[arg(long, default_value_t = 0)]
-    min_serial: u64,
-    /// Override the policy's interface name.
-    #[arg(long)]
-    interface: Option<String>,
-    /// kernel or userspace (default: kernel if the module is there).
-    #[arg(long, value_parser = parse_backend)]
-    backend: Option<Kind>,
-    /// How often to check for and repair drift, e.g. "5s".
-    #[arg(long, default_value = "5s", value_parser = policy::model::duration::parse)]
-    drift: Duration,
-    /// clusterd's quarantine list (nodes that keep their tunnel but not the services).
-    #[arg(long, default_value = "/run/tyd/quarantine.json")]
-    quarantine: PathBuf,
-    #[arg(long)]
-    log_json: bool,
-}
-
-fn parse_backend(s: &str) -> Result<Kind, String> {
-    match s {
-        "kernel" | "userspace" => Ok(Kind::detect(Some(s))),
-        _ => Err("expected kernel or userspace".into()),
-    }
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

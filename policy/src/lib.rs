@@ -29,8 +29,8 @@ pub use diff::PolicyDiff;
 pub use keys::{OperatorPublicKey, WgPublicKey};
 pub use load::{LoadError, SignedFiles, load_signed, load_verified};
 pub use model::{
-    Action, Certainty, Cluster, Distribution, Firewall, Hardening, Lockdown, Node, NodeId, Policy,
-    Posture, RECOMMENDED_SYSCTLS, Role,
+    Action, Certainty, CertaintyRequired, Cluster, Distribution, Firewall, Hardening, Lockdown,
+    Node, NodeId, Policy, Posture, RECOMMENDED_SYSCTLS, Role,
 };
 pub use mosix_map::{MapError, MosixMap};
 pub use nodemap::{Change, NodeChange, NodeMap, NodeMapDiff};

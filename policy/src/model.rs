@@ -146,10 +146,36 @@ pub struct Distribution {
     pub quarantine: bool,
     #[serde(default = "default_quarantine_after", with = "duration")]
     pub quarantine_after: Duration,
-    /// A node without a running certaintyd is quarantined too (off only for clusters whose
-    /// nodes do not run certaintyd).
-    #[serde(default = "default_true")]
-    pub require_certainty: bool,
+    /// Which nodes must run a certaintyd that answers, or be quarantined: `true` every node,
+    /// `false` none, or roles (`["drone"]`: masters on ordinary disks run none).
+    #[serde(default)]
+    pub require_certainty: CertaintyRequired,
+}
+
+/// Which nodes must run certaintyd (`[distribution] require_certainty`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CertaintyRequired {
+    /// `true`: every node; `false`: none.
+    Every(bool),
+    /// Nodes with one of these roles.
+    Roles(Vec<Role>),
+}
+
+impl Default for CertaintyRequired {
+    fn default() -> Self {
+        CertaintyRequired::Every(true)
+    }
+}
+
+impl CertaintyRequired {
+    /// Must a node with these roles run certaintyd?
+    pub fn of(&self, roles: &[Role]) -> bool {
+        match self {
+            CertaintyRequired::Every(every) => *every,
+            CertaintyRequired::Roles(required) => roles.iter().any(|r| required.contains(r)),
+        }
+    }
 }
 
 fn default_distribution_port() -> u16 {
@@ -172,7 +198,7 @@ impl Default for Distribution {
             heartbeat: default_heartbeat(),
             quarantine: true,
             quarantine_after: default_quarantine_after(),
-            require_certainty: true,
+            require_certainty: CertaintyRequired::default(),
         }
     }
 }

@@ -80,6 +80,8 @@ heartbeat = "1s"
 # answer, whose root is not the pinned one, or that is silent this long; its tunnel stays.
 quarantine = true
 quarantine_after = "5s"
+# Who must run certaintyd: true (every node), false, or roles, e.g. ["drone"] when masters
+# run on ordinary disks (tyd init chooses by its own root).
 require_certainty = true
 
 # Joining with one command (tyd join): masters admit nodes that hold a join token; other

@@ -13,6 +13,7 @@ use policy::{NodeId, Role, WgPublicKey, sign, signature_path};
 
 use crate::failure::{CliResult, Exit, Failure};
 use crate::keygen;
+use crate::services;
 
 /// What `tyd init` needs.
 #[derive(Debug)]
@@ -24,6 +25,7 @@ pub struct InitArgs<'a> {
     pub tokens: &'a Path,
     pub uses: u32,
     pub expires: SignedDuration,
+    pub no_start: bool,
 }
 
 fn io(path: &Path, e: std::io::Error) -> Failure {
@@ -66,8 +68,24 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     let expires = now
         .checked_add(SignedDuration::from_hours(365 * 24))
         .map_err(|e| Failure::new(Exit::Usage, e.to_string()))?;
-    let text = policy::template::init_template(a.cluster, expires);
-    policy::parse_policy("template", text.as_bytes(), now)?;
+    let mut text = policy::template::init_template(a.cluster, expires);
+    let root = services::root();
+    if root == services::Root::Disk {
+        // certaintyd guards RAM roots only: this master (and any on a disk) runs none, and
+        // only drones must report their integrity.
+        text = text.replacen(
+            "\nrequire_certainty = true\n",
+            "\nrequire_certainty = [\"drone\"]\n",
+            1,
+        );
+    }
+    let parsed = policy::parse_policy("template", text.as_bytes(), now)?;
+    if root == services::Root::Disk && parsed.distribution.require_certainty.of(&[Role::Master]) {
+        return Err(Failure::new(
+            Exit::Runtime,
+            "the policy template has no require_certainty line to limit to drones",
+        ));
+    }
     // Written under a scratch name, edited, signed, then moved into place: a failure leaves
     // no half-made policy where the daemons look.
     let scratch = a.dir.join(".cluster.toml.init");
@@ -116,13 +134,35 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
         "cluster {} initialised: this node is node 1 ({}, master), serial {}",
         policy.cluster.name, a.node_name, policy.cluster.serial
     );
-    println!("start the daemons on this node:");
-    println!("  netguard --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key");
-    println!("  clusterd --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key");
-    println!(
-        "  joind --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key --operator-key {d}/operator.key --tokens {}",
-        a.tokens.display()
-    );
+    if root == services::Root::Disk {
+        println!(
+            "certaintyd: / is not a RAM filesystem here, so this node runs none and the policy requires it of drones only (require_certainty = [\"drone\"])"
+        );
+    }
+    let cert = if root == services::Root::Disk {
+        " --certainty-socket none"
+    } else {
+        ""
+    };
+    start_daemons(
+        services::NodeKind::Master,
+        root,
+        a.no_start,
+        a.dir,
+        Some(a.tokens),
+        &[
+            format!(
+                "netguard --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key"
+            ),
+            format!(
+                "clusterd --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key{cert}"
+            ),
+            format!(
+                "joind --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key --operator-key {d}/operator.key --tokens {}",
+                a.tokens.display()
+            ),
+        ],
+    )?;
     println!(
         "join further nodes ({} use(s) of this token, valid {}):",
         a.uses,
@@ -147,6 +187,7 @@ pub struct JoinArgs<'a> {
     pub dir: &'a Path,
     pub key: Option<&'a Path>,
     pub name: Option<&'a str>,
+    pub no_start: bool,
 }
 
 fn member_addr(member: &str) -> CliResult<SocketAddr> {
@@ -250,15 +291,49 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         "joined cluster {} as node {} ({}), serial {}",
         joined.cluster, joined.node, joined.name, joined.serial
     );
-    println!("start the daemons on this node:");
-    println!(
-        "  netguard --policy {d}/cluster.toml --trust {d}/operator.pub --key {}",
-        key_path.display()
-    );
-    println!(
-        "  clusterd --policy {d}/cluster.toml --trust {d}/operator.pub --key {}",
-        key_path.display()
-    );
+    let root = services::root();
+    let cert = if root == services::Root::Disk {
+        " --certainty-socket none"
+    } else {
+        ""
+    };
+    let k = key_path.display();
+    start_daemons(
+        services::NodeKind::Member,
+        root,
+        a.no_start || key_path != a.dir.join("node.key"),
+        a.dir,
+        None,
+        &[
+            format!("netguard --policy {d}/cluster.toml --trust {d}/operator.pub --key {k}"),
+            format!("clusterd --policy {d}/cluster.toml --trust {d}/operator.pub --key {k}{cert}"),
+            format!("joind --policy {d}/cluster.toml --trust {d}/operator.pub --key {k}"),
+        ],
+    )
+}
+
+/// Enables and starts the units, or says why not and prints the command lines.
+fn start_daemons(
+    kind: services::NodeKind,
+    root: services::Root,
+    no_start: bool,
+    dir: &Path,
+    tokens: Option<&Path>,
+    commands: &[String],
+) -> CliResult {
+    match services::usable(no_start, dir, tokens) {
+        Ok(()) => {
+            let plan = services::plan(kind, root, dir);
+            services::start(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
+            println!("started: {}", plan.units.join(" "));
+        }
+        Err(why) => {
+            println!("daemons not started ({why}); start them on this node:");
+            for c in commands {
+                println!("  {c}");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -755,3 +755,61 @@ fn tokens_are_shown_once_kept_hashed_listed_and_revoked() {
     assert!(e.contains("op.key"), "{e}");
     assert!(!d.p("t2.json").exists());
 }
+
+/// `tyd init` on a disk root (this machine's): the policy asks certaintyd of drones only, and
+/// without systemd the daemons are not started: tyd says why and prints their command lines.
+#[test]
+fn init_on_a_disk_root_requires_certaintyd_of_drones_and_says_why_it_starts_nothing() {
+    let d = Dir::new();
+    let dir = d.p("etc");
+    let tokens = d.p("tokens.json");
+    let out = d.ok(&[
+        "init",
+        "--endpoint",
+        "192.0.2.1",
+        "--name",
+        "m1",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+    ]);
+    let fs = nix_free_fs_type();
+    let policy = std::fs::read_to_string(dir.join("cluster.toml")).unwrap();
+    if fs == "tmpfs" || fs == "ramfs" {
+        assert!(policy.contains("\nrequire_certainty = true\n"), "{policy}");
+    } else {
+        assert!(
+            policy.contains("\nrequire_certainty = [\"drone\"]\n"),
+            "{policy}"
+        );
+        assert!(out.contains("runs none"), "{out}");
+        assert!(out.contains("--certainty-socket none"), "{out}");
+    }
+    // Files outside /etc/tyd are not what the units read: nothing is started.
+    assert!(
+        out.contains(&format!(
+            "daemons not started ({} is not where the units read (/etc/tyd))",
+            dir.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("  joind --policy"), "{out}");
+    // The signed policy verifies.
+    d.ok(&[
+        "policy",
+        "verify",
+        dir.join("cluster.toml").to_str().unwrap(),
+        "--trust",
+        dir.join("operator.pub").to_str().unwrap(),
+    ]);
+}
+
+/// The root filesystem's type, as `stat -f` names it.
+fn nix_free_fs_type() -> String {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%T", "/"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

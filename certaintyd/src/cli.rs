@@ -1,0 +1,85 @@
+//! The command line, apart from `main` so the man page and completions are made from it
+//! (`gendocs`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use policy::Action;
+use policy::exit::EXIT_CODES_HELP;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "certaintyd",
+    version,
+    about,
+    after_help = format!("SIGTERM/SIGINT/SIGHUP are integrity events unless --stop-on-signal.\n\n{EXIT_CODES_HELP}")
+)]
+pub struct Args {
+    /// The signed cluster policy (its signature is POLICY.sig).
+    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+    pub policy: PathBuf,
+    /// Trusted operator public keys, one base64 key a line.
+    #[arg(long, default_value = "/etc/tyd/operator.pub")]
+    pub trust: PathBuf,
+    /// This node's name in the policy (default: the host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Override the policy's monitored root.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Override the policy's interval, e.g. "500ms".
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Override the policy's grace period, e.g. "0s" for tests.
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+    /// Loss of certainty if a full verification takes longer than this.
+    #[arg(long, value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
+    /// Override the policy's action: reboot, poweroff, exec or alert.
+    #[arg(long, value_parser = parse_action)]
+    pub action: Option<Action>,
+    /// Override the policy's exec hook.
+    #[arg(long)]
+    pub exec: Option<PathBuf>,
+    /// Override the policy's content_every: re-hash file content every N verifications.
+    #[arg(long)]
+    pub content_every: Option<u32>,
+    /// Do everything except reboot or power off; exit 3 instead.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow reboot, poweroff and exec although the root is not a RAM filesystem.
+    #[arg(long)]
+    pub force_disk_root: bool,
+    /// Treat SIGTERM, SIGINT and SIGHUP as a request to stop, not as integrity events.
+    #[arg(long)]
+    pub stop_on_signal: bool,
+    /// Control socket (root only): status, maintenance windows, authorised stop.
+    #[arg(long, default_value = "/run/certaintyd.sock")]
+    pub socket: PathBuf,
+    /// Skip mlockall, undumpable and OOM protection (development only).
+    #[arg(long)]
+    pub no_harden: bool,
+    /// Take one snapshot of --root, print its hashes and coverage as JSON, and exit (no
+    /// policy needed). The `stable_root` it prints is what `certainty.expected_root` pins.
+    #[arg(long, requires = "root")]
+    pub hash_only: bool,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    policy::model::duration::parse(s)
+}
+
+pub fn parse_action(s: &str) -> Result<Action, String> {
+    match s {
+        "reboot" => Ok(Action::Reboot),
+        "poweroff" => Ok(Action::Poweroff),
+        "exec" => Ok(Action::Exec),
+        "alert" => Ok(Action::Alert),
+        _ => Err(format!("unknown action {s:?}")),
+    }
+}

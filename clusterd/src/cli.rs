@@ -1,0 +1,46 @@
+//! The command line, apart from `main` so the man page and completions are made from it
+//! (`gendocs`).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use policy::exit::EXIT_CODES_HELP;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clusterd",
+    version,
+    about,
+    after_help = format!("SIGTERM/SIGINT stop; the quarantine list stays in force.\n\n{EXIT_CODES_HELP}")
+)]
+pub struct Args {
+    /// The policy netguard and certaintyd read; a newer one fetched from a peer is written here.
+    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+    pub policy: PathBuf,
+    /// The operator public keys the policy must be signed by, one base64 key a line.
+    #[arg(long, default_value = "/etc/tyd/operator.pub")]
+    pub trust: PathBuf,
+    /// This node's WireGuard private key (mode 0600): who this node is in the map.
+    #[arg(long, default_value = "/etc/tyd/node.key")]
+    pub key: PathBuf,
+    /// clusterd's own anti-rollback state.
+    #[arg(long, default_value = "/var/lib/tyd/clusterd.json")]
+    pub state: PathBuf,
+    /// Refuse policies with a lower serial (for nodes that keep no state across boots).
+    #[arg(long, default_value_t = 0)]
+    pub min_serial: u64,
+    /// certaintyd's control socket; "none" when this node runs no certaintyd.
+    #[arg(long, default_value = "/run/certaintyd.sock")]
+    pub certainty_socket: String,
+    #[arg(long, default_value = "/proc/sys/kernel/random/boot_id")]
+    pub boot_id: PathBuf,
+    /// Where the quarantine list for netguard is written.
+    #[arg(long, default_value = "/run/tyd/quarantine.json")]
+    pub quarantine: PathBuf,
+    /// Where the cluster view for `tyd status --cluster` is written.
+    #[arg(long, default_value = "/run/tyd/cluster-status.json")]
+    pub view: PathBuf,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}

@@ -1,0 +1,39 @@
+//! The command line, apart from `main` so the man page and completions are made from it
+//! (`gendocs`).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use policy::exit::EXIT_CODES_HELP;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "joind",
+    version,
+    about = "The join endpoint: admits nodes with a join token (on a master) or relays to a master.",
+    after_help = format!("SIGTERM/SIGINT stop it.\n\n{EXIT_CODES_HELP}")
+)]
+pub struct Args {
+    /// The policy netguard and clusterd read; a master edits, signs and replaces it.
+    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+    pub policy: PathBuf,
+    /// The operator public keys the policy must be signed by, one base64 key a line.
+    #[arg(long, default_value = "/etc/tyd/operator.pub")]
+    pub trust: PathBuf,
+    /// This node's WireGuard private key: who this node is in the map.
+    #[arg(long, default_value = "/etc/tyd/node.key")]
+    pub key: PathBuf,
+    /// The operator's signing key: this node is a master and admits joins itself.
+    #[arg(long)]
+    pub operator_key: Option<PathBuf>,
+    /// The master's join tokens (`tyd token create`).
+    #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
+    pub tokens: PathBuf,
+    /// clusterd's view of the cluster (its --view): an ephemeral drone coming back at its
+    /// address with a new key takes over its entry only once this view says it is lost.
+    #[arg(long, default_value = "/run/tyd/cluster-status.json")]
+    pub view: PathBuf,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}

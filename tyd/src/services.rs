@@ -1,0 +1,250 @@
+//! Starting this node's daemons after `tyd init` or `tyd join`: the systemd units the package
+//! installs, enabled and started, with the two per-node settings they read from `/etc/tyd`
+//! (`joind.env` on a master, `clusterd.env` where no certaintyd runs). Where the units cannot
+//! be used (no systemd, units not installed, files outside `/etc/tyd`), tyd says why and prints
+//! the command lines instead. The plan is pure; `start` runs `systemctl`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The directory and token store the units read (their `ExecStart` lines).
+pub const UNIT_DIR: &str = "/etc/tyd";
+pub const UNIT_TOKENS: &str = "/var/lib/tyd/tokens.json";
+
+/// What this node is, as far as its daemons go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Holds the operator key: joind admits joins.
+    Master,
+    /// Any other member: joind relays joins to a master.
+    Member,
+}
+
+/// The root filesystem: certaintyd guards RAM roots only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    Ram,
+    Disk,
+}
+
+/// Why the units are not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotStarted {
+    /// `--no-start`.
+    Asked,
+    /// PID 1 is not systemd.
+    NoSystemd,
+    /// The package's units are not installed.
+    NoUnits,
+    /// The keys and policy are not where the units read them.
+    ElsewhereThanUnits(PathBuf),
+}
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotStarted::Asked => f.write_str("--no-start"),
+            NotStarted::NoSystemd => f.write_str("systemd is not running on this machine"),
+            NotStarted::NoUnits => {
+                f.write_str("the units are not installed (install the tyd package)")
+            }
+            NotStarted::ElsewhereThanUnits(p) => {
+                write!(
+                    f,
+                    "{} is not where the units read ({UNIT_DIR})",
+                    p.display()
+                )
+            }
+        }
+    }
+}
+
+/// What starting the daemons means on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// `(file, variable, value)` to set in the units' environment files.
+    pub settings: Vec<(PathBuf, &'static str, String)>,
+    /// Units to enable and start, in order.
+    pub units: Vec<&'static str>,
+}
+
+/// The units and settings for a node of `kind` on `root`, its files in `dir`.
+pub fn plan(kind: NodeKind, root: Root, dir: &Path) -> Plan {
+    let mut settings = Vec::new();
+    let mut units = vec!["netguard.service", "clusterd.service", "joind.service"];
+    if kind == NodeKind::Master {
+        settings.push((
+            dir.join("joind.env"),
+            "JOIND_ARGS",
+            format!("--operator-key {}", dir.join("operator.key").display()),
+        ));
+    }
+    match root {
+        Root::Ram => units.push("certaintyd.service"),
+        Root::Disk => settings.push((dir.join("clusterd.env"), "CERTAINTY_SOCKET", "none".into())),
+    }
+    Plan { settings, units }
+}
+
+/// `text` (an environment file) with `key=value`: the first uncommented assignment of `key`
+/// replaced, or the line appended. Comments and other lines stay.
+pub fn set_variable(text: &str, key: &str, value: &str) -> String {
+    let line = format!("{key}={value}");
+    let mut out = Vec::new();
+    let mut done = false;
+    for l in text.lines() {
+        let assigns = l
+            .trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if assigns && !done {
+            out.push(line.clone());
+            done = true;
+        } else if !assigns {
+            out.push(l.to_string());
+        }
+    }
+    if !done {
+        out.push(line);
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}
+
+/// Whether the units can be used for files in `dir` (tokens in `tokens`).
+pub fn usable(no_start: bool, dir: &Path, tokens: Option<&Path>) -> Result<(), NotStarted> {
+    if no_start {
+        return Err(NotStarted::Asked);
+    }
+    if dir != Path::new(UNIT_DIR) {
+        return Err(NotStarted::ElsewhereThanUnits(dir.to_path_buf()));
+    }
+    if let Some(t) = tokens
+        && t != Path::new(UNIT_TOKENS)
+    {
+        return Err(NotStarted::ElsewhereThanUnits(t.to_path_buf()));
+    }
+    // sd_booted(3): systemd is PID 1 when this directory exists.
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Err(NotStarted::NoSystemd);
+    }
+    let installed = Command::new("systemctl")
+        .args(["cat", "--", "netguard.service"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        return Err(NotStarted::NoUnits);
+    }
+    Ok(())
+}
+
+/// The root filesystem's kind, from statfs(2) on `/`.
+pub fn root() -> Root {
+    match nix::sys::statfs::statfs("/") {
+        Ok(s) => {
+            let t = s.filesystem_type();
+            // ramfs's magic (linux/magic.h) is not among nix's constants.
+            let ramfs = nix::sys::statfs::FsType(0x8584_58f6);
+            if t == nix::sys::statfs::TMPFS_MAGIC || t == ramfs {
+                Root::Ram
+            } else {
+                Root::Disk
+            }
+        }
+        Err(_) => Root::Disk,
+    }
+}
+
+/// Writes the settings and runs `systemctl enable --now` on the units.
+pub fn start(plan: &Plan) -> Result<(), String> {
+    for (file, key, value) in &plan.settings {
+        let old = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        let new = set_variable(&old, key, value);
+        if new != old {
+            policy::fsutil::atomic_write(file, new.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        }
+    }
+    let out = Command::new("systemctl")
+        .args(["enable", "--now", "--"])
+        .args(&plan.units)
+        .output()
+        .map_err(|e| format!("systemctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "systemctl enable --now {}: {}",
+            plan.units.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_master_on_disk_admits_joins_and_runs_no_certaintyd() {
+        let p = plan(NodeKind::Master, Root::Disk, Path::new("/etc/tyd"));
+        assert_eq!(
+            p.units,
+            ["netguard.service", "clusterd.service", "joind.service"]
+        );
+        assert_eq!(
+            p.settings,
+            vec![
+                (
+                    PathBuf::from("/etc/tyd/joind.env"),
+                    "JOIND_ARGS",
+                    "--operator-key /etc/tyd/operator.key".to_string()
+                ),
+                (
+                    PathBuf::from("/etc/tyd/clusterd.env"),
+                    "CERTAINTY_SOCKET",
+                    "none".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_member_in_ram_relays_joins_and_runs_certaintyd() {
+        let p = plan(NodeKind::Member, Root::Ram, Path::new("/etc/tyd"));
+        assert_eq!(p.units.last(), Some(&"certaintyd.service"));
+        assert!(p.settings.is_empty());
+    }
+
+    #[test]
+    fn a_variable_is_replaced_once_or_appended_and_comments_stay() {
+        let text = "# JOIND_ARGS=--example\nJOIND_ARGS=\nOTHER=1\nJOIND_ARGS = old\n";
+        assert_eq!(
+            set_variable(text, "JOIND_ARGS", "--operator-key k"),
+            "# JOIND_ARGS=--example\nJOIND_ARGS=--operator-key k\nOTHER=1\n"
+        );
+        assert_eq!(set_variable("", "A", "b"), "A=b\n");
+        assert_eq!(set_variable("AB=1\n", "A", "2"), "AB=1\nA=2\n");
+    }
+
+    #[test]
+    fn units_are_used_only_for_their_own_paths() {
+        assert_eq!(
+            usable(true, Path::new("/etc/tyd"), None),
+            Err(NotStarted::Asked)
+        );
+        assert_eq!(
+            usable(false, Path::new("/tmp/x"), None),
+            Err(NotStarted::ElsewhereThanUnits(PathBuf::from("/tmp/x")))
+        );
+        assert_eq!(
+            usable(false, Path::new("/etc/tyd"), Some(Path::new("/tmp/t.json"))),
+            Err(NotStarted::ElsewhereThanUnits(PathBuf::from("/tmp/t.json")))
+        );
+    }
+}
