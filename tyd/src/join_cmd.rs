@@ -321,11 +321,20 @@ fn start_daemons(
     tokens: Option<&Path>,
     commands: &[String],
 ) -> CliResult {
+    let plan = services::plan(kind, root, dir);
     match services::usable(no_start, dir, tokens) {
         Ok(()) => {
-            let plan = services::plan(kind, root, dir);
+            services::write_settings(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
             services::start(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
             println!("started: {}", plan.units.join(" "));
+        }
+        Err(services::NotStarted::Asked) if dir == Path::new(services::UNIT_DIR) => {
+            // The settings the units read are written, so starting them later is one line.
+            services::write_settings(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
+            println!(
+                "daemons not started (--no-start); start them with: systemctl enable --now {}",
+                plan.units.join(" ")
+            );
         }
         Err(why) => {
             println!("daemons not started ({why}); start them on this node:");

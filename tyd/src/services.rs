@@ -158,8 +158,8 @@ pub fn root() -> Root {
     }
 }
 
-/// Writes the settings and runs `systemctl enable --now` on the units.
-pub fn start(plan: &Plan) -> Result<(), String> {
+/// Writes the settings into the units' environment files.
+pub fn write_settings(plan: &Plan) -> Result<(), String> {
     for (file, key, value) in &plan.settings {
         let old = match std::fs::read_to_string(file) {
             Ok(t) => t,
@@ -171,6 +171,11 @@ pub fn start(plan: &Plan) -> Result<(), String> {
             policy::fsutil::atomic_write(file, new.as_bytes(), 0o644).map_err(|e| e.to_string())?;
         }
     }
+    Ok(())
+}
+
+/// Runs `systemctl enable --now` on the units.
+pub fn start(plan: &Plan) -> Result<(), String> {
     let out = Command::new("systemctl")
         .args(["enable", "--now", "--"])
         .args(&plan.units)
