@@ -28,8 +28,14 @@ pub struct NodeStatus {
     pub endpoint: Option<String>,
 }
 
+/// The version of `tyd status --json`: raised when a field changes meaning or goes away
+/// (adding a field does not). `tyd status --cluster --json` carries its own (`ClusterView`).
+pub const STATUS_SCHEMA: u32 = 1;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    /// [`STATUS_SCHEMA`].
+    pub schema: u32,
     pub cluster: String,
     pub serial: u64,
     pub interface: String,
@@ -141,6 +147,7 @@ pub fn collect(
         problems.push(format!("peer {k} is configured but not in the policy"));
     }
     Status {
+        schema: STATUS_SCHEMA,
         cluster: policy.cluster.name.clone(),
         serial: policy.cluster.serial,
         interface: name,

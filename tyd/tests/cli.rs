@@ -813,3 +813,35 @@ fn nix_free_fs_type() -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// `tyd status --json` carries its schema version and the names `--cluster --json` uses for
+/// the same things (cluster, serial, nodes with id, name, this_node). Here no tunnel or table
+/// exists, so it also says so and exits 7.
+#[test]
+fn status_json_has_a_schema_version_and_the_cluster_views_field_names() {
+    let d = Dir::new();
+    d.cluster();
+    let state = d.p("accepted.json");
+    let out = d.tyd(&[
+        "status",
+        "--policy",
+        "cluster.toml",
+        "--trust",
+        "op.key.pub",
+        "--interface",
+        "tydabsent0",
+        "--state",
+        state.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema"], 1);
+    assert_eq!(v["cluster"], "lab");
+    assert_eq!(v["serial"], 4);
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for key in ["id", "name", "this_node"] {
+        assert!(nodes[0].get(key).is_some(), "nodes[0] has no {key}: {v}");
+    }
+}
