@@ -11,4 +11,5 @@ scripts/check-units.sh
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 scripts/check-deb.sh
+scripts/check-metrics.sh
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

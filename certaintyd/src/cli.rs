@@ -65,6 +65,10 @@ pub struct Args {
     /// policy needed). The `stable_root` it prints is what `certainty.expected_root` pins.
     #[arg(long, requires = "root")]
     pub hash_only: bool,
+    /// Write Prometheus metrics here (node_exporter's textfile collector), on another
+    /// filesystem than the root, e.g. /run/tyd/certaintyd.prom.
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,

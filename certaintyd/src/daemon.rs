@@ -55,6 +55,9 @@ pub struct Config {
     pub content_every: u32,
     pub socket: Option<PathBuf>,
     pub heartbeat: Heartbeat,
+    /// Prometheus metrics rewritten here (a node_exporter textfile) on another filesystem
+    /// than the root.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// How the daemon ended, when it did not reboot.
@@ -119,6 +122,33 @@ struct Daemon {
     dev: u64,
     /// The baseline's regular files by inode: what the writer scan matches against.
     tree_inodes: HashMap<u64, String>,
+    /// With `--metrics-file`: what is measured, and the last write failure logged.
+    metrics: Option<(crate::metrics::Metrics, Option<String>)>,
+}
+
+impl Daemon {
+    /// Rewrites the metrics file from the status; a write failure is logged once until the
+    /// reason changes.
+    fn write_metrics(&mut self) {
+        let (Some(path), Some((metrics, last_error))) = (&self.cfg.metrics_file, &mut self.metrics)
+        else {
+            return;
+        };
+        let text = match self.status.lock() {
+            Ok(s) => metrics.render(&s),
+            Err(_) => return,
+        };
+        match policy::fsutil::replace_volatile(path, text.as_bytes(), 0o644) {
+            Ok(()) => *last_error = None,
+            Err(e) => {
+                let reason = e.to_string();
+                if last_error.as_deref() != Some(reason.as_str()) {
+                    warn!(reason = %reason, "cannot write the metrics file");
+                    *last_error = Some(reason);
+                }
+            }
+        }
+    }
 }
 
 fn now_text() -> String {
@@ -169,7 +199,12 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
         pass: 0,
         dev: 0,
         tree_inodes: HashMap::new(),
+        metrics: None,
     };
+    if d.cfg.metrics_file.is_some() {
+        d.metrics = Some((crate::metrics::Metrics::new(), None));
+        d.write_metrics();
+    }
 
     info!(grace = %policy::model::duration::format(&d.cfg.grace), root = %d.cfg.root.display(), "grace period before baseline");
     let grace = tokio::time::sleep(d.cfg.grace);
@@ -382,6 +417,7 @@ impl Daemon {
             s.bytes = manifest.bytes();
             s.entries = manifest.entries.len() as u64;
         }
+        self.write_metrics();
         self.baseline = Arc::new(manifest);
         Ok(())
     }
@@ -448,6 +484,10 @@ impl Daemon {
             s.next_verification_by =
                 Some(next.round(jiff::Unit::Second).unwrap_or(next).to_string());
         }
+        if let Some((m, _)) = &self.metrics {
+            m.verified(took.as_secs_f64());
+        }
+        self.write_metrics();
         let mut findings = compare(&self.baseline, &snap);
         if let Ok(now) = read_mounts(&self.cfg.root) {
             findings.extend(compare_mounts(&self.mounts, &now));
@@ -534,6 +574,9 @@ impl Daemon {
         if let Ok(mut s) = self.status.lock() {
             s.violations += 1;
         }
+        if let Some((m, _)) = &self.metrics {
+            m.violation(&cause.to_string());
+        }
         if let Some(w) = &self.window {
             warn!(
                 cause = %cause,
@@ -567,6 +610,7 @@ impl Daemon {
         if let Ok(mut s) = self.status.lock() {
             s.state = "integrity lost".into();
         }
+        self.write_metrics();
         match self.cfg.actuator.perform(&report).await {
             Outcome::DryRun | Outcome::PowerFailed => Flow::Exit(Exit::IntegrityLost),
             Outcome::Alerted => self.readopt().await,
@@ -661,6 +705,7 @@ impl Daemon {
                     s.maintenance_until = Some(until_wall.to_string());
                     s.state = "maintenance".into();
                 }
+                self.write_metrics();
                 warn!(signer = %signer, until = %until_wall, rebaseline = verified.rebaseline, "maintenance window opened");
                 let _ = cmd.reply.send(ControlResponse::ok(format!(
                     "maintenance until {until_wall}"
@@ -678,6 +723,7 @@ impl Daemon {
             s.maintenance_until = None;
             s.state = "verifying".into();
         }
+        self.write_metrics();
         if w.rebaseline {
             info!(signer = %w.signer, "maintenance window closed: taking a new baseline");
             return self.establish().await;

@@ -17,6 +17,7 @@ pub mod entry;
 pub mod hashing;
 pub mod maintenance;
 pub mod manifest;
+pub mod metrics;
 pub mod mounts;
 pub mod preflight;
 pub mod protect;

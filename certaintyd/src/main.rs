@@ -75,8 +75,35 @@ fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
         content_every: args.content_every.unwrap_or(c.content_every).max(1),
         socket: Some(args.socket.clone()),
         heartbeat: Heartbeat::new(),
+        metrics_file: args.metrics_file.clone(),
     };
+    if let Some(file) = &args.metrics_file {
+        metrics_outside_root(file, &config.root).map_err(|e| Refused(Exit::Refused, e))?;
+    }
     Ok((config, c.watchdog.clone()))
+}
+
+/// The metrics file must not be on the monitored root's filesystem: writing it would be a
+/// change to the root.
+fn metrics_outside_root(file: &std::path::Path, root: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let dev = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.dev())
+            .map_err(|e| format!("--metrics-file: {}: {e}", p.display()))
+    };
+    if dev(dir)? == dev(root)? {
+        return Err(format!(
+            "--metrics-file {} is on the monitored root's filesystem ({}): writing it would be a change; put it under /run",
+            file.display(),
+            root.display()
+        ));
+    }
+    Ok(())
 }
 
 /// `--hash-only`: one full snapshot, timed.

@@ -757,3 +757,52 @@ fn only_writers_of_the_monitored_tree_count_and_a_hard_link_is_named_by_its_tree
     // scan ran first) is named by /db and the link. Either way /db is what is reported.
     assert!(verdict.contains("/db"), "{verdict}");
 }
+
+#[test]
+fn metrics_follow_the_state_and_a_metrics_file_inside_the_root_is_refused() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("metrics_follow_the_state") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    // Inside the monitored root: writing it would be a change, so certaintyd refuses.
+    let d = fx.dir.path();
+    let out = ns
+        .enter()
+        .arg(env!("CARGO_BIN_EXE_certaintyd"))
+        .args(["--policy", &d.join("cluster.toml").display().to_string()])
+        .args(["--trust", &d.join("operator.pub").display().to_string()])
+        .args(["--root", &ns.root.display().to_string()])
+        .args(["--metrics-file", &ns.p("certaintyd.prom")])
+        .args(["--node", "drone1", "--dry-run", "--no-harden"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("on the monitored root's filesystem"), "{err}");
+    // Outside it (the fixture's directory): written at the baseline and at the verdict.
+    let metrics = d.join("certaintyd.prom");
+    let daemon = Daemon::start(
+        &ns,
+        &fx,
+        &["--metrics-file", &metrics.display().to_string()],
+    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("certaintyd_state{state=\"verifying\"} 1"),
+        "{text}"
+    );
+    ns.sh(&format!("echo evil >> {}", ns.p("bin/sh")));
+    let (code, log) = daemon.exit(Duration::from_secs(10));
+    assert_eq!(code, 8, "{log}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("certaintyd_state{state=\"integrity lost\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("certaintyd_violations_total{cause=\"event\"} 1"),
+        "{text}"
+    );
+}

@@ -44,6 +44,10 @@ pub struct Args {
     /// clusterd's quarantine list (nodes that keep their tunnel but not the services).
     #[arg(long, default_value = "/run/tyd/quarantine.json")]
     pub quarantine: PathBuf,
+    /// Write Prometheus metrics here after every pass (for node_exporter's textfile
+    /// collector, e.g. /var/lib/prometheus/node-exporter/netguard.prom).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,

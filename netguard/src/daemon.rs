@@ -43,6 +43,8 @@ pub struct Config {
     pub drift: Duration,
     /// clusterd's quarantine list: these nodes keep their tunnels but not the services.
     pub quarantine: PathBuf,
+    /// Prometheus metrics rewritten here after every pass (a node_exporter textfile).
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,8 @@ struct Node {
     protective_reason: Option<String>,
     /// The nodes clusterd has quarantined: no services for them here.
     quarantined: std::collections::BTreeSet<policy::NodeId>,
+    /// With `--metrics-file`: what is measured, and the last write failure logged.
+    metrics: Option<(crate::metrics::Metrics, Option<String>)>,
 }
 
 fn load_key(path: &std::path::Path) -> Result<Key, StartupError> {
@@ -255,8 +259,47 @@ impl Node {
         self.derive_mode(now);
     }
 
-    /// One pass.
+    /// One pass, then the metrics.
     fn reconcile(&mut self, trigger: Trigger) {
+        let started = std::time::Instant::now();
+        let ok = self.pass(trigger);
+        if let Some(ok) = ok {
+            self.write_metrics(trigger, ok, started.elapsed());
+        }
+    }
+
+    /// Writes the metrics file: this pass, and the state read back from the kernel. A write
+    /// failure is logged once until the reason changes.
+    fn write_metrics(&mut self, trigger: Trigger, ok: bool, took: Duration) {
+        let (Some(path), Some((metrics, last_error))) = (&self.cfg.metrics_file, &mut self.metrics)
+        else {
+            return;
+        };
+        metrics.pass(&trigger.to_string(), ok, took);
+        let status = match (&self.mode, &self.policy) {
+            (Mode::Member(_), Some(p)) => Some(crate::status::collect(
+                p,
+                self.cfg.interface.as_deref(),
+                Some(&self.public),
+                Timestamp::now(),
+            )),
+            _ => None,
+        };
+        metrics.state(status.as_ref(), &self.quarantined);
+        match policy::fsutil::replace_volatile(path, metrics.render().as_bytes(), 0o644) {
+            Ok(()) => *last_error = None,
+            Err(e) => {
+                let reason = e.to_string();
+                if last_error.as_deref() != Some(reason.as_str()) {
+                    warn!(reason = %reason, "cannot write the metrics file");
+                    *last_error = Some(reason);
+                }
+            }
+        }
+    }
+
+    /// One reconciliation; `None` when it could not start (no interface).
+    fn pass(&mut self, trigger: Trigger) -> Option<bool> {
         let result = match &self.mode {
             Mode::Protective => {
                 // A later return to membership must rebuild from what is really installed,
@@ -270,12 +313,12 @@ impl Node {
                         Ok(i) => self.iface = Some(i),
                         Err(e) => {
                             error!(reason = %e, "cannot manage interface");
-                            return;
+                            return Some(false);
                         }
                     }
                 }
                 let Some(iface) = self.iface.as_mut() else {
-                    return;
+                    return Some(false);
                 };
                 // Drift checks always read everything back; policy changes may trust the past.
                 let previous = match trigger {
@@ -288,15 +331,18 @@ impl Node {
             }
         };
         match result {
-            Ok(changes) if changes.is_empty() => {}
+            Ok(changes) if changes.is_empty() => Some(true),
             Ok(changes) if trigger == Trigger::DriftCheck => {
-                warn!(changes = %summary(&changes), "drift found and repaired")
+                warn!(changes = %summary(&changes), "drift found and repaired");
+                Some(true)
             }
             Ok(changes) => {
-                info!(trigger = %trigger, changes = %summary(&changes), "reconciled")
+                info!(trigger = %trigger, changes = %summary(&changes), "reconciled");
+                Some(true)
             }
             Err(reason) => {
-                error!(trigger = %trigger, reason = %reason, "reconcile failed; will retry")
+                error!(trigger = %trigger, reason = %reason, "reconcile failed; will retry");
+                Some(false)
             }
         }
     }
@@ -484,7 +530,11 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         refusal: None,
         protective_reason: None,
         quarantined: std::collections::BTreeSet::new(),
+        metrics: None,
     };
+    if node.cfg.metrics_file.is_some() {
+        node.metrics = Some((crate::metrics::Metrics::new(), None));
+    }
     node.reload_quarantine();
     if !node.reload_quietly(false) {
         node.fall_back_to_copy_in_force();

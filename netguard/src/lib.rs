@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod desired;
+pub mod metrics;
 pub mod neighbours;
 pub mod nft;
 pub mod peers;

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         backend: args.backend,
         drift: args.drift,
         quarantine: args.quarantine,
+        metrics_file: args.metrics_file,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -321,6 +321,10 @@ impl Lab {
                 &d.dir.join("quarantine.json").display().to_string(),
             ])
             .args([
+                "--metrics-file",
+                &d.dir.join("netguard.prom").display().to_string(),
+            ])
+            .args([
                 "--interface",
                 &d.iface,
                 "--backend",
@@ -534,6 +538,26 @@ fn services_only_through_tunnels_only_from_members() {
         "svc_openmosix",
     ]);
     assert!(!counters.contains("packets 0 "), "{counters}");
+    // And exported: the metrics file (rewritten every drift check, 1 s here) shows the drops,
+    // the peers' tunnels up, this node a member of the policy in force.
+    let metrics = lab.drones[1].dir.join("netguard.prom");
+    wait_for("drops in the metrics", Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        text.lines().any(|l| {
+            l.strip_prefix("netguard_dropped_packets_total{service=\"openmosix\"} ")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    });
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    for line in [
+        "netguard_member 1",
+        "netguard_firewall_installed 1",
+        r#"netguard_peer_tunnel_up{node="1",name="d1"} 1"#,
+        r#"netguard_peer_quarantined{node="3",name="d3"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
 }
 
 #[test]

@@ -338,10 +338,21 @@ fn quarantined_before_ready(
         };
         if quarantined.is_none() && about("quarantined: services withheld") {
             quarantined = Some(start.elapsed());
-            // Enforced: the node's tunnel address left the peer's service set.
-            let set = check(vms[peer].sh_ok("nft list set inet netguard peers4", CMD));
+            // Enforced: the node's tunnel address leaves the peer's service set. clusterd
+            // logs the decision, then netguard edits the set (about 0.3 s later under TCG).
             let addr = DRONES.iter().find(|d| d.0 == name).map_or("?", |d| d.2);
-            assert!(!set.contains(addr), "quarantined but still served: {set}");
+            let enforced_by = Instant::now() + Duration::from_secs(3);
+            loop {
+                let set = check(vms[peer].sh_ok("nft list set inet netguard peers4", CMD));
+                if !set.contains(addr) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < enforced_by,
+                    "quarantined but still served 3 s later: {set}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         readmitted_early |= about("readmitted: services restored") && !verified_again;
         if vms[node]
