@@ -97,16 +97,17 @@ pub fn parse_policy(file: &str, bytes: &[u8], now: Timestamp) -> Result<Policy, 
             "policy is empty".into(),
         ));
     }
-    let map = SourceMap::new(text);
+    // The span map is a second parse of the whole text: made only to place an error.
     let policy: Policy = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
-        let field = map.path_at(offset).to_string();
+        let field = SourceMap::new(text).path_at(offset).to_string();
         Invalid::one(file, text, offset, field, one_line(e.message()))
     })?;
     let findings = validate(&policy, now);
     if findings.is_empty() {
         return Ok(policy);
     }
+    let map = SourceMap::new(text);
     let mut diags: Vec<Diagnostic> = findings
         .into_iter()
         .map(|f| place(file, text, &map, &f.path, f.message))

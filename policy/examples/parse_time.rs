@@ -1,0 +1,62 @@
+//! Times verifying a signed policy of N nodes (default 1000), and its parts: the signature, the
+//! TOML parse into the model, validation. `cargo run --release -p policy --example parse_time
+//! [N]`; scripts/bench-netguard.sh measures the same inside netguard's pass.
+
+use std::time::{Duration, Instant};
+
+fn main() {
+    let n: u16 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let now = jiff::Timestamp::now();
+    let expires = now + jiff::SignedDuration::from_hours(24);
+    let mut text = policy::template::init_template("bench", expires).replace(
+        "tunnel_ipv4 = \"10.77.0.0/24\"",
+        "tunnel_ipv4 = \"10.64.0.0/10\"",
+    );
+    for i in 1..=n {
+        let key = policy::WgPublicKey::from_bytes(*blake3::hash(&i.to_le_bytes()).as_bytes());
+        text.push_str(&format!(
+            "\n[[node]]\nid = {i}\nname = \"node{i}\"\npublic_key = \"{key}\"\nendpoint = \"198.18.{}.{}:51820\"\naddresses = [\"10.64.{}.{}\"]\nroles = [\"drone\"]\n",
+            i / 250,
+            i % 250 + 1,
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    let operator = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let sig = policy::sign(text.as_bytes(), &operator);
+    let trust = policy::TrustedKeys::new(vec![policy::OperatorPublicKey::from(&operator)]);
+    let best = |f: &dyn Fn()| {
+        (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .min()
+            .unwrap_or(Duration::ZERO)
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let whole = best(&|| {
+        policy::verify_policy("cluster.toml", text.as_bytes(), sig.as_bytes(), &trust, now)
+            .map(|_| ())
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    let parse = best(&|| {
+        policy::parse_policy("cluster.toml", text.as_bytes(), now)
+            .map(|_| ())
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    let toml_only = best(&|| {
+        let _: policy::Policy = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    });
+    println!(
+        "{n} nodes, {} KiB: verify_policy {:.2} ms (parse_policy {:.2} ms, of which toml into the model {:.2} ms)",
+        text.len() / 1024,
+        ms(whole),
+        ms(parse),
+        ms(toml_only)
+    );
+}
