@@ -39,6 +39,11 @@ impl PortRange {
     pub fn contains(&self, port: u16) -> bool {
         (self.start..=self.end).contains(&port)
     }
+
+    /// Whether the two ranges share a port.
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
 }
 
 impl fmt::Display for PortRange {

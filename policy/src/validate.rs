@@ -61,6 +61,7 @@ pub fn validate(policy: &Policy, now: Timestamp) -> Vec<Finding> {
     }
     for (name, ports) in &policy.firewall.allow {
         check_port_set(path(&["firewall", "allow", name]), name, ports, &mut out);
+        check_not_a_service(policy, name, ports, &mut out);
     }
     check_certainty(policy, &mut out);
     check_hardening(policy, &mut out);
@@ -171,6 +172,32 @@ fn check_port_set(at: FieldPath, name: &str, ports: &PortSet, out: &mut Vec<Find
             at,
             format!("{} lists no tcp or udp ports", shown(name)),
         ));
+    }
+}
+
+/// A port is either open to the LAN or a service (members only, through the tunnels), never
+/// both: netguard lets replies from allow-listed ports leave to any port, so an allow-listed
+/// service port would let that service's traffic leave beside the tunnel.
+fn check_not_a_service(policy: &Policy, name: &str, allow: &PortSet, out: &mut Vec<Finding>) {
+    for (proto, open) in [("tcp", &allow.tcp), ("udp", &allow.udp)] {
+        for (service, ports) in &policy.services {
+            let members_only = if proto == "tcp" {
+                &ports.tcp
+            } else {
+                &ports.udp
+            };
+            for a in open {
+                if let Some(s) = members_only.iter().find(|s| s.overlaps(a)) {
+                    out.push(finding(
+                        path(&["firewall", "allow", name, proto]),
+                        format!(
+                            "{proto} {a} overlaps service {}'s {s}: a service port is open to members through the tunnels only, never to the LAN",
+                            shown(service)
+                        ),
+                    ));
+                }
+            }
+        }
     }
 }
 

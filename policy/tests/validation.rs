@@ -185,6 +185,28 @@ fn reversed_port_range() {
     );
 }
 
+/// A port open to the LAN that is also a service port (a typo, or "opening" openMosix) is
+/// refused: netguard lets replies from allow-listed ports leave to any port, so the service's
+/// traffic could leave beside the tunnel. Neighbouring ranges are fine.
+#[test]
+fn an_allow_entry_overlapping_a_service_is_refused() {
+    let text = with(
+        "[firewall.allow.ssh]\ntcp = [22]",
+        "[firewall.allow.ssh]\ntcp = [22]\nudp = [\"4990-5000\"]",
+    );
+    assert_eq!(
+        only_error(&text),
+        "cluster.toml:14:7: firewall.allow.ssh.udp: udp 4990-5000 overlaps service \"openmosix\"'s 5000-5700: a service port is open to members through the tunnels only, never to the LAN"
+    );
+    let text = with(
+        "[firewall.allow.ssh]\ntcp = [22]",
+        "[firewall.allow.ssh]\ntcp = [22, 724]\nudp = [\"4990-4999\", 5701]",
+    );
+    policy::parse_policy("cluster.toml", text.as_bytes(), now()).unwrap();
+    let text = with("tcp = [22]", "tcp = [22, 4660]");
+    assert!(only_error(&text).contains("tcp 4660 overlaps service"));
+}
+
 #[test]
 fn zero_port() {
     assert_eq!(
