@@ -101,20 +101,18 @@ impl PolicyEdit {
         }
         let addrs: Array = node.addresses.iter().map(|a| a.to_string()).collect();
         t["addresses"] = value(addrs);
-        let roles: Array = node
-            .roles
-            .iter()
-            .map(|r| match r {
-                Role::Master => "master",
-                Role::Drone => "drone",
-            })
-            .collect();
-        t["roles"] = value(roles);
+        t["roles"] = value(role_names(&node.roles));
         if let Some(exp) = node.expires {
             t["expires"] = value(exp.to_string());
         }
         self.nodes_mut()?.push(t);
         Ok(())
+    }
+
+    /// `[distribution] require_certainty = [roles]`: only nodes with these roles must run
+    /// certaintyd.
+    pub fn require_certainty_of(&mut self, roles: &[Role]) {
+        self.doc["distribution"]["require_certainty"] = value(role_names(roles));
     }
 
     pub fn remove_node(&mut self, id: NodeId) -> Result<(), EditError> {
@@ -172,6 +170,17 @@ pub struct NewNode {
     pub addresses: Vec<IpAddr>,
     pub roles: Vec<Role>,
     pub expires: Option<Timestamp>,
+}
+
+/// Roles as the policy spells them.
+fn role_names(roles: &[Role]) -> Array {
+    roles
+        .iter()
+        .map(|r| match r {
+            Role::Master => "master",
+            Role::Drone => "drone",
+        })
+        .collect()
 }
 
 /// Tunnel addresses derived from the node id: the id-th host of each tunnel network.

@@ -68,29 +68,19 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     let expires = now
         .checked_add(SignedDuration::from_hours(365 * 24))
         .map_err(|e| Failure::new(Exit::Usage, e.to_string()))?;
-    let mut text = policy::template::init_template(a.cluster, expires);
+    let text = policy::template::init_template(a.cluster, expires);
+    policy::parse_policy("template", text.as_bytes(), now)?;
     let root = services::root();
-    if root == services::Root::Disk {
-        // certaintyd guards RAM roots only: this master (and any on a disk) runs none, and
-        // only drones must report their integrity.
-        text = text.replacen(
-            "\nrequire_certainty = true\n",
-            "\nrequire_certainty = [\"drone\"]\n",
-            1,
-        );
-    }
-    let parsed = policy::parse_policy("template", text.as_bytes(), now)?;
-    if root == services::Root::Disk && parsed.distribution.require_certainty.of(&[Role::Master]) {
-        return Err(Failure::new(
-            Exit::Runtime,
-            "the policy template has no require_certainty line to limit to drones",
-        ));
-    }
     // Written under a scratch name, edited, signed, then moved into place: a failure leaves
     // no half-made policy where the daemons look.
     let scratch = a.dir.join(".cluster.toml.init");
     atomic_write(&scratch, text.as_bytes(), 0o644)?;
     let mut edit = PolicyEdit::open(&scratch)?;
+    if root == services::Root::Disk {
+        // certaintyd guards RAM roots only: this master (and any on a disk) runs none, and
+        // only drones must report their integrity.
+        edit.require_certainty_of(&[Role::Drone]);
+    }
     let current = edit.current(now)?;
     let id = NodeId::MIN;
     edit.add_node(&NewNode {
@@ -129,7 +119,6 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     store
         .save(a.tokens)
         .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
-    let d = a.dir.display();
     println!(
         "cluster {} initialised: this node is node 1 ({}, master), serial {}",
         policy.cluster.name, a.node_name, policy.cluster.serial
@@ -139,29 +128,13 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
             "certaintyd: / is not a RAM filesystem here, so this node runs none and the policy requires it of drones only (require_certainty = [\"drone\"])"
         );
     }
-    let cert = if root == services::Root::Disk {
-        " --certainty-socket none"
-    } else {
-        ""
-    };
     start_daemons(
         services::NodeKind::Master,
         root,
         a.no_start,
         a.dir,
+        &a.dir.join("node.key"),
         Some(a.tokens),
-        &[
-            format!(
-                "netguard --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key"
-            ),
-            format!(
-                "clusterd --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key{cert}"
-            ),
-            format!(
-                "joind --policy {d}/cluster.toml --trust {d}/operator.pub --key {d}/node.key --operator-key {d}/operator.key --tokens {}",
-                a.tokens.display()
-            ),
-        ],
     )?;
     println!(
         "join further nodes ({} use(s) of this token, valid {}):",
@@ -286,29 +259,17 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         0o644,
     )?;
     atomic_write(&policy_path, joined.policy.as_bytes(), 0o644)?;
-    let d = a.dir.display();
     println!(
         "joined cluster {} as node {} ({}), serial {}",
         joined.cluster, joined.node, joined.name, joined.serial
     );
-    let root = services::root();
-    let cert = if root == services::Root::Disk {
-        " --certainty-socket none"
-    } else {
-        ""
-    };
-    let k = key_path.display();
     start_daemons(
         services::NodeKind::Member,
-        root,
-        a.no_start || key_path != a.dir.join("node.key"),
+        services::root(),
+        a.no_start,
         a.dir,
+        &key_path,
         None,
-        &[
-            format!("netguard --policy {d}/cluster.toml --trust {d}/operator.pub --key {k}"),
-            format!("clusterd --policy {d}/cluster.toml --trust {d}/operator.pub --key {k}{cert}"),
-            format!("joind --policy {d}/cluster.toml --trust {d}/operator.pub --key {k}"),
-        ],
     )
 }
 
@@ -318,17 +279,17 @@ fn start_daemons(
     root: services::Root,
     no_start: bool,
     dir: &Path,
+    key: &Path,
     tokens: Option<&Path>,
-    commands: &[String],
 ) -> CliResult {
     let plan = services::plan(kind, root, dir);
-    match services::usable(no_start, dir, tokens) {
+    match services::usable(no_start, dir, key, tokens) {
         Ok(()) => {
             services::write_settings(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
             services::start(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
             println!("started: {}", plan.units.join(" "));
         }
-        Err(services::NotStarted::Asked) if dir == Path::new(services::UNIT_DIR) => {
+        Err(services::NotStarted::Asked) => {
             // The settings the units read are written, so starting them later is one line.
             services::write_settings(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
             println!(
@@ -338,7 +299,7 @@ fn start_daemons(
         }
         Err(why) => {
             println!("daemons not started ({why}); start them on this node:");
-            for c in commands {
+            for c in services::command_lines(root, dir, key, tokens) {
                 println!("  {c}");
             }
         }

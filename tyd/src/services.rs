@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The directory and token store the units read (their `ExecStart` lines).
+/// The directory, node key and token store the units read (their `ExecStart` lines).
 pub const UNIT_DIR: &str = "/etc/tyd";
+pub const UNIT_KEY: &str = "/etc/tyd/node.key";
 pub const UNIT_TOKENS: &str = "/var/lib/tyd/tokens.json";
 
 /// What this node is, as far as its daemons go.
@@ -86,6 +87,32 @@ pub fn plan(kind: NodeKind, root: Root, dir: &Path) -> Plan {
     Plan { settings, units }
 }
 
+/// The daemons' command lines for a node started by hand: files in `dir`, its key at `key`,
+/// a master's tokens at `tokens`.
+pub fn command_lines(root: Root, dir: &Path, key: &Path, tokens: Option<&Path>) -> Vec<String> {
+    let d = dir.display();
+    let common = format!(
+        "--policy {d}/cluster.toml --trust {d}/operator.pub --key {}",
+        key.display()
+    );
+    let certainty = match root {
+        Root::Ram => "",
+        Root::Disk => " --certainty-socket none",
+    };
+    let joind = match tokens {
+        Some(t) => format!(
+            "joind {common} --operator-key {d}/operator.key --tokens {}",
+            t.display()
+        ),
+        None => format!("joind {common}"),
+    };
+    vec![
+        format!("netguard {common}"),
+        format!("clusterd {common}{certainty}"),
+        joind,
+    ]
+}
+
 /// `text` (an environment file) with `key=value`: the first uncommented assignment of `key`
 /// replaced, or the line appended. Comments and other lines stay.
 pub fn set_variable(text: &str, key: &str, value: &str) -> String {
@@ -112,18 +139,28 @@ pub fn set_variable(text: &str, key: &str, value: &str) -> String {
     s
 }
 
-/// Whether the units can be used for files in `dir` (tokens in `tokens`).
-pub fn usable(no_start: bool, dir: &Path, tokens: Option<&Path>) -> Result<(), NotStarted> {
+/// Whether the units can be used for files in `dir`, the node key at `key` and a master's
+/// tokens in `tokens`. The paths are checked first: `Asked` means the units would fit.
+pub fn usable(
+    no_start: bool,
+    dir: &Path,
+    key: &Path,
+    tokens: Option<&Path>,
+) -> Result<(), NotStarted> {
+    let expected = [
+        (Some(dir), UNIT_DIR),
+        (Some(key), UNIT_KEY),
+        (tokens, UNIT_TOKENS),
+    ];
+    for (path, unit_path) in expected {
+        if let Some(p) = path
+            && p != Path::new(unit_path)
+        {
+            return Err(NotStarted::ElsewhereThanUnits(p.to_path_buf()));
+        }
+    }
     if no_start {
         return Err(NotStarted::Asked);
-    }
-    if dir != Path::new(UNIT_DIR) {
-        return Err(NotStarted::ElsewhereThanUnits(dir.to_path_buf()));
-    }
-    if let Some(t) = tokens
-        && t != Path::new(UNIT_TOKENS)
-    {
-        return Err(NotStarted::ElsewhereThanUnits(t.to_path_buf()));
     }
     // sd_booted(3): systemd is PID 1 when this directory exists.
     if !Path::new("/run/systemd/system").is_dir() {
@@ -239,17 +276,34 @@ mod tests {
 
     #[test]
     fn units_are_used_only_for_their_own_paths() {
+        let (dir, key) = (Path::new("/etc/tyd"), Path::new("/etc/tyd/node.key"));
+        assert_eq!(usable(true, dir, key, None), Err(NotStarted::Asked));
         assert_eq!(
-            usable(true, Path::new("/etc/tyd"), None),
-            Err(NotStarted::Asked)
-        );
-        assert_eq!(
-            usable(false, Path::new("/tmp/x"), None),
+            usable(true, Path::new("/tmp/x"), key, None),
             Err(NotStarted::ElsewhereThanUnits(PathBuf::from("/tmp/x")))
         );
         assert_eq!(
-            usable(false, Path::new("/etc/tyd"), Some(Path::new("/tmp/t.json"))),
+            usable(false, dir, Path::new("/run/k"), None),
+            Err(NotStarted::ElsewhereThanUnits(PathBuf::from("/run/k")))
+        );
+        assert_eq!(
+            usable(false, dir, key, Some(Path::new("/tmp/t.json"))),
             Err(NotStarted::ElsewhereThanUnits(PathBuf::from("/tmp/t.json")))
         );
+    }
+
+    #[test]
+    fn hand_started_command_lines_follow_the_node() {
+        let dir = Path::new("/x");
+        let key = Path::new("/x/node.key");
+        let master = command_lines(Root::Disk, dir, key, Some(Path::new("/t.json")));
+        assert_eq!(
+            master[1],
+            "clusterd --policy /x/cluster.toml --trust /x/operator.pub --key /x/node.key --certainty-socket none"
+        );
+        assert!(master[2].ends_with("--operator-key /x/operator.key --tokens /t.json"));
+        let member = command_lines(Root::Ram, dir, key, None);
+        assert!(!member[1].contains("certainty-socket"));
+        assert!(!member[2].contains("operator-key"));
     }
 }
