@@ -122,32 +122,21 @@ struct Daemon {
     dev: u64,
     /// The baseline's regular files by inode: what the writer scan matches against.
     tree_inodes: HashMap<u64, String>,
-    /// With `--metrics-file`: what is measured, and the last write failure logged.
-    metrics: Option<(crate::metrics::Metrics, Option<String>)>,
+    /// With `--metrics-file`: what is measured, and where it is written.
+    metrics: Option<crate::metrics::Exporter>,
 }
 
 impl Daemon {
-    /// Rewrites the metrics file from the status; a write failure is logged once until the
-    /// reason changes.
+    /// Rewrites the metrics file from the status.
     fn write_metrics(&mut self) {
-        let (Some(path), Some((metrics, last_error))) = (&self.cfg.metrics_file, &mut self.metrics)
-        else {
+        let Some(exporter) = &mut self.metrics else {
             return;
         };
         let text = match self.status.lock() {
-            Ok(s) => metrics.render(&s),
+            Ok(s) => exporter.metrics.render(&s),
             Err(_) => return,
         };
-        match policy::fsutil::replace_volatile(path, text.as_bytes(), 0o644) {
-            Ok(()) => *last_error = None,
-            Err(e) => {
-                let reason = e.to_string();
-                if last_error.as_deref() != Some(reason.as_str()) {
-                    warn!(reason = %reason, "cannot write the metrics file");
-                    *last_error = Some(reason);
-                }
-            }
-        }
+        exporter.write(&text);
     }
 }
 
@@ -201,10 +190,12 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
         tree_inodes: HashMap::new(),
         metrics: None,
     };
-    if d.cfg.metrics_file.is_some() {
-        d.metrics = Some((crate::metrics::Metrics::new(), None));
-        d.write_metrics();
-    }
+    d.metrics = d
+        .cfg
+        .metrics_file
+        .clone()
+        .map(crate::metrics::Exporter::new);
+    d.write_metrics();
 
     info!(grace = %policy::model::duration::format(&d.cfg.grace), root = %d.cfg.root.display(), "grace period before baseline");
     let grace = tokio::time::sleep(d.cfg.grace);
@@ -484,8 +475,8 @@ impl Daemon {
             s.next_verification_by =
                 Some(next.round(jiff::Unit::Second).unwrap_or(next).to_string());
         }
-        if let Some((m, _)) = &self.metrics {
-            m.verified(took.as_secs_f64());
+        if let Some(e) = &self.metrics {
+            e.metrics.verified(took.as_secs_f64());
         }
         self.write_metrics();
         let mut findings = compare(&self.baseline, &snap);
@@ -574,8 +565,8 @@ impl Daemon {
         if let Ok(mut s) = self.status.lock() {
             s.violations += 1;
         }
-        if let Some((m, _)) = &self.metrics {
-            m.violation(&cause.to_string());
+        if let Some(e) = &self.metrics {
+            e.metrics.violation(&cause.to_string());
         }
         if let Some(w) = &self.window {
             warn!(

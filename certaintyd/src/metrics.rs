@@ -3,6 +3,8 @@
 //! file must live on another filesystem than the monitored root (`/run`): a write inside the
 //! root would itself be a change. prometheus-client does the exposition.
 
+use std::path::PathBuf;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -120,6 +122,39 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The metrics and the file they are written to (replaced atomically). A failed write is
+/// logged once until the reason changes: a full disk must not flood the log.
+#[derive(Debug)]
+pub struct Exporter {
+    pub metrics: Metrics,
+    path: PathBuf,
+    last_error: Option<String>,
+}
+
+impl Exporter {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            metrics: Metrics::new(),
+            path,
+            last_error: None,
+        }
+    }
+
+    /// Replaces the file with `text`.
+    pub fn write(&mut self, text: &str) {
+        match policy::fsutil::replace_volatile(&self.path, text.as_bytes(), 0o644) {
+            Ok(()) => self.last_error = None,
+            Err(e) => {
+                let reason = e.to_string();
+                if self.last_error.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(reason = %reason, "cannot write the metrics file");
+                    self.last_error = Some(reason);
+                }
+            }
+        }
     }
 }
 

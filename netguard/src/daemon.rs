@@ -109,8 +109,8 @@ struct Node {
     protective_reason: Option<String>,
     /// The nodes clusterd has quarantined: no services for them here.
     quarantined: std::collections::BTreeSet<policy::NodeId>,
-    /// With `--metrics-file`: what is measured, and the last write failure logged.
-    metrics: Option<(crate::metrics::Metrics, Option<String>)>,
+    /// With `--metrics-file`: what is measured, and where it is written.
+    metrics: Option<crate::metrics::Exporter>,
 }
 
 fn load_key(path: &std::path::Path) -> Result<Key, StartupError> {
@@ -268,13 +268,12 @@ impl Node {
         }
     }
 
-    /// Writes the metrics file: this pass, and the state read back from the kernel. A write
-    /// failure is logged once until the reason changes.
+    /// Writes the metrics file: this pass, and the state read back from the kernel.
     fn write_metrics(&mut self, trigger: Trigger, ok: bool, took: Duration) {
-        let (Some(path), Some((metrics, last_error))) = (&self.cfg.metrics_file, &mut self.metrics)
-        else {
+        let Some(exporter) = &mut self.metrics else {
             return;
         };
+        let metrics = &exporter.metrics;
         metrics.pass(&trigger.to_string(), ok, took);
         let status = match (&self.mode, &self.policy) {
             (Mode::Member(_), Some(p)) => Some(crate::status::collect(
@@ -286,16 +285,8 @@ impl Node {
             _ => None,
         };
         metrics.state(status.as_ref(), &self.quarantined);
-        match policy::fsutil::replace_volatile(path, metrics.render().as_bytes(), 0o644) {
-            Ok(()) => *last_error = None,
-            Err(e) => {
-                let reason = e.to_string();
-                if last_error.as_deref() != Some(reason.as_str()) {
-                    warn!(reason = %reason, "cannot write the metrics file");
-                    *last_error = Some(reason);
-                }
-            }
-        }
+        let text = metrics.render();
+        exporter.write(&text);
     }
 
     /// One reconciliation; `None` when it could not start (no interface).
@@ -532,9 +523,11 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         quarantined: std::collections::BTreeSet::new(),
         metrics: None,
     };
-    if node.cfg.metrics_file.is_some() {
-        node.metrics = Some((crate::metrics::Metrics::new(), None));
-    }
+    node.metrics = node
+        .cfg
+        .metrics_file
+        .clone()
+        .map(crate::metrics::Exporter::new);
     node.reload_quarantine();
     if !node.reload_quietly(false) {
         node.fall_back_to_copy_in_force();
