@@ -79,6 +79,15 @@ fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
     };
     if let Some(file) = &args.metrics_file {
         metrics_outside_root(file, &config.root).map_err(|e| Refused(Exit::Refused, e))?;
+        if policy::fsutil::same_location(file, &args.socket) {
+            return Err(Refused(
+                Exit::Refused,
+                format!(
+                    "--metrics-file {} is certaintyd's control socket: it would be overwritten",
+                    file.display()
+                ),
+            ));
+        }
     }
     Ok((config, c.watchdog.clone()))
 }

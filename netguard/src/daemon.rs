@@ -55,6 +55,9 @@ pub enum StartupError {
     Store(#[from] policy::StoreError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// `--metrics-file` names a file netguard reads or keeps: writing it would destroy it.
+    #[error("--metrics-file {0} is netguard's {1}: it would be overwritten")]
+    MetricsFile(PathBuf, &'static str),
 }
 
 /// What prompted a reconciliation pass.
@@ -496,6 +499,25 @@ fn instant_of(t: Timestamp) -> tokio::time::Instant {
 }
 
 pub async fn run(cfg: Config) -> Result<(), StartupError> {
+    if let Some(metrics) = &cfg.metrics_file {
+        let in_force = policy::load::in_force_path(&cfg.state);
+        let own = [
+            (cfg.policy.clone(), "policy"),
+            (policy::signature_path(&cfg.policy), "policy signature"),
+            (cfg.trust.clone(), "trusted keys"),
+            (cfg.key.clone(), "key"),
+            (cfg.state.clone(), "rollback state"),
+            (policy::signature_path(&in_force), "copy in force"),
+            (in_force, "copy in force"),
+            (cfg.quarantine.clone(), "quarantine list"),
+        ];
+        if let Some((_, what)) = own
+            .iter()
+            .find(|(p, _)| policy::fsutil::same_location(metrics, p))
+        {
+            return Err(StartupError::MetricsFile(metrics.clone(), what));
+        }
+    }
     let private = load_key(&cfg.key)?;
     let public = WgPublicKey::from_bytes(private.get_public().0);
     let store = RollbackStore::open(&cfg.state, cfg.min_serial)?;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
                 StartupError::Key(_) => Exit::KeyFile,
                 StartupError::Store(e) => (&e).into(),
                 StartupError::Signals(_) => Exit::Runtime,
+                StartupError::MetricsFile(..) => Exit::Refused,
             }
             .into()
         }

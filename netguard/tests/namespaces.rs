@@ -1148,3 +1148,39 @@ fn a_node_removed_then_re_added_is_a_member_again_at_once() {
     });
     assert!(!lab.log(0).contains("drift found"), "{}", lab.log(0));
 }
+
+/// A tired operator's `--metrics-file /etc/tyd/cluster.toml`: netguard refuses to start
+/// (exit 5) and names the clash, and the policy file is untouched.
+#[test]
+fn a_metrics_file_that_is_one_of_netguards_own_files_is_refused() {
+    if !root_or_skip("a_metrics_file_that_is_one_of_netguards_own_files_is_refused") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    lab.publish(&[0]);
+    let d = &lab.drones[0];
+    let policy = d.dir.join("cluster.toml");
+    let before = std::fs::read(&policy).unwrap();
+    // Named through a different spelling of the same place.
+    let same = d.dir.join(".").join("cluster.toml");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &d.ns, env!("CARGO_BIN_EXE_netguard")])
+        .args(["--policy", &policy.display().to_string()])
+        .args(["--trust", &d.dir.join("operator.pub").display().to_string()])
+        .args(["--key", &d.dir.join("node.key").display().to_string()])
+        .args([
+            "--state",
+            &d.dir.join("accepted.json").display().to_string(),
+        ])
+        .args(["--metrics-file", &same.display().to_string()])
+        .args(["--interface", &d.iface, "--backend", "userspace"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("is netguard's policy: it would be overwritten"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&policy).unwrap(), before);
+}

@@ -31,6 +31,22 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
     }
 }
 
+/// Whether `a` and `b` name the same place (their directories resolved, links included), so
+/// a file a daemon writes can be told apart from one it must never overwrite.
+pub fn same_location(a: &Path, b: &Path) -> bool {
+    let resolved = |p: &Path| -> Option<PathBuf> {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(fs::canonicalize(dir).ok()?.join(p.file_name()?))
+    };
+    match (resolved(a), resolved(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 /// Replaces `path` with `bytes` so a reader sees the old or the new file, never a torn one,
 /// and the new one survives a crash: temp file, fsync, rename, fsync of the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
