@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# Incremental state is for edit-compile loops; a full run would only store it (5 GB of 18 in a
+# clean clone). Set CARGO_INCREMENTAL=1 to keep it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo fmt --all --check
 scripts/check-threat-model.sh
 scripts/check-units.sh
