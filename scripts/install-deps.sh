@@ -6,6 +6,9 @@ set -euo pipefail
 
 packages=(
   nftables          # nft: netguard's ruleset
+  libnftnl-dev      # netguard's in-process set edits (the nftnl crate links libnftnl)
+  libmnl-dev        # ... and libmnl (the mnl crate)
+  pkg-config        # how those crates find the two libraries
   wireguard-tools   # wg: status and the naive-approach benchmark
   wireguard-go      # userspace WireGuard where the kernel has no module
   iproute2          # ip netns/link for namespace tests

@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 use wireguard_control::{DeviceUpdate, Key};
 
 use crate::desired::{Desired, desired};
+use crate::nfnl::SetEditor;
 use crate::reconcile::{reconcile, sync_ruleset};
 use crate::ruleset::RulesetSpec;
 use crate::wg::{Interface, Kind};
@@ -105,6 +106,8 @@ struct Node {
     /// What the last successful pass converged to: lets a policy change edit the sets
     /// without reading the table back first. Only ever a member's state.
     converged: Option<Box<Desired>>,
+    /// Set-element edits over a netlink socket kept open.
+    sets: SetEditor,
     /// The last refusal logged, so a file refused every drift interval is logged once, and
     /// again only when the reason changes or clears.
     refusal: Option<String>,
@@ -314,12 +317,14 @@ impl Node {
                 let Some(iface) = self.iface.as_mut() else {
                     return Some(false);
                 };
-                // Drift checks always read everything back; policy changes may trust the past.
+                // Drift checks, starts and SIGHUP read everything back; policy, quarantine and
+                // expiry changes trust the last pass.
                 let previous = match trigger {
-                    Trigger::DriftCheck | Trigger::Start => None,
+                    Trigger::DriftCheck | Trigger::Start | Trigger::Sighup => None,
                     _ => self.converged.as_deref(),
                 };
-                let r = reconcile(iface, &self.private, d, previous).map_err(|e| e.to_string());
+                let r = reconcile(iface, &mut self.sets, &self.private, d, previous)
+                    .map_err(|e| e.to_string());
                 self.converged = r.as_ref().ok().map(|_| d.clone());
                 r
             }
@@ -540,6 +545,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         kind,
         iface: None,
         converged: None,
+        sets: SetEditor::new(),
         refusal: None,
         protective_reason: None,
         quarantined: std::collections::BTreeSet::new(),

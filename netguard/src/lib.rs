@@ -4,6 +4,7 @@
 //!
 //! Pure core: `desired` (what should be), `peers` (the peer plan), `ruleset` (the firewall as
 //! data). Thin shell: `wg` (device, interface, addresses), `nft` (apply and read back),
+//! `nfnl` (set-element edits in-process over netlink),
 //! `routes` (tunnel addresses and routes on
 //! other interfaces), `neighbours` (the kernel's neighbour table sized for the map), `reconcile` (one pass), `daemon` (the loop), `status` (for `tyd status`).
 
@@ -12,6 +13,7 @@ pub mod daemon;
 pub mod desired;
 pub mod metrics;
 pub mod neighbours;
+pub mod nfnl;
 pub mod nft;
 pub mod peers;
 pub mod reconcile;

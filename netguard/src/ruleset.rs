@@ -9,6 +9,7 @@
 //! object and expression by expression ([`RulesetSpec::drift`]): a rule replaced in place
 //! with a copied comment is still seen.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -428,23 +429,61 @@ impl RulesetSpec {
         }
     }
 
-    /// Set-element edits from `actual` to these elements, or `None` when nothing differs.
-    pub fn element_batch(&self, actual: &BTreeMap<String, BTreeSet<String>>) -> Option<Value> {
-        let mut cmds = Vec::new();
+    /// The set-element edits from `actual` (set name to elements) to these elements, deletions
+    /// before additions in each set; empty when nothing differs.
+    pub fn element_edits<K: Borrow<str> + Ord>(
+        &self,
+        actual: &BTreeMap<K, BTreeSet<String>>,
+    ) -> Vec<ElementEdit> {
+        let mut edits = Vec::new();
+        let empty = BTreeSet::new();
         for (name, want) in &self.elements {
-            let empty = BTreeSet::new();
             let have = actual.get(*name).unwrap_or(&empty);
-            let add: Vec<&String> = want.difference(have).collect();
-            let del: Vec<&String> = have.difference(want).collect();
-            if !del.is_empty() {
-                cmds.push(json!({"delete": {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": del}}}));
-            }
-            if !add.is_empty() {
-                cmds.push(json!({"add": {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": add}}}));
+            let del: Vec<String> = have.difference(want).cloned().collect();
+            let add: Vec<String> = want.difference(have).cloned().collect();
+            for (op, elems) in [(EditOp::Delete, del), (EditOp::Add, add)] {
+                if !elems.is_empty() {
+                    edits.push(ElementEdit {
+                        set: name,
+                        op,
+                        elems,
+                    });
+                }
             }
         }
-        (!cmds.is_empty()).then(|| json!({"nftables": cmds}))
+        edits
     }
+}
+
+/// Adding or deleting set elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditOp {
+    Add,
+    Delete,
+}
+
+/// One operation on some elements of one of netguard's sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementEdit {
+    pub set: &'static str,
+    pub op: EditOp,
+    /// Addresses as text, as in [`RulesetSpec::elements`].
+    pub elems: Vec<String>,
+}
+
+/// The edits as one `nft -j` batch (one transaction), or `None` when there are none.
+pub fn element_batch(edits: &[ElementEdit]) -> Option<Value> {
+    let cmds: Vec<Value> = edits
+        .iter()
+        .map(|e| {
+            let verb = match e.op {
+                EditOp::Add => "add",
+                EditOp::Delete => "delete",
+            };
+            json!({verb: {"element": {"family": FAMILY, "table": TABLE, "name": e.set, "elem": e.elems}}})
+        })
+        .collect();
+    (!cmds.is_empty()).then(|| json!({"nftables": cmds}))
 }
 
 /// A table with what changes at run time (handles, counter values, set elements) left out:

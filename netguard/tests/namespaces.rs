@@ -1184,3 +1184,51 @@ fn a_metrics_file_that_is_one_of_netguards_own_files_is_refused() {
     );
     assert_eq!(std::fs::read(&policy).unwrap(), before);
 }
+
+/// The set edits of a policy change go over netlink, planned from the last pass, not from a
+/// read-back. Here the sets were changed behind netguard's back first (an element deleted by
+/// hand with `nft`), so the planned deletion of that element fails in the kernel: the whole
+/// edit is refused, netguard says so, reads the table back, and converges anyway. The drift
+/// interval is 60 s: the drift check is not what repairs it.
+#[test]
+fn a_set_edit_refused_by_the_kernel_falls_back_to_reading_the_table() {
+    if !root_or_skip("a_set_edit_refused_by_the_kernel_falls_back_to_reading_the_table") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    lab.publish(&[0, 1, 2]);
+    for i in 0..3 {
+        lab.start_with_drift(i, "60s");
+    }
+    echo_server(lab.ns(0));
+    lab.wait_mesh(&[0, 1, 2]);
+    let gone = lab.drones[2].tun.clone();
+    let stays = lab.drones[1].tun.clone();
+    nft_in(
+        lab.ns(0),
+        &[
+            "delete",
+            "element",
+            "inet",
+            "netguard",
+            "peers4",
+            &format!("{{ {gone} }}"),
+        ],
+    );
+    lab.publish(&[0, 1]);
+    wait_for(
+        "drone0 falls back to a read-back",
+        Duration::from_secs(10),
+        || lab.log(0).contains("set edit over netlink failed"),
+    );
+    wait_for(
+        "drone2 out of the member set",
+        Duration::from_secs(10),
+        || !nft_in(lab.ns(0), &["list", "set", "inet", "netguard", "members4"]).contains(&gone),
+    );
+    let members = nft_in(lab.ns(0), &["list", "set", "inet", "netguard", "members4"]);
+    assert!(members.contains(&stays), "{members}");
+    assert!(nft_in(lab.ns(0), &["list", "set", "inet", "netguard", "peers4"]).contains(&stays));
+    assert!(tcp_ok(lab.ns(1), &format!("{}:4660", lab.drones[0].tun)));
+    assert!(!lab.log(0).contains("drift found"), "{}", lab.log(0));
+}

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use netguard::desired::desired;
-use netguard::ruleset::RulesetSpec;
+use netguard::ruleset::{EditOp, ElementEdit, RulesetSpec, element_batch};
 use policy::{TrustedKeys, WgPublicKey};
 
 fn key(n: u8) -> String {
@@ -245,30 +245,39 @@ fn node_map_changes_become_element_edits() {
     let me = WgPublicKey::from_bytes([1; 32]);
     let a = desired(&before, &me, None, now()).unwrap().ruleset;
     let b = desired(&after, &me, None, now()).unwrap().ruleset;
+    let edits = b.element_edits(&a.elements);
+    let gone: Vec<(&str, &str)> = edits
+        .iter()
+        .filter(|e| e.op == EditOp::Delete)
+        .flat_map(|e| e.elems.iter().map(move |x| (e.set, x.as_str())))
+        .collect();
+    let new: Vec<(&str, &str)> = edits
+        .iter()
+        .filter(|e| e.op == EditOp::Add)
+        .flat_map(|e| e.elems.iter().map(move |x| (e.set, x.as_str())))
+        .collect();
+    assert!(gone.contains(&("peers4", "10.77.0.3")) && gone.contains(&("members4", "10.77.0.3")));
+    assert!(new.contains(&("peers4", "10.77.0.4")) && new.contains(&("members4", "10.77.0.4")));
+    // peers4, peers6, members4, members6, endpoints4: one delete and one add each.
+    assert_eq!(edits.len(), 10, "{edits:?}");
+    assert_eq!(gone.len(), 5, "one element per set: {gone:?}");
+    // Deletions come before additions in each set, and the nft batch says the same.
+    let batch = element_batch(&edits).unwrap();
+    let cmds = batch["nftables"].as_array().unwrap();
+    assert_eq!(cmds.len(), 10);
+    assert!(
+        cmds[0].get("delete").is_some() && cmds[1].get("add").is_some(),
+        "{batch}"
+    );
+    // Edits from a string-keyed read-back are the same as from the spec's own map.
     let actual: BTreeMap<String, BTreeSet<String>> = a
         .elements
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    let batch = b.element_batch(&actual).unwrap();
-    let text = batch.to_string();
-    assert!(
-        text.contains(r#""delete":{"element":{"elem":["10.77.0.3"]"#)
-            || text.contains("\"10.77.0.3\""),
-        "{text}"
-    );
-    let cmds = batch["nftables"].as_array().unwrap();
-    // peers4, peers6, members4, members6, endpoints4: one delete and one add each.
-    assert_eq!(cmds.len(), 10, "{text}");
-    assert!(
-        b.element_batch(
-            &b.elements
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect()
-        )
-        .is_none()
-    );
+    assert_eq!(b.element_edits(&actual), edits);
+    assert!(b.element_edits(&b.elements).is_empty());
+    assert!(element_batch(&[]).is_none());
 }
 
 #[test]
@@ -492,17 +501,62 @@ fn quarantine_withholds_the_services_but_keeps_the_tunnel_and_the_distribution_p
     assert!(!q.ruleset.elements["peers4"].contains("10.77.0.3"));
     assert!(q.ruleset.elements["members4"].contains("10.77.0.3"));
     assert!(!q.ruleset.elements["peers6"].contains("fd77:7d00::3"));
-    let was: BTreeMap<String, BTreeSet<String>> = clean
-        .ruleset
-        .elements
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    let batch = q.ruleset.element_batch(&was).unwrap();
-    assert_eq!(batch["nftables"].as_array().unwrap().len(), 2, "{batch}");
+    let edits = q.ruleset.element_edits(&clean.ruleset.elements);
+    assert_eq!(
+        edits,
+        vec![
+            ElementEdit {
+                set: "peers4",
+                op: EditOp::Delete,
+                elems: vec!["10.77.0.3".into()]
+            },
+            ElementEdit {
+                set: "peers6",
+                op: EditOp::Delete,
+                elems: vec!["fd77:7d00::3".into()]
+            },
+        ]
+    );
     let text = serde_json::to_string(&q.ruleset.rules()).unwrap();
     assert!(
         text.contains("@members4") && text.contains("7946"),
         "{text}"
+    );
+}
+
+/// After a policy change the peers are planned from the last pass, without reading the
+/// device back; full passes, a new or adopted interface, another interface, and endpoint
+/// changes (a roaming peer's is judged on the device) still read it.
+#[test]
+fn a_policy_change_is_planned_from_the_last_pass_unless_the_device_must_be_read() {
+    use netguard::peers::PeerOp;
+    use netguard::reconcile::plan_from_last_pass;
+    use netguard::wg::Ensured;
+    let me = WgPublicKey::from_bytes([1; 32]);
+    let a = desired(&verified(&policy_text(&[1, 2, 3], false)), &me, None, now()).unwrap();
+    let b = desired(&verified(&policy_text(&[1, 2, 4], false)), &me, None, now()).unwrap();
+    let (assumed, ops) = plan_from_last_pass(Some(&a), Ensured::Present, &b).unwrap();
+    assert_eq!(assumed.len(), 2, "what the last pass left: peers 2 and 3");
+    assert!(
+        matches!(&ops[..], [PeerOp::Add { peer, .. }, PeerOp::Remove { .. }] if peer.node.get() == 4),
+        "{ops:?}"
+    );
+    assert!(
+        plan_from_last_pass(Some(&b), Ensured::Present, &b)
+            .unwrap()
+            .1
+            .is_empty()
+    );
+    assert!(plan_from_last_pass(None, Ensured::Present, &b).is_none());
+    assert!(plan_from_last_pass(Some(&a), Ensured::Created, &b).is_none());
+    assert!(plan_from_last_pass(Some(&a), Ensured::Adopted, &b).is_none());
+    let mut other = a.clone();
+    other.interface = "tyd9".into();
+    assert!(plan_from_last_pass(Some(&other), Ensured::Present, &b).is_none());
+    let moved = policy_text(&[1, 2, 4], false).replace("198.18.0.2:51820", "198.18.7.2:51820");
+    let c = desired(&verified(&moved), &me, None, now()).unwrap();
+    assert!(
+        plan_from_last_pass(Some(&b), Ensured::Present, &c).is_none(),
+        "an endpoint change reads the device"
     );
 }
