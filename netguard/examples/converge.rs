@@ -301,7 +301,7 @@ fn main() {
         "nodes", "change", "netguard ms", "verify ms", "naive ms", "speedup"
     );
     let mut serial = 1;
-    for n in [10usize, 100, 1000] {
+    for n in [10usize, 100, 1000, 10_000] {
         let store_path = env.dir.join(format!("state-{n}.json"));
         let mut r = Runner {
             iface: Interface::new(&env.iface, Kind::detect(Some("userspace"))).unwrap(),
