@@ -79,7 +79,8 @@ printf "%-44s %8.3f %8s\n" "b3sum, one process" "$t_b3" "$(ratio "$t_b3")"
 printf "%-44s %8.3f %8s\n" "b3sum, $cores processes" "$t_b3p" "$(ratio "$t_b3p")"
 printf "%-44s %8.3f %8s\n" "md5sum, one process (CHAOS)" "$t_md5" "$(ratio "$t_md5")"
 printf "%-44s %8.3f %8s\n" "aide --check (sha256)" "$t_aide" "$(ratio "$t_aide")"
-printf "target: certaintyd <= 1.2x the faster b3sum: %.2fx\n" "$(echo "$t_cd / $b3ref" | bc -l)"
+printf "target (issue 14): certaintyd <= 0.7x the faster b3sum: %.2fx; >= 5x faster than md5sum: %.2fx\n" \
+  "$(echo "$t_cd / $b3ref" | bc -l)" "$(echo "$t_md5 / $t_cd" | bc -l)"
 
 # A signed policy for the daemon runs.
 cd "$WORK"
@@ -123,7 +124,7 @@ for i in range(60):
     while len([l for l in lines() if "watching the changed tree" in l]) <= seen: time.sleep(0.01)
 lat.sort()
 p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
-print(f"event-to-verdict latency over {len(lat)} writes: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, max {lat[-1]:.1f} ms (target p99 < 50 ms)")
+print(f"event-to-verdict latency over {len(lat)} writes: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, max {lat[-1]:.1f} ms (target p99 <= 20 ms)")
 PY
 kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
 
@@ -135,10 +136,11 @@ cpu() {
     --socket "$WORK/sock-$1" --node bench 2> "cpu-$1.log" &
   local pid=$!; pids+=("$pid")
   until grep -q "baseline taken" "cpu-$1.log"; do sleep 0.1; done
-  local hz c0 c1; hz=$(getconf CLK_TCK)
+  local hz c0 c1 target=""; hz=$(getconf CLK_TCK)
+  if [ "$1" = 1 ]; then target=" (target <= 8%)"; fi
   c0=$(awk "{print \$14 + \$15}" /proc/$pid/stat); sleep 30; c1=$(awk "{print \$14 + \$15}" /proc/$pid/stat)
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  echo "CPU at the 2 s interval over 30 s, content_every=$1: $(echo "scale=1; ($c1 - $c0) * 100 / $hz / 30" | bc -l)% of one core (target < 10%)"
+  echo "CPU at the 2 s interval over 30 s, content_every=$1: $(echo "scale=1; ($c1 - $c0) * 100 / $hz / 30" | bc -l)% of one core$target"
 }
 cpu 1
 cpu 4
