@@ -173,6 +173,7 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
         ));
     }
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let metrics = cfg.metrics_file.clone().map(crate::metrics::Exporter::new);
     let mut d = Daemon {
         cfg,
         baseline: Arc::new(Manifest::default()),
@@ -188,13 +189,8 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
         pass: 0,
         dev: 0,
         tree_inodes: HashMap::new(),
-        metrics: None,
+        metrics,
     };
-    d.metrics = d
-        .cfg
-        .metrics_file
-        .clone()
-        .map(crate::metrics::Exporter::new);
     d.write_metrics();
 
     info!(grace = %policy::model::duration::format(&d.cfg.grace), root = %d.cfg.root.display(), "grace period before baseline");

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use policy::fsutil::ReplacedFile;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -130,30 +132,21 @@ impl Metrics {
 #[derive(Debug)]
 pub struct Exporter {
     pub metrics: Metrics,
-    path: PathBuf,
-    last_error: Option<String>,
+    file: ReplacedFile,
 }
 
 impl Exporter {
     pub fn new(path: PathBuf) -> Self {
         Self {
             metrics: Metrics::new(),
-            path,
-            last_error: None,
+            file: ReplacedFile::new(path, 0o644),
         }
     }
 
     /// Replaces the file with `text`.
     pub fn write(&mut self, text: &str) {
-        match policy::fsutil::replace_volatile(&self.path, text.as_bytes(), 0o644) {
-            Ok(()) => self.last_error = None,
-            Err(e) => {
-                let reason = e.to_string();
-                if self.last_error.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!(reason = %reason, "cannot write the metrics file");
-                    self.last_error = Some(reason);
-                }
-            }
+        if let Some(reason) = self.file.replace(text.as_bytes()) {
+            tracing::warn!(reason = %reason, "cannot write the metrics file");
         }
     }
 }

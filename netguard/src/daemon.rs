@@ -535,6 +535,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
     if let Err(e) = watch_files(&cfg, tx) {
         warn!(reason = %e, "cannot watch the policy directory; relying on SIGHUP and the drift timer");
     }
+    let metrics = cfg.metrics_file.clone().map(crate::metrics::Exporter::new);
     let mut node = Node {
         cfg,
         private,
@@ -549,13 +550,8 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         refusal: None,
         protective_reason: None,
         quarantined: std::collections::BTreeSet::new(),
-        metrics: None,
+        metrics,
     };
-    node.metrics = node
-        .cfg
-        .metrics_file
-        .clone()
-        .map(crate::metrics::Exporter::new);
     node.reload_quarantine();
     if !node.reload_quietly(false) {
         node.fall_back_to_copy_in_force();

@@ -61,6 +61,45 @@ pub fn replace_volatile(path: &Path, bytes: &[u8], mode: u32) -> Result<(), File
     replace(path, bytes, mode, false)
 }
 
+/// A file replaced whole at every write (a daemon's metrics export), whose failures are
+/// worth one log line per reason: a full disk must not flood the log.
+#[derive(Debug)]
+pub struct ReplacedFile {
+    path: PathBuf,
+    mode: u32,
+    last_error: Option<String>,
+}
+
+impl ReplacedFile {
+    pub fn new(path: PathBuf, mode: u32) -> Self {
+        Self {
+            path,
+            mode,
+            last_error: None,
+        }
+    }
+
+    /// Replaces the file with `bytes` ([`replace_volatile`]). Returns the failure's reason
+    /// when it is news: the first failure, or one for another reason than the last. A
+    /// success clears it, so the next failure is news again.
+    pub fn replace(&mut self, bytes: &[u8]) -> Option<String> {
+        match replace_volatile(&self.path, bytes, self.mode) {
+            Ok(()) => {
+                self.last_error = None;
+                None
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if self.last_error.as_deref() == Some(reason.as_str()) {
+                    return None;
+                }
+                self.last_error = Some(reason.clone());
+                Some(reason)
+            }
+        }
+    }
+}
+
 fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), FileError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -171,6 +210,25 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_file_reports_each_failure_reason_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone");
+        let mut f = ReplacedFile::new(missing.join("metrics.prom"), 0o644);
+        let first = f.replace(b"a").expect("the first failure is news");
+        assert!(first.contains("gone"), "{first}");
+        assert_eq!(f.replace(b"a"), None, "the same reason again is not");
+        fs::create_dir(&missing).unwrap();
+        assert_eq!(f.replace(b"b"), None);
+        assert_eq!(fs::read(missing.join("metrics.prom")).unwrap(), b"b");
+        fs::remove_file(missing.join("metrics.prom")).unwrap();
+        fs::remove_dir(&missing).unwrap();
+        assert!(
+            f.replace(b"c").is_some(),
+            "after a success, a failure is news again"
+        );
+    }
 
     #[test]
     fn secrets_are_private_and_never_overwritten() {
