@@ -1232,3 +1232,36 @@ fn a_set_edit_refused_by_the_kernel_falls_back_to_reading_the_table() {
     assert!(tcp_ok(lab.ns(1), &format!("{}:4660", lab.drones[0].tun)));
     assert!(!lab.log(0).contains("drift found"), "{}", lab.log(0));
 }
+
+/// Root deletes netguard's table (`nft delete table inet netguard`), then a policy change
+/// arrives before the drift check (60 s here): its set edits find no table, so netguard reads
+/// back, reinstalls the whole table at once, and a member still reaches the service.
+#[test]
+fn a_policy_change_after_the_table_was_deleted_reinstalls_it() {
+    if !root_or_skip("a_policy_change_after_the_table_was_deleted_reinstalls_it") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    lab.publish(&[0, 1, 2]);
+    for i in 0..3 {
+        lab.start_with_drift(i, "60s");
+    }
+    echo_server(lab.ns(0));
+    lab.wait_mesh(&[0, 1, 2]);
+    let installs = |lab: &Lab| {
+        lab.log(0)
+            .matches("ruleset installed (table missing)")
+            .count()
+    };
+    let at_start = installs(&lab);
+    nft_in(lab.ns(0), &["delete", "table", "inet", "netguard"]);
+    lab.publish(&[0, 1]);
+    wait_for("the table reinstalled", Duration::from_secs(10), || {
+        installs(&lab) > at_start
+    });
+    let members = nft_in(lab.ns(0), &["list", "set", "inet", "netguard", "members4"]);
+    assert!(members.contains(&lab.drones[1].tun), "{members}");
+    assert!(!members.contains(&lab.drones[2].tun), "{members}");
+    assert!(tcp_ok(lab.ns(1), &format!("{}:4660", lab.drones[0].tun)));
+    assert!(!lab.log(0).contains("drift found"), "{}", lab.log(0));
+}
