@@ -149,6 +149,10 @@ fn hash_only(root: &std::path::Path) -> ExitCode {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_json);
+    if let Err(e) = certaintyd::walk::raise_descriptor_limit() {
+        // The walk still reports what it cannot open; it never skips it.
+        warn!(reason = %e, "cannot raise the open-descriptor limit");
+    }
     if args.hash_only
         && let Some(root) = &args.root
     {

@@ -2,12 +2,15 @@
 //! never following symlinks, never crossing into other filesystems (mount points are recorded,
 //! not entered), never opening anything but regular files and directories.
 //!
-//! Content is hashed in parallel across cores (rayon), in batches so the number of directory
-//! descriptors held open stays bounded however wide or deep the tree is.
+//! Content is hashed in parallel across cores (rayon), in batches. Descriptors held open stay
+//! bounded: a directory is opened only when its turn comes (so the walk holds those on the
+//! current path, not every pending one), and a batch holds at most `BATCH_DIRS`. Any entry
+//! that cannot be opened, for whatever reason (descriptors exhausted included), is reported as
+//! a problem, never left out of the manifest.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -48,6 +51,16 @@ struct FileJob {
     blocks: u64,
 }
 
+/// A directory recorded but not yet opened: it is opened when its turn comes, through its
+/// parent's descriptor, and checked to be the inode that was recorded.
+struct PendingDir {
+    parent: Arc<OwnedFd>,
+    name: OsString,
+    path: Vec<u8>,
+    dev: u64,
+    ino: u64,
+}
+
 fn base_entry(st: &FileStat, kind: Kind) -> Entry {
     Entry {
         kind,
@@ -67,8 +80,11 @@ fn base_entry(st: &FileStat, kind: Kind) -> Entry {
     }
 }
 
-fn read_xattrs_fd(file: &File) -> std::io::Result<Xattrs> {
+fn read_xattrs_fd(fd: BorrowedFd<'_>) -> std::io::Result<Xattrs> {
     use xattr::FileExt;
+    // SAFETY: the File is never dropped (ManuallyDrop), so it does not close the borrowed
+    // descriptor, which outlives this call.
+    let file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd.as_raw_fd()) });
     let mut out = Vec::new();
     for name in file.list_xattr()? {
         if let Some(value) = file.get_xattr(&name)? {
@@ -184,14 +200,9 @@ impl<'a> Walker<'a> {
 }
 
 impl Walker<'_> {
-    /// Records one directory entry found in `dir` (whose manifest path is `dir_path`);
-    /// returns the opened directory if it is one to descend into.
-    fn visit(
-        &mut self,
-        dir: &Arc<OwnedFd>,
-        name: &OsStr,
-        path: Vec<u8>,
-    ) -> Option<(Arc<OwnedFd>, Vec<u8>)> {
+    /// Records one directory entry found in `dir`; returns it if it is a directory to
+    /// descend into (its xattrs are read when it is opened).
+    fn visit(&mut self, dir: &Arc<OwnedFd>, name: &OsStr, path: Vec<u8>) -> Option<PendingDir> {
         let fd = dir.as_raw_fd();
         let st = match fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
@@ -230,25 +241,16 @@ impl Walker<'_> {
                 });
                 Ok(Vec::new()) // read from the open file when hashing
             }
-            Kind::Dir => match open_dir_at(fd, name) {
-                Ok(sub) => match fstat(sub.as_raw_fd()) {
-                    Ok(s) if s.st_dev == st.st_dev && s.st_ino == st.st_ino => {
-                        let x = read_xattrs_fd(&File::from(sub.try_clone().ok()?));
-                        descend = Some((Arc::new(sub), path.clone()));
-                        x
-                    }
-                    Ok(s) => {
-                        self.snapshot.problems.push(problem(
-                            &path,
-                            Difference::Swapped,
-                            format!("directory inode {} became {}", st.st_ino, s.st_ino),
-                        ));
-                        return None;
-                    }
-                    Err(e) => Err(e.into()),
-                },
-                Err(e) => Err(e.into()),
-            },
+            Kind::Dir => {
+                descend = Some(PendingDir {
+                    parent: Arc::clone(dir),
+                    name: name.to_os_string(),
+                    path: path.clone(),
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                });
+                Ok(Vec::new()) // read from the open directory when its turn comes
+            }
             Kind::Symlink => {
                 match readlinkat(Some(fd), name) {
                     Ok(t) => entry.target = Some(t.into_vec()),
@@ -309,11 +311,23 @@ fn hash_job(job: &FileJob) -> Hashed {
             };
             problem(&job.path, kind, e)
         })?;
-    let xattrs = read_xattrs_fd(&file)
+    let xattrs = read_xattrs_fd(file.as_fd())
         .map_err(|e| problem(&job.path, Difference::Unreadable, format!("xattrs: {e}")))?;
     let hash = hash_file(&mut file, job.size, job.blocks)
         .map_err(|e| problem(&job.path, Difference::Unreadable, e))?;
     Ok((hash, xattrs))
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit, so that a deep
+/// tree does not run the walk out of descriptors (systemd's default soft limit is 1024, the
+/// hard one 524288). Returns the limit now in force.
+pub fn raise_descriptor_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
 }
 
 /// Walks `root` and hashes everything in it.
@@ -326,11 +340,7 @@ pub fn snapshot_with(root: &Path, reuse: Option<Reuse<'_>>) -> Result<Snapshot, 
     let (root_fd, st) = open_root(root)?;
     let mut w = Walker::new(reuse, st.st_dev);
     let mut root_entry = base_entry(&st, Kind::Dir);
-    match root_fd
-        .try_clone()
-        .map(File::from)
-        .and_then(|f| read_xattrs_fd(&f))
-    {
+    match read_xattrs_fd(root_fd.as_fd()) {
         Ok(x) => root_entry.xattrs = x,
         Err(e) => w.snapshot.problems.push(problem(
             b"/",
@@ -343,8 +353,54 @@ pub fn snapshot_with(root: &Path, reuse: Option<Reuse<'_>>) -> Result<Snapshot, 
         .entries
         .insert(b"/".to_vec(), root_entry);
 
-    let mut stack: Vec<(Arc<OwnedFd>, Vec<u8>)> = vec![(root_fd, b"/".to_vec())];
-    while let Some((dir, dir_path)) = stack.pop() {
+    let mut stack: Vec<PendingDir> = Vec::new();
+    w.list(&root_fd, b"/", &mut stack);
+    drop(root_fd);
+    while let Some(pending) = stack.pop() {
+        if let Some(dir) = w.open_pending(&pending) {
+            w.list(&dir, &pending.path, &mut stack);
+        }
+        if w.jobs.len() >= BATCH_FILES || w.dirs_in_batch >= BATCH_DIRS {
+            w.flush();
+        }
+    }
+    w.flush();
+    Ok(w.snapshot)
+}
+
+impl Walker<'_> {
+    /// Opens a recorded directory, checks it is still the recorded inode, and reads its
+    /// xattrs into its entry. Every failure is a problem for that path.
+    fn open_pending(&mut self, p: &PendingDir) -> Option<Arc<OwnedFd>> {
+        let fail = |w: &mut Self, kind, detail: String| {
+            w.snapshot.problems.push(problem(&p.path, kind, detail));
+            None
+        };
+        let dir = match open_dir_at(p.parent.as_raw_fd(), &p.name) {
+            Ok(d) => d,
+            Err(e) => return fail(self, Difference::Unreadable, e.to_string()),
+        };
+        match fstat(dir.as_raw_fd()) {
+            Ok(s) if s.st_dev == p.dev && s.st_ino == p.ino => {}
+            Ok(s) => {
+                let detail = format!("directory inode {} became {}", p.ino, s.st_ino);
+                return fail(self, Difference::Swapped, detail);
+            }
+            Err(e) => return fail(self, Difference::Unreadable, e.to_string()),
+        }
+        match read_xattrs_fd(dir.as_fd()) {
+            Ok(x) => {
+                if let Some(e) = self.snapshot.manifest.entries.get_mut(&p.path) {
+                    e.xattrs = x;
+                }
+            }
+            Err(e) => return fail(self, Difference::Unreadable, format!("xattrs: {e}")),
+        }
+        Some(Arc::new(dir))
+    }
+
+    /// Lists an open directory and records each entry; directories go on `stack`.
+    fn list(&mut self, dir: &Arc<OwnedFd>, dir_path: &[u8], stack: &mut Vec<PendingDir>) {
         let listing = dir
             .try_clone()
             .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
@@ -352,10 +408,10 @@ pub fn snapshot_with(root: &Path, reuse: Option<Reuse<'_>>) -> Result<Snapshot, 
         let mut listing = match listing {
             Ok(l) => l,
             Err(e) => {
-                w.snapshot
+                self.snapshot
                     .problems
-                    .push(problem(&dir_path, Difference::Unreadable, e));
-                continue;
+                    .push(problem(dir_path, Difference::Unreadable, e));
+                return;
             }
         };
         let mut names = Vec::new();
@@ -368,27 +424,22 @@ pub fn snapshot_with(root: &Path, reuse: Option<Reuse<'_>>) -> Result<Snapshot, 
                     }
                 }
                 Err(e) => {
-                    w.snapshot
+                    self.snapshot
                         .problems
-                        .push(problem(&dir_path, Difference::Unreadable, e));
+                        .push(problem(dir_path, Difference::Unreadable, e));
                     break;
                 }
             }
         }
         drop(listing);
-        w.dirs_in_batch += 1;
+        self.dirs_in_batch += 1;
         for name in names {
-            let path = join(&dir_path, name.as_bytes());
-            if let Some(sub) = w.visit(&dir, &name, path) {
+            let path = join(dir_path, name.as_bytes());
+            if let Some(sub) = self.visit(dir, &name, path) {
                 stack.push(sub);
             }
         }
-        if w.jobs.len() >= BATCH_FILES || w.dirs_in_batch >= BATCH_DIRS {
-            w.flush();
-        }
     }
-    w.flush();
-    Ok(w.snapshot)
 }
 
 fn fd_into_raw(fd: OwnedFd) -> RawFd {
@@ -403,12 +454,13 @@ pub fn capture_paths(root: &Path, paths: &[Vec<u8>]) -> Result<Snapshot, RootErr
     for path in paths {
         if path.as_slice() == b"/" {
             let mut e = base_entry(&st, Kind::Dir);
-            if let Ok(x) = root_fd
-                .try_clone()
-                .map(File::from)
-                .and_then(|f| read_xattrs_fd(&f))
-            {
-                e.xattrs = x;
+            match read_xattrs_fd(root_fd.as_fd()) {
+                Ok(x) => e.xattrs = x,
+                Err(err) => w.snapshot.problems.push(problem(
+                    b"/",
+                    Difference::Unreadable,
+                    format!("xattrs: {err}"),
+                )),
             }
             w.snapshot.manifest.entries.insert(b"/".to_vec(), e);
             continue;
@@ -430,7 +482,10 @@ pub fn capture_paths(root: &Path, paths: &[Vec<u8>]) -> Result<Snapshot, RootErr
                 }
             }
         };
-        let _ = w.visit(&dir, OsStr::from_bytes(name), path.clone());
+        // A directory's own record (its xattrs included); its children are not re-read.
+        if let Some(sub) = w.visit(&dir, OsStr::from_bytes(name), path.clone()) {
+            w.open_pending(&sub);
+        }
     }
     w.flush();
     Ok(w.snapshot)

@@ -402,3 +402,63 @@ fn rolling_content_rehash_reaches_every_file_within_n_passes() {
     .unwrap();
     assert_eq!(compare(&pretend, &now).len(), base.files());
 }
+
+/// `certaintyd --hash-only` on `root` under a shell's descriptor limit (`ulimit` arguments):
+/// (entries, unreadable, exit code).
+fn hash_only_limited(root: &Path, ulimit: &str) -> (u64, u64, i32) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit {ulimit} && exec \"$0\" --hash-only --root \"$1\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_certaintyd"))
+        .arg(root)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (
+        v["entries"].as_u64().unwrap(),
+        v["unreadable"].as_u64().unwrap(),
+        out.status.code().unwrap(),
+    )
+}
+
+#[test]
+fn a_tree_wider_or_deeper_than_the_descriptor_limit_is_walked_whole_or_reported() {
+    // Wide: 1000 directories side by side, under a hard limit of 400 descriptors. The walk
+    // opens a directory only when its turn comes, and a hashing batch holds at most 256, so
+    // all of it is recorded.
+    let wide = tempfile::tempdir().unwrap();
+    for i in 0..1000 {
+        let d = wide.path().join(format!("d{i}"));
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("f"), b"x").unwrap();
+    }
+    assert_eq!(hash_only_limited(wide.path(), "-n 400"), (1 + 2000, 0, 0));
+
+    // Deep: 200 nested levels, each with a sibling directory still to visit, hold a
+    // descriptor per level. With only the soft limit low, certaintyd raises it and records
+    // everything.
+    let deep = tempfile::tempdir().unwrap();
+    let mut p = deep.path().to_path_buf();
+    for _ in 0..200 {
+        fs::create_dir(p.join("e")).unwrap();
+        p.push("d");
+        fs::create_dir(&p).unwrap();
+    }
+    fs::write(p.join("f"), b"x").unwrap();
+    assert_eq!(
+        hash_only_limited(deep.path(), "-Sn 64"),
+        (1 + 400 + 1, 0, 0)
+    );
+
+    // With the hard limit low too, what cannot be opened is reported (and the exit code
+    // says so): never an entry silently left out of the manifest.
+    let (_, unreadable, code) = hash_only_limited(deep.path(), "-n 64");
+    assert!(
+        unreadable > 0,
+        "descriptors ran out but nothing was reported"
+    );
+    assert_eq!(code, 1);
+}
