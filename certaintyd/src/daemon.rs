@@ -79,6 +79,9 @@ pub enum StartupError {
     Watch(#[from] WatchError),
     #[error("/proc/self/mountinfo: {0}")]
     Mounts(std::io::Error),
+    /// Without the kernel command line, a `certainty.expect=` there cannot be honoured.
+    #[error("/proc/cmdline: {0}")]
+    Cmdline(std::io::Error),
     #[error("{}: cannot bind control socket: {source}", path.display())]
     Socket {
         path: PathBuf,
@@ -273,12 +276,13 @@ fn inodes_of(manifest: &Manifest) -> HashMap<u64, String> {
         .collect()
 }
 
-fn kernel_expected_root() -> Option<String> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
-    cmdline
+/// The `certainty.expect=` the node was booted with, if any.
+fn kernel_expected_root() -> Result<Option<String>, StartupError> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(StartupError::Cmdline)?;
+    Ok(cmdline
         .split_whitespace()
         .find_map(|w| w.strip_prefix("certainty.expect="))
-        .map(str::to_string)
+        .map(str::to_string))
 }
 
 impl Daemon {
@@ -366,7 +370,10 @@ impl Daemon {
             deadline_ms = self.deadline.as_millis() as u64,
             "baseline taken"
         );
-        let expected = self.cfg.expected_root.clone().or_else(kernel_expected_root);
+        let expected = match self.cfg.expected_root.clone() {
+            Some(e) => Some(e),
+            None => kernel_expected_root()?,
+        };
         if let Some(expected) = expected
             && !expected.eq_ignore_ascii_case(&self.stable_root)
         {
