@@ -2,11 +2,13 @@
 //! never following symlinks, never crossing into other filesystems (mount points are recorded,
 //! not entered), never opening anything but regular files and directories.
 //!
-//! Content is hashed in parallel across cores (rayon), in batches. Descriptors held open stay
-//! bounded: a directory is opened only when its turn comes (so the walk holds those on the
-//! current path, not every pending one), and a batch holds at most `BATCH_DIRS`. Any entry
-//! that cannot be opened, for whatever reason (descriptors exhausted included), is reported as
-//! a problem, never left out of the manifest.
+//! Content is hashed on the other cores (rayon) while the walk goes on: each directory's
+//! files are handed out as tasks as soon as it is listed. Descriptors held open stay bounded:
+//! a directory is opened only when its turn comes (so the walk holds those on the current
+//! path, not every pending one), a task holds files of at most `TASK_DIRS + 1` directories,
+//! and at most `TASKS_IN_FLIGHT` tasks are pending; past that the walker hashes its own. Any entry that cannot be opened, for
+//! whatever reason (descriptors exhausted included), is reported as a problem, never left out
+//! of the manifest.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -14,6 +16,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag, open, openat, readlinkat};
@@ -24,9 +27,13 @@ use crate::entry::{Difference, Entry, Kind};
 use crate::hashing::{HashError, hash_file, open_checked};
 use crate::manifest::{Problem, Snapshot, join};
 
-/// Hash what has been collected once this many files or directories are pending.
-const BATCH_FILES: usize = 4096;
-const BATCH_DIRS: usize = 256;
+/// Files per hashing task: enough work that waking a thread for it is cheap beside it.
+const TASK_FILES: usize = 64;
+/// Files are handed out once this many directories have some waiting, even if fewer than
+/// `TASK_FILES`: this bounds the directory descriptors a task holds.
+const TASK_DIRS: usize = 16;
+/// Hashing tasks pending at most.
+const TASKS_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}: cannot open monitored root: {source}", root.display())]
@@ -170,7 +177,16 @@ struct Walker<'a> {
     root_dev: u64,
     snapshot: Snapshot,
     jobs: Vec<FileJob>,
-    dirs_in_batch: usize,
+    /// Directories with files in `jobs`.
+    job_dirs: usize,
+}
+
+/// Hashing tasks handed to the thread pool, and their results coming back.
+struct Pipeline<'s, 'scope> {
+    scope: &'s rayon::Scope<'scope>,
+    done_tx: Sender<Vec<(Vec<u8>, Hashed)>>,
+    done_rx: Receiver<Vec<(Vec<u8>, Hashed)>>,
+    in_flight: usize,
 }
 
 /// Opens the monitored root (following a symlink there: the operator named it) and stats it.
@@ -194,7 +210,7 @@ impl<'a> Walker<'a> {
             root_dev,
             snapshot: Snapshot::default(),
             jobs: Vec::new(),
-            dirs_in_batch: 0,
+            job_dirs: 0,
         }
     }
 }
@@ -280,7 +296,6 @@ impl Walker<'_> {
     /// Hashes all pending files in parallel and records their hashes (and xattrs).
     fn flush(&mut self) {
         let jobs = std::mem::take(&mut self.jobs);
-        self.dirs_in_batch = 0;
         let results: Vec<(Vec<u8>, Hashed)> = jobs
             .into_par_iter()
             .map(|job| {
@@ -288,6 +303,39 @@ impl Walker<'_> {
                 (job.path, r)
             })
             .collect();
+        self.record(results);
+    }
+
+    /// Records what finished meanwhile; then, once enough files are waiting (or at the end,
+    /// `all`), hands them to the pool in tasks, or hashes them here when enough tasks are
+    /// pending.
+    fn dispatch(&mut self, pipe: &mut Pipeline<'_, '_>, all: bool) {
+        while let Ok(done) = pipe.done_rx.try_recv() {
+            pipe.in_flight -= 1;
+            self.record(done);
+        }
+        if !all && self.jobs.len() < TASK_FILES && self.job_dirs < TASK_DIRS {
+            return;
+        }
+        self.job_dirs = 0;
+        let mut jobs = std::mem::take(&mut self.jobs);
+        while !jobs.is_empty() {
+            let task: Vec<FileJob> = jobs.drain(..jobs.len().min(TASK_FILES)).collect();
+            if pipe.in_flight < TASKS_IN_FLIGHT {
+                pipe.in_flight += 1;
+                let done = pipe.done_tx.clone();
+                pipe.scope.spawn(move |_| {
+                    // The receiver lives until the scope ends, after every task.
+                    let _ = done.send(hash_jobs(task));
+                });
+            } else {
+                self.record(hash_jobs(task));
+            }
+        }
+    }
+
+    /// Records hashes (and xattrs) into the entries the walk made, or the problems.
+    fn record(&mut self, results: Vec<(Vec<u8>, Hashed)>) {
         for (path, result) in results {
             match result {
                 Ok((hash, xattrs)) => {
@@ -300,6 +348,15 @@ impl Walker<'_> {
             }
         }
     }
+}
+
+fn hash_jobs(jobs: Vec<FileJob>) -> Vec<(Vec<u8>, Hashed)> {
+    jobs.into_iter()
+        .map(|job| {
+            let r = hash_job(&job);
+            (job.path, r)
+        })
+        .collect()
 }
 
 fn hash_job(job: &FileJob) -> Hashed {
@@ -353,18 +410,31 @@ pub fn snapshot_with(root: &Path, reuse: Option<Reuse<'_>>) -> Result<Snapshot, 
         .entries
         .insert(b"/".to_vec(), root_entry);
 
-    let mut stack: Vec<PendingDir> = Vec::new();
-    w.list(&root_fd, b"/", &mut stack);
-    drop(root_fd);
-    while let Some(pending) = stack.pop() {
-        if let Some(dir) = w.open_pending(&pending) {
-            w.list(&dir, &pending.path, &mut stack);
+    let (done_tx, done_rx) = channel();
+    let done_rx = rayon::scope(|scope| {
+        let mut pipe = Pipeline {
+            scope,
+            done_tx,
+            done_rx,
+            in_flight: 0,
+        };
+        let mut stack: Vec<PendingDir> = Vec::new();
+        w.list(&root_fd, b"/", &mut stack);
+        w.dispatch(&mut pipe, false);
+        drop(root_fd);
+        while let Some(pending) = stack.pop() {
+            if let Some(dir) = w.open_pending(&pending) {
+                w.list(&dir, &pending.path, &mut stack);
+                w.dispatch(&mut pipe, false);
+            }
         }
-        if w.jobs.len() >= BATCH_FILES || w.dirs_in_batch >= BATCH_DIRS {
-            w.flush();
-        }
+        w.dispatch(&mut pipe, true);
+        pipe.done_rx
+    });
+    // Every task has finished and dropped its sender: this drains and ends.
+    for done in done_rx {
+        w.record(done);
     }
-    w.flush();
     Ok(w.snapshot)
 }
 
@@ -432,12 +502,15 @@ impl Walker<'_> {
             }
         }
         drop(listing);
-        self.dirs_in_batch += 1;
+        let jobs_before = self.jobs.len();
         for name in names {
             let path = join(dir_path, name.as_bytes());
             if let Some(sub) = self.visit(dir, &name, path) {
                 stack.push(sub);
             }
+        }
+        if self.jobs.len() > jobs_before {
+            self.job_dirs += 1;
         }
     }
 }
