@@ -26,7 +26,8 @@ for ns in "$a" "$b"; do ip -n "$ns" link set eth0 up; ip -n "$ns" link set lo up
 wg genkey > "$work/me.key"; wg genkey > "$work/peer.key"
 me_pub=$(wg pubkey < "$work/me.key"); peer_pub=$(wg pubkey < "$work/peer.key")
 ip netns exec "$b" wireguard-go -f "ngb$$p" >/dev/null 2>&1 & pids+=($!)
-sleep 0.5
+# Its control socket can take longer than half a second on a busy machine.
+for _ in $(seq 100); do ip netns exec "$b" wg show "ngb$$p" >/dev/null 2>&1 && break; sleep 0.05; done
 ip netns exec "$b" wg set "ngb$$p" private-key "$work/peer.key" listen-port 51820 \
   peer "$me_pub" allowed-ips 10.0.0.2/32 endpoint 198.18.0.1:51820 persistent-keepalive 1
 ip -n "$b" addr add 10.0.0.3/16 dev "ngb$$p"; ip -n "$b" link set "ngb$$p" up

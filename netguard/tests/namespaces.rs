@@ -415,6 +415,11 @@ impl Drop for Lab {
         for ns in self.drones.iter().map(|d| &d.ns).chain([&self.rogue]) {
             kill_namespace_processes(ns);
         }
+        // wireguard-go killed that way leaves its control socket in the shared
+        // /var/run/wireguard: remove this lab's, by exact name.
+        for d in &self.drones {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", d.iface));
+        }
         for ns in self
             .drones
             .iter()

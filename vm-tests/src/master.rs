@@ -212,5 +212,12 @@ impl Drop for Master {
                 }
             }
         }
+        // wireguard-go killed that way leaves its control socket in the shared
+        // /var/run/wireguard. The name is fixed, so only if no other master lab still runs
+        // one: its socket would refuse connections then.
+        let sock = "/var/run/wireguard/tydm0.sock";
+        if std::os::unix::net::UnixStream::connect(sock).is_err() {
+            let _ = std::fs::remove_file(sock);
+        }
     }
 }

@@ -539,6 +539,9 @@ impl Drop for Lab {
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", &m.ns]).status();
+            // wireguard-go killed that way leaves its control socket in the shared
+            // /var/run/wireguard: remove this member's, by exact name.
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", m.iface));
         }
         let _ = Command::new("ip").args(["netns", "del", &self.br]).status();
     }
