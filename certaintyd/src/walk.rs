@@ -396,19 +396,7 @@ pub fn snapshot(root: &Path) -> Result<Snapshot, RootError> {
 pub fn snapshot_with(root: &Path, reuse: Option<Reuse<'_>>) -> Result<Snapshot, RootError> {
     let (root_fd, st) = open_root(root)?;
     let mut w = Walker::new(reuse, st.st_dev);
-    let mut root_entry = base_entry(&st, Kind::Dir);
-    match read_xattrs_fd(root_fd.as_fd()) {
-        Ok(x) => root_entry.xattrs = x,
-        Err(e) => w.snapshot.problems.push(problem(
-            b"/",
-            Difference::Unreadable,
-            format!("xattrs: {e}"),
-        )),
-    }
-    w.snapshot
-        .manifest
-        .entries
-        .insert(b"/".to_vec(), root_entry);
+    w.record_root(&root_fd, &st);
 
     let (done_tx, done_rx) = channel();
     let done_rx = rayon::scope(|scope| {
@@ -439,6 +427,20 @@ pub fn snapshot_with(root: &Path, reuse: Option<Reuse<'_>>) -> Result<Snapshot, 
 }
 
 impl Walker<'_> {
+    /// Records the monitored root itself (its xattrs read through its open descriptor).
+    fn record_root(&mut self, root_fd: &OwnedFd, st: &FileStat) {
+        let mut entry = base_entry(st, Kind::Dir);
+        match read_xattrs_fd(root_fd.as_fd()) {
+            Ok(x) => entry.xattrs = x,
+            Err(e) => self.snapshot.problems.push(problem(
+                b"/",
+                Difference::Unreadable,
+                format!("xattrs: {e}"),
+            )),
+        }
+        self.snapshot.manifest.entries.insert(b"/".to_vec(), entry);
+    }
+
     /// Opens a recorded directory, checks it is still the recorded inode, and reads its
     /// xattrs into its entry. Every failure is a problem for that path.
     fn open_pending(&mut self, p: &PendingDir) -> Option<Arc<OwnedFd>> {
@@ -526,16 +528,7 @@ pub fn capture_paths(root: &Path, paths: &[Vec<u8>]) -> Result<Snapshot, RootErr
     let mut w = Walker::new(None, st.st_dev);
     for path in paths {
         if path.as_slice() == b"/" {
-            let mut e = base_entry(&st, Kind::Dir);
-            match read_xattrs_fd(root_fd.as_fd()) {
-                Ok(x) => e.xattrs = x,
-                Err(err) => w.snapshot.problems.push(problem(
-                    b"/",
-                    Difference::Unreadable,
-                    format!("xattrs: {err}"),
-                )),
-            }
-            w.snapshot.manifest.entries.insert(b"/".to_vec(), e);
+            w.record_root(&root_fd, &st);
             continue;
         }
         let parent = crate::manifest::parent(path);
