@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod desired;
+pub mod link;
 pub mod metrics;
 pub mod neighbours;
 pub mod nfnl;

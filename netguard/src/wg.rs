@@ -10,6 +10,7 @@ use policy::WgPublicKey;
 use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
 
 use crate::desired::{DesiredPeer, IfAddr};
+use crate::link;
 use crate::peers::{ActualPeer, PeerOp};
 
 #[derive(Debug, thiserror::Error)]
@@ -224,30 +225,31 @@ impl Interface {
         Ok(Ensured::Created)
     }
 
-    /// Sets exactly these tunnel addresses (others removed), the MTU, and link up.
+    /// Sets exactly these tunnel addresses (others removed), the MTU, and link up, over
+    /// rtnetlink.
     pub fn configure_link(&self, want: &[IfAddr]) -> Result<Vec<String>, WgError> {
+        let fail = |what: &'static str| {
+            let iface = self.name.clone();
+            move |source| WgError::Io {
+                iface,
+                what,
+                source,
+            }
+        };
+        let index = link::index(&self.name).map_err(fail("no such link"))?;
+        let have = link::read(index).map_err(fail("cannot read the link"))?;
+        let plan = link::plan(&have, want);
         let mut changes = Vec::new();
-        let shown = ip(&self.name, &["-j", "addr", "show", "dev", &self.name])?;
-        let have = parse_addrs(&shown);
-        for a in want.iter().filter(|a| !have.contains(a)) {
-            ip(
-                &self.name,
-                &["addr", "add", &a.to_string(), "dev", &self.name],
-            )?;
+        for a in &plan.add {
+            link::add_address(index, a).map_err(fail("cannot add an address"))?;
             changes.push(format!("address {a} added"));
         }
-        for a in have.iter().filter(|a| !want.contains(a)) {
-            ip(
-                &self.name,
-                &["addr", "del", &a.to_string(), "dev", &self.name],
-            )?;
+        for a in &plan.remove {
+            link::remove_address(index, a).map_err(fail("cannot remove an address"))?;
             changes.push(format!("address {a} removed"));
         }
-        if !shown.contains("\"UP\"") || !shown.contains("\"mtu\":1420") {
-            ip(
-                &self.name,
-                &["link", "set", &self.name, "mtu", "1420", "up"],
-            )?;
+        if plan.set_mtu_and_up {
+            link::set_mtu_and_up(index).map_err(fail("cannot set the link up"))?;
             changes.push("link up".into());
         }
         Ok(changes)
@@ -281,36 +283,6 @@ impl Interface {
             let _ = ip(&self.name, &["link", "del", &self.name]);
         }
     }
-}
-
-/// `ip -j addr show` output to addresses (link-local IPv6 left out: the kernel's, not ours).
-pub fn parse_addrs(json: &str) -> Vec<IfAddr> {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let mut out = Vec::new();
-    for link in v.as_array().into_iter().flatten() {
-        for a in link
-            .get("addr_info")
-            .and_then(|a| a.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let local = a
-                .get("local")
-                .and_then(|l| l.as_str())
-                .and_then(|l| l.parse().ok());
-            let prefix = a
-                .get("prefixlen")
-                .and_then(|p| p.as_u64())
-                .and_then(|p| u8::try_from(p).ok());
-            if let (Some(addr), Some(prefix)) = (local, prefix) {
-                let link_local = matches!(addr, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-                if !link_local {
-                    out.push(IfAddr { addr, prefix });
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The device's peers in the planner's terms.
