@@ -136,8 +136,11 @@ fn address_message(index: u32, a: &IfAddr) -> AddressMessage {
 }
 
 pub fn add_address(index: u32, a: &IfAddr) -> io::Result<()> {
-    netlink_request_rtnl(RouteNetlinkMessage::NewAddress(address_message(index, a)), None)
-        .map(drop)
+    netlink_request_rtnl(
+        RouteNetlinkMessage::NewAddress(address_message(index, a)),
+        None,
+    )
+    .map(drop)
 }
 
 pub fn remove_address(index: u32, a: &IfAddr) -> io::Result<()> {
