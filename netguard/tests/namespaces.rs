@@ -675,6 +675,24 @@ fn drift_is_repaired_within_one_interval() {
         ])
         .contains("10.77.0.2/32")
     });
+    // Someone adds an address to the tunnel interface, lowers its MTU and takes it down
+    // (the link is read and set over rtnetlink).
+    run(&["ip", "-n", &ns, "addr", "add", "10.9.9.9/32", "dev", &iface]);
+    run(&[
+        "ip", "-n", &ns, "link", "set", &iface, "mtu", "1300", "down",
+    ]);
+    wait_for("link restored", Duration::from_secs(3), || {
+        let link = run(&["ip", "-n", &ns, "addr", "show", "dev", &iface]);
+        !link.contains("10.9.9.9")
+            && link.contains("10.77.0.1/")
+            && link.contains("mtu 1420")
+            && link.contains(",UP")
+    });
+    wait_for(
+        "tunnel back after the link was taken down",
+        Duration::from_secs(5),
+        || lab.ping(0, 1),
+    );
     // Someone deletes the interface.
     run(&["ip", "-n", &ns, "link", "del", &iface]);
     wait_for(
