@@ -3,8 +3,6 @@
 //! Each finding names the field it is about, so the caller can place it in the file.
 
 use crate::parse::shown;
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::IpAddr;
 
 use jiff::Timestamp;
@@ -286,80 +284,84 @@ fn check_hardening(policy: &Policy, out: &mut Vec<Finding>) {
     }
 }
 
-/// Reports every value seen twice, pointing at the second occurrence.
-fn check_unique<T: Eq + Hash + std::fmt::Display>(
-    items: impl Iterator<Item = (T, FieldPath)>,
+/// Reports every value seen twice, pointing at each later occurrence: `items` are
+/// (node index, value), and `field` is the node's key the value is at. Sorted rather than
+/// hashed: a 10,000-node policy is checked in a fraction of the time.
+fn check_unique<T: Ord + std::fmt::Display>(
+    items: impl Iterator<Item = (usize, T)>,
+    field: &str,
     what: &str,
     out: &mut Vec<Finding>,
 ) {
-    let mut seen: HashMap<T, usize> = HashMap::new();
-    for (index, (value, at)) in items.enumerate() {
-        if let Some(first) = seen.get(&value) {
-            out.push(finding(
-                at,
-                format!("duplicate {what} {value} (also used by node[{first}])"),
-            ));
-        } else {
-            seen.insert(value, index);
-        }
+    let mut sorted: Vec<(T, usize)> = items.map(|(index, value)| (value, index)).collect();
+    sorted.sort_unstable();
+    for (value, index, first) in repeats(&sorted) {
+        out.push(finding(
+            node_at(index, field),
+            format!("duplicate {what} {value} (also used by node[{first}])"),
+        ));
     }
 }
 
+/// In `sorted` (value, position) pairs, each pair whose value came before: (value, its
+/// position, the first position of that value).
+fn repeats<T: PartialEq, P: Copy>(sorted: &[(T, P)]) -> impl Iterator<Item = (&T, P, P)> {
+    let mut first: Option<(&T, P)> = None;
+    sorted.iter().filter_map(move |(value, at)| match first {
+        Some((seen, from)) if seen == value => Some((value, *at, from)),
+        _ => {
+            first = Some((value, *at));
+            None
+        }
+    })
+}
+
+/// `node[i].key`. Made only for a finding: a 10,000-node policy has 60,000 fields.
+fn node_at(i: usize, key: &str) -> FieldPath {
+    path(&["node"]).index(i).key(key)
+}
+
 fn check_nodes(policy: &Policy, out: &mut Vec<Finding>) {
-    let node_at = |i: usize, k: &str| path(&["node"]).index(i).key(k);
     let nodes = &policy.nodes;
+    let indexed = || nodes.iter().enumerate();
+    check_unique(indexed().map(|(i, n)| (i, n.id)), "id", "node id", out);
     check_unique(
-        nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.id, node_at(i, "id"))),
-        "node id",
-        out,
-    );
-    check_unique(
-        nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), node_at(i, "name"))),
+        indexed().map(|(i, n)| (i, n.name.as_str())),
+        "name",
         "node name",
         out,
     );
     check_unique(
-        nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.public_key, node_at(i, "public_key"))),
+        indexed().map(|(i, n)| (i, n.public_key)),
+        "public_key",
         "public key",
         out,
     );
     check_unique(
-        nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| n.endpoint.map(|e| (e, node_at(i, "endpoint")))),
+        indexed().filter_map(|(i, n)| n.endpoint.map(|e| (i, e))),
+        "endpoint",
         "endpoint",
         out,
     );
     // Addresses are numbered by their own position, since one node has several.
-    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+    let address_at = |(i, j): (usize, usize)| node_at(i, "addresses").index(j);
+    let mut addresses: Vec<(IpAddr, (usize, usize))> = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
         for (j, addr) in node.addresses.iter().enumerate() {
-            let at = node_at(i, "addresses").index(j);
-            match seen.get(addr) {
-                Some(&first) if first != i => out.push(finding(
-                    at.clone(),
-                    format!("duplicate tunnel address {addr} (also used by node[{first}])"),
-                )),
-                Some(_) => out.push(finding(
-                    at.clone(),
-                    format!("tunnel address {addr} is listed twice"),
-                )),
-                None => {
-                    seen.insert(*addr, i);
-                }
+            addresses.push((*addr, (i, j)));
+            if let Some(message) = outside_tunnel(policy, *addr) {
+                out.push(finding(address_at((i, j)), message));
             }
-            check_in_tunnel(policy, *addr, at, out);
         }
+    }
+    addresses.sort_unstable();
+    for (addr, at, (first, _)) in repeats(&addresses) {
+        let message = if at.0 == first {
+            format!("tunnel address {addr} is listed twice")
+        } else {
+            format!("duplicate tunnel address {addr} (also used by node[{first}])")
+        };
+        out.push(finding(address_at(at), message));
     }
     for (i, node) in nodes.iter().enumerate() {
         if !valid_name(&node.name) {
@@ -388,9 +390,10 @@ fn check_nodes(policy: &Policy, out: &mut Vec<Finding>) {
     }
 }
 
-fn check_in_tunnel(policy: &Policy, addr: IpAddr, at: FieldPath, out: &mut Vec<Finding>) {
+/// Why `addr` cannot be a tunnel address of this cluster, if it cannot.
+fn outside_tunnel(policy: &Policy, addr: IpAddr) -> Option<String> {
     let c = &policy.cluster;
-    let problem = match addr {
+    match addr {
         IpAddr::V4(a) => match c.tunnel_ipv4 {
             Some(net) if net.contains(&a) => None,
             Some(net) => Some(format!("address {a} is outside the tunnel network {net}")),
@@ -405,8 +408,5 @@ fn check_in_tunnel(policy: &Policy, addr: IpAddr, at: FieldPath, out: &mut Vec<F
                 "address {a} is IPv6 but the cluster has no tunnel_ipv6"
             )),
         },
-    };
-    if let Some(message) = problem {
-        out.push(finding(at, message));
     }
 }
