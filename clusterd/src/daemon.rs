@@ -81,6 +81,9 @@ struct Node {
     quarantine: QuarantineList,
     /// (modified, length) of the policy file when last read.
     stamp: Option<(std::time::SystemTime, u64)>,
+    /// The `[[node]]` blocks of the last policy verified, so the next is parsed by its
+    /// changed blocks only.
+    blocks: policy::NodeBlocks,
     /// Datagrams dropped since the last log line about them (untrusted input: rate-limited).
     dropped: u64,
     /// How many more times a changed heartbeat is to be told out of turn.
@@ -130,7 +133,8 @@ impl Node {
         }
         self.stamp = stamp;
         let now = Timestamp::now();
-        match policy::load_signed(&self.cfg.policy, &self.cfg.trust, now) {
+        match policy::load_signed_reusing(&self.cfg.policy, &self.cfg.trust, now, &mut self.blocks)
+        {
             Ok(files) => self.accept(files, Source::File),
             Err(e) => {
                 debug!(reason = %e, "policy file not (yet) acceptable");
@@ -339,6 +343,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         certainty: None,
         quarantine,
         stamp: None,
+        blocks: policy::NodeBlocks::default(),
         dropped: 0,
         repeats: 0,
         rng: rand_core::OsRng,
@@ -395,7 +400,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
             Some((from, result)) = fetched.recv() => {
                 match result.and_then(|(bytes, sig)| {
                     let file = node.cfg.policy.display().to_string();
-                    policy::verify_policy(&file, &bytes, &sig, &node.trust, Timestamp::now())
+                    policy::verify_policy_reusing(&file, &bytes, &sig, &node.trust, Timestamp::now(), &mut node.blocks)
                         .map(|verified| SignedFiles { verified, policy: bytes, signature: sig, trust: Vec::new() })
                         .map_err(|e| FetchFailure::Refused(e.to_string()))
                 }) {

@@ -108,6 +108,9 @@ struct Node {
     converged: Option<Box<Desired>>,
     /// Set-element edits over a netlink socket kept open.
     sets: SetEditor,
+    /// The `[[node]]` blocks of the last policy verified, so the next is parsed by its
+    /// changed blocks only.
+    blocks: policy::NodeBlocks,
     /// The last refusal logged, so a file refused every drift interval is logged once, and
     /// again only when the reason changes or clears.
     refusal: Option<String>,
@@ -132,7 +135,8 @@ const DETAILED_CHANGES: usize = 8;
 impl Node {
     fn load(&mut self, path: &std::path::Path) -> Result<SignedFiles, String> {
         let now = Timestamp::now();
-        let files = policy::load_signed(path, &self.cfg.trust, now).map_err(|e| e.to_string())?;
+        let files = policy::load_signed_reusing(path, &self.cfg.trust, now, &mut self.blocks)
+            .map_err(|e| e.to_string())?;
         self.store
             .accept(&files.verified, now)
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -547,6 +551,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         iface: None,
         converged: None,
         sets: SetEditor::new(),
+        blocks: policy::NodeBlocks::default(),
         refusal: None,
         protective_reason: None,
         quarantined: std::collections::BTreeSet::new(),

@@ -1,12 +1,16 @@
 //! The fuzz harness body, shared by the cargo-fuzz target and the corpus regression test.
 //!
 //! Besides "no panic", it checks properties that must hold for every input: every refusal
-//! is one line per problem, and every accepted policy's openMosix map round-trips.
+//! is one line per problem, every accepted policy's openMosix map round-trips, and a policy
+//! parsed by its `[[node]]` blocks (cold, then with its blocks kept) is the whole parse's.
 
 use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
 
-use crate::{MosixMap, NodeMap, NodeMapDiff, TrustedKeys, VerifyError, sign, verify_policy};
+use crate::{
+    MosixMap, NodeBlocks, NodeMap, NodeMapDiff, Policy, TrustedKeys, VerifyError, sign,
+    verify_policy,
+};
 
 /// The length of a signature file: 88 base64 characters and a newline.
 const SIG_LEN: usize = 89;
@@ -47,4 +51,19 @@ pub fn verify_policy_input(data: &[u8]) {
         Err(e) => assert!(!e.to_string().contains('\n'), "multi-line error: {e}"),
     }
     let _ = MosixMap::parse("fuzz.map", &String::from_utf8_lossy(rest));
+    if let Ok(text) = std::str::from_utf8(rest) {
+        split_parse_is_whole_parse(text);
+    }
+}
+
+/// Whenever [`NodeBlocks`] splits a text, the result is what parsing it whole gives.
+fn split_parse_is_whole_parse(text: &str) {
+    let mut blocks = NodeBlocks::default();
+    for _ in 0..2 {
+        if let Some((policy, parsed)) = blocks.parse(text) {
+            let whole: Option<Policy> = toml::from_str(text).ok();
+            assert_eq!(whole.as_ref(), Some(&policy), "split parse differs");
+            blocks.keep(parsed);
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! Pure: no root, no network. Daemons only ever hold a [`Verified<Policy>`], which only
 //! [`verify_policy`] can make, and accept it only through a [`RollbackStore`].
 
+pub mod blocks;
 pub mod diff;
 pub mod edit;
 pub mod exit;
@@ -25,18 +26,21 @@ pub mod store;
 pub mod template;
 pub mod validate;
 
+pub use blocks::NodeBlocks;
 pub use diff::PolicyDiff;
 pub use keys::{OperatorPublicKey, WgPublicKey};
-pub use load::{LoadError, SignedFiles, load_signed, load_verified};
+pub use load::{LoadError, SignedFiles, load_signed, load_signed_reusing, load_verified};
 pub use model::{
     Action, Certainty, CertaintyRequired, Cluster, Distribution, Firewall, Hardening, Lockdown,
     Node, NodeId, Policy, Posture, RECOMMENDED_SYSCTLS, Role,
 };
 pub use mosix_map::{MapError, MosixMap};
 pub use nodemap::{Change, NodeChange, NodeMap, NodeMapDiff};
-pub use parse::{Diagnostic, Invalid, parse_policy};
+pub use parse::{Diagnostic, Invalid, parse_policy, parse_policy_reusing};
 pub use ports::{PortRange, PortSet};
-pub use signature::{TrustedKeys, Verified, VerifyError, sign, verify_policy, verify_signed};
+pub use signature::{
+    TrustedKeys, Verified, VerifyError, sign, verify_policy, verify_policy_reusing, verify_signed,
+};
 pub use store::{Acceptance, AcceptedRecord, RollbackStore, StoreError};
 
 /// The name of the detached signature file that goes with a policy file.

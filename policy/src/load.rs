@@ -5,9 +5,10 @@ use std::path::Path;
 
 use jiff::Timestamp;
 
+use crate::blocks::NodeBlocks;
 use crate::fsutil::{self, FileError};
 use crate::model::Policy;
-use crate::signature::{TrustedKeys, Verified, VerifyError, verify_policy};
+use crate::signature::{TrustedKeys, Verified, VerifyError, verify_policy, verify_policy_reusing};
 use crate::signature_path;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,26 @@ const MAX_SMALL_FILE_BYTES: u64 = 64 << 10;
 
 /// [`load_verified`], keeping the bytes read. The trust file holds one base64 key a line.
 pub fn load_signed(policy: &Path, trust: &Path, now: Timestamp) -> Result<SignedFiles, LoadError> {
+    load(policy, trust, now, None)
+}
+
+/// [`load_signed`] for a daemon that loads one policy after another: only the `[[node]]`
+/// blocks not in `blocks` (the last valid policy's) are parsed.
+pub fn load_signed_reusing(
+    policy: &Path,
+    trust: &Path,
+    now: Timestamp,
+    blocks: &mut NodeBlocks,
+) -> Result<SignedFiles, LoadError> {
+    load(policy, trust, now, Some(blocks))
+}
+
+fn load(
+    policy: &Path,
+    trust: &Path,
+    now: Timestamp,
+    blocks: Option<&mut NodeBlocks>,
+) -> Result<SignedFiles, LoadError> {
     let trust_bytes = fsutil::read_limited(trust, MAX_SMALL_FILE_BYTES)?;
     let keys = TrustedKeys::parse(&String::from_utf8_lossy(&trust_bytes)).map_err(|reason| {
         LoadError::Trust {
@@ -62,7 +83,11 @@ pub fn load_signed(policy: &Path, trust: &Path, now: Timestamp) -> Result<Signed
     let bytes = fsutil::read_limited(policy, MAX_POLICY_BYTES)?;
     let sig = fsutil::read_limited(&signature_path(policy), MAX_SMALL_FILE_BYTES)
         .map_err(LoadError::Unsigned)?;
-    let verified = verify_policy(&policy.display().to_string(), &bytes, &sig, &keys, now)?;
+    let file = policy.display().to_string();
+    let verified = match blocks {
+        Some(blocks) => verify_policy_reusing(&file, &bytes, &sig, &keys, now, blocks)?,
+        None => verify_policy(&file, &bytes, &sig, &keys, now)?,
+    };
     Ok(SignedFiles {
         verified,
         policy: bytes,

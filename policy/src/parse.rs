@@ -4,6 +4,7 @@ use std::fmt;
 
 use jiff::Timestamp;
 
+use crate::blocks::NodeBlocks;
 use crate::model::Policy;
 use crate::source::{FieldPath, SourceMap, line_col};
 use crate::validate::validate;
@@ -77,6 +78,26 @@ pub fn one_line(message: &str) -> String {
 
 /// Parses and validates a policy as of `now`. `file` names the source in messages.
 pub fn parse_policy(file: &str, bytes: &[u8], now: Timestamp) -> Result<Policy, Invalid> {
+    parse_with(file, bytes, now, None)
+}
+
+/// [`parse_policy`], parsing only the `[[node]]` blocks `blocks` does not hold from the last
+/// valid policy; if this one is valid, `blocks` holds its blocks after.
+pub fn parse_policy_reusing(
+    file: &str,
+    bytes: &[u8],
+    now: Timestamp,
+    blocks: &mut NodeBlocks,
+) -> Result<Policy, Invalid> {
+    parse_with(file, bytes, now, Some(blocks))
+}
+
+fn parse_with(
+    file: &str,
+    bytes: &[u8],
+    now: Timestamp,
+    blocks: Option<&mut NodeBlocks>,
+) -> Result<Policy, Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let valid = &bytes[..e.valid_up_to()];
         let text = String::from_utf8_lossy(valid);
@@ -97,14 +118,15 @@ pub fn parse_policy(file: &str, bytes: &[u8], now: Timestamp) -> Result<Policy, 
             "policy is empty".into(),
         ));
     }
-    // The span map is a second parse of the whole text: made only to place an error.
-    let policy: Policy = toml::from_str(text).map_err(|e| {
-        let offset = e.span().map_or(0, |s| s.start);
-        let field = SourceMap::new(text).path_at(offset).to_string();
-        Invalid::one(file, text, offset, field, one_line(e.message()))
-    })?;
+    let (policy, parsed) = match blocks.as_deref().and_then(|b| b.parse(text)) {
+        Some((policy, parsed)) => (policy, Some(parsed)),
+        None => (whole(file, text)?, None),
+    };
     let findings = validate(&policy, now);
     if findings.is_empty() {
+        if let (Some(parsed), Some(blocks)) = (parsed, blocks) {
+            blocks.keep(parsed);
+        }
         return Ok(policy);
     }
     let map = SourceMap::new(text);
@@ -114,6 +136,16 @@ pub fn parse_policy(file: &str, bytes: &[u8], now: Timestamp) -> Result<Policy, 
         .collect();
     diags.sort_by_key(|d| (d.line, d.column));
     Err(Invalid(diags))
+}
+
+/// The whole text through the TOML parser: the reference, and the one that places errors.
+fn whole(file: &str, text: &str) -> Result<Policy, Invalid> {
+    // The span map is a second parse of the whole text: made only to place an error.
+    toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        let field = SourceMap::new(text).path_at(offset).to_string();
+        Invalid::one(file, text, offset, field, one_line(e.message()))
+    })
 }
 
 fn place(

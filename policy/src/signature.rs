@@ -11,9 +11,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
 use jiff::Timestamp;
 
+use crate::blocks::NodeBlocks;
 use crate::keys::OperatorPublicKey;
 use crate::model::Policy;
-use crate::parse::{Invalid, parse_policy};
+use crate::parse::{Invalid, parse_policy, parse_policy_reusing};
 
 /// The operator keys a node pins; a signature by any one of them is accepted.
 #[derive(Debug, Clone, Default)]
@@ -212,5 +213,20 @@ pub fn verify_policy(
 ) -> Result<Verified<Policy>, VerifyError> {
     verify_signed(file, bytes, signature, trust, |b| {
         Ok(parse_policy(file, b, now)?)
+    })
+}
+
+/// [`verify_policy`] for a daemon that verifies one policy after another: the `[[node]]`
+/// blocks it accepted last are not parsed again ([`NodeBlocks`]).
+pub fn verify_policy_reusing(
+    file: &str,
+    bytes: &[u8],
+    signature: &[u8],
+    trust: &TrustedKeys,
+    now: Timestamp,
+    blocks: &mut NodeBlocks,
+) -> Result<Verified<Policy>, VerifyError> {
+    verify_signed(file, bytes, signature, trust, |b| {
+        Ok(parse_policy_reusing(file, b, now, blocks)?)
     })
 }
