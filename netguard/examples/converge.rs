@@ -72,6 +72,8 @@ struct Runner {
     iface: Interface,
     converged: Option<netguard::desired::Desired>,
     sets: SetEditor,
+    /// The last policy's `[[node]]` blocks, kept as the daemon keeps them.
+    blocks: policy::NodeBlocks,
 }
 
 impl Runner {
@@ -89,7 +91,15 @@ impl Runner {
         let bytes = std::fs::read(&p).unwrap();
         let sig = std::fs::read(self.env.dir.join("cluster.toml.sig")).unwrap();
         let now = jiff::Timestamp::now();
-        let v = policy::verify_policy("cluster.toml", &bytes, &sig, &self.trust, now).unwrap();
+        let v = policy::verify_policy_reusing(
+            "cluster.toml",
+            &bytes,
+            &sig,
+            &self.trust,
+            now,
+            &mut self.blocks,
+        )
+        .unwrap();
         let verified = t.elapsed();
         self.store.accept(&v, now).unwrap();
         let stored = t.elapsed();
@@ -155,17 +165,12 @@ fn naive(text: &str, env: &Env, private: &Key, me: &WgPublicKey, iface: &str) ->
     let mut rules = String::from(
         "table inet naive\ndelete table inet naive\ntable inet naive {\n set peers4 { type ipv4_addr; ",
     );
-    let peers: Vec<&String> = d.ruleset.elements["peers4"].iter().collect();
+    let peers: Vec<String> = d.ruleset.elements["peers4"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     if !peers.is_empty() {
-        let _ = write!(
-            rules,
-            "elements = {{ {} }}; ",
-            peers
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let _ = write!(rules, "elements = {{ {} }}; ", peers.join(", "));
     }
     rules.push_str("}\n chain input { type filter hook input priority 10; policy accept;\n  iifname \"naive0\" tcp dport { 723, 4660 } ip saddr @peers4 accept\n  tcp dport { 723, 4660 } drop\n }\n}\n");
     std::fs::write(env.dir.join("naive.conf"), conf).unwrap();
@@ -248,13 +253,13 @@ fn quarantine(r: &mut Runner, n: usize) {
     let node3 = policy::NodeId::new(3).unwrap();
     let mut q = clean.clone();
     q.quarantine(&[node3].into_iter().collect());
-    let addr = "10.0.0.4"; // node 3's tunnel address
+    let addr: std::net::IpAddr = [10, 0, 0, 4].into(); // node 3's tunnel address
     let in_peers = || {
         netguard::nft::read_table()
             .unwrap()
             .expect("table")
             .elements["peers4"]
-            .contains(addr)
+            .contains(&addr)
     };
     let t = Instant::now();
     let changes = reconcile(&mut r.iface, &mut r.sets, &r.private, &q, Some(&clean)).unwrap();
@@ -318,6 +323,7 @@ fn main() {
             store: RollbackStore::open(&store_path, 0).unwrap(),
             converged: None,
             sets: SetEditor::new(),
+            blocks: policy::NodeBlocks::default(),
         };
         // Cold start: no interface, no table.
         r.iface.remove();

@@ -7,7 +7,7 @@
 //! 20-90 µs. The whole table is still installed as one `nft -j` transaction.
 
 use std::ffi::{CStr, CString};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
@@ -36,8 +36,8 @@ pub enum NetlinkError {
     UnexpectedAnswer,
     #[error("no set {0} of addresses in netguard's table")]
     UnknownSet(&'static str),
-    #[error("set {set}: {elem:?} is not an address of the set's family")]
-    NotAnAddress { set: &'static str, elem: String },
+    #[error("set {set}: {elem} is not an address of the set's family")]
+    NotAnAddress { set: &'static str, elem: IpAddr },
 }
 
 /// Applies set-element edits in one kernel transaction. Keeps its socket between calls; after
@@ -122,27 +122,35 @@ fn batch_for(edits: &[ElementEdit]) -> Result<nftnl::FinalizedBatch, NetlinkErro
             EditOp::Delete => MsgType::Del,
         };
         match SETS.iter().find(|(n, _)| *n == edit.set).map(|(_, t)| *t) {
-            Some("ipv4_addr") => add_edit::<Ipv4Addr>(&mut batch, &table, &name, edit, kind)?,
-            Some("ipv6_addr") => add_edit::<Ipv6Addr>(&mut batch, &table, &name, edit, kind)?,
+            Some("ipv4_addr") => add_edit(&mut batch, &table, &name, edit, kind, |a| match a {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })?,
+            Some("ipv6_addr") => add_edit(&mut batch, &table, &name, edit, kind, |a| match a {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            })?,
             _ => return Err(NetlinkError::UnknownSet(edit.set)),
         }
     }
     Ok(batch.finalize())
 }
 
-/// Adds one edit's messages to `batch`, every element parsed as a `K` address.
-fn add_edit<K: SetKey + std::str::FromStr>(
+/// Adds one edit's messages to `batch`; `of_family` takes each element as the set's key, or
+/// refuses it (an address of the other family).
+fn add_edit<K: SetKey>(
     batch: &mut Batch,
     table: &Table,
     name: &CStr,
     edit: &ElementEdit,
     kind: MsgType,
+    of_family: impl Fn(IpAddr) -> Option<K>,
 ) -> Result<(), NetlinkError> {
     let mut set: Set<K> = Set::new_named(name, 0, table, ProtoFamily::Inet);
-    for e in &edit.elems {
-        let addr = e.parse::<K>().map_err(|_| NetlinkError::NotAnAddress {
+    for &e in &edit.elems {
+        let addr = of_family(e).ok_or(NetlinkError::NotAnAddress {
             set: edit.set,
-            elem: e.clone(),
+            elem: e,
         })?;
         set.add(&addr);
     }
@@ -161,10 +169,12 @@ mod tests {
 
     #[test]
     fn an_element_of_the_wrong_family_is_refused_before_anything_is_sent() {
+        let v4: IpAddr = [10, 0, 0, 1].into();
+        let v6: IpAddr = "fd00::1".parse().expect("an address");
         let edits = [ElementEdit {
             set: "peers4",
             op: EditOp::Add,
-            elems: vec!["10.0.0.1".into(), "fd00::1".into()],
+            elems: vec![v4, v6],
         }];
         assert!(matches!(
             batch_for(&edits),
@@ -173,13 +183,16 @@ mod tests {
         let edits = [ElementEdit {
             set: "peers6",
             op: EditOp::Delete,
-            elems: vec!["fd00::1".into(), "garbage".into()],
+            elems: vec![v6, v4],
         }];
-        assert!(batch_for(&edits).is_err());
+        assert!(matches!(
+            batch_for(&edits),
+            Err(NetlinkError::NotAnAddress { set: "peers6", .. })
+        ));
         let edits = [ElementEdit {
             set: "nosuch",
             op: EditOp::Add,
-            elems: vec!["10.0.0.1".into()],
+            elems: vec![v4],
         }];
         assert!(matches!(
             batch_for(&edits),

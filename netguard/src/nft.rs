@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
@@ -51,8 +52,9 @@ pub fn apply(batch: &Value) -> Result<(), NftError> {
 pub struct ActualTable {
     /// Everything but the run-time state, to compare with the desired [`Shape`].
     pub shape: Shape,
-    pub elements: BTreeMap<String, BTreeSet<String>>,
-    /// Set elements that are not plain addresses (intervals, timeouts): never netguard's.
+    pub elements: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Set elements that are not plain addresses (intervals, timeouts, anything that does not
+    /// parse as one): never netguard's.
     pub odd_elements: usize,
     /// Named counter -> (packets, bytes).
     pub counters: BTreeMap<String, (u64, u64)>,
@@ -99,9 +101,9 @@ pub fn parse_table(v: &Value) -> ActualTable {
                 .into_iter()
                 .flatten()
             {
-                match e.as_str() {
+                match e.as_str().and_then(|a| a.parse::<IpAddr>().ok()) {
                     Some(addr) => {
-                        elems.insert(addr.to_string());
+                        elems.insert(addr);
                     }
                     None => t.odd_elements += 1,
                 }

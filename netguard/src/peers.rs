@@ -2,7 +2,7 @@
 //! ones. Peers are added, removed and updated one by one, never all replaced (that would drop
 //! every live session). Pure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -91,40 +91,107 @@ fn sorted(v: &[IfAddr]) -> Vec<IfAddr> {
     v
 }
 
+/// The same addresses, in any order (the same order, the common case, is checked first).
+fn same_addresses(a: &[IfAddr], b: &[IfAddr]) -> bool {
+    a == b || sorted(a) == sorted(b)
+}
+
+/// What the plan needs to know of a peer on the device: read from it, or assumed from the
+/// state the last pass converged to.
+pub trait OnDevice {
+    fn endpoint(&self) -> Option<SocketAddr>;
+    fn allowed_ips(&self) -> &[IfAddr];
+    fn keepalive(&self) -> Option<u16>;
+    /// Time since the last handshake, if there was one and it is known.
+    fn handshake_age(&self) -> Option<Duration>;
+}
+
+impl OnDevice for ActualPeer {
+    fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+    fn allowed_ips(&self) -> &[IfAddr] {
+        &self.allowed_ips
+    }
+    fn keepalive(&self) -> Option<u16> {
+        self.keepalive
+    }
+    fn handshake_age(&self) -> Option<Duration> {
+        self.handshake_age
+    }
+}
+
+/// A peer as the last pass configured it (handshakes unknown).
+impl OnDevice for DesiredPeer {
+    fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+    fn allowed_ips(&self) -> &[IfAddr] {
+        &self.allowed_ips
+    }
+    fn keepalive(&self) -> Option<u16> {
+        self.keepalive
+    }
+    fn handshake_age(&self) -> Option<Duration> {
+        None
+    }
+}
+
 /// Plans the changes from `actual` to `desired`. A roaming peer's endpoint is left alone while
-/// its handshake is recent.
-pub fn plan(
-    actual: &BTreeMap<WgPublicKey, ActualPeer>,
+/// its handshake is recent. One walk over both maps in key order, so a one-node change to a
+/// 10,000-node map costs no lookups.
+pub fn plan<A: OnDevice>(
+    actual: &BTreeMap<WgPublicKey, A>,
     desired: &BTreeMap<WgPublicKey, DesiredPeer>,
 ) -> Vec<PeerOp> {
-    let mut ops = Vec::new();
-    let mut stale: Vec<&WgPublicKey> = actual.keys().filter(|k| !desired.contains_key(k)).collect();
+    let mut stale: Vec<(&WgPublicKey, &A)> = Vec::new();
+    let mut pairs = Vec::with_capacity(desired.len());
+    let mut on_device = actual.iter().peekable();
     for (key, want) in desired {
-        let Some(have) = actual.get(key) else {
-            // A stale peer holding exactly this node's addresses is this node under its old key.
-            let want_ips = sorted(&want.allowed_ips);
-            if let Some(pos) = stale
-                .iter()
-                .position(|k| sorted(&actual[*k].allowed_ips) == want_ips)
-            {
-                let old = *stale.remove(pos);
-                ops.push(PeerOp::Rotate {
-                    old,
+        while let Some(old) = on_device.next_if(|(k, _)| *k < key) {
+            stale.push(old);
+        }
+        let have = on_device.next_if(|(k, _)| *k == key).map(|(_, a)| a);
+        pairs.push((key, want, have));
+    }
+    stale.extend(on_device);
+    // A stale peer holding exactly a new key's addresses is that node under its old key.
+    let mut stale_by_addresses: BTreeMap<Vec<IfAddr>, VecDeque<usize>> = BTreeMap::new();
+    if pairs.iter().any(|(_, _, have)| have.is_none()) {
+        for (i, (_, peer)) in stale.iter().enumerate() {
+            stale_by_addresses
+                .entry(sorted(peer.allowed_ips()))
+                .or_default()
+                .push_back(i);
+        }
+    }
+    let mut rotated = vec![false; stale.len()];
+    let mut ops = Vec::new();
+    for (key, want, have) in pairs {
+        let Some(have) = have else {
+            let old = stale_by_addresses
+                .get_mut(&sorted(&want.allowed_ips))
+                .and_then(VecDeque::pop_front);
+            ops.push(match old {
+                Some(i) => {
+                    rotated[i] = true;
+                    PeerOp::Rotate {
+                        old: *stale[i].0,
+                        key: *key,
+                        peer: want.clone(),
+                    }
+                }
+                None => PeerOp::Add {
                     key: *key,
                     peer: want.clone(),
-                });
-            } else {
-                ops.push(PeerOp::Add {
-                    key: *key,
-                    peer: want.clone(),
-                });
-            }
+                },
+            });
             continue;
         };
-        let roaming = have.handshake_age.is_some_and(|a| a < RECENT_HANDSHAKE);
-        let endpoint = want.endpoint.is_some() && have.endpoint != want.endpoint && !roaming;
-        let allowed_ips = sorted(&have.allowed_ips) != sorted(&want.allowed_ips);
-        let keepalive = have.keepalive != want.keepalive;
+        let roaming = have.handshake_age().is_some_and(|a| a < RECENT_HANDSHAKE);
+        let endpoint = want.endpoint.is_some() && have.endpoint() != want.endpoint && !roaming;
+        let allowed_ips = !same_addresses(have.allowed_ips(), &want.allowed_ips);
+        let keepalive = have.keepalive() != want.keepalive;
         if endpoint || allowed_ips || keepalive {
             ops.push(PeerOp::Update {
                 key: *key,
@@ -135,7 +202,13 @@ pub fn plan(
             });
         }
     }
-    ops.extend(stale.into_iter().map(|k| PeerOp::Remove { key: *k }));
+    ops.extend(
+        stale
+            .iter()
+            .zip(&rotated)
+            .filter(|(_, rotated)| !**rotated)
+            .map(|((key, _), _)| PeerOp::Remove { key: **key }),
+    );
     ops
 }
 
@@ -143,6 +216,99 @@ pub fn plan(
 mod tests {
     use super::*;
     use policy::NodeId;
+    use proptest::prelude::*;
+
+    /// The plan as first written (a lookup per peer, a scan of the stale peers per new key):
+    /// the one-walk plan must agree with it on every input.
+    fn reference_plan(
+        actual: &BTreeMap<WgPublicKey, ActualPeer>,
+        desired: &BTreeMap<WgPublicKey, DesiredPeer>,
+    ) -> Vec<PeerOp> {
+        let mut ops = Vec::new();
+        let mut stale: Vec<&WgPublicKey> =
+            actual.keys().filter(|k| !desired.contains_key(k)).collect();
+        for (key, want) in desired {
+            let Some(have) = actual.get(key) else {
+                let want_ips = sorted(&want.allowed_ips);
+                if let Some(pos) = stale
+                    .iter()
+                    .position(|k| sorted(&actual[*k].allowed_ips) == want_ips)
+                {
+                    let old = *stale.remove(pos);
+                    ops.push(PeerOp::Rotate {
+                        old,
+                        key: *key,
+                        peer: want.clone(),
+                    });
+                } else {
+                    ops.push(PeerOp::Add {
+                        key: *key,
+                        peer: want.clone(),
+                    });
+                }
+                continue;
+            };
+            let roaming = have.handshake_age.is_some_and(|a| a < RECENT_HANDSHAKE);
+            let endpoint = want.endpoint.is_some() && have.endpoint != want.endpoint && !roaming;
+            let allowed_ips = sorted(&have.allowed_ips) != sorted(&want.allowed_ips);
+            let keepalive = have.keepalive != want.keepalive;
+            if endpoint || allowed_ips || keepalive {
+                ops.push(PeerOp::Update {
+                    key: *key,
+                    peer: want.clone(),
+                    endpoint,
+                    allowed_ips,
+                    keepalive,
+                });
+            }
+        }
+        ops.extend(stale.into_iter().map(|k| PeerOp::Remove { key: *k }));
+        ops
+    }
+
+    /// Small ranges, so keys, addresses and endpoints collide often.
+    fn arb_peer() -> impl Strategy<Value = (u8, DesiredPeer, Option<u64>)> {
+        (
+            0u8..10,
+            1u16..6,
+            proptest::collection::vec(1u8..5, 0..3),
+            proptest::option::of(1u16..3),
+            proptest::option::of(0u64..400),
+            proptest::option::of(20u16..22),
+        )
+            .prop_map(|(k, node, ips, port, age, keepalive)| {
+                let peer = DesiredPeer {
+                    node: NodeId::new(node).unwrap(),
+                    name: format!("n{node}"),
+                    endpoint: port.map(|p| SocketAddr::from(([198, 18, 0, 1], p))),
+                    allowed_ips: ips
+                        .into_iter()
+                        .map(|i| IfAddr {
+                            addr: [10, 77, 0, i].into(),
+                            prefix: 32,
+                        })
+                        .collect(),
+                    keepalive,
+                };
+                (k, peer, age)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_one_walk_plan_is_the_reference_plan(
+            on_device in proptest::collection::vec(arb_peer(), 0..8),
+            wanted in proptest::collection::vec(arb_peer(), 0..8),
+        ) {
+            let actual: BTreeMap<_, _> = on_device
+                .iter()
+                .map(|(k, p, age)| (key(*k), have(p, *age)))
+                .collect();
+            let desired: BTreeMap<_, _> =
+                wanted.into_iter().map(|(k, p, _)| (key(k), p)).collect();
+            prop_assert_eq!(plan(&actual, &desired), reference_plan(&actual, &desired));
+        }
+    }
 
     fn key(n: u8) -> WgPublicKey {
         WgPublicKey::from_bytes([n; 32])

@@ -11,7 +11,7 @@ use wireguard_control::{DeviceUpdate, Key};
 use crate::desired::Desired;
 use crate::nfnl::SetEditor;
 use crate::nft::{self, NftError};
-use crate::peers::{ActualPeer, PeerOp, plan};
+use crate::peers::{ActualPeer, OnDevice, PeerOp, plan};
 use crate::routes;
 use crate::ruleset::{ElementEdit, RulesetSpec, element_batch};
 use crate::wg::{self, Ensured, Interface, WgError};
@@ -134,27 +134,22 @@ pub fn reconcile(
         )),
         Ensured::Present => {}
     }
-    let (actual, ops) = match plan_from_last_pass(previous, ensured, desired) {
-        Some((assumed, ops)) => {
-            if let Some(p) = previous
-                && p.listen_port != desired.listen_port
-            {
+    let (ops, gone) = match (plan_from_last_pass(previous, ensured, desired), previous) {
+        (Some(ops), Some(p)) => {
+            if p.listen_port != desired.listen_port {
                 iface.apply(DeviceUpdate::new().set_listen_port(desired.listen_port))?;
                 changes.push(format!("listen port {}", desired.listen_port));
             }
-            (assumed, ops)
+            let gone = removed_addresses(&p.peers, &ops);
+            (ops, gone)
         }
-        None => read_and_plan(iface, private, desired, &mut changes)?,
+        _ => {
+            let (actual, ops) = read_and_plan(iface, private, desired, &mut changes)?;
+            let gone = removed_addresses(&actual, &ops);
+            (ops, gone)
+        }
     };
-    let mut gone = Vec::new();
-    for op in &ops {
-        if let PeerOp::Remove { key } = op
-            && let Some(p) = actual.get(key)
-        {
-            gone.extend(p.allowed_ips.iter().map(|a| a.addr));
-        }
-        changes.push(op.to_string());
-    }
+    changes.extend(ops.iter().map(ToString::to_string));
     if !ops.is_empty() {
         // All peer changes in one device update, in plan order; none replaces the peer list.
         iface.apply(wg::update_for(&ops))?;
@@ -218,22 +213,14 @@ fn read_and_plan(
     Ok((actual, ops))
 }
 
-/// The peers a pass that converged to `converged` left on the device (handshakes unknown).
-fn assumed_peers(converged: &Desired) -> BTreeMap<WgPublicKey, ActualPeer> {
-    converged
-        .peers
-        .iter()
-        .map(|(k, p)| {
-            (
-                *k,
-                ActualPeer {
-                    endpoint: p.endpoint,
-                    allowed_ips: p.allowed_ips.clone(),
-                    keepalive: p.keepalive,
-                    handshake_age: None,
-                },
-            )
+/// The tunnel addresses of the peers `ops` removes from `peers`.
+fn removed_addresses<P: OnDevice>(peers: &BTreeMap<WgPublicKey, P>, ops: &[PeerOp]) -> Vec<IpAddr> {
+    ops.iter()
+        .filter_map(|op| match op {
+            PeerOp::Remove { key } => peers.get(key),
+            _ => None,
         })
+        .flat_map(|p| p.allowed_ips().iter().map(|a| a.addr))
         .collect()
 }
 
@@ -247,15 +234,14 @@ pub fn plan_from_last_pass(
     previous: Option<&Desired>,
     ensured: Ensured,
     desired: &Desired,
-) -> Option<(BTreeMap<WgPublicKey, ActualPeer>, Vec<PeerOp>)> {
+) -> Option<Vec<PeerOp>> {
     let previous = previous.filter(|p| p.interface == desired.interface)?;
     if ensured != Ensured::Present {
         return None;
     }
-    let assumed = assumed_peers(previous);
-    let ops = plan(&assumed, &desired.peers);
+    let ops = plan(&previous.peers, &desired.peers);
     let endpoint_change = ops
         .iter()
         .any(|op| matches!(op, PeerOp::Update { endpoint: true, .. }));
-    (!endpoint_change).then_some((assumed, ops))
+    (!endpoint_change).then_some(ops)
 }

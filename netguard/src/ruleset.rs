@@ -51,8 +51,8 @@ pub struct RulesetSpec {
     pub accept_router_advertisements: bool,
     /// clusterd's port (heartbeats and policy fetch), open to every member through the tunnel.
     pub distribution_port: u16,
-    /// Set name to elements (addresses as text, sorted).
-    pub elements: BTreeMap<&'static str, BTreeSet<String>>,
+    /// Set name to elements.
+    pub elements: BTreeMap<&'static str, BTreeSet<IpAddr>>,
 }
 
 impl RulesetSpec {
@@ -63,30 +63,28 @@ impl RulesetSpec {
         peers: &BTreeMap<WgPublicKey, DesiredPeer>,
         roles: &[policy::Role],
     ) -> Self {
-        let mut elements: BTreeMap<&'static str, BTreeSet<String>> =
-            SETS.iter().map(|(n, _)| (*n, BTreeSet::new())).collect();
+        // Gathered, then sorted once (the sets are built from sorted input in bulk).
+        let (mut tunnel, mut endpoints) = (Vec::new(), Vec::new());
         for p in peers.values() {
-            for a in &p.allowed_ips {
-                let (set, member) = if a.addr.is_ipv4() {
-                    ("peers4", "members4")
-                } else {
-                    ("peers6", "members6")
-                };
-                elements.entry(set).or_default().insert(a.addr.to_string());
-                elements
-                    .entry(member)
-                    .or_default()
-                    .insert(a.addr.to_string());
-            }
-            if let Some(ep) = p.endpoint {
-                let set = if ep.ip().is_ipv4() {
-                    "endpoints4"
-                } else {
-                    "endpoints6"
-                };
-                elements.entry(set).or_default().insert(canonical(ep.ip()));
-            }
+            tunnel.extend(p.allowed_ips.iter().map(|a| a.addr));
+            endpoints.extend(p.endpoint.map(|e| e.ip()));
         }
+        let family = |addrs: &[IpAddr], v4: bool| -> BTreeSet<IpAddr> {
+            addrs
+                .iter()
+                .copied()
+                .filter(|a| a.is_ipv4() == v4)
+                .collect()
+        };
+        let (tunnel4, tunnel6) = (family(&tunnel, true), family(&tunnel, false));
+        let elements = BTreeMap::from([
+            ("peers4", tunnel4.clone()),
+            ("peers6", tunnel6.clone()),
+            ("members4", tunnel4),
+            ("members6", tunnel6),
+            ("endpoints4", family(&endpoints, true)),
+            ("endpoints6", family(&endpoints, false)),
+        ]);
         Self {
             interface: interface.to_string(),
             listen_port: policy.cluster.listen_port,
@@ -115,7 +113,7 @@ impl RulesetSpec {
             for a in &p.allowed_ips {
                 let set = if a.addr.is_ipv4() { "peers4" } else { "peers6" };
                 if let Some(e) = self.elements.get_mut(set) {
-                    e.remove(&a.addr.to_string());
+                    e.remove(&a.addr);
                 }
             }
         }
@@ -341,10 +339,10 @@ impl RulesetSpec {
         ];
         for (name, ty) in SETS {
             cmds.push(json!({"add": {"set": {"family": FAMILY, "table": TABLE, "name": name, "type": ty}}}));
-            let elems: Vec<&String> = self
+            let elems: Vec<String> = self
                 .elements
                 .get(name)
-                .map(|e| e.iter().collect())
+                .map(|e| e.iter().map(ToString::to_string).collect())
                 .unwrap_or_default();
             if !elems.is_empty() {
                 cmds.push(json!({"add": {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elems}}}));
@@ -433,14 +431,14 @@ impl RulesetSpec {
     /// before additions in each set; empty when nothing differs.
     pub fn element_edits<K: Borrow<str> + Ord>(
         &self,
-        actual: &BTreeMap<K, BTreeSet<String>>,
+        actual: &BTreeMap<K, BTreeSet<IpAddr>>,
     ) -> Vec<ElementEdit> {
         let mut edits = Vec::new();
         let empty = BTreeSet::new();
         for (name, want) in &self.elements {
             let have = actual.get(*name).unwrap_or(&empty);
-            let del: Vec<String> = have.difference(want).cloned().collect();
-            let add: Vec<String> = want.difference(have).cloned().collect();
+            let del: Vec<IpAddr> = have.difference(want).copied().collect();
+            let add: Vec<IpAddr> = want.difference(have).copied().collect();
             for (op, elems) in [(EditOp::Delete, del), (EditOp::Add, add)] {
                 if !elems.is_empty() {
                     edits.push(ElementEdit {
@@ -467,8 +465,7 @@ pub enum EditOp {
 pub struct ElementEdit {
     pub set: &'static str,
     pub op: EditOp,
-    /// Addresses as text, as in [`RulesetSpec::elements`].
-    pub elems: Vec<String>,
+    pub elems: Vec<IpAddr>,
 }
 
 /// The edits as one `nft -j` batch (one transaction), or `None` when there are none.
@@ -480,7 +477,8 @@ pub fn element_batch(edits: &[ElementEdit]) -> Option<Value> {
                 EditOp::Add => "add",
                 EditOp::Delete => "delete",
             };
-            json!({verb: {"element": {"family": FAMILY, "table": TABLE, "name": e.set, "elem": e.elems}}})
+            let elems: Vec<String> = e.elems.iter().map(ToString::to_string).collect();
+            json!({verb: {"element": {"family": FAMILY, "table": TABLE, "name": e.set, "elem": elems}}})
         })
         .collect();
     (!cmds.is_empty()).then(|| json!({"nftables": cmds}))
@@ -528,10 +526,6 @@ impl Shape {
             self.objects.insert((kind.clone(), field("name")), text);
         }
     }
-}
-
-fn canonical(ip: IpAddr) -> String {
-    ip.to_string()
 }
 
 pub fn counter_name(service: &str) -> String {
