@@ -213,11 +213,15 @@ impl Drop for Master {
             }
         }
         // wireguard-go killed that way leaves its control socket in the shared
-        // /var/run/wireguard. The name is fixed, so only if no other master lab still runs
-        // one: its socket would refuse connections then.
+        // /var/run/wireguard. The name is fixed, so only once it refuses connections: the
+        // killed process may take a moment to die, and another master lab's would answer.
         let sock = "/var/run/wireguard/tydm0.sock";
-        if std::os::unix::net::UnixStream::connect(sock).is_err() {
-            let _ = std::fs::remove_file(sock);
+        for _ in 0..40 {
+            if std::os::unix::net::UnixStream::connect(sock).is_err() {
+                let _ = std::fs::remove_file(sock);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 }
