@@ -564,3 +564,22 @@ fn a_policy_change_is_planned_from_the_last_pass_unless_the_device_must_be_read(
         "an endpoint change reads the device"
     );
 }
+
+/// A set element netguard never writes (an interval, or anything that is not one address) is
+/// counted as foreign, which makes the next pass rebuild the table; the addresses beside it
+/// are still read as addresses.
+#[test]
+fn a_set_element_that_is_not_one_address_is_foreign() {
+    let listing = serde_json::json!({"nftables": [
+        {"metainfo": {"version": "1.0.6"}},
+        {"set": {"family": "inet", "table": "netguard", "name": "peers4", "type": "ipv4_addr",
+                 "handle": 3,
+                 "elem": ["10.77.0.2", {"prefix": {"addr": "10.77.0.0", "len": 24}}, "10.77.0.300"]}}
+    ]});
+    let table = netguard::nft::parse_table(&listing);
+    assert_eq!(table.odd_elements, 2);
+    assert_eq!(
+        table.elements["peers4"].iter().collect::<Vec<_>>(),
+        [&ip("10.77.0.2")]
+    );
+}
