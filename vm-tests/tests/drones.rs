@@ -247,6 +247,10 @@ fn writing_under_bin_after_the_grace_period_reboots_the_drone_and_it_rejoins() {
         "drone2",
         Duration::from_secs(30),
     );
+    // drone1 serves drone2 only once it has heard that drone2 verified its root; tampering
+    // before that would race that readmission (of the boot being tampered with) against the
+    // check below that drone2 is readmitted only after its next boot's baseline.
+    served_eventually(&mut vms[0], DRONES[1].2, Duration::from_secs(30));
 
     vms[0].mark();
     vms[1].mark();
@@ -302,6 +306,24 @@ fn writing_under_bin_after_the_grace_period_reboots_the_drone_and_it_rejoins() {
         1,
         "the write survived the reboot"
     );
+}
+
+/// Waits until `vm` has `addr` in its service set (`peers4`): that node is not in quarantine
+/// there.
+fn served_eventually(vm: &mut Vm, addr: &str, within: Duration) {
+    let until = Instant::now() + within;
+    loop {
+        let set = check(vm.sh_ok("nft list set inet netguard peers4", CMD));
+        if set.contains(addr) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{} does not serve {addr} after {within:?}: {set}",
+            vm.name
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn last_line_with(text: &str, what: &str) -> String {
