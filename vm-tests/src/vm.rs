@@ -392,6 +392,23 @@ impl Vm {
 }
 
 /// Whether a fetch got `want` as a line (a stray kernel message may share the console).
+/// Asks `probe` every `every` until it is done (`Ok`), for at most `within`; then gives back
+/// what it last saw instead (`Err`), for the caller's message.
+pub fn eventually<T, Seen>(
+    within: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<T, Seen>,
+) -> Result<T, Seen> {
+    let until = Instant::now() + within;
+    loop {
+        match probe() {
+            Ok(done) => return Ok(done),
+            Err(seen) if Instant::now() >= until => return Err(seen),
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
+
 pub fn answered(got: &Option<String>, want: &str) -> bool {
     got.as_ref()
         .is_some_and(|o| o.lines().any(|l| l.trim() == want))

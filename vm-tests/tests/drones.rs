@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use vm_tests::cluster::{BOOT, CMD, Cluster, DRONES, Image, ROGUE_IP, build_image};
 use vm_tests::lab::Lab;
 use vm_tests::master::{MASTER_LAN, MASTER_TUNNEL};
-use vm_tests::vm::{Vm, answered};
+use vm_tests::vm::{Vm, answered, eventually};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -51,18 +51,19 @@ fn fetch(vm: &mut Vm, addr: &str, port: u16) -> Option<String> {
 
 /// Waits until `vm` reads `want` from `addr:port` (tunnels need a handshake first).
 fn fetch_eventually(vm: &mut Vm, addr: &str, port: u16, want: &str, within: Duration) {
-    let until = Instant::now() + within;
-    loop {
+    let result = eventually(within, Duration::from_millis(500), || {
         let got = fetch(vm, addr, port);
         if answered(&got, want) {
-            return;
+            Ok(())
+        } else {
+            Err(got)
         }
-        assert!(
-            Instant::now() < until,
+    });
+    if let Err(got) = result {
+        panic!(
             "{}: {addr}:{port} answered {got:?}, not {want:?}, for {within:?}",
             vm.name
         );
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -311,18 +312,12 @@ fn writing_under_bin_after_the_grace_period_reboots_the_drone_and_it_rejoins() {
 /// Waits until `vm` has `addr` in its service set (`peers4`): that node is not in quarantine
 /// there.
 fn served_eventually(vm: &mut Vm, addr: &str, within: Duration) {
-    let until = Instant::now() + within;
-    loop {
+    let result = eventually(within, Duration::from_millis(200), || {
         let set = check(vm.sh_ok("nft list set inet netguard peers4", CMD));
-        if set.contains(addr) {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "{} does not serve {addr} after {within:?}: {set}",
-            vm.name
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        if set.contains(addr) { Ok(()) } else { Err(set) }
+    });
+    if let Err(set) = result {
+        panic!("{} does not serve {addr} after {within:?}: {set}", vm.name);
     }
 }
 
@@ -363,17 +358,12 @@ fn quarantined_before_ready(
             // Enforced: the node's tunnel address leaves the peer's service set. clusterd
             // logs the decision, then netguard edits the set (about 0.3 s later under TCG).
             let addr = DRONES.iter().find(|d| d.0 == name).map_or("?", |d| d.2);
-            let enforced_by = Instant::now() + Duration::from_secs(3);
-            loop {
+            let enforced = eventually(Duration::from_secs(3), Duration::from_millis(200), || {
                 let set = check(vms[peer].sh_ok("nft list set inet netguard peers4", CMD));
-                if !set.contains(addr) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < enforced_by,
-                    "quarantined but still served 3 s later: {set}"
-                );
-                std::thread::sleep(Duration::from_millis(200));
+                if set.contains(addr) { Err(set) } else { Ok(()) }
+            });
+            if let Err(set) = enforced {
+                panic!("quarantined but still served 3 s later: {set}");
             }
         }
         readmitted_early |= about("readmitted: services restored") && !verified_again;

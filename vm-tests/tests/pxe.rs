@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vm_tests::cluster::{BOOT, CMD, CONSOLE_ARGS, Cluster, build_image_with};
 use vm_tests::lab::Lab;
 use vm_tests::master::MASTER_LAN;
-use vm_tests::vm::{Boot, NicModel, Spec, Vm, answered};
+use vm_tests::vm::{Boot, NicModel, Spec, Vm, answered, eventually};
 
 fn check<T>(r: Result<T, String>) -> T {
     match r {
@@ -86,18 +86,19 @@ fn wait_log_line(vm: &Vm, parts: &[&str], within: Duration) {
 }
 
 fn fetch_eventually(vm: &mut Vm, addr: &str, want: &str, within: Duration) {
-    let until = Instant::now() + within;
-    loop {
+    let result = eventually(within, Duration::from_millis(500), || {
         let got = check(vm.fetch(addr, 4660));
         if answered(&got, want) {
-            return;
+            Ok(())
+        } else {
+            Err(got)
         }
-        assert!(
-            Instant::now() < until,
+    });
+    if let Err(got) = result {
+        panic!(
             "{}: {addr}:4660 answered {got:?}, not {want:?}, for {within:?}",
             vm.name
         );
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
