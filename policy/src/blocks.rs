@@ -32,8 +32,8 @@ const HEADER: &str = "[[node]]";
 #[derive(Debug, Default)]
 pub struct NodeBlocks {
     kept: ParsedBlocks,
-    /// Sample of a block's text -> the kept blocks with that sample.
-    by_sample: HashMap<u64, Vec<usize>>,
+    /// Hash of a block's text -> the kept blocks with that hash.
+    by_hash: HashMap<u64, Vec<usize>>,
 }
 
 /// The blocks of a split parse, waiting for validation: they replace the kept ones only if
@@ -47,7 +47,7 @@ pub struct ParsedBlocks {
 
 #[derive(Debug)]
 struct Block {
-    sample: u64,
+    hash: u64,
     start: usize,
     end: usize,
     nodes: Arc<[Node]>,
@@ -66,9 +66,6 @@ struct NodeKey {
     node: Option<serde::de::IgnoredAny>,
 }
 
-/// How many bytes at each end of a block go into its sample.
-const SAMPLE_BYTES: usize = 48;
-
 impl NodeBlocks {
     /// Parses `text` piece by piece, or `None` when it cannot be split soundly or a piece
     /// does not parse (the caller then parses the whole text).
@@ -84,14 +81,14 @@ impl NodeBlocks {
         let ends = cuts.iter().skip(1).copied().chain([text.len()]);
         for (start, end) in cuts.iter().copied().zip(ends) {
             let piece = &text[start..end];
-            let sample = self.sample(piece);
-            let nodes = match self.find(sample, piece) {
+            let hash = self.by_hash.hasher().hash_one(piece);
+            let nodes = match self.find(hash, piece) {
                 Some(known) => Arc::clone(known),
                 None => Arc::from(toml::from_str::<NodePiece>(piece).ok()?.node),
             };
             policy.nodes.extend(nodes.iter().cloned());
             blocks.push(Block {
-                sample,
+                hash,
                 start,
                 end,
                 nodes,
@@ -106,9 +103,9 @@ impl NodeBlocks {
 
     /// Keeps the blocks of a valid policy, dropping those of the one before.
     pub fn keep(&mut self, parsed: ParsedBlocks) {
-        self.by_sample.clear();
+        self.by_hash.clear();
         for (i, b) in parsed.blocks.iter().enumerate() {
-            self.by_sample.entry(b.sample).or_default().push(i);
+            self.by_hash.entry(b.hash).or_default().push(i);
         }
         self.kept = parsed;
     }
@@ -122,23 +119,17 @@ impl NodeBlocks {
         self.kept.blocks.is_empty()
     }
 
-    fn find(&self, sample: u64, piece: &str) -> Option<&Arc<[Node]>> {
+    /// The kept block with exactly this text. The whole text is hashed, not a sample of it:
+    /// blocks that differ only in their middle would otherwise share a bucket, and a 10,000-node
+    /// policy written that way would be compared block against block.
+    fn find(&self, hash: u64, piece: &str) -> Option<&Arc<[Node]>> {
         let kept = &self.kept;
-        self.by_sample
-            .get(&sample)?
+        self.by_hash
+            .get(&hash)?
             .iter()
             .map(|&i| &kept.blocks[i])
             .find(|b| kept.text.get(b.start..b.end) == Some(piece))
             .map(|b| &b.nodes)
-    }
-
-    /// A hash of a block's length and its two ends: enough to tell blocks apart, cheaper
-    /// than hashing all of it. Blocks are always compared in full before one is reused.
-    fn sample(&self, piece: &str) -> u64 {
-        let bytes = piece.as_bytes();
-        let head = &bytes[..bytes.len().min(SAMPLE_BYTES)];
-        let tail = &bytes[bytes.len().saturating_sub(SAMPLE_BYTES)..];
-        self.by_sample.hasher().hash_one((bytes.len(), head, tail))
     }
 }
 
@@ -192,6 +183,26 @@ mod tests {
         assert_eq!(Some(&policy), whole(&b).as_ref());
         blocks.keep(parsed);
         assert_eq!(blocks.len(), 2, "node 1's block is gone");
+    }
+
+    #[test]
+    fn blocks_alike_at_both_ends_are_told_apart() {
+        // Same length, same first and last lines; only the middle differs.
+        let block = |i: u16, key: u8| {
+            let key = crate::WgPublicKey::from_bytes([key; 32]);
+            format!(
+                "[[node]]\nroles = [\"drone\"]\nid = {i}\nname = \"n{i}\"\npublic_key = \"{key}\"\naddresses = [\"10.77.0.{i}\"]\n# end\n"
+            )
+        };
+        let mut blocks = NodeBlocks::default();
+        let a = format!("{PREAMBLE}{}{}", block(1, 1), block(2, 2));
+        let (_, parsed) = blocks.parse(&a).expect("splits");
+        blocks.keep(parsed);
+        let b = format!("{PREAMBLE}{}{}", block(2, 2), block(3, 1));
+        let (policy, _) = blocks.parse(&b).expect("splits");
+        assert_eq!(Some(&policy), whole(&b).as_ref());
+        let ids: Vec<u16> = policy.nodes.iter().map(|n| n.id.get()).collect();
+        assert_eq!(ids, [2, 3]);
     }
 
     #[test]
