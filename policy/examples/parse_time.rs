@@ -86,11 +86,6 @@ fn main() {
         })
         .min()
         .unwrap_or(Duration::ZERO);
-    if std::env::var_os("PARSE_TIME_SPLIT_ONLY").is_some() {
-        for _ in 0..200 {
-            split(&kept);
-        }
-    }
     println!(
         "{n} nodes, {} KiB: verify_policy {:.2} ms (parse_policy {:.2} ms, of which toml into the model {:.2} ms)",
         text.len() / 1024,

@@ -52,13 +52,14 @@ pub fn verify_policy_input(data: &[u8]) {
     }
     let _ = MosixMap::parse("fuzz.map", &String::from_utf8_lossy(rest));
     if let Ok(text) = std::str::from_utf8(rest) {
-        split_parse_is_whole_parse(text);
+        split_parse_is_whole_parse(&mut NodeBlocks::default(), text);
     }
 }
 
-/// Whenever [`NodeBlocks`] splits a text, the result is what parsing it whole gives.
-fn split_parse_is_whole_parse(text: &str) {
-    let mut blocks = NodeBlocks::default();
+/// Whenever `blocks` splits `text`, with what it keeps and then with `text`'s own blocks
+/// kept, the result is what parsing it whole gives. Also run by the property test in
+/// `blocks`.
+pub fn split_parse_is_whole_parse(blocks: &mut NodeBlocks, text: &str) {
     for _ in 0..2 {
         if let Some((policy, parsed)) = blocks.parse(text) {
             let whole: Option<Policy> = toml::from_str(text).ok();
