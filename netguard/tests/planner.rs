@@ -574,10 +574,12 @@ fn a_set_element_that_is_not_one_address_is_foreign() {
         {"metainfo": {"version": "1.0.6"}},
         {"set": {"family": "inet", "table": "netguard", "name": "peers4", "type": "ipv4_addr",
                  "handle": 3,
-                 "elem": ["10.77.0.2", {"prefix": {"addr": "10.77.0.0", "len": 24}}, "10.77.0.300"]}}
+                 "elem": ["10.77.0.2", {"prefix": {"addr": "10.77.0.0", "len": 24}}, "10.77.0.300",
+                          // As nft 1.0.6 lists `nft add element ... { 10.77.0.9 timeout 1h }`.
+                          {"elem": {"val": "10.77.0.9", "timeout": 3600, "expires": 3599}}]}}
     ]});
     let table = netguard::nft::parse_table(&listing);
-    assert_eq!(table.odd_elements, 2);
+    assert_eq!(table.odd_elements, 3);
     assert_eq!(
         table.elements["peers4"].iter().collect::<Vec<_>>(),
         [&ip("10.77.0.2")]
