@@ -185,6 +185,29 @@ mod tests {
         assert_eq!(blocks.len(), 2, "node 1's block is gone");
     }
 
+    /// A typo in one node block, with the other blocks kept: the daemon's refusal names the
+    /// same line, column and field as `tyd policy check` (the whole parse), and the kept
+    /// blocks stay those of the policy in force.
+    #[test]
+    fn a_typo_in_a_block_is_placed_as_the_whole_parse_places_it() {
+        let now = "2026-01-01T00:00:00Z".parse().expect("an instant");
+        let good = format!("{PREAMBLE}{}{}", node(1), node(2));
+        let mut blocks = NodeBlocks::default();
+        crate::parse_policy_reusing("p", good.as_bytes(), now, &mut blocks).expect("valid");
+        let typo = good.replacen(
+            "addresses = [\"10.77.0.2\"]",
+            "adresses = [\"10.77.0.2\"]",
+            1,
+        );
+        let daemon = crate::parse_policy_reusing("p", typo.as_bytes(), now, &mut blocks);
+        let tyd = crate::parse_policy("p", typo.as_bytes(), now);
+        assert!(daemon.is_err(), "typo accepted");
+        assert_eq!(daemon, tyd);
+        assert_eq!(blocks.len(), 2);
+        let again = blocks.parse(&good).expect("splits");
+        assert_eq!(again.0.nodes.len(), 2);
+    }
+
     #[test]
     fn blocks_alike_at_both_ends_are_told_apart() {
         // Same length, same first and last lines; only the middle differs.
