@@ -52,10 +52,12 @@ fn main() {
     let toml_only = best(&|| {
         let _: policy::Policy = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
     });
-    // A daemon's case: the last policy's blocks kept, one node's address changed (the last
-    // node's, so the text before it is the same).
+    // A daemon's case: the last policy's blocks kept, the serial raised and one node's
+    // address changed (the last node's).
     let last = format!("\"10.64.{}.{}\"]", n / 250, n % 250 + 1);
-    let changed = text.replacen(&last, "\"10.64.255.254\"]", 1);
+    let changed =
+        text.replacen(&last, "\"10.64.255.254\"]", 1)
+            .replacen("serial = 1\n", "serial = 2\n", 1);
     assert_ne!(changed, text, "the last node's address is in the text");
     let split = |kept: &policy::NodeBlocks| {
         let (p, _) = kept.parse(&changed).unwrap_or_else(|| panic!("no split"));

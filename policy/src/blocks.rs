@@ -18,12 +18,12 @@
 //! and the fuzz target check the equality on hostile inputs.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::model::{Node, Policy};
+use crate::validate::NodeCheckContext;
 
 /// What starts each node block.
 const HEADER: &str = "[[node]]";
@@ -32,8 +32,6 @@ const HEADER: &str = "[[node]]";
 #[derive(Debug, Default)]
 pub struct NodeBlocks {
     kept: ParsedBlocks,
-    /// Hash of a block's text -> the kept blocks with that hash.
-    by_hash: HashMap<u64, Vec<usize>>,
 }
 
 /// The blocks of a split parse, waiting for validation: they replace the kept ones only if
@@ -43,14 +41,38 @@ pub struct ParsedBlocks {
     /// The policy's text, so a block's text can be compared byte for byte.
     text: String,
     blocks: Vec<Block>,
+    /// What the checks of one node read of the rest of the policy.
+    context: NodeCheckContext,
+    /// For each node, in order: whether it comes from a kept block of a valid policy with the
+    /// same [`NodeCheckContext`] (each kept block used once). `None` when that cannot be said.
+    known: Option<Vec<bool>>,
+    /// Set once the policy passed validation; only then do its blocks vouch for their nodes.
+    valid: bool,
 }
 
 #[derive(Debug)]
 struct Block {
-    hash: u64,
     start: usize,
     end: usize,
     nodes: Arc<[Node]>,
+}
+
+impl ParsedBlocks {
+    /// Which nodes are unchanged from the last valid policy, with the same context: those
+    /// passed every check that looks at one node, and were unique among themselves.
+    pub fn known_nodes(&self) -> Option<&[bool]> {
+        self.known.as_deref()
+    }
+
+    /// Records that the policy these blocks make passed validation.
+    pub(crate) fn mark_valid(&mut self) {
+        self.valid = true;
+    }
+
+    fn block_text(&self, i: usize) -> Option<&str> {
+        let b = self.blocks.get(i)?;
+        self.text.get(b.start..b.end)
+    }
 }
 
 /// One `[[node]]` piece on its own: `node` elements, nothing else.
@@ -77,36 +99,46 @@ impl NodeBlocks {
             return None;
         }
         let mut policy: Policy = toml::from_str(preamble).ok()?;
+        let kept = &self.kept;
+        // Kept nodes vouch for themselves only from a valid policy, and only if what their
+        // checks read is the same (the serial and expiry change with every policy).
+        let context = NodeCheckContext::of(&policy);
+        let vouched = kept.valid && kept.context == context;
+        let mut known = Vec::with_capacity(cuts.len());
+        let mut used = vec![false; kept.blocks.len()];
+        let mut finder = Finder::new(kept);
         let mut blocks = Vec::with_capacity(cuts.len());
         let ends = cuts.iter().skip(1).copied().chain([text.len()]);
         for (start, end) in cuts.iter().copied().zip(ends) {
             let piece = &text[start..end];
-            let hash = self.by_hash.hasher().hash_one(piece);
-            let nodes = match self.find(hash, piece) {
-                Some(known) => Arc::clone(known),
-                None => Arc::from(toml::from_str::<NodePiece>(piece).ok()?.node),
+            let (nodes, from_kept) = match finder.find(piece) {
+                Some(k) => {
+                    // A kept block used twice vouches only once: the second is checked.
+                    let first_use = !std::mem::replace(&mut used[k], true);
+                    (Arc::clone(&kept.blocks[k].nodes), first_use)
+                }
+                None => (
+                    Arc::from(toml::from_str::<NodePiece>(piece).ok()?.node),
+                    false,
+                ),
             };
+            known.extend(std::iter::repeat_n(vouched && from_kept, nodes.len()));
             policy.nodes.extend(nodes.iter().cloned());
-            blocks.push(Block {
-                hash,
-                start,
-                end,
-                nodes,
-            });
+            blocks.push(Block { start, end, nodes });
         }
         let parsed = ParsedBlocks {
             text: text.to_string(),
             blocks,
+            context,
+            known: vouched.then_some(known),
+            valid: false,
         };
         Some((policy, parsed))
     }
 
-    /// Keeps the blocks of a valid policy, dropping those of the one before.
+    /// Keeps the blocks of a policy, dropping those of the one before. Only blocks marked
+    /// valid (by [`crate::parse_policy_reusing`]) vouch for their nodes in the next parse.
     pub fn keep(&mut self, parsed: ParsedBlocks) {
-        self.by_hash.clear();
-        for (i, b) in parsed.blocks.iter().enumerate() {
-            self.by_hash.entry(b.hash).or_default().push(i);
-        }
         self.kept = parsed;
     }
 
@@ -118,18 +150,59 @@ impl NodeBlocks {
     pub fn is_empty(&self) -> bool {
         self.kept.blocks.is_empty()
     }
+}
 
-    /// The kept block with exactly this text. The whole text is hashed, not a sample of it:
-    /// blocks that differ only in their middle would otherwise share a bucket, and a 10,000-node
-    /// policy written that way would be compared block against block.
-    fn find(&self, hash: u64, piece: &str) -> Option<&Arc<[Node]>> {
-        let kept = &self.kept;
-        self.by_hash
-            .get(&hash)?
-            .iter()
-            .map(|&i| &kept.blocks[i])
-            .find(|b| kept.text.get(b.start..b.end) == Some(piece))
-            .map(|b| &b.nodes)
+/// How many kept blocks after the last one found are tried before looking further.
+const LOOKAHEAD: usize = 4;
+
+/// Finds the kept block with exactly a piece's text, for the pieces of a new policy in order.
+///
+/// A new policy is mostly the last one with a few blocks changed, added or removed, so the
+/// kept blocks just after the last one found are tried first: compared in order, in memory
+/// order, with no hashing. Only after two pieces in a row are not found that way (blocks
+/// reordered, or a long run removed) is an index of every kept block by its whole text built,
+/// once per parse. The whole text is hashed, not a sample: blocks alike at both ends would
+/// otherwise share a bucket. A piece not found is parsed, which is always correct.
+struct Finder<'a> {
+    kept: &'a ParsedBlocks,
+    next: usize,
+    misses: usize,
+    index: Option<HashMap<&'a str, usize>>,
+}
+
+impl<'a> Finder<'a> {
+    fn new(kept: &'a ParsedBlocks) -> Self {
+        Self {
+            kept,
+            next: 0,
+            misses: 0,
+            index: None,
+        }
+    }
+
+    /// The index of the kept block whose text is `piece`.
+    fn find(&mut self, piece: &str) -> Option<usize> {
+        let kept = self.kept;
+        let ahead = self.next..kept.blocks.len().min(self.next + LOOKAHEAD);
+        let mut found = ahead
+            .into_iter()
+            .find(|&k| kept.block_text(k) == Some(piece));
+        if found.is_none() {
+            self.misses += 1;
+            if self.misses >= 2 || self.index.is_some() {
+                let index = self.index.get_or_insert_with(|| {
+                    (0..kept.blocks.len())
+                        .filter_map(|k| Some((kept.block_text(k)?, k)))
+                        .collect()
+                });
+                found = index.get(piece).copied();
+            }
+        }
+        if let Some(k) = found {
+            self.next = k + 1;
+            self.misses = 0;
+        }
+        found
     }
 }
 
@@ -206,6 +279,60 @@ mod tests {
         assert_eq!(blocks.len(), 2);
         let again = blocks.parse(&good).expect("splits");
         assert_eq!(again.0.nodes.len(), 2);
+    }
+
+    /// Kept blocks vouch for their nodes only once each, and only under the tunnel networks
+    /// they were checked with: a block repeated, or a tunnel network narrowed, is refused. A
+    /// new serial alone does not stop them vouching.
+    #[test]
+    fn kept_nodes_are_checked_again_when_repeated_or_under_a_new_preamble() {
+        let now = "2026-01-01T00:00:00Z".parse().expect("an instant");
+        let good = format!("{PREAMBLE}{}{}", node(1), node(2));
+        let mut blocks = NodeBlocks::default();
+        crate::parse_policy_reusing("p", good.as_bytes(), now, &mut blocks).expect("valid");
+        // Two pieces not found in a row, so the repeated block is found again (by the index).
+        let repeated = format!("{PREAMBLE}{}{}{}{}", node(1), node(2), node(3), node(2));
+        let narrowed = good.replace("10.77.0.0/24", "10.77.0.0/31");
+        for bad in [repeated, narrowed] {
+            let daemon = crate::parse_policy_reusing("p", bad.as_bytes(), now, &mut blocks);
+            assert!(daemon.is_err(), "accepted: {bad}");
+            assert_eq!(daemon, crate::parse_policy("p", bad.as_bytes(), now));
+        }
+        let next = good.replace("serial = 1", "serial = 2");
+        let (_, parsed) = blocks.parse(&next).expect("splits");
+        assert_eq!(parsed.known_nodes(), Some(&[true, true][..]));
+    }
+
+    /// A node added, one removed, one changed, blocks swapped: each found where it went.
+    #[test]
+    fn kept_blocks_are_found_after_any_edit() {
+        let mut blocks = NodeBlocks::default();
+        let now = "2026-01-01T00:00:00Z".parse().expect("an instant");
+        let text = |ids: &[u16]| {
+            let nodes: String = ids.iter().map(|&i| node(i)).collect();
+            format!("{PREAMBLE}{nodes}")
+        };
+        let first = text(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        crate::parse_policy_reusing("p", first.as_bytes(), now, &mut blocks).expect("valid");
+        // Which nodes are parsed again: the new ones, and after a reordering the first piece
+        // (one miss in a row is taken for a changed block, so no index is built for it).
+        for (ids, parsed_again) in [
+            (vec![1, 2, 3, 11, 4, 5, 6, 7, 8, 9, 10], vec![3]),
+            (vec![1, 2, 4, 5, 6, 7, 8, 9, 10], vec![]),
+            (vec![10, 9, 8, 7, 6, 5, 4, 3, 2, 1], vec![0]),
+            (
+                vec![1, 12, 13, 14, 15, 16, 17, 18, 9, 10],
+                vec![1, 2, 3, 4, 5, 6, 7],
+            ),
+        ] {
+            let (policy, parsed) = blocks.parse(&text(&ids)).expect("splits");
+            assert_eq!(Some(&policy), whole(&text(&ids)).as_ref());
+            let fresh: Vec<usize> = (parsed.known_nodes().expect("same preamble").iter())
+                .enumerate()
+                .filter_map(|(i, k)| (!k).then_some(i))
+                .collect();
+            assert_eq!(fresh, parsed_again, "nodes {ids:?}");
+        }
     }
 
     #[test]

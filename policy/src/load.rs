@@ -103,9 +103,10 @@ pub fn in_force_path(state: &Path) -> std::path::PathBuf {
     state.with_file_name("in-force.toml")
 }
 
-/// Saves `files` as the copy in force (policy and signature, each written atomically).
-pub fn save_in_force(state: &Path, files: &SignedFiles) -> Result<(), FileError> {
+/// Saves a signed policy's bytes as the copy in force (the signature, then the policy, each
+/// written atomically).
+pub fn save_in_force(state: &Path, policy: &[u8], signature: &[u8]) -> Result<(), FileError> {
     let path = in_force_path(state);
-    fsutil::atomic_write(&signature_path(&path), &files.signature, 0o644)?;
-    fsutil::atomic_write(&path, &files.policy, 0o644)
+    fsutil::atomic_write(&signature_path(&path), signature, 0o644)?;
+    fsutil::atomic_write(&path, policy, 0o644)
 }

@@ -4,10 +4,10 @@ use std::fmt;
 
 use jiff::Timestamp;
 
-use crate::blocks::NodeBlocks;
+use crate::blocks::{NodeBlocks, ParsedBlocks};
 use crate::model::Policy;
 use crate::source::{FieldPath, SourceMap, line_col};
-use crate::validate::validate;
+use crate::validate::{valid_with_known, validate};
 
 /// One problem, placed in the file: the one line an operator reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,9 +122,16 @@ fn parse_with(
         Some((policy, parsed)) => (policy, Some(parsed)),
         None => (whole(file, text)?, None),
     };
-    let findings = validate(&policy, now);
+    // Nodes unchanged from the last valid policy need not be checked again; a policy that
+    // fails this quicker check is validated whole, which also gives every finding.
+    let known = parsed.as_ref().and_then(ParsedBlocks::known_nodes);
+    let findings = match known {
+        Some(known) if valid_with_known(&policy, now, known) => Vec::new(),
+        _ => validate(&policy, now),
+    };
     if findings.is_empty() {
-        if let (Some(parsed), Some(blocks)) = (parsed, blocks) {
+        if let (Some(mut parsed), Some(blocks)) = (parsed, blocks) {
+            parsed.mark_valid();
             blocks.keep(parsed);
         }
         return Ok(policy);
