@@ -1,10 +1,11 @@
 //! Convergence benchmark (run by scripts/bench-netguard.sh inside a network namespace, as
-//! root). For maps of 10, 100 and 1000 nodes it times, from "new signed policy file in place"
-//! (read, verify, rollback check, plan, apply, read back) to "WireGuard peers and nft sets
-//! converged": cold start, one node added, one removed, one key rotated; and, in the same run,
-//! the naive approach (`wg syncconf` of the whole config plus `nft -f` of the whole ruleset).
-//! A real peer (node 2, in another namespace) keeps a session up throughout; its handshake
-//! time and counters show whether any change disturbed it.
+//! root). For maps of 10 to 10,000 nodes it times the daemon's own code (`daemon::Node`, what
+//! `netguard` runs on each event, minus the inotify wake-up) from "new signed policy file in
+//! place" to "WireGuard peers and nft sets converged": cold start, one node added, one
+//! removed, one key rotated, a quarantine and readmission; and, in the same run, the naive
+//! approach (`wg syncconf` of the whole config plus `nft -f` of the whole ruleset). A real
+//! peer (node 2, in another namespace) keeps a session up throughout; its handshake time and
+//! counters show whether any change disturbed it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt::Write as _;
@@ -12,11 +13,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use netguard::daemon::{Config, Node};
 use netguard::desired::desired;
 use netguard::nfnl::SetEditor;
 use netguard::reconcile::reconcile;
 use netguard::wg::{Interface, Kind};
-use policy::{RollbackStore, TrustedKeys, WgPublicKey};
+use policy::quarantine::{QuarantineList, Quarantined};
+use policy::{TrustedKeys, WgPublicKey};
 use wireguard_control::Key;
 
 struct Env {
@@ -62,75 +65,58 @@ fn policy_text(n: usize, serial: u64, me: &str, env: &Env, rotated: bool, extra:
     t
 }
 
+/// What the benchmark keeps besides the daemon: its own handle on the interface (to read the
+/// peer's session) and a set editor (for the drift check).
 struct Runner {
     env: Env,
     op: ed25519_dalek::SigningKey,
-    trust: TrustedKeys,
     private: Key,
     me: WgPublicKey,
-    store: RollbackStore,
     iface: Interface,
-    converged: Option<netguard::desired::Desired>,
     sets: SetEditor,
-    /// The last policy's `[[node]]` blocks, kept as the daemon keeps them.
-    blocks: policy::NodeBlocks,
 }
 
 impl Runner {
-    /// Writes the signed policy, then reads, verifies, accepts, plans and applies it. Returns
-    /// the whole time and its parts.
-    fn converge(&mut self, text: &str) -> Parts {
-        let p = self.env.dir.join("cluster.toml");
-        std::fs::write(&p, text).unwrap();
+    /// Puts a signed policy in place, as `tyd` does: the policy, then its signature.
+    fn write_policy(&self, text: &str) {
+        std::fs::write(self.env.dir.join("cluster.toml"), text).unwrap();
         std::fs::write(
             self.env.dir.join("cluster.toml.sig"),
             policy::sign(text.as_bytes(), &self.op),
         )
         .unwrap();
-        let t = Instant::now();
-        let bytes = std::fs::read(&p).unwrap();
-        let sig = std::fs::read(self.env.dir.join("cluster.toml.sig")).unwrap();
-        let now = jiff::Timestamp::now();
-        let v = policy::verify_policy_reusing(
-            "cluster.toml",
-            &bytes,
-            &sig,
-            &self.trust,
-            now,
-            &mut self.blocks,
-        )
-        .unwrap();
-        let verified = t.elapsed();
-        self.store.accept(&v, now).unwrap();
-        let stored = t.elapsed();
-        let d = desired(&v, &self.me, Some(&self.env.iface), jiff::Timestamp::now()).unwrap();
-        reconcile(
-            &mut self.iface,
-            &mut self.sets,
-            &self.private,
-            &d,
-            self.converged.as_ref(),
-        )
-        .unwrap();
-        let took = t.elapsed();
-        self.converged = Some(d);
-        Parts {
-            total: took,
-            verify: verified,
-            store: stored - verified,
-            apply: took - stored,
+    }
+
+    /// The daemon's configuration, with its own rollback state for this map size.
+    fn config(&self, n: usize) -> Config {
+        Config {
+            policy: self.env.dir.join("cluster.toml"),
+            trust: self.env.dir.join("trusted.pub"),
+            key: self.env.dir.join("me.key"),
+            state: self.env.dir.join(format!("state-{n}.json")),
+            min_serial: 0,
+            interface: Some(self.env.iface.clone()),
+            backend: Some(Kind::detect(Some("userspace"))),
+            drift: Duration::from_secs(3600),
+            quarantine: self.env.dir.join("quarantine.json"),
+            metrics_file: None,
         }
     }
-}
 
-/// One convergence: the whole, reading and verifying the policy (signature, parse,
-/// validation), recording it in the rollback store (a synced write), and the rest (desired
-/// state, plan, apply).
-struct Parts {
-    total: Duration,
-    verify: Duration,
-    store: Duration,
-    apply: Duration,
+    /// The desired state of the policy in `text`, computed outside any timing.
+    fn desired_of(&self, text: &str) -> netguard::desired::Desired {
+        let sig = policy::sign(text.as_bytes(), &self.op);
+        let trust = TrustedKeys::new(vec![(&self.op).into()]);
+        let v = policy::verify_policy(
+            "p",
+            text.as_bytes(),
+            sig.as_bytes(),
+            &trust,
+            jiff::Timestamp::now(),
+        )
+        .unwrap();
+        desired(&v, &self.me, Some(&self.env.iface), jiff::Timestamp::now()).unwrap()
+    }
 }
 
 /// The naive approach: the whole WireGuard config through `wg syncconf`, the whole ruleset
@@ -211,8 +197,14 @@ fn ms(d: Duration) -> f64 {
 /// desired shape, device read, link and foreign routes checked). In the same run, the table
 /// read-back alone (what the old comment-tag check cost) and read-back plus the content
 /// comparison, so the comparison's own cost shows.
-fn drift_check(r: &mut Runner, n: usize) {
-    let d = r.converged.clone().expect("converged");
+fn drift_check(r: &mut Runner, n: usize, text: &str) {
+    let d = r.desired_of(text);
+    // The benchmark's own handle first adopts the interface the daemon made.
+    let first = reconcile(&mut r.iface, &mut r.sets, &r.private, &d, None).unwrap();
+    assert!(
+        first.iter().all(|c| c.contains("adopted")),
+        "the daemon's state was repaired: {first:?}"
+    );
     let mut full = Vec::new();
     let mut read = Vec::new();
     let mut compare = Vec::new();
@@ -246,13 +238,23 @@ fn drift_check(r: &mut Runner, n: usize) {
     );
 }
 
-/// A quarantine and the readmission (clusterd's list changes, the policy does not): set edits
-/// only. Checked in the kernel afterwards, outside the timing.
-fn quarantine(r: &mut Runner, n: usize) {
-    let clean = r.converged.clone().expect("converged");
-    let node3 = policy::NodeId::new(3).unwrap();
-    let mut q = clean.clone();
-    q.quarantine(&[node3].into_iter().collect());
+/// A quarantine and the readmission: clusterd rewrites its list, the policy stays. Through
+/// the daemon's own handling (list read, desired state, set edits), checked in the kernel
+/// afterwards, outside the timing.
+fn quarantine(node: &mut Node, cfg: &Config, n: usize) {
+    let listed = |ids: &[u16]| QuarantineList {
+        nodes: ids
+            .iter()
+            .map(|&id| Quarantined {
+                id: policy::NodeId::new(id).unwrap(),
+                name: format!("n{id}"),
+                reason: "benchmark".into(),
+                since: jiff::Timestamp::now().to_string(),
+                boot_id: None,
+                until_reboot: false,
+            })
+            .collect(),
+    };
     let addr: std::net::IpAddr = [10, 0, 0, 4].into(); // node 3's tunnel address
     let in_peers = || {
         netguard::nft::read_table()
@@ -261,19 +263,18 @@ fn quarantine(r: &mut Runner, n: usize) {
             .elements["peers4"]
             .contains(&addr)
     };
-    let t = Instant::now();
-    let changes = reconcile(&mut r.iface, &mut r.sets, &r.private, &q, Some(&clean)).unwrap();
-    let out = t.elapsed();
-    assert!(
-        !changes.is_empty() && !in_peers(),
-        "quarantine not in force: {changes:?}"
-    );
-    let t = Instant::now();
-    reconcile(&mut r.iface, &mut r.sets, &r.private, &clean, Some(&q)).unwrap();
-    let back = t.elapsed();
+    let mut timed = |ids: &[u16]| {
+        listed(ids).write(&cfg.quarantine).unwrap();
+        let t = Instant::now();
+        assert!(node.quarantine_changed(), "quarantine list change not seen");
+        t.elapsed()
+    };
+    let out = timed(&[3]);
+    assert!(!in_peers(), "quarantine not in force");
+    let back = timed(&[]);
     assert!(in_peers(), "readmission not in force");
     println!(
-        "{n:>6} {:<14} {:>12.2}  (readmission {:.2} ms; set edits only, checked in the kernel after)",
+        "{n:>6} {:<14} {:>12.2}  (readmission {:.2} ms; the list read, the desired state, set edits; checked in the kernel after)",
         "quarantine one",
         ms(out),
         ms(back)
@@ -288,11 +289,22 @@ fn main() {
         peer_lan: args.next().expect("peer LAN address"),
         dir: std::path::PathBuf::from(args.next().expect("work dir")),
     };
-    let private_text = std::fs::read_to_string(Path::new(&env.dir).join("me.key")).unwrap();
+    let key_path = Path::new(&env.dir).join("me.key");
+    let private_text = std::fs::read_to_string(&key_path).unwrap();
     let private = Key::from_base64(private_text.trim()).unwrap();
+    // A node's secret key file must not be readable by others.
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let me = WgPublicKey::from_bytes(private.get_public().0);
     let op = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-    let trust = TrustedKeys::new(vec![(&op).into()]);
+    std::fs::write(
+        env.dir.join("trusted.pub"),
+        format!("{}\n", policy::OperatorPublicKey::from(&op)),
+    )
+    .unwrap();
     // The naive approach's own interface, so both run side by side.
     assert!(
         Command::new("sh")
@@ -303,11 +315,10 @@ fn main() {
     );
     println!(
         "{:>6} {:<14} {:>12} {:>10} {:>12} {:>8}  unchanged peer's session",
-        "nodes", "change", "netguard ms", "verify ms", "naive ms", "speedup"
+        "nodes", "change", "netguard ms", "load ms", "naive ms", "speedup"
     );
     let mut serial = 1;
     for n in [10usize, 100, 1000, 10_000] {
-        let store_path = env.dir.join(format!("state-{n}.json"));
         let mut r = Runner {
             iface: Interface::new(&env.iface, Kind::detect(Some("userspace"))).unwrap(),
             env: Env {
@@ -317,13 +328,9 @@ fn main() {
                 dir: env.dir.clone(),
             },
             op: op.clone(),
-            trust: trust.clone(),
             private: private.clone(),
             me,
-            store: RollbackStore::open(&store_path, 0).unwrap(),
-            converged: None,
             sets: SetEditor::new(),
-            blocks: policy::NodeBlocks::default(),
         };
         // Cold start: no interface, no table.
         r.iface.remove();
@@ -351,7 +358,11 @@ fn main() {
         r.iface.remove();
         serial += 1;
         let base = policy_text(n, serial, &me.to_base64(), &r.env, false, false);
-        let cold = r.converge(&base).total;
+        r.write_policy(&base);
+        let cfg = r.config(n);
+        let t = Instant::now();
+        let mut node = Node::start(cfg.clone()).unwrap();
+        let cold = t.elapsed();
         let cold_naive = naive(&base, &r.env, &private, &me, "naive0");
         println!(
             "{n:>6} {:<14} {:>12.1} {:>10} {:>12.1} {:>7.1}x  (interface created; creating it alone takes {:.1} ms: wireguard-go's start)",
@@ -368,15 +379,17 @@ fn main() {
         while session(&r.iface, &peer).0.is_none() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(100));
         }
+        let mut text = base;
         for (change, rotated, extra) in [
             ("add one", false, true),
             ("remove one", false, false),
             ("rotate a key", true, false),
         ] {
             serial += 1;
-            let text = policy_text(n, serial, &me.to_base64(), &r.env, rotated, extra);
+            text = policy_text(n, serial, &me.to_base64(), &r.env, rotated, extra);
             let before = session(&r.iface, &peer);
-            let parts = r.converge(&text);
+            r.write_policy(&text);
+            let times = node.policy_changed().expect("policy accepted");
             std::thread::sleep(Duration::from_millis(300));
             let after = session(&r.iface, &peer);
             let naive_t = naive(&text, &r.env, &private, &me, "naive0");
@@ -388,18 +401,19 @@ fn main() {
                 _ => "DISTURBED (new handshake or counters reset)",
             };
             println!(
-                "{n:>6} {change:<14} {:>12.1} {:>10.1} {:>12.1} {:>7.1}x  {verdict}; verify {:.1} + store {:.1} + apply {:.1} ms",
-                ms(parts.total),
-                ms(parts.verify + parts.store),
+                "{n:>6} {change:<14} {:>12.1} {:>10.1} {:>12.1} {:>7.1}x  {verdict}; load {:.1} + adopt {:.1} + pass {:.1} ms, then {:.1} ms after",
+                ms(times.converged()),
+                ms(times.load),
                 ms(naive_t),
-                ms(naive_t) / ms(parts.total),
-                ms(parts.verify),
-                ms(parts.store),
-                ms(parts.apply),
+                ms(naive_t) / ms(times.converged()),
+                ms(times.load),
+                ms(times.adopt),
+                ms(times.pass),
+                ms(times.after),
             );
         }
-        quarantine(&mut r, n);
-        drift_check(&mut r, n);
+        quarantine(&mut node, &cfg, n);
+        drift_check(&mut r, n, &text);
     }
     let _ = Command::new("ip").args(["link", "del", "naive0"]).status();
 }

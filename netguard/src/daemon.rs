@@ -11,7 +11,8 @@
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use policy::{NodeMap, NodeMapDiff, Policy, RollbackStore, SignedFiles, Verified, WgPublicKey};
@@ -91,10 +92,14 @@ impl fmt::Display for Trigger {
 enum Mode {
     /// No verified policy yet, this node is not (or no longer) in it, or it expired.
     Protective,
-    Member(Box<Desired>),
+    /// Shared with `converged` after a pass, not copied (10,000 peers take milliseconds).
+    Member(Arc<Desired>),
 }
 
-struct Node {
+/// The daemon's state and how it reacts to each event, without the event loop: [`run`] drives
+/// it, and so does the convergence benchmark (`examples/converge.rs`), so what is measured is
+/// what runs.
+pub struct Node {
     cfg: Config,
     private: Key,
     public: WgPublicKey,
@@ -105,7 +110,7 @@ struct Node {
     iface: Option<Interface>,
     /// What the last successful pass converged to: lets a policy change edit the sets
     /// without reading the table back first. Only ever a member's state.
-    converged: Option<Box<Desired>>,
+    converged: Option<Arc<Desired>>,
     /// Set-element edits over a netlink socket kept open.
     sets: SetEditor,
     /// The `[[node]]` blocks of the last policy verified, so the next is parsed by its
@@ -120,6 +125,42 @@ struct Node {
     quarantined: std::collections::BTreeSet<policy::NodeId>,
     /// With `--metrics-file`: what is measured, and where it is written.
     metrics: Option<crate::metrics::Exporter>,
+    /// How long the last load (read, verify, rollback store) took.
+    last_load: Duration,
+    /// What adopting a policy leaves until its pass is done.
+    adopted: Option<Adopted>,
+    /// The state the last pass replaced, dropped after it.
+    retired: Option<Arc<Desired>>,
+}
+
+/// What adopting a policy leaves for after its pass, so that neither delays convergence: the
+/// node-map log (against the policy before), the copy in force (two synced writes of the
+/// whole policy), and dropping the policy before.
+struct Adopted {
+    previous: Option<Verified<Policy>>,
+    policy: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// What one accepted policy change cost, step by step: logged at debug level, and printed by
+/// the convergence benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeTimes {
+    /// Reading and verifying the files, and recording the policy in the rollback store.
+    pub load: Duration,
+    /// Adopting it: this node's desired state, the node-map log, the copy in force.
+    pub adopt: Duration,
+    /// The pass: plan and apply, until the kernel holds the new state.
+    pub pass: Duration,
+    /// After convergence: the node-map log, the copy in force, the metrics file.
+    pub after: Duration,
+}
+
+impl ChangeTimes {
+    /// From the files in place to the kernel holding the new state.
+    pub fn converged(&self) -> Duration {
+        self.load + self.adopt + self.pass
+    }
 }
 
 fn load_key(path: &std::path::Path) -> Result<Key, StartupError> {
@@ -134,12 +175,14 @@ const DETAILED_CHANGES: usize = 8;
 
 impl Node {
     fn load(&mut self, path: &std::path::Path) -> Result<SignedFiles, String> {
+        let started = std::time::Instant::now();
         let now = Timestamp::now();
         let files = policy::load_signed_reusing(path, &self.cfg.trust, now, &mut self.blocks)
             .map_err(|e| e.to_string())?;
         self.store
             .accept(&files.verified, now)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.last_load = started.elapsed();
         Ok(files)
     }
 
@@ -213,17 +256,40 @@ impl Node {
         {
             return;
         }
-        if let Some(old) = &self.policy {
-            log_node_map_change(old, v);
-        }
         info!(cluster = %v.cluster.name, serial = v.cluster.serial, nodes = v.nodes.len(),
             signer = %v.signer().key_id(), "policy accepted");
-        if let Err(e) = policy::load::save_in_force(&self.cfg.state, &files) {
+        size_neighbour_tables(v.nodes.len());
+        // One adoption's leftovers at a time (a second adoption before a pass is rare).
+        self.finish_adoption();
+        let SignedFiles {
+            verified,
+            policy,
+            signature,
+            ..
+        } = files;
+        let previous = self.policy.replace(verified);
+        self.adopted = Some(Adopted {
+            previous,
+            policy,
+            signature,
+        });
+        self.derive_mode(Timestamp::now());
+    }
+
+    /// After the pass that put an adopted policy in force: the node-map log and the copy in
+    /// force.
+    fn finish_adoption(&mut self) {
+        let Some(adopted) = self.adopted.take() else {
+            return;
+        };
+        if let (Some(old), Some(new)) = (&adopted.previous, &self.policy) {
+            log_node_map_change(old, new);
+        }
+        let saved =
+            policy::load::save_in_force(&self.cfg.state, &adopted.policy, &adopted.signature);
+        if let Err(e) = saved {
             warn!(reason = %e, "cannot keep a copy of the policy in force");
         }
-        size_neighbour_tables(v.nodes.len());
-        self.policy = Some(files.verified);
-        self.derive_mode(Timestamp::now());
     }
 
     /// This node's place at `now` in the policy in force: member, or protective (not listed,
@@ -237,7 +303,7 @@ impl Node {
             Ok(mut d) => {
                 self.protective_reason = None;
                 d.quarantine(&self.quarantined);
-                Mode::Member(Box::new(d))
+                Mode::Member(Arc::new(d))
             }
             Err(e) => {
                 let reason = e.to_string();
@@ -271,10 +337,18 @@ impl Node {
 
     /// One pass, then the metrics.
     fn reconcile(&mut self, trigger: Trigger) {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let ok = self.pass(trigger);
+        self.after_pass(trigger, ok, started.elapsed());
+    }
+
+    /// What follows a pass, off the path to convergence: an adopted policy's leftovers, then
+    /// the metrics.
+    fn after_pass(&mut self, trigger: Trigger, ok: Option<bool>, took: Duration) {
+        self.retired = None;
+        self.finish_adoption();
         if let Some(ok) = ok {
-            self.write_metrics(trigger, ok, started.elapsed());
+            self.write_metrics(trigger, ok, took);
         }
     }
 
@@ -329,7 +403,10 @@ impl Node {
                 };
                 let r = reconcile(iface, &mut self.sets, &self.private, d, previous)
                     .map_err(|e| e.to_string());
-                self.converged = r.as_ref().ok().map(|_| d.clone());
+                // The state it replaces is dropped after the pass (freeing 10,000 peers is
+                // not on the path to convergence).
+                let next = r.as_ref().ok().map(|_| Arc::clone(d));
+                self.retired = std::mem::replace(&mut self.converged, next);
                 r
             }
         };
@@ -507,7 +584,98 @@ fn instant_of(t: Timestamp) -> tokio::time::Instant {
     tokio::time::Instant::now() + wait
 }
 
-pub async fn run(cfg: Config) -> Result<(), StartupError> {
+/// Never the private key.
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("public_key", &self.public.to_string())
+            .field("serial", &self.policy.as_ref().map(|p| p.cluster.serial))
+            .field("member", &matches!(self.mode, Mode::Member(_)))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Everything before the event loop: the key, the rollback store, the quarantine list,
+    /// the policy (or the copy in force if the file is refused), then the first pass.
+    pub fn start(cfg: Config) -> Result<Self, StartupError> {
+        check_metrics_file(&cfg)?;
+        let private = load_key(&cfg.key)?;
+        let public = WgPublicKey::from_bytes(private.get_public().0);
+        let store = RollbackStore::open(&cfg.state, cfg.min_serial)?;
+        let kind = cfg.backend.clone().unwrap_or_else(|| Kind::detect(None));
+        info!(public_key = %public, backend = %kind, "netguard starting");
+        let metrics = cfg.metrics_file.clone().map(crate::metrics::Exporter::new);
+        let mut node = Node {
+            cfg,
+            private,
+            public,
+            store,
+            policy: None,
+            mode: Mode::Protective,
+            kind,
+            iface: None,
+            converged: None,
+            sets: SetEditor::new(),
+            blocks: policy::NodeBlocks::default(),
+            refusal: None,
+            protective_reason: None,
+            quarantined: std::collections::BTreeSet::new(),
+            metrics,
+            last_load: Duration::ZERO,
+            adopted: None,
+            retired: None,
+        };
+        node.reload_quarantine();
+        if !node.reload_quietly(false) {
+            node.fall_back_to_copy_in_force();
+        }
+        node.reconcile(Trigger::Start);
+        Ok(node)
+    }
+
+    /// The policy files changed: reloaded quietly (the signature may still be on its way),
+    /// then a pass if the new policy was accepted. Returns what that cost, or `None` if it
+    /// was not accepted.
+    pub fn policy_changed(&mut self) -> Option<ChangeTimes> {
+        let started = Instant::now();
+        if !self.reload_quietly(true) {
+            return None;
+        }
+        let adopted = started.elapsed();
+        let ok = self.pass(Trigger::PolicyChange);
+        let converged = started.elapsed();
+        self.after_pass(Trigger::PolicyChange, ok, converged - adopted);
+        let times = ChangeTimes {
+            load: self.last_load,
+            adopt: adopted.saturating_sub(self.last_load),
+            pass: converged - adopted,
+            after: started.elapsed() - converged,
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        debug!(
+            load_ms = ms(times.load),
+            adopt_ms = ms(times.adopt),
+            pass_ms = ms(times.pass),
+            after_ms = ms(times.after),
+            "policy change timings"
+        );
+        Some(times)
+    }
+
+    /// The quarantine list changed: reloaded, then a pass if the ids changed. Returns whether
+    /// they did.
+    pub fn quarantine_changed(&mut self) -> bool {
+        let changed = self.reload_quarantine();
+        if changed {
+            self.reconcile(Trigger::Quarantine);
+        }
+        changed
+    }
+}
+
+/// `--metrics-file` must not name a file netguard reads or keeps.
+fn check_metrics_file(cfg: &Config) -> Result<(), StartupError> {
     if let Some(metrics) = &cfg.metrics_file {
         let in_force = policy::load::in_force_path(&cfg.state);
         let own = [
@@ -527,41 +695,20 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
             return Err(StartupError::MetricsFile(metrics.clone(), what));
         }
     }
-    let private = load_key(&cfg.key)?;
-    let public = WgPublicKey::from_bytes(private.get_public().0);
-    let store = RollbackStore::open(&cfg.state, cfg.min_serial)?;
-    let kind = cfg.backend.clone().unwrap_or_else(|| Kind::detect(None));
+    Ok(())
+}
+
+pub async fn run(cfg: Config) -> Result<(), StartupError> {
+    check_metrics_file(&cfg)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartupError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartupError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(StartupError::Signals)?;
-    info!(public_key = %public, backend = %kind, "netguard starting");
+    // Watched before the first load, so a change while starting is not missed.
     let (tx, mut changed) = mpsc::unbounded_channel();
     if let Err(e) = watch_files(&cfg, tx) {
         warn!(reason = %e, "cannot watch the policy directory; relying on SIGHUP and the drift timer");
     }
-    let metrics = cfg.metrics_file.clone().map(crate::metrics::Exporter::new);
-    let mut node = Node {
-        cfg,
-        private,
-        public,
-        store,
-        policy: None,
-        mode: Mode::Protective,
-        kind,
-        iface: None,
-        converged: None,
-        sets: SetEditor::new(),
-        blocks: policy::NodeBlocks::default(),
-        refusal: None,
-        protective_reason: None,
-        quarantined: std::collections::BTreeSet::new(),
-        metrics,
-    };
-    node.reload_quarantine();
-    if !node.reload_quietly(false) {
-        node.fall_back_to_copy_in_force();
-    }
-    node.reconcile(Trigger::Start);
+    let mut node = Node::start(cfg)?;
     let mut drift = tokio::time::interval(node.cfg.drift);
     drift.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     drift.tick().await;
@@ -579,16 +726,18 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                     policy_changed |= w == Watched::Policy;
                     quarantine_changed |= w == Watched::Quarantine;
                 }
-                if quarantine_changed && node.reload_quarantine() && !policy_changed {
-                    node.reconcile(Trigger::Quarantine);
+                if quarantine_changed && !policy_changed {
+                    node.quarantine_changed();
+                } else if quarantine_changed {
+                    // The policy's pass below covers the new list too.
+                    node.reload_quarantine();
                 }
                 if policy_changed {
-                    if node.reload_quietly(true) {
-                        recheck = None;
-                        node.reconcile(Trigger::PolicyChange);
+                    recheck = if node.policy_changed().is_some() {
+                        None
                     } else {
-                        recheck = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                    }
+                        Some(tokio::time::Instant::now() + Duration::from_secs(1))
+                    };
                 }
             }
             () = async { match recheck_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {

@@ -1129,19 +1129,33 @@ fn a_restart_adopts_the_running_tunnel_and_open_flows_keep_working() {
         s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok()
     };
     assert!(echo(&mut s));
-    let before = lab.log(0).len();
+    // The copy in force (written after the pass that put the policy in force) is the
+    // policy on disk, byte for byte.
+    let dir = lab.drones[0].dir.clone();
+    let on_disk = std::fs::read(dir.join("cluster.toml")).unwrap();
+    wait_for("the copy in force", Duration::from_secs(5), || {
+        std::fs::read(dir.join("in-force.toml")).ok().as_ref() == Some(&on_disk)
+    });
+    // While it is down, the file on disk becomes garbage (validly signed): the restarted
+    // netguard falls back to the copy in force.
     lab.stop(0);
+    lab.publish_text("this is not a policy");
+    let before = lab.log(0).len();
     lab.start(0);
     wait_for(
         "the restarted netguard to adopt",
         Duration::from_secs(5),
-        || lab.log(0).contains("adopted"),
+        || lab.log(0)[before..].contains("adopted"),
     );
     // Within the first 1.5 s after the restart, not the 15-18 s a re-created interface took.
     assert!(echo(&mut s), "flow broken by the restart:\n{}", lab.log(0));
     assert!(lab.ping(0, 1));
     let after = &lab.log(0)[before..];
     assert!(!after.contains("created ("), "re-created:\n{after}");
+    assert!(
+        after.contains("stays in force"),
+        "no fall back to the copy in force:\n{after}"
+    );
 }
 
 /// Regression (issue 9 item 8): a node removed and then re-added sat on the protective
