@@ -137,7 +137,7 @@ fn naive(text: &str, env: &Env, private: &Key, me: &WgPublicKey, iface: &str) ->
         "[Interface]\nPrivateKey = {}\nListenPort = 51821\n",
         private.to_base64()
     );
-    for (k, p) in &d.peers {
+    for (k, p) in d.peers.iter() {
         let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
         let _ = write!(
             conf,
@@ -239,8 +239,8 @@ fn drift_check(r: &mut Runner, n: usize, text: &str) {
 }
 
 /// A quarantine and the readmission: clusterd rewrites its list, the policy stays. Through
-/// the daemon's own handling (list read, desired state, set edits), checked in the kernel
-/// afterwards, outside the timing.
+/// the daemon's own handling (list read, applied to the state derived before, set edits),
+/// checked in the kernel afterwards, outside the timing.
 fn quarantine(node: &mut Node, cfg: &Config, n: usize) {
     let listed = |ids: &[u16]| QuarantineList {
         nodes: ids
@@ -274,7 +274,7 @@ fn quarantine(node: &mut Node, cfg: &Config, n: usize) {
     let back = timed(&[]);
     assert!(in_peers(), "readmission not in force");
     println!(
-        "{n:>6} {:<14} {:>12.2}  (readmission {:.2} ms; the list read, the desired state, set edits; checked in the kernel after)",
+        "{n:>6} {:<14} {:>12.2}  (readmission {:.2} ms; the list read and applied to the state derived before, set edits; checked in the kernel after)",
         "quarantine one",
         ms(out),
         ms(back)

@@ -131,6 +131,9 @@ pub struct Node {
     adopted: Option<Adopted>,
     /// The state the last pass replaced, dropped after it.
     retired: Option<Arc<Desired>>,
+    /// This node's desired state before the quarantine, and the instant it was derived for:
+    /// a quarantine change applies the new list to it instead of deriving it again.
+    unquarantined: Option<(Desired, Timestamp)>,
 }
 
 /// What adopting a policy leaves for after its pass, so that neither delays convergence: the
@@ -299,11 +302,15 @@ impl Node {
             self.mode = Mode::Protective;
             return;
         };
+        self.unquarantined = None;
         self.mode = match desired(v, &self.public, self.cfg.interface.as_deref(), now) {
-            Ok(mut d) => {
+            Ok(d) => {
                 self.protective_reason = None;
-                d.quarantine(&self.quarantined);
-                Mode::Member(Arc::new(d))
+                // The peers are shared, not copied: this costs the sets only.
+                let mut quarantined = d.clone();
+                quarantined.quarantine(&self.quarantined);
+                self.unquarantined = Some((d, now));
+                Mode::Member(Arc::new(quarantined))
             }
             Err(e) => {
                 let reason = e.to_string();
@@ -466,8 +473,26 @@ impl Node {
         info!(quarantined = %shown(&ids), was = %shown(&self.quarantined),
             "quarantine list changed: services withheld from these nodes");
         self.quarantined = ids;
-        self.derive_mode(Timestamp::now());
+        self.requarantine(Timestamp::now());
         true
+    }
+
+    /// The quarantine list applied again to the state derived before, unless an expiry has
+    /// passed since it was derived (then everything is derived again).
+    fn requarantine(&mut self, now: Timestamp) {
+        let fresh = match (&self.unquarantined, &self.policy, &self.mode) {
+            (Some((d, at)), Some(p), Mode::Member(_)) => p
+                .next_expiry(*at)
+                .is_none_or(|t| t > now)
+                .then(|| d.clone()),
+            _ => None,
+        };
+        let Some(mut d) = fresh else {
+            self.derive_mode(now);
+            return;
+        };
+        d.quarantine(&self.quarantined);
+        self.mode = Mode::Member(Arc::new(d));
     }
 
     /// When the next node (or the policy in force) expires, if ever.
@@ -625,6 +650,7 @@ impl Node {
             last_load: Duration::ZERO,
             adopted: None,
             retired: None,
+            unquarantined: None,
         };
         node.reload_quarantine();
         if !node.reload_quietly(false) {

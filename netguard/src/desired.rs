@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use policy::{NodeId, Policy, Verified, WgPublicKey};
@@ -41,7 +42,8 @@ pub struct Desired {
     pub my_name: String,
     pub listen_port: u16,
     pub addresses: Vec<IfAddr>,
-    pub peers: BTreeMap<WgPublicKey, DesiredPeer>,
+    /// Shared: a quarantine change makes a new desired state with the same peers.
+    pub peers: Arc<BTreeMap<WgPublicKey, DesiredPeer>>,
     pub ruleset: RulesetSpec,
 }
 
@@ -136,7 +138,7 @@ pub fn desired(
         my_name: node.name.clone(),
         listen_port: c.listen_port,
         addresses,
-        peers,
+        peers: Arc::new(peers),
         ruleset,
     })
 }

@@ -235,6 +235,15 @@ mod tests {
         toml::from_str(text).ok()
     }
 
+    /// An instant the test policies are valid at, and the blocks of `valid`, kept as a
+    /// daemon keeps them.
+    fn kept_from(valid: &str) -> (jiff::Timestamp, NodeBlocks) {
+        let now = "2026-01-01T00:00:00Z".parse().expect("an instant");
+        let mut blocks = NodeBlocks::default();
+        crate::parse_policy_reusing("p", valid.as_bytes(), now, &mut blocks).expect("valid");
+        (now, blocks)
+    }
+
     #[test]
     fn a_policy_split_at_its_node_headers_parses_as_the_whole() {
         let text = format!("{PREAMBLE}\n{}\n{}\n{}", node(1), node(2), node(3));
@@ -263,10 +272,8 @@ mod tests {
     /// blocks stay those of the policy in force.
     #[test]
     fn a_typo_in_a_block_is_placed_as_the_whole_parse_places_it() {
-        let now = "2026-01-01T00:00:00Z".parse().expect("an instant");
         let good = format!("{PREAMBLE}{}{}", node(1), node(2));
-        let mut blocks = NodeBlocks::default();
-        crate::parse_policy_reusing("p", good.as_bytes(), now, &mut blocks).expect("valid");
+        let (now, mut blocks) = kept_from(&good);
         let typo = good.replacen(
             "addresses = [\"10.77.0.2\"]",
             "adresses = [\"10.77.0.2\"]",
@@ -286,10 +293,8 @@ mod tests {
     /// new serial alone does not stop them vouching.
     #[test]
     fn kept_nodes_are_checked_again_when_repeated_or_under_a_new_preamble() {
-        let now = "2026-01-01T00:00:00Z".parse().expect("an instant");
         let good = format!("{PREAMBLE}{}{}", node(1), node(2));
-        let mut blocks = NodeBlocks::default();
-        crate::parse_policy_reusing("p", good.as_bytes(), now, &mut blocks).expect("valid");
+        let (now, mut blocks) = kept_from(&good);
         // Two pieces not found in a row, so the repeated block is found again (by the index).
         let repeated = format!("{PREAMBLE}{}{}{}{}", node(1), node(2), node(3), node(2));
         let narrowed = good.replace("10.77.0.0/24", "10.77.0.0/31");
@@ -306,14 +311,11 @@ mod tests {
     /// A node added, one removed, one changed, blocks swapped: each found where it went.
     #[test]
     fn kept_blocks_are_found_after_any_edit() {
-        let mut blocks = NodeBlocks::default();
-        let now = "2026-01-01T00:00:00Z".parse().expect("an instant");
         let text = |ids: &[u16]| {
             let nodes: String = ids.iter().map(|&i| node(i)).collect();
             format!("{PREAMBLE}{nodes}")
         };
-        let first = text(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
-        crate::parse_policy_reusing("p", first.as_bytes(), now, &mut blocks).expect("valid");
+        let (_, blocks) = kept_from(&text(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]));
         // Which nodes are parsed again: the new ones, and after a reordering the first piece
         // (one miss in a row is taken for a changed block, so no index is built for it).
         for (ids, parsed_again) in [
