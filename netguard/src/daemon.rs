@@ -151,7 +151,7 @@ struct Adopted {
 pub struct ChangeTimes {
     /// Reading and verifying the files, and recording the policy in the rollback store.
     pub load: Duration,
-    /// Adopting it: this node's desired state, the node-map log, the copy in force.
+    /// Adopting it: this node's desired state.
     pub adopt: Duration,
     /// The pass: plan and apply, until the kernel holds the new state.
     pub pass: Duration,
