@@ -133,7 +133,7 @@ pub struct Node {
     retired: Option<Arc<Desired>>,
     /// This node's desired state before the quarantine, and the instant it was derived for:
     /// a quarantine change applies the new list to it instead of deriving it again.
-    unquarantined: Option<(Desired, Timestamp)>,
+    unquarantined: Option<(Arc<Desired>, Timestamp)>,
 }
 
 /// What adopting a policy leaves for after its pass, so that neither delays convergence: the
@@ -178,7 +178,7 @@ const DETAILED_CHANGES: usize = 8;
 
 impl Node {
     fn load(&mut self, path: &std::path::Path) -> Result<SignedFiles, String> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let now = Timestamp::now();
         let files = policy::load_signed_reusing(path, &self.cfg.trust, now, &mut self.blocks)
             .map_err(|e| e.to_string())?;
@@ -306,11 +306,10 @@ impl Node {
         self.mode = match desired(v, &self.public, self.cfg.interface.as_deref(), now) {
             Ok(d) => {
                 self.protective_reason = None;
-                // The peers are shared, not copied: this costs the sets only.
-                let mut quarantined = d.clone();
-                quarantined.quarantine(&self.quarantined);
+                let d = Arc::new(d);
+                let mode = Mode::Member(with_quarantine(&d, &self.quarantined));
                 self.unquarantined = Some((d, now));
-                Mode::Member(Arc::new(quarantined))
+                mode
             }
             Err(e) => {
                 let reason = e.to_string();
@@ -484,15 +483,13 @@ impl Node {
             (Some((d, at)), Some(p), Mode::Member(_)) => p
                 .next_expiry(*at)
                 .is_none_or(|t| t > now)
-                .then(|| d.clone()),
+                .then(|| with_quarantine(d, &self.quarantined)),
             _ => None,
         };
-        let Some(mut d) = fresh else {
-            self.derive_mode(now);
-            return;
-        };
-        d.quarantine(&self.quarantined);
-        self.mode = Mode::Member(Arc::new(d));
+        match fresh {
+            Some(d) => self.mode = Mode::Member(d),
+            None => self.derive_mode(now),
+        }
     }
 
     /// When the next node (or the policy in force) expires, if ever.
@@ -501,6 +498,21 @@ impl Node {
             .as_ref()
             .and_then(|p| p.next_expiry(Timestamp::now()))
     }
+}
+
+/// `unquarantined` with the services withheld from `quarantined`. With nobody quarantined
+/// (the usual case) it is the same state, shared; otherwise a copy whose peers are shared and
+/// whose sets are copied and edited.
+fn with_quarantine(
+    unquarantined: &Arc<Desired>,
+    quarantined: &std::collections::BTreeSet<policy::NodeId>,
+) -> Arc<Desired> {
+    if quarantined.is_empty() {
+        return Arc::clone(unquarantined);
+    }
+    let mut d = Desired::clone(unquarantined);
+    d.quarantine(quarantined);
+    Arc::new(d)
 }
 
 /// A pass's changes for one log line: all of them when few, else the first few and a count.

@@ -391,7 +391,6 @@ impl Vm {
     }
 }
 
-/// Whether a fetch got `want` as a line (a stray kernel message may share the console).
 /// Asks `probe` every `every` until it is done (`Ok`), for at most `within`; then gives back
 /// what it last saw instead (`Err`), for the caller's message.
 pub fn eventually<T, Seen>(
@@ -409,6 +408,7 @@ pub fn eventually<T, Seen>(
     }
 }
 
+/// Whether a fetch got `want` as a line (a stray kernel message may share the console).
 pub fn answered(got: &Option<String>, want: &str) -> bool {
     got.as_ref()
         .is_some_and(|o| o.lines().any(|l| l.trim() == want))
