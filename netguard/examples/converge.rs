@@ -318,7 +318,13 @@ fn main() {
         "nodes", "change", "netguard ms", "load ms", "naive ms", "speedup"
     );
     let mut serial = 1;
-    for n in [10usize, 100, 1000, 10_000] {
+    // BENCH_NODES="1000 10000" runs some of the rows only.
+    let sizes: Vec<usize> = std::env::var("BENCH_NODES")
+        .unwrap_or_else(|_| "10 100 1000 10000".into())
+        .split_whitespace()
+        .map(|n| n.parse().expect("BENCH_NODES: node counts"))
+        .collect();
+    for n in sizes {
         let mut r = Runner {
             iface: Interface::new(&env.iface, Kind::detect(Some("userspace"))).unwrap(),
             env: Env {

@@ -63,27 +63,28 @@ impl RulesetSpec {
         peers: &BTreeMap<WgPublicKey, DesiredPeer>,
         roles: &[policy::Role],
     ) -> Self {
-        // Gathered, then sorted once (the sets are built from sorted input in bulk).
+        // Gathered, sorted once, then split by family (every IPv4 address sorts before every
+        // IPv6 one): the sets are built from sorted input, which they only check.
         let (mut tunnel, mut endpoints) = (Vec::new(), Vec::new());
         for p in peers.values() {
             tunnel.extend(p.allowed_ips.iter().map(|a| a.addr));
             endpoints.extend(p.endpoint.map(|e| e.ip()));
         }
-        let family = |addrs: &[IpAddr], v4: bool| -> BTreeSet<IpAddr> {
-            addrs
-                .iter()
-                .copied()
-                .filter(|a| a.is_ipv4() == v4)
-                .collect()
+        let by_family = |mut addrs: Vec<IpAddr>| -> (BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
+            addrs.sort_unstable();
+            let v6 = addrs.partition_point(IpAddr::is_ipv4);
+            let six = addrs.split_off(v6);
+            (addrs.into_iter().collect(), six.into_iter().collect())
         };
-        let (tunnel4, tunnel6) = (family(&tunnel, true), family(&tunnel, false));
+        let (tunnel4, tunnel6) = by_family(tunnel);
+        let (endpoints4, endpoints6) = by_family(endpoints);
         let elements = BTreeMap::from([
             ("peers4", tunnel4.clone()),
             ("peers6", tunnel6.clone()),
             ("members4", tunnel4),
             ("members6", tunnel6),
-            ("endpoints4", family(&endpoints, true)),
-            ("endpoints6", family(&endpoints, false)),
+            ("endpoints4", endpoints4),
+            ("endpoints6", endpoints6),
         ]);
         Self {
             interface: interface.to_string(),

@@ -142,8 +142,27 @@ pub fn parse_key_file(text: &str, expected: KeyKind) -> Result<[u8; 32], String>
 }
 
 /// A WireGuard (Curve25519) public key, base64 on the wire as `wg` prints it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WgPublicKey([u8; 32]);
+
+/// The bytes' order, compared as two big-endian 128-bit halves instead of through `memcmp`:
+/// netguard's peer maps are keyed by public key, and sorting 10,000 of them was 0.6 ms.
+impl Ord for WgPublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let halves = |k: &[u8; 32]| {
+            let (hi, lo) = k.split_at(16);
+            let half = |h: &[u8]| u128::from_be_bytes(h.try_into().unwrap_or([0; 16]));
+            (half(hi), half(lo))
+        };
+        halves(&self.0).cmp(&halves(&other.0))
+    }
+}
+
+impl PartialOrd for WgPublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl WgPublicKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
@@ -272,6 +291,23 @@ impl<'de> Deserialize<'de> for OperatorPublicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The halves comparison is the bytes' lexicographic order (what the derived order
+        /// was), keys sharing any prefix included.
+        #[test]
+        fn public_keys_order_as_their_bytes(
+            a in proptest::array::uniform32(0u8..4),
+            b in proptest::array::uniform32(0u8..4),
+            cut in 0usize..32,
+        ) {
+            let mut b = b;
+            b[..cut].copy_from_slice(&a[..cut]);
+            let (ka, kb) = (WgPublicKey::from_bytes(a), WgPublicKey::from_bytes(b));
+            proptest::prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+            proptest::prop_assert_eq!(ka.partial_cmp(&kb), Some(a.cmp(&b)));
+        }
+    }
 
     /// Regression (issue 9 item 4): keys had no type. A node's secret key given as
     /// `tyd node add --public-key-file` went into the policy (and every drone image); a
