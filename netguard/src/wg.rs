@@ -146,7 +146,8 @@ impl Interface {
         })
     }
 
-    fn link_exists(&self) -> bool {
+    /// Whether the tunnel's link exists (up or down).
+    pub fn link_exists(&self) -> bool {
         Path::new("/sys/class/net").join(&self.name).exists()
     }
 
@@ -218,7 +219,7 @@ impl Interface {
                             bin: bin.display().to_string(),
                         });
                     }
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
         }

@@ -298,6 +298,11 @@ impl Lab {
 
     /// Starts netguard on drone `i`, its log appended to (a restart keeps the earlier lines).
     fn start_with_drift(&mut self, i: usize, drift: &str) {
+        self.start_with(i, drift, None);
+    }
+
+    /// [`Lab::start_with_drift`], with `nft` replaced by the program `nft` if given.
+    fn start_with(&mut self, i: usize, drift: &str, nft: Option<&std::path::Path>) {
         let d = &mut self.drones[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -332,6 +337,7 @@ impl Lab {
                 "--drift",
                 drift,
             ])
+            .envs(nft.map(|p| ("NFT", p)))
             .stderr(log)
             .spawn()
             .unwrap();
@@ -1303,4 +1309,84 @@ fn a_policy_change_after_the_table_was_deleted_reinstalls_it() {
     assert!(!members.contains(&lab.drones[2].tun), "{members}");
     assert!(tcp_ok(lab.ns(1), &format!("{}:4660", lab.drones[0].tun)));
     assert!(!lab.log(0).contains("drift found"), "{}", lab.log(0));
+}
+
+/// The link's flags as `ip` prints them (`<POINTOPOINT,NOARP,UP,LOWER_UP>`), and its addresses.
+fn link_and_addresses(ns: &str, iface: &str) -> (String, String) {
+    let link = run(&["ip", "-n", ns, "-o", "link", "show", "dev", iface]);
+    let flags = link
+        .split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .map(|(f, _)| f.to_string())
+        .unwrap_or_default();
+    let addrs = run(&["ip", "-n", ns, "-o", "addr", "show", "dev", iface]);
+    (flags, addrs)
+}
+
+/// Issue 14: at a cold start the firewall and the new WireGuard device are set up at the same
+/// time. Attack on that promise: make the firewall fail (here `nft` refuses every install; in
+/// life a kernel without nf_tables, a full memory cgroup) and see whether the tunnel comes up
+/// anyway, with no firewall behind it. It must not: the device was configured, but its link
+/// stays down with no address, start after start, until a firewall is in place.
+#[test]
+fn a_firewall_that_cannot_be_installed_keeps_the_new_tunnel_down() {
+    if !root_or_skip("a_firewall_that_cannot_be_installed_keeps_the_new_tunnel_down") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    lab.publish(&[0, 1]);
+    let refusing = lab.dir.path().join("nft-refusing");
+    std::fs::write(
+        &refusing,
+        "#!/bin/sh\ncase \" $* \" in *\" -f \"*) echo 'refused by the test' >&2; exit 1;; esac\nexec nft \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &refusing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    lab.start_with(0, "1s", Some(&refusing));
+    let failures = |lab: &Lab| lab.log(0).matches("reconcile failed").count();
+    wait_for("the start's pass failing", Duration::from_secs(10), || {
+        failures(&lab) >= 1
+    });
+    let (ns, iface, tun) = (
+        lab.ns(0).to_string(),
+        lab.drones[0].iface.clone(),
+        lab.drones[0].tun.clone(),
+    );
+    let (flags, addrs) = link_and_addresses(&ns, &iface);
+    assert!(
+        !flags.split(',').any(|f| f == "UP"),
+        "link up without a firewall: {flags}"
+    );
+    assert!(
+        !addrs.contains(&tun),
+        "tunnel address without a firewall: {addrs}"
+    );
+    assert!(
+        !try_run(&[
+            "ip", "netns", "exec", &ns, "nft", "list", "table", "inet", "netguard"
+        ]),
+        "the test's nft installed a table after all"
+    );
+    // The drift checks retry (the interface now exists, so the firewall goes first): still down.
+    wait_for("a retry failing too", Duration::from_secs(10), || {
+        failures(&lab) >= 3
+    });
+    let (flags, _) = link_and_addresses(&ns, &iface);
+    assert!(
+        !flags.split(',').any(|f| f == "UP"),
+        "link up after a retry: {flags}"
+    );
+    assert!(lab.log(0).contains("refused by the test"), "{}", lab.log(0));
+    // The positive control: the real nft, and the same tunnel comes up with its address.
+    lab.stop(0);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_mesh(&[0, 1]);
+    let (flags, addrs) = link_and_addresses(&ns, &iface);
+    assert!(flags.split(',').any(|f| f == "UP"), "{flags}");
+    assert!(addrs.contains(&tun), "{addrs}");
 }
