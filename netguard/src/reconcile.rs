@@ -125,11 +125,11 @@ pub fn reconcile(
     previous: Option<&Desired>,
 ) -> Result<Vec<String>, ReconcileError> {
     let full_pass = previous.is_none();
-    let firewall = |editor: &mut SetEditor| {
+    let install_firewall = |editor: &mut SetEditor| {
         update_ruleset(previous.map(|p| &p.ruleset), &desired.ruleset, editor)
     };
     let (mut changes, device, routes) = if iface.link_exists() {
-        let changes = firewall(editor)?;
+        let changes = install_firewall(editor)?;
         (
             changes,
             configure_device(iface, private, desired, previous)?,
@@ -140,7 +140,7 @@ pub fn reconcile(
         // The device in the other thread: the set editor's netlink socket stays in this one.
         let (firewall, device) = std::thread::scope(|s| {
             let device = s.spawn(|| configure_device(iface, private, desired, previous));
-            let firewall = firewall(editor)
+            let firewall = install_firewall(editor)
                 .map(|changes| (changes, full_pass.then(|| check_routes(desired, &name))));
             (firewall, device.join())
         });

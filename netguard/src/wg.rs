@@ -2,6 +2,7 @@
 //! wireguard-go), its addresses and link state, and peer updates through wireguard-control.
 
 use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -211,8 +212,11 @@ impl Interface {
                         source,
                     })?;
                 self.child = Some(child);
+                // Ready when its control socket accepts a connection: the socket file
+                // exists a moment before wireguard-go listens on it (a read in that moment
+                // is refused), and the link a moment before either.
                 let until = Instant::now() + Duration::from_secs(5);
-                while !(socket.exists() && self.link_exists()) {
+                while !(self.link_exists() && UnixStream::connect(&socket).is_ok()) {
                     if Instant::now() > until {
                         return Err(WgError::NoSocket {
                             iface: self.name.clone(),
