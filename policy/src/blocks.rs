@@ -155,7 +155,8 @@ impl NodeBlocks {
 /// How many kept blocks after the last one found are tried before looking further.
 const LOOKAHEAD: usize = 4;
 
-/// Finds the kept block with exactly a piece's text, for the pieces of a new policy in order.
+/// Finds the kept block with a piece's text (but for the blank lines after it), for the pieces
+/// of a new policy in order.
 ///
 /// A new policy is mostly the last one with a few blocks changed, added or removed, so the
 /// kept blocks just after the last one found are tried first: compared in order, in memory
@@ -180,19 +181,21 @@ impl<'a> Finder<'a> {
         }
     }
 
-    /// The index of the kept block whose text is `piece`.
+    /// The index of the kept block whose text is `piece`, but for blank lines and spaces
+    /// at the end ([`significant`]).
     fn find(&mut self, piece: &str) -> Option<usize> {
         let kept = self.kept;
+        let piece = significant(piece);
         let ahead = self.next..kept.blocks.len().min(self.next + LOOKAHEAD);
         let mut found = ahead
             .into_iter()
-            .find(|&k| kept.block_text(k) == Some(piece));
+            .find(|&k| kept.block_text(k).map(significant) == Some(piece));
         if found.is_none() {
             self.misses += 1;
             if self.misses >= 2 || self.index.is_some() {
                 let index = self.index.get_or_insert_with(|| {
                     (0..kept.blocks.len())
-                        .filter_map(|k| Some((kept.block_text(k)?, k)))
+                        .filter_map(|k| Some((significant(kept.block_text(k)?), k)))
                         .collect()
                 });
                 found = index.get(piece).copied();
@@ -204,6 +207,22 @@ impl<'a> Finder<'a> {
         }
         found
     }
+}
+
+/// A piece's text without the spaces, tabs and newlines (LF or CRLF) after its last line.
+/// They mean nothing to TOML, so a block is found again when only the blank lines after it
+/// changed: `tyd node add` appends a block after a blank line, and the block that was last
+/// gains a newline (it was parsed again, and two misses in a row built the whole index:
+/// 1.7 ms of a 10,000-node change). A lone CR is not a newline in TOML and is kept.
+fn significant(piece: &str) -> &str {
+    let mut s = piece;
+    while let Some(rest) = s
+        .strip_suffix("\r\n")
+        .or_else(|| s.strip_suffix(['\n', ' ', '\t']))
+    {
+        s = rest;
+    }
+    s
 }
 
 /// Where each line that starts with `[[node]]` starts.
@@ -335,6 +354,43 @@ mod tests {
                 .collect();
             assert_eq!(fresh, parsed_again, "nodes {ids:?}");
         }
+    }
+
+    /// Issue 14: `tyd node add` appends a block after a blank line, so the block that was
+    /// last gains a newline. It was parsed again, and with the new block that made two misses
+    /// in a row, which built the index of every kept block (1.7 ms at 10,000 nodes). Blank
+    /// lines and trailing spaces after a block no longer make it another block; what they
+    /// cannot hide (a lone CR, not a TOML newline; a comment) still reads as the whole does.
+    #[test]
+    fn blank_lines_after_a_block_do_not_make_it_another() {
+        let nodes: String = (1..=4).map(node).collect();
+        let valid = format!("{PREAMBLE}{nodes}");
+        let (_, blocks) = kept_from(&valid);
+        let fresh = |text: &str| -> Vec<usize> {
+            let (policy, parsed) = blocks.parse(text).expect("splits");
+            assert_eq!(Some(&policy), whole(text).as_ref(), "{text:?}");
+            (parsed.known_nodes().expect("same preamble").iter())
+                .enumerate()
+                .filter_map(|(i, k)| (!k).then_some(i))
+                .collect()
+        };
+        // A node appended after a blank line: only the new one is parsed.
+        assert_eq!(fresh(&format!("{valid}\n{}", node(5))), [4]);
+        // Blank lines, spaces, tabs and CRLF after blocks, in the middle and at the end.
+        let spaced = format!(
+            "{PREAMBLE}{} \n\n{}\t\r\n{}{}  \n\n",
+            node(1),
+            node(2),
+            node(3),
+            node(4)
+        );
+        assert_eq!(fresh(&spaced), Vec::<usize>::new());
+        // A lone CR at the end is not a newline: refused, as the whole parse refuses it.
+        let lone_cr = format!("{valid}\r");
+        assert!(whole(&lone_cr).is_none());
+        assert!(blocks.parse(&lone_cr).is_none());
+        // A comment after a block is something: that block is parsed again.
+        assert_eq!(fresh(&format!("{valid}# note\n")), [3]);
     }
 
     #[test]
