@@ -2,8 +2,9 @@
 //!
 //! A change to a 10,000-node policy touches one block of 10,000; parsing the whole 1.7 MB
 //! again costs 20-30 ms. A daemon keeps the blocks of the last policy that passed
-//! verification (signature, parse, validation), by their exact text, and parses only the
-//! blocks it has not seen. The signature still covers every byte, and is checked first.
+//! verification (signature, parse, validation), by their exact text (but for the blank lines
+//! after each: [`significant`]), and parses only the blocks it has not seen. The signature
+//! still covers every byte, and is checked first.
 //!
 //! Why this gives the same [`Policy`] as parsing the whole text: the text is cut just before
 //! each line that starts with `[[node]]`. The first piece (the preamble) and every other piece
@@ -14,7 +15,9 @@
 //! top-level key or table in it is refused), and the preamble must not mention `node` at all.
 //! So every node piece adds its own elements, in order, and nothing else; what is in one piece
 //! cannot reach into another. Whenever the split is refused, the caller parses the whole text,
-//! which also gives the operator the placed error. `tests::split_parse_equals_whole_parse`
+//! which also gives the operator the placed error. Spaces, tabs and newlines after a piece's
+//! last line are empty TOML lines, in the piece alone as in the whole text, so a piece that
+//! differs from a kept block only there parses as that block did. `tests::split_parse_equals_whole_parse`
 //! and the fuzz target check the equality on hostile inputs.
 
 use std::collections::HashMap;
@@ -28,7 +31,8 @@ use crate::validate::NodeCheckContext;
 /// What starts each node block.
 const HEADER: &str = "[[node]]";
 
-/// The node blocks of the last policy verified, found by their exact text.
+/// The node blocks of the last policy verified, found by their text (but for the blank lines
+/// after each).
 #[derive(Debug, Default)]
 pub struct NodeBlocks {
     kept: ParsedBlocks,
