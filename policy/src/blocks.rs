@@ -15,10 +15,11 @@
 //! top-level key or table in it is refused), and the preamble must not mention `node` at all.
 //! So every node piece adds its own elements, in order, and nothing else; what is in one piece
 //! cannot reach into another. Whenever the split is refused, the caller parses the whole text,
-//! which also gives the operator the placed error. Spaces, tabs and newlines after a piece's
-//! last line are empty TOML lines, in the piece alone as in the whole text, so a piece that
-//! differs from a kept block only there parses as that block did. `tests::split_parse_equals_whole_parse`
-//! and the fuzz target check the equality on hostile inputs.
+//! which also gives the operator the placed error. Spaces, tabs and newlines at the end of a
+//! piece are whitespace and empty lines to TOML, in the piece alone as in the whole text, so
+//! a piece that differs from a kept block only there parses as that block did.
+//! `tests::split_parse_equals_whole_parse` and the fuzz target check the equality on hostile
+//! inputs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
