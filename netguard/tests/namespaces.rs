@@ -1323,6 +1323,11 @@ fn link_and_addresses(ns: &str, iface: &str) -> (String, String) {
     (flags, addrs)
 }
 
+/// Whether `ip`'s link flags include UP.
+fn is_up(flags: &str) -> bool {
+    flags.split(',').any(|f| f == "UP")
+}
+
 /// Issue 14: at a cold start the firewall and the new WireGuard device are set up at the same
 /// time. Attack on that promise: make the firewall fail (here `nft` refuses every install; in
 /// life a kernel without nf_tables, a full memory cgroup) and see whether the tunnel comes up
@@ -1357,10 +1362,7 @@ fn a_firewall_that_cannot_be_installed_keeps_the_new_tunnel_down() {
         lab.drones[0].tun.clone(),
     );
     let (flags, addrs) = link_and_addresses(&ns, &iface);
-    assert!(
-        !flags.split(',').any(|f| f == "UP"),
-        "link up without a firewall: {flags}"
-    );
+    assert!(!is_up(&flags), "link up without a firewall: {flags}");
     assert!(
         !addrs.contains(&tun),
         "tunnel address without a firewall: {addrs}"
@@ -1376,10 +1378,7 @@ fn a_firewall_that_cannot_be_installed_keeps_the_new_tunnel_down() {
         failures(&lab) >= 3
     });
     let (flags, _) = link_and_addresses(&ns, &iface);
-    assert!(
-        !flags.split(',').any(|f| f == "UP"),
-        "link up after a retry: {flags}"
-    );
+    assert!(!is_up(&flags), "link up after a retry: {flags}");
     assert!(lab.log(0).contains("refused by the test"), "{}", lab.log(0));
     // The positive control: the real nft, and the same tunnel comes up with its address.
     lab.stop(0);
@@ -1387,6 +1386,6 @@ fn a_firewall_that_cannot_be_installed_keeps_the_new_tunnel_down() {
     lab.start(1);
     lab.wait_mesh(&[0, 1]);
     let (flags, addrs) = link_and_addresses(&ns, &iface);
-    assert!(flags.split(',').any(|f| f == "UP"), "{flags}");
+    assert!(is_up(&flags), "{flags}");
     assert!(addrs.contains(&tun), "{addrs}");
 }
