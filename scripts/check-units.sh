@@ -20,7 +20,7 @@ out=$(systemd-analyze verify --man=no --root="$root" "$root"/etc/systemd/system/
 if [ -n "$out" ]; then
   echo "check-units: systemd-analyze verify complains:" >&2; echo "$out" >&2; exit 1
 fi
-for u in netguard clusterd joind; do
+for u in netguard clusterd joind certaintyd; do
   systemd-analyze security --offline=yes --root="$root" "$root/etc/systemd/system/$u.service" 2>&1 | tail -n 1
 done
 # certaintyd's ExecCondition, run as systemd would (%% is %): skip, with a reason, on a

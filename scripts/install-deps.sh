@@ -27,6 +27,8 @@ packages=(
   bc                # benchmark arithmetic
   lintian           # checking the Debian packages (scripts/check-deb.sh)
   dpkg-dev          # dpkg-shlibdeps: cargo-deb's automatic package dependencies
+  debootstrap       # the Debian 12 root of the systemd system test (scripts/test-systemd.sh)
+  systemd-container # systemd-nspawn: that test's machines, booted with systemd as PID 1
 )
 
 missing=()

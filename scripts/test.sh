@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit, integration and property tests, the fuzz corpus
-# and the drone VM tests (all inside cargo test), and a short fuzz run. Installs what it needs
+# and the drone VM tests (all inside cargo test), the README's install on real systemd
+# machines (systemd-nspawn), and a short fuzz run. Installs what it needs
 # first (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,5 +15,6 @@ scripts/check-units.sh
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 scripts/check-deb.sh
+scripts/test-systemd.sh
 scripts/check-metrics.sh
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

@@ -174,13 +174,7 @@ pub struct NewNode {
 
 /// Roles as the policy spells them.
 fn role_names(roles: &[Role]) -> Array {
-    roles
-        .iter()
-        .map(|r| match r {
-            Role::Master => "master",
-            Role::Drone => "drone",
-        })
-        .collect()
+    roles.iter().map(|r| r.name()).collect()
 }
 
 /// Tunnel addresses derived from the node id: the id-th host of each tunnel network.

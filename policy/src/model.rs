@@ -453,8 +453,43 @@ impl<'de> Deserialize<'de> for NodeId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Holds the operator key: admits joins, signs policies.
     Master,
+    /// A RAM-root node (CHAOS's drone): owes certaintyd wherever the policy requires it of
+    /// drones.
     Drone,
+    /// A member on an ordinary disk root (a Debian machine with the package): runs no
+    /// certaintyd, so a policy that requires it of drones only does not quarantine it.
+    Server,
+}
+
+impl Role {
+    /// Every role, in the order the policy documents them.
+    pub const ALL: [Role; 3] = [Role::Master, Role::Drone, Role::Server];
+
+    /// The role as the policy spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Drone => "drone",
+            Role::Server => "server",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "{} is not a role (master, drone or server)",
+                    crate::parse::shown(s)
+                )
+            })
+    }
 }
 
 fn default_roles() -> Vec<Role> {

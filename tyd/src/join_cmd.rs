@@ -101,13 +101,17 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     )?;
     std::fs::rename(&scratch, &policy_path).map_err(|e| io(&policy_path, e))?;
 
+    // The first token's nodes are of this machine's kind: a package on a disk root joins
+    // further disk roots (servers, no certaintyd); drones get their tokens with
+    // `tyd token create --roles drone`.
+    let token_role = first_token_role(root);
     let mut store =
         TokenStore::load(a.tokens).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
     let token = store.create(
         &Limits {
             uses: a.uses,
             valid_for: a.expires.unsigned_abs(),
-            roles: vec![Role::Drone],
+            roles: vec![token_role],
             ephemeral: false,
         },
         now,
@@ -120,7 +124,7 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
         .save(a.tokens)
         .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
     println!(
-        "cluster {} initialised: this node is node 1 ({}, master), serial {}",
+        "cluster {:?} initialised: this node is node 1 ({}, master), serial {}",
         policy.cluster.name, a.node_name, policy.cluster.serial
     );
     if root == services::Root::Disk {
@@ -128,16 +132,11 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
             "certaintyd: / is not a RAM filesystem here, so this node runs none and the policy requires it of drones only (require_certainty = [\"drone\"])"
         );
     }
-    start_daemons(
-        services::NodeKind::Master,
-        root,
-        a.no_start,
-        a.dir,
-        &a.dir.join("node.key"),
-        Some(a.tokens),
-    )?;
+    // The join command first: the token is spent on nothing if the daemons fail to start,
+    // and the operator keeps what they need to go on once the cause is mended.
     println!(
-        "join further nodes ({} use(s) of this token, valid {}):",
+        "join further nodes as {} ({} use(s) of this token, valid {}; drones: tyd token create --roles drone):",
+        token_role.name(),
         a.uses,
         policy::model::duration::format(&a.expires.unsigned_abs())
     );
@@ -147,7 +146,22 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
         token.reveal().as_str(),
         public.fingerprint()
     );
-    Ok(())
+    start_daemons(
+        services::NodeKind::Master,
+        root,
+        a.no_start,
+        a.dir,
+        &a.dir.join("node.key"),
+        Some(a.tokens),
+    )
+}
+
+/// The role of the nodes `tyd init`'s first token admits: nodes like this one.
+pub fn first_token_role(root: services::Root) -> Role {
+    match root {
+        services::Root::Ram => Role::Drone,
+        services::Root::Disk => Role::Server,
+    }
 }
 
 /// What `tyd join` needs.
@@ -218,15 +232,13 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         .key
         .map_or_else(|| a.dir.join("node.key"), Path::to_path_buf);
     let me = node_key(&key_path)?;
-    let joined = match &token {
-        Some(token) => {
-            join::client::join(member, token, a.operator, &me, a.name.map(String::from))
-        }
+    let ask = |name: Option<String>| match &token {
+        Some(token) => join::client::join(member, token, a.operator, &me, name),
         None => join::client::join_with_approval(
             member,
             a.operator,
             &me,
-            a.name.map(String::from),
+            name,
             join::service::APPROVAL_WAIT,
             |code| {
                 eprintln!(
@@ -234,6 +246,22 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
                 );
             },
         ),
+    };
+    // Without --name the node asks for its host name, as `tyd init` names the first node;
+    // when the master refuses it (taken, or not a usable name) it asks again with none and
+    // the master picks node<ID>. A refused request spends no token use.
+    let joined = match (a.name, default_name()) {
+        (Some(name), _) => ask(Some(name.to_string())),
+        (None, Some(host)) => match ask(Some(host.clone())) {
+            // The answer carries the refusal as text (the join protocol has no refusal
+            // codes yet): both name refusals (join::admit::Refusal) begin "name ".
+            Err(join::client::JoinError::Refused(reason)) if reason.starts_with("name ") => {
+                eprintln!("the master refused the name {host:?} ({reason}); asking for none");
+                ask(None)
+            }
+            other => other,
+        },
+        (None, None) => ask(None),
     }
     .map_err(|e| {
         let exit = match &e {
@@ -260,17 +288,53 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
     )?;
     atomic_write(&policy_path, joined.policy.as_bytes(), 0o644)?;
     println!(
-        "joined cluster {} as node {} ({}), serial {}",
+        "joined cluster {:?} as node {} ({}), serial {}",
         joined.cluster, joined.node, joined.name, joined.serial
     );
+    let root = services::root();
+    if let Some(warning) = certainty_warning(&joined.policy, &me, root, Timestamp::now()) {
+        eprintln!("warning: {warning}");
+    }
     start_daemons(
         services::NodeKind::Member,
-        services::root(),
+        root,
         a.no_start,
         a.dir,
         &key_path,
         None,
     )
+}
+
+/// What to tell the operator when this node's roles owe certaintyd (the policy's
+/// `require_certainty`) but its root is a disk, where certaintyd does not run: the cluster
+/// would quarantine it.
+pub fn certainty_warning(
+    policy_text: &str,
+    me: &WgPublicKey,
+    root: services::Root,
+    now: Timestamp,
+) -> Option<String> {
+    if root == services::Root::Ram {
+        return None;
+    }
+    let p = policy::parse_policy("the joined policy", policy_text.as_bytes(), now).ok()?;
+    let node = p.nodes.iter().find(|n| &n.public_key == me)?;
+    if !p.distribution.require_certainty.of(&node.roles) {
+        return None;
+    }
+    let roles: Vec<&str> = node.roles.iter().map(|r| r.name()).collect();
+    Some(format!(
+        "this node joined as {} and the policy requires certaintyd of it, but / is a disk, where certaintyd does not run: the cluster will quarantine it. Join disk roots with a token for servers (tyd token create --roles server).",
+        roles.join(",")
+    ))
+}
+
+/// This machine's host name, as a node name (None when it has none).
+pub fn default_name() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
 }
 
 /// Enables and starts the units, or says why not and prints the command lines.
@@ -285,9 +349,30 @@ fn start_daemons(
     let plan = services::plan(kind, root, dir);
     match services::usable(no_start, dir, key, tokens) {
         Ok(()) => {
+            let next = |why: String| {
+                Failure::new(
+                    Exit::Runtime,
+                    format!(
+                        "{why}; see `journalctl -u netguard -u clusterd -u joind`, mend the cause, then `systemctl restart {}` (the keys and the policy are in place; nothing needs to run again)",
+                        plan.units.join(" ")
+                    ),
+                )
+            };
             services::write_settings(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
-            services::start(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
-            println!("started: {}", plan.units.join(" "));
+            services::start(&plan).map_err(next)?;
+            // systemd says "started" as soon as netguard runs; the node is protected only
+            // once its table is in force, which a missing dependency (nft unable to resolve
+            // a protocol name without /etc/protocols) or a sandbox error can prevent.
+            let policy = policy::load_verified(
+                &dir.join("cluster.toml"),
+                &dir.join("operator.pub"),
+                Timestamp::now(),
+            )?;
+            services::wait_in_force(&policy, services::IN_FORCE_WAIT).map_err(next)?;
+            println!(
+                "started: {} (netguard's firewall in force)",
+                plan.units.join(" ")
+            );
         }
         Err(services::NotStarted::Asked) => {
             // The settings the units read are written, so starting them later is one line.
@@ -354,10 +439,10 @@ pub fn leave(dir: &Path, key: Option<&Path>, now: Timestamp) -> CliResult {
         return match serde_json::from_str::<join::service::LeaveAnswer>(&line) {
             Ok(join::service::LeaveAnswer::Removed { node }) => {
                 println!(
-                    "node {node} ({}) removed from cluster {} by the master at {m}; stop this node's daemons",
+                    "node {node} ({}) removed from cluster {:?} by the master at {m}",
                     mine.name, p.cluster.name
                 );
-                Ok(())
+                stop_after_leave(dir, &key_path)
             }
             Ok(join::service::LeaveAnswer::Refused { reason }) => Err(Failure::new(
                 Exit::Refused,
@@ -373,6 +458,42 @@ pub fn leave(dir: &Path, key: Option<&Path>, now: Timestamp) -> CliResult {
         Exit::Runtime,
         format!("cannot reach a master: {last}"),
     ))
+}
+
+/// After the cluster removed this node: its daemons stopped and disabled (they would go on
+/// with the old policy, and start again at boot), the policy moved aside so that `tyd join`
+/// can join again, and clusterd's view removed (it would show a cluster this node left).
+/// netguard's table stays in force until reboot: leaving opens nothing.
+fn stop_after_leave(dir: &Path, key: &Path) -> CliResult {
+    let policy_path = dir.join("cluster.toml");
+    let units = services::ALL_UNITS;
+    match services::usable(false, dir, key, None) {
+        Ok(()) => {
+            services::stop(&units).map_err(|e| {
+                Failure::new(
+                    Exit::Runtime,
+                    format!("{e}; the cluster has removed this node: stop them by hand"),
+                )
+            })?;
+            println!("stopped and disabled: {}", units.join(" "));
+        }
+        Err(why) => println!("daemons not stopped here ({why}): stop this node's daemons"),
+    }
+    for f in [signature_path(&policy_path), policy_path.clone()] {
+        let mut aside = f.clone().into_os_string();
+        aside.push(".left");
+        std::fs::rename(&f, &aside).map_err(|e| io(&f, e))?;
+    }
+    match std::fs::remove_file(services::UNIT_VIEW) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(Path::new(services::UNIT_VIEW), e)),
+    }
+    println!(
+        "{} moved aside to cluster.toml.left; netguard's table stays in force until reboot (or nft delete table inet netguard)",
+        policy_path.display()
+    );
+    Ok(())
 }
 
 /// `tyd join list|approve|deny`, on a master.
@@ -442,4 +563,60 @@ pub fn decide(d: Decide, now: Timestamp) -> CliResult {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack (the README's own steps): a Debian machine joined with `tyd init`'s token became
+    /// a drone, which owes certaintyd, on a disk root where certaintyd does not run, and the
+    /// master quarantined it. Steps: the first token of a disk-root init admits servers, of a
+    /// RAM-root init drones; the policy requires certaintyd of drones only, so a server is
+    /// not told it will be quarantined while a drone on a disk is.
+    #[test]
+    fn a_disk_root_joined_with_the_first_token_owes_no_certaintyd() {
+        assert_eq!(first_token_role(services::Root::Disk), Role::Server);
+        assert_eq!(first_token_role(services::Root::Ram), Role::Drone);
+        let now = Timestamp::now();
+        let expires = now
+            .checked_add(SignedDuration::from_hours(24))
+            .expect("in range");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cluster.toml");
+        let text = policy::template::init_template("lab", expires);
+        std::fs::write(&path, &text).expect("write");
+        let mut edit = PolicyEdit::open(&path).expect("open");
+        edit.require_certainty_of(&[Role::Drone]);
+        let current = edit.current(now).expect("current");
+        let keys = [
+            WgPublicKey::from_secret(&[1; 32]),
+            WgPublicKey::from_secret(&[2; 32]),
+        ];
+        for (i, (key, role)) in keys.iter().zip([Role::Server, Role::Drone]).enumerate() {
+            let id = NodeId::new(i as u16 + 1).expect("id");
+            edit.add_node(&NewNode {
+                id,
+                name: format!("n{}", i + 1),
+                public_key: *key,
+                endpoint: None,
+                addresses: default_addresses(&current, id),
+                roles: vec![role],
+                expires: None,
+            })
+            .expect("add");
+        }
+        edit.write(now).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            certainty_warning(&text, &keys[0], services::Root::Disk, now),
+            None
+        );
+        let drone = certainty_warning(&text, &keys[1], services::Root::Disk, now);
+        assert!(drone.is_some_and(|w| w.contains("--roles server")));
+        assert_eq!(
+            certainty_warning(&text, &keys[1], services::Root::Ram, now),
+            None
+        );
+    }
 }

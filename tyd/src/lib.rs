@@ -172,7 +172,8 @@ struct JoinArgs {
     /// This node's WireGuard key (made if missing; default DIR/node.key).
     #[arg(long)]
     key: Option<PathBuf>,
-    /// The name this node asks for (default: the master picks node<ID>).
+    /// The name this node asks for (default: its host name; node<ID> when the master
+    /// refuses that).
     #[arg(long)]
     name: Option<String>,
     /// Do not enable and start the daemons' systemd units; print their command lines.
@@ -235,9 +236,14 @@ enum PolicyCmd {
         /// The operator's secret key (from `tyd keygen operator`).
         #[arg(long)]
         key: PathBuf,
-        /// Raise the serial past the last one this key signed, instead of refusing.
+        /// Raise the serial past the last one taken (signed with this key, or accepted by
+        /// this node's daemons), instead of refusing.
         #[arg(long)]
         bump: bool,
+        /// This node's record of the policies its daemons accepted (netguard's rollback
+        /// state): a serial they took is not signed again with other content.
+        #[arg(long, default_value = "/var/lib/tyd/accepted.json")]
+        state: PathBuf,
         /// Sign without asking. On a terminal, sign shows what changed since the last policy
         /// this key signed for the cluster and asks first; elsewhere it shows it and signs.
         #[arg(long, short)]
@@ -351,8 +357,9 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
                 file,
                 key,
                 bump,
+                state,
                 yes,
-            } => policy_cmd::sign_cmd(&file, &key, bump, yes, now),
+            } => policy_cmd::sign_cmd(&file, &key, &state, bump, yes, now),
             PolicyCmd::Diff { old, new } => policy_cmd::diff_cmd(&old, &new),
             PolicyCmd::Verify { file, trust, json } => policy_cmd::verify(&file, &trust, json, now),
             PolicyCmd::Push { file, trust, to } => policy_cmd::push(&file, &trust, &to, now),
@@ -374,13 +381,9 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
             expires,
             no_start,
         } => {
-            let host = name.unwrap_or_else(|| {
-                nix::unistd::gethostname()
-                    .ok()
-                    .and_then(|h| h.into_string().ok())
-                    .filter(|h| !h.is_empty())
-                    .unwrap_or_else(|| "node1".into())
-            });
+            let host = name
+                .or_else(join_cmd::default_name)
+                .unwrap_or_else(|| "node1".into());
             join_cmd::init(
                 &join_cmd::InitArgs {
                     dir: &dir,

@@ -91,14 +91,7 @@ impl KeyArg {
 }
 
 pub fn parse_role(s: &str) -> Result<Role, String> {
-    match s {
-        "master" => Ok(Role::Master),
-        "drone" => Ok(Role::Drone),
-        _ => Err(format!(
-            "{} is not a role (master or drone)",
-            policy::parse::shown(s)
-        )),
-    }
+    s.parse()
 }
 
 pub fn run(cmd: NodeCmd, now: Timestamp) -> CliResult {

@@ -279,34 +279,100 @@ fn read_log(path: &Path) -> CliResult<SigningLog> {
     }
 }
 
-pub fn sign_cmd(path: &Path, key: &Path, bump: bool, yes: bool, now: Timestamp) -> CliResult {
+/// A serial already taken for a cluster: by this key's signing log, or by the daemons of
+/// this node (netguard's rollback state), which also count what `tyd init` and joind signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub serial: u64,
+    /// BLAKE3 (hex) of the bytes signed or accepted at that serial.
+    pub digest: String,
+    /// Where it was seen, for the refusal.
+    pub source: String,
+}
+
+/// The highest serial taken for `cluster` among `seen`.
+pub fn highest_taken(seen: impl IntoIterator<Item = Taken>) -> Option<Taken> {
+    seen.into_iter().max_by_key(|t| t.serial)
+}
+
+/// What signing a file at `serial` with `digest` must do, given the highest serial taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialCheck {
+    /// The serial is new, or these are the very bytes taken at it: sign as is.
+    Sign,
+    /// The serial is taken by other content: daemons would refuse it (replay or rollback).
+    /// Signing needs this serial instead (with --bump).
+    Taken { next: u64, by: Taken },
+}
+
+pub fn check_serial(serial: u64, digest: &str, highest: Option<Taken>) -> SerialCheck {
+    match highest {
+        Some(t) if serial < t.serial || (serial == t.serial && digest != t.digest) => {
+            SerialCheck::Taken {
+                next: t.serial + 1,
+                by: t,
+            }
+        }
+        _ => SerialCheck::Sign,
+    }
+}
+
+pub fn sign_cmd(
+    path: &Path,
+    key: &Path,
+    state: &Path,
+    bump: bool,
+    yes: bool,
+    now: Timestamp,
+) -> CliResult {
     let signing_key = keygen::load_operator(key)?;
     let log_file = log_path(key);
     let mut log = read_log(&log_file)?;
     let mut policy = load_unsigned(path, now)?;
     let mut bytes = fsutil::read(path)?;
-    if let Some(last) = log.0.get(&policy.cluster.name) {
-        let same = last.serial == policy.cluster.serial
-            && last.digest == blake3::hash(&bytes).to_hex().as_str();
-        if policy.cluster.serial <= last.serial && !same {
-            if !bump {
-                return Err(Failure::new(
-                    Exit::Refused,
-                    format!(
-                        "{}: serial {} is not greater than serial {} already signed for cluster {:?}; raise it or pass --bump",
-                        display(path),
-                        policy.cluster.serial,
-                        last.serial,
-                        policy.cluster.name
-                    ),
-                ));
-            }
-            let mut edit = PolicyEdit::open(path)?;
-            edit.set_serial(last.serial + 1)?;
-            policy = edit.write(now)?;
-            bytes = fsutil::read(path)?;
-            println!("serial bumped to {}", policy.cluster.serial);
+    let logged = log.0.get(&policy.cluster.name).map(|l| Taken {
+        serial: l.serial,
+        digest: l.digest.clone(),
+        source: format!("signed with this key ({})", display(&log_file)),
+    });
+    // The daemons' record on this node; unreadable or absent refuses nothing, and another
+    // cluster's record is not ours to compare.
+    let accepted = policy::RollbackStore::open(state, 0)
+        .ok()
+        .and_then(|s| s.last().cloned())
+        .filter(|r| r.cluster == policy.cluster.name)
+        .map(|r| Taken {
+            serial: r.serial,
+            digest: r.digest,
+            source: format!("accepted by this node's daemons ({})", display(state)),
+        });
+    let digest = blake3::hash(&bytes).to_hex().to_string();
+    if let SerialCheck::Taken { next, by } = check_serial(
+        policy.cluster.serial,
+        &digest,
+        highest_taken(logged.into_iter().chain(accepted)),
+    ) {
+        if !bump {
+            return Err(Failure::new(
+                Exit::Refused,
+                format!(
+                    "{}: serial {} of cluster {:?} is taken: serial {} was already {} with other content, and every node would refuse this; raise it or pass --bump",
+                    display(path),
+                    policy.cluster.serial,
+                    policy.cluster.name,
+                    by.serial,
+                    by.source
+                ),
+            ));
         }
+        let mut edit = PolicyEdit::open(path)?;
+        edit.set_serial(next)?;
+        policy = edit.write(now)?;
+        bytes = fsutil::read(path)?;
+        println!(
+            "serial bumped to {} (serial {} was {})",
+            policy.cluster.serial, by.serial, by.source
+        );
     }
     if !review(path, &bytes, log.0.get(&policy.cluster.name), yes)? {
         return Err(Failure::new(

@@ -12,6 +12,19 @@ pub const UNIT_DIR: &str = "/etc/tyd";
 pub const UNIT_KEY: &str = "/etc/tyd/node.key";
 pub const UNIT_TOKENS: &str = "/var/lib/tyd/tokens.json";
 
+/// clusterd's view of the cluster, as the unit writes it.
+pub const UNIT_VIEW: &str = "/run/tyd/cluster-status.json";
+/// Every unit of the package, in the order they stop.
+pub const ALL_UNITS: [&str; 4] = [
+    "joind.service",
+    "clusterd.service",
+    "certaintyd.service",
+    "netguard.service",
+];
+/// How long `tyd init` and `tyd join` wait for netguard's table after starting the units
+/// (wireguard-go's start included).
+pub const IN_FORCE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// What this node is, as far as its daemons go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
@@ -213,19 +226,56 @@ pub fn write_settings(plan: &Plan) -> Result<(), String> {
 
 /// Runs `systemctl enable --now` on the units.
 pub fn start(plan: &Plan) -> Result<(), String> {
+    systemctl(&["enable", "--now", "--"], &plan.units)
+}
+
+/// Runs `systemctl disable --now` on `units`.
+pub fn stop(units: &[&str]) -> Result<(), String> {
+    systemctl(&["disable", "--now", "--"], units)
+}
+
+fn systemctl(args: &[&str], units: &[&str]) -> Result<(), String> {
     let out = Command::new("systemctl")
-        .args(["enable", "--now", "--"])
-        .args(&plan.units)
+        .args(args)
+        .args(units)
         .output()
         .map_err(|e| format!("systemctl: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "systemctl enable --now {}: {}",
-            plan.units.join(" "),
+            "systemctl {}{}: {}",
+            args.join(" ").trim_end_matches(" --"),
+            units.iter().fold(String::new(), |a, u| a + " " + u),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     Ok(())
+}
+
+/// Waits until netguard's table is in force for `policy` (polled every 200 ms), or says
+/// what is missing after `limit`.
+pub fn wait_in_force(
+    policy: &policy::Verified<policy::Policy>,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    loop {
+        let s = netguard::status::collect(policy, None, None, jiff::Timestamp::now());
+        if s.firewall_installed {
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            let active = Command::new("systemctl")
+                .args(["is-active", "netguard.service"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_else(|e| format!("unknown ({e})"));
+            return Err(format!(
+                "netguard's firewall (table inet netguard) is not in force {} s after the start (netguard.service: {active})",
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[cfg(test)]

@@ -30,22 +30,60 @@ fn age(s: Option<u64>) -> String {
     }
 }
 
+/// The policy file, verified and as the daemons of this node would take it: a file whose
+/// serial they already accepted with other content, or an older one, is refused here too
+/// (netguard's rollback state at `state`), with the store's reason.
+fn load_as_daemons_would(
+    a: &StatusArgs<'_>,
+    now: Timestamp,
+) -> CliResult<policy::Verified<policy::Policy>> {
+    let p = load_verified(a.policy, a.trust, now)?;
+    // No state (nothing accepted yet, or not readable by this user) refuses nothing: the
+    // daemons' own logs say more than a guess here.
+    if let Ok(store) = policy::RollbackStore::open(a.state, 0)
+        && let Err(e) = store.check(&p, now)
+    {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!("{}: {e}", a.policy.display()),
+        ));
+    }
+    Ok(p)
+}
+
+/// This node's key: the one given, or the node key beside the policy when there is one
+/// (the node itself then shows as "self", not as a peer without a handshake).
+fn this_node_key(a: &StatusArgs<'_>) -> CliResult<Option<policy::WgPublicKey>> {
+    let beside = a.policy.with_file_name("node.key");
+    let path = match a.key {
+        Some(k) => k.clone(),
+        None if beside.exists() => beside,
+        None => return Ok(None),
+    };
+    Ok(Some(policy::WgPublicKey::from_secret(&load_node_secret(
+        &path,
+    )?)))
+}
+
 pub fn run(a: &StatusArgs<'_>, now: Timestamp) -> CliResult {
-    let (policy, refused) = match load_verified(a.policy, a.trust, now) {
+    let (policy, refused) = match load_as_daemons_would(a, now) {
         Ok(p) => (p, None),
         Err(refusal) => {
             let copy = policy::load::in_force_path(a.state);
             match policy::load_verified(&copy, a.trust, now) {
                 Ok(p) => (p, Some(refusal.message)),
-                // Nothing to show: the file's own refusal is the answer.
-                Err(_) => return Err(refusal),
+                // Nothing to show: the file's own refusal is the answer, and the node is
+                // unhealthy (the daemons refuse it too).
+                Err(_) => {
+                    return Err(Failure::new(
+                        Exit::Unhealthy,
+                        format!("policy file refused: {}", refusal.message),
+                    ));
+                }
             }
         }
     };
-    let me = match a.key {
-        Some(k) => Some(policy::WgPublicKey::from_secret(&load_node_secret(k)?)),
-        None => None,
-    };
+    let me = this_node_key(a)?;
     let mut s = netguard::status::collect(&policy, a.interface, me.as_ref(), now);
     if let Some(r) = &refused {
         s.problems.insert(

@@ -21,7 +21,8 @@ pub enum TokenCmd {
         /// How long it is valid, e.g. "1h", "30m", "2d".
         #[arg(long, default_value = "1h", value_parser = crate::parse_span)]
         expires: SignedDuration,
-        /// What a node joining with it becomes: drone, or master (trusted with joins).
+        /// What a node joining with it becomes: drone (a RAM root, owes certaintyd where the
+        /// policy says), server (a disk root, runs none), or master (trusted with joins).
         #[arg(long, value_delimiter = ',', default_value = "drone", value_parser = crate::node_cmd::parse_role)]
         roles: Vec<Role>,
         /// For RAM drones (network-booted, a new key each boot): a node that joined with it
@@ -71,14 +72,7 @@ fn save(store: &TokenStore, path: &Path) -> CliResult {
 }
 
 fn role_names(roles: &[Role]) -> String {
-    roles
-        .iter()
-        .map(|r| match r {
-            Role::Master => "master",
-            Role::Drone => "drone",
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(",")
 }
 
 pub fn run(cmd: TokenCmd, now: Timestamp) -> CliResult {

@@ -234,7 +234,7 @@ fn sign_refuses_an_old_serial_unless_bumped() {
     let err = d.fails(&["policy", "sign", "cluster.toml", "--key", "op.key"], 5);
     assert_eq!(
         err,
-        "tyd: cluster.toml: serial 2 is not greater than serial 4 already signed for cluster \"lab\"; raise it or pass --bump\n"
+        "tyd: cluster.toml: serial 2 of cluster \"lab\" is taken: serial 4 was already signed with this key (op.key.signed.json) with other content, and every node would refuse this; raise it or pass --bump\n"
     );
     d.ok(&[
         "policy",
@@ -248,6 +248,94 @@ fn sign_refuses_an_old_serial_unless_bumped() {
     d.ok(&["policy", "verify", "cluster.toml", "--trust", "op.key.pub"]);
     // Re-signing identical content is harmless and allowed.
     d.ok(&["policy", "sign", "cluster.toml", "--key", "op.key"]);
+}
+
+/// Attack (a tired operator, README's edit step): after `tyd init` and joins, joind has
+/// signed serials this key's signing log never saw; `--bump` counted from the log, re-signed
+/// a taken serial with other content and exited 0, and every daemon refused the file.
+/// Steps: a cluster signed at serial 4; the daemons' record (netguard's state) says serial 6
+/// was accepted; the file, edited, still says 6: signing refuses (exit 5) and names the
+/// record; `--bump` makes it 7; identical bytes at the accepted serial sign as they are.
+#[test]
+fn a_serial_taken_by_init_or_joind_is_never_signed_again_with_other_content() {
+    let d = Dir::new();
+    d.cluster();
+    let state = d.p("accepted.json");
+    std::fs::write(
+        &state,
+        r#"{"cluster":"lab","serial":6,"digest":"00","accepted_at":"2026-12-04T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let text = d.read("cluster.toml").replace("serial = 4", "serial = 6");
+    std::fs::write(d.p("cluster.toml"), &text).unwrap();
+    let sign = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "sign",
+            "cluster.toml",
+            "--key",
+            "op.key",
+            "--state",
+            "accepted.json",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let args = sign(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = d.fails(&args, 5);
+    assert!(
+        err.contains("serial 6 was already accepted by this node's daemons (accepted.json)"),
+        "{err}"
+    );
+    let args = sign(&["--bump"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = d.ok(&args);
+    assert!(out.contains("serial bumped to 7"), "{out}");
+    assert!(d.read("cluster.toml").contains("serial = 7"));
+    // The very bytes the daemons accepted sign as they are (re-signing is no replay).
+    let bytes = std::fs::read(d.p("cluster.toml")).unwrap();
+    std::fs::write(
+        &state,
+        format!(
+            r#"{{"cluster":"lab","serial":7,"digest":"{}","accepted_at":"2026-12-04T00:00:00Z"}}"#,
+            blake3::hash(&bytes).to_hex()
+        ),
+    )
+    .unwrap();
+    let args = sign(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    d.ok(&args);
+    assert!(d.read("cluster.toml").contains("serial = 7"));
+}
+
+/// Attack (a replayed serial): a policy file validly signed at a serial the daemons already
+/// accepted with other content is refused by every daemon, yet `tyd status` verified only
+/// the signature and exited 0 with "(firewall installed)".
+/// Steps: a signed cluster; netguard's state says its serial was accepted with another
+/// digest and no copy in force exists: `tyd status` exits 7 and says "replay refused".
+#[test]
+fn status_is_unhealthy_when_the_file_replays_a_serial_the_daemons_accepted() {
+    let d = Dir::new();
+    d.cluster();
+    std::fs::write(
+        d.p("accepted.json"),
+        r#"{"cluster":"lab","serial":4,"digest":"00","accepted_at":"2026-12-04T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let out = d.tyd(&[
+        "status",
+        "--policy",
+        "cluster.toml",
+        "--trust",
+        "op.key.pub",
+        "--state",
+        "accepted.json",
+        "--interface",
+        "nosuchif0",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("replay refused"), "{}", stderr(&out));
 }
 
 #[test]
@@ -785,7 +873,16 @@ fn init_on_a_disk_root_requires_certaintyd_of_drones_and_says_why_it_starts_noth
         );
         assert!(out.contains("runs none"), "{out}");
         assert!(out.contains("--certainty-socket none"), "{out}");
+        // Nodes joined with the first token are disk roots like this one: servers, which
+        // the policy does not quarantine for running no certaintyd.
+        assert!(out.contains("join further nodes as server"), "{out}");
     }
+    // The join line comes before anything that can fail in starting the daemons.
+    let join_at = out
+        .find("  tyd join 192.0.2.1 --token ")
+        .expect("join line");
+    let start_at = out.find("daemons not started").expect("start line");
+    assert!(join_at < start_at, "{out}");
     // Files outside /etc/tyd are not what the units read: nothing is started.
     assert!(
         out.contains(&format!(
