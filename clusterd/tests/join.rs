@@ -225,7 +225,9 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
 
     // d4 comes back without a token: its join waits until the operator, seeing the same code
     // on the master as on d4, approves it.
-    std::fs::remove_file(lab.members[3].dir.join("cluster.toml")).unwrap();
+    // Leaving moved its policy aside (so it can join again), with no systemd to stop.
+    assert!(!lab.members[3].dir.join("cluster.toml").exists());
+    assert!(lab.members[3].dir.join("cluster.toml.left").exists());
     let mut joiner = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.members[3].ns])
         .arg(lab::workspace_bin("tyd"))

@@ -39,7 +39,12 @@ pub struct PolicyEdit {
 
 impl PolicyEdit {
     pub fn open(path: &Path) -> Result<Self, EditError> {
-        let bytes = fsutil::read(path)?;
+        Self::from_bytes(path, fsutil::read(path)?)
+    }
+
+    /// An edit of `bytes`, already read from `path` (where [`Self::write`] puts the result):
+    /// a caller that checked these bytes edits exactly them, not whatever the file holds now.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, EditError> {
         let text =
             String::from_utf8(bytes).map_err(|_| EditError::NotUtf8 { path: path.into() })?;
         let doc = text.parse::<DocumentMut>().map_err(|e| EditError::Toml {
@@ -150,13 +155,18 @@ impl PolicyEdit {
 
     /// Validates and writes without touching the serial.
     pub fn write(self, now: Timestamp) -> Result<Policy, EditError> {
+        self.write_text(now).map(|(_, policy)| policy)
+    }
+
+    /// [`Self::write`], returning the bytes written too (to sign exactly them).
+    pub fn write_text(self, now: Timestamp) -> Result<(String, Policy), EditError> {
         let text = self.doc.to_string();
         let policy = parse_policy(&self.path.display().to_string(), text.as_bytes(), now)?;
         let mode = std::fs::metadata(&self.path)
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
             .unwrap_or(0o644);
         atomic_write(&self.path, text.as_bytes(), mode)?;
-        Ok(policy)
+        Ok((text, policy))
     }
 }
 

@@ -49,7 +49,7 @@ pub enum NodeCmd {
         /// Tunnel address (repeat for several).
         #[arg(long = "address")]
         addresses: Vec<IpAddr>,
-        /// master or drone (repeat for several; default drone).
+        /// master, drone or server (repeat for several; default drone).
         #[arg(long = "role", value_parser = parse_role)]
         roles: Vec<Role>,
         /// When the node stops being accepted (RFC 3339).

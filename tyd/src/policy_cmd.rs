@@ -301,20 +301,48 @@ pub enum SerialCheck {
     /// The serial is new, or these are the very bytes taken at it: sign as is.
     Sign,
     /// The serial is taken by other content: daemons would refuse it (replay or rollback).
-    /// Signing needs this serial instead (with --bump).
-    Taken { next: u64, by: Taken },
+    /// Signing needs this serial instead (with --bump), if one is left.
+    Taken { next: Option<u64>, by: Taken },
 }
 
 pub fn check_serial(serial: u64, digest: &str, highest: Option<Taken>) -> SerialCheck {
     match highest {
-        Some(t) if serial < t.serial || (serial == t.serial && digest != t.digest) => {
+        Some(t)
+            if serial < t.serial
+                || (serial == t.serial && !digest.eq_ignore_ascii_case(&t.digest)) =>
+        {
             SerialCheck::Taken {
-                next: t.serial + 1,
+                // None: u64::MAX is taken and no serial is left.
+                next: t.serial.checked_add(1),
                 by: t,
             }
         }
         _ => SerialCheck::Sign,
     }
+}
+
+/// What this node's daemons accepted (netguard's rollback record at `state`), for
+/// `cluster`. An absent file is nothing accepted; a file that cannot be read or parsed is
+/// refused (a signing that daemons would refuse must not pass for lack of a look), with
+/// the way out. A record of another cluster is no serial of this one: said, not counted.
+fn accepted_record(state: &Path, cluster: &str) -> CliResult<Option<policy::AcceptedRecord>> {
+    let store = policy::RollbackStore::open(state, 0).map_err(|e| {
+        Failure::new(
+            Exit::Runtime,
+            format!("{e} (this node's daemons' record: run as root, or name another with --state)"),
+        )
+    })?;
+    Ok(store.last().cloned().filter(|r| {
+        let ours = r.cluster == cluster;
+        if !ours {
+            eprintln!(
+                "note: {} is a record of cluster {:?}, not {cluster:?}: not compared",
+                display(state),
+                r.cluster
+            );
+        }
+        ours
+    }))
 }
 
 pub fn sign_cmd(
@@ -328,24 +356,19 @@ pub fn sign_cmd(
     let signing_key = keygen::load_operator(key)?;
     let log_file = log_path(key);
     let mut log = read_log(&log_file)?;
-    let mut policy = load_unsigned(path, now)?;
+    // Read once: the bytes checked are the bytes signed, whatever the file becomes meanwhile.
     let mut bytes = fsutil::read(path)?;
+    let mut policy = parse_policy(&display(path), &bytes, now)?;
     let logged = log.0.get(&policy.cluster.name).map(|l| Taken {
         serial: l.serial,
         digest: l.digest.clone(),
         source: format!("signed with this key ({})", display(&log_file)),
     });
-    // The daemons' record on this node; unreadable or absent refuses nothing, and another
-    // cluster's record is not ours to compare.
-    let accepted = policy::RollbackStore::open(state, 0)
-        .ok()
-        .and_then(|s| s.last().cloned())
-        .filter(|r| r.cluster == policy.cluster.name)
-        .map(|r| Taken {
-            serial: r.serial,
-            digest: r.digest,
-            source: format!("accepted by this node's daemons ({})", display(state)),
-        });
+    let accepted = accepted_record(state, &policy.cluster.name)?.map(|r| Taken {
+        serial: r.serial,
+        digest: r.digest,
+        source: format!("accepted by this node's daemons ({})", display(state)),
+    });
     let digest = blake3::hash(&bytes).to_hex().to_string();
     if let SerialCheck::Taken { next, by } = check_serial(
         policy.cluster.serial,
@@ -365,10 +388,21 @@ pub fn sign_cmd(
                 ),
             ));
         }
-        let mut edit = PolicyEdit::open(path)?;
+        let next = next.ok_or_else(|| {
+            Failure::new(
+                Exit::Refused,
+                format!(
+                    "{}: serial {} is taken and is the largest there is: no serial is left for cluster {:?}",
+                    display(path),
+                    by.serial,
+                    policy.cluster.name
+                ),
+            )
+        })?;
+        let mut edit = PolicyEdit::from_bytes(path, bytes)?;
         edit.set_serial(next)?;
-        policy = edit.write(now)?;
-        bytes = fsutil::read(path)?;
+        let (text, bumped) = edit.write_text(now)?;
+        (bytes, policy) = (text.into_bytes(), bumped);
         println!(
             "serial bumped to {} (serial {} was {})",
             policy.cluster.serial, by.serial, by.source

@@ -255,7 +255,8 @@ fn sign_refuses_an_old_serial_unless_bumped() {
 /// a taken serial with other content and exited 0, and every daemon refused the file.
 /// Steps: a cluster signed at serial 4; the daemons' record (netguard's state) says serial 6
 /// was accepted; the file, edited, still says 6: signing refuses (exit 5) and names the
-/// record; `--bump` makes it 7; identical bytes at the accepted serial sign as they are.
+/// record; `--bump` makes it 7; identical bytes at the accepted serial sign as they are; a
+/// corrupt record is refused, and the largest serial taken leaves nothing to bump to.
 #[test]
 fn a_serial_taken_by_init_or_joind_is_never_signed_again_with_other_content() {
     let d = Dir::new();
@@ -306,6 +307,21 @@ fn a_serial_taken_by_init_or_joind_is_never_signed_again_with_other_content() {
     let args = sign(&[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     d.ok(&args);
+    assert!(d.read("cluster.toml").contains("serial = 7"));
+    // A record that cannot be read is no licence: refused, with the way out.
+    std::fs::write(&state, "{").unwrap();
+    let err = d.fails(&args, 1);
+    assert!(err.contains("corrupt") && err.contains("--state"), "{err}");
+    // The largest serial taken leaves none for --bump: refused, nothing wraps to 0.
+    std::fs::write(
+        &state,
+        r#"{"cluster":"lab","serial":18446744073709551615,"digest":"00","accepted_at":"2026-12-04T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let args = sign(&["--bump"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = d.fails(&args, 5);
+    assert!(err.contains("no serial is left"), "{err}");
     assert!(d.read("cluster.toml").contains("serial = 7"));
 }
 
