@@ -251,6 +251,8 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
     // when the master refuses it (taken, or not a usable name) it asks again with none and
     // the master picks node<ID>. A refused request spends no token use.
     let joined = match (a.name, default_name()) {
+        // "-": the master picks (drone images, whose host names say nothing of the node).
+        (Some("-"), _) => ask(None),
         (Some(name), _) => ask(Some(name.to_string())),
         (None, Some(host)) => match ask(Some(host.clone())) {
             // The answer carries the refusal as text (the join protocol has no refusal
@@ -288,7 +290,7 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
     )?;
     atomic_write(&policy_path, joined.policy.as_bytes(), 0o644)?;
     println!(
-        "joined cluster {:?} as node {} ({}), serial {}",
+        "joined cluster {} as node {} ({}), serial {}",
         joined.cluster, joined.node, joined.name, joined.serial
     );
     let root = services::root();

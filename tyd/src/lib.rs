@@ -173,7 +173,7 @@ struct JoinArgs {
     #[arg(long)]
     key: Option<PathBuf>,
     /// The name this node asks for (default: its host name; node<ID> when the master
-    /// refuses that).
+    /// refuses that). "-": none, the master picks node<ID>.
     #[arg(long)]
     name: Option<String>,
     /// Do not enable and start the daemons' systemd units; print their command lines.
