@@ -4,8 +4,10 @@
 //! and the system root are RAM filesystems (or the operator forces it): a disk root changes all
 //! the time, and nobody should be able to reboot their own workstation by accident.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use policy::Action;
@@ -76,10 +78,48 @@ pub enum Outcome {
     PowerFailed,
 }
 
+/// The exec hook, opened when certaintyd starts: what runs at a violation is that file,
+/// through its descriptor, whatever its path names by then (a hook replaced on disk, or a
+/// path rewritten in certaintyd's memory, runs nothing else).
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// For the log only.
+    pub path: PathBuf,
+    file: Arc<OwnedFd>,
+}
+
+impl Hook {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Arc::new(file.into()),
+        })
+    }
+
+    /// A command that executes the opened file: `/proc/self/fd/N`, with N left open in the
+    /// child (a `#!` script's interpreter opens it again by that name).
+    fn command(&self) -> tokio::process::Command {
+        let fd = self.file.as_raw_fd();
+        let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{fd}"));
+        // SAFETY: between fork and exec only fcntl(2), which is async-signal-safe, runs; it
+        // touches no memory of the parent's.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Actuator {
     pub action: Action,
-    pub exec: Option<PathBuf>,
+    pub exec: Option<Hook>,
     pub exec_deadline: Duration,
     pub dry_run: bool,
 }
@@ -104,14 +144,15 @@ impl Actuator {
             return;
         };
         let json = serde_json::to_vec(report).unwrap_or_default();
-        let child = tokio::process::Command::new(hook)
+        let child = hook
+            .command()
             .stdin(Stdio::piped())
             .kill_on_drop(true)
             .spawn();
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
-                error!(hook = %hook.display(), cause = %e, "cannot start exec hook");
+                error!(hook = %hook.path.display(), cause = %e, "cannot start exec hook");
                 return;
             }
         };
@@ -120,10 +161,10 @@ impl Actuator {
             drop(stdin);
         }
         match tokio::time::timeout(self.exec_deadline, child.wait()).await {
-            Ok(Ok(status)) => info!(hook = %hook.display(), %status, "exec hook finished"),
-            Ok(Err(e)) => error!(hook = %hook.display(), cause = %e, "exec hook failed"),
+            Ok(Ok(status)) => info!(hook = %hook.path.display(), %status, "exec hook finished"),
+            Ok(Err(e)) => error!(hook = %hook.path.display(), cause = %e, "exec hook failed"),
             Err(_) => {
-                warn!(hook = %hook.display(), deadline = %policy::model::duration::format(&self.exec_deadline), "exec hook overran its deadline; killing it");
+                warn!(hook = %hook.path.display(), deadline = %policy::model::duration::format(&self.exec_deadline), "exec hook overran its deadline; killing it");
                 let _ = child.kill().await;
             }
         }

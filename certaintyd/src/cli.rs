@@ -46,7 +46,8 @@ pub struct Args {
     /// Override the policy's content_every: re-hash file content every N verifications.
     #[arg(long)]
     pub content_every: Option<u32>,
-    /// Do everything except reboot or power off; exit 3 instead.
+    /// Do everything except reboot or power off; exit 8 (integrity lost without a reboot)
+    /// instead.
     #[arg(long)]
     pub dry_run: bool,
     /// Allow reboot, poweroff and exec although the root is not a RAM filesystem.
@@ -85,5 +86,26 @@ pub fn parse_action(s: &str) -> Result<Action, String> {
         "exec" => Ok(Action::Exec),
         "alert" => Ok(Action::Alert),
         _ => Err(format!("unknown action {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Issue 25 #7: `--help` said a dry run exits 3 (invalid policy) while it exits 8. Steps:
+    /// the help of `--dry-run` names the code of `Exit::IntegrityLost`.
+    #[test]
+    fn the_dry_run_help_names_the_code_it_exits_with() {
+        let cmd = Args::command();
+        let help = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "dry_run")
+            .and_then(|a| a.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let code = policy::exit::Exit::IntegrityLost as i32;
+        assert!(help.contains(&format!("exit {code}")), "{help}");
     }
 }

@@ -221,7 +221,6 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
-        d.cfg.heartbeat.beat();
         let window_end = d.window.as_ref().map(|w| w.until);
         let flow = tokio::select! {
             _ = tick.tick() => d.full_verification().await,
@@ -266,6 +265,28 @@ fn writer_findings(dev: u64, tree: &HashMap<u64, String>) -> Vec<Finding> {
         .collect()
 }
 
+/// The files of `baseline` among `written` (closed after being open for writing), as
+/// findings. Paths the baseline does not hold (excluded, or new: their creation is its own
+/// event) are not judged here.
+fn write_opened(baseline: &Manifest, mut written: Vec<Vec<u8>>) -> Vec<Finding> {
+    written.sort();
+    written.dedup();
+    written
+        .into_iter()
+        .filter(|p| {
+            baseline
+                .entries
+                .get(p)
+                .is_some_and(|e| e.kind == crate::entry::Kind::File)
+        })
+        .map(|p| Finding {
+            path: crate::entry::display_path(&p),
+            changes: vec![],
+            detail: "was open for writing".into(),
+        })
+        .collect()
+}
+
 /// The tree's regular files by inode, with their paths (what a writer can change).
 fn inodes_of(manifest: &Manifest) -> HashMap<u64, String> {
     manifest
@@ -298,6 +319,12 @@ impl Daemon {
     /// Writer scan, baseline, expected root, watchers. Startup errors are fatal; findings
     /// (writers, wrong root hash) are violations.
     async fn establish(&mut self) -> Result<Flow, StartupError> {
+        // A baseline pass has no deadline of its own yet (a maintenance window may have
+        // grown the root): the watchdog's wide limit holds until it is taken.
+        self.cfg.heartbeat.beat();
+        self.cfg
+            .heartbeat
+            .set_limit(self.cfg.interval * 10 + Duration::from_secs(30));
         if self.cfg.source == Source::Tree {
             let dev = nix::sys::stat::stat(&self.cfg.root)
                 .map_err(|source| RootError {
@@ -359,6 +386,12 @@ impl Daemon {
             .cfg
             .deadline
             .unwrap_or_else(|| (self.cfg.interval * 5).max(took * 4));
+        // From here the watchdog is fed only while full verifications complete: one
+        // interval and one pass deadline, plus a second for the timer, may pass between two.
+        self.cfg.heartbeat.beat();
+        self.cfg
+            .heartbeat
+            .set_limit(self.cfg.interval + self.deadline + Duration::from_secs(1));
         self.adopt(snap.manifest)?;
         info!(
             root_hash = %self.baseline_root,
@@ -471,6 +504,8 @@ impl Daemon {
             }
             Ok(Ok(Ok(snap))) => snap,
         };
+        // A pass completed within its deadline: the daemon verifies, the watchdog is fed.
+        self.cfg.heartbeat.beat();
         if let Ok(mut s) = self.status.lock() {
             s.last_verification_at = Some(now_text());
             s.last_verification_ms = Some(took.as_millis() as u64);
@@ -503,6 +538,7 @@ impl Daemon {
         rx: &mut mpsc::UnboundedReceiver<WatchEvent>,
     ) -> Flow {
         let mut paths = Vec::new();
+        let mut written = Vec::new();
         let mut mounts = false;
         let mut pending = vec![ev];
         // Drain what is already queued, so one burst is one check.
@@ -512,6 +548,7 @@ impl Daemon {
         for ev in pending {
             match ev {
                 Some(WatchEvent::Paths(p)) => paths.extend(p),
+                Some(WatchEvent::WriteClosed(p)) => written.extend(p),
                 Some(WatchEvent::Mounts) => mounts = true,
                 Some(WatchEvent::Overflow) => {
                     let detail = "inotify queue overflowed: changes may have been missed".into();
@@ -557,10 +594,17 @@ impl Daemon {
                     .await;
             }
         };
-        if findings.is_empty() {
+        if !findings.is_empty() {
+            return self.violation(Cause::Event, findings, String::new()).await;
+        }
+        // The content is as it was, but a file of the tree was open for writing: whatever
+        // was written through it may have been used and undone already.
+        let opened = write_opened(&self.baseline, written);
+        if opened.is_empty() {
             return Flow::Continue;
         }
-        self.violation(Cause::Event, findings, String::new()).await
+        let detail = "opened for writing after the baseline (a write through a mapping or io_uring can be made and undone before the close)".into();
+        self.violation(Cause::UnsafeWriters, opened, detail).await
     }
 
     /// One decision, one event: log everything, then act (or, in a maintenance window, log only).

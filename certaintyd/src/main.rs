@@ -46,6 +46,13 @@ fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
             "action exec needs a hook (--exec or certainty.exec)".into(),
         ));
     }
+    // Opened now: a violation runs this file, not whatever the path names by then.
+    let exec = exec
+        .map(|p| {
+            certaintyd::action::Hook::open(&p)
+                .map_err(|e| Refused(Exit::Refused, format!("exec hook {}: {e}", p.display())))
+        })
+        .transpose()?;
     check_allowed(action, &root, args.dry_run, args.force_disk_root)
         .map_err(|e| Refused(Exit::Refused, e.to_string()))?;
     let node = match &args.node {

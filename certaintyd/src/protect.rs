@@ -39,11 +39,17 @@ pub struct Watchdog {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The daemon's proof of life: the loop stores the time of its last turn here.
+/// The daemon's proof of life: the time of its last completed verification (or, before the
+/// baseline, of its last turn), and how old that may be before the watchdog is starved.
+/// The limit starts wide (grace and the first baseline) and is narrowed to one interval
+/// plus one pass deadline once the baseline is taken: a daemon whose verification stopped,
+/// whatever its other threads still do, stops feeding within that bound.
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
     epoch: Instant,
     last: Arc<AtomicU64>,
+    /// Milliseconds; `u64::MAX` until set.
+    limit: Arc<AtomicU64>,
 }
 
 impl Default for Heartbeat {
@@ -57,6 +63,21 @@ impl Heartbeat {
         Self {
             epoch: Instant::now(),
             last: Arc::new(AtomicU64::new(0)),
+            limit: Arc::new(AtomicU64::new(u64::MAX)),
+        }
+    }
+
+    /// From now on, a beat older than `limit` starves the watchdog.
+    pub fn set_limit(&self, limit: Duration) {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        self.limit.store(ms, Ordering::Relaxed);
+    }
+
+    /// The limit in force: the one set, or `initial` while none is.
+    fn limit_or(&self, initial: Duration) -> Duration {
+        match self.limit.load(Ordering::Relaxed) {
+            u64::MAX => initial,
+            ms => Duration::from_millis(ms),
         }
     }
 
@@ -80,7 +101,7 @@ pub struct WatchdogError {
 
 impl Watchdog {
     /// Opens `device` with a timeout of `timeout` and feeds it every third of that while
-    /// `heartbeat` is younger than `stale`.
+    /// `heartbeat` is younger than its limit (`stale` until the daemon sets one).
     pub fn start(
         device: &Path,
         timeout: Duration,
@@ -153,7 +174,7 @@ fn feed(
     let mut last_feed = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if last_feed.elapsed() >= period {
-            if heartbeat.age() <= stale {
+            if heartbeat.age() <= heartbeat.limit_or(stale) {
                 let _ = file.write_all(b"\0");
             } else {
                 warn!(
@@ -211,6 +232,44 @@ mod tests {
         );
         wd.disarm();
         assert_eq!(std::fs::read(&dev).unwrap().last(), Some(&b'V'));
+    }
+
+    /// Attack (root on a node, issue 25 #3): every certaintyd thread stopped by ptrace but
+    /// the one named `watchdog`, which went on feeding for 39.5 s (its staleness limit was
+    /// 10 x interval + grace + 30 s whatever the daemon did). Steps: a wide initial limit,
+    /// narrowed to 300 ms as the daemon does once its baseline is taken; the verification
+    /// beats, then stops while the watchdog thread runs on: feeding stops within the narrow
+    /// limit plus one feeding period, not the wide one.
+    #[test]
+    fn a_watchdog_thread_alone_stops_feeding_once_verification_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("watchdog");
+        std::fs::write(&dev, b"").unwrap();
+        let hb = Heartbeat::new();
+        hb.beat();
+        let wd = Watchdog::start(
+            &dev,
+            Duration::from_secs(1),
+            hb.clone(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        hb.set_limit(Duration::from_millis(300));
+        for _ in 0..8 {
+            hb.beat(); // verifications completing
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Verification stops; the watchdog thread does not.
+        std::thread::sleep(Duration::from_millis(300 + 400));
+        let before = std::fs::read(&dev).unwrap().len();
+        assert!(before >= 1, "never fed");
+        std::thread::sleep(Duration::from_millis(1000));
+        assert_eq!(
+            std::fs::read(&dev).unwrap().len(),
+            before,
+            "fed with no verification for longer than the limit"
+        );
+        drop(wd);
     }
 
     #[test]

@@ -21,6 +21,11 @@ use crate::manifest::{Manifest, join};
 pub enum WatchEvent {
     /// These paths may have changed: check them now.
     Paths(Vec<Vec<u8>>),
+    /// These files were open for writing and were closed (IN_CLOSE_WRITE). On a RAM root,
+    /// after the baseline and outside a maintenance window, that opening is itself the
+    /// change: a write through a shared mapping read first, or through io_uring's
+    /// registered pages, can be made and undone with no other trace before the close.
+    WriteClosed(Vec<Vec<u8>>),
     /// The kernel dropped events: anything may have changed.
     Overflow,
     /// The mount table changed.
@@ -149,6 +154,7 @@ fn inotify_loop(
             }
         };
         let mut paths = Vec::new();
+        let mut written = Vec::new();
         for ev in events {
             if ev.mask.contains(EventMask::Q_OVERFLOW) {
                 let _ = tx.send(WatchEvent::Overflow);
@@ -157,16 +163,23 @@ fn inotify_loop(
             let Some(dir) = dirs.get(&ev.wd) else {
                 continue;
             };
-            match ev.name {
-                Some(name) => paths.push(join(dir, name.as_bytes())),
-                None => paths.push(dir.clone()),
+            let path = match ev.name {
+                Some(name) => join(dir, name.as_bytes()),
+                None => dir.clone(),
+            };
+            if ev.mask.contains(EventMask::CLOSE_WRITE) {
+                written.push(path.clone());
             }
+            paths.push(path);
             if ev.mask.contains(EventMask::IGNORED) {
                 // The watch is gone (directory removed or unmounted): check it, and its parent.
                 paths.push(crate::manifest::parent(dir).to_vec());
             }
         }
         if !paths.is_empty() && tx.send(WatchEvent::Paths(paths)).is_err() {
+            return;
+        }
+        if !written.is_empty() && tx.send(WatchEvent::WriteClosed(written)).is_err() {
             return;
         }
     }

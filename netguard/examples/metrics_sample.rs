@@ -35,6 +35,7 @@ fn main() {
         dropped: [("openmosix".to_string(), 17)].into(),
         firewall_installed: true,
         firewall_drift: None,
+        other_base_chains: Vec::new(),
         problems: Vec::new(),
     };
     let m = Metrics::new();

@@ -255,6 +255,7 @@ mod tests {
             dropped: [("openmosix".to_string(), 42)].into(),
             firewall_installed: true,
             firewall_drift: None,
+            other_base_chains: Vec::new(),
             problems: Vec::new(),
         }
     }

@@ -122,3 +122,68 @@ pub fn parse_table(v: &Value) -> ActualTable {
     }
     t
 }
+
+/// Base chains of other tables on the hooks netguard's own chains use (`nft -j list
+/// chains` output), as an operator reads them: `inet evil in: input priority -200, policy
+/// accept`. They cannot undo a drop of netguard's (a drop in any base chain is final), but
+/// whoever added one meant something: `tyd status` names them.
+pub fn other_base_chains(json: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(json).unwrap_or_default();
+    v.get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("chain"))
+        .filter(|c| c.get("table").and_then(Value::as_str) != Some(TABLE))
+        .filter_map(|c| {
+            let hook = c.get("hook").and_then(Value::as_str)?;
+            if !matches!(hook, "input" | "output" | "forward") {
+                return None;
+            }
+            let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("?");
+            Some(format!(
+                "{} {} {}: {hook} priority {}, policy {}",
+                s("family"),
+                s("table"),
+                s("name"),
+                c.get("prio").and_then(Value::as_i64).unwrap_or(0),
+                s("policy")
+            ))
+        })
+        .collect()
+}
+
+/// [`other_base_chains`] as the kernel has them now (empty when nft cannot be asked).
+pub fn read_other_base_chains() -> Vec<String> {
+    Command::new(nft_binary())
+        .args(["-j", "list", "chains"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| other_base_chains(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 25 #10: a second table with an accepting base chain before netguard's on the
+    /// same hook exposes nothing (netguard's drops still apply) but went unreported. Steps:
+    /// `nft -j list chains` as nft 1.0.6 prints it with such a table, a regular chain and
+    /// netguard's own: only the foreign base chain is named.
+    #[test]
+    fn a_foreign_base_chain_on_netguards_hooks_is_named() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+          {"chain": {"family": "inet", "table": "evil", "name": "in", "handle": 1, "type": "filter", "hook": "input", "prio": -200, "policy": "accept"}},
+          {"chain": {"family": "inet", "table": "evil", "name": "regular", "handle": 2}},
+          {"chain": {"family": "ip", "table": "nat", "name": "pre", "handle": 3, "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}},
+          {"chain": {"family": "inet", "table": "netguard", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": -10, "policy": "drop"}}]}"#;
+        assert_eq!(
+            other_base_chains(json),
+            ["inet evil in: input priority -200, policy accept"]
+        );
+        assert!(other_base_chains("not json").is_empty());
+    }
+}

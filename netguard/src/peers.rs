@@ -17,6 +17,9 @@ pub struct ActualPeer {
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<IfAddr>,
     pub keepalive: Option<u16>,
+    /// A preshared key is set. The policy sets none: one set behind netguard's back breaks
+    /// the tunnel at the next handshake.
+    pub preshared_key: bool,
     /// Time since the last handshake, if there was one.
     pub handshake_age: Option<Duration>,
 }
@@ -45,6 +48,7 @@ pub enum PeerOp {
         endpoint: bool,
         allowed_ips: bool,
         keepalive: bool,
+        preshared_key: bool,
     },
 }
 
@@ -61,6 +65,7 @@ impl fmt::Display for PeerOp {
                 endpoint,
                 allowed_ips,
                 keepalive,
+                preshared_key,
                 ..
             } => {
                 let mut what = Vec::new();
@@ -72,6 +77,9 @@ impl fmt::Display for PeerOp {
                 }
                 if *keepalive {
                     what.push("keepalive");
+                }
+                if *preshared_key {
+                    what.push("preshared key removed");
                 }
                 write!(
                     f,
@@ -102,6 +110,8 @@ pub trait OnDevice {
     fn endpoint(&self) -> Option<SocketAddr>;
     fn allowed_ips(&self) -> &[IfAddr];
     fn keepalive(&self) -> Option<u16>;
+    /// Whether a preshared key is set (netguard never sets one).
+    fn preshared_key(&self) -> bool;
     /// Time since the last handshake, if there was one and it is known.
     fn handshake_age(&self) -> Option<Duration>;
 }
@@ -115,6 +125,9 @@ impl OnDevice for ActualPeer {
     }
     fn keepalive(&self) -> Option<u16> {
         self.keepalive
+    }
+    fn preshared_key(&self) -> bool {
+        self.preshared_key
     }
     fn handshake_age(&self) -> Option<Duration> {
         self.handshake_age
@@ -131,6 +144,9 @@ impl OnDevice for DesiredPeer {
     }
     fn keepalive(&self) -> Option<u16> {
         self.keepalive
+    }
+    fn preshared_key(&self) -> bool {
+        false
     }
     fn handshake_age(&self) -> Option<Duration> {
         None
@@ -192,13 +208,15 @@ pub fn plan<A: OnDevice>(
         let endpoint = want.endpoint.is_some() && have.endpoint() != want.endpoint && !roaming;
         let allowed_ips = !same_addresses(have.allowed_ips(), &want.allowed_ips);
         let keepalive = have.keepalive() != want.keepalive;
-        if endpoint || allowed_ips || keepalive {
+        let preshared_key = have.preshared_key();
+        if endpoint || allowed_ips || keepalive || preshared_key {
             ops.push(PeerOp::Update {
                 key: *key,
                 peer: want.clone(),
                 endpoint,
                 allowed_ips,
                 keepalive,
+                preshared_key,
             });
         }
     }
@@ -252,13 +270,15 @@ mod tests {
             let endpoint = want.endpoint.is_some() && have.endpoint != want.endpoint && !roaming;
             let allowed_ips = sorted(&have.allowed_ips) != sorted(&want.allowed_ips);
             let keepalive = have.keepalive != want.keepalive;
-            if endpoint || allowed_ips || keepalive {
+            let preshared_key = have.preshared_key;
+            if endpoint || allowed_ips || keepalive || preshared_key {
                 ops.push(PeerOp::Update {
                     key: *key,
                     peer: want.clone(),
                     endpoint,
                     allowed_ips,
                     keepalive,
+                    preshared_key,
                 });
             }
         }
@@ -332,6 +352,7 @@ mod tests {
             endpoint: p.endpoint,
             allowed_ips: p.allowed_ips.clone(),
             keepalive: p.keepalive,
+            preshared_key: false,
             handshake_age: age.map(Duration::from_secs),
         }
     }
@@ -393,5 +414,25 @@ mod tests {
             plan(&a, &d)[0].to_string(),
             "update peer 2 (n2): allowed ips"
         );
+    }
+
+    /// Attack (root on a node, issue 25 #8): `wg set IF peer K preshared-key F` breaks the
+    /// tunnel at the next handshake and was neither repaired nor logged (the plan did not
+    /// read preshared keys). Steps: a device peer in step but for a preshared key: the plan
+    /// updates it and says so; the update unsets the key.
+    #[test]
+    fn a_preshared_key_set_behind_netguards_back_is_removed() {
+        let d: BTreeMap<_, _> = [(key(2), want(2, 51820))].into();
+        let mut keyed = have(&want(2, 51820), Some(5));
+        keyed.preshared_key = true;
+        let a: BTreeMap<_, _> = [(key(2), keyed)].into();
+        let ops = plan(&a, &d);
+        assert_eq!(
+            ops[0].to_string(),
+            "update peer 2 (n2): preshared key removed"
+        );
+        let update = crate::wg::update_for(&ops);
+        let shown = format!("{update:?}");
+        assert!(shown.contains("preshared_key: Some("), "{shown}");
     }
 }

@@ -265,6 +265,13 @@ fn read_and_plan(
         changes.push(format!("listen port {}", desired.listen_port));
         touch = true;
     }
+    // netguard sets no fwmark; one set behind its back changes how the tunnel's own packets
+    // are routed (a rule matching it can send them anywhere).
+    if let Some(mark) = dev.fwmark.filter(|&m| m != 0) {
+        update = update.unset_fwmark();
+        changes.push(format!("fwmark {mark:#x} cleared"));
+        touch = true;
+    }
     if touch {
         iface.apply(update)?;
     }

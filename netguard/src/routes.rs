@@ -65,18 +65,17 @@ pub fn foreign_addresses(json: &str, nets: &[IpNet], iface: &str) -> Vec<Foreign
 }
 
 /// Routes in `ip -j route show table all` output (one family) whose destination lies in
-/// `nets` but which go through another interface than `iface`.
+/// `nets` but which do not go through `iface` alone: through another interface, through
+/// several (a multipath route with a hop beside the tunnel), or nowhere (blackhole,
+/// unreachable, prohibit, throw). Each of them takes a peer's tunnel traffic off the tunnel.
 pub fn foreign_routes(json: &str, nets: &[IpNet], iface: &str) -> Vec<Foreign> {
     let v: Value = serde_json::from_str(json).unwrap_or_default();
     let mut out = Vec::new();
     for r in v.as_array().into_iter().flatten() {
         let field = |k: &str| r.get(k).and_then(Value::as_str);
-        let (Some(dst), Some(dev)) = (field("dst"), field("dev")) else {
+        let Some(dst) = field("dst") else {
             continue;
         };
-        if dev == iface {
-            continue;
-        }
         let net = dst
             .parse::<IpNet>()
             .or_else(|_| dst.parse::<IpAddr>().map(IpNet::from));
@@ -86,18 +85,96 @@ pub fn foreign_routes(json: &str, nets: &[IpNet], iface: &str) -> Vec<Foreign> {
         if !inside(nets, net) {
             continue;
         }
+        let hops: Vec<&str> = match field("dev") {
+            Some(dev) => vec![dev],
+            None => r
+                .get("nexthops")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.get("dev").and_then(Value::as_str))
+                .collect(),
+        };
+        if !hops.is_empty() && hops.iter().all(|d| *d == iface) {
+            continue;
+        }
         let table = field("table").unwrap_or("main");
+        let ty = field("type").filter(|t| *t != "unicast");
         let mut delete: Vec<String> = vec![if net.addr().is_ipv6() { "-6" } else { "-4" }.into()];
         delete.extend(["route", "del"].map(String::from));
-        if let Some(ty) = field("type").filter(|t| *t != "unicast") {
+        if let Some(ty) = ty {
             delete.push(ty.into());
         }
-        delete.extend([dst, "dev", dev, "table", table].map(String::from));
+        delete.push(dst.into());
+        if let Some(dev) = field("dev") {
+            delete.extend(["dev", dev].map(String::from));
+        }
+        delete.extend(["table", table].map(String::from));
         if let Some(metric) = r.get("metric").and_then(Value::as_u64) {
             delete.extend(["metric".into(), metric.to_string()]);
         }
+        let through = match (ty, hops.as_slice()) {
+            (Some(ty), []) => ty.to_string(),
+            (_, [one]) => format!("via {one}"),
+            (_, many) => format!("multipath via {}", many.join(",")),
+        };
         out.push(Foreign {
-            what: format!("route {dst} via {dev} (table {table})"),
+            what: format!("route {dst} {through} (table {table})"),
+            delete,
+        });
+    }
+    out
+}
+
+/// Policy rules in `ip -j rule show` output (one family) that send traffic for a destination
+/// inside `nets` to a table of their own: with a route there (even `default`) a peer's
+/// tunnel traffic would leave beside the tunnel. Rules for wider destinations, or for all,
+/// are the operator's policy routing and stay (the firewall still keeps cleartext from
+/// leaving); `foreign_routes` polices what any table holds inside the tunnel networks.
+pub fn foreign_rules(json: &str, nets: &[IpNet], ipv6: bool) -> Vec<Foreign> {
+    let v: Value = serde_json::from_str(json).unwrap_or_default();
+    let mut out = Vec::new();
+    for r in v.as_array().into_iter().flatten() {
+        let Some(dst) = r.get("dst").and_then(Value::as_str) else {
+            continue;
+        };
+        let Ok(addr) = dst.parse::<IpAddr>() else {
+            continue;
+        };
+        let len = r
+            .get("dstlen")
+            .and_then(Value::as_u64)
+            .and_then(|l| u8::try_from(l).ok())
+            .unwrap_or(if addr.is_ipv6() { 128 } else { 32 });
+        let Ok(net) = IpNet::new(addr, len) else {
+            continue;
+        };
+        if !inside(nets, net) {
+            continue;
+        }
+        let cidr = format!("{addr}/{len}");
+        let mut delete: Vec<String> = vec![if ipv6 { "-6" } else { "-4" }.into()];
+        delete.extend(["rule", "del"].map(String::from));
+        if let Some(p) = r.get("priority").and_then(Value::as_u64) {
+            delete.extend(["priority".into(), p.to_string()]);
+        }
+        delete.extend(["to".into(), cidr.clone()]);
+        let target = r.get("table").and_then(Value::as_str);
+        if let Some(t) = target {
+            delete.extend(["table".into(), t.into()]);
+        }
+        out.push(Foreign {
+            what: format!(
+                "rule to {cidr} (priority {}, {})",
+                r.get("priority").and_then(Value::as_u64).unwrap_or(0),
+                target.map_or_else(
+                    || r.get("action")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_string(),
+                    |t| format!("table {t}")
+                )
+            ),
             delete,
         });
     }
@@ -120,7 +197,8 @@ fn ip(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Finds and removes tunnel-network addresses and routes on other interfaces. Returns one
+/// Finds and removes tunnel-network addresses, routes and policy rules that take tunnel
+/// traffic elsewhere (rules first: a rule's table may hold nothing foreign). Returns one
 /// line per removal; a removal that fails is returned as an error line too (the firewall
 /// still drops the traffic).
 pub fn repair(nets: &[IpNet], iface: &str) -> Result<Vec<String>, String> {
@@ -145,6 +223,11 @@ pub fn repair(nets: &[IpNet], iface: &str) -> Result<Vec<String>, String> {
         iface,
     ));
     for family in ["-4", "-6"] {
+        remove(foreign_rules(
+            &ip(&[family, "-j", "rule", "show"])?,
+            nets,
+            family == "-6",
+        ));
         remove(foreign_routes(
             &ip(&[family, "-j", "route", "show", "table", "all"])?,
             nets,
@@ -238,5 +321,85 @@ mod tests {
         let f = foreign_routes(v4, &nets(), "tyd0");
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].what, "route 10.77.0.9 via eth0 (table main)");
+    }
+
+    /// Attack (root on a node, issue 25 #9): a blackhole route, a multipath route with a hop
+    /// on the LAN, and a rule sending a peer's tunnel address to a table with a default route
+    /// took member services off the tunnel for as long as they stood, and were never removed
+    /// (no top-level `dev`; rules not read). Steps: `ip -j` output as iproute2 6.1 prints it
+    /// (captured in a namespace); each is foreign with the command that removes it; the
+    /// tunnel's own multipath-free routes, wider rules and the main table's rule are not.
+    #[test]
+    fn blackhole_multipath_and_rule_diversions_of_tunnel_traffic_are_foreign() {
+        let routes = r#"[
+          {"type":"blackhole","dst":"10.77.0.2","flags":[]},
+          {"type":"unreachable","dst":"10.77.0.4","flags":[]},
+          {"dst":"10.77.0.3","flags":[],"nexthops":[
+             {"gateway":"198.18.0.2","dev":"eth0","weight":1,"flags":[]},
+             {"gateway":"198.18.0.3","dev":"tyd0","weight":2,"flags":[]}]},
+          {"dst":"10.77.0.5","flags":[],"nexthops":[{"dev":"tyd0","weight":1},{"dev":"tyd0","weight":1}]},
+          {"dst":"10.77.0.0/24","dev":"tyd0","protocol":"kernel","scope":"link","flags":[]},
+          {"dst":"default","gateway":"198.18.0.2","dev":"eth0","table":"100","flags":[]}
+        ]"#;
+        let f = foreign_routes(routes, &nets(), "tyd0");
+        let what: Vec<&str> = f.iter().map(|f| f.what.as_str()).collect();
+        assert_eq!(
+            what,
+            [
+                "route 10.77.0.2 blackhole (table main)",
+                "route 10.77.0.4 unreachable (table main)",
+                "route 10.77.0.3 multipath via eth0,tyd0 (table main)",
+            ]
+        );
+        assert_eq!(
+            f[0].delete,
+            [
+                "-4",
+                "route",
+                "del",
+                "blackhole",
+                "10.77.0.2",
+                "table",
+                "main"
+            ]
+        );
+        assert_eq!(
+            f[2].delete,
+            ["-4", "route", "del", "10.77.0.3", "table", "main"]
+        );
+        let rules = r#"[{"priority":0,"src":"all","table":"local"},
+          {"priority":100,"src":"all","dst":"10.77.0.2","table":"100"},
+          {"priority":101,"src":"all","dst":"10.77.0.0","dstlen":24,"table":"101"},
+          {"priority":102,"src":"all","dst":"10.0.0.0","dstlen":8,"table":"102"},
+          {"priority":103,"src":"all","dst":"10.77.0.9","action":"blackhole"},
+          {"priority":32766,"src":"all","table":"main"}]"#;
+        let f = foreign_rules(rules, &nets(), false);
+        let what: Vec<&str> = f.iter().map(|f| f.what.as_str()).collect();
+        assert_eq!(
+            what,
+            [
+                "rule to 10.77.0.2/32 (priority 100, table 100)",
+                "rule to 10.77.0.0/24 (priority 101, table 101)",
+                "rule to 10.77.0.9/32 (priority 103, blackhole)",
+            ]
+        );
+        assert_eq!(
+            f[0].delete,
+            [
+                "-4",
+                "rule",
+                "del",
+                "priority",
+                "100",
+                "to",
+                "10.77.0.2/32",
+                "table",
+                "100"
+            ]
+        );
+        let v6 = r#"[{"priority":32765,"src":"all","dst":"fd77:7d00::2","table":"100"}]"#;
+        let f = foreign_rules(v6, &nets(), true);
+        assert_eq!(f[0].delete[..3], ["-6", "rule", "del"]);
+        assert!(f[0].delete.contains(&"fd77:7d00::2/128".to_string()));
     }
 }

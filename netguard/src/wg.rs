@@ -313,6 +313,11 @@ pub fn actual_peers(dev: &Device) -> BTreeMap<WgPublicKey, ActualPeer> {
                         })
                         .collect(),
                     keepalive: p.config.persistent_keepalive_interval.filter(|&k| k != 0),
+                    preshared_key: p
+                        .config
+                        .preshared_key
+                        .as_ref()
+                        .is_some_and(|k| k.as_bytes() != [0u8; 32].as_slice()),
                     handshake_age: age,
                 },
             )
@@ -323,7 +328,11 @@ pub fn actual_peers(dev: &Device) -> BTreeMap<WgPublicKey, ActualPeer> {
 /// A peer's full configuration; `with_endpoint` false leaves the endpoint it has (a roaming
 /// peer's) untouched.
 fn peer_builder(key: &WgPublicKey, p: &DesiredPeer, with_endpoint: bool) -> PeerConfigBuilder {
-    let mut b = PeerConfigBuilder::new(&to_key(key)).replace_allowed_ips();
+    // Never a preshared key: the policy has none, and one set behind netguard's back is
+    // drift (zero unsets it).
+    let mut b = PeerConfigBuilder::new(&to_key(key))
+        .replace_allowed_ips()
+        .unset_preshared_key();
     for a in &p.allowed_ips {
         b = b.add_allowed_ip(a.addr, a.prefix);
     }

@@ -712,6 +712,114 @@ fn drift_is_repaired_within_one_interval() {
     assert!(log.contains("drift found and repaired"), "{log}");
 }
 
+/// Attack (root on a node, issue 25 #8 and #9): with stock `wg` and `ip`, a preshared key on
+/// a peer (the tunnel breaks at its next handshake), a device fwmark, a blackhole route and a
+/// multipath route for peers' tunnel addresses, and a policy rule sending a peer's tunnel
+/// address to a table whose default route is the LAN. None was repaired or logged before.
+/// Steps: a 2-node mesh; each change made on node 1; within the drift interval (1 s here)
+/// each is gone, the log names each repair, and the tunnel carries traffic again.
+#[test]
+fn a_preshared_key_fwmark_or_diverting_route_or_rule_is_removed() {
+    if !root_or_skip("a_preshared_key_fwmark_or_diverting_route_or_rule_is_removed") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    lab.publish(&[0, 1]);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_mesh(&[0, 1]);
+    let ns = lab.ns(0).to_string();
+    let iface = lab.drones[0].iface.clone();
+    let psk = lab.dir.path().join("psk");
+    std::fs::write(&psk, "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=\n").unwrap();
+    let wg = |args: &[&str]| {
+        let mut a = vec!["ip", "netns", "exec", &ns, "wg"];
+        a.extend_from_slice(args);
+        run(&a)
+    };
+    wg(&[
+        "set",
+        &iface,
+        "fwmark",
+        "0x77",
+        "peer",
+        &lab.public(1),
+        "preshared-key",
+        psk.to_str().unwrap(),
+    ]);
+    assert!(!wg(&["show", &iface, "preshared-keys"]).contains("(none)"));
+    run(&["ip", "-n", &ns, "route", "add", "blackhole", "10.77.0.2/32"]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "10.77.0.3/32",
+        "nexthop",
+        "via",
+        "198.18.0.2",
+        "dev",
+        "eth0",
+        "weight",
+        "1",
+        "nexthop",
+        "via",
+        "198.18.0.99",
+        "dev",
+        "eth0",
+        "weight",
+        "1",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.0.99",
+        "table",
+        "100",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "rule",
+        "add",
+        "to",
+        "10.77.0.2",
+        "lookup",
+        "100",
+        "priority",
+        "100",
+    ]);
+    wait_for("every diversion removed", Duration::from_secs(4), || {
+        wg(&["show", &iface, "preshared-keys"]).contains("(none)")
+            && wg(&["show", &iface, "fwmark"]).trim() == "off"
+            && !run(&["ip", "-n", &ns, "route", "show", "table", "all"]).contains("10.77.0.2 ")
+            && !run(&["ip", "-n", &ns, "route", "show"]).contains("10.77.0.3")
+            && !run(&["ip", "-n", &ns, "rule", "show"]).contains("10.77.0.2")
+    });
+    let log = lab.log(0);
+    for repair in [
+        "preshared key removed",
+        "fwmark 0x77 cleared",
+        "route 10.77.0.2 blackhole (table main) removed",
+        "route 10.77.0.3 multipath via eth0,eth0 (table main) removed",
+        "rule to 10.77.0.2/32 (priority 100, table 100) removed",
+    ] {
+        assert!(log.contains(repair), "{repair}: {log}");
+    }
+    wait_for(
+        "tunnel carries traffic again",
+        Duration::from_secs(5),
+        || lab.ping(0, 1),
+    );
+}
+
 #[test]
 fn bad_expired_or_rolled_back_policies_leave_the_previous_state() {
     if !root_or_skip("bad_expired_or_rolled_back_policies_leave_the_previous_state") {

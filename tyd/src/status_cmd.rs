@@ -84,7 +84,12 @@ pub fn run(a: &StatusArgs<'_>, now: Timestamp) -> CliResult {
         }
     };
     let me = this_node_key(a)?;
-    let mut s = netguard::status::collect(&policy, a.interface, me.as_ref(), now);
+    let mut s = netguard::status::with_other_chains(netguard::status::collect(
+        &policy,
+        a.interface,
+        me.as_ref(),
+        now,
+    ));
     if let Some(r) = &refused {
         s.problems.insert(
             0,
@@ -158,6 +163,12 @@ fn print_table(s: &netguard::status::Status) -> std::io::Result<()> {
             n.rx_bytes,
             n.tx_bytes,
             n.endpoint.as_deref().unwrap_or("-")
+        )?;
+    }
+    for c in &s.other_base_chains {
+        writeln!(
+            out,
+            "other table's base chain on netguard's hooks (cannot undo its drops): {c}"
         )?;
     }
     for (svc, packets) in &s.dropped {

@@ -166,6 +166,26 @@ fn three_drones_form_a_mesh_and_serve_only_through_the_tunnels() {
             "{}: insmod after the lock: {status} {out}",
             vm.name
         );
+        // Issue 25 #4: root cannot read or write certaintyd's memory (/proc/PID/mem takes a
+        // ptrace attach check, which Yama's scope 3 refuses to everyone); without Yama a
+        // write there replaced the hook path, and nothing was logged.
+        for (what, cmd) in [
+            (
+                "read",
+                "dd if=/proc/$(pidof certaintyd)/mem of=/dev/null bs=1 count=1 2>&1",
+            ),
+            (
+                "write",
+                "dd if=/dev/zero of=/proc/$(pidof certaintyd)/mem bs=1 count=1 2>&1",
+            ),
+        ] {
+            let (status, out) = check(vm.sh(cmd, CMD));
+            assert!(
+                status != 0 && (out.contains("not permitted") || out.contains("denied")),
+                "{}: {what} of certaintyd's memory: {status} {out}",
+                vm.name
+            );
+        }
         // The pinned image hash matched the booted root, and nothing has changed since.
         let log = vm.log_text();
         let name = vm.name.clone();
