@@ -168,7 +168,6 @@ impl Sim {
                     self.carry_out(to, a, t);
                 }
                 Event::Fetched { node, from, serial } => {
-                    self.cores[node].fetch_done(id(from), false);
                     if serial > self.cores[node].serial() {
                         let hops = self.got[from].map_or(0, |(_, h)| h) + 1;
                         self.got[node].get_or_insert((t, hops));
@@ -184,6 +183,12 @@ impl Sim {
                         );
                         self.carry_out(node, a, t);
                     }
+                    let next = self.cores[node].fetch_done(
+                        id(from),
+                        clusterd::core::Fetched::Delivered { serial },
+                        t,
+                    );
+                    self.carry_out(node, next.into_iter().collect(), t);
                 }
                 Event::Tick { node } => {
                     let hb = self.hearts[node].clone();

@@ -15,6 +15,22 @@ use crate::proto::{Heartbeat, Integrity, Message};
 pub const FANOUT: usize = 4;
 /// A fetch that has not finished by then is abandoned (the next heartbeat retries).
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Fetches under way at once, each from another peer: a peer that drips its answer holds one
+/// of them, not every newer policy behind it.
+pub const MAX_FETCHES: usize = 3;
+
+/// How a fetch ended, as the shell saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// A verified policy of this serial arrived (taken here, or already in force).
+    Delivered { serial: u64 },
+    /// Could not connect, or the connection broke: the peer may be honest and down.
+    Network,
+    /// What it sent was refused (bad signature, malformed, oversized, another cluster), or it
+    /// did not finish within the transfer's time: a peer that is slow on purpose is treated
+    /// as one that lies.
+    Refused,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -132,8 +148,8 @@ pub struct Core {
     peers: BTreeMap<NodeId, Peer>,
     serial: u64,
     digest: String,
-    /// A fetch under way: from whom, for which serial, since when.
-    fetching: Option<(NodeId, u64, Duration)>,
+    /// Fetches under way: from whom, for which offered serial, since when.
+    fetching: BTreeMap<NodeId, (u64, Duration)>,
     /// Peers whose heartbeat showed a newer serial than this node's: pulled from one of them,
     /// chosen at random, at the next tick (if no offer has brought it by then), so that one
     /// node's heartbeat does not send every peer to fetch from that one node at once.
@@ -153,7 +169,7 @@ impl Core {
             peers: BTreeMap::new(),
             serial: 0,
             digest: String::new(),
-            fetching: None,
+            fetching: BTreeMap::new(),
             newer: BTreeMap::new(),
             spoiled: std::collections::BTreeSet::new(),
             impostors: 0,
@@ -198,9 +214,6 @@ impl Core {
                 last: None,
                 quarantine: None,
             });
-        }
-        if self.fetching.is_some_and(|(_, s, _)| s <= serial) {
-            self.fetching = None;
         }
         self.newer.retain(|_, s| *s > serial);
         if newer {
@@ -285,24 +298,62 @@ impl Core {
     }
 
     fn maybe_fetch(&mut self, from: NodeId, serial: u64, now: Duration) -> Option<Action> {
-        if serial <= self.serial || self.fetching.is_some() || self.spoiled.contains(&from) {
+        if serial <= self.serial || self.spoiled.contains(&from) {
             return None;
         }
-        self.fetching = Some((from, serial, now));
+        if self.fetching.contains_key(&from) || self.fetching.len() >= MAX_FETCHES {
+            // Not dropped: tried when a fetch ends, or at the next tick.
+            let known = self.newer.entry(from).or_insert(serial);
+            *known = (*known).max(serial);
+            return None;
+        }
+        self.fetching.insert(from, (serial, now));
         Some(Action::Fetch { from, serial })
     }
 
-    /// The fetch from `from` ended; on success the shell has called [`Core::policy_in_force`].
-    /// `refused`: what it served was refused (not a network failure), so it is not asked again
-    /// until this node's policy changes.
-    pub fn fetch_done(&mut self, from: NodeId, refused: bool) {
-        if self.fetching.is_some_and(|(f, _, _)| f == from) {
-            self.fetching = None;
-        }
-        if refused {
+    /// The fetch from `from` ended; on success the shell has called [`Core::policy_in_force`]
+    /// first. A peer that served something refused, timed out, or delivered an older serial
+    /// than it offered lied: it is not asked again until this node's policy changes. Returns
+    /// the next fetch, from another peer known to hold a newer policy, if a slot is free.
+    pub fn fetch_done(&mut self, from: NodeId, result: Fetched, now: Duration) -> Option<Action> {
+        let offered = self.fetching.remove(&from).map(|(s, _)| s);
+        let lied = match result {
+            Fetched::Refused => true,
+            Fetched::Delivered { serial } => offered.is_some_and(|o| serial < o),
+            Fetched::Network => false,
+        };
+        if lied {
             self.spoiled.insert(from);
             self.newer.remove(&from);
         }
+        self.next_pull(now, None)
+    }
+
+    /// Whether `from` is known to have lied since this node's policy last changed.
+    pub fn spoiled(&self, from: NodeId) -> bool {
+        self.spoiled.contains(&from)
+    }
+
+    /// A fetch from a peer known to hold a newer serial (chosen by `rng`, or the highest
+    /// serial first without one), if a slot is free.
+    fn next_pull(&mut self, now: Duration, rng: Option<&mut dyn RngCore>) -> Option<Action> {
+        if self.fetching.len() >= MAX_FETCHES {
+            return None;
+        }
+        let holders: Vec<(NodeId, u64)> = self
+            .newer
+            .iter()
+            .filter(|(k, _)| !self.fetching.contains_key(k) && !self.spoiled.contains(k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let (from, serial) = match rng {
+            Some(rng) if !holders.is_empty() => {
+                holders[(rng.next_u64() % holders.len() as u64) as usize]
+            }
+            _ => holders.iter().copied().max_by_key(|(_, s)| *s)?,
+        };
+        self.newer.remove(&from);
+        self.maybe_fetch(from, serial, now)
     }
 
     /// Quarantine or readmit `id` on what it last said.
@@ -364,7 +415,12 @@ impl Core {
                     return None;
                 }
                 let why = if q.reason.needs_reboot() {
-                    format!("rebooted and verified its root ({})", hb.integrity)
+                    // What the node claims (issue 26 #12): its heartbeat says so; nothing
+                    // here attests it (a TPM quote would).
+                    format!(
+                        "reports a new boot and a verified root ({}); not attested",
+                        hb.integrity
+                    )
                 } else {
                     format!("heard again, {}", hb.integrity)
                 };
@@ -392,18 +448,9 @@ impl Core {
     /// every offer catches up within one interval).
     pub fn tick(&mut self, mine: &Heartbeat, now: Duration, rng: &mut dyn RngCore) -> Vec<Action> {
         let mut out = self.announce(mine);
-        if self
-            .fetching
-            .is_some_and(|(_, _, at)| now.saturating_sub(at) > FETCH_TIMEOUT)
-        {
-            self.fetching = None;
-        }
-        if !self.newer.is_empty() && self.fetching.is_none() {
-            let holders: Vec<(NodeId, u64)> = self.newer.iter().map(|(k, v)| (*k, *v)).collect();
-            let (from, serial) = holders[(rng.next_u64() % holders.len() as u64) as usize];
-            self.newer.remove(&from);
-            out.extend(self.maybe_fetch(from, serial, now));
-        }
+        self.fetching
+            .retain(|_, (_, at)| now.saturating_sub(*at) <= FETCH_TIMEOUT);
+        out.extend(self.next_pull(now, Some(rng)));
         let after = self.cfg.quarantine_after;
         let ids: Vec<NodeId> = self.peers.keys().copied().collect();
         for id in ids {
@@ -546,7 +593,7 @@ mod tests {
             unreachable!()
         };
         assert!([id(2), id(3)].contains(from));
-        c.fetch_done(*from, false);
+        c.fetch_done(*from, Fetched::Network, secs(2));
         let offer = Message::Offer {
             serial: 9,
             digest: "f".into(),
@@ -557,6 +604,80 @@ mod tests {
                 from: id(4),
                 serial: 9
             }]
+        );
+    }
+
+    /// Attack (a hostile member, issue 26 #8): M offered serial 99 at 200/s and served each
+    /// fetch as a drip; one fetch ran at a time, offers meanwhile were dropped, a timed-out
+    /// fetch was a network failure, and the operator's removal of M reached no other member
+    /// for a minute. Serving the current policy for every offer was no lie either. Steps: M
+    /// offers 99 and its fetch hangs; the master's offer of serial 10 (the removal) is
+    /// fetched at once beside it; M's fetch times out (Refused): M is not asked again, its
+    /// flood starts nothing; another peer that answers an offer of 99 with serial 9 lied too.
+    #[test]
+    fn a_dripping_or_lying_peer_holds_back_no_other_fetch() {
+        let mut c = core(5);
+        let offer = |serial| Message::Offer {
+            serial,
+            digest: "x".into(),
+        };
+        assert_eq!(
+            c.receive(id(2), offer(99), secs(1)),
+            vec![Action::Fetch {
+                from: id(2),
+                serial: 99
+            }]
+        );
+        // M's fetch drips; the master's offer is fetched at once, not dropped.
+        assert_eq!(
+            c.receive(id(3), offer(10), secs(1)),
+            vec![Action::Fetch {
+                from: id(3),
+                serial: 10
+            }]
+        );
+        // Offers from M meanwhile start nothing new.
+        for _ in 0..200 {
+            assert!(c.receive(id(2), offer(99), secs(1)).is_empty());
+        }
+        c.policy_in_force(cfg(), 10, "removal", &members(5), secs(1), &mut Counter(1));
+        assert_eq!(
+            c.fetch_done(id(3), Fetched::Delivered { serial: 10 }, secs(1)),
+            None
+        );
+        // M's drip ends at the transfer's time limit: a lie.
+        let _ = c.fetch_done(id(2), Fetched::Refused, secs(6));
+        assert!(c.spoiled(id(2)));
+        for _ in 0..200 {
+            assert!(c.receive(id(2), offer(99), secs(7)).is_empty());
+        }
+        // Serving the policy in force for an offer of a newer one is a lie too.
+        assert!(!c.receive(id(4), offer(99), secs(8)).is_empty());
+        let _ = c.fetch_done(id(4), Fetched::Delivered { serial: 10 }, secs(8));
+        assert!(c.spoiled(id(4)));
+        assert!(c.receive(id(4), offer(99), secs(9)).is_empty());
+    }
+
+    /// Fetches at once are bounded, and an offer that finds every slot taken is kept and
+    /// fetched when one frees, not dropped.
+    #[test]
+    fn an_offer_waiting_for_a_slot_is_fetched_when_one_frees() {
+        let mut c = core(6);
+        let offer = |serial| Message::Offer {
+            serial,
+            digest: "x".into(),
+        };
+        for p in 2..2 + MAX_FETCHES as u16 {
+            assert_eq!(c.receive(id(p), offer(20), secs(1)).len(), 1);
+        }
+        let waiting = id(2 + MAX_FETCHES as u16);
+        assert!(c.receive(waiting, offer(21), secs(1)).is_empty());
+        assert_eq!(
+            c.fetch_done(id(2), Fetched::Network, secs(2)),
+            Some(Action::Fetch {
+                from: waiting,
+                serial: 21
+            })
         );
     }
 
@@ -576,7 +697,7 @@ mod tests {
                 serial: 9
             }]
         );
-        c.fetch_done(id(2), true);
+        c.fetch_done(id(2), Fetched::Refused, secs(1));
         for t in 2..10 {
             assert!(c.receive(id(2), offer(9 + t), secs(t)).is_empty());
         }
@@ -587,7 +708,7 @@ mod tests {
                 serial: 9
             }]
         );
-        c.fetch_done(id(3), false);
+        c.fetch_done(id(3), Fetched::Network, secs(10));
         c.policy_in_force(cfg(), 9, "n", &members(3), secs(11), &mut Counter(1));
         assert_eq!(
             c.receive(id(2), offer(10), secs(12)),
@@ -673,6 +794,15 @@ mod tests {
         assert!(
             matches!(&out[..], [Action::Readmit { node, .. }] if *node == id(2)),
             "{out:?}"
+        );
+        // Issue 26 #12: a node readmitted itself by reporting a new boot id, and the log
+        // said "rebooted and verified its root": what it only claims is logged as a claim.
+        let [Action::Readmit { why, .. }] = &out[..] else {
+            unreachable!()
+        };
+        assert!(
+            why.starts_with("reports a new boot") && why.contains("not attested"),
+            "{why}"
         );
     }
 

@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
-use crate::core::{Action, Config as CoreConfig, Core};
+use crate::core::{Action, Config as CoreConfig, Core, Fetched as FetchResult};
 use crate::probe::{self, CertaintyFacts, Facts, Sources};
 use crate::proto::{Heartbeat, MAX_DATAGRAM, Message};
 use crate::{transfer, view};
@@ -276,7 +276,8 @@ impl Node {
 #[derive(Debug)]
 enum FetchFailure {
     Network(String),
-    /// Malformed, oversized, unverifiable or not newer: the peer is not asked again.
+    /// Malformed, oversized, unverifiable, not newer, or not finished in time (a peer that
+    /// drips is treated as one that lies): the peer is not asked again.
     Refused(String),
 }
 
@@ -289,9 +290,7 @@ async fn fetch(addr: SocketAddr) -> Result<(Vec<u8>, Vec<u8>), FetchFailure> {
         .map_err(|_| FetchFailure::Network("connect timed out".into()))?
         .map_err(|e| FetchFailure::Network(e.to_string()))?;
     transfer::receive(&mut s).await.map_err(|e| match e {
-        transfer::TransferError::Io(_) | transfer::TransferError::Timeout => {
-            FetchFailure::Network(e.to_string())
-        }
+        transfer::TransferError::Io(_) => FetchFailure::Network(e.to_string()),
         _ => FetchFailure::Refused(e.to_string()),
     })
 }
@@ -399,7 +398,8 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
             }
             Some((from, result)) = fetched.recv() => {
                 match result.and_then(|(bytes, sig)| {
-                    let file = node.cfg.policy.display().to_string();
+                    // Named for where it came from: a refusal is the peer's, not the file's.
+                    let file = format!("the policy fetched from node {}", from.get());
                     policy::verify_policy_reusing(&file, &bytes, &sig, &node.trust, Timestamp::now(), &mut node.blocks)
                         .map(|verified| SignedFiles { verified, policy: bytes, signature: sig, trust: Vec::new() })
                         .map_err(|e| FetchFailure::Refused(e.to_string()))
@@ -407,11 +407,24 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                     Ok(files) => {
                         let (policy_bytes, sig) = (files.policy.clone(), files.signature.clone());
                         let before = node.core.serial();
+                        let served = files.verified.cluster.serial;
                         let already = node.policy().is_some_and(|p| p.digest_hex() == files.verified.digest_hex());
                         actions = node.accept(files, Source::Peer(from));
-                        // Verified but not newer here (rolled back, replayed): a lie too. The
-                        // policy this node took meanwhile from elsewhere is not.
-                        node.core.fetch_done(from, !already && node.core.serial() <= before);
+                        // Verified but not taken here (rolled back, replayed, another
+                        // cluster): a lie. The policy this node took meanwhile from elsewhere
+                        // is not, unless it is older than the serial the peer offered.
+                        let result = if already || node.core.serial() > before {
+                            FetchResult::Delivered { serial: served }
+                        } else {
+                            FetchResult::Refused
+                        };
+                        let delivered = matches!(result, FetchResult::Delivered { .. });
+                        let next = node.core.fetch_done(from, result, node.now());
+                        // (A policy refused here was logged by accept, once.)
+                        if delivered && node.core.spoiled(from) {
+                            warn!(from = from.get(), served, "the peer offered a newer serial than it served: not fetching from it again until the policy changes");
+                        }
+                        actions.extend(next);
                         if node.core.serial() > before {
                             // Where netguard and certaintyd read it: signature first, so the
                             // pair is complete when the policy appears.
@@ -425,12 +438,12 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                         }
                     }
                     Err(FetchFailure::Network(reason)) => {
-                        node.core.fetch_done(from, false);
+                        actions.extend(node.core.fetch_done(from, FetchResult::Network, node.now()));
                         debug!(from = from.get(), reason = %reason, "fetch failed; another peer or the next heartbeat will do");
                     }
                     Err(FetchFailure::Refused(reason)) => {
-                        node.core.fetch_done(from, true);
-                        warn!(from = from.get(), reason = %reason, "fetched policy refused; not fetching from this peer again until the policy changes");
+                        actions.extend(node.core.fetch_done(from, FetchResult::Refused, node.now()));
+                        warn!(from = from.get(), reason = %reason, "fetched policy refused (or not finished in time); not fetching from this peer again until the policy changes");
                     }
                 }
             }
@@ -504,7 +517,9 @@ async fn carry_out(
         }
         Action::Fetch { from, serial } => {
             let Some(ip) = node.addr_of.get(&from).copied() else {
-                node.core.fetch_done(from, false);
+                // No address for it (left the map meanwhile): the slot is freed; a next
+                // fetch, if any, waits for the next tick.
+                let _ = node.core.fetch_done(from, FetchResult::Network, node.now());
                 return;
             };
             debug!(from = from.get(), serial, "fetching a newer policy");

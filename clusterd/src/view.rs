@@ -20,6 +20,10 @@ pub struct NodeView {
     pub last_heard_s: Option<u64>,
     pub reachable: bool,
     pub serial: Option<u64>,
+    /// BLAKE3 of the policy in force there (from its heartbeat). Absent in views written
+    /// before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     pub integrity: Option<Integrity>,
     pub root_matches: Option<bool>,
     pub last_verification: Option<String>,
@@ -37,6 +41,9 @@ pub struct ClusterView {
     pub cluster: String,
     /// The serial in force on the node that wrote this view.
     pub serial: u64,
+    /// BLAKE3 of that policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// RFC 3339, when the view was written.
     pub written_at: String,
     pub quarantine_enabled: bool,
@@ -44,16 +51,23 @@ pub struct ClusterView {
 }
 
 impl NodeView {
-    /// Something an operator should look at: quarantined, unreachable, or on another serial.
-    pub fn problem(&self, serial: u64) -> Option<String> {
+    /// Something an operator should look at: quarantined, unreachable, on another serial, or
+    /// on this serial with other content (two policies signed at one serial: a split that
+    /// no serial comparison heals).
+    pub fn problem(&self, serial: u64, digest: Option<&str>) -> Option<String> {
         if let Some(q) = &self.quarantined {
             return Some(format!("quarantined: {q}"));
         }
         if !self.reachable {
             return Some("unreachable".into());
         }
-        match self.serial {
-            Some(s) if s != serial => Some(format!("on serial {s}, not {serial}")),
+        match (self.serial, self.digest.as_deref(), digest) {
+            (Some(s), _, _) if s != serial => Some(format!("on serial {s}, not {serial}")),
+            (Some(s), Some(theirs), Some(ours)) if theirs != ours => Some(format!(
+                "serial {s} with other content ({}..., this node {}...): two policies at one serial",
+                theirs.get(..8).unwrap_or(theirs),
+                ours.get(..8).unwrap_or(ours)
+            )),
             _ => None,
         }
     }
@@ -62,16 +76,21 @@ impl NodeView {
 impl ClusterView {
     /// Nodes with a problem first, then by id.
     pub fn sorted(mut self) -> Self {
-        let serial = self.serial;
+        let (serial, digest) = (self.serial, self.digest.clone());
         self.nodes
-            .sort_by_key(|n| (n.problem(serial).is_none(), n.id));
+            .sort_by_key(|n| (n.problem(serial, digest.as_deref()).is_none(), n.id));
         self
+    }
+
+    /// `node`'s problem, judged against this view's serial and digest.
+    pub fn problem_of(&self, node: &NodeView) -> Option<String> {
+        node.problem(self.serial, self.digest.as_deref())
     }
 
     pub fn problems(&self) -> usize {
         self.nodes
             .iter()
-            .filter(|n| n.problem(self.serial).is_some())
+            .filter(|n| self.problem_of(n).is_some())
             .count()
     }
 }
@@ -102,6 +121,7 @@ pub fn of(
                 last_heard_s: p.heard.map(|t| now.saturating_sub(t).as_secs()),
                 reachable: p.heard.is_some_and(|t| now.saturating_sub(t) < reach),
                 serial,
+                digest: h.map(|h| h.digest.clone()),
                 integrity,
                 root_matches: h.and_then(|h| h.root_matches),
                 last_verification: h.and_then(|h| h.last_verification.clone()),
@@ -120,6 +140,7 @@ pub fn of(
         last_heard_s: Some(0),
         reachable: true,
         serial: Some(mine.serial),
+        digest: Some(mine.digest.clone()),
         integrity: Some(mine.integrity),
         root_matches: mine.root_matches,
         last_verification: mine.last_verification.clone(),
@@ -133,6 +154,7 @@ pub fn of(
         schema: SCHEMA,
         cluster: cluster.to_string(),
         serial: core.serial(),
+        digest: (mine.serial == core.serial()).then(|| mine.digest.clone()),
         written_at: jiff::Timestamp::now().to_string(),
         quarantine_enabled: core.config().quarantine,
         nodes,

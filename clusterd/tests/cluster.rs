@@ -462,3 +462,114 @@ fn offline_members_catch_up_hostile_members_are_refused_and_removal_reaches_all(
         t.elapsed().as_millis()
     );
 }
+
+/// A member that offers `offered` to `peers` every 5 ms (200 a second, with heartbeats
+/// claiming it) and answers each fetch with the transfer's magic, then one byte every 2 s.
+fn dripping_member(
+    ns: &str,
+    me: &str,
+    peers: Vec<String>,
+    offered: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let (ns, me) = (ns.to_string(), me.to_string());
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let udp = std::net::UdpSocket::bind(format!("{me}:7946")).unwrap();
+        let tcp = std::net::TcpListener::bind(format!("{me}:7946")).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let offer = serde_json::json!({"offer": {"serial": offered, "digest": "f".repeat(64)}});
+        let mut drips = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            for p in &peers {
+                let _ = udp.send_to(offer.to_string().as_bytes(), format!("{p}:7946"));
+            }
+            while let Ok((mut c, _)) = tcp.accept() {
+                let stop = stop.clone();
+                drips.push(std::thread::spawn(move || {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.write_all(b"TYD1");
+                    while !stop.load(Ordering::Relaxed) && c.write_all(b"\0").is_ok() {
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let served = drips.len();
+        for d in drips {
+            let _ = d.join();
+        }
+        served
+    })
+}
+
+/// Attack (a hostile member keeping its own removal away, issue 26 #8): d5 offers serial 99
+/// at 200 a second and answers every fetch as a drip, one byte every 2 s. Before, one fetch
+/// ran at a time, offers meanwhile were dropped and a timed-out fetch was no lie: the
+/// operator's removal of d5 reached no other member for a minute. Steps: five members,
+/// healthy; d5's clusterd replaced by the dripping offerer; a second later the removal of
+/// d5 is put on d2 alone; it must be in force on d1-d4 within 2 s (printed), while d5 goes
+/// on dripping and flooding.
+#[test]
+fn a_removal_reaches_every_member_while_the_removed_one_drips_and_floods_offers() {
+    if !root_or_skip("a_removal_reaches_every_member_while_the_removed_one_drips_and_floods_offers")
+    {
+        return;
+    }
+    let n = 5;
+    let all: Vec<usize> = (0..n).collect();
+    let mut lab = Lab::new(n);
+    lab.publish_on(2, &all);
+    for i in 0..n {
+        lab.start(i);
+    }
+    wait_for(
+        "every node to hear its peers",
+        Duration::from_secs(45),
+        || {
+            all.iter().all(|&i| {
+                lab.view(i)["nodes"].as_array().is_some_and(|v| {
+                    v.len() == n
+                        && v.iter()
+                            .all(|x| x["reachable"] == true && x["quarantined"].is_null())
+                })
+            })
+        },
+    );
+    let d5 = 4;
+    let clusterd = lab.members[d5].children.last_mut().unwrap();
+    clusterd.kill().unwrap();
+    clusterd.wait().unwrap();
+    let others: Vec<usize> = (0..4).collect();
+    let peers: Vec<String> = others.iter().map(|&i| lab.members[i].tun.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let dripper = dripping_member(
+        &lab.members[d5].ns,
+        &lab.members[d5].tun,
+        peers,
+        99,
+        stop.clone(),
+    );
+    // Every other member is now in a fetch from d5 that drips.
+    std::thread::sleep(Duration::from_secs(1));
+    let t = std::time::Instant::now();
+    lab.push_text(3, &lab.policy_text_of(3, &others), 1);
+    let took = wait_for(
+        "the removal in force on d1-d4",
+        Duration::from_secs(10),
+        || others.iter().all(|&i| lab.serial_on(i) == Some(3)),
+    );
+    eprintln!(
+        "removal in force on d1-d4 {} ms after it was put on d2, d5 dripping and flooding",
+        t.elapsed().as_millis()
+    );
+    stop.store(true, Ordering::Relaxed);
+    let served = dripper.join().unwrap();
+    assert!(
+        served >= 1,
+        "no member fetched from d5: the attack did not run"
+    );
+    assert!(took < Duration::from_secs(2), "the removal took {took:?}");
+}

@@ -291,3 +291,104 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Attack (one LAN address, issue 26 #1): 16 connections from one address, each sending a
+/// byte every 4 s (the timeout was per read, the back-off began only when a connection
+/// ended), held every slot of the master's joind; 11 of 11 legitimate joins were refused
+/// over a minute. Steps: `tyd init` on d1 and its joind; from d3's address, as many
+/// connections as the master takes, each dripping a byte every 0.5 s, kept open; then d2's
+/// `tyd join` with the token must succeed within 2 s (printed); the dripping connections
+/// are cut at the exchange deadline (10 s), not held for ever.
+#[test]
+fn a_join_succeeds_while_one_address_holds_every_connection_it_can() {
+    if !root_or_skip("a_join_succeeds_while_one_address_holds_every_connection_it_can") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    for m in &lab.members {
+        std::fs::remove_file(m.dir.join("operator.pub")).unwrap();
+    }
+    let dir = |lab: &Lab, i: usize| lab.members[i].dir.display().to_string();
+    let d1 = dir(&lab, 0);
+    let tokens = format!("{d1}/tokens.json");
+    let (code, out, err) = lab.tyd_in(
+        0,
+        &[
+            "init",
+            "--endpoint",
+            "198.18.0.1",
+            "--cluster",
+            "lab",
+            "--name",
+            "d1",
+            "--dir",
+            &d1,
+            "--tokens",
+            &tokens,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (token, fingerprint) = join_line(&out);
+    lab.start(0);
+    lab.start_joind(0, true);
+    std::thread::sleep(Duration::from_millis(500));
+    // The attacker: every connection it can open, each dripping, all held by one thread.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let (ns, stop) = (lab.members[2].ns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            lab::in_netns(&ns, || {
+                use std::io::Write;
+                let mut held: Vec<std::net::TcpStream> = (0..16)
+                    .filter_map(|_| std::net::TcpStream::connect("198.18.0.1:7947").ok())
+                    .collect();
+                let started = Instant::now();
+                let mut alive_at_12s = None;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < Duration::from_secs(14)
+                {
+                    held.retain_mut(|s| s.write_all(b"T").is_ok());
+                    if started.elapsed() >= Duration::from_secs(12) && alive_at_12s.is_none() {
+                        alive_at_12s = Some(held.len());
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                alive_at_12s
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let (code, out, err) = lab.tyd_in(
+        1,
+        &[
+            "join",
+            "198.18.0.1",
+            "--token",
+            &token,
+            "--operator",
+            &fingerprint,
+            "--dir",
+            &dir(&lab, 1),
+            "--name",
+            "d2",
+            "--no-start",
+        ],
+    );
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{out}{err}\njoind:\n{}", lab.file(0, "joind.log"));
+    eprintln!(
+        "join with one address holding every connection it could: {} ms",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(2), "the join took {took:?}");
+    let alive_at_12s = attacker.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // A write into a connection the master closed fails only after the close is seen: by
+    // 12 s every dripping connection was cut (the deadline is 10 s).
+    assert_eq!(
+        alive_at_12s,
+        Some(0),
+        "dripping connections outlived the deadline"
+    );
+}

@@ -1,7 +1,7 @@
 //! Joining a cluster with one command (CHAOS's `tyd -m <ip>`), without a shared secret.
 //!
-//! `admit`: what a master decides about a request (pure). `guard`: connection limit and
-//! per-source back-off (pure). `pending`: joins without a token waiting for approval.
+//! `admit`: what a master decides about a request (pure). `guard`: connection limits and
+//! per-source back-off (pure). `deadline`: one deadline for all of a connection's reads. `pending`: joins without a token waiting for approval.
 //! `lost`: which nodes the master's cluster view has lost (an ephemeral drone's entry may then
 //! go to its new key). `service`: the master's admission and a member's relay.
 //! `client`: the joiner's side, checking what comes back. `discover`: `tyd join any`. `token`: join tokens (`<id>.<secret>`), and the master's store of them (derived keys only,
@@ -11,6 +11,7 @@
 pub mod admit;
 pub mod cli;
 pub mod client;
+pub mod deadline;
 pub mod discover;
 pub mod guard;
 pub mod lost;

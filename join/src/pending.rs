@@ -14,6 +14,9 @@ use crate::admit::JoinRequest;
 
 /// Requests waiting at once, at most: a flood of them is refused, not queued.
 pub const MAX_WAITING: usize = 8;
+/// Joins waiting at once from one LAN address (relayed ones are the relay's, vouched for by
+/// a member).
+pub const MAX_WAITING_PER_SOURCE: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +56,8 @@ pub enum PendingError {
     Corrupt { path: String, why: String },
     #[error("{MAX_WAITING} joins are already waiting for approval")]
     Full,
+    #[error("{MAX_WAITING_PER_SOURCE} joins from this address are already waiting for approval")]
+    SourceFull,
     #[error("no waiting join {0}")]
     NoSuch(u32),
     #[error("join {0} was already decided")]
@@ -86,6 +91,17 @@ impl PendingStore {
         seen: Option<IpAddr>,
         now: Timestamp,
     ) -> Result<u32, PendingError> {
+        if let Some(ip) = seen {
+            let from = ip.to_string();
+            let waiting = self
+                .requests
+                .iter()
+                .filter(|r| r.source == from && r.decision == Decision::Waiting)
+                .count();
+            if waiting >= MAX_WAITING_PER_SOURCE {
+                return Err(PendingError::SourceFull);
+            }
+        }
         if self.requests.len() >= MAX_WAITING {
             return Err(PendingError::Full);
         }
@@ -193,5 +209,33 @@ mod tests {
             &std::fs::metadata(&path).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// Attack (one LAN address, issue 26 #4): one address filled all 8 waiting slots, and a
+    /// legitimate join without a token was refused ("8 joins are already waiting") for 10
+    /// minutes. Steps: one address adds waiting joins until refused: it gets
+    /// MAX_WAITING_PER_SOURCE; another address still gets a slot.
+    #[test]
+    fn one_address_cannot_fill_the_waiting_list() {
+        let now = Timestamp::now();
+        let mut s = PendingStore::default();
+        let attacker: IpAddr = "198.18.0.66".parse().unwrap();
+        let got = (1..=MAX_WAITING as u8)
+            .filter(|n| s.add(&req(*n), "000-000", Some(attacker), now).is_ok())
+            .count();
+        assert_eq!(got, MAX_WAITING_PER_SOURCE);
+        assert!(matches!(
+            s.add(&req(40), "000-000", Some(attacker), now),
+            Err(PendingError::SourceFull)
+        ));
+        assert!(
+            s.add(
+                &req(41),
+                "111-111",
+                Some("198.18.0.7".parse().unwrap()),
+                now
+            )
+            .is_ok()
+        );
     }
 }

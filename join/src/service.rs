@@ -286,6 +286,9 @@ impl Master {
             Err(reason) => return Ok(refused(reason)),
         };
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // tyd token create/revoke rewrite the store from other processes.
+        let _tokens =
+            TokenStore::lock(&self.tokens).map_err(|e| ServeError::Master(e.to_string()))?;
         let now = Timestamp::now();
         let mut store =
             TokenStore::load(&self.tokens).map_err(|e| ServeError::Master(e.to_string()))?;

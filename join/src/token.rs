@@ -252,12 +252,48 @@ pub enum StoreError {
     Corrupt { path: String, why: String },
     #[error("no token {0}")]
     NoSuchToken(String),
+    #[error("{path}: cannot lock the token store: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
 }
+
+/// An exclusive hold on a token store, from reading it to writing it back: joind admitting
+/// and `tyd token create/revoke` run in different processes, and each rewrites the whole
+/// file. Released when dropped.
+#[derive(Debug)]
+pub struct StoreLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
 /// Expired or used-up tokens are kept this long for `tyd token list`, then dropped.
 const KEEP_ENDED: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
 
 impl TokenStore {
+    /// Waits for, then holds, the store's lock (`tokens.json.lock` beside it, made if
+    /// missing: the store itself is replaced on every write, so it cannot carry the lock).
+    pub fn lock(path: &Path) -> Result<StoreLock, StoreError> {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".lock");
+        let lock_path = std::path::PathBuf::from(name);
+        let fail = |source: std::io::Error| StoreError::Lock {
+            path: lock_path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(fail)?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map(StoreLock)
+            .map_err(|(_, e)| fail(e.into()))
+    }
+
     /// Reads the store; a missing file is an empty store.
     pub fn load(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
@@ -372,6 +408,8 @@ impl TokenStore {
     }
 }
 
+use std::os::unix::fs::OpenOptionsExt;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +509,46 @@ mod tests {
             e.contains("tokens.json") && e.contains("not a token store"),
             "{e}"
         );
+    }
+
+    /// Attack (a race, issue 26 #7): tokens.json was read, changed and written back with no
+    /// lock, so two joins and a `tyd token revoke` at once could lose one of the updates.
+    /// Steps: 8 writers at once (threads, each opening the lock file itself, as separate
+    /// processes do), each creating 10 tokens under the lock, one revoking the first token
+    /// meanwhile: every token created is in the store and the revocation stands.
+    #[test]
+    fn concurrent_writers_under_the_lock_lose_no_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        let first = {
+            let _l = TokenStore::lock(&path).unwrap();
+            let mut s = TokenStore::load(&path).unwrap();
+            let t = s.create(&limits(1), Timestamp::now(), &mut OsRng);
+            s.save(&path).unwrap();
+            t.id.as_str().to_string()
+        };
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let (path, first) = (path.clone(), first.clone());
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let _l = TokenStore::lock(&path).unwrap();
+                        let mut s = TokenStore::load(&path).unwrap();
+                        s.create(&limits(1), Timestamp::now(), &mut OsRng);
+                        if w == 0 && i == 5 {
+                            s.revoke(&first).unwrap();
+                        }
+                        std::thread::yield_now();
+                        s.save(&path).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let s = TokenStore::load(&path).unwrap();
+        assert_eq!(s.tokens.len(), 81);
+        assert!(s.tokens.iter().any(|t| t.id.as_str() == first && t.revoked));
     }
 }

@@ -74,7 +74,8 @@ fn summary(v: &ClusterView, stale: Option<u64>) -> String {
     line
 }
 
-fn row(n: &NodeView, serial: u64, name_width: usize) -> String {
+fn row(v: &ClusterView, n: &NodeView, name_width: usize) -> String {
+    let serial = v.serial;
     let mem = n
         .mem_available_kb
         .map_or("-".into(), |kb| format!("{} MiB", kb / 1024));
@@ -101,7 +102,7 @@ fn row(n: &NodeView, serial: u64, name_width: usize) -> String {
         },
         n.load1.map_or("-".into(), |l| format!("{l:.2}")),
         mem,
-        n.problem(serial).unwrap_or_default()
+        v.problem_of(n).unwrap_or_default()
     )
     .trim_end()
     .to_string()
@@ -131,10 +132,10 @@ fn render(v: &ClusterView, problems_only: bool, stale: Option<u64>) -> String {
         "id", "name", "heard", "serial", "integrity", "root", "load", "free"
     ));
     for n in &v.nodes {
-        if problems_only && n.problem(v.serial).is_none() {
+        if problems_only && v.problem_of(n).is_none() {
             continue;
         }
-        out.push_str(&row(n, v.serial, name_width));
+        out.push_str(&row(v, n, name_width));
         out.push('\n');
     }
     out
@@ -192,6 +193,7 @@ mod tests {
             last_heard_s: Some(1),
             reachable,
             serial: Some(serial),
+            digest: Some("d".repeat(64)),
             integrity: Some(Integrity::Verifying),
             root_matches: Some(true),
             last_verification: None,
@@ -213,6 +215,7 @@ mod tests {
             schema: 1,
             cluster: "lab".into(),
             serial: 9,
+            digest: Some("d".repeat(64)),
             written_at: Timestamp::now().to_string(),
             quarantine_enabled: true,
             nodes,
@@ -252,6 +255,7 @@ mod tests {
             schema: 1,
             cluster: "lab".into(),
             serial: 9,
+            digest: Some("d".repeat(64)),
             written_at: Timestamp::now().to_string(),
             quarantine_enabled: true,
             nodes,
@@ -265,5 +269,29 @@ mod tests {
             assert!(b[at - 1] == b' ' && b[at] != b' ', "{text}");
             assert_eq!(l.trim_end(), *l, "trailing blanks: {l:?}");
         }
+    }
+
+    /// Attack (a partition, issue 26 #9): two sides signed different policies at the same
+    /// serial; each stayed on its own, and `tyd status --cluster` said "5 healthy", exit 0.
+    /// Steps: a view where one node reports this node's serial with another digest: it is a
+    /// problem, named as two policies at one serial, and counted.
+    #[test]
+    fn the_same_serial_with_other_content_is_a_problem() {
+        let mut nodes: Vec<NodeView> = (1..=5).map(|i| node(i, 9, None, true)).collect();
+        nodes[3].digest = Some("e".repeat(64));
+        let v = ClusterView {
+            schema: 1,
+            cluster: "lab".into(),
+            serial: 9,
+            digest: Some("d".repeat(64)),
+            written_at: Timestamp::now().to_string(),
+            quarantine_enabled: true,
+            nodes,
+        }
+        .sorted();
+        assert_eq!(v.problems(), 1);
+        let text = render(&v, false, None);
+        assert!(text.contains("4 healthy"), "{text}");
+        assert!(text.contains("two policies at one serial"), "{text}");
     }
 }

@@ -105,6 +105,7 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     // further disk roots (servers, no certaintyd); drones get their tokens with
     // `tyd token create --roles drone`.
     let token_role = first_token_role(root);
+    let _held = crate::token_cmd::lock(a.tokens)?;
     let mut store =
         TokenStore::load(a.tokens).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
     let token = store.create(

@@ -61,6 +61,11 @@ fn load(path: &Path) -> CliResult<TokenStore> {
     TokenStore::load(path).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))
 }
 
+/// The store's lock, held from the read to the write (joind writes it too).
+pub fn lock(path: &Path) -> CliResult<join::token::StoreLock> {
+    TokenStore::lock(path).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))
+}
+
 fn save(store: &TokenStore, path: &Path) -> CliResult {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -87,6 +92,7 @@ pub fn run(cmd: TokenCmd, now: Timestamp) -> CliResult {
             member,
         } => {
             let fingerprint = crate::keygen::operator_fingerprint(&trust)?;
+            let _held = lock(&tokens)?;
             let mut store = load(&tokens)?;
             store.prune(now);
             let limits = Limits {
@@ -156,6 +162,7 @@ pub fn run(cmd: TokenCmd, now: Timestamp) -> CliResult {
             Ok(())
         }
         TokenCmd::Revoke { id, tokens } => {
+            let _held = lock(&tokens)?;
             let mut store = load(&tokens)?;
             store
                 .revoke(&id)

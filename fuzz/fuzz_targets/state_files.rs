@@ -1,0 +1,18 @@
+//! Files one daemon writes and another reads, which a member's input shapes: the quarantine
+//! list (netguard reads what clusterd wrote) and the cluster view (tyd status --cluster and
+//! joind read it). Never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = serde_json::from_slice::<policy::quarantine::QuarantineList>(data).map(|q| q.ids());
+    if let Ok(v) = serde_json::from_slice::<clusterd::view::ClusterView>(data) {
+        let v = v.sorted();
+        let _ = v.problems();
+        for n in &v.nodes {
+            let _ = v.problem_of(n);
+        }
+    }
+    let _ = join::lost::lost_nodes(data, jiff::Timestamp::UNIX_EPOCH);
+});
