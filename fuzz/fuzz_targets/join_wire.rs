@@ -1,4 +1,5 @@
-//! What anyone on the LAN can send to the join port: the hello, then the Noise handshake and
+//! What anyone on the LAN (or a relay) can send to the join port: a relay's record, the hello,
+//! then the Noise handshake and
 //! frames (with a token, and without one for an approval join). Never a panic, and never a
 //! frame larger than asked for.
 #![no_main]
@@ -27,6 +28,10 @@ impl Write for Peer<'_> {
 
 fuzz_target!(|data: &[u8]| {
     let mut peer = Peer(data);
+    // From a member's tunnel address, a relay's record of the joiner's address comes first.
+    if join::wire::starts_with_seen(data) && join::wire::read_seen(&mut peer).is_err() {
+        return;
+    }
     let Ok(hello) = join::wire::read_hello(&mut peer) else {
         return;
     };

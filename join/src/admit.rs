@@ -56,6 +56,8 @@ pub enum Refusal {
     BadName(String),
     #[error("endpoint {claimed} is not the address the request came from ({seen})")]
     EndpointMismatch { claimed: String, seen: String },
+    #[error("endpoint {endpoint} is not a node's address: {why}")]
+    BadEndpoint { endpoint: String, why: &'static str },
     #[error("no free node id with tunnel addresses left in the cluster's networks")]
     Full,
     /// A machine that rebooted with a new key (a drone's key lives in RAM) finds its old
@@ -106,6 +108,38 @@ pub enum Admission {
     },
 }
 
+/// Why `ip` cannot be a node's WireGuard endpoint on the LAN, if it cannot: no one's
+/// address (unspecified), this machine's (loopback), many machines' (multicast,
+/// broadcast), no routable one (link-local: the same on every link), or inside the
+/// cluster's own tunnel networks.
+pub fn unusable_endpoint(policy: &Policy, ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("multicast or broadcast")
+    } else if link_local {
+        Some("link-local")
+    } else if [
+        policy.cluster.tunnel_ipv4.map(ipnet::IpNet::V4),
+        policy.cluster.tunnel_ipv6.map(ipnet::IpNet::V6),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|n| n.contains(&ip))
+    {
+        Some("inside the cluster's tunnel network")
+    } else {
+        None
+    }
+}
+
 fn usable_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 32
@@ -132,15 +166,24 @@ pub fn decide(
             name: node.name.clone(),
         });
     }
+    // One address, one spelling: an IPv4 address written as IPv6 (::ffff:a.b.c.d) is that
+    // IPv4 address, for every comparison below and in the policy.
+    let claimed = req.endpoint.ip().to_canonical();
     if let Some(seen) = seen
-        && seen != req.endpoint.ip()
+        && seen.to_canonical() != claimed
     {
         return Err(Refusal::EndpointMismatch {
             claimed: req.endpoint.to_string(),
             seen: seen.to_string(),
         });
     }
-    let endpoint = SocketAddr::new(req.endpoint.ip(), policy.cluster.listen_port);
+    if let Some(why) = unusable_endpoint(policy, claimed) {
+        return Err(Refusal::BadEndpoint {
+            endpoint: claimed.to_string(),
+            why,
+        });
+    }
+    let endpoint = SocketAddr::new(claimed, policy.cluster.listen_port);
     if let Some(n) = policy.nodes.iter().find(|n| n.endpoint == Some(endpoint)) {
         let ephemeral = replace.filter(|r| r.ephemeral.contains(&(n.id, n.public_key)));
         return match ephemeral {
@@ -191,10 +234,7 @@ pub fn decide(
         name,
         public_key: key,
         // Every node's WireGuard listens on the cluster's port.
-        endpoint: Some(SocketAddr::new(
-            req.endpoint.ip(),
-            policy.cluster.listen_port,
-        )),
+        endpoint: Some(endpoint),
         addresses,
         roles: roles.to_vec(),
         expires: None,
@@ -361,5 +401,70 @@ mod tests {
             decide(&p, &req(9, None), None, &[Role::Drone], None),
             Err(Refusal::Full)
         );
+    }
+
+    /// Attack (a token holder, through a relay, issue 26 #2): nodes were signed with
+    /// endpoints their joiner does not own: 0.0.0.0, 255.255.255.255, 224.0.0.1, 127.0.0.1, a
+    /// tunnel address, [::], [fe80::1], [ff02::1], and a taken endpoint spelled as
+    /// [::ffff:198.18.0.2]. Steps: each claimed with no source seen (a relay that sent no
+    /// record): each refused, the mapped one as the taken endpoint it is; a relay's record
+    /// of the joiner's address is held against the claim like a direct source.
+    #[test]
+    fn a_joiner_cannot_claim_an_endpoint_it_does_not_own() {
+        let p = policy_with(&[(1, "master", 1), (2, "d2", 2)]);
+        for bad in [
+            "0.0.0.0:51820",
+            "255.255.255.255:51820",
+            "224.0.0.1:51820",
+            "127.0.0.1:51820",
+            "10.77.0.1:51820",
+            "169.254.1.1:51820",
+            "[::]:51820",
+            "[fe80::1]:51820",
+            "[ff02::1]:51820",
+            "[::1]:51820",
+        ] {
+            let mut r = req(9, None);
+            r.endpoint = bad.parse().unwrap();
+            assert!(
+                matches!(
+                    decide(&p, &r, None, &[Role::Drone], None),
+                    Err(Refusal::BadEndpoint { .. })
+                ),
+                "{bad} was accepted"
+            );
+        }
+        let mut r = req(9, None);
+        r.endpoint = "[::ffff:198.18.0.2]:51820".parse().unwrap();
+        assert!(matches!(
+            decide(&p, &r, None, &[Role::Drone], None),
+            Err(Refusal::EndpointTaken { node: 2, .. })
+        ));
+        // A mapped spelling of the address it came from is that address.
+        let mut r = req(9, None);
+        r.endpoint = "[::ffff:198.18.0.9]:51820".parse().unwrap();
+        match decide(
+            &p,
+            &r,
+            Some("198.18.0.9".parse().unwrap()),
+            &[Role::Drone],
+            None,
+        ) {
+            Ok(Admission::Add(n)) => {
+                assert_eq!(n.endpoint, Some("198.18.0.9:51820".parse().unwrap()));
+            }
+            other => panic!("{other:?}"),
+        }
+        // What a relay saw is held against the claim.
+        assert!(matches!(
+            decide(
+                &p,
+                &req(9, None),
+                Some("198.18.0.77".parse().unwrap()),
+                &[Role::Drone],
+                None
+            ),
+            Err(Refusal::EndpointMismatch { .. })
+        ));
     }
 }

@@ -140,7 +140,20 @@ impl Node {
             };
         };
         let source = if members.contains(&from.ip()) {
-            Source::Tunnel(from.ip())
+            // A relay sends where it saw the joiner first; a member leaving sends its hello.
+            let mut prefix = [0u8; 4];
+            match stream.peek(&mut prefix) {
+                Ok(4) if join::wire::starts_with_seen(&prefix) => {
+                    match join::wire::read_seen(&mut &stream) {
+                        Ok(seen) => Source::Relayed {
+                            relay: from.ip(),
+                            seen,
+                        },
+                        Err(_) => return false,
+                    }
+                }
+                _ => Source::Tunnel(from.ip()),
+            }
         } else {
             Source::Lan(from.ip())
         };

@@ -39,8 +39,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Source {
     /// From the LAN: a joiner itself.
     Lan(IpAddr),
-    /// From a member's tunnel address: a relayed join, or that member leaving.
+    /// From a member's tunnel address: that member leaving, or a join relayed by a member
+    /// that sent no record of where the joiner came from (its claimed endpoint is taken).
     Tunnel(IpAddr),
+    /// A join relayed by the member at `relay`, which saw the joiner at `seen` on its LAN.
+    Relayed { relay: IpAddr, seen: IpAddr },
+}
+
+impl Source {
+    /// Where the joiner was seen: the connection's source, or the relay's record of it.
+    pub fn seen(self) -> Option<IpAddr> {
+        match self {
+            Source::Lan(ip) | Source::Relayed { seen: ip, .. } => Some(ip),
+            Source::Tunnel(_) => None,
+        }
+    }
 }
 
 /// A master's answer to a leave, one JSON line.
@@ -138,23 +151,13 @@ impl Master {
             Ok(Hello::Join(id)) => {
                 // Straight from the joiner: its endpoint must be where it came from. Through a
                 // member's tunnel: relayed, the member saw the joiner.
-                let seen = match from {
-                    Source::Lan(ip) => Some(ip),
-                    Source::Tunnel(_) => None,
-                };
-                self.serve_join(stream, id, seen)
+                self.serve_join(stream, id, from.seen())
             }
             Ok(Hello::Leave) => match from {
                 Source::Tunnel(ip) => self.serve_leave(stream, ip),
-                Source::Lan(_) => Outcome::Failed(WireError::NotJoin),
+                Source::Lan(_) | Source::Relayed { .. } => Outcome::Failed(WireError::NotJoin),
             },
-            Ok(Hello::Approval) => {
-                let seen = match from {
-                    Source::Lan(ip) => Some(ip),
-                    Source::Tunnel(_) => None,
-                };
-                self.serve_approval(stream, seen)
-            }
+            Ok(Hello::Approval) => self.serve_approval(stream, from.seen()),
         }
     }
 
@@ -616,13 +619,25 @@ pub fn relay(
     if hello == Hello::Leave {
         return Err(RelayError::Hello(WireError::NotJoin));
     }
+    // A join waiting for the operator is silent until the decision: the relay waits as long
+    // as the master does (it dropped the connection after 5 s, and the joiner never got its
+    // answer although it was admitted).
+    let idle = if hello == Hello::Approval {
+        APPROVAL_WAIT + Duration::from_secs(30)
+    } else {
+        idle
+    };
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no master in the policy");
     for &m in masters {
         match TcpStream::connect_timeout(&m, CONNECT_TIMEOUT) {
             Ok(mut master) => {
-                master
-                    .write_all(&hello.to_bytes())
+                // Where the joiner came from first: the master checks its claimed endpoint.
+                let mut first = client
+                    .peer_addr()
+                    .map(|a| wire::seen_record(a.ip()).to_vec())
                     .map_err(RelayError::Master)?;
+                first.extend_from_slice(&hello.to_bytes());
+                master.write_all(&first).map_err(RelayError::Master)?;
                 pipe(client, master, idle).map_err(RelayError::Master)?;
                 return Ok(m);
             }

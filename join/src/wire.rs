@@ -207,6 +207,51 @@ fn respond<S: Read + Write>(
     Ok((stream, hs))
 }
 
+/// A relay's record of where the joiner it carries came from, sent to the master before the
+/// joiner's bytes: `TYDS`, 4 or 6, then the address in 16 bytes (an IPv4 one in the first
+/// 4). The master checks the joiner's claimed endpoint against it, as it checks a direct
+/// joiner's against the connection's source.
+const SEEN_MAGIC: &[u8; 4] = b"TYDS";
+pub const SEEN_LEN: usize = 4 + 1 + 16;
+
+/// The record a relay sends for a joiner seen at `ip`.
+pub fn seen_record(ip: std::net::IpAddr) -> [u8; SEEN_LEN] {
+    let mut out = [0u8; SEEN_LEN];
+    out[..4].copy_from_slice(SEEN_MAGIC);
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            out[4] = 4;
+            out[5..9].copy_from_slice(&v4.octets());
+        }
+        std::net::IpAddr::V6(v6) => {
+            out[4] = 6;
+            out[5..].copy_from_slice(&v6.octets());
+        }
+    }
+    out
+}
+
+/// Whether a connection's first bytes are a relay's record.
+pub fn starts_with_seen(prefix: &[u8]) -> bool {
+    prefix.starts_with(SEEN_MAGIC)
+}
+
+/// Reads a relay's record.
+pub fn read_seen(r: &mut impl Read) -> Result<std::net::IpAddr, WireError> {
+    let mut rec = [0u8; SEEN_LEN];
+    read_exact(r, &mut rec)?;
+    if !starts_with_seen(&rec) {
+        return Err(WireError::NotJoin);
+    }
+    let mut v6 = [0u8; 16];
+    v6.copy_from_slice(&rec[5..]);
+    match rec[4] {
+        4 => Ok(std::net::IpAddr::from([v6[0], v6[1], v6[2], v6[3]])),
+        6 => Ok(std::net::IpAddr::from(v6)),
+        _ => Err(WireError::NotJoin),
+    }
+}
+
 /// What a connection to the join port is for, from its first 11 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hello {
@@ -448,5 +493,21 @@ mod tests {
         assert!(matches!(read_hello(&mut s), Err(WireError::Closed)));
         let leave = Hello::Leave.to_bytes();
         assert_eq!(read_hello(&mut leave.as_slice()).unwrap(), Hello::Leave);
+    }
+
+    /// A relay's record of where it saw the joiner reads back as that address, both
+    /// families; anything else is not a record.
+    #[test]
+    fn a_relays_record_of_the_joiners_address_round_trips() {
+        for ip in ["198.18.0.7", "2001:db8::7"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let rec = seen_record(ip);
+            assert!(starts_with_seen(&rec));
+            assert_eq!(read_seen(&mut &rec[..]).unwrap(), ip);
+        }
+        let mut bad = seen_record("198.18.0.7".parse().unwrap());
+        bad[4] = 5;
+        assert!(read_seen(&mut &bad[..]).is_err());
+        assert!(read_seen(&mut &b"TYDJ\x01abcdef"[..]).is_err());
     }
 }
