@@ -387,7 +387,7 @@ fn a_relay_forwards_joins_only() {
         matches!(r, Err(join::service::RelayError::Hello(_))),
         "{r:?}"
     );
-    // A join is passed on, hello first.
+    // A join is passed on: where the relay saw the joiner first, then the hello.
     let t = Token::generate(&mut rand_core::OsRng);
     let (c, s) = send(join::wire::Hello::Join(t.id.clone()).to_bytes());
     drop(c);
@@ -395,6 +395,10 @@ fn a_relay_forwards_joins_only() {
         join::service::relay(s, &[master_addr], Duration::from_secs(1)).map_err(|e| e.to_string())
     });
     let (mut at_master, _) = master.accept().unwrap();
+    assert_eq!(
+        join::wire::read_seen(&mut at_master).unwrap(),
+        std::net::IpAddr::from([127, 0, 0, 1])
+    );
     let got = join::wire::read_hello(&mut at_master).unwrap();
     assert_eq!(got, join::wire::Hello::Join(t.id));
     drop(at_master);
@@ -406,6 +410,7 @@ fn a_relay_forwards_joins_only() {
         join::service::relay(s, &[master_addr], Duration::from_secs(1)).map_err(|e| e.to_string())
     });
     let (mut at_master, _) = master.accept().unwrap();
+    assert!(join::wire::read_seen(&mut at_master).is_ok());
     assert_eq!(
         join::wire::read_hello(&mut at_master).unwrap(),
         join::wire::Hello::Approval
