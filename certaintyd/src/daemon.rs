@@ -577,26 +577,28 @@ impl Daemon {
                 }
             }
         }
-        if paths.is_empty() {
-            return Flow::Continue;
-        }
-        paths.sort();
-        paths.dedup();
-        let root = self.cfg.root.clone();
-        let check = paths.clone();
-        let snap = tokio::task::spawn_blocking(move || walk::capture_paths(&root, &check)).await;
-        let findings = match snap {
-            Ok(Ok(snap)) => compare_paths(&self.baseline, &snap, &paths),
-            Ok(Err(e)) => return self.violation(Cause::Event, vec![], e.to_string()).await,
-            Err(e) => {
-                return self
-                    .violation(Cause::WatcherFailed, vec![], e.to_string())
-                    .await;
+        if !paths.is_empty() {
+            paths.sort();
+            paths.dedup();
+            let root = self.cfg.root.clone();
+            let check = paths.clone();
+            let snap =
+                tokio::task::spawn_blocking(move || walk::capture_paths(&root, &check)).await;
+            let findings = match snap {
+                Ok(Ok(snap)) => compare_paths(&self.baseline, &snap, &paths),
+                Ok(Err(e)) => return self.violation(Cause::Event, vec![], e.to_string()).await,
+                Err(e) => {
+                    return self
+                        .violation(Cause::WatcherFailed, vec![], e.to_string())
+                        .await;
+                }
+            };
+            if !findings.is_empty() {
+                return self.violation(Cause::Event, findings, String::new()).await;
             }
-        };
-        if !findings.is_empty() {
-            return self.violation(Cause::Event, findings, String::new()).await;
         }
+        // (Judged whether or not the same burst named paths: the two arrive as two messages,
+        // and a busy loop can take them in two turns.)
         // The content is as it was, but a file of the tree was open for writing: whatever
         // was written through it may have been used and undone already.
         let opened = write_opened(&self.baseline, written);
