@@ -36,6 +36,56 @@ pub fn maps_line_writes(line: &str, dev: (u64, u64)) -> Option<(u64, String)> {
     (writable_shared && same_dev && inode != 0).then_some((inode, path))
 }
 
+/// One `/proc/PID/maps` line: a shared mapping of a file on `dev` that is read-only now?
+/// (mprotect can make it writable if the file was opened for writing: see
+/// [`smaps_may_write`].)
+fn maps_line_shared_readonly(line: &str, dev: (u64, u64)) -> bool {
+    let mut f = line.split_whitespace();
+    let (Some(_), Some(perms), Some(_), Some(devs)) = (f.next(), f.next(), f.next(), f.next())
+    else {
+        return false;
+    };
+    let shared_ro =
+        perms.as_bytes().get(1) == Some(&b'-') && perms.as_bytes().get(3) == Some(&b's');
+    let same_dev = devs.split_once(':').is_some_and(|(maj, min)| {
+        u64::from_str_radix(maj, 16).ok() == Some(dev.0)
+            && u64::from_str_radix(min, 16).ok() == Some(dev.1)
+    });
+    shared_ro && same_dev
+}
+
+/// Shared mappings of files on `dev` that are read-only now but may be made writable
+/// (`VmFlags` has `mw`: the file was opened for writing), from a `/proc/PID/smaps` text. A
+/// process holding one can mprotect it writable, change the file, restore it and protect it
+/// again, with no descriptor open and no close event: it is a writer.
+pub fn smaps_may_write(smaps: &str, dev: (u64, u64)) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<(u64, String)> = None;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(m) = current.take()
+                && flags.split_whitespace().any(|f| f == "mw")
+            {
+                out.push(m);
+            }
+            continue;
+        }
+        // A mapping's header is the only line whose first field is a range.
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            current = None;
+            if maps_line_shared_readonly(line, dev) {
+                let mut f = line.split_whitespace().skip(4);
+                let inode = f.next().and_then(|i| i.parse::<u64>().ok()).unwrap_or(0);
+                if inode != 0 {
+                    current = Some((inode, f.collect::<Vec<_>>().join(" ")));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The access mode from a `/proc/PID/fdinfo/N` text: does it allow writing?
 pub fn fdinfo_writes(text: &str) -> bool {
     text.lines()
@@ -90,6 +140,21 @@ pub fn scan(dev: u64, proc_root: &Path) -> Vec<Writer> {
                         path,
                         inode,
                         how: "shared writable mapping",
+                    });
+                }
+            }
+            // smaps costs a page-table walk: read only for a process with a shared
+            // read-only mapping on this filesystem.
+            if maps.lines().any(|l| maps_line_shared_readonly(l, split))
+                && let Ok(smaps) = std::fs::read_to_string(dir.join("smaps"))
+            {
+                for (inode, path) in smaps_may_write(&smaps, split) {
+                    out.push(Writer {
+                        pid,
+                        command: command.clone(),
+                        path,
+                        inode,
+                        how: "shared mapping that may be made writable",
                     });
                 }
             }
@@ -168,6 +233,32 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0.path, "/outside/link");
         assert_eq!(found[0].1, "/bin/sh");
+    }
+
+    /// Attack (found by a helper attacking from the docs): open a tree file read-write, map
+    /// it shared but read-only, close the descriptor and keep the mapping: `r--s` in maps,
+    /// so the scan passed it, and the mapping keeps the file open, so no close event came;
+    /// later mprotect it writable, change, run, restore, protect again. Steps: smaps as the
+    /// kernel (6.18) writes it for that mapping and for the same file mapped from a
+    /// read-only descriptor: only the first (VmFlags `mw`) is a writer.
+    #[test]
+    fn a_read_only_shared_mapping_that_may_be_made_writable_is_a_writer() {
+        let smaps = "\
+7f4c123bf000-7f4c123c0000 r--s 00000000 fe:00 10018834                   /srv/bin/hello
+Size:                  4 kB
+Rss:                   4 kB
+VmFlags: rd mr me ms 
+7f4c123c0000-7f4c123c1000 r--s 00000000 fe:00 10018834                   /srv/bin/hello
+Size:                  4 kB
+VmFlags: rd sh mr mw me ms 
+7f4c123c1000-7f4c123c2000 r--p 00000000 fe:00 777                        /srv/lib/x.so
+VmFlags: rd mr mw me
+";
+        assert_eq!(
+            smaps_may_write(smaps, (0xfe, 0)),
+            vec![(10018834, "/srv/bin/hello".to_string())]
+        );
+        assert!(smaps_may_write(smaps, (0xfe, 1)).is_empty());
     }
 
     #[test]

@@ -409,6 +409,39 @@ fn a_program_changed_used_and_restored_through_a_mapping_read_first_is_caught() 
     );
 }
 
+/// Attack (found by a helper attacking from the docs): open a program read-write, map it
+/// shared but read-only, close the descriptor and keep the mapping. It shows as `r--s`,
+/// which the writer scan passed, and the mapping keeps the file open, so no close event
+/// comes; the holder can mprotect it writable, change the program, run it and restore it
+/// whenever it likes. Steps: a daemon verifying every second; the holder keeps such a
+/// mapping of /bin/sh: the next full pass names it (unsafe writers, a shared mapping that
+/// may be made writable).
+#[test]
+fn a_read_only_shared_mapping_of_a_file_opened_for_writing_is_a_writer() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root_or_skip("a_read_only_shared_mapping_of_a_file_opened_for_writing_is_a_writer") {
+        return;
+    }
+    let ns = Ns::new();
+    let fx = fixture("1h");
+    // Set up before the daemon starts its passes: no close event ever comes.
+    let script = format!(
+        "import mmap,os,time\nfd=os.open('{}',os.O_RDWR)\n\
+         m=mmap.mmap(fd,0,mmap.MAP_SHARED,mmap.PROT_READ)\nos.close(fd)\n\
+         print('ready',flush=True)\ntime.sleep(30)\n",
+        ns.p("bin/sh")
+    );
+    let d = Daemon::start_every(&ns, &fx, "1s", &[]);
+    let mut holder = ns.spawn_until(&["python3", "-c", &script], "ready");
+    let (code, log) = d.exit(Duration::from_secs(5));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(code, 8, "{log}");
+    let verdict = integrity_lost_line(&log);
+    assert!(verdict.contains("cause=unsafe_writers"), "{verdict}");
+    assert!(verdict.contains("may be made writable"), "{verdict}");
+}
+
 /// Attack (root on a node, issue 25 #2): open a program read-write, map it, read it,
 /// register the pages as an io_uring fixed buffer, unmap, close; later write into the
 /// pinned pages with IORING_OP_READ_FIXED, run, restore. No descriptor or mapping is left

@@ -33,6 +33,9 @@ pub struct DesiredPeer {
     /// Host routes (/32, /128) of the node's tunnel addresses: it may only speak as itself.
     pub allowed_ips: Vec<IfAddr>,
     pub keepalive: Option<u16>,
+    /// `allow_roaming`: a recent handshake keeps the endpoint the peer roamed to. Without
+    /// it, an endpoint other than the policy's is drift (`wg set ... endpoint` by hand).
+    pub roams: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +140,7 @@ pub fn desired(
                     endpoint: n.endpoint,
                     allowed_ips: n.addresses.iter().copied().map(host).collect(),
                     keepalive: c.persistent_keepalive,
+                    roams: c.allow_roaming,
                 },
             )
         })

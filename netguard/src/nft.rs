@@ -123,10 +123,12 @@ pub fn parse_table(v: &Value) -> ActualTable {
     t
 }
 
-/// Base chains of other tables on the hooks netguard's own chains use (`nft -j list
-/// chains` output), as an operator reads them: `inet evil in: input priority -200, policy
-/// accept`. They cannot undo a drop of netguard's (a drop in any base chain is final), but
-/// whoever added one meant something: `tyd status` names them.
+/// Base chains of other tables, on any hook of any family (`nft -j list chains` output), as
+/// an operator reads them: `inet evil in: input priority -200, policy accept`. None can
+/// undo a drop of netguard's (a drop in any base chain is final), so nothing leaks through
+/// them; but one can drop tunnel traffic (a denial of service, on prerouting, netdev
+/// ingress or egress as well as on netguard's own hooks), and whoever added one meant
+/// something: `tyd status` names them all.
 pub fn other_base_chains(json: &str) -> Vec<String> {
     let v: Value = serde_json::from_str(json).unwrap_or_default();
     v.get("nftables")
@@ -137,9 +139,6 @@ pub fn other_base_chains(json: &str) -> Vec<String> {
         .filter(|c| c.get("table").and_then(Value::as_str) != Some(TABLE))
         .filter_map(|c| {
             let hook = c.get("hook").and_then(Value::as_str)?;
-            if !matches!(hook, "input" | "output" | "forward") {
-                return None;
-            }
             let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("?");
             Some(format!(
                 "{} {} {}: {hook} priority {}, policy {}",
@@ -172,7 +171,8 @@ mod tests {
     /// Issue 25 #10: a second table with an accepting base chain before netguard's on the
     /// same hook exposes nothing (netguard's drops still apply) but went unreported. Steps:
     /// `nft -j list chains` as nft 1.0.6 prints it with such a table, a regular chain and
-    /// netguard's own: only the foreign base chain is named.
+    /// netguard's own: every foreign base chain is named, on any hook (a helper dropped
+    /// tunnel traffic from prerouting and netdev ingress, which were not listed).
     #[test]
     fn a_foreign_base_chain_on_netguards_hooks_is_named() {
         let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
@@ -182,7 +182,10 @@ mod tests {
           {"chain": {"family": "inet", "table": "netguard", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": -10, "policy": "drop"}}]}"#;
         assert_eq!(
             other_base_chains(json),
-            ["inet evil in: input priority -200, policy accept"]
+            [
+                "inet evil in: input priority -200, policy accept",
+                "ip nat pre: prerouting priority -100, policy accept"
+            ]
         );
         assert!(other_base_chains("not json").is_empty());
     }

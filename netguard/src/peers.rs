@@ -204,7 +204,7 @@ pub fn plan<A: OnDevice>(
             });
             continue;
         };
-        let roaming = have.handshake_age().is_some_and(|a| a < RECENT_HANDSHAKE);
+        let roaming = want.roams && have.handshake_age().is_some_and(|a| a < RECENT_HANDSHAKE);
         let endpoint = want.endpoint.is_some() && have.endpoint() != want.endpoint && !roaming;
         let allowed_ips = !same_addresses(have.allowed_ips(), &want.allowed_ips);
         let keepalive = have.keepalive() != want.keepalive;
@@ -266,7 +266,7 @@ mod tests {
                 }
                 continue;
             };
-            let roaming = have.handshake_age.is_some_and(|a| a < RECENT_HANDSHAKE);
+            let roaming = want.roams && have.handshake_age.is_some_and(|a| a < RECENT_HANDSHAKE);
             let endpoint = want.endpoint.is_some() && have.endpoint != want.endpoint && !roaming;
             let allowed_ips = sorted(&have.allowed_ips) != sorted(&want.allowed_ips);
             let keepalive = have.keepalive != want.keepalive;
@@ -295,8 +295,9 @@ mod tests {
             proptest::option::of(1u16..3),
             proptest::option::of(0u64..400),
             proptest::option::of(20u16..22),
+            proptest::bool::ANY,
         )
-            .prop_map(|(k, node, ips, port, age, keepalive)| {
+            .prop_map(|(k, node, ips, port, age, keepalive, roams)| {
                 let peer = DesiredPeer {
                     node: NodeId::new(node).unwrap(),
                     name: format!("n{node}"),
@@ -309,6 +310,7 @@ mod tests {
                         })
                         .collect(),
                     keepalive,
+                    roams,
                 };
                 (k, peer, age)
             })
@@ -344,6 +346,7 @@ mod tests {
                 prefix: 32,
             }],
             keepalive: None,
+            roams: true,
         }
     }
 
@@ -398,6 +401,22 @@ mod tests {
         assert!(plan(&a, &d).is_empty());
         roamed.handshake_age = Some(Duration::from_secs(600));
         let a: BTreeMap<_, _> = [(key(2), roamed)].into();
+        assert_eq!(plan(&a, &d)[0].to_string(), "update peer 2 (n2): endpoint");
+    }
+
+    /// Attack (root on a node, found by a helper attacking from the docs): `wg set IF peer K
+    /// endpoint ELSEWHERE` broke the tunnel until the peer's next handshake, and was never
+    /// repaired: a recent handshake kept it as a roamed endpoint although the policy allows
+    /// no roaming. Steps: a peer with a recent handshake and another endpoint: with roaming
+    /// off the endpoint is put back; with roaming on it is kept.
+    #[test]
+    fn without_roaming_an_endpoint_set_by_hand_is_put_back() {
+        let mut fixed = want(2, 51820);
+        fixed.roams = false;
+        let d: BTreeMap<_, _> = [(key(2), fixed)].into();
+        let mut moved = have(&want(2, 51820), Some(10));
+        moved.endpoint = Some("198.18.0.7:51820".parse().unwrap());
+        let a: BTreeMap<_, _> = [(key(2), moved)].into();
         assert_eq!(plan(&a, &d)[0].to_string(), "update peer 2 (n2): endpoint");
     }
 

@@ -100,13 +100,16 @@ pub fn foreign_routes(json: &str, nets: &[IpNet], iface: &str) -> Vec<Foreign> {
         }
         let table = field("table").unwrap_or("main");
         let ty = field("type").filter(|t| *t != "unicast");
+        // A route through a nexthop object (`nhid`) is removed by destination only: the
+        // kernel refuses a type or device with it ("No such process"), which reads as gone.
+        let nhid = r.get("nhid").and_then(Value::as_u64);
         let mut delete: Vec<String> = vec![if net.addr().is_ipv6() { "-6" } else { "-4" }.into()];
         delete.extend(["route", "del"].map(String::from));
-        if let Some(ty) = ty {
+        if let (Some(ty), None) = (ty, nhid) {
             delete.push(ty.into());
         }
         delete.push(dst.into());
-        if let Some(dev) = field("dev") {
+        if let (Some(dev), None) = (field("dev"), nhid) {
             delete.extend(["dev", dev].map(String::from));
         }
         delete.extend(["table", table].map(String::from));
@@ -365,6 +368,20 @@ mod tests {
         );
         assert_eq!(
             f[2].delete,
+            ["-4", "route", "del", "10.77.0.3", "table", "main"]
+        );
+        // Through nexthop objects (found by a helper attacking from the docs): a blackhole
+        // one, and one via a LAN gateway; removed by destination alone.
+        let nh = r#"[{"type":"blackhole","dst":"10.77.0.2","nhid":11,"flags":[]},
+          {"dst":"10.77.0.3","nhid":10,"gateway":"198.18.0.2","dev":"eth0","flags":[]}]"#;
+        let f = foreign_routes(nh, &nets(), "tyd0");
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(
+            f[0].delete,
+            ["-4", "route", "del", "10.77.0.2", "table", "main"]
+        );
+        assert_eq!(
+            f[1].delete,
             ["-4", "route", "del", "10.77.0.3", "table", "main"]
         );
         let rules = r#"[{"priority":0,"src":"all","table":"local"},

@@ -168,7 +168,7 @@ fn print_table(s: &netguard::status::Status) -> std::io::Result<()> {
     for c in &s.other_base_chains {
         writeln!(
             out,
-            "other table's base chain on netguard's hooks (cannot undo its drops): {c}"
+            "other table's base chain (cannot undo netguard's drops, can drop tunnel traffic): {c}"
         )?;
     }
     for (svc, packets) in &s.dropped {
