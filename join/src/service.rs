@@ -31,6 +31,26 @@ pub fn pending_path(tokens: &std::path::Path) -> PathBuf {
     tokens.with_file_name("pending.json")
 }
 
+/// The role of a node admitted by the operator's approval (no token to say): one like the
+/// master, as `tyd init`'s first token does. A master on a RAM root admits drones (which owe
+/// certaintyd); one on a disk admits servers (which do not, and are not quarantined for it).
+pub fn approval_role(master_root_in_ram: bool) -> Role {
+    if master_root_in_ram {
+        Role::Drone
+    } else {
+        Role::Server
+    }
+}
+
+/// Whether `/` is a RAM filesystem (tmpfs or ramfs) here.
+fn root_in_ram() -> bool {
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    nix::sys::statfs::statfs("/").is_ok_and(|s| {
+        let t = s.filesystem_type();
+        t == nix::sys::statfs::TMPFS_MAGIC || t.0 == RAMFS_MAGIC
+    })
+}
+
 /// How long a relay waits to reach a master.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -501,7 +521,7 @@ impl Master {
             Ok(r) => r,
             Err(reason) => return Ok(refused(reason)),
         };
-        let roles = [Role::Drone];
+        let roles = [approval_role(root_in_ram())];
         let master = |e: String| ServeError::Master(e);
         // Refused at once when it could never be admitted (a taken name, a foreign address).
         {

@@ -487,6 +487,18 @@ fn a_join_without_a_token_waits_for_the_operator_who_sees_the_joiners_code() {
     let joined = check(answer, &lab.fingerprint, &key(5), Timestamp::now()).unwrap();
     assert_eq!((joined.node, joined.name.as_str()), (2, "web-1"));
     assert!(waiting(&m).is_empty());
+    // Its role is the one a node like the master gets (the README's steps on a disk root:
+    // a server, which a disk-root cluster does not quarantine for running no certaintyd).
+    let fs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T", "/"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap();
+    let want = join::service::approval_role(fs == "tmpfs" || fs == "ramfs");
+    let text = std::fs::read_to_string(&lab.policy).unwrap();
+    let policy = policy::parse_policy("policy", text.as_bytes(), Timestamp::now()).unwrap();
+    let node = policy.nodes.iter().find(|n| n.id.get() == 2).unwrap();
+    assert_eq!(node.roles, vec![want], "{fs}");
 
     // Denied.
     let (codes, joiner) = approval_attempt(m.clone(), request(6, None));
