@@ -273,6 +273,30 @@ fn hostile_member(
     })
 }
 
+/// `n` members on serial 2, each hearing every other, none quarantined.
+fn healthy_lab(n: usize) -> (Lab, Vec<usize>) {
+    let all: Vec<usize> = (0..n).collect();
+    let mut lab = Lab::new(n);
+    lab.publish_on(2, &all);
+    for i in 0..n {
+        lab.start(i);
+    }
+    wait_for(
+        "every node to hear its peers",
+        Duration::from_secs(45),
+        || {
+            all.iter().all(|&i| {
+                lab.view(i)["nodes"].as_array().is_some_and(|v| {
+                    v.len() == n
+                        && v.iter()
+                            .all(|x| x["reachable"] == true && x["quarantined"].is_null())
+                })
+            })
+        },
+    );
+    (lab, all)
+}
+
 fn count(text: &str, what: &[&str]) -> usize {
     text.lines()
         .filter(|l| what.iter().all(|w| l.contains(w)))
@@ -290,26 +314,7 @@ fn offline_members_catch_up_hostile_members_are_refused_and_removal_reaches_all(
     {
         return;
     }
-    let n = 5;
-    let all: Vec<usize> = (0..n).collect();
-    let mut lab = Lab::new(n);
-    lab.publish_on(2, &all);
-    for i in 0..n {
-        lab.start(i);
-    }
-    wait_for(
-        "every node to hear its four peers",
-        Duration::from_secs(45),
-        || {
-            all.iter().all(|&i| {
-                lab.view(i)["nodes"].as_array().is_some_and(|v| {
-                    v.len() == n
-                        && v.iter()
-                            .all(|x| x["reachable"] == true && x["quarantined"].is_null())
-                })
-            })
-        },
-    );
+    let (mut lab, all) = healthy_lab(5);
 
     // d4 goes offline (its LAN link down) and misses two updates.
     let d4 = 3;
@@ -518,26 +523,7 @@ fn a_removal_reaches_every_member_while_the_removed_one_drips_and_floods_offers(
     {
         return;
     }
-    let n = 5;
-    let all: Vec<usize> = (0..n).collect();
-    let mut lab = Lab::new(n);
-    lab.publish_on(2, &all);
-    for i in 0..n {
-        lab.start(i);
-    }
-    wait_for(
-        "every node to hear its peers",
-        Duration::from_secs(45),
-        || {
-            all.iter().all(|&i| {
-                lab.view(i)["nodes"].as_array().is_some_and(|v| {
-                    v.len() == n
-                        && v.iter()
-                            .all(|x| x["reachable"] == true && x["quarantined"].is_null())
-                })
-            })
-        },
-    );
+    let (mut lab, _) = healthy_lab(5);
     let d5 = 4;
     let clusterd = lab.members[d5].children.last_mut().unwrap();
     clusterd.kill().unwrap();

@@ -10,6 +10,39 @@ use std::time::{Duration, Instant};
 
 use lab::{Lab, echo_server, join_line, root_or_skip, wait_for};
 
+/// Member `i`'s directory, as a string for tyd's arguments.
+fn dir(lab: &Lab, i: usize) -> String {
+    lab.members[i].dir.display().to_string()
+}
+
+/// `tyd init` on d1 (198.18.0.1, cluster lab) with `extra` arguments: the token and the
+/// operator fingerprint it printed. The lab gave each member the lab operator's key; the
+/// cluster made here has its own operator (tyd init makes it), so the lab's trust files go.
+fn init_d1(lab: &Lab, extra: &[&str]) -> (String, String) {
+    for m in &lab.members {
+        std::fs::remove_file(m.dir.join("operator.pub")).unwrap();
+    }
+    let d1 = dir(lab, 0);
+    let tokens = format!("{d1}/tokens.json");
+    let mut args = vec![
+        "init",
+        "--endpoint",
+        "198.18.0.1",
+        "--cluster",
+        "lab",
+        "--name",
+        "d1",
+        "--dir",
+        &d1,
+        "--tokens",
+        &tokens,
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = lab.tyd_in(0, &args);
+    assert_eq!(code, 0, "{out}{err}");
+    join_line(&out)
+}
+
 #[test]
 fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
     if !root_or_skip("tyd_init_then_joins_direct_and_relayed_make_a_working_cluster") {
@@ -17,34 +50,9 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
     }
     let n = 4;
     let mut lab = Lab::new(n);
-    // The lab gave each member a node key and the lab operator's key; the cluster made here
-    // has its own operator (tyd init makes it), so the lab's trust file goes.
-    for m in &lab.members {
-        std::fs::remove_file(m.dir.join("operator.pub")).unwrap();
-    }
-    let dir = |lab: &Lab, i: usize| lab.members[i].dir.display().to_string();
+    let (token, fingerprint) = init_d1(&lab, &["--uses", "5"]);
     let d1 = dir(&lab, 0);
     let tokens = format!("{d1}/tokens.json");
-    let (code, out, err) = lab.tyd_in(
-        0,
-        &[
-            "init",
-            "--endpoint",
-            "198.18.0.1",
-            "--cluster",
-            "lab",
-            "--name",
-            "d1",
-            "--dir",
-            &d1,
-            "--tokens",
-            &tokens,
-            "--uses",
-            "5",
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let (token, fingerprint) = join_line(&out);
     lab.start(0);
     lab.start_joind(0, true);
     for i in 0..n {
@@ -305,30 +313,7 @@ fn a_join_succeeds_while_one_address_holds_every_connection_it_can() {
         return;
     }
     let mut lab = Lab::new(3);
-    for m in &lab.members {
-        std::fs::remove_file(m.dir.join("operator.pub")).unwrap();
-    }
-    let dir = |lab: &Lab, i: usize| lab.members[i].dir.display().to_string();
-    let d1 = dir(&lab, 0);
-    let tokens = format!("{d1}/tokens.json");
-    let (code, out, err) = lab.tyd_in(
-        0,
-        &[
-            "init",
-            "--endpoint",
-            "198.18.0.1",
-            "--cluster",
-            "lab",
-            "--name",
-            "d1",
-            "--dir",
-            &d1,
-            "--tokens",
-            &tokens,
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let (token, fingerprint) = join_line(&out);
+    let (token, fingerprint) = init_d1(&lab, &[]);
     lab.start(0);
     lab.start_joind(0, true);
     std::thread::sleep(Duration::from_millis(500));
