@@ -42,8 +42,9 @@ pub fn approval_role(master_root_in_ram: bool) -> Role {
     }
 }
 
-/// Whether `/` is a RAM filesystem (tmpfs or ramfs) here.
-fn root_in_ram() -> bool {
+/// Whether `/` is a RAM filesystem (tmpfs or ramfs) here (`tyd init` asks too).
+pub fn root_in_ram() -> bool {
+    // ramfs's magic (linux/magic.h) is not among nix's constants.
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
     nix::sys::statfs::statfs("/").is_ok_and(|s| {
         let t = s.filesystem_type();

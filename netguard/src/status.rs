@@ -48,8 +48,8 @@ pub struct Status {
     /// When this node is known (its key given): how its firewall differs from what the
     /// policy asks for, if it does (what the next drift check would repair).
     pub firewall_drift: Option<String>,
-    /// Base chains of other tables on netguard's hooks (informational: they cannot undo
-    /// its drops, so they are not problems). Read by `tyd status` ([`with_other_chains`]);
+    /// Base chains of other tables, any family and hook (informational: they cannot undo
+    /// netguard's drops, so they are not problems). Read by `tyd status` ([`with_other_chains`]);
     /// the daemon's metrics do not spend an nft run on them.
     pub other_base_chains: Vec<String>,
     /// Everything wrong, one line each; empty when healthy. `tyd status` exits 7 otherwise.
@@ -165,7 +165,7 @@ pub fn collect(
     }
 }
 
-/// `status` with the other tables' base chains on netguard's hooks read from the kernel.
+/// `status` with the other tables' base chains read from the kernel.
 pub fn with_other_chains(mut status: Status) -> Status {
     status.other_base_chains = nft::read_other_base_chains();
     status

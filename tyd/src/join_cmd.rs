@@ -157,12 +157,10 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     )
 }
 
-/// The role of the nodes `tyd init`'s first token admits: nodes like this one.
+/// The role of the nodes `tyd init`'s first token admits: nodes like this one, as joind
+/// gives a join the operator approves.
 pub fn first_token_role(root: services::Root) -> Role {
-    match root {
-        services::Root::Ram => Role::Drone,
-        services::Root::Disk => Role::Server,
-    }
+    join::service::approval_role(root == services::Root::Ram)
 }
 
 /// What `tyd join` needs.
@@ -366,12 +364,7 @@ fn start_daemons(
             // systemd says "started" as soon as netguard runs; the node is protected only
             // once its table is in force, which a missing dependency (nft unable to resolve
             // a protocol name without /etc/protocols) or a sandbox error can prevent.
-            let policy = policy::load_verified(
-                &dir.join("cluster.toml"),
-                &dir.join("operator.pub"),
-                Timestamp::now(),
-            )?;
-            services::wait_in_force(&policy, services::IN_FORCE_WAIT).map_err(next)?;
+            services::wait_in_force(services::IN_FORCE_WAIT).map_err(next)?;
             println!(
                 "started: {} (netguard's firewall in force)",
                 plan.units.join(" ")

@@ -193,18 +193,10 @@ pub fn usable(
 
 /// The root filesystem's kind, from statfs(2) on `/`.
 pub fn root() -> Root {
-    match nix::sys::statfs::statfs("/") {
-        Ok(s) => {
-            let t = s.filesystem_type();
-            // ramfs's magic (linux/magic.h) is not among nix's constants.
-            let ramfs = nix::sys::statfs::FsType(0x8584_58f6);
-            if t == nix::sys::statfs::TMPFS_MAGIC || t == ramfs {
-                Root::Ram
-            } else {
-                Root::Disk
-            }
-        }
-        Err(_) => Root::Disk,
+    if join::service::root_in_ram() {
+        Root::Ram
+    } else {
+        Root::Disk
     }
 }
 
@@ -241,26 +233,27 @@ fn systemctl(args: &[&str], units: &[&str]) -> Result<(), String> {
         .output()
         .map_err(|e| format!("systemctl: {e}"))?;
     if !out.status.success() {
+        let words: Vec<&str> = args
+            .iter()
+            .chain(units)
+            .copied()
+            .filter(|w| *w != "--")
+            .collect();
         return Err(format!(
-            "systemctl {}{}: {}",
-            args.join(" ").trim_end_matches(" --"),
-            units.iter().fold(String::new(), |a, u| a + " " + u),
+            "systemctl {}: {}",
+            words.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     Ok(())
 }
 
-/// Waits until netguard's table is in force for `policy` (polled every 200 ms), or says
-/// what is missing after `limit`.
-pub fn wait_in_force(
-    policy: &policy::Verified<policy::Policy>,
-    limit: std::time::Duration,
-) -> Result<(), String> {
+/// Waits until netguard's table is in force (polled every 200 ms), or says what is missing
+/// after `limit`.
+pub fn wait_in_force(limit: std::time::Duration) -> Result<(), String> {
     let start = std::time::Instant::now();
     loop {
-        let s = netguard::status::collect(policy, None, None, jiff::Timestamp::now());
-        if s.firewall_installed {
+        if matches!(netguard::nft::read_table(), Ok(Some(_))) {
             return Ok(());
         }
         if start.elapsed() >= limit {
