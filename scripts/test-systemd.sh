@@ -74,8 +74,10 @@ cleanup() {
   done
   for m in "${!wrapper[@]}"; do
     for _ in $(seq 100); do kill -0 "${wrapper[$m]}" 2>/dev/null || break; sleep 0.1; done
+    # A machine that did not power off in 10 s: its nspawn first (killing the wrapper
+    # first would leave nspawn running, reparented away from it), then the wrapper.
+    n=$(nspawn_pid "$m" 2>/dev/null) && kill -KILL "$n" 2>/dev/null
     kill -KILL "${wrapper[$m]}" 2>/dev/null
-    pkill -KILL -P "${wrapper[$m]}" 2>/dev/null
   done
   wait 2>/dev/null
   ip netns del "$ns" 2>/dev/null
