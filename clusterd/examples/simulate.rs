@@ -245,6 +245,7 @@ fn main() {
             quarantine: true,
             quarantine_after: Duration::from_secs(after),
             certainty_exempt: Default::default(),
+            master: false,
         };
         let mut c = Core::new(cfg.clone());
         c.policy_in_force(cfg, 1, "old", &members, Duration::ZERO, &mut rng);

@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::core::{Action, Config as CoreConfig, Core, Fetched as FetchResult};
+use crate::policy_file::{self, OnDisk, Written};
 use crate::probe::{self, CertaintyFacts, Facts, Sources};
 use crate::proto::{Heartbeat, MAX_DATAGRAM, Message};
 use crate::{transfer, view};
@@ -88,6 +89,8 @@ struct Node {
     dropped: u64,
     /// How many more times a changed heartbeat is to be told out of turn.
     repeats: u32,
+    /// Times the quarantine list was written (what each write costs netguard: an edit).
+    quarantine_writes: u64,
     rng: rand_core::OsRng,
 }
 
@@ -116,8 +119,201 @@ fn load_key(path: &std::path::Path) -> Result<WgPublicKey, StartupError> {
 }
 
 impl Node {
+    fn new(
+        cfg: Config,
+        me: WgPublicKey,
+        trust: TrustedKeys,
+        store: RollbackStore,
+        quarantine: QuarantineList,
+    ) -> Self {
+        let placeholder =
+            CoreConfig::from_policy(NodeId::MIN, &policy::Distribution::default(), &[]);
+        Node {
+            cfg,
+            me,
+            trust,
+            store,
+            files: None,
+            my_id: None,
+            my_name: String::new(),
+            core: Core::new(placeholder),
+            start: Instant::now(),
+            seq: 0,
+            addr_of: BTreeMap::new(),
+            node_of: BTreeMap::new(),
+            facts: None,
+            certainty: None,
+            quarantine,
+            stamp: None,
+            blocks: policy::NodeBlocks::default(),
+            dropped: 0,
+            repeats: 0,
+            quarantine_writes: 0,
+            rng: rand_core::OsRng,
+        }
+    }
+
     fn now(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    /// A fetch from `from` ended: what it sent is verified, put in force if it is new here,
+    /// and written to the policy file, never over a file as new as it (issue 26 #10): the
+    /// file is read first (another writer, joind admitting or `tyd policy push`, may have put
+    /// a policy there that the next poll would only now read), and checked again just
+    /// before the rename ([`policy_file::write_if_newer`]).
+    fn take_fetched(
+        &mut self,
+        from: NodeId,
+        result: Result<(Vec<u8>, Vec<u8>), FetchFailure>,
+    ) -> Vec<Action> {
+        let verified = result.and_then(|(bytes, sig)| {
+            // Named for where it came from: a refusal is the peer's, not the file's.
+            let file = format!("the policy fetched from node {}", from.get());
+            policy::verify_policy_reusing(
+                &file,
+                &bytes,
+                &sig,
+                &self.trust,
+                Timestamp::now(),
+                &mut self.blocks,
+            )
+            .map(|verified| SignedFiles {
+                verified,
+                policy: bytes,
+                signature: sig,
+                trust: Vec::new(),
+            })
+            .map_err(|e| FetchFailure::Refused(e.to_string()))
+        });
+        let files = match verified {
+            Ok(files) => files,
+            Err(FetchFailure::Network(reason)) => {
+                debug!(from = from.get(), reason = %reason, "fetch failed; another peer or the next heartbeat will do");
+                return self
+                    .core
+                    .fetch_done(from, FetchResult::Network, self.now())
+                    .into_iter()
+                    .collect();
+            }
+            Err(FetchFailure::Refused(reason)) => {
+                warn!(from = from.get(), reason = %reason, "fetched policy refused (or not finished in time); not fetching from this peer again until the policy changes");
+                return self
+                    .core
+                    .fetch_done(from, FetchResult::Refused, self.now())
+                    .into_iter()
+                    .collect();
+            }
+        };
+        // The file first: what another writer put there is in force before the fetched one
+        // is weighed against it.
+        let mut actions = self.poll_policy_file();
+        let before = self.core.serial();
+        let served = files.verified.cluster.serial;
+        let fetched_digest = files.verified.digest_hex();
+        let already = self
+            .policy()
+            .is_some_and(|p| p.digest_hex() == fetched_digest);
+        let mut kept = false;
+        if !already && served == before {
+            // The file held the same serial with other content (the usual case of the race:
+            // the poll above just read it): the peer did not lie, two policies were signed at
+            // one serial. Nothing is written; `tyd status --cluster` shows the split.
+            kept = true;
+            let in_force = self.policy().map(|p| p.digest_hex()).unwrap_or_default();
+            warn!(from = from.get(), serial = served, in_force_digest = %in_force, fetched_digest = %fetched_digest,
+                "two policies signed at one serial: the fetched one has the serial of the policy in force here, with other content; the policy file is kept (sign a higher serial to settle it)");
+            self.put_fork(from, &files);
+        } else if !already
+            && served > before
+            && self.store.check(&files.verified, Timestamp::now()).is_ok()
+        {
+            let known = self.policy().map(|p| (p.digest_hex(), p.cluster.serial));
+            match policy_file::write_if_newer(
+                &self.cfg.policy,
+                &files.policy,
+                &files.signature,
+                served,
+                &self.trust,
+                known.as_ref().map(|(d, s)| (d.as_str(), *s)),
+            ) {
+                Ok(Written::Replaced { was, locked }) => {
+                    self.stamp = None;
+                    match was {
+                        OnDisk::Invalid(reason) => {
+                            warn!(from = from.get(), served, reason = %reason, "the policy file was not a valid signed policy; replaced by the fetched one");
+                        }
+                        OnDisk::Missing | OnDisk::Signed { .. } => {}
+                    }
+                    if !locked {
+                        debug!(
+                            "policy directory lock not had in time; the file was checked and written without it"
+                        );
+                    }
+                }
+                Ok(Written::Kept { serial, digest }) => {
+                    kept = true;
+                    if serial == served && digest != fetched_digest {
+                        warn!(from = from.get(), serial, file_digest = %digest, fetched_digest = %fetched_digest,
+                            "two policies signed at one serial: the fetched one has the serial of the policy in force here, with other content; the policy file is kept (sign a higher serial to settle it)");
+                        self.put_fork(from, &files);
+                    } else if serial > served {
+                        info!(
+                            from = from.get(),
+                            served,
+                            file_serial = serial,
+                            "the policy file holds a newer serial than the one fetched; the file is kept"
+                        );
+                    }
+                    // What the file holds is put in force, if it is acceptable here.
+                    self.stamp = None;
+                    actions.extend(self.poll_policy_file());
+                }
+                Err(e) => error!(reason = %e, "cannot write the fetched policy"),
+            }
+        }
+        if !kept || self.core.serial() < served {
+            actions.extend(self.accept(files, Source::Peer(from)));
+        }
+        // Verified but not taken here (rolled back, replayed, another cluster): a lie. The
+        // policy this node took meanwhile from elsewhere (or the file it kept) is not, unless
+        // it is older than the serial the peer offered.
+        let result = if kept || already || self.core.serial() > before {
+            FetchResult::Delivered { serial: served }
+        } else {
+            FetchResult::Refused
+        };
+        let delivered = matches!(result, FetchResult::Delivered { .. });
+        let next = self.core.fetch_done(from, result, self.now());
+        // (A policy refused here was logged by accept, once.)
+        if delivered && self.core.spoiled(from) {
+            warn!(
+                from = from.get(),
+                served,
+                "the peer offered a newer serial than it served: not fetching from it again until the policy changes"
+            );
+        }
+        actions.extend(next);
+        actions
+    }
+
+    /// On a master, puts a verified policy of the serial in force with other content beside
+    /// the policy (`policy::fork_path`), for joind to settle: the master whose policy has the
+    /// smaller digest carries its admissions into the next serial (`join::fork`).
+    fn put_fork(&self, from: NodeId, files: &SignedFiles) {
+        if !self.core.config().master {
+            return;
+        }
+        let path = policy::fork_path(&self.cfg.policy);
+        match policy::write_signed_pair(&path, &files.policy, &files.signature) {
+            Ok(()) => {
+                info!(from = from.get(), serial = files.verified.cluster.serial, file = %path.display(),
+                "the other policy of this serial put beside the policy for joind to settle")
+            }
+            Err(e) => {
+                warn!(reason = %e, "cannot put the other policy of this serial beside the policy")
+            }
+        }
     }
 
     fn policy(&self) -> Option<&Verified<Policy>> {
@@ -242,9 +438,14 @@ impl Node {
 
     /// Records a quarantine or readmission in the list netguard enforces.
     fn set_quarantine(&mut self, node: NodeId, entry: Option<Quarantined>) {
+        let before = self.quarantine.nodes.clone();
         self.quarantine.nodes.retain(|q| q.id != node);
         self.quarantine.nodes.extend(entry);
         self.quarantine.nodes.sort_by_key(|q| q.id);
+        if self.quarantine.nodes == before {
+            return;
+        }
+        self.quarantine_writes += 1;
         if let Err(e) = self.quarantine.write(&self.cfg.quarantine) {
             error!(reason = %e, "cannot write the quarantine list");
         }
@@ -269,6 +470,61 @@ impl Node {
             .get(&id)
             .map(|p| p.name.clone())
             .unwrap_or_default()
+    }
+}
+
+impl Node {
+    /// Carries out a decision about a peer: the log line, and the quarantine list netguard
+    /// enforces.
+    fn record(&mut self, action: Action) {
+        match action {
+            Action::Quarantine { node: id, reason } => {
+                let name = self.name_of(id);
+                // A node in a flapping spell is said to be one, with the hold its next
+                // readmission waits for (0: not flapping).
+                let hold_s = self
+                    .core
+                    .peers()
+                    .get(&id)
+                    .map_or(0, |p| p.damping.hold.as_secs());
+                warn!(node = id.get(), name = %name, reason = %reason, flapping_hold_s = hold_s,
+                "quarantined: services withheld, tunnel kept");
+                let boot_id = self
+                    .core
+                    .peers()
+                    .get(&id)
+                    .and_then(|p| p.last.as_ref().map(|h| h.boot_id.clone()));
+                self.set_quarantine(
+                    id,
+                    Some(Quarantined {
+                        id,
+                        name,
+                        reason: reason.to_string(),
+                        since: Timestamp::now().to_string(),
+                        boot_id,
+                        until_reboot: reason.needs_reboot(),
+                    }),
+                );
+            }
+            Action::Readmit { node: id, why } => {
+                info!(node = id.get(), name = %self.name_of(id), why = %why, "readmitted: services restored");
+                self.set_quarantine(id, None);
+            }
+            Action::Flapping {
+                node: id,
+                quarantines,
+                hold,
+            } => {
+                // Once per flapping spell; the node stays on the quarantine list (nothing to
+                // write). Its next quarantines and readmission, each at least a hold apart, are
+                // the summary.
+                warn!(node = id.get(), name = %self.name_of(id), quarantines,
+                window_s = crate::core::FLAP_WINDOW.as_secs(), hold_s = hold.as_secs(),
+                max_hold_s = crate::core::MAX_HOLD.as_secs(),
+                "flapping: held quarantined; readmission waits for the hold, which doubles while it goes on");
+            }
+            Action::Send { .. } | Action::Fetch { .. } => {}
+        }
     }
 }
 
@@ -324,29 +580,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let quarantine = QuarantineList::read(&cfg.quarantine).unwrap_or_default();
-    let placeholder = CoreConfig::from_policy(NodeId::MIN, &policy::Distribution::default(), &[]);
-    let mut node = Node {
-        cfg,
-        me,
-        trust,
-        store,
-        files: None,
-        my_id: None,
-        my_name: String::new(),
-        core: Core::new(placeholder),
-        start: Instant::now(),
-        seq: 0,
-        addr_of: BTreeMap::new(),
-        node_of: BTreeMap::new(),
-        facts: None,
-        certainty: None,
-        quarantine,
-        stamp: None,
-        blocks: policy::NodeBlocks::default(),
-        dropped: 0,
-        repeats: 0,
-        rng: rand_core::OsRng,
-    };
+    let mut node = Node::new(cfg, me, trust, store, quarantine);
     info!(public_key = %me, "clusterd starting");
     // The policy in force, and this node's tunnel address to listen on.
     let sockets = loop {
@@ -397,55 +631,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                 });
             }
             Some((from, result)) = fetched.recv() => {
-                match result.and_then(|(bytes, sig)| {
-                    // Named for where it came from: a refusal is the peer's, not the file's.
-                    let file = format!("the policy fetched from node {}", from.get());
-                    policy::verify_policy_reusing(&file, &bytes, &sig, &node.trust, Timestamp::now(), &mut node.blocks)
-                        .map(|verified| SignedFiles { verified, policy: bytes, signature: sig, trust: Vec::new() })
-                        .map_err(|e| FetchFailure::Refused(e.to_string()))
-                }) {
-                    Ok(files) => {
-                        let (policy_bytes, sig) = (files.policy.clone(), files.signature.clone());
-                        let before = node.core.serial();
-                        let served = files.verified.cluster.serial;
-                        let already = node.policy().is_some_and(|p| p.digest_hex() == files.verified.digest_hex());
-                        actions = node.accept(files, Source::Peer(from));
-                        // Verified but not taken here (rolled back, replayed, another
-                        // cluster): a lie. The policy this node took meanwhile from elsewhere
-                        // is not, unless it is older than the serial the peer offered.
-                        let result = if already || node.core.serial() > before {
-                            FetchResult::Delivered { serial: served }
-                        } else {
-                            FetchResult::Refused
-                        };
-                        let delivered = matches!(result, FetchResult::Delivered { .. });
-                        let next = node.core.fetch_done(from, result, node.now());
-                        // (A policy refused here was logged by accept, once.)
-                        if delivered && node.core.spoiled(from) {
-                            warn!(from = from.get(), served, "the peer offered a newer serial than it served: not fetching from it again until the policy changes");
-                        }
-                        actions.extend(next);
-                        if node.core.serial() > before {
-                            // Where netguard and certaintyd read it: signature first, so the
-                            // pair is complete when the policy appears.
-                            let path = node.cfg.policy.clone();
-                            let written = policy::fsutil::atomic_write(&policy::signature_path(&path), &sig, 0o644)
-                                .and_then(|()| policy::fsutil::atomic_write(&path, &policy_bytes, 0o644));
-                            match written {
-                                Ok(()) => node.stamp = None,
-                                Err(e) => error!(reason = %e, "cannot write the fetched policy"),
-                            }
-                        }
-                    }
-                    Err(FetchFailure::Network(reason)) => {
-                        actions.extend(node.core.fetch_done(from, FetchResult::Network, node.now()));
-                        debug!(from = from.get(), reason = %reason, "fetch failed; another peer or the next heartbeat will do");
-                    }
-                    Err(FetchFailure::Refused(reason)) => {
-                        actions.extend(node.core.fetch_done(from, FetchResult::Refused, node.now()));
-                        warn!(from = from.get(), reason = %reason, "fetched policy refused (or not finished in time); not fetching from this peer again until the policy changes");
-                    }
-                }
+                actions = node.take_fetched(from, result);
             }
             _ = poll.tick() => {
                 actions = node.poll_policy_file();
@@ -530,29 +716,269 @@ async fn carry_out(
                 let _ = tx.send((from, r));
             });
         }
-        Action::Quarantine { node: id, reason } => {
-            let name = node.name_of(id);
-            warn!(node = id.get(), name = %name, reason = %reason, "quarantined: services withheld, tunnel kept");
-            let boot_id = node
-                .core
-                .peers()
-                .get(&id)
-                .and_then(|p| p.last.as_ref().map(|h| h.boot_id.clone()));
-            node.set_quarantine(
-                id,
-                Some(Quarantined {
-                    id,
-                    name,
-                    reason: reason.to_string(),
-                    since: Timestamp::now().to_string(),
-                    boot_id,
-                    until_reboot: reason.needs_reboot(),
-                }),
+        local => node.record(local),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::proto::Integrity;
+
+    /// What a test logged, as the daemon's text lines.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        let c = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(c.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let r = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&c.0.lock().unwrap()).into_owned();
+        (r, text)
+    }
+
+    fn count(log: &str, what: &str) -> usize {
+        log.lines().filter(|l| l.contains(what)).count()
+    }
+
+    fn id(n: u16) -> NodeId {
+        NodeId::new(n).unwrap()
+    }
+
+    const KEYS: [[u8; 32]; 2] = [[1; 32], [2; 32]];
+
+    /// The lab's policy at `serial` with nodes 1 (this one) and 2; `note` makes content
+    /// differ at one serial.
+    fn policy_text(serial: u64, note: &str) -> String {
+        let expires = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+        let mut t = policy::template::init_template("lab", expires)
+            .replace("serial = 1", &format!("serial = {serial}"));
+        for (i, k) in KEYS.iter().enumerate() {
+            t.push_str(&format!(
+                "\n[[node]]\nid = {n}\nname = \"d{n}\"\npublic_key = \"{}\"\nendpoint = \"198.18.0.{n}:51820\"\naddresses = [\"10.77.0.{n}\"]\nroles = [\"{role}\"]\n",
+                WgPublicKey::from_secret(k),
+                n = i + 1,
+                role = if i == 0 { "master" } else { "drone" }
+            ));
+        }
+        t.push_str(&format!("\n# {note}\n"));
+        t
+    }
+
+    fn operator() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    /// Puts a signed policy in place as another writer would (joind, `tyd policy push`).
+    fn put(path: &Path, text: &str) -> String {
+        let sig = policy::sign(text.as_bytes(), &operator());
+        std::fs::write(policy::signature_path(path), &sig).unwrap();
+        std::fs::write(path, text).unwrap();
+        sig
+    }
+
+    /// Node 1's daemon state (no sockets), with serial 11 in force from its policy file.
+    fn node_on_11(dir: &Path) -> Node {
+        let policy = dir.join("cluster.toml");
+        put(&policy, &policy_text(11, "eleven"));
+        let trust_text = format!(
+            "{}\n",
+            policy::OperatorPublicKey::from(&operator()).to_base64()
+        );
+        std::fs::write(dir.join("operator.pub"), &trust_text).unwrap();
+        let trust = TrustedKeys::parse(&trust_text).unwrap();
+        let cfg = Config {
+            policy,
+            trust: dir.join("operator.pub"),
+            key: dir.join("node.key"),
+            state: dir.join("clusterd.json"),
+            min_serial: 0,
+            sources: Sources {
+                certainty_socket: None,
+                boot_id: dir.join("boot_id"),
+                proc_root: dir.join("proc"),
+            },
+            quarantine: dir.join("quarantine.json"),
+            view: dir.join("view.json"),
+        };
+        let store = RollbackStore::open(&cfg.state, 0).unwrap();
+        let mut node = Node::new(
+            cfg,
+            WgPublicKey::from_secret(&KEYS[0]),
+            trust,
+            store,
+            QuarantineList::default(),
+        );
+        node.poll_policy_file();
+        assert_eq!(node.core.serial(), 11);
+        assert_eq!(node.my_id, Some(id(1)));
+        node
+    }
+
+    fn heartbeat(node: u16, integrity: Integrity, boot: &str, digest: &str) -> Heartbeat {
+        Heartbeat {
+            node,
+            boot_id: boot.into(),
+            seq: 1,
+            serial: 12,
+            digest: digest.into(),
+            integrity,
+            stable_root: None,
+            root_matches: None,
+            last_verification: None,
+            uptime_s: 1,
+            load1: 0.0,
+            mem_available_kb: 1,
+        }
+    }
+
+    fn digest(text: &str) -> String {
+        blake3::hash(text.as_bytes()).to_hex().to_string()
+    }
+
+    /// Attack (issue 26 #10, "a fetched policy overwrote a newer one on disk"): two masters
+    /// admitted a node each at once and both signed serial 12; one master's clusterd fetched
+    /// the other's serial 12 before its own 200 ms poll had read the file its joind had just
+    /// written (serial 12, other content), took it and wrote it over that file. Steps: node 1
+    /// has serial 11 in force from its file; its joind puts serial 12 (content A) in the file;
+    /// the fetched serial 12 (content B) from node 2 arrives, once after the poll could have
+    /// seen the file and once while it could not (same modification time and length: the
+    /// poll sees no change); the file must still hold A, A be in force, a line say "two
+    /// policies signed at one serial", and the view show node 2's serial 12 as a problem.
+    /// A fetched serial 13 is still written.
+    #[test]
+    fn a_fetched_policy_never_overwrites_the_same_serial_joind_just_wrote() {
+        for poll_sees_it in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut node = node_on_11(dir.path());
+            let path = node.cfg.policy.clone();
+            let a = policy_text(12, "admitted here by joind");
+            let sig_a = put(&path, &a);
+            if !poll_sees_it {
+                let m = std::fs::metadata(&path).unwrap();
+                node.stamp = Some((m.modified().unwrap(), m.len()));
+            }
+            let b = policy_text(12, "admitted by the other master");
+            let sig_b = policy::sign(b.as_bytes(), &operator());
+            let (_, log) = logged(|| {
+                node.take_fetched(id(2), Ok((b.clone().into_bytes(), sig_b.into_bytes())))
+            });
+            let case = if poll_sees_it { "poll" } else { "no poll" };
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), a, "{case}: {log}");
+            assert_eq!(
+                std::fs::read_to_string(policy::signature_path(&path)).unwrap(),
+                sig_a,
+                "{case}"
             );
+            assert_eq!(node.core.serial(), 12, "{case}");
+            assert_eq!(
+                node.policy().map(|p| p.digest_hex()),
+                Some(digest(&a)),
+                "{case}: A in force"
+            );
+            assert_eq!(
+                count(&log, "two policies signed at one serial"),
+                1,
+                "{case}: {log}"
+            );
+            assert!(!node.core.spoiled(id(2)), "{case}: the peer did not lie");
+            // Node 1 is a master: B is beside the policy for its joind to settle the fork.
+            let fork = policy::fork_path(&path);
+            assert_eq!(std::fs::read_to_string(&fork).unwrap(), b, "{case}");
+            std::fs::remove_file(&fork).unwrap();
+            // Node 2 says it runs B at serial 12: a problem in `tyd status --cluster`.
+            let now = node.now();
+            node.core.receive(
+                id(2),
+                Message::Heartbeat(heartbeat(2, Integrity::Verifying, "b", &digest(&b))),
+                now,
+            );
+            let mine = heartbeat(1, Integrity::Verifying, "a", &digest(&a));
+            let v = view::of(&node.core, "lab", &mine, "d1", now);
+            let d2 = v.nodes.iter().find(|n| n.id == 2).unwrap();
+            let problem = v.problem_of(d2).unwrap_or_default();
+            assert!(
+                problem.contains("two policies at one serial"),
+                "{case}: {problem:?}"
+            );
+            // A higher serial is written over it.
+            let c = policy_text(13, "both admissions");
+            let sig_c = policy::sign(c.as_bytes(), &operator());
+            node.take_fetched(id(2), Ok((c.clone().into_bytes(), sig_c.into_bytes())));
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), c, "{case}");
+            assert_eq!(node.core.serial(), 13, "{case}");
         }
-        Action::Readmit { node: id, why } => {
-            info!(node = id.get(), name = %node.name_of(id), why = %why, "readmitted: services restored");
-            node.set_quarantine(id, None);
-        }
+    }
+
+    /// Attack (issue 26 #11, "flapping costs every peer"), as the daemon carries it out: node
+    /// 2 alternates "lost" in boot k and "verifying" twice in boot k + 1, 100 times a second
+    /// for 10 s. Before, each flap was a quarantine line, a readmission line and two writes of
+    /// the quarantine list (each an edit in netguard): 2000 lines and 2000 writes. Now: at
+    /// most a handful of each, one "flapping" line, and node 2 on the list at the end.
+    #[test]
+    fn a_flapping_member_costs_the_daemon_one_flapping_line_and_few_list_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = node_on_11(dir.path());
+        let (_, log) = logged(|| {
+            for k in 0..1000u64 {
+                let t = Duration::from_millis(10 * k);
+                let lost = heartbeat(2, Integrity::Lost, &format!("boot-{k}"), "d");
+                let good = heartbeat(2, Integrity::Verifying, &format!("boot-{}", k + 1), "d");
+                for (h, dt) in [(lost, 0), (good.clone(), 3), (good, 6)] {
+                    let at = t + Duration::from_millis(dt);
+                    for a in node.core.receive(id(2), Message::Heartbeat(h), at) {
+                        node.record(a);
+                    }
+                }
+            }
+        });
+        let quarantined = count(&log, "quarantined: services withheld");
+        let readmitted = count(&log, "readmitted: services restored");
+        let flapping = count(&log, "flapping: held quarantined");
+        eprintln!(
+            "daemon, 100 flaps/s for 10 s: {quarantined} quarantine lines, {readmitted} \
+             readmission lines, {flapping} flapping lines, {} quarantine list writes",
+            node.quarantine_writes
+        );
+        assert!(quarantined + readmitted <= 5, "{log}");
+        assert_eq!(flapping, 1, "{log}");
+        assert!(node.quarantine_writes <= 5, "{}", node.quarantine_writes);
+        let list = QuarantineList::read(&node.cfg.quarantine).unwrap();
+        assert_eq!(list.ids(), [id(2)].into(), "held out at the end");
+        // The flapping line has its fields.
+        let line = log
+            .lines()
+            .find(|l| l.contains("flapping: held"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("node=2") && line.contains("hold_s=30") && line.contains("quarantines=3"),
+            "{line}"
+        );
     }
 }

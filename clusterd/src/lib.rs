@@ -8,7 +8,8 @@
 //!
 //! Pure core: `proto` (messages), `core` (what to send, accept, fetch, quarantine), `view`
 //! (what `tyd status --cluster` shows). Thin shell: `probe` (local facts), `transfer` (the
-//! policy over TCP), `daemon` (sockets and the loop).
+//! policy over TCP), `policy_file` (a fetched policy written only over an older one),
+//! `daemon` (sockets and the loop).
 //!
 //! Why heartbeats go node to node and not through a gossip library (chitchat, foca): those
 //! relay state about third parties, and a relayed "node C lost integrity" cannot be checked
@@ -18,6 +19,7 @@
 pub mod cli;
 pub mod core;
 pub mod daemon;
+pub mod policy_file;
 pub mod probe;
 pub mod proto;
 pub mod transfer;

@@ -129,7 +129,17 @@ pub fn of(
                 uptime_s: h.map(|h| h.uptime_s),
                 load1: h.map(|h| h.load1),
                 mem_available_kb: h.map(|h| h.mem_available_kb),
-                quarantined: p.quarantine.as_ref().map(|q| q.reason.to_string()),
+                quarantined: p.quarantine.as_ref().map(|q| {
+                    if p.damping.flapping() {
+                        format!(
+                            "{}; flapping (hold {} s)",
+                            q.reason,
+                            p.damping.hold.as_secs()
+                        )
+                    } else {
+                        q.reason.to_string()
+                    }
+                }),
             }
         })
         .collect();

@@ -172,7 +172,10 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
         );
         assert_eq!(code, 0, "d{} join: {out}{err}", i + 1);
         if i == 1 {
-            assert!(err.contains("found a member at 198.18.0.1"), "{err}");
+            assert!(
+                err.contains("answered on the segment (tried in this order): 198.18.0.1"),
+                "{err}"
+            );
         }
         assert!(
             out.contains(&format!("as node {} (d{})", i + 1, i + 1)),

@@ -1,6 +1,6 @@
 //! Files one daemon writes and another reads, which a member's input shapes: the quarantine
-//! list (netguard reads what clusterd wrote) and the cluster view (tyd status --cluster and
-//! joind read it). Never a panic.
+//! list (netguard reads what clusterd wrote), the cluster view (tyd status --cluster and
+//! joind read it) and a master's journal of admissions. Never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,4 +15,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = join::lost::lost_nodes(data, jiff::Timestamp::UNIX_EPOCH);
+    // joind's journal of admissions: joiners chose the names and endpoints in it.
+    if let Ok(mut j) = serde_json::from_slice::<join::fork::Journal>(data) {
+        j.prune(0, jiff::Timestamp::UNIX_EPOCH);
+        let _: Vec<_> = j.admitted.iter().map(join::fork::Admitted::request).collect();
+    }
 });

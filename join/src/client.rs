@@ -36,6 +36,43 @@ pub enum JoinError {
     NotListed(u16),
 }
 
+impl JoinError {
+    /// Whether another member may do better: this one could not be reached, did not
+    /// complete the exchange, or answered what a real master of the pinned cluster would
+    /// not (what a rogue answering `tyd join any` leads to). A refusal or a "not yet" over
+    /// the token's handshake comes from a real master: asking another changes nothing.
+    pub fn worth_another_member(&self) -> bool {
+        !matches!(self, JoinError::Refused(_) | JoinError::Later(_))
+    }
+}
+
+/// Tries `attempt` on each member in turn until one works or fails in a way another member
+/// would not change ([`JoinError::worth_another_member`]); `skipped` hears of each member
+/// passed over. The last failure is returned.
+pub fn first_that_works<T>(
+    members: &[SocketAddr],
+    mut attempt: impl FnMut(SocketAddr) -> Result<T, JoinError>,
+    mut skipped: impl FnMut(SocketAddr, &JoinError),
+) -> Result<T, JoinError> {
+    let mut last = None;
+    for (i, &m) in members.iter().enumerate() {
+        match attempt(m) {
+            Ok(t) => return Ok(t),
+            Err(e) if e.worth_another_member() && i + 1 < members.len() => {
+                skipped(m, &e);
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        JoinError::Connect(
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no member to ask"),
+        )
+    }))
+}
+
 /// What a successful join leaves: the signed policy and the operator key, checked.
 #[derive(Debug, Clone)]
 pub struct Joined {
@@ -180,4 +217,47 @@ pub fn check(
         signature,
         operator_key: key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack (`tyd join any`, issue 26 #6): a rogue answering the question first made the
+    /// join fail 6 of 6 times, and the joiner tried no other member. Steps: two answers,
+    /// the rogue's first; the rogue cannot complete the token's handshake; the joiner must
+    /// go on to the real member and join; a real master's refusal, though, ends the tries.
+    #[test]
+    fn a_rogue_answering_first_does_not_stop_the_join() {
+        let rogue = SocketAddr::from(([198, 18, 0, 66], 4660));
+        let real = SocketAddr::from(([198, 18, 0, 1], 4660));
+        let mut tried = Vec::new();
+        let mut passed = Vec::new();
+        let got = first_that_works(
+            &[rogue, real],
+            |m| {
+                tried.push(m);
+                if m == rogue {
+                    Err(JoinError::Wire(m, WireError::Handshake))
+                } else {
+                    Ok(7u16)
+                }
+            },
+            |m, _| passed.push(m),
+        );
+        assert_eq!(got.unwrap(), 7);
+        assert_eq!(tried, [rogue, real]);
+        assert_eq!(passed, [rogue]);
+        let mut tried = 0;
+        let got: Result<u16, _> = first_that_works(
+            &[real, rogue],
+            |_| {
+                tried += 1;
+                Err(JoinError::Refused("name taken".into()))
+            },
+            |_, _| {},
+        );
+        assert!(matches!(got, Err(JoinError::Refused(_))));
+        assert_eq!(tried, 1);
+    }
 }

@@ -45,6 +45,12 @@ impl Read for Deadline {
     }
 }
 
+impl std::os::fd::AsFd for Deadline {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
 impl Write for Deadline {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stream.write(buf)

@@ -1,9 +1,10 @@
 //! Who may open a join connection now: a limit on connections at once, in all and per source
 //! address (one address cannot hold every slot), and a back-off per source address after
 //! each failed attempt (a wrong token, garbage, a timeout), doubling up to a minute, so
-//! tokens cannot be guessed at speed. A member's tunnel address (a relay, carrying joiners
-//! it saw on its LAN and backing them off itself) is not backed off: one joiner's garbage
-//! must not shut every join through that member out. Pure: the caller passes the time.
+//! tokens cannot be guessed at speed. A join a member relays is charged to the address the
+//! relay saw the joiner at, never to the member's tunnel address: one joiner's garbage must
+//! not shut every join through that member out, nor go unpunished. Pure: the caller passes
+//! the time.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,6 +28,19 @@ pub enum Turned {
     SourceBusy,
     /// This source failed recently; it may try again after this long.
     BackedOff(Duration),
+}
+
+/// What one join connection tells about the joiner behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No join exchange: a wrong or unknown token, garbage, a timeout.
+    Failed,
+    /// The joiner proved it holds a token (joined, already a member, or refused after the
+    /// handshake), or a member spoke from its tunnel address.
+    Proved,
+    /// Neither: a join without a token that ended, or a join carried to a master (which
+    /// judges it).
+    Neutral,
 }
 
 #[derive(Debug, Default)]
@@ -57,9 +71,15 @@ impl Guard {
         Ok(())
     }
 
-    /// The connection from `ip` ended; `failed`: it did not complete a join exchange;
-    /// `relay`: `ip` is a member's tunnel address (never backed off).
-    pub fn done(&mut self, ip: IpAddr, failed: bool, relay: bool, now: Instant) {
+    /// Whether `ip` is backed off at `now`, and for how long yet: for a joiner a relay
+    /// carries, whose address the relay recorded (the connection is the relay's).
+    pub fn backed_off(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let &(_, until) = self.sources.get(&ip)?;
+        (now < until).then(|| until - now)
+    }
+
+    /// The connection from `ip` ended: its slot is free.
+    pub fn close(&mut self, ip: IpAddr) {
         self.active = self.active.saturating_sub(1);
         if let Some(n) = self.per_source.get_mut(&ip) {
             *n = n.saturating_sub(1);
@@ -67,10 +87,22 @@ impl Guard {
                 self.per_source.remove(&ip);
             }
         }
-        if !failed || relay {
-            self.sources.remove(&ip);
-            return;
+    }
+
+    /// What a joiner at `ip` did, at `now`: a failure backs it off (longer each time), a
+    /// join exchange completed with a token forgets its failures, anything else changes
+    /// nothing (a join without a token proves no secret: it must not wipe a back-off).
+    pub fn record(&mut self, ip: IpAddr, verdict: Verdict, now: Instant) {
+        match verdict {
+            Verdict::Neutral => {}
+            Verdict::Proved => {
+                self.sources.remove(&ip);
+            }
+            Verdict::Failed => self.fail(ip, now),
         }
+    }
+
+    fn fail(&mut self, ip: IpAddr, now: Instant) {
         let n = self
             .sources
             .get(&ip)
@@ -90,6 +122,12 @@ impl Guard {
             self.sources.remove(&oldest);
         }
         self.sources.insert(ip, (n, now + backoff));
+    }
+
+    /// [`Guard::close`] then [`Guard::record`] for a joiner that came straight to us.
+    pub fn done(&mut self, ip: IpAddr, verdict: Verdict, now: Instant) {
+        self.close(ip);
+        self.record(ip, verdict, now);
     }
 
     pub fn active(&self) -> usize {
@@ -113,7 +151,7 @@ mod tests {
         let mut now = t0;
         for _ in 0..12 {
             g.open(ip(1), now).unwrap();
-            g.done(ip(1), true, false, now);
+            g.done(ip(1), Verdict::Failed, now);
             let Err(Turned::BackedOff(w)) = g.open(ip(1), now) else {
                 panic!("not backed off");
             };
@@ -125,9 +163,9 @@ mod tests {
         assert_eq!(*waits.last().unwrap(), Duration::from_secs(60));
         // Another source is not held back; a success clears the record.
         g.open(ip(2), t0).unwrap();
-        g.done(ip(2), false, false, t0);
+        g.done(ip(2), Verdict::Proved, t0);
         g.open(ip(1), now).unwrap();
-        g.done(ip(1), false, false, now);
+        g.done(ip(1), Verdict::Proved, now);
         assert!(g.open(ip(1), now).is_ok());
     }
 
@@ -139,7 +177,7 @@ mod tests {
             g.open(ip(i as u8), now).unwrap();
         }
         assert_eq!(g.open(ip(200), now), Err(Turned::Busy));
-        g.done(ip(0), false, false, now);
+        g.done(ip(0), Verdict::Proved, now);
         assert!(g.open(ip(200), now).is_ok());
         assert_eq!(g.active(), MAX_ACTIVE);
     }
@@ -151,7 +189,11 @@ mod tests {
         for i in 0..(MAX_SOURCES as u32 + 100) {
             let a = IpAddr::from(i.to_be_bytes());
             g.open(a, now).unwrap();
-            g.done(a, true, false, now + Duration::from_micros(u64::from(i)));
+            g.done(
+                a,
+                Verdict::Failed,
+                now + Duration::from_micros(u64::from(i)),
+            );
         }
         assert!(g.sources.len() <= MAX_SOURCES);
     }
@@ -173,26 +215,43 @@ mod tests {
             g.open(ip(i as u8), now).unwrap();
         }
         assert_eq!(g.open(ip(200), now), Err(Turned::Busy));
-        g.done(ip(66), false, false, now);
+        g.done(ip(66), Verdict::Proved, now);
         assert!(g.open(ip(66), now).is_ok());
     }
 
-    /// Attack (garbage through a relay, issue 26 #1): a joiner sending garbage every 0.1 s
-    /// through a member made the master back off that member's tunnel address, and 5 of 5
-    /// legitimate joins through it failed. Steps: failures from a relay leave it free to
-    /// open again at once; the same failures from a LAN address back it off.
+    /// Attack (garbage through a relay, issue 26 #1 and #5): a joiner sending garbage every
+    /// 0.1 s through a member made the master back off that member's tunnel address (5 of
+    /// 5 legitimate joins through it failed); once the relay was spared, the attacker behind
+    /// it was never backed off. Steps: ten failures carried by one relay for one joiner
+    /// address: the relay still opens at once, the joiner's address is backed off, another
+    /// joiner through the same relay is not.
     #[test]
-    fn a_relay_is_not_backed_off_for_what_it_carries() {
+    fn garbage_through_a_relay_backs_off_the_joiner_not_the_relay() {
         let mut g = Guard::default();
         let now = Instant::now();
         let relay = IpAddr::from([10, 77, 0, 2]);
         for _ in 0..10 {
             g.open(relay, now).unwrap();
-            g.done(relay, true, true, now);
+            g.close(relay);
+            g.record(ip(9), Verdict::Failed, now);
         }
         assert!(g.open(relay, now).is_ok());
-        g.open(ip(9), now).unwrap();
-        g.done(ip(9), true, false, now);
-        assert!(matches!(g.open(ip(9), now), Err(Turned::BackedOff(_))));
+        assert!(g.backed_off(ip(9), now).is_some());
+        assert!(g.backed_off(ip(10), now).is_none());
+    }
+
+    /// Attack (issue 26 #5): a token-less join that ended "ok" reset its source's back-off:
+    /// 100 tries in 30 s from one source. Steps: a failure, then a join without a token
+    /// that ends; the back-off must still hold; only a join that proved a token clears it.
+    #[test]
+    fn a_join_without_a_token_does_not_wipe_a_back_off() {
+        let mut g = Guard::default();
+        let now = Instant::now();
+        g.open(ip(3), now).unwrap();
+        g.done(ip(3), Verdict::Failed, now);
+        g.record(ip(3), Verdict::Neutral, now);
+        assert!(matches!(g.open(ip(3), now), Err(Turned::BackedOff(_))));
+        g.record(ip(3), Verdict::Proved, now);
+        assert!(g.open(ip(3), now).is_ok());
     }
 }

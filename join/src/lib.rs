@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod deadline;
 pub mod discover;
+pub mod fork;
 pub mod guard;
 pub mod lost;
 pub mod pending;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use jiff::Timestamp;
 use join::cli::Args;
-use join::guard::{Guard, Turned};
+use join::guard::{Guard, Turned, Verdict};
 use join::service::{Master, Outcome, RelayError, Source, relay};
 use policy::exit::Exit;
 use policy::{Policy, Role, TrustedKeys, Verified, WgPublicKey};
@@ -54,6 +54,8 @@ struct Node {
     cache: Mutex<Option<(Stamp, InForce)>>,
     me: WgPublicKey,
     master: Option<Master>,
+    /// When the last "relayed" line was logged, and joins relayed since.
+    relayed: Mutex<(Option<Instant>, u64)>,
 }
 
 /// Counts of what is logged in summary, not line by line (untrusted input).
@@ -112,30 +114,41 @@ impl Node {
             .collect()
     }
 
-    /// Whether `ip` is a member's tunnel address (a relay, or a member leaving).
-    fn is_member(&self, ip: IpAddr) -> bool {
-        self.policy()
-            .is_some_and(|p| p.nodes.iter().any(|n| n.addresses.contains(&ip)))
-    }
-
-    fn handle(&self, stream: TcpStream, from: SocketAddr) -> bool {
+    /// Serves one connection; returns what it tells about the joiner, and the joiner's
+    /// address: the connection's source, or for a relayed join where the relay saw it.
+    fn handle(
+        &self,
+        stream: TcpStream,
+        from: SocketAddr,
+        guard: &Mutex<Guard>,
+    ) -> (Verdict, IpAddr) {
         let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
         let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+        let joiner = from.ip();
         let Some(p) = self.policy() else {
-            return false;
+            return (Verdict::Failed, joiner);
         };
         let members: Vec<IpAddr> = p.nodes.iter().flat_map(|n| n.addresses.clone()).collect();
         let Some(master) = &self.master else {
             let port = p.join.as_ref().map_or(0, |j| j.port);
+            // The master judges what it carries, and backs the joiner off by the address
+            // recorded here; this side backs off only what is not a join at all.
             return match relay(stream, &self.masters(&p, port), IO_TIMEOUT) {
                 Ok(to) => {
-                    info!(source = %from.ip(), master = %to, "join request relayed to a master");
-                    true
+                    // One line per 10 s at most: anyone on the LAN can open connections.
+                    let mut r = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+                    r.1 += 1;
+                    if r.0.is_none_or(|at| at.elapsed() >= SUMMARY_EVERY) {
+                        info!(source = %from.ip(), master = %to, relayed = r.1,
+                            "join request relayed to a master (relayed: how many since the last such line)");
+                        *r = (Some(Instant::now()), 0);
+                    }
+                    (Verdict::Neutral, joiner)
                 }
-                Err(RelayError::Hello(_)) => false,
+                Err(RelayError::Hello(_)) => (Verdict::Failed, joiner),
                 Err(e) => {
                     warn!(source = %from.ip(), reason = %e, "cannot relay a join request");
-                    true
+                    (Verdict::Neutral, joiner)
                 }
             };
         };
@@ -145,11 +158,19 @@ impl Node {
             match stream.peek(&mut prefix) {
                 Ok(4) if join::wire::starts_with_seen(&prefix) => {
                     match join::wire::read_seen(&mut &stream) {
-                        Ok(seen) => Source::Relayed {
-                            relay: from.ip(),
-                            seen,
-                        },
-                        Err(_) => return false,
+                        Ok(seen) => {
+                            let held = guard
+                                .lock()
+                                .map_or(None, |g| g.backed_off(seen, Instant::now()));
+                            if held.is_some() {
+                                return (Verdict::Neutral, seen);
+                            }
+                            Source::Relayed {
+                                relay: from.ip(),
+                                seen,
+                            }
+                        }
+                        Err(_) => return (Verdict::Failed, joiner),
                     }
                 }
                 _ => Source::Tunnel(from.ip()),
@@ -157,8 +178,15 @@ impl Node {
         } else {
             Source::Lan(from.ip())
         };
+        let joiner = source.seen().unwrap_or(joiner);
         let stream = join::deadline::Deadline::new(stream, EXCHANGE_DEADLINE, IO_TIMEOUT);
-        match master.serve(stream, source) {
+        let outcome = master.serve(stream, source);
+        let verdict = match &outcome {
+            Outcome::Failed(_) => Verdict::Failed,
+            Outcome::ApprovalEnded { .. } | Outcome::NotMine { .. } => Verdict::Neutral,
+            _ => Verdict::Proved,
+        };
+        match outcome {
             Outcome::Joined {
                 token,
                 id,
@@ -173,31 +201,26 @@ impl Node {
                     info!(token = %token, node = id, name = %name, serial, source = %from.ip(),
                         "node joined; the new policy is signed and in place");
                 }
-                true
             }
             Outcome::Already { token, id, name } => {
                 info!(token = %token, node = id, name = %name, source = %from.ip(),
                     "join repeated by a member; answered with the policy in force");
-                true
             }
             Outcome::Refused { token, reason } => {
                 warn!(token = %token, reason = %reason, source = %from.ip(), "join refused");
-                true
             }
             Outcome::ApprovalEnded { code, result } => {
                 info!(code = %code, result = %result, source = %from.ip(), "join without a token ended");
-                true
             }
             Outcome::Left { id, name, serial } => {
                 info!(node = id, name = %name, serial, "node left at its own request; the new policy is signed and in place");
-                true
             }
             Outcome::LeaveRefused { from, reason } => {
                 warn!(source = %from, reason = %reason, "leave refused");
-                true
             }
-            Outcome::Failed(_) => false,
+            Outcome::Failed(_) | Outcome::NotMine { .. } => {}
         }
+        (verdict, joiner)
     }
 }
 
@@ -232,6 +255,7 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
             }
             let mut master = Master::new(args.policy.clone(), key, args.tokens.clone());
             master.view = Some(args.view.clone());
+            master.trust = Some(args.trust.clone());
             Some(master)
         }
     };
@@ -240,6 +264,7 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
         cache: Mutex::new(None),
         me,
         master,
+        relayed: Mutex::new((None, 0)),
     };
     let p = policy::load_verified(&node.args.policy, &node.args.trust, Timestamp::now())
         .map_err(|e| (Exit::InvalidPolicy, e.to_string()))?;
@@ -267,11 +292,10 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
     Ok((node, listener, discovery))
 }
 
-/// Answers `tyd join any` questions, at most `MAX_ANSWERS_PER_SECOND` in all.
+/// Answers `tyd join any` questions, within `join::discover::Answerer`'s limits.
 struct Discovery {
     socket: UdpSocket,
-    window: Instant,
-    answered: u32,
+    answerer: join::discover::Answerer,
 }
 
 impl Discovery {
@@ -281,14 +305,44 @@ impl Discovery {
             let Some(answer) = join::discover::answer(&buf[..n]) else {
                 continue;
             };
-            if self.window.elapsed() >= Duration::from_secs(1) {
-                self.window = Instant::now();
-                self.answered = 0;
-            }
-            if self.answered < join::discover::MAX_ANSWERS_PER_SECOND {
-                self.answered += 1;
+            if self.answerer.allow(from.ip(), Instant::now()) {
                 let _ = self.socket.send_to(answer, from);
             }
+        }
+    }
+}
+
+/// Settles a fork clusterd found (two masters signed one serial at once), and logs how.
+fn settle_fork(master: &Master) {
+    use join::service::Forked;
+    match master.settle_fork() {
+        None | Some(Ok(Forked::NotAFork)) => {}
+        Some(Ok(Forked::Stands { serial })) => {
+            info!(
+                serial,
+                "another master signed this serial at the same time; this master's policy stands (the greater digest), the other carries its nodes over"
+            );
+        }
+        Some(Ok(Forked::NothingToCarry { serial })) => {
+            warn!(
+                serial,
+                "another master signed this serial at the same time and its policy stands; this master added no node in its own (an operator's edit?): it shows as a fork in tyd status --cluster until the operator signs again"
+            );
+        }
+        Some(Ok(Forked::Carried {
+            lost,
+            serial,
+            nodes,
+        })) => {
+            let carried: Vec<String> = nodes
+                .iter()
+                .map(|(id, name)| format!("{name} (node {id})"))
+                .collect();
+            warn!(lost, serial, nodes = %carried.join(", "),
+                "another master signed serial `lost` at the same time and its policy stands; this master's admissions in its own are carried into `serial`, signed and in place");
+        }
+        Some(Err(e)) => {
+            warn!(error = %e, "cannot settle a fork with another master's policy");
         }
     }
 }
@@ -325,11 +379,13 @@ fn main() -> ExitCode {
     let mut workers = Vec::new();
     let mut discovery = Discovery {
         socket: discovery,
-        window: Instant::now(),
-        answered: 0,
+        answerer: join::discover::Answerer::new(),
     };
     while !STOP.load(Ordering::Relaxed) {
         discovery.poll();
+        if let Some(master) = &node.master {
+            settle_fork(master);
+        }
         match listener.accept() {
             Ok((stream, from)) => {
                 let _ = stream.set_nonblocking(false);
@@ -346,12 +402,14 @@ fn main() -> ExitCode {
                 }
                 let (node, guard, tally) = (node.clone(), guard.clone(), tally.clone());
                 workers.push(std::thread::spawn(move || {
-                    let ok = node.handle(stream, from);
-                    let relay = node.is_member(from.ip());
+                    let (verdict, joiner) = node.handle(stream, from, &guard);
                     if let Ok(mut g) = guard.lock() {
-                        g.done(from.ip(), !ok, relay, Instant::now());
+                        g.close(from.ip());
+                        g.record(joiner, verdict, Instant::now());
                     }
-                    if !ok && let Ok(mut t) = tally.lock() {
+                    if verdict == Verdict::Failed
+                        && let Ok(mut t) = tally.lock()
+                    {
                         t.failed += 1;
                     }
                 }));

@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,7 +14,6 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
 use policy::edit::PolicyEdit;
-use policy::fsutil::atomic_write;
 use policy::{OperatorPublicKey, Role};
 
 use crate::admit::{Admission, JoinAnswer, JoinRequest, Replaceable, decide};
@@ -50,6 +50,20 @@ pub fn root_in_ram() -> bool {
         let t = s.filesystem_type();
         t == nix::sys::statfs::TMPFS_MAGIC || t.0 == RAMFS_MAGIC
     })
+}
+
+/// How long after a node's `expires`, by its own clock, a master keeps the entry in the
+/// policies it signs. Members stop using the node at the instant by their clocks; a master
+/// whose clock ran 3 h ahead signed a node out 2 h before it expired. The entry is dropped
+/// once the instant is this far behind, so a master's clock must be a day ahead to drop it
+/// early.
+pub const EXPIRED_KEPT_FOR: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+/// Whether a node that expires at `expires` is dropped from a policy signed at `now`.
+pub fn expired_for_good(expires: Timestamp, now: Timestamp) -> bool {
+    expires
+        .checked_add(EXPIRED_KEPT_FOR)
+        .is_ok_and(|gone| gone <= now)
 }
 
 /// How long a relay waits to reach a master.
@@ -124,6 +138,10 @@ pub enum Outcome {
     },
     /// No join exchange: a wrong token, garbage, a timeout. Counts against the source.
     Failed(WireError),
+    /// A relayed join with a token this master did not make: the relay asks another.
+    NotMine {
+        token: TokenId,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +166,11 @@ pub struct Master {
     /// This node's clusterd view (`clusterd --view`): which nodes the cluster has lost, for
     /// ephemeral drones coming back with a new key. None: no entry is ever taken over.
     pub view: Option<PathBuf>,
+    /// The nodes this master admitted lately (`fork`), beside the tokens.
+    pub journal: PathBuf,
+    /// The operator keys a fork fetched from a peer must be signed by (`--trust`); None:
+    /// this master's own key only.
+    pub trust: Option<PathBuf>,
     /// One admission at a time: each reads the policy the previous one wrote.
     lock: Mutex<()>,
 }
@@ -158,6 +181,8 @@ impl Master {
             policy,
             operator,
             pending: pending_path(&tokens),
+            journal: crate::fork::journal_path(&tokens),
+            trust: None,
             tokens,
             approval_wait: APPROVAL_WAIT,
             view: None,
@@ -166,13 +191,14 @@ impl Master {
     }
 
     /// Serves one connection to the join port: a join, or a member's leave.
-    pub fn serve<S: Read + Write>(&self, mut stream: S, from: Source) -> Outcome {
+    pub fn serve<S: Read + Write + AsFd>(&self, mut stream: S, from: Source) -> Outcome {
         match wire::read_hello(&mut stream) {
             Err(e) => Outcome::Failed(e),
             Ok(Hello::Join(id)) => {
                 // Straight from the joiner: its endpoint must be where it came from. Through a
                 // member's tunnel: relayed, the member saw the joiner.
-                self.serve_join(stream, id, from.seen())
+                let relayed = matches!(from, Source::Relayed { .. });
+                self.serve_join(stream, id, from.seen(), relayed)
             }
             Ok(Hello::Leave) => match from {
                 Source::Tunnel(ip) => self.serve_leave(stream, ip),
@@ -182,7 +208,13 @@ impl Master {
         }
     }
 
-    fn serve_join<S: Read + Write>(&self, stream: S, id: TokenId, seen: Option<IpAddr>) -> Outcome {
+    fn serve_join<S: Read + Write>(
+        &self,
+        mut stream: S,
+        id: TokenId,
+        seen: Option<IpAddr>,
+        relayed: bool,
+    ) -> Outcome {
         let store = match TokenStore::load(&self.tokens) {
             Ok(s) => s,
             Err(e) => {
@@ -192,6 +224,21 @@ impl Master {
                 };
             }
         };
+        if relayed {
+            // The relay asks each master in turn for the one that made the token.
+            let mine = store.get(&id).is_some();
+            let byte = if mine {
+                wire::RELAY_MINE
+            } else {
+                wire::RELAY_NOT_MINE
+            };
+            if let Err(e) = stream.write_all(&[byte]).and_then(|()| stream.flush()) {
+                return Outcome::Failed(e.into());
+            }
+            if !mine {
+                return Outcome::NotMine { token: id };
+            }
+        }
         let psk = store.get(&id).and_then(|t| t.psk());
         let mut ch = match wire::accept(stream, &id, psk.as_ref()) {
             Ok(ch) => ch,
@@ -259,20 +306,26 @@ impl Master {
         }
         let (id, name) = (node.id, node.name.clone());
         edit.remove_node(id).map_err(|e| e.to_string())?;
-        let serial = self.sign_and_write(edit, &current, now)?.cluster.serial;
+        let serial = self.sign_and_write(edit, &current, now)?.0.cluster.serial;
         Ok((id.get(), name, serial))
     }
 
-    /// Drops nodes whose `expires` has passed (members already did, at that instant), bumps
-    /// the serial, signs, and writes the signature then the policy.
+    /// Drops nodes whose `expires` passed [`EXPIRED_KEPT_FOR`] ago by this master's clock
+    /// (members stop using a node at its instant by their own clocks; the entry itself goes
+    /// only once even a clock that far ahead cannot be early), bumps the serial, signs, and
+    /// writes the pair.
     fn sign_and_write(
         &self,
         mut edit: PolicyEdit,
         current: &policy::Policy,
         now: Timestamp,
-    ) -> Result<policy::Policy, String> {
+    ) -> Result<(policy::Policy, String), String> {
         for n in &current.nodes {
-            if n.expires.is_some_and(|e| e <= now) {
+            if let Some(expires) = n.expires
+                && expired_for_good(expires, now)
+            {
+                tracing::info!(node = n.id.get(), name = %n.name, expires = %expires,
+                    "dropping a node expired more than a day ago by this master's clock");
                 // Already gone when the edit was a removal of this very node (a leave).
                 match edit.remove_node(n.id) {
                     Ok(()) | Err(policy::edit::EditError::NoSuchNode(_)) => {}
@@ -282,10 +335,9 @@ impl Master {
         }
         let (text, p) = edit.commit_text(now).map_err(|e| e.to_string())?;
         let sig = policy::sign(text.as_bytes(), &self.operator);
-        atomic_write(&policy::signature_path(&self.policy), sig.as_bytes(), 0o644)
-            .and_then(|()| atomic_write(&self.policy, text.as_bytes(), 0o644))
+        policy::write_signed_pair(&self.policy, text.as_bytes(), sig.as_bytes())
             .map_err(|e| e.to_string())?;
-        Ok(p)
+        Ok((p, crate::fork::digest(text.as_bytes())))
     }
 
     fn admit<S: Read + Write>(
@@ -426,7 +478,8 @@ impl Master {
             Admission::Add(new) => {
                 edit.add_node(new).map_err(|e| master(e.to_string()))?;
                 before_write(&admission).map_err(master)?;
-                let p = self.sign_and_write(edit, &current, now).map_err(master)?;
+                let (p, digest) = self.sign_and_write(edit, &current, now).map_err(master)?;
+                self.remember(new, p.cluster.serial, digest, now);
                 (
                     new.id.get(),
                     new.name.clone(),
@@ -442,7 +495,7 @@ impl Master {
                 edit.set_node_key(*id, public_key)
                     .map_err(|e| master(e.to_string()))?;
                 before_write(&admission).map_err(master)?;
-                let p = self.sign_and_write(edit, &current, now).map_err(master)?;
+                let (p, _) = self.sign_and_write(edit, &current, now).map_err(master)?;
                 (id.get(), name.clone(), Some(p.cluster.serial), true)
             }
         };
@@ -470,9 +523,132 @@ impl Master {
         })
     }
 
+    /// Journals a node this master added in the policy of `serial` and `digest`, for a fork
+    /// (`crate::fork`). A journal that cannot be written costs only that: logged.
+    fn remember(&self, new: &policy::edit::NewNode, serial: u64, digest: String, now: Timestamp) {
+        let Some(endpoint) = new.endpoint else {
+            return;
+        };
+        let result = crate::fork::Journal::load(&self.journal).and_then(|mut j| {
+            j.prune(serial, now);
+            j.admitted.push(crate::fork::Admitted {
+                serial,
+                digest,
+                public_key: new.public_key.to_base64(),
+                name: new.name.clone(),
+                endpoint,
+                roles: new.roles.clone(),
+                at: now,
+            });
+            j.save(&self.journal)
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, node = new.id.get(),
+                "cannot journal an admission: a fork with another master's signing would not carry it over");
+        }
+    }
+
+    /// Settles a fork that clusterd put beside the policy (`crate::fork`): when this
+    /// master's policy lost, signs the next serial from the other's with the nodes it had
+    /// admitted in its own. None when there is no fork file.
+    pub fn settle_fork(&self) -> Option<Result<Forked, String>> {
+        let fork_file = crate::fork::fork_path(&self.policy);
+        if !fork_file.exists() {
+            return None;
+        }
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.settle_fork_locked(&fork_file);
+        for f in [policy::signature_path(&fork_file), fork_file] {
+            let _ = std::fs::remove_file(f);
+        }
+        Some(result)
+    }
+
+    fn settle_fork_locked(&self, fork_file: &std::path::Path) -> Result<Forked, String> {
+        let now = Timestamp::now();
+        let trust = match &self.trust {
+            Some(path) => policy::fsutil::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| policy::TrustedKeys::parse(&String::from_utf8_lossy(&b)))?,
+            None => policy::TrustedKeys::new(vec![OperatorPublicKey::from(&self.operator)]),
+        };
+        let read = |path: &std::path::Path| -> Result<(Vec<u8>, policy::Policy), String> {
+            let (bytes, sig) = policy::fsutil::read_signed_pair(
+                path,
+                &policy::signature_path(path),
+                policy::load::MAX_POLICY_BYTES,
+                64 << 10,
+            );
+            let (bytes, sig) = (
+                bytes.map_err(|e| e.to_string())?,
+                sig.map_err(|e| e.to_string())?,
+            );
+            let v = policy::verify_policy(&path.display().to_string(), &bytes, &sig, &trust, now)
+                .map_err(|e| e.to_string())?;
+            Ok((bytes, (*v).clone()))
+        };
+        let (mine, in_force) = read(&self.policy)?;
+        let (theirs, fork) = read(fork_file)?;
+        let (digest, fork_digest) = (crate::fork::digest(&mine), crate::fork::digest(&theirs));
+        let mut journal = crate::fork::Journal::load(&self.journal).map_err(|e| e.to_string())?;
+        let serial = in_force.cluster.serial;
+        let carried = match crate::fork::settle(serial, &digest, &fork, &fork_digest, &journal) {
+            crate::fork::Settle::NotAFork => return Ok(Forked::NotAFork),
+            crate::fork::Settle::Stands => return Ok(Forked::Stands { serial }),
+            crate::fork::Settle::Carry(c) if c.is_empty() => {
+                return Ok(Forked::NothingToCarry { serial });
+            }
+            crate::fork::Settle::Carry(c) => c.into_iter().cloned().collect::<Vec<_>>(),
+        };
+        let mut edit = PolicyEdit::from_bytes(&self.policy, theirs).map_err(|e| e.to_string())?;
+        let mut nodes = Vec::new();
+        for a in &carried {
+            let current = edit.current(now).map_err(|e| e.to_string())?;
+            let mut decided = decide(&current, &a.request(), None, &a.roles, None);
+            if let Err(crate::admit::Refusal::NameTaken(_)) = decided {
+                let mut req = a.request();
+                req.name = None;
+                decided = decide(&current, &req, None, &a.roles, None);
+            }
+            match decided {
+                Ok(Admission::Add(new)) => {
+                    edit.add_node(&new).map_err(|e| e.to_string())?;
+                    nodes.push(new);
+                }
+                Ok(_) => {}
+                Err(r) => {
+                    tracing::error!(name = %a.name, reason = %r,
+                        "cannot carry a node this master admitted over a fork: it is in no policy now; it must join again");
+                }
+            }
+        }
+        let (p, new_digest) = self.sign_and_write(edit, &fork, now)?;
+        journal.admitted.retain(|a| !carried.contains(a));
+        for new in &nodes {
+            if let Some(endpoint) = new.endpoint {
+                journal.admitted.push(crate::fork::Admitted {
+                    serial: p.cluster.serial,
+                    digest: new_digest.clone(),
+                    public_key: new.public_key.to_base64(),
+                    name: new.name.clone(),
+                    endpoint,
+                    roles: new.roles.clone(),
+                    at: now,
+                });
+            }
+        }
+        journal.prune(p.cluster.serial, now);
+        journal.save(&self.journal).map_err(|e| e.to_string())?;
+        Ok(Forked::Carried {
+            lost: serial,
+            serial: p.cluster.serial,
+            nodes: nodes.iter().map(|n| (n.id.get(), n.name.clone())).collect(),
+        })
+    }
+
     /// A join without a token: recorded as waiting with its code, answered when the
     /// operator approves or denies it (`tyd join approve|deny`), or refused after the wait.
-    fn serve_approval<S: Read + Write>(&self, stream: S, seen: Option<IpAddr>) -> Outcome {
+    fn serve_approval<S: Read + Write + AsFd>(&self, stream: S, seen: Option<IpAddr>) -> Outcome {
         let (mut ch, code) = match wire::accept_for_approval(stream) {
             Ok(x) => x,
             Err(e) => return Outcome::Failed(e),
@@ -495,7 +671,7 @@ impl Master {
         outcome
     }
 
-    fn await_approval<S: Read + Write>(
+    fn await_approval<S: Read + Write + AsFd>(
         &self,
         ch: &mut wire::Channel<S>,
         code: &str,
@@ -553,6 +729,16 @@ impl Master {
         while std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(250));
             let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            if ch.peer_hung_up() {
+                // Its place is free at once (eight gone joiners held eight for 10 minutes).
+                let mut pending =
+                    PendingStore::load(&self.pending).map_err(|e| master(e.to_string()))?;
+                pending.remove(id);
+                pending
+                    .save(&self.pending)
+                    .map_err(|e| master(e.to_string()))?;
+                return Ok(refused("the joiner hung up while it waited".into()));
+            }
             let mut pending =
                 PendingStore::load(&self.pending).map_err(|e| master(e.to_string()))?;
             let decision = pending.get(id).map(|r| r.decision);
@@ -595,6 +781,25 @@ impl Master {
     }
 }
 
+/// How a fork was settled ([`Master::settle_fork`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forked {
+    /// The file was not a fork of the policy in force (another serial, or the same file).
+    NotAFork,
+    /// This master's policy has the greater digest: it stands, the other master carries.
+    Stands { serial: u64 },
+    /// This master's policy lost but added no node of its own: nothing to carry (an
+    /// operator's edit; `tyd status --cluster` shows the fork).
+    NothingToCarry { serial: u64 },
+    /// This master's policy of serial `lost` lost; `serial` is the other's with `nodes`
+    /// (id, name) added again.
+    Carried {
+        lost: u64,
+        serial: u64,
+        nodes: Vec<(u16, String)>,
+    },
+}
+
 /// What [`Master::add`] did.
 enum Added {
     Refused(String),
@@ -627,8 +832,9 @@ fn read_request<S: Read + Write>(
     }))
 }
 
-/// Relays a join from `client` to the first master that answers, bytes only, until either
-/// side ends or is silent for `idle`. Only joins (with a token, or waiting for approval) are
+/// Relays a join from `client` to a master, bytes only, until either side ends or is silent
+/// for `idle`: a join with a token to the master that says the token is its own (each is
+/// asked in turn), one without to the first master reachable. Only joins (with a token, or waiting for approval) are
 /// relayed: a leave, which a master believes only from a member's own tunnel address, is
 /// refused here.
 pub fn relay(
@@ -649,16 +855,31 @@ pub fn relay(
         idle
     };
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no master in the policy");
+    // Where the joiner came from first: the master checks its claimed endpoint.
+    let mut first = client
+        .peer_addr()
+        .map(|a| wire::seen_record(a.ip()).to_vec())
+        .map_err(RelayError::Master)?;
+    first.extend_from_slice(&hello.to_bytes());
     for &m in masters {
-        match TcpStream::connect_timeout(&m, CONNECT_TIMEOUT) {
-            Ok(mut master) => {
-                // Where the joiner came from first: the master checks its claimed endpoint.
-                let mut first = client
-                    .peer_addr()
-                    .map(|a| wire::seen_record(a.ip()).to_vec())
-                    .map_err(RelayError::Master)?;
-                first.extend_from_slice(&hello.to_bytes());
-                master.write_all(&first).map_err(RelayError::Master)?;
+        let master = TcpStream::connect_timeout(&m, CONNECT_TIMEOUT).and_then(|mut master| {
+            master.write_all(&first)?;
+            if matches!(hello, Hello::Join(_)) {
+                // The master that made the token says so; any other ends the connection.
+                master.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+                let mut byte = [0u8; 1];
+                master.read_exact(&mut byte)?;
+                if byte[0] != wire::RELAY_MINE {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no master holds this token",
+                    ));
+                }
+            }
+            Ok(master)
+        });
+        match master {
+            Ok(master) => {
                 pipe(client, master, idle).map_err(RelayError::Master)?;
                 return Ok(m);
             }

@@ -42,6 +42,11 @@ pub enum WireError {
     TooLarge(usize),
     #[error("the peer closed the connection")]
     Closed,
+    /// The master's nonce is not the one it committed to (someone in the middle).
+    #[error(
+        "the other side's code nonce does not match its commitment: someone may be in the middle"
+    )]
+    Commitment,
 }
 
 fn noise_err(_: snow::Error) -> WireError {
@@ -166,6 +171,21 @@ impl<S: Read + Write> Channel<S> {
     }
 }
 
+impl<S: std::os::fd::AsFd> Channel<S> {
+    /// Whether the other end hung up (or sent something when it should be waiting): a joiner
+    /// waiting for the operator sends nothing until the answer, so either ends the wait.
+    pub fn peer_hung_up(&self) -> bool {
+        use nix::sys::socket::{MsgFlags, recv};
+        use std::os::fd::AsRawFd;
+        let mut byte = [0u8; 1];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        !matches!(
+            recv(self.stream.as_fd().as_raw_fd(), &mut byte, flags),
+            Err(nix::errno::Errno::EAGAIN)
+        )
+    }
+}
+
 /// The joiner's side: hello, handshake; returns the channel to send the request on.
 pub fn connect<S: Read + Write>(
     mut stream: S,
@@ -231,6 +251,13 @@ pub fn seen_record(ip: std::net::IpAddr) -> [u8; SEEN_LEN] {
     out
 }
 
+/// A master's first byte to a relay carrying a join with a token: the token is this
+/// master's (the exchange follows), or not (the connection ends, and the relay asks the next
+/// master: a token is kept only on the master that made it). Joins without a token get no
+/// such byte: any master can take them.
+pub const RELAY_MINE: u8 = b'Y';
+pub const RELAY_NOT_MINE: u8 = b'N';
+
 /// Whether a connection's first bytes are a relay's record.
 pub fn starts_with_seen(prefix: &[u8]) -> bool {
     prefix.starts_with(SEEN_MAGIC)
@@ -269,6 +296,9 @@ const APPROVAL_MAGIC: &[u8; 4] = b"TYDA";
 /// The unauthenticated handshake of a join that waits for approval: both ends show a code
 /// from its hash, and the operator approves only if they match (no one in the middle).
 const APPROVAL_PATTERN: &str = "Noise_NN_25519_ChaChaPoly_BLAKE2s";
+/// v2: the code covers both sides' nonces, the master's committed first (v1's code came
+/// from the handshake hash alone); a v1 joiner's handshake fails on it.
+const APPROVAL_PROLOGUE: &[u8] = b"tyd join v2 approval";
 const HELLO_LEN: usize = 4 + 1 + crate::token::ID_LEN;
 
 impl Hello {
@@ -340,17 +370,42 @@ pub fn accept<S: Read + Write>(
     Ok(Channel { stream, noise })
 }
 
-/// The code both ends of an approval join show: 6 digits from the handshake hash, grouped.
-fn approval_code(hash: &[u8]) -> String {
-    let h = blake3::derive_key("tyd join approval code 2026-11", hash);
+/// The code both ends of an approval join show: 6 digits from the handshake hash and both
+/// sides' nonces, grouped.
+fn approval_code(hash: &[u8], joiner: &Nonce, master: &Nonce) -> String {
+    let mut input = hash.to_vec();
+    input.extend_from_slice(joiner);
+    input.extend_from_slice(master);
+    let h = blake3::derive_key("tyd join approval code 2026-12", &input);
     let n = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % 1_000_000;
     format!("{:03}-{:03}", n / 1000, n % 1000)
+}
+
+/// A random value each side adds to the approval code.
+type Nonce = [u8; 32];
+
+/// The master's commitment to its nonce, bound to the handshake.
+fn commitment(hash: &[u8], nonce: &Nonce) -> [u8; 32] {
+    let mut input = hash.to_vec();
+    input.extend_from_slice(nonce);
+    blake3::derive_key("tyd join approval commitment 2026-12", &input)
+}
+
+fn nonce() -> Nonce {
+    let mut n = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut n);
+    n
+}
+
+fn receive_32<S: Read + Write>(ch: &mut Channel<S>) -> Result<[u8; 32], WireError> {
+    let got = ch.receive_limited(32)?;
+    <[u8; 32]>::try_from(got.as_slice()).map_err(|_| WireError::Handshake)
 }
 
 fn unauthenticated(initiator: bool) -> Result<snow::HandshakeState, WireError> {
     let params = APPROVAL_PATTERN.parse().map_err(noise_err)?;
     let b = snow::Builder::new(params)
-        .prologue(b"tyd join v1 approval")
+        .prologue(APPROVAL_PROLOGUE)
         .map_err(noise_err)?;
     if initiator {
         b.build_initiator().map_err(noise_err)
@@ -360,22 +415,44 @@ fn unauthenticated(initiator: bool) -> Result<snow::HandshakeState, WireError> {
 }
 
 /// The joiner's side of a join without a token: the channel and the code to show.
+///
+/// A handshake hash alone could be ground: a man in the middle picks its own key for one
+/// side until that side's code equals the other's (about 10^6 tries). So after the
+/// handshake the master commits to a nonce, the joiner sends its own, and only then does
+/// the master reveal its nonce; the code covers both. Whoever sits in the middle has
+/// committed to everything it controls on each side before the last random part of that
+/// side's code is known to it: each code matches the other by chance alone, one in 10^6.
 pub fn connect_for_approval<S: Read + Write>(
     mut stream: S,
 ) -> Result<(Channel<S>, String), WireError> {
     stream.write_all(&Hello::Approval.to_bytes())?;
     let (stream, hs) = initiate(stream, unauthenticated(true)?)?;
-    let code = approval_code(hs.get_handshake_hash());
+    let hash = hs.get_handshake_hash().to_vec();
     let noise = hs.into_transport_mode().map_err(noise_err)?;
-    Ok((Channel { stream, noise }, code))
+    let mut ch = Channel { stream, noise };
+    let committed = receive_32(&mut ch)?;
+    let mine = nonce();
+    ch.send(&mine)?;
+    let theirs = receive_32(&mut ch)?;
+    if commitment(&hash, &theirs) != committed {
+        return Err(WireError::Commitment);
+    }
+    let code = approval_code(&hash, &mine, &theirs);
+    Ok((ch, code))
 }
 
 /// The master's side, after [`read_hello`] said `Approval`: the channel and the code.
 pub fn accept_for_approval<S: Read + Write>(stream: S) -> Result<(Channel<S>, String), WireError> {
     let (stream, hs) = respond(stream, unauthenticated(false)?)?;
-    let code = approval_code(hs.get_handshake_hash());
+    let hash = hs.get_handshake_hash().to_vec();
     let noise = hs.into_transport_mode().map_err(noise_err)?;
-    Ok((Channel { stream, noise }, code))
+    let mut ch = Channel { stream, noise };
+    let mine = nonce();
+    ch.send(&commitment(&hash, &mine))?;
+    let theirs = receive_32(&mut ch)?;
+    ch.send(&mine)?;
+    let code = approval_code(&hash, &theirs, &mine);
+    Ok((ch, code))
 }
 
 #[cfg(test)]
@@ -479,6 +556,53 @@ mod tests {
             joiner, other,
             "codes must differ per connection (a man in the middle shows two)"
         );
+    }
+
+    /// Attack (approval codes made to match, issue 26 #3): a rogue answering `join any` sat
+    /// between joiner and master, chose its own key knowing both the joiner's and the code
+    /// of its own session with the master, ground about 10^6 keys, and both ends showed the
+    /// same 6 digits. Steps: the rogue plays the master to the joiner; after the handshake
+    /// it must commit to its nonce before the joiner sends its own; it then reveals another
+    /// nonce, ground to make the codes match: the joiner refuses and shows no code.
+    #[test]
+    fn a_man_in_the_middle_cannot_change_its_nonce_after_the_joiner_spoke() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let joiner = std::thread::spawn(move || connect_for_approval(a).map(|(_, code)| code));
+        assert_eq!(read_hello(&mut b).unwrap(), Hello::Approval);
+        let (stream, hs) = respond(b, unauthenticated(false).unwrap()).unwrap();
+        let hash = hs.get_handshake_hash().to_vec();
+        let noise = hs.into_transport_mode().unwrap();
+        let mut rogue = Channel { stream, noise };
+        let committed = nonce();
+        rogue.send(&commitment(&hash, &committed)).unwrap();
+        let joiners = receive_32(&mut rogue).unwrap();
+        // The code of the rogue's own session with the master, which it wants shown here.
+        let target = "123-456";
+        let ground = (0u32..)
+            .map(|i| {
+                let mut n = [0u8; 32];
+                n[..4].copy_from_slice(&i.to_be_bytes());
+                n
+            })
+            .find(|n| approval_code(&hash, &joiners, n)[..2] == target[..2])
+            .unwrap();
+        rogue.send(&ground).unwrap();
+        assert!(
+            matches!(joiner.join().unwrap(), Err(WireError::Commitment)),
+            "a nonce other than the committed one must be refused"
+        );
+    }
+
+    /// The code is not the handshake's alone: with the handshake and the master's nonce
+    /// fixed (all a party in the middle could grind before the joiner speaks), the joiner's
+    /// nonce still spreads the code over the whole range.
+    #[test]
+    fn the_joiners_nonce_decides_the_code_after_the_master_committed() {
+        let (hash, master) = ([7u8; 32], [9u8; 32]);
+        let codes: std::collections::BTreeSet<String> = (0..50u8)
+            .map(|i| approval_code(&hash, &[i; 32], &master))
+            .collect();
+        assert!(codes.len() >= 49, "{codes:?}");
     }
 
     #[test]

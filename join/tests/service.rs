@@ -340,22 +340,24 @@ fn serial_of(bytes: &[u8]) -> u64 {
 }
 
 #[test]
-fn a_master_drops_expired_nodes_at_its_next_signing() {
+fn a_master_drops_expired_nodes_a_day_after_their_instant() {
     let lab = lab();
-    // Node 3 expired a moment ago (members dropped it then); the file still lists it.
+    // Node 3 expired an hour ago and node 4 a day and a minute ago, both by the master's
+    // clock (members dropped them then, by theirs); the file still lists both.
     let mut edit = policy::edit::PolicyEdit::open(&lab.policy).unwrap();
-    edit.add_node(&policy::edit::NewNode {
-        id: policy::NodeId::new(3).unwrap(),
-        name: "temp".into(),
-        public_key: key(3),
-        endpoint: None,
-        addresses: vec!["10.77.0.3".parse().unwrap()],
-        roles: vec![Role::Drone],
-        expires: Some(Timestamp::now() + jiff::SignedDuration::from_millis(300)),
-    })
-    .unwrap();
+    for (id, name, ago) in [(3, "recent", 3600), (4, "old", 86_460)] {
+        edit.add_node(&policy::edit::NewNode {
+            id: policy::NodeId::new(id).unwrap(),
+            name: name.into(),
+            public_key: key(id as u8),
+            endpoint: None,
+            addresses: vec![format!("10.77.0.{id}").parse().unwrap()],
+            roles: vec![Role::Drone],
+            expires: Some(Timestamp::now() - jiff::SignedDuration::from_secs(ago)),
+        })
+        .unwrap();
+    }
     edit.write(Timestamp::now()).unwrap();
-    std::thread::sleep(Duration::from_millis(400));
     let t = token(&lab, 1, Duration::from_secs(3600));
     let (got, _) = attempt(&lab, &t, &request(5, None));
     assert!(
@@ -363,7 +365,24 @@ fn a_master_drops_expired_nodes_at_its_next_signing() {
         "{got:?}"
     );
     let text = std::fs::read_to_string(&lab.policy).unwrap();
-    assert!(!text.contains("temp"), "{text}");
+    assert!(text.contains("recent"), "{text}");
+    assert!(!text.contains("\"old\""), "{text}");
+}
+
+/// Attack (a clock that lies, issue 26 #14): a master whose clock ran 3 h ahead signed a
+/// node out 2 h before its `expires`. Steps: a node expires in 2 h by true time; the
+/// master's clock reads 3 h ahead (the node looks an hour expired); the master signs
+/// (any admission); the node must still be in the policy it wrote.
+#[test]
+fn a_master_with_its_clock_three_hours_ahead_keeps_a_node_until_its_instant() {
+    let truth = Timestamp::now();
+    let expires = truth + jiff::SignedDuration::from_hours(2);
+    let master_now = truth + jiff::SignedDuration::from_hours(3);
+    assert!(!join::service::expired_for_good(expires, master_now));
+    assert!(join::service::expired_for_good(
+        expires,
+        expires + join::service::EXPIRED_KEPT_FOR
+    ));
 }
 
 /// A member relays joins only: a leave sent to a member from the LAN would otherwise reach a
@@ -401,6 +420,7 @@ fn a_relay_forwards_joins_only() {
     );
     let got = join::wire::read_hello(&mut at_master).unwrap();
     assert_eq!(got, join::wire::Hello::Join(t.id));
+    at_master.write_all(&[join::wire::RELAY_MINE]).unwrap();
     drop(at_master);
     assert_eq!(relayed.join().unwrap().unwrap(), master_addr);
     // So is a join waiting for approval.
@@ -643,4 +663,179 @@ fn an_ephemeral_drone_back_with_a_new_key_gets_its_entry_once_the_cluster_has_lo
     let err = check(got.unwrap(), &lab.fingerprint, &key(7), Timestamp::now()).unwrap_err();
     assert!(err.to_string().contains("already node 2's"), "{err}");
     assert_eq!(serial(&lab.policy), joined_serial + 1);
+}
+
+/// Attack (gone joiners hold the waiting places, issue 26 #1): eight token-less requests
+/// whose client had gone held 8 places for 600 s. Steps: a joiner without a token sends its
+/// request and hangs up; the master must notice within a second, withdraw the request from
+/// the waiting list and end its side, long before the approval wait (here 60 s) is over.
+#[test]
+fn a_joiner_that_hangs_up_while_waiting_frees_its_place_at_once() {
+    let lab = lab();
+    let mut m = Master::new(
+        lab.policy.clone(),
+        SigningKey::from_bytes(&[7; 32]),
+        lab.tokens.clone(),
+    );
+    m.approval_wait = Duration::from_secs(60);
+    let m = Arc::new(m);
+    let (a, b) = UnixStream::pair().unwrap();
+    let master = m.clone();
+    let served = std::thread::spawn(move || master.serve(b, RELAYED));
+    let (mut ch, _code) = join::wire::connect_for_approval(a).unwrap();
+    ch.send(&serde_json::to_vec(&request(5, None)).unwrap())
+        .unwrap();
+    first_waiting(&m);
+    let hung_up = std::time::Instant::now();
+    drop(ch);
+    let outcome = served.join().unwrap();
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(2),
+        "held {:?}",
+        hung_up.elapsed()
+    );
+    assert!(
+        matches!(&outcome, Outcome::ApprovalEnded { result, .. } if result.contains("hung up")),
+        "{outcome:?}"
+    );
+    assert!(waiting(&m).is_empty());
+}
+
+/// Attack (two masters, issue 26 #10): a relay forwarded every join to the first master, so
+/// a token made on another master failed through relays. Steps: two masters, the token in
+/// the second's store only; a joiner reaches a member, which relays; the first master says
+/// the token is not its own and the relay asks the second, which admits the joiner; the
+/// first master records nothing.
+#[test]
+fn a_token_made_on_the_second_master_joins_through_a_relay() {
+    use std::net::{TcpListener, TcpStream};
+    let (a, b) = (lab(), lab());
+    let t = token(&b, 1, Duration::from_secs(3600));
+    let serve_one = |lab: &Lab| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = l.local_addr().unwrap();
+        let master = lab.master.clone();
+        let served = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let relay = join::wire::read_seen(&mut s).unwrap();
+            // The relay saw the joiner at the address its request claims.
+            let seen = std::net::IpAddr::from([198, 18, 0, 5]);
+            master.serve(s, Source::Relayed { relay, seen })
+        });
+        (at, served)
+    };
+    let ((at_a, served_a), (at_b, served_b)) = (serve_one(&a), serve_one(&b));
+    let member = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to_member = member.local_addr().unwrap();
+    let relayed = std::thread::spawn(move || {
+        let (s, _) = member.accept().unwrap();
+        join::service::relay(s, &[at_a, at_b], Duration::from_secs(5)).map_err(|e| e.to_string())
+    });
+    let joiner = TcpStream::connect(to_member).unwrap();
+    joiner
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let got = exchange(joiner, &t, &request(5, None));
+    assert!(
+        matches!(got, Ok(JoinAnswer::Accepted { node: 2, .. })),
+        "{got:?}"
+    );
+    assert_eq!(relayed.join().unwrap().unwrap(), at_b);
+    assert!(matches!(served_a.join().unwrap(), Outcome::NotMine { .. }));
+    assert!(matches!(served_b.join().unwrap(), Outcome::Joined { .. }));
+    assert!(
+        !std::fs::read_to_string(&a.policy)
+            .unwrap()
+            .contains(&key(5).to_base64())
+    );
+}
+
+/// Attack (two masters admitting at once, issue 26 #10): both joiners were told "node 2"
+/// of the next serial; one master's clusterd took the other's policy and one joiner, its
+/// token use spent, was in nobody's policy. Steps: masters A and B hold the same policy;
+/// each admits its own joiner at once (both sign the same serial, different content);
+/// clusterd puts each one's policy beside the other's as the fork; both settle: the
+/// master whose policy has the smaller digest signs the next serial from the other's with
+/// its own joiner added again, the other stands; that policy lists both joiners, with
+/// distinct ids and addresses.
+#[test]
+fn two_masters_admitting_at_once_lose_no_node() {
+    let a = lab();
+    let b = lab();
+    for f in [a.policy.clone(), policy::signature_path(&a.policy)] {
+        std::fs::copy(&f, b.policy.with_file_name(f.file_name().unwrap())).unwrap();
+    }
+    let (ta, tb) = (
+        token(&a, 1, Duration::from_secs(3600)),
+        token(&b, 1, Duration::from_secs(3600)),
+    );
+    let (got_a, _) = attempt(&a, &ta, &request(5, None));
+    let (got_b, _) = attempt(&b, &tb, &request(6, None));
+    for got in [&got_a, &got_b] {
+        assert!(
+            matches!(got, Ok(JoinAnswer::Accepted { node: 2, .. })),
+            "{got:?}"
+        );
+    }
+    let read = |l: &Lab| std::fs::read(&l.policy).unwrap();
+    let serial_of = |l: &Lab| {
+        policy::parse_policy("t", &read(l), Timestamp::now())
+            .unwrap()
+            .cluster
+            .serial
+    };
+    let forked = serial_of(&a);
+    assert_eq!(forked, serial_of(&b));
+    // clusterd hands each master the other's policy of the same serial.
+    let hand = |from: &Lab, to: &Lab| {
+        let fork = join::fork::fork_path(&to.policy);
+        std::fs::copy(&from.policy, &fork).unwrap();
+        std::fs::copy(
+            policy::signature_path(&from.policy),
+            policy::signature_path(&fork),
+        )
+        .unwrap();
+    };
+    hand(&b, &a);
+    hand(&a, &b);
+    let a_lost = join::fork::digest(&read(&a)) < join::fork::digest(&read(&b));
+    let settled_a = a.master.settle_fork().unwrap().unwrap();
+    let settled_b = b.master.settle_fork().unwrap().unwrap();
+    let (loser, outcomes) = if a_lost {
+        (&a, (&settled_a, &settled_b))
+    } else {
+        (&b, (&settled_b, &settled_a))
+    };
+    assert!(
+        matches!(outcomes.0, join::service::Forked::Carried { nodes, .. } if nodes.len() == 1),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes.1, join::service::Forked::Stands { .. }),
+        "{outcomes:?}"
+    );
+    let merged = policy::load_verified(
+        &loser.policy,
+        &{
+            let t = loser.policy.with_file_name("trust");
+            std::fs::write(
+                &t,
+                OperatorPublicKey::from(&SigningKey::from_bytes(&[7; 32])).to_base64(),
+            )
+            .unwrap();
+            t
+        },
+        Timestamp::now(),
+    )
+    .unwrap();
+    assert_eq!(merged.cluster.serial, forked + 1);
+    let (n5, n6) = (
+        merged.node_by_key(&key(5)).expect("joiner 5 in the policy"),
+        merged.node_by_key(&key(6)).expect("joiner 6 in the policy"),
+    );
+    assert_ne!(n5.id, n6.id);
+    assert_ne!(n5.addresses, n6.addresses);
+    // Nothing is left to settle.
+    assert!(a.master.settle_fork().is_none() && b.master.settle_fork().is_none());
 }

@@ -53,6 +53,105 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileErro
     replace(path, bytes, mode, true)
 }
 
+/// Replaces a signed pair, `path` and `signature`, so that no reader using
+/// [`read_signed_pair`] sees one new and the other old: both are written and synced beside
+/// their places first, then renamed in one after the other while the directory is locked
+/// (flock, exclusive) against such readers.
+pub fn write_signed_pair(
+    path: &Path,
+    signature: &Path,
+    bytes: &[u8],
+    sig: &[u8],
+    mode: u32,
+) -> Result<(), FileError> {
+    let dir = parent_dir(path);
+    let sig_tmp = write_temp(signature, sig, mode, "pair")?;
+    let tmp = match write_temp(path, bytes, mode, "pair") {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = fs::remove_file(&sig_tmp);
+            return Err(e);
+        }
+    };
+    let result = (|| {
+        let d = File::open(&dir).map_err(io_err(&dir))?;
+        d.lock().map_err(io_err(&dir))?;
+        fs::rename(&sig_tmp, signature).map_err(io_err(signature))?;
+        fs::rename(&tmp, path).map_err(io_err(path))?;
+        d.sync_all().map_err(io_err(&dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&sig_tmp);
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// How long a reader of a signed pair waits for a writer's two renames before it reads
+/// anyway (a writer holds the lock only for them; a stuck one must not stop a daemon).
+const PAIR_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Reads a signed pair written by [`write_signed_pair`]: the file (at most `limit` bytes)
+/// and its signature (at most `sig_limit`), under a shared lock of their directory. Without
+/// the lock (a directory this process cannot open) it reads them anyway.
+pub fn read_signed_pair(
+    path: &Path,
+    signature: &Path,
+    limit: u64,
+    sig_limit: u64,
+) -> (Result<Vec<u8>, FileError>, Result<Vec<u8>, FileError>) {
+    let dir = parent_dir(path);
+    let _locked = File::open(&dir).ok().filter(|d| {
+        let until = std::time::Instant::now() + PAIR_LOCK_WAIT;
+        loop {
+            match d.try_lock_shared() {
+                Ok(()) => return true,
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(_) => return false,
+            }
+        }
+    });
+    (
+        read_limited(path, limit),
+        read_limited(signature, sig_limit),
+    )
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes `bytes` to a synced temp file beside `path`, for a rename into place.
+fn write_temp(path: &Path, bytes: &[u8], mode: u32, what: &str) -> Result<PathBuf, FileError> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "policy".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = parent_dir(path).join(format!(".{name}.{what}.{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))
+    })();
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// Replaces `path` with `bytes` atomically (temp file, rename) but without fsync: for
 /// run-time state that lives in `/run` and is rewritten every second (a reader sees the old
 /// or the new file; a crash may lose the last write, never leave a torn one). A daemon's

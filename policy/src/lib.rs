@@ -29,7 +29,9 @@ pub mod validate;
 pub use blocks::NodeBlocks;
 pub use diff::PolicyDiff;
 pub use keys::{OperatorPublicKey, WgPublicKey};
-pub use load::{LoadError, SignedFiles, load_signed, load_signed_reusing, load_verified};
+pub use load::{
+    LoadError, SignedFiles, load_signed, load_signed_reusing, load_verified, write_signed_pair,
+};
 pub use model::{
     Action, Certainty, CertaintyRequired, Cluster, Distribution, Firewall, Hardening, Lockdown,
     Node, NodeId, Policy, Posture, RECOMMENDED_SYSCTLS, Role,
@@ -47,5 +49,14 @@ pub use store::{Acceptance, AcceptedRecord, RollbackStore, StoreError};
 pub fn signature_path(policy: &std::path::Path) -> std::path::PathBuf {
     let mut name = policy.as_os_str().to_owned();
     name.push(".sig");
+    std::path::PathBuf::from(name)
+}
+
+/// Where clusterd on a master puts a signed policy of the serial in force with other
+/// content, fetched from a peer (two masters signed one serial at once), for joind to settle
+/// (`join::fork`): `<policy>.fork` and its `.sig`. Never read as the policy in force.
+pub fn fork_path(policy: &std::path::Path) -> std::path::PathBuf {
+    let mut name = policy.as_os_str().to_owned();
+    name.push(".fork");
     std::path::PathBuf::from(name)
 }

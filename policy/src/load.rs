@@ -67,6 +67,9 @@ pub fn load_signed_reusing(
     load(policy, trust, now, Some(blocks))
 }
 
+/// Reads the pair under its directory's shared lock ([`fsutil::read_signed_pair`]): a
+/// writer using [`fsutil::write_signed_pair`] (joind, clusterd, `tyd`) is never seen half
+/// done.
 fn load(
     policy: &Path,
     trust: &Path,
@@ -80,9 +83,13 @@ fn load(
             reason,
         }
     })?;
-    let bytes = fsutil::read_limited(policy, MAX_POLICY_BYTES)?;
-    let sig = fsutil::read_limited(&signature_path(policy), MAX_SMALL_FILE_BYTES)
-        .map_err(LoadError::Unsigned)?;
+    let (bytes, sig) = fsutil::read_signed_pair(
+        policy,
+        &signature_path(policy),
+        MAX_POLICY_BYTES,
+        MAX_SMALL_FILE_BYTES,
+    );
+    let (bytes, sig) = (bytes?, sig.map_err(LoadError::Unsigned)?);
     let file = policy.display().to_string();
     let verified = match blocks {
         Some(blocks) => verify_policy_reusing(&file, &bytes, &sig, &keys, now, blocks)?,
@@ -103,10 +110,13 @@ pub fn in_force_path(state: &Path) -> std::path::PathBuf {
     state.with_file_name("in-force.toml")
 }
 
-/// Saves a signed policy's bytes as the copy in force (the signature, then the policy, each
-/// written atomically).
+/// Saves a signed policy's bytes as the copy in force ([`write_signed_pair`]).
 pub fn save_in_force(state: &Path, policy: &[u8], signature: &[u8]) -> Result<(), FileError> {
-    let path = in_force_path(state);
-    fsutil::atomic_write(&signature_path(&path), signature, 0o644)?;
-    fsutil::atomic_write(&path, policy, 0o644)
+    write_signed_pair(&in_force_path(state), policy, signature)
+}
+
+/// Puts a signed policy in place at `path`, its signature beside it, so that no reader sees
+/// the one new and the other old ([`fsutil::write_signed_pair`]).
+pub fn write_signed_pair(path: &Path, policy: &[u8], signature: &[u8]) -> Result<(), FileError> {
+    fsutil::write_signed_pair(path, &signature_path(path), policy, signature, 0o644)
 }

@@ -279,3 +279,50 @@ fn corrupt_store_fails_closed() {
     let err = RollbackStore::open(&state, 0).unwrap_err().to_string();
     assert!(err.contains("rollback state is corrupt"), "{err}");
 }
+
+/// Attack (issue 26 #13, back-to-back joins): joind wrote the signature and then the policy,
+/// and netguard, reading between the two, logged "the file was changed after ... signed it"
+/// for a policy nobody tampered with. Steps: a writer replaces a signed pair 300 times as
+/// fast as it can, as every writer does (`write_signed_pair`: the signature, then the
+/// policy, each by rename); a reader loads the pair meanwhile, again and again; it must
+/// never be refused.
+#[test]
+fn a_reader_never_refuses_a_pair_being_replaced_back_to_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, trust_path) = (dir.path().join("cluster.toml"), dir.path().join("trust"));
+    std::fs::write(
+        &trust_path,
+        policy::OperatorPublicKey::from(&operator(1)).to_base64(),
+    )
+    .unwrap();
+    let pairs: Vec<_> = [7, 8]
+        .iter()
+        .map(|serial| signed(&with("serial = 7", &format!("serial = {serial}")), 1))
+        .collect();
+    let put = |(bytes, sig): &(Vec<u8>, Vec<u8>)| {
+        policy::write_signed_pair(&path, bytes, sig).unwrap();
+    };
+    put(&pairs[0]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let refused = std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..300 {
+                put(&pairs[i % 2]);
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut refused = Vec::new();
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Err(e) = policy::load_verified(&path, &trust_path, now()) {
+                refused.push(e.to_string());
+            }
+        }
+        refused
+    });
+    assert!(
+        refused.is_empty(),
+        "{} refused: {:?}",
+        refused.len(),
+        refused.first()
+    );
+}

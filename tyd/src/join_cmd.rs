@@ -94,12 +94,8 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     })?;
     let policy = edit.write(now)?;
     let bytes = policy::fsutil::read(&scratch)?;
-    atomic_write(
-        &signature_path(&policy_path),
-        sign(&bytes, &operator).as_bytes(),
-        0o644,
-    )?;
-    std::fs::rename(&scratch, &policy_path).map_err(|e| io(&policy_path, e))?;
+    policy::write_signed_pair(&policy_path, &bytes, sign(&bytes, &operator).as_bytes())?;
+    std::fs::remove_file(&scratch).map_err(|e| io(&scratch, e))?;
 
     // The first token's nodes are of this machine's kind: a package on a disk root joins
     // further disk roots (servers, no certaintyd); drones get their tokens with
@@ -196,25 +192,32 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         .map(str::parse)
         .transpose()
         .map_err(|e: join::token::TokenError| Failure::new(Exit::Usage, format!("--token: {e}")))?;
-    let member = if a.member == "any" {
+    let members: Vec<SocketAddr> = if a.member == "any" {
         let port = policy::model::default_join_port();
-        let found = join::discover::find_member(port, std::time::Duration::from_secs(5))
-            .map_err(|e| {
+        let found =
+            join::discover::find_members(port, std::time::Duration::from_secs(5)).map_err(|e| {
                 Failure::new(
                     Exit::Runtime,
                     format!("asking the segment for a member: {e}"),
                 )
-            })?
-            .ok_or_else(|| {
-                Failure::new(
-                    Exit::Runtime,
-                    format!("no member answered on the local segment (udp {port}) within 5 s"),
-                )
             })?;
-        eprintln!("found a member at {found}");
-        SocketAddr::new(found, port)
+        if found.is_empty() {
+            return Err(Failure::new(
+                Exit::Runtime,
+                format!("no member answered on the local segment (udp {port}) within 5 s"),
+            ));
+        }
+        let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "answered on the segment (tried in this order): {}",
+            shown.join(", ")
+        );
+        found
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect()
     } else {
-        member_addr(a.member)?
+        vec![member_addr(a.member)?]
     };
     let policy_path = a.dir.join("cluster.toml");
     if policy_path.exists() {
@@ -231,20 +234,27 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         .key
         .map_or_else(|| a.dir.join("node.key"), Path::to_path_buf);
     let me = node_key(&key_path)?;
-    let ask = |name: Option<String>| match &token {
-        Some(token) => join::client::join(member, token, a.operator, &me, name),
-        None => join::client::join_with_approval(
-            member,
-            a.operator,
-            &me,
-            name,
-            join::service::APPROVAL_WAIT,
-            |code| {
-                eprintln!(
-                    "waiting for the operator's approval: on a master, `tyd join list` must show code {code} for this node; then `tyd join approve ID`"
-                );
+    // Each member that answered, in turn, until one works (a rogue may answer first).
+    let ask = |name: Option<String>| {
+        join::client::first_that_works(
+            &members,
+            |member| match &token {
+                Some(token) => join::client::join(member, token, a.operator, &me, name.clone()),
+                None => join::client::join_with_approval(
+                    member,
+                    a.operator,
+                    &me,
+                    name.clone(),
+                    join::service::APPROVAL_WAIT,
+                    |code| {
+                        eprintln!(
+                            "waiting for the operator's approval: on a master, `tyd join list` must show code {code} for this node; then `tyd join approve ID`"
+                        );
+                    },
+                ),
             },
-        ),
+            |member, e| eprintln!("{member}: {e}; trying the next member that answered"),
+        )
     };
     // Without --name the node asks for its host name, as `tyd init` names the first node;
     // when the master refuses it (taken, or not a usable name) it asks again with none and
@@ -282,12 +292,11 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
     let trust_text =
         KeyKind::OperatorPublic.file_text(joined.operator_key.verifying_key().as_bytes());
     atomic_write(&a.dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
-    atomic_write(
-        &signature_path(&policy_path),
+    policy::write_signed_pair(
+        &policy_path,
+        joined.policy.as_bytes(),
         joined.signature.as_bytes(),
-        0o644,
     )?;
-    atomic_write(&policy_path, joined.policy.as_bytes(), 0o644)?;
     println!(
         "joined cluster {} as node {} ({}), serial {}",
         joined.cluster, joined.node, joined.name, joined.serial

@@ -481,8 +481,7 @@ pub fn push(path: &Path, trust: &Path, to: &Path, now: Timestamp) -> CliResult {
             ));
         }
     }
-    atomic_write(&policy::signature_path(to), &files.signature, 0o644)?;
-    atomic_write(to, &files.policy, 0o644)?;
+    policy::write_signed_pair(to, &files.policy, &files.signature)?;
     println!(
         "{} in place at {} (cluster {}, serial {}); clusterd offers it to the other members",
         display(path),

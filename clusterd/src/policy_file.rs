@@ -1,0 +1,352 @@
+//! Writing a fetched policy where netguard and certaintyd read it, without ever replacing a
+//! policy another writer put there meanwhile (issue 26 #10: two masters admitting at once
+//! both signed serial 12; one master's clusterd fetched the other's serial 12 before its own
+//! poll had read the file its joind had just written, and overwrote it).
+//!
+//! The rule: the fetched pair replaces the file only if its serial is strictly higher than
+//! the serial of the file on disk *when it is renamed into place*. The file on disk is read
+//! again and its signature checked just before the renames, with the policy's directory
+//! locked (flock, exclusive), the lock `policy::fsutil::write_signed_pair` takes for its
+//! renames and readers of the pair take shared: a writer that takes it cannot land its pair
+//! between this check and these renames, and no reader that takes it sees one file new and
+//! the other old. A file that cannot be read, or whose signature does not verify (torn,
+//! tampered, signed by an unknown key), counts for nothing and may be replaced. A signed file
+//! counts by its serial even when it is expired or otherwise refused: an operator's newer
+//! file is never rolled back on disk.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use policy::TrustedKeys;
+use serde::Deserialize;
+
+/// How long the writer waits for the directory lock (other writers hold it for two renames,
+/// readers for two reads) before it checks and writes without it.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
+
+/// What was on disk when the fetched pair was to be put in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnDisk {
+    Missing,
+    /// Unreadable, unsigned, or its signature does not verify.
+    Invalid(String),
+    /// A signed policy of this serial (and BLAKE3 digest, hex).
+    Signed {
+        serial: u64,
+        digest: String,
+    },
+}
+
+/// What [`write_if_newer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// The fetched pair is in place; this was there before.
+    Replaced { was: OnDisk, locked: bool },
+    /// The file on disk has a serial at least the fetched one: kept, nothing written.
+    Kept { serial: u64, digest: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
+    move |source| WriteError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A synced temp file beside `path` holding `bytes`, to be renamed into place.
+fn temp_beside(path: &Path, bytes: &[u8]) -> Result<PathBuf, WriteError> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "policy".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir_of(path).join(format!(".{name}.fetched.{}", std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))
+    })();
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// The directory's exclusive lock, waited for at most [`LOCK_WAIT`] (`None`: not had).
+fn lock_dir(dir: &Path) -> Option<nix::fcntl::Flock<File>> {
+    let until = Instant::now() + LOCK_WAIT;
+    let mut file = File::open(dir).ok()?;
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(held) => return Some(held),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < until => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Head {
+    cluster: ClusterHead,
+}
+
+#[derive(Deserialize)]
+struct ClusterHead {
+    serial: u64,
+}
+
+/// The policy file on disk now, as far as overwriting it goes. `known` is a policy this node
+/// verified already (digest, serial): a file with that digest is not verified again.
+pub fn on_disk(path: &Path, trust: &TrustedKeys, known: Option<(&str, u64)>) -> OnDisk {
+    let bytes = match policy::fsutil::read_limited(path, policy::load::MAX_POLICY_BYTES) {
+        Ok(b) => b,
+        Err(policy::fsutil::FileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return OnDisk::Missing;
+        }
+        Err(e) => return OnDisk::Invalid(e.to_string()),
+    };
+    let digest = blake3::hash(&bytes).to_hex().to_string();
+    if let Some((d, serial)) = known
+        && d == digest
+    {
+        return OnDisk::Signed { serial, digest };
+    }
+    let sig = match policy::fsutil::read_limited(&policy::signature_path(path), MAX_SIGNATURE_BYTES)
+    {
+        Ok(s) => s,
+        Err(e) => return OnDisk::Invalid(format!("{e} (the policy is not signed)")),
+    };
+    let file = path.display().to_string();
+    // The signature first; then only the serial is read: an expired or otherwise refused
+    // policy the operator signed still counts by its serial.
+    match policy::signature::verify_signed(&file, &bytes, &sig, trust, |b| {
+        Ok(toml::from_slice::<Head>(b).ok().map(|h| h.cluster.serial))
+    }) {
+        Ok(v) => match *v {
+            Some(serial) => OnDisk::Signed {
+                serial,
+                digest: v.digest_hex(),
+            },
+            None => OnDisk::Invalid(format!("{file}: signed, but no [cluster] serial")),
+        },
+        Err(e) => OnDisk::Invalid(e.to_string()),
+    }
+}
+
+/// Puts a verified fetched pair (`bytes` of `serial`, `signature`) at `path` and beside it,
+/// unless the file there has a serial at least `serial` when it is renamed in: see the module.
+/// The signature is renamed in first, then the policy.
+pub fn write_if_newer(
+    path: &Path,
+    bytes: &[u8],
+    signature: &[u8],
+    serial: u64,
+    trust: &TrustedKeys,
+    known: Option<(&str, u64)>,
+) -> Result<Written, WriteError> {
+    let sig_path = policy::signature_path(path);
+    let sig_tmp = temp_beside(&sig_path, signature)?;
+    let tmp = match temp_beside(path, bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = fs::remove_file(&sig_tmp);
+            return Err(e);
+        }
+    };
+    let dir = dir_of(path);
+    let lock = lock_dir(&dir);
+    let result = (|| {
+        let was = on_disk(path, trust, known);
+        if let OnDisk::Signed { serial: s, digest } = &was
+            && *s >= serial
+        {
+            return Ok(Written::Kept {
+                serial: *s,
+                digest: digest.clone(),
+            });
+        }
+        fs::rename(&sig_tmp, &sig_path).map_err(io_err(&sig_path))?;
+        fs::rename(&tmp, path).map_err(io_err(path))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&dir))?;
+        Ok(Written::Replaced {
+            was,
+            locked: lock.is_some(),
+        })
+    })();
+    drop(lock);
+    // Left over when kept or failed (gone when renamed).
+    let _ = fs::remove_file(&sig_tmp);
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn text(serial: u64, note: &str) -> String {
+        let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+        format!(
+            "{}\n# {note}\n",
+            policy::template::init_template("lab", expires)
+                .replace("serial = 1", &format!("serial = {serial}"))
+        )
+    }
+
+    fn setup() -> (tempfile::TempDir, PathBuf, SigningKey, TrustedKeys) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let trust = TrustedKeys::parse(&format!(
+            "{}\n",
+            policy::OperatorPublicKey::from(&key).to_base64()
+        ))
+        .unwrap();
+        let path = dir.path().join("cluster.toml");
+        (dir, path, key, trust)
+    }
+
+    fn put(path: &Path, text: &str, key: &SigningKey) {
+        fs::write(
+            policy::signature_path(path),
+            policy::sign(text.as_bytes(), key),
+        )
+        .unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn a_fetched_policy_replaces_only_a_lower_serial_or_an_invalid_file() {
+        let (dir, path, key, trust) = setup();
+        // Nothing there: written.
+        let t10 = text(10, "ten");
+        let sig10 = policy::sign(t10.as_bytes(), &key);
+        let w = write_if_newer(&path, t10.as_bytes(), sig10.as_bytes(), 10, &trust, None);
+        assert!(
+            matches!(
+                w,
+                Ok(Written::Replaced {
+                    was: OnDisk::Missing,
+                    locked: true
+                })
+            ),
+            "{w:?}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), t10);
+        // A higher serial on disk (the operator's, expired or not): kept.
+        let t14 = text(14, "fourteen");
+        put(&path, &t14, &key);
+        let t13 = text(13, "thirteen");
+        let sig13 = policy::sign(t13.as_bytes(), &key);
+        let w = write_if_newer(&path, t13.as_bytes(), sig13.as_bytes(), 13, &trust, None);
+        assert!(matches!(w, Ok(Written::Kept { serial: 14, .. })), "{w:?}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), t14);
+        // A file whose signature does not verify counts for nothing.
+        fs::write(&path, text(99, "tampered")).unwrap();
+        let w = write_if_newer(&path, t13.as_bytes(), sig13.as_bytes(), 13, &trust, None);
+        assert!(
+            matches!(
+                w,
+                Ok(Written::Replaced {
+                    was: OnDisk::Invalid(_),
+                    ..
+                })
+            ),
+            "{w:?}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), t13);
+        assert_eq!(
+            fs::read_to_string(policy::signature_path(&path)).unwrap(),
+            sig13
+        );
+        // No temp file is left beside it.
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// The same serial on disk with other content is kept too, and said to be one: two
+    /// policies signed at one serial.
+    #[test]
+    fn the_same_serial_on_disk_is_kept_and_its_digest_given() {
+        let (_dir, path, key, trust) = setup();
+        let a = text(12, "admitted by this master");
+        put(&path, &a, &key);
+        let b = text(12, "admitted by the other master");
+        let sig_b = policy::sign(b.as_bytes(), &key);
+        let w = write_if_newer(&path, b.as_bytes(), sig_b.as_bytes(), 12, &trust, None).unwrap();
+        assert_eq!(
+            w,
+            Written::Kept {
+                serial: 12,
+                digest: blake3::hash(a.as_bytes()).to_hex().to_string()
+            }
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), a);
+    }
+
+    /// While another writer holds the directory's lock, nothing is renamed in.
+    #[test]
+    fn the_write_waits_for_another_writers_lock() {
+        let (dir, path, key, trust) = setup();
+        put(&path, &text(11, "eleven"), &key);
+        let held = nix::fcntl::Flock::lock(
+            File::open(dir.path()).unwrap(),
+            nix::fcntl::FlockArg::LockExclusive,
+        )
+        .unwrap();
+        let t12 = text(12, "twelve");
+        let sig12 = policy::sign(t12.as_bytes(), &key);
+        let started = Instant::now();
+        let (p, t, s, tr) = (path.clone(), t12.clone(), sig12.clone(), trust.clone());
+        let writer = std::thread::spawn(move || {
+            write_if_newer(&p, t.as_bytes(), s.as_bytes(), 12, &tr, None)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        // The other writer lands serial 12 (other content) under its lock, then lets go.
+        let theirs = text(12, "the other writer's twelve");
+        put(&path, &theirs, &key);
+        drop(held);
+        let w = writer.join().unwrap().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(matches!(w, Written::Kept { serial: 12, .. }), "{w:?}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), theirs);
+    }
+}
