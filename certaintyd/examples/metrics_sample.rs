@@ -11,7 +11,7 @@ fn main() {
     }
     m.violation("event");
     let status = Status {
-        state: "verifying".into(),
+        state: certaintyd::control::State::Verifying,
         files: 93,
         bytes: 35_891_689,
         ..Status::default()

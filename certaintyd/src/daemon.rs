@@ -156,7 +156,7 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartupError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(StartupError::Signals)?;
     let status = Arc::new(Mutex::new(Status {
-        state: "grace".into(),
+        state: crate::control::State::Grace,
         cluster: cfg.cluster.clone(),
         node: cfg.node.clone(),
         root: cfg.root.display().to_string(),
@@ -436,7 +436,7 @@ impl Daemon {
             )?);
         }
         if let Ok(mut s) = self.status.lock() {
-            s.state = "verifying".into();
+            s.state = crate::control::State::Verifying;
             s.baseline_at = Some(now_text());
             s.root_hash = Some(self.baseline_root.clone());
             s.stable_root = Some(self.stable_root.clone());
@@ -648,7 +648,7 @@ impl Daemon {
             "integrity lost"
         );
         if let Ok(mut s) = self.status.lock() {
-            s.state = "integrity lost".into();
+            s.state = crate::control::State::IntegrityLost;
         }
         self.write_metrics();
         match self.cfg.actuator.perform(&report).await {
@@ -743,7 +743,7 @@ impl Daemon {
                 });
                 if let Ok(mut s) = self.status.lock() {
                     s.maintenance_until = Some(until_wall.to_string());
-                    s.state = "maintenance".into();
+                    s.state = crate::control::State::Maintenance;
                 }
                 self.write_metrics();
                 warn!(signer = %signer, until = %until_wall, rebaseline = verified.rebaseline, "maintenance window opened");
@@ -761,7 +761,7 @@ impl Daemon {
         };
         if let Ok(mut s) = self.status.lock() {
             s.maintenance_until = None;
-            s.state = "verifying".into();
+            s.state = crate::control::State::Verifying;
         }
         self.write_metrics();
         if w.rebaseline {

@@ -18,7 +18,7 @@ use crate::control::Status;
 
 /// The states `Status::state` takes, each exported (1 for the current one) so an alert can
 /// say `certaintyd_state{state="integrity lost"} == 1`.
-pub const STATES: [&str; 4] = ["grace", "verifying", "maintenance", "integrity lost"];
+pub const STATES: [crate::control::State; 4] = crate::control::State::ALL;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
@@ -88,7 +88,9 @@ impl Metrics {
         registry.register("baseline_bytes", "Bytes in the baseline", m.bytes.clone());
         for s in STATES {
             m.state
-                .get_or_create(&StateLabels { state: s.into() })
+                .get_or_create(&StateLabels {
+                    state: s.as_str().into(),
+                })
                 .set(0);
         }
         Metrics { registry, ..m }
@@ -113,7 +115,9 @@ impl Metrics {
     pub fn render(&self, status: &Status) -> String {
         for s in STATES {
             self.state
-                .get_or_create(&StateLabels { state: s.into() })
+                .get_or_create(&StateLabels {
+                    state: s.as_str().into(),
+                })
                 .set(i64::from(status.state == s));
         }
         self.files
@@ -162,7 +166,7 @@ mod tests {
         m.verified(0.5);
         m.violation("full_verification");
         let status = Status {
-            state: "integrity lost".into(),
+            state: crate::control::State::IntegrityLost,
             files: 93,
             bytes: 35_891_689,
             ..Status::default()

@@ -691,7 +691,10 @@ fn send(
     duration: Duration,
     rebaseline: bool,
 ) -> certaintyd::control::ControlResponse {
-    use certaintyd::control::{ControlRequest, call};
+    use certaintyd::control::ControlRequest;
+    let call = |socket: &std::path::Path, r: &ControlRequest| {
+        proto::certainty::call(socket, r, Duration::from_secs(30))
+    };
     let key_text = std::fs::read_to_string(&fx.maint_key).unwrap();
     let key =
         ed25519_dalek::SigningKey::from_bytes(&policy::keys::decode_key32(&key_text).unwrap());
@@ -728,10 +731,14 @@ fn maintenance_window_logs_changes_then_verifies_against_the_old_baseline() {
     let ns = Ns::new();
     let fx = fixture("1h");
     let d = Daemon::start(&ns, &fx, &[]);
-    let status =
-        certaintyd::control::call(&d.socket, &certaintyd::control::ControlRequest::Status).unwrap();
+    let status = proto::certainty::call(
+        &d.socket,
+        &certaintyd::control::ControlRequest::Status,
+        Duration::from_secs(30),
+    )
+    .unwrap();
     let s = status.status.unwrap();
-    assert_eq!(s.state, "verifying");
+    assert_eq!(s.state, certaintyd::control::State::Verifying);
     assert_eq!(s.files, 3);
     let r = send(
         &d,
@@ -777,12 +784,13 @@ fn maintenance_with_rebaseline_then_authorised_stop() {
     std::thread::sleep(Duration::from_millis(700));
     assert!(!d.log().contains("integrity lost"), "{}", d.log());
     // An unsigned stop attempt is refused; a signed one stops cleanly.
-    let forged = certaintyd::control::call(
+    let forged = proto::certainty::call(
         &d.socket,
         &certaintyd::control::ControlRequest::Stop {
             request: "{}".into(),
             signature: "AAAA".into(),
         },
+        Duration::from_secs(30),
     )
     .unwrap();
     assert!(!forged.ok);

@@ -2,12 +2,10 @@
 //! every poll), and the boot id, uptime, load and free memory (what mosmon showed). Blocking reads of small
 //! files and one short socket exchange; the daemon runs them off its event loop.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use certaintyd::control::{ControlRequest, ControlResponse};
+use ::proto::certainty::{ControlRequest, ControlResponse, call};
 
 use crate::proto::Integrity;
 
@@ -53,18 +51,9 @@ pub fn certainty(socket: Option<&Path>) -> CertaintyFacts {
             ..unreachable
         };
     };
-    let ask = || -> std::io::Result<ControlResponse> {
-        let mut s = UnixStream::connect(socket)?;
-        s.set_read_timeout(Some(CERTAINTY_TIMEOUT))?;
-        s.set_write_timeout(Some(CERTAINTY_TIMEOUT))?;
-        let mut line = serde_json::to_vec(&ControlRequest::Status)?;
-        line.push(b'\n');
-        s.write_all(&line)?;
-        let mut reply = String::new();
-        BufReader::new(s).take(64 << 10).read_line(&mut reply)?;
-        serde_json::from_str(&reply).map_err(std::io::Error::other)
-    };
-    match ask() {
+    // An answer that is not certaintyd's (an unknown state included) is no answer: not
+    // "lost", which would quarantine every node for a renamed state.
+    match call(socket, &ControlRequest::Status, CERTAINTY_TIMEOUT) {
         Ok(ControlResponse {
             ok: true,
             status: Some(st),
@@ -75,7 +64,7 @@ pub fn certainty(socket: Option<&Path>) -> CertaintyFacts {
             integrity: if st.violations > 0 {
                 Integrity::Lost
             } else {
-                Integrity::from_status(&st.state)
+                Integrity::from_state(st.state)
             },
             stable_root: st.stable_root,
             last_verification: st.last_verification_at,
@@ -123,5 +112,35 @@ mod tests {
         let gone = dir.path().join("no.sock");
         assert_eq!(certainty(Some(&gone)).integrity, Integrity::Unreachable);
         assert_eq!(certainty(None).integrity, Integrity::NotRequired);
+    }
+
+    /// Issue 27: clusterd read certaintyd's state as text, "anything else is lost": a state
+    /// renamed in certaintyd would have quarantined every node. Steps: a certaintyd answers a
+    /// state clusterd does not know; it must count as unreachable (the answer is not
+    /// certaintyd's), and "integrity lost" as lost.
+    #[test]
+    fn a_state_clusterd_does_not_know_is_no_answer_not_lost_integrity() {
+        use std::io::{BufRead, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for state in ["integrity_lost_v2", "integrity lost", "verifying"] {
+                let (s, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+                let mut reply = serde_json::to_value(ControlResponse {
+                    ok: true,
+                    status: Some(::proto::certainty::Status::default()),
+                    ..ControlResponse::default()
+                })
+                .unwrap();
+                reply["status"]["state"] = state.into();
+                let _ = (&s).write_all(format!("{reply}\n").as_bytes());
+            }
+        });
+        assert_eq!(certainty(Some(&path)).integrity, Integrity::Unreachable);
+        assert_eq!(certainty(Some(&path)).integrity, Integrity::Lost);
+        assert_eq!(certainty(Some(&path)).integrity, Integrity::Verifying);
     }
 }

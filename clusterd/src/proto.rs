@@ -27,13 +27,15 @@ pub enum Integrity {
 }
 
 impl Integrity {
-    /// From certaintyd's status text.
-    pub fn from_status(state: &str) -> Self {
+    /// From certaintyd's state (an enum on both ends: every state is named here, and one
+    /// certaintyd adds makes this fail to build, not quarantine every node).
+    pub fn from_state(state: ::proto::certainty::State) -> Self {
+        use ::proto::certainty::State;
         match state {
-            "grace" => Integrity::Grace,
-            "verifying" => Integrity::Verifying,
-            "maintenance" => Integrity::Maintenance,
-            _ => Integrity::Lost,
+            State::Grace => Integrity::Grace,
+            State::Verifying => Integrity::Verifying,
+            State::Maintenance => Integrity::Maintenance,
+            State::IntegrityLost => Integrity::Lost,
         }
     }
 

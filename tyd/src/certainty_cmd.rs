@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use certaintyd::control::{ControlRequest, ControlResponse, Status, call};
 use certaintyd::maintenance::{Request, RequestKind};
 use clap::Subcommand;
 use jiff::Timestamp;
+use proto::certainty::{ControlRequest, ControlResponse, Status, call};
 use rand_core::{OsRng, RngCore};
 
 use crate::failure::{CliResult, EXIT_CODES_HELP, Exit, Failure};
@@ -48,8 +48,12 @@ pub enum CertaintyCmd {
     },
 }
 
+/// How long certaintyd may take to answer (a maintenance request that re-baselines the root
+/// answers after the new baseline).
+const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn send(socket: &Path, request: &ControlRequest) -> CliResult<ControlResponse> {
-    let response = call(socket, request).map_err(|e| {
+    let response = call(socket, request, CONTROL_TIMEOUT).map_err(|e| {
         Failure::new(
             Exit::Runtime,
             format!("{}: cannot reach certaintyd: {e}", socket.display()),

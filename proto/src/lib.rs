@@ -1,0 +1,8 @@
+//! The contracts between the tyd processes, defined once and typed: what one daemon writes to a
+//! socket or a file and another reads. No runtime (no tokio, no nix): the CLI and every daemon
+//! link it without linking each other.
+//!
+//! `certainty`: certaintyd's control socket (the request, the response, the status with its
+//! state as an enum, and the one blocking client, with timeouts and a size cap).
+
+pub mod certainty;
