@@ -16,8 +16,8 @@ use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use clusterd::core::{Action, Config, Core};
-use clusterd::proto::{Heartbeat, Integrity, Message};
 use policy::NodeId;
+use proto::cluster::{Heartbeat, Integrity, Message};
 use rand_core::RngCore;
 
 /// A small deterministic generator (simulation only; not for anything secret).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use policy::NodeId;
 use rand_core::RngCore;
 
-use crate::proto::{Heartbeat, Integrity, Message};
+use proto::cluster::{Heartbeat, Integrity, Message};
 
 /// How many random peers a node offers a newer policy to at once.
 pub const FANOUT: usize = 4;

@@ -21,8 +21,8 @@ use tracing::{debug, error, info, warn};
 use crate::core::{Action, Config as CoreConfig, Core, Fetched as FetchResult};
 use crate::policy_file::{self, OnDisk, Written};
 use crate::probe::{self, CertaintyFacts, Facts, Sources};
-use crate::proto::{Heartbeat, MAX_DATAGRAM, Message};
 use crate::{transfer, view};
+use proto::cluster::{Heartbeat, MAX_DATAGRAM, Message};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -728,7 +728,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     use super::*;
-    use crate::proto::Integrity;
+    use proto::cluster::Integrity;
 
     /// What a test logged, as the daemon's text lines.
     #[derive(Clone, Default)]

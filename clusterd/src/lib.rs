@@ -6,8 +6,8 @@
 //! lost integrity, an unreachable certaintyd or a wrong root, or that falls silent, is
 //! quarantined: netguard withholds the services from it, its tunnel stays.
 //!
-//! Pure core: `proto` (messages), `core` (what to send, accept, fetch, quarantine), `view`
-//! (what `tyd status --cluster` shows). Thin shell: `probe` (local facts), `transfer` (the
+//! Pure core: `core` (what to send, accept, fetch, quarantine), `view` (the cluster view
+//! made from it). The messages and the view's format are `proto::cluster` and `proto::view`. Thin shell: `probe` (local facts), `transfer` (the
 //! policy over TCP), `policy_file` (a fetched policy written only over an older one),
 //! `daemon` (sockets and the loop).
 //!
@@ -21,6 +21,5 @@ pub mod core;
 pub mod daemon;
 pub mod policy_file;
 pub mod probe;
-pub mod proto;
 pub mod transfer;
 pub mod view;

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ::proto::certainty::{ControlRequest, ControlResponse, call};
+use proto::certainty::{ControlRequest, ControlResponse, call};
 
-use crate::proto::Integrity;
+use proto::cluster::Integrity;
 
 /// How long certaintyd may take to answer a status request before it counts as unreachable.
 pub const CERTAINTY_TIMEOUT: Duration = Duration::from_millis(500);
@@ -131,7 +131,7 @@ mod tests {
                 std::io::BufReader::new(&s).read_line(&mut line).unwrap();
                 let mut reply = serde_json::to_value(ControlResponse {
                     ok: true,
-                    status: Some(::proto::certainty::Status::default()),
+                    status: Some(proto::certainty::Status::default()),
                     ..ControlResponse::default()
                 })
                 .unwrap();

@@ -6,8 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(m) = clusterd::proto::Message::decode(data) {
-        let again = clusterd::proto::Message::decode(&m.encode());
+    if let Ok(m) = proto::cluster::Message::decode(data) {
+        let again = proto::cluster::Message::decode(&m.encode());
         assert!(again.is_ok_and(|a| a == m));
     }
 });

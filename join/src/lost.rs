@@ -8,32 +8,16 @@ use std::collections::BTreeSet;
 
 use jiff::{SignedDuration, Timestamp};
 use policy::NodeId;
-use serde::Deserialize;
+use proto::view::{ClusterView, SCHEMA};
 
 /// A view older than this is not trusted to say anything (clusterd writes one a second).
 pub const FRESH: SignedDuration = SignedDuration::from_secs(15);
-
-/// The view fields this needs (schema 1); the rest is ignored.
-#[derive(Debug, Deserialize)]
-struct View {
-    schema: u32,
-    written_at: Timestamp,
-    nodes: Vec<NodeState>,
-}
-
-#[derive(Debug, Deserialize)]
-struct NodeState {
-    id: u16,
-    this_node: bool,
-    reachable: bool,
-    quarantined: Option<String>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ViewError {
     #[error("not a cluster view: {0}")]
     Malformed(String),
-    #[error("cluster view schema {0}, expected 1")]
+    #[error("cluster view schema {0}, expected {SCHEMA}")]
     Schema(u32),
     #[error("cluster view written at {0}: stale")]
     Stale(Timestamp),
@@ -41,9 +25,9 @@ pub enum ViewError {
 
 /// The nodes `text` (clusterd's view) says are lost at `now`.
 pub fn lost_nodes(text: &[u8], now: Timestamp) -> Result<BTreeSet<NodeId>, ViewError> {
-    let view: View = serde_json::from_slice(text)
+    let view: ClusterView = serde_json::from_slice(text)
         .map_err(|e| ViewError::Malformed(policy::parse::shown(&e.to_string())))?;
-    if view.schema != 1 {
+    if view.schema != SCHEMA {
         return Err(ViewError::Schema(view.schema));
     }
     let age = now.duration_since(view.written_at);

@@ -3,6 +3,10 @@
 //! link it without linking each other.
 //!
 //! `certainty`: certaintyd's control socket (the request, the response, the status with its
-//! state as an enum, and the one blocking client, with timeouts and a size cap).
+//! state as an enum, and the one blocking client, with timeouts and a size cap). `cluster`: the
+//! heartbeat and the offer clusterd sends its peers. `view`: the cluster view clusterd writes
+//! and `tyd status --cluster` and joind read.
 
 pub mod certainty;
+pub mod cluster;
+pub mod view;

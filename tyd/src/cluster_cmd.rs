@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use clusterd::view::{ClusterView, NodeView};
 use jiff::Timestamp;
+use proto::view::{ClusterView, NodeView};
 
 use crate::failure::{CliResult, Exit, Failure};
 use crate::policy_cmd::print_json;
@@ -27,14 +27,14 @@ fn read(path: &Path) -> CliResult<ClusterView> {
             format!("{}: not a cluster view: {e}", path.display()),
         )
     })?;
-    if view.schema != clusterd::view::SCHEMA {
+    if view.schema != proto::view::SCHEMA {
         return Err(Failure::new(
             Exit::Runtime,
             format!(
                 "{}: schema {} (this tyd reads {})",
                 path.display(),
                 view.schema,
-                clusterd::view::SCHEMA
+                proto::view::SCHEMA
             ),
         ));
     }
@@ -142,7 +142,7 @@ fn render(v: &ClusterView, problems_only: bool, stale: Option<u64>) -> String {
 }
 
 fn staleness(v: &ClusterView, now: Timestamp) -> Option<u64> {
-    let written: Timestamp = v.written_at.parse().ok()?;
+    let written = v.written_at;
     let age = now.duration_since(written).as_secs();
     (age >= STALE.as_secs() as i64).then_some(age as u64)
 }
@@ -183,7 +183,7 @@ pub fn run(path: &Path, json: bool, problems_only: bool, watch: bool, now: Times
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clusterd::proto::Integrity;
+    use proto::cluster::Integrity;
 
     fn node(id: u16, serial: u64, quarantined: Option<&str>, reachable: bool) -> NodeView {
         NodeView {
@@ -216,7 +216,7 @@ mod tests {
             cluster: "lab".into(),
             serial: 9,
             digest: Some("d".repeat(64)),
-            written_at: Timestamp::now().to_string(),
+            written_at: Timestamp::now(),
             quarantine_enabled: true,
             nodes,
         }
@@ -256,7 +256,7 @@ mod tests {
             cluster: "lab".into(),
             serial: 9,
             digest: Some("d".repeat(64)),
-            written_at: Timestamp::now().to_string(),
+            written_at: Timestamp::now(),
             quarantine_enabled: true,
             nodes,
         };
@@ -284,7 +284,7 @@ mod tests {
             cluster: "lab".into(),
             serial: 9,
             digest: Some("d".repeat(64)),
-            written_at: Timestamp::now().to_string(),
+            written_at: Timestamp::now(),
             quarantine_enabled: true,
             nodes,
         }

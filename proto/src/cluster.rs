@@ -1,5 +1,6 @@
-//! What members say to each other over UDP, inside the tunnels: a node's own heartbeat, and an
-//! offer of a newer policy. JSON, one datagram each, size-limited both ways.
+//! What clusterd on one member says to clusterd on another over UDP, inside the tunnels: a
+//! node's own heartbeat, and an offer of a newer policy. JSON, one datagram each,
+//! size-limited both ways.
 
 use std::fmt;
 
@@ -29,8 +30,8 @@ pub enum Integrity {
 impl Integrity {
     /// From certaintyd's state (an enum on both ends: every state is named here, and one
     /// certaintyd adds makes this fail to build, not quarantine every node).
-    pub fn from_state(state: ::proto::certainty::State) -> Self {
-        use ::proto::certainty::State;
+    pub fn from_state(state: crate::certainty::State) -> Self {
+        use crate::certainty::State;
         match state {
             State::Grace => Integrity::Grace,
             State::Verifying => Integrity::Verifying,
