@@ -3,7 +3,6 @@
 //! The simulation (`examples/simulate.rs`) runs this same code over a lossy simulated network.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fmt;
 use std::time::Duration;
 
 use policy::NodeId;
@@ -64,40 +63,7 @@ impl Config {
     }
 }
 
-/// Why a node has no services.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reason {
-    /// Its certaintyd found a change.
-    IntegrityLost,
-    /// Its certaintyd does not answer.
-    CertaintyUnreachable,
-    /// Its root is not the pinned one.
-    RootMismatch,
-    /// Not heard from for this long.
-    Silent(Duration),
-    /// It booted and has no verified baseline yet (grace period).
-    NotVerified,
-}
-
-impl Reason {
-    /// Whether readmission needs a fresh boot: a node that lost integrity stays out until it
-    /// has rebooted into a verified image.
-    pub fn needs_reboot(&self) -> bool {
-        matches!(self, Reason::IntegrityLost | Reason::RootMismatch)
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reason::IntegrityLost => f.write_str("it reports lost integrity"),
-            Reason::CertaintyUnreachable => f.write_str("its certaintyd does not answer"),
-            Reason::RootMismatch => f.write_str("its root is not the pinned one"),
-            Reason::Silent(d) => write!(f, "silent for {} s", d.as_secs()),
-            Reason::NotVerified => f.write_str("no verified baseline yet"),
-        }
-    }
-}
+pub use proto::quarantine::Reason;
 
 /// What the shell is to do.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use policy::quarantine::{QuarantineList, Quarantined};
 use policy::{NodeId, Policy, RollbackStore, SignedFiles, TrustedKeys, Verified, WgPublicKey};
+use proto::quarantine::{QuarantineList, Quarantined};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
@@ -499,10 +499,10 @@ impl Node {
                     Some(Quarantined {
                         id,
                         name,
-                        reason: reason.to_string(),
-                        since: Timestamp::now().to_string(),
-                        boot_id,
                         until_reboot: reason.needs_reboot(),
+                        reason,
+                        since: Timestamp::now(),
+                        boot_id,
                     }),
                 );
             }

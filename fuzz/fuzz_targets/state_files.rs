@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = serde_json::from_slice::<policy::quarantine::QuarantineList>(data).map(|q| q.ids());
+    let _ = serde_json::from_slice::<proto::quarantine::QuarantineList>(data).map(|q| q.ids());
     if let Ok(v) = serde_json::from_slice::<clusterd::view::ClusterView>(data) {
         let v = v.sorted();
         let _ = v.problems();

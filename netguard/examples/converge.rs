@@ -18,8 +18,8 @@ use netguard::desired::desired;
 use netguard::nfnl::SetEditor;
 use netguard::reconcile::reconcile;
 use netguard::wg::{Interface, Kind};
-use policy::quarantine::{QuarantineList, Quarantined};
 use policy::{TrustedKeys, WgPublicKey};
+use proto::quarantine::{QuarantineList, Quarantined, Reason, Schema};
 use wireguard_control::Key;
 
 struct Env {
@@ -243,13 +243,14 @@ fn drift_check(r: &mut Runner, n: usize, text: &str) {
 /// checked in the kernel afterwards, outside the timing.
 fn quarantine(node: &mut Node, cfg: &Config, n: usize) {
     let listed = |ids: &[u16]| QuarantineList {
+        schema: Schema,
         nodes: ids
             .iter()
             .map(|&id| Quarantined {
                 id: policy::NodeId::new(id).unwrap(),
                 name: format!("n{id}"),
-                reason: "benchmark".into(),
-                since: jiff::Timestamp::now().to_string(),
+                reason: Reason::CertaintyUnreachable,
+                since: jiff::Timestamp::now(),
                 boot_id: None,
                 until_reboot: false,
             })

@@ -452,7 +452,7 @@ impl Node {
     /// Reads clusterd's quarantine list; a change re-derives the mode (a set-element edit).
     /// Returns whether anything changed. An unreadable list keeps the last one in force.
     fn reload_quarantine(&mut self) -> bool {
-        let list = match policy::quarantine::QuarantineList::read(&self.cfg.quarantine) {
+        let list = match proto::quarantine::QuarantineList::read(&self.cfg.quarantine) {
             Ok(l) => l,
             Err(e) => {
                 warn!(reason = %e, "quarantine list unreadable; the last one stays in force");

@@ -19,7 +19,6 @@ pub mod mosix_map;
 pub mod nodemap;
 pub mod parse;
 pub mod ports;
-pub mod quarantine;
 pub mod signature;
 pub mod source;
 pub mod store;
