@@ -1,41 +1,16 @@
 //! Signed maintenance windows and authorised stops: how an operator works on a node without
 //! killing its integrity daemon. A request is JSON, signed (detached ed25519, like the policy)
 //! by a key the policy lists in `certainty.maintenance_keys`; it names the cluster (and
-//! optionally the node), is fresh, bounded in duration, and used once.
+//! optionally the node), is fresh, bounded in duration, and used once. The request's format is
+//! `proto::maintenance` (`tyd certainty` writes it); what certaintyd accepts is decided here.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use policy::{TrustedKeys, Verified, VerifyError, verify_signed};
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RequestKind {
-    /// Log changes instead of acting on them, for `duration`.
-    Maintain,
-    /// Stop the daemon cleanly (and disarm the watchdog).
-    Stop,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    pub kind: RequestKind,
-    pub cluster: String,
-    /// The node it is for; absent means any node of the cluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    pub issued_at: Timestamp,
-    #[serde(with = "policy::model::duration")]
-    pub duration: Duration,
-    /// At the end of the window, take a new baseline instead of verifying against the old one.
-    #[serde(default)]
-    pub rebaseline: bool,
-    /// Random, so each request can be used once.
-    pub nonce: String,
-}
+pub use proto::maintenance::{Request, RequestKind};
 
 /// How far a request's clock may be ahead of ours, and how old it may be.
 const MAX_SKEW: Duration = Duration::from_secs(60);

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use certaintyd::maintenance::{Request, RequestKind};
 use clap::Subcommand;
 use jiff::Timestamp;
 use proto::certainty::{ControlRequest, ControlResponse, Status, call};
+use proto::maintenance::{Request, RequestKind};
 use rand_core::{OsRng, RngCore};
 
 use crate::failure::{CliResult, EXIT_CODES_HELP, Exit, Failure};
