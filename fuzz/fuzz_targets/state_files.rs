@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = join::lost::lost_nodes(data, jiff::Timestamp::UNIX_EPOCH);
     // joind's journal of admissions: joiners chose the names and endpoints in it.
     if let Ok(mut j) = serde_json::from_slice::<join::fork::Journal>(data) {
-        j.prune(0, jiff::Timestamp::UNIX_EPOCH);
+        j.prune(jiff::Timestamp::UNIX_EPOCH);
         let _: Vec<_> = j.admitted.iter().map(join::fork::Admitted::request).collect();
     }
 });

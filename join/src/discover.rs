@@ -107,17 +107,19 @@ pub fn answer(datagram: &[u8]) -> Option<&'static [u8; 5]> {
 /// Answers at most this many questions per second in all. An answer is no larger than its
 /// question, so answering is no amplifier; the cap bounds the work.
 pub const MAX_ANSWERS_PER_SECOND: u32 = 500;
-/// Answers at most this many questions per second to one address: a joiner asks twice a
-/// second; a flood from one address must not take the answers meant for others.
+/// Answers at most this many questions per second to one address and port: a joiner asks
+/// twice a second from one socket; a flood from one address must not take the answers meant
+/// for others. The port counts: questions spoofed from a joiner's address (to another port)
+/// starved that joiner when the limit was per address.
 pub const MAX_ANSWERS_PER_SOURCE: u32 = 4;
 
 /// Which questions a member answers: per second, at most [`MAX_ANSWERS_PER_SOURCE`] to one
-/// address and [`MAX_ANSWERS_PER_SECOND`] in all. Pure: the caller passes the time.
+/// address and port and [`MAX_ANSWERS_PER_SECOND`] in all. Pure: the caller passes the time.
 #[derive(Debug)]
 pub struct Answerer {
     window: Option<Instant>,
     answered: u32,
-    per_source: std::collections::HashMap<IpAddr, u32>,
+    per_source: std::collections::HashMap<SocketAddr, u32>,
 }
 
 impl Default for Answerer {
@@ -135,8 +137,8 @@ impl Answerer {
         }
     }
 
-    /// Whether to answer a question from `ip` at `now` (and count it if so).
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    /// Whether to answer a question from `from` at `now` (and count it if so).
+    pub fn allow(&mut self, from: SocketAddr, now: Instant) -> bool {
         if self
             .window
             .is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(1))
@@ -148,7 +150,7 @@ impl Answerer {
         if self.answered >= MAX_ANSWERS_PER_SECOND {
             return false;
         }
-        let n = self.per_source.entry(ip).or_default();
+        let n = self.per_source.entry(from).or_default();
         if *n >= MAX_ANSWERS_PER_SOURCE {
             return false;
         }
@@ -170,10 +172,8 @@ mod tests {
     fn a_flood_of_questions_from_one_address_does_not_starve_a_joiner() {
         let mut a = Answerer::new();
         let t0 = Instant::now();
-        let (flood, joiner) = (
-            IpAddr::from([198, 18, 0, 66]),
-            IpAddr::from([198, 18, 0, 5]),
-        );
+        let flood = SocketAddr::from(([198, 18, 0, 66], 40000));
+        let joiner = SocketAddr::from(([198, 18, 0, 5], 40001));
         let mut flood_answered = 0;
         let mut joiner_answered = 0;
         for i in 0..1000u32 {
@@ -195,5 +195,26 @@ mod tests {
         assert_eq!(answer(b"TYDD\x02"), None);
         assert_eq!(answer(b"TYDD\x01extra"), None);
         assert_eq!(answer(b""), None);
+    }
+
+    /// Attack (questions spoofed from the joiner's own address, issue 26 #6, second round):
+    /// 2,600 questions a second from the victim's address to another port used up that
+    /// address's answers; `tyd join any` heard nothing in 4 of 4 runs. Steps: the flood comes
+    /// from the joiner's address, other ports; the joiner's own socket still gets its answers.
+    #[test]
+    fn questions_spoofed_from_the_joiners_address_do_not_starve_its_socket() {
+        let mut a = Answerer::new();
+        let t0 = Instant::now();
+        let joiner = SocketAddr::from(([198, 18, 0, 11], 51000));
+        let mut answered = 0;
+        for i in 0..2600u32 {
+            let spoofed = SocketAddr::from(([198, 18, 0, 11], 1024 + (i % 7) as u16));
+            let now = t0 + Duration::from_micros(u64::from(i) * 380);
+            let _ = a.allow(spoofed, now);
+            if i % 1300 == 10 {
+                answered += u32::from(a.allow(joiner, now));
+            }
+        }
+        assert_eq!(answered, 2);
     }
 }

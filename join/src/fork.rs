@@ -96,12 +96,11 @@ impl Journal {
         Ok(())
     }
 
-    /// Forgets admissions older than [`REMEMBERED_FOR`] and those of a serial below
-    /// `serial` (the policy in force is past them: a fork of theirs can no longer come).
-    pub fn prune(&mut self, serial: u64, now: Timestamp) {
-        self.admitted.retain(|a| {
-            a.serial >= serial && a.at.checked_add(REMEMBERED_FOR).is_ok_and(|t| t > now)
-        });
+    /// Forgets admissions older than [`REMEMBERED_FOR`] (settled ones are forgotten as they
+    /// settle: `against_newer`).
+    pub fn prune(&mut self, now: Timestamp) {
+        self.admitted
+            .retain(|a| a.at.checked_add(REMEMBERED_FOR).is_ok_and(|t| t > now));
     }
 }
 
@@ -147,6 +146,47 @@ pub fn settle<'a>(
         })
         .collect();
     Settle::Carry(missing)
+}
+
+/// What becomes of this master's admissions once a newer policy is in force.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Newer<'a> {
+    /// Not in it, and it does not descend from the policy that added them (its parents
+    /// reach back past that serial without it): lost to another master's signing; carry.
+    pub carry: Vec<&'a Admitted>,
+    /// In it (carried forward by whoever signed it), or removed on purpose (it descends from
+    /// the policy that added them): nothing more to do; forget.
+    pub settled: Vec<&'a Admitted>,
+    /// Not in it, and its parents do not say whether it descends (signed by hand, or more
+    /// than [`policy::model::MAX_PARENTS`] signings later): never carried, since that could
+    /// undo an operator's removal; the master says so once.
+    pub unclear: Vec<&'a Admitted>,
+}
+
+/// Judges this master's admissions against `in_force` when its serial is above theirs.
+pub fn against_newer<'a>(in_force: &Policy, journal: &'a Journal) -> Newer<'a> {
+    let mut out = Newer::default();
+    let parents = &in_force.cluster.parents;
+    for a in journal
+        .admitted
+        .iter()
+        .filter(|a| a.serial < in_force.cluster.serial)
+    {
+        let listed = a
+            .public_key
+            .parse::<WgPublicKey>()
+            .is_ok_and(|k| in_force.node_by_key(&k).is_some());
+        let descends = parents.iter().any(|p| p.digest == a.digest);
+        let reaches_back = parents.iter().any(|p| p.serial <= a.serial);
+        if listed || descends {
+            out.settled.push(a);
+        } else if reaches_back {
+            out.carry.push(a);
+        } else {
+            out.unclear.push(a);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -228,15 +268,52 @@ mod tests {
     }
 
     #[test]
-    fn old_admissions_and_those_below_the_serial_in_force_are_forgotten() {
+    fn old_admissions_are_forgotten() {
         let mut journal = Journal::default();
         journal.admitted.push(admitted(5, 12, "aa"));
-        journal.admitted.push(admitted(6, 11, "bb"));
         let mut old = admitted(7, 12, "cc");
         old.at = Timestamp::now() - jiff::SignedDuration::from_hours(2);
         journal.admitted.push(old);
-        journal.prune(12, Timestamp::now());
+        journal.prune(Timestamp::now());
         assert_eq!(journal.admitted.len(), 1);
         assert_eq!(journal.admitted[0].public_key, key(5).to_base64());
+    }
+
+    fn with_parents(mut p: Policy, parents: &[(u64, &str)]) -> Policy {
+        p.cluster.parents = parents
+            .iter()
+            .map(|(serial, d)| policy::model::Parent {
+                serial: *serial,
+                digest: d.to_string(),
+            })
+            .collect();
+        p
+    }
+
+    /// Attack (two masters, issue 26 #10, second round): x joined through master A (serial
+    /// 12, digest "aa") while y joined through B (its own serial 12, "bb"); B admitted z
+    /// 130 ms later (serial 13 from its 12) before either saw the fork; A took B's 13 as
+    /// newer and x was in nobody's policy. Steps: A's journal has x at 12 "aa"; the policy in
+    /// force is 13 with parents [12 "bb"]: it reaches back to 12 without "aa": x is carried.
+    /// A policy 13 made from "aa" that lacks x is a removal (settled, never undone); one
+    /// that lists x settles it; one whose parents stop above 12 is unclear, never carried.
+    #[test]
+    fn a_newer_policy_that_did_not_grow_from_an_admission_carries_it() {
+        let mut journal = Journal::default();
+        journal.admitted.push(admitted(5, 12, "aa"));
+        let from_b = with_parents(policy(13, &[1, 6, 7]), &[(12, "bb"), (11, "cc")]);
+        let n = against_newer(&from_b, &journal);
+        assert_eq!(n.carry.len(), 1, "{n:?}");
+        assert_eq!(n.carry[0].public_key, key(5).to_base64());
+        let removed = with_parents(policy(13, &[1]), &[(12, "aa"), (11, "cc")]);
+        let n = against_newer(&removed, &journal);
+        assert!(n.carry.is_empty() && n.settled.len() == 1, "{n:?}");
+        let listed = with_parents(policy(14, &[1, 5]), &[(13, "dd")]);
+        assert_eq!(against_newer(&listed, &journal).settled.len(), 1);
+        let by_hand = policy(14, &[1]);
+        let n = against_newer(&by_hand, &journal);
+        assert!(n.carry.is_empty() && n.unclear.len() == 1, "{n:?}");
+        let far = with_parents(policy(30, &[1]), &[(29, "ee"), (28, "ff")]);
+        assert_eq!(against_newer(&far, &journal).unclear.len(), 1);
     }
 }

@@ -71,6 +71,42 @@ impl Guard {
         Ok(())
     }
 
+    /// Admits a connection from a member's tunnel address (a relay, or a member leaving):
+    /// counted in all, not against the member: the joiners it carries are counted by the
+    /// address it saw them at ([`Guard::claim`]), so two of them cannot hold every slot of
+    /// that member (two waiting joins without a token shut every join through a relay out).
+    pub fn open_member(&mut self) -> Result<(), Turned> {
+        if self.active >= MAX_ACTIVE {
+            return Err(Turned::Busy);
+        }
+        self.active += 1;
+        Ok(())
+    }
+
+    /// A relayed joiner seen at `ip` takes one of that address's places, unless it holds
+    /// them all already; [`Guard::release`] gives it back.
+    pub fn claim(&mut self, ip: IpAddr) -> Result<(), Turned> {
+        if self.per_source.get(&ip).copied().unwrap_or(0) >= MAX_PER_SOURCE {
+            return Err(Turned::SourceBusy);
+        }
+        *self.per_source.entry(ip).or_default() += 1;
+        Ok(())
+    }
+
+    pub fn release(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+    }
+
+    /// A member's connection ([`Guard::open_member`]) ended.
+    pub fn close_member(&mut self) {
+        self.active = self.active.saturating_sub(1);
+    }
+
     /// Whether `ip` is backed off at `now`, and for how long yet: for a joiner a relay
     /// carries, whose address the relay recorded (the connection is the relay's).
     pub fn backed_off(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
@@ -78,15 +114,10 @@ impl Guard {
         (now < until).then(|| until - now)
     }
 
-    /// The connection from `ip` ended: its slot is free.
+    /// The connection from `ip` ([`Guard::open`]) ended: its slot is free.
     pub fn close(&mut self, ip: IpAddr) {
         self.active = self.active.saturating_sub(1);
-        if let Some(n) = self.per_source.get_mut(&ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_source.remove(&ip);
-            }
-        }
+        self.release(ip);
     }
 
     /// What a joiner at `ip` did, at `now`: a failure backs it off (longer each time), a
@@ -253,5 +284,26 @@ mod tests {
         assert!(matches!(g.open(ip(3), now), Err(Turned::BackedOff(_))));
         g.record(ip(3), Verdict::Proved, now);
         assert!(g.open(ip(3), now).is_ok());
+    }
+
+    /// Attack (a relay's slots, issue 26 #1, second round): two waiting joins without a
+    /// token from one LAN address, relayed by a member, held both of the member's places at
+    /// the master for 10 minutes: every join through that member failed at once. Steps: the
+    /// relay opens three connections as a member; the joiner it saw at one address claims
+    /// two places and is refused a third; another joiner through the same relay still gets
+    /// its places.
+    #[test]
+    fn one_joiner_through_a_relay_cannot_hold_the_relays_places() {
+        let mut g = Guard::default();
+        for _ in 0..3 {
+            g.open_member().unwrap();
+        }
+        assert!(g.claim(ip(66)).is_ok() && g.claim(ip(66)).is_ok());
+        assert_eq!(g.claim(ip(66)), Err(Turned::SourceBusy));
+        assert!(g.claim(ip(5)).is_ok());
+        g.release(ip(66));
+        g.close_member();
+        assert!(g.claim(ip(66)).is_ok());
+        assert_eq!(g.active(), 2);
     }
 }

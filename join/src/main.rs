@@ -58,6 +58,20 @@ struct Node {
     relayed: Mutex<(Option<Instant>, u64)>,
 }
 
+/// A relayed joiner's places at once ([`Guard::claim`]), given back when dropped.
+struct Claimed<'a> {
+    guard: &'a Mutex<Guard>,
+    ip: IpAddr,
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.guard.lock() {
+            g.release(self.ip);
+        }
+    }
+}
+
 /// Counts of what is logged in summary, not line by line (untrusted input).
 #[derive(Default)]
 struct Tally {
@@ -114,6 +128,12 @@ impl Node {
             .collect()
     }
 
+    /// Whether `ip` is a member's tunnel address (a relay, or a member leaving).
+    fn is_member(&self, ip: IpAddr) -> bool {
+        self.policy()
+            .is_some_and(|p| p.nodes.iter().any(|n| n.addresses.contains(&ip)))
+    }
+
     /// Serves one connection; returns what it tells about the joiner, and the joiner's
     /// address: the connection's source, or for a relayed join where the relay saw it.
     fn handle(
@@ -159,16 +179,25 @@ impl Node {
                 Ok(4) if join::wire::starts_with_seen(&prefix) => {
                     match join::wire::read_seen(&mut &stream) {
                         Ok(seen) => {
-                            let held = guard
-                                .lock()
-                                .map_or(None, |g| g.backed_off(seen, Instant::now()));
-                            if held.is_some() {
+                            // The joiner it carries is held to what it would be held to
+                            // coming straight: its back-off, and its places at once.
+                            let admitted = guard.lock().is_ok_and(|mut g| {
+                                g.backed_off(seen, Instant::now()).is_none()
+                                    && g.claim(seen).is_ok()
+                            });
+                            if !admitted {
                                 return (Verdict::Neutral, seen);
                             }
-                            Source::Relayed {
-                                relay: from.ip(),
-                                seen,
-                            }
+                            let _places = Claimed { guard, ip: seen };
+                            return self.serve(
+                                master,
+                                stream,
+                                from,
+                                Source::Relayed {
+                                    relay: from.ip(),
+                                    seen,
+                                },
+                            );
                         }
                         Err(_) => return (Verdict::Failed, joiner),
                     }
@@ -178,14 +207,21 @@ impl Node {
         } else {
             Source::Lan(from.ip())
         };
-        let joiner = source.seen().unwrap_or(joiner);
+        self.serve(master, stream, from, source)
+    }
+
+    /// Serves a join or a leave as a master, from `source`.
+    fn serve(
+        &self,
+        master: &Master,
+        stream: TcpStream,
+        from: SocketAddr,
+        source: Source,
+    ) -> (Verdict, IpAddr) {
+        let joiner = source.seen().unwrap_or(from.ip());
         let stream = join::deadline::Deadline::new(stream, EXCHANGE_DEADLINE, IO_TIMEOUT);
         let outcome = master.serve(stream, source);
-        let verdict = match &outcome {
-            Outcome::Failed(_) => Verdict::Failed,
-            Outcome::ApprovalEnded { .. } | Outcome::NotMine { .. } => Verdict::Neutral,
-            _ => Verdict::Proved,
-        };
+        let verdict = outcome.verdict();
         match outcome {
             Outcome::Joined {
                 token,
@@ -209,7 +245,13 @@ impl Node {
             Outcome::Refused { token, reason } => {
                 warn!(token = %token, reason = %reason, source = %from.ip(), "join refused");
             }
-            Outcome::ApprovalEnded { code, result } => {
+            // Only what an operator decided is a line of its own; the rest (anyone on the LAN
+            // can end such joins by the thousand) is in the summary of failures.
+            Outcome::ApprovalEnded {
+                code,
+                result,
+                decided: true,
+            } => {
                 info!(code = %code, result = %result, source = %from.ip(), "join without a token ended");
             }
             Outcome::Left { id, name, serial } => {
@@ -218,7 +260,10 @@ impl Node {
             Outcome::LeaveRefused { from, reason } => {
                 warn!(source = %from, reason = %reason, "leave refused");
             }
-            Outcome::Failed(_) | Outcome::NotMine { .. } => {}
+            Outcome::Failed(_)
+            | Outcome::NotMine { .. }
+            | Outcome::ApprovalsBusy
+            | Outcome::ApprovalEnded { decided: false, .. } => {}
         }
         (verdict, joiner)
     }
@@ -305,17 +350,18 @@ impl Discovery {
             let Some(answer) = join::discover::answer(&buf[..n]) else {
                 continue;
             };
-            if self.answerer.allow(from.ip(), Instant::now()) {
+            if self.answerer.allow(from, Instant::now()) {
                 let _ = self.socket.send_to(answer, from);
             }
         }
     }
 }
 
-/// Settles a fork clusterd found (two masters signed one serial at once), and logs how.
-fn settle_fork(master: &Master) {
+/// Logs how a fork was settled (two masters signed one serial at once, or one signed a
+/// newer serial from its own while the other admitted a node).
+fn settle_fork(settled: Option<Result<join::service::Forked, String>>) {
     use join::service::Forked;
-    match master.settle_fork() {
+    match settled {
         None | Some(Ok(Forked::NotAFork)) => {}
         Some(Ok(Forked::Stands { serial })) => {
             info!(
@@ -339,7 +385,11 @@ fn settle_fork(master: &Master) {
                 .map(|(id, name)| format!("{name} (node {id})"))
                 .collect();
             warn!(lost, serial, nodes = %carried.join(", "),
-                "another master signed serial `lost` at the same time and its policy stands; this master's admissions in its own are carried into `serial`, signed and in place");
+                "another master signed at the same time and its policy stands; this master's admissions in its own serial `lost` are carried into `serial`, signed and in place");
+        }
+        Some(Ok(Forked::Unclear { serial, names })) => {
+            error!(serial, nodes = %names.join(", "),
+                "nodes this master admitted are not in the newer policy in force, and its parents do not say whether the operator removed them: not carried; if they were not removed, they must join again");
         }
         Some(Err(e)) => {
             warn!(error = %e, "cannot settle a fork with another master's policy");
@@ -384,15 +434,25 @@ fn main() -> ExitCode {
     while !STOP.load(Ordering::Relaxed) {
         discovery.poll();
         if let Some(master) = &node.master {
-            settle_fork(master);
+            settle_fork(master.settle_fork());
+            settle_fork(master.settle_newer());
         }
         match listener.accept() {
             Ok((stream, from)) => {
                 let _ = stream.set_nonblocking(false);
                 let now = Instant::now();
+                // A member is counted in all only: the joiners it relays are counted by
+                // where it saw them, once its record is read.
+                let member = node.is_member(from.ip());
                 let turned = guard
                     .lock()
-                    .map(|mut g| g.open(from.ip(), now))
+                    .map(|mut g| {
+                        if member {
+                            g.open_member()
+                        } else {
+                            g.open(from.ip(), now)
+                        }
+                    })
                     .unwrap_or(Err(Turned::Busy));
                 if turned.is_err() {
                     if let Ok(mut t) = tally.lock() {
@@ -404,7 +464,11 @@ fn main() -> ExitCode {
                 workers.push(std::thread::spawn(move || {
                     let (verdict, joiner) = node.handle(stream, from, &guard);
                     if let Ok(mut g) = guard.lock() {
-                        g.close(from.ip());
+                        if member {
+                            g.close_member();
+                        } else {
+                            g.close(from.ip());
+                        }
                         g.record(joiner, verdict, Instant::now());
                     }
                     if verdict == Verdict::Failed

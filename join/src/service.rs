@@ -66,6 +66,13 @@ pub fn expired_for_good(expires: Timestamp, now: Timestamp) -> bool {
         .is_ok_and(|gone| gone <= now)
 }
 
+/// Joins without a token a master begins (handshakes) per minute, from all sources: each
+/// shows a fresh code, so a party in the middle holding a joiner's code could otherwise open
+/// connections until the master's code matched (295 a second were measured): at this rate a
+/// 10-minute wait gives it 200 tries at a one-in-10^6 code. Joins with a token are not
+/// counted.
+pub const APPROVALS_PER_MINUTE: usize = 20;
+
 /// How long a relay waits to reach a master.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -102,11 +109,19 @@ pub enum LeaveAnswer {
 /// How one join connection ended, for the log.
 #[derive(Debug)]
 pub enum Outcome {
-    /// A join without a token ended: approved, denied, refused or timed out.
+    /// A join without a token ended. `decided`: the operator approved or denied it, or let
+    /// it wait out; otherwise it ended before (no valid request, a refusal at once, a full
+    /// list, a hang-up) and counts against its source like a failed attempt: a party in the
+    /// middle that opens connections until the master's code equals the joiner's ends each
+    /// one that way.
     ApprovalEnded {
         code: String,
         result: String,
+        decided: bool,
     },
+    /// Too many joins without a token began in the last minute ([`APPROVALS_PER_MINUTE`]):
+    /// closed before the handshake.
+    ApprovalsBusy,
     /// A member left (removed at its own request).
     Left {
         id: u16,
@@ -144,6 +159,26 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// What the connection tells about the joiner behind it, for its back-off.
+    pub fn verdict(&self) -> crate::guard::Verdict {
+        use crate::guard::Verdict;
+        match self {
+            Outcome::Failed(_)
+            | Outcome::ApprovalsBusy
+            | Outcome::ApprovalEnded { decided: false, .. } => Verdict::Failed,
+            Outcome::ApprovalEnded { decided: true, .. } | Outcome::NotMine { .. } => {
+                Verdict::Neutral
+            }
+            Outcome::Joined { .. }
+            | Outcome::Already { .. }
+            | Outcome::Refused { .. }
+            | Outcome::Left { .. }
+            | Outcome::LeaveRefused { .. } => Verdict::Proved,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum ServeError {
     #[error(transparent)]
@@ -173,6 +208,10 @@ pub struct Master {
     pub trust: Option<PathBuf>,
     /// One admission at a time: each reads the policy the previous one wrote.
     lock: Mutex<()>,
+    /// When the joins without a token of the last minute began.
+    approvals: Mutex<std::collections::VecDeque<std::time::Instant>>,
+    /// The policy file's (modified, length) when [`Master::settle_newer`] last looked.
+    settled_at: Mutex<Option<(std::time::SystemTime, u64)>>,
 }
 
 impl Master {
@@ -187,6 +226,8 @@ impl Master {
             approval_wait: APPROVAL_WAIT,
             view: None,
             lock: Mutex::new(()),
+            approvals: Mutex::new(std::collections::VecDeque::new()),
+            settled_at: Mutex::new(None),
         }
     }
 
@@ -204,7 +245,12 @@ impl Master {
                 Source::Tunnel(ip) => self.serve_leave(stream, ip),
                 Source::Lan(_) | Source::Relayed { .. } => Outcome::Failed(WireError::NotJoin),
             },
-            Ok(Hello::Approval) => self.serve_approval(stream, from.seen()),
+            Ok(Hello::Approval) => {
+                if !self.approval_may_begin(std::time::Instant::now()) {
+                    return Outcome::ApprovalsBusy;
+                }
+                self.serve_approval(stream, from.seen())
+            }
         }
     }
 
@@ -530,7 +576,7 @@ impl Master {
             return;
         };
         let result = crate::fork::Journal::load(&self.journal).and_then(|mut j| {
-            j.prune(serial, now);
+            j.prune(now);
             j.admitted.push(crate::fork::Admitted {
                 serial,
                 digest,
@@ -564,31 +610,38 @@ impl Master {
         Some(result)
     }
 
-    fn settle_fork_locked(&self, fork_file: &std::path::Path) -> Result<Forked, String> {
-        let now = Timestamp::now();
+    /// The signed policy at `path`, verified against the trusted keys (`--trust`, or this
+    /// master's own key): its bytes and the policy.
+    fn read_verified(
+        &self,
+        path: &std::path::Path,
+        now: Timestamp,
+    ) -> Result<(Vec<u8>, policy::Policy), String> {
         let trust = match &self.trust {
             Some(path) => policy::fsutil::read(path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| policy::TrustedKeys::parse(&String::from_utf8_lossy(&b)))?,
             None => policy::TrustedKeys::new(vec![OperatorPublicKey::from(&self.operator)]),
         };
-        let read = |path: &std::path::Path| -> Result<(Vec<u8>, policy::Policy), String> {
-            let (bytes, sig) = policy::fsutil::read_signed_pair(
-                path,
-                &policy::signature_path(path),
-                policy::load::MAX_POLICY_BYTES,
-                64 << 10,
-            );
-            let (bytes, sig) = (
-                bytes.map_err(|e| e.to_string())?,
-                sig.map_err(|e| e.to_string())?,
-            );
-            let v = policy::verify_policy(&path.display().to_string(), &bytes, &sig, &trust, now)
-                .map_err(|e| e.to_string())?;
-            Ok((bytes, (*v).clone()))
-        };
-        let (mine, in_force) = read(&self.policy)?;
-        let (theirs, fork) = read(fork_file)?;
+        let (bytes, sig) = policy::fsutil::read_signed_pair(
+            path,
+            &policy::signature_path(path),
+            policy::load::MAX_POLICY_BYTES,
+            64 << 10,
+        );
+        let (bytes, sig) = (
+            bytes.map_err(|e| e.to_string())?,
+            sig.map_err(|e| e.to_string())?,
+        );
+        let v = policy::verify_policy(&path.display().to_string(), &bytes, &sig, &trust, now)
+            .map_err(|e| e.to_string())?;
+        Ok((bytes, (*v).clone()))
+    }
+
+    fn settle_fork_locked(&self, fork_file: &std::path::Path) -> Result<Forked, String> {
+        let now = Timestamp::now();
+        let (mine, in_force) = self.read_verified(&self.policy, now)?;
+        let (theirs, fork) = self.read_verified(fork_file, now)?;
         let (digest, fork_digest) = (crate::fork::digest(&mine), crate::fork::digest(&theirs));
         let mut journal = crate::fork::Journal::load(&self.journal).map_err(|e| e.to_string())?;
         let serial = in_force.cluster.serial;
@@ -600,9 +653,28 @@ impl Master {
             }
             crate::fork::Settle::Carry(c) => c.into_iter().cloned().collect::<Vec<_>>(),
         };
-        let mut edit = PolicyEdit::from_bytes(&self.policy, theirs).map_err(|e| e.to_string())?;
+        let (new_serial, nodes) = self.carry(theirs, &fork, &carried, &mut journal, now)?;
+        Ok(Forked::Carried {
+            lost: serial,
+            serial: new_serial,
+            nodes,
+        })
+    }
+
+    /// Signs the next serial from `base` (its file's bytes) with `carried` added again, and
+    /// journals them in it.
+    fn carry(
+        &self,
+        base_bytes: Vec<u8>,
+        base: &policy::Policy,
+        carried: &[crate::fork::Admitted],
+        journal: &mut crate::fork::Journal,
+        now: Timestamp,
+    ) -> Result<(u64, Vec<(u16, String)>), String> {
+        let mut edit =
+            PolicyEdit::from_bytes(&self.policy, base_bytes).map_err(|e| e.to_string())?;
         let mut nodes = Vec::new();
-        for a in &carried {
+        for a in carried {
             let current = edit.current(now).map_err(|e| e.to_string())?;
             let mut decided = decide(&current, &a.request(), None, &a.roles, None);
             if let Err(crate::admit::Refusal::NameTaken(_)) = decided {
@@ -618,11 +690,11 @@ impl Master {
                 Ok(_) => {}
                 Err(r) => {
                     tracing::error!(name = %a.name, reason = %r,
-                        "cannot carry a node this master admitted over a fork: it is in no policy now; it must join again");
+                        "cannot carry a node this master admitted into the policy in force: it is in no policy now; it must join again");
                 }
             }
         }
-        let (p, new_digest) = self.sign_and_write(edit, &fork, now)?;
+        let (p, new_digest) = self.sign_and_write(edit, base, now)?;
         journal.admitted.retain(|a| !carried.contains(a));
         for new in &nodes {
             if let Some(endpoint) = new.endpoint {
@@ -637,13 +709,82 @@ impl Master {
                 });
             }
         }
-        journal.prune(p.cluster.serial, now);
+        journal.prune(now);
         journal.save(&self.journal).map_err(|e| e.to_string())?;
-        Ok(Forked::Carried {
-            lost: serial,
-            serial: p.cluster.serial,
-            nodes: nodes.iter().map(|n| (n.id.get(), n.name.clone())).collect(),
-        })
+        Ok((
+            p.cluster.serial,
+            nodes.iter().map(|n| (n.id.get(), n.name.clone())).collect(),
+        ))
+    }
+
+    /// When the policy in force has changed to a newer serial than some of this master's
+    /// admissions: carries those it lost to another master's signing into the next serial
+    /// (`crate::fork::against_newer`), forgets those settled. None when the policy file is
+    /// unchanged since the last call, or there is nothing to say.
+    pub fn settle_newer(&self) -> Option<Result<Forked, String>> {
+        let stamp = std::fs::metadata(&self.policy)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        {
+            let mut seen = self.settled_at.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == stamp {
+                return None;
+            }
+            *seen = stamp;
+        }
+        if !self.journal.exists() {
+            return None;
+        }
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Timestamp::now();
+        let result = (|| {
+            let mut journal =
+                crate::fork::Journal::load(&self.journal).map_err(|e| e.to_string())?;
+            let (bytes, in_force) = self.read_verified(&self.policy, now)?;
+            let judged = crate::fork::against_newer(&in_force, &journal);
+            let carried: Vec<_> = judged.carry.into_iter().cloned().collect();
+            let unclear: Vec<_> = judged.unclear.into_iter().cloned().collect();
+            let settled: Vec<_> = judged.settled.into_iter().cloned().collect();
+            if carried.is_empty() && unclear.is_empty() && settled.is_empty() {
+                return Ok(None);
+            }
+            journal
+                .admitted
+                .retain(|a| !settled.contains(a) && !unclear.contains(a));
+            let serial = in_force.cluster.serial;
+            if !carried.is_empty() {
+                let lost = carried.iter().map(|a| a.serial).max().unwrap_or(serial);
+                let (new_serial, nodes) =
+                    self.carry(bytes, &in_force, &carried, &mut journal, now)?;
+                return Ok(Some(Forked::Carried {
+                    lost,
+                    serial: new_serial,
+                    nodes,
+                }));
+            }
+            journal.save(&self.journal).map_err(|e| e.to_string())?;
+            Ok((!unclear.is_empty()).then(|| Forked::Unclear {
+                serial,
+                names: unclear.iter().map(|a| a.name.clone()).collect(),
+            }))
+        })();
+        result.transpose()
+    }
+
+    /// Whether a join without a token may begin at `now` ([`APPROVALS_PER_MINUTE`]).
+    fn approval_may_begin(&self, now: std::time::Instant) -> bool {
+        let mut began = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
+        while began
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(60))
+        {
+            began.pop_front();
+        }
+        if began.len() >= APPROVALS_PER_MINUTE {
+            return false;
+        }
+        began.push_back(now);
+        true
     }
 
     /// A join without a token: recorded as waiting with its code, answered when the
@@ -663,6 +804,7 @@ impl Master {
                 Outcome::ApprovalEnded {
                     code,
                     result: reason,
+                    decided: true,
                 },
             ),
         };
@@ -677,26 +819,26 @@ impl Master {
         code: &str,
         seen: Option<IpAddr>,
     ) -> Result<(JoinAnswer, Outcome), ServeError> {
-        let ended = |answer: JoinAnswer, result: String| {
+        let ended = |answer: JoinAnswer, result: String, decided: bool| {
             (
                 answer,
                 Outcome::ApprovalEnded {
                     code: code.to_string(),
                     result,
+                    decided,
                 },
             )
         };
-        let refused = |reason: String| {
-            ended(
-                JoinAnswer::Refused {
-                    reason: reason.clone(),
-                },
-                reason,
-            )
+        let answer = |reason: &str| JoinAnswer::Refused {
+            reason: reason.to_string(),
         };
+        // Decided by the operator (or by nobody, within the wait).
+        let refused = |reason: String| ended(answer(&reason), reason, true);
+        // Ended before anyone could decide: counts against the source.
+        let cut_short = |reason: String| ended(answer(&reason), reason, false);
         let req = match read_request(ch)? {
             Ok(r) => r,
-            Err(reason) => return Ok(refused(reason)),
+            Err(reason) => return Ok(cut_short(reason)),
         };
         let roles = [approval_role(root_in_ram())];
         let master = |e: String| ServeError::Master(e);
@@ -707,7 +849,7 @@ impl Master {
                 .and_then(|e| e.current(now))
                 .map_err(|e| master(e.to_string()))?;
             if let Err(r) = decide(&current, &req, seen, &roles, None) {
-                return Ok(refused(r.to_string()));
+                return Ok(cut_short(r.to_string()));
             }
         }
         let id = {
@@ -718,7 +860,7 @@ impl Master {
             pending.prune(now, self.approval_wait);
             let id = match pending.add(&req, code, seen, now) {
                 Ok(id) => id,
-                Err(full) => return Ok(refused(full.to_string())),
+                Err(full) => return Ok(cut_short(full.to_string())),
             };
             pending
                 .save(&self.pending)
@@ -737,7 +879,7 @@ impl Master {
                 pending
                     .save(&self.pending)
                     .map_err(|e| master(e.to_string()))?;
-                return Ok(refused("the joiner hung up while it waited".into()));
+                return Ok(cut_short("the joiner hung up while it waited".into()));
             }
             let mut pending =
                 PendingStore::load(&self.pending).map_err(|e| master(e.to_string()))?;
@@ -760,11 +902,15 @@ impl Master {
                     return Ok(match self.add(&req, seen, &roles, None, |_| Ok(()))? {
                         Added::Refused(reason) | Added::Later(reason) => refused(reason),
                         Added::Already { node, answer, .. } => {
-                            ended(answer, format!("approved; already node {node}"))
+                            ended(answer, format!("approved; already node {node}"), true)
                         }
                         Added::New {
                             node, name, answer, ..
-                        } => ended(answer, format!("approved; joined as node {node} ({name})")),
+                        } => ended(
+                            answer,
+                            format!("approved; joined as node {node} ({name})"),
+                            true,
+                        ),
                     });
                 }
             }
@@ -791,13 +937,17 @@ pub enum Forked {
     /// This master's policy lost but added no node of its own: nothing to carry (an
     /// operator's edit; `tyd status --cluster` shows the fork).
     NothingToCarry { serial: u64 },
-    /// This master's policy of serial `lost` lost; `serial` is the other's with `nodes`
-    /// (id, name) added again.
+    /// This master's admissions in its policy of serial `lost` were not in the one that
+    /// stood (a fork of that serial, or a newer serial made from another master's); `serial`
+    /// is that one with `nodes` (id, name) added again.
     Carried {
         lost: u64,
         serial: u64,
         nodes: Vec<(u16, String)>,
     },
+    /// These nodes this master admitted are not in the newer serial in force, and its
+    /// parents do not say whether the operator removed them: not carried.
+    Unclear { serial: u64, names: Vec<String> },
 }
 
 /// What [`Master::add`] did.

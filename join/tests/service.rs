@@ -839,3 +839,106 @@ fn two_masters_admitting_at_once_lose_no_node() {
     // Nothing is left to settle.
     assert!(a.master.settle_fork().is_none() && b.master.settle_fork().is_none());
 }
+
+/// Attack (approval codes ground on the master, issue 26 #3, second round): a party in the
+/// middle that knows the joiner's code opened approval connections to the master, 295 a
+/// second, each ending (a malformed request, a hang-up) once the master's code was shown
+/// not to match; none was backed off, none reached the waiting list, and each wrote a log
+/// line. Steps: 25 approval connections in a row, each ended by the party once it has the
+/// code (10 with a malformed request, 15 by hanging up): each counts against its source as
+/// a failed attempt; past 20 in a minute the master closes them before the handshake; the
+/// waiting list stays empty.
+#[test]
+fn a_party_in_the_middle_cannot_grind_approval_codes_on_the_master() {
+    let lab = lab();
+    let m = lab.master.clone();
+    let mut outcomes = Vec::new();
+    for i in 0..25 {
+        let (a, b) = UnixStream::pair().unwrap();
+        let master = m.clone();
+        let served = std::thread::spawn(move || master.serve(b, RELAYED));
+        if let Ok((mut ch, _code)) = join::wire::connect_for_approval(a)
+            && i < 10
+        {
+            ch.send(b"not a request").unwrap();
+        }
+        outcomes.push(served.join().unwrap());
+    }
+    let busy = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::ApprovalsBusy))
+        .count();
+    assert_eq!(
+        busy,
+        25 - join::service::APPROVALS_PER_MINUTE,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.verdict() == join::guard::Verdict::Failed),
+        "{outcomes:?}"
+    );
+    assert!(waiting(&m).is_empty());
+}
+
+/// Attack (two masters, issue 26 #10, second round; the attacker's `fork_loss.sh`): x joined
+/// through master A while y joined through B, both at serial N; B admitted z 130 ms later,
+/// signing N+1 from its own N; A's clusterd took B's N+1 as newer and x, told it had
+/// joined, was in nobody's policy. Steps: as described; B's N+1 is put in A's place (what
+/// clusterd does with a newer serial); A settles: N+1 names B's N as its parent, not A's, so
+/// A signs N+2 from it with x added again; an operator removing x afterwards (N+3, made
+/// from N+2) is not undone.
+#[test]
+fn a_master_carries_its_admission_into_a_newer_serial_grown_from_the_other_masters() {
+    let a = lab();
+    let b = lab();
+    for f in [a.policy.clone(), policy::signature_path(&a.policy)] {
+        std::fs::copy(&f, b.policy.with_file_name(f.file_name().unwrap())).unwrap();
+    }
+    let ta = token(&a, 1, Duration::from_secs(3600));
+    let tb = token(&b, 2, Duration::from_secs(3600));
+    assert!(matches!(
+        attempt(&a, &ta, &request(5, None)).0,
+        Ok(JoinAnswer::Accepted { .. })
+    ));
+    assert!(matches!(
+        attempt(&b, &tb, &request(6, None)).0,
+        Ok(JoinAnswer::Accepted { .. })
+    ));
+    assert!(matches!(
+        attempt(&b, &tb, &request(7, None)).0,
+        Ok(JoinAnswer::Accepted { .. })
+    ));
+    let put = |from: &Lab, to: &Lab| {
+        for f in [from.policy.clone(), policy::signature_path(&from.policy)] {
+            std::fs::copy(&f, to.policy.with_file_name(f.file_name().unwrap())).unwrap();
+        }
+    };
+    put(&b, &a);
+    let settled = a.master.settle_newer();
+    assert!(
+        matches!(&settled, Some(Ok(join::service::Forked::Carried { nodes, .. })) if nodes.len() == 1),
+        "{settled:?}"
+    );
+    let now = Timestamp::now();
+    let p = policy::parse_policy("t", &std::fs::read(&a.policy).unwrap(), now).unwrap();
+    for k in [5, 6, 7] {
+        assert!(p.node_by_key(&key(k)).is_some(), "joiner {k} missing");
+    }
+    // Nothing more to do; an operator's removal of x later is not undone.
+    assert!(a.master.settle_newer().is_none());
+    let x = p.node_by_key(&key(5)).unwrap().id;
+    let mut edit = policy::edit::PolicyEdit::open(&a.policy).unwrap();
+    edit.remove_node(x).unwrap();
+    let (text, _) = edit.commit_text(now).unwrap();
+    let sig = policy::sign(text.as_bytes(), &SigningKey::from_bytes(&[7; 32]));
+    policy::write_signed_pair(&a.policy, text.as_bytes(), sig.as_bytes()).unwrap();
+    let again = a.master.settle_newer();
+    assert!(
+        !matches!(again, Some(Ok(join::service::Forked::Carried { .. }))),
+        "{again:?}"
+    );
+    let p = policy::parse_policy("t", &std::fs::read(&a.policy).unwrap(), now).unwrap();
+    assert!(p.node_by_key(&key(5)).is_none());
+}

@@ -35,6 +35,8 @@ pub enum EditError {
 pub struct PolicyEdit {
     path: PathBuf,
     pub doc: DocumentMut,
+    /// The BLAKE3 digest (hex) of the bytes opened: the parent a committed edit names.
+    origin: String,
 }
 
 impl PolicyEdit {
@@ -45,6 +47,7 @@ impl PolicyEdit {
     /// An edit of `bytes`, already read from `path` (where [`Self::write`] puts the result):
     /// a caller that checked these bytes edits exactly them, not whatever the file holds now.
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, EditError> {
+        let origin = blake3::hash(&bytes).to_hex().to_string();
         let text =
             String::from_utf8(bytes).map_err(|_| EditError::NotUtf8 { path: path.into() })?;
         let doc = text.parse::<DocumentMut>().map_err(|e| EditError::Toml {
@@ -54,7 +57,27 @@ impl PolicyEdit {
         Ok(Self {
             path: path.into(),
             doc,
+            origin,
         })
+    }
+
+    /// Names the policy opened as the newest parent of the one being made (and keeps at most
+    /// [`crate::model::MAX_PARENTS`] in all): called as the serial is bumped.
+    fn record_parent(&mut self) {
+        let parent = format!("{}:{}", self.serial(), self.origin);
+        let mut parents = toml_edit::Array::new();
+        parents.push(parent);
+        if let Some(old) = self.doc["cluster"]
+            .get("parents")
+            .and_then(|p| p.as_array())
+        {
+            for p in old.iter().take(crate::model::MAX_PARENTS - 1) {
+                if let Some(s) = p.as_str() {
+                    parents.push(s);
+                }
+            }
+        }
+        self.doc["cluster"]["parents"] = value(parents);
     }
 
     /// The policy as it is now (validated), to decide what to edit.
@@ -139,6 +162,7 @@ impl PolicyEdit {
     /// Nothing is written if the edited policy would be invalid.
     pub fn commit(mut self, now: Timestamp) -> Result<Policy, EditError> {
         let next = self.serial() + 1;
+        self.record_parent();
         self.set_serial(next)?;
         self.write(now)
     }
@@ -147,6 +171,7 @@ impl PolicyEdit {
     /// that signs first and then writes the signature and the policy in its own order.
     pub fn commit_text(mut self, now: Timestamp) -> Result<(String, Policy), EditError> {
         let next = self.serial() + 1;
+        self.record_parent();
         self.set_serial(next)?;
         let text = self.doc.to_string();
         let policy = parse_policy(&self.path.display().to_string(), text.as_bytes(), now)?;

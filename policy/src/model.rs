@@ -85,6 +85,47 @@ pub struct Cluster {
     pub allow_roaming: bool,
     /// WireGuard persistent keepalive in seconds, for nodes behind NAT.
     pub persistent_keepalive: Option<u16>,
+    /// The policies this one was edited from, newest first, at most [`MAX_PARENTS`]: written
+    /// by joind and `tyd` when they sign an edit (`PolicyEdit`), so a master can tell whether
+    /// a newer policy descends from the one it admitted a node in (`join::fork`). Absent in a
+    /// policy written by hand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<Parent>,
+}
+
+/// How many ancestors a policy names at most.
+pub const MAX_PARENTS: usize = 8;
+
+/// A policy another was edited from: its serial and the BLAKE3 digest of its file, written
+/// `"SERIAL:HEX"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Parent {
+    pub serial: u64,
+    /// 64 lowercase hex digits.
+    pub digest: String,
+}
+
+impl TryFrom<String> for Parent {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not SERIAL:DIGEST (a serial, a colon, 64 hex digits)");
+        let (serial, digest) = s.split_once(':').ok_or_else(bad)?;
+        let serial = serial.parse().map_err(|_| bad())?;
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        Ok(Parent {
+            serial,
+            digest: digest.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl From<Parent> for String {
+    fn from(p: Parent) -> String {
+        format!("{}:{}", p.serial, p.digest)
+    }
 }
 
 fn default_interface() -> String {

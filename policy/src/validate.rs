@@ -202,6 +202,22 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
             format!("policy expired at {}", c.expires),
         ));
     }
+    if c.parents.len() > crate::model::MAX_PARENTS {
+        out.push(finding(
+            path(&["cluster", "parents"]),
+            format!(
+                "{} parents; at most {} are kept",
+                c.parents.len(),
+                crate::model::MAX_PARENTS
+            ),
+        ));
+    }
+    if c.parents.iter().any(|p| p.serial >= c.serial) {
+        out.push(finding(
+            path(&["cluster", "parents"]),
+            "a parent's serial must be below this policy's",
+        ));
+    }
     if !valid_interface_name(&c.interface) {
         out.push(finding(
             path(&["cluster", "interface"]),

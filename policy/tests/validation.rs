@@ -21,7 +21,7 @@ fn unknown_key_is_rejected_with_its_position() {
         only_error(&text),
         "cluster.toml:3:1: cluster.listen_prot: unknown field `listen_prot`, expected one of \
          `name`, `serial`, `expires`, `interface`, `listen_port`, `tunnel_ipv4`, `tunnel_ipv6`, \
-         `allow_roaming`, `persistent_keepalive`"
+         `allow_roaming`, `persistent_keepalive`, `parents`"
     );
 }
 
@@ -342,4 +342,43 @@ fn hardening_refuses_names_that_leave_proc_sys_and_the_module_lock_as_a_sysctl()
     assert!(e.contains("must be 1-256 printable characters"), "{e}");
     let e = bad("\"kernel.sysrq\" = \"\"");
     assert!(e.starts_with("cluster.toml:"), "{e}");
+}
+
+/// A committed edit names the policy it was made from (its serial and digest), newest first,
+/// eight at most; a malformed or impossible parent is refused with its place.
+#[test]
+fn an_edit_names_its_parents_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, valid_policy()).unwrap();
+    let mut digests = Vec::new();
+    for _ in 0..10 {
+        let bytes = std::fs::read(&path).unwrap();
+        digests.push(blake3::hash(&bytes).to_hex().to_string());
+        policy::edit::PolicyEdit::open(&path)
+            .unwrap()
+            .commit(now())
+            .unwrap();
+    }
+    let p = policy::parse_policy("c", &std::fs::read(&path).unwrap(), now()).unwrap();
+    assert_eq!(p.cluster.serial, 17);
+    assert_eq!(p.cluster.parents.len(), policy::model::MAX_PARENTS);
+    assert_eq!(p.cluster.parents[0].serial, 16);
+    assert_eq!(&p.cluster.parents[0].digest, digests.last().unwrap());
+    assert_eq!(p.cluster.parents[7].serial, 9);
+    let bad = with("serial = 7", "serial = 7\nparents = [\"7:abc\"]");
+    assert!(
+        only_error(&bad).contains("cluster.parents"),
+        "{}",
+        only_error(&bad)
+    );
+    let later = with(
+        "serial = 7",
+        &format!("serial = 7\nparents = [\"8:{}\"]", "a".repeat(64)),
+    );
+    assert!(
+        only_error(&later).contains("a parent's serial must be below"),
+        "{}",
+        only_error(&later)
+    );
 }
