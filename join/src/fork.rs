@@ -166,7 +166,15 @@ pub struct Newer<'a> {
 /// Judges this master's admissions against `in_force` when its serial is above theirs.
 pub fn against_newer<'a>(in_force: &Policy, journal: &'a Journal) -> Newer<'a> {
     let mut out = Newer::default();
-    let parents = &in_force.cluster.parents;
+    // Believed only as `PolicyEdit` writes them: the newest parent one serial below. A copy
+    // edited by hand and signed with `--bump` keeps the parents of the policy it was copied
+    // from, which would say it did not grow from that policy: taken as saying nothing.
+    let parents: &[policy::model::Parent] = match in_force.cluster.parents.first() {
+        Some(p) if p.serial.checked_add(1) == Some(in_force.cluster.serial) => {
+            &in_force.cluster.parents
+        }
+        _ => &[],
+    };
     for a in journal
         .admitted
         .iter()
@@ -315,5 +323,10 @@ mod tests {
         assert!(n.carry.is_empty() && n.unclear.len() == 1, "{n:?}");
         let far = with_parents(policy(30, &[1]), &[(29, "ee"), (28, "ff")]);
         assert_eq!(against_newer(&far, &journal).unclear.len(), 1);
+        // A copy of serial 12's successor edited by hand and signed with --bump keeps that
+        // policy's parents: they say nothing of the bumped one, which is never carried from.
+        let bumped = with_parents(policy(14, &[1]), &[(11, "cc")]);
+        let n = against_newer(&bumped, &journal);
+        assert!(n.carry.is_empty() && n.unclear.len() == 1, "{n:?}");
     }
 }

@@ -1123,15 +1123,12 @@ fn a_rogue_router_advertisement_gives_no_tunnel_address_or_route() {
                 && !run(&["ip", "-n", &ns, "route", "show"]).contains("10.77.0.2 dev eth0")
         },
     );
-    let log = lab.log(0);
-    assert!(
-        log.contains("address fd77:7d00::99/64 on eth0 removed"),
-        "{log}"
-    );
-    assert!(
-        log.contains("route 10.77.0.2 via eth0 (table main) removed"),
-        "{log}"
-    );
+    // The line follows the removal: the address can be gone a moment before it is logged.
+    wait_for("both removals logged", Duration::from_secs(2), || {
+        let log = lab.log(0);
+        log.contains("address fd77:7d00::99/64 on eth0 removed")
+            && log.contains("route 10.77.0.2 via eth0 (table main) removed")
+    });
     // The tunnel route is what carries traffic to the peer.
     let via = run(&["ip", "-n", &ns, "route", "get", "10.77.0.2"]);
     assert!(via.contains(&lab.drones[0].iface), "{via}");

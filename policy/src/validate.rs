@@ -212,12 +212,6 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
             ),
         ));
     }
-    if c.parents.iter().any(|p| p.serial >= c.serial) {
-        out.push(finding(
-            path(&["cluster", "parents"]),
-            "a parent's serial must be below this policy's",
-        ));
-    }
     if !valid_interface_name(&c.interface) {
         out.push(finding(
             path(&["cluster", "interface"]),
