@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use policy::TrustedKeys;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -151,10 +150,9 @@ fn now_text() -> String {
 }
 
 /// Runs the daemon until an authorised stop or a loss of integrity that does not reboot.
-pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
-    let mut sigterm = signal(SignalKind::terminate()).map_err(StartupError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(StartupError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(StartupError::Signals)?;
+/// Runs until a signed stop, or a signal on `signals` (`main` installs them:
+/// `signals::install`) when signals are not violations.
+pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<Exit, StartupError> {
     let status = Arc::new(Mutex::new(Status {
         state: crate::control::State::Grace,
         cluster: cfg.cluster.clone(),
@@ -207,9 +205,7 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
             Some(cmd) = cmd_rx.recv() => {
                 if let Flow::Exit(e) = d.command(cmd).await { return Ok(e); }
             }
-            _ = sigterm.recv() => if let Flow::Exit(e) = d.signal("SIGTERM").await { return Ok(e); },
-            _ = sigint.recv() => if let Flow::Exit(e) = d.signal("SIGINT").await { return Ok(e); },
-            _ = sighup.recv() => if let Flow::Exit(e) = d.signal("SIGHUP").await { return Ok(e); },
+            Some(s) = signals.recv() => if let Flow::Exit(e) = d.signal(s.name()).await { return Ok(e); },
         }
     }
 
@@ -227,9 +223,7 @@ pub async fn run(cfg: Config) -> Result<Exit, StartupError> {
             ev = events_rx.recv() => d.event(ev, &mut events_rx).await,
             Some(cmd) = cmd_rx.recv() => d.command(cmd).await,
             () = sleep_until_opt(window_end) => d.end_window().await?,
-            _ = sigterm.recv() => d.signal("SIGTERM").await,
-            _ = sigint.recv() => d.signal("SIGINT").await,
-            _ = sighup.recv() => d.signal("SIGHUP").await,
+            Some(s) = signals.recv() => d.signal(s.name()).await,
         };
         if let Flow::Exit(e) = flow {
             return Ok(e);

@@ -213,7 +213,10 @@ fn main() -> ExitCode {
         interval = %policy::model::duration::format(&config.interval),
         "certaintyd starting"
     );
-    match runtime.block_on(daemon::run(config)) {
+    match runtime.block_on(async {
+        let signals = signals::install().map_err(daemon::StartupError::Signals)?;
+        daemon::run(config, signals).await
+    }) {
         Ok(daemon::Exit::Stopped) => {
             if let Some(w) = watchdog {
                 w.disarm();

@@ -14,7 +14,6 @@ use jiff::Timestamp;
 use policy::{NodeId, Policy, RollbackStore, SignedFiles, TrustedKeys, Verified, WgPublicKey};
 use proto::quarantine::{QuarantineList, Quarantined};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
@@ -570,15 +569,21 @@ async fn bind(node: &Node) -> Option<Sockets> {
     Some(Sockets { udp, tcp, port })
 }
 
-pub async fn run(cfg: Config) -> Result<(), StartupError> {
+/// SIGTERM, SIGINT, or no one left to send any, stop clusterd; SIGHUP changes nothing (it
+/// reads the policy file every 200 ms).
+fn stops(signal: Option<signals::Signal>) -> bool {
+    !matches!(signal, Some(signals::Signal::Hangup))
+}
+
+/// Runs until SIGTERM or SIGINT arrives on `signals` (`main` installs them:
+/// `signals::install`).
+pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<(), StartupError> {
     let me = load_key(&cfg.key)?;
     let store = RollbackStore::open(&cfg.state, cfg.min_serial)?;
     let trust_text =
         policy::fsutil::read(&cfg.trust).map_err(|e| StartupError::Key(e.to_string()))?;
     let trust = TrustedKeys::parse(&String::from_utf8_lossy(&trust_text))
         .map_err(|e| StartupError::Key(format!("{}: {e}", cfg.trust.display())))?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let quarantine = QuarantineList::read(&cfg.quarantine).unwrap_or_default();
     let mut node = Node::new(cfg, me, trust, store, quarantine);
     info!(public_key = %me, "clusterd starting");
@@ -590,8 +595,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => return Ok(()),
+            signal = signals.recv() => if stops(signal) { return Ok(()) },
         }
     };
     let (fetched_tx, mut fetched) = mpsc::unbounded_channel::<Fetched>();
@@ -675,8 +679,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                     node.core.impostors = 0;
                 }
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            signal = signals.recv() => if stops(signal) { break },
         }
         for a in actions {
             carry_out(&mut node, &sockets, a, &fetched_tx).await;

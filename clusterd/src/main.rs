@@ -52,7 +52,10 @@ fn main() -> ExitCode {
             return Exit::Runtime.into();
         }
     };
-    match rt.block_on(daemon::run(cfg)) {
+    match rt.block_on(async {
+        let signals = signals::install()?;
+        daemon::run(cfg, signals).await
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(reason = %e, "refusing to start");

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 
-use certaintyd::entry::{Entry, Kind};
-use certaintyd::manifest::Manifest;
+use manifest::Manifest;
+use manifest::entry::{Entry, Kind};
 
 /// What one path holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,22 +1,19 @@
-//! joind: the join endpoint (`tyd join` talks to it). On a master (given the operator key) it
-//! admits nodes that hold a join token; on any other member it relays the connection to a
-//! master through the tunnels. It listens on the policy's `[join] port` on every address.
-//!
-//! Signals: SIGTERM and SIGINT stop it (joins under way finish first, within their timeout).
-//! Exit codes: the shared set (`policy::exit`).
+//! joind's shell: the listening sockets, the policy in force, one thread per connection, the
+//! limits and the log. `run` serves until its shutdown descriptor becomes readable (`main`
+//! passes a signalfd for SIGTERM and SIGINT; a test, any descriptor it can make readable).
+//! The decisions are `guard`, `service`, `admit`, `fork` and `discover`.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use jiff::Timestamp;
-use join::cli::Args;
-use join::guard::{Guard, Turned, Verdict};
-use join::service::{Master, Outcome, RelayError, Source, relay};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::cli::Args;
+use crate::guard::{Guard, Turned, Verdict};
+use crate::service::{Master, Outcome, RelayError, Source, relay};
 use policy::exit::Exit;
 use policy::{Policy, Role, TrustedKeys, Verified, WgPublicKey};
 use tracing::{error, info, warn};
@@ -27,26 +24,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const EXCHANGE_DEADLINE: Duration = Duration::from_secs(10);
 /// Repeated failures and turned-away connections are logged once per this interval.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-fn install_signals() -> nix::Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for s in [Signal::SIGTERM, Signal::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(s, &action)? };
-    }
-    Ok(())
-}
 
 struct Node {
     args: Args,
@@ -176,8 +153,8 @@ impl Node {
             // A relay sends where it saw the joiner first; a member leaving sends its hello.
             let mut prefix = [0u8; 4];
             match stream.peek(&mut prefix) {
-                Ok(4) if join::wire::starts_with_seen(&prefix) => {
-                    match join::wire::read_seen(&mut &stream) {
+                Ok(4) if crate::wire::starts_with_seen(&prefix) => {
+                    match crate::wire::read_seen(&mut &stream) {
                         Ok(seen) => {
                             // The joiner it carries is held to what it would be held to
                             // coming straight: its back-off, and its places at once.
@@ -219,7 +196,7 @@ impl Node {
         source: Source,
     ) -> (Verdict, IpAddr) {
         let joiner = source.seen().unwrap_or(from.ip());
-        let stream = join::deadline::Deadline::new(stream, EXCHANGE_DEADLINE, IO_TIMEOUT);
+        let stream = crate::deadline::Deadline::new(stream, EXCHANGE_DEADLINE, IO_TIMEOUT);
         let outcome = master.serve(stream, source);
         let verdict = outcome.verdict();
         match outcome {
@@ -337,17 +314,17 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
     Ok((node, listener, discovery))
 }
 
-/// Answers `tyd join any` questions, within `join::discover::Answerer`'s limits.
+/// Answers `tyd join any` questions, within `crate::discover::Answerer`'s limits.
 struct Discovery {
     socket: UdpSocket,
-    answerer: join::discover::Answerer,
+    answerer: crate::discover::Answerer,
 }
 
 impl Discovery {
     fn poll(&mut self) {
         let mut buf = [0u8; 64];
         while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
-            let Some(answer) = join::discover::answer(&buf[..n]) else {
+            let Some(answer) = crate::discover::answer(&buf[..n]) else {
                 continue;
             };
             if self.answerer.allow(from, Instant::now()) {
@@ -359,8 +336,8 @@ impl Discovery {
 
 /// Logs how a fork was settled (two masters signed one serial at once, or one signed a
 /// newer serial from its own while the other admitted a node).
-fn settle_fork(settled: Option<Result<join::service::Forked, String>>) {
-    use join::service::Forked;
+fn settle_fork(settled: Option<Result<crate::service::Forked, String>>) {
+    use crate::service::Forked;
     match settled {
         None | Some(Ok(Forked::NotAFork)) => {}
         Some(Ok(Forked::Stands { serial })) => {
@@ -397,41 +374,51 @@ fn settle_fork(settled: Option<Result<join::service::Forked, String>>) {
     }
 }
 
-/// Waits until `listener` or `socket` has something to read, or `limit` passed.
-fn wait_readable(listener: &TcpListener, socket: &UdpSocket, limit: Duration) {
+/// Waits until `listener` or `socket` has something to read, or `shutdown` is readable, or
+/// `limit` passed. Returns whether it is time to stop.
+fn wait_readable(
+    listener: &TcpListener,
+    socket: &UdpSocket,
+    shutdown: BorrowedFd<'_>,
+    limit: Duration,
+) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::AsFd;
     let mut fds = [
         PollFd::new(listener.as_fd(), PollFlags::POLLIN),
         PollFd::new(socket.as_fd(), PollFlags::POLLIN),
+        PollFd::new(shutdown, PollFlags::POLLIN),
     ];
     let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
     let _ = poll(&mut fds, PollTimeout::from(ms));
+    fds[2]
+        .revents()
+        .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    logsetup::init("JOIND_LOG", args.log_json);
-    if let Err(e) = install_signals() {
-        error!(cause = %e, "cannot install signal handlers");
-        return Exit::Runtime.into();
-    }
-    let (node, listener, discovery) = match start(args) {
-        Ok(x) => x,
-        Err((exit, reason)) => {
-            error!(reason = %reason, "refusing to start");
-            return exit.into();
-        }
-    };
+/// Serves joins until `shutdown` becomes readable; joins under way finish first (within
+/// their deadline). An error: joind could not start, with the exit code and the reason.
+pub fn run(args: Args, shutdown: BorrowedFd<'_>) -> Result<(), (Exit, String)> {
+    let (node, listener, discovery) = start(args)?;
     let node = Arc::new(node);
     let guard = Arc::new(Mutex::new(Guard::default()));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut workers = Vec::new();
     let mut discovery = Discovery {
         socket: discovery,
-        answerer: join::discover::Answerer::new(),
+        answerer: crate::discover::Answerer::new(),
     };
-    while !STOP.load(Ordering::Relaxed) {
+    loop {
+        // Wait for a connection, a question or the shutdown, not a fixed nap: a join is
+        // served the moment it arrives (a 50 ms sleep added about 45 ms to each). The 200 ms
+        // bound is for the periodic work below (forks, summaries).
+        if wait_readable(
+            &listener,
+            &discovery.socket,
+            shutdown,
+            Duration::from_millis(200),
+        ) {
+            break;
+        }
         discovery.poll();
         if let Some(master) = &node.master {
             settle_fork(master.settle_fork());
@@ -478,12 +465,7 @@ fn main() -> ExitCode {
                     }
                 }));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Wait for a connection or a question, not a fixed nap: a join is served the
-                // moment it arrives (a 50 ms sleep added about 45 ms to each); STOP is seen
-                // within the poll's 200 ms.
-                wait_readable(&listener, &discovery.socket, Duration::from_millis(200));
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 warn!(cause = %e, "accept failed");
                 std::thread::sleep(Duration::from_millis(200));
@@ -514,5 +496,5 @@ fn main() -> ExitCode {
     for w in workers {
         let _ = w.join();
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

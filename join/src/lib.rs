@@ -1,5 +1,6 @@
 //! Joining a cluster with one command (CHAOS's `tyd -m <ip>`), without a shared secret.
 //!
+//! `daemon`: joind's shell (sockets, threads, limits, the log; shutdown passed in).
 //! `admit`: what a master decides about a request (pure). `guard`: connection limits and
 //! per-source back-off (pure). `deadline`: one deadline for all of a connection's reads. `pending`: joins without a token waiting for approval.
 //! `lost`: which nodes the master's cluster view has lost (an ephemeral drone's entry may then
@@ -11,6 +12,7 @@
 pub mod admit;
 pub mod cli;
 pub mod client;
+pub mod daemon;
 pub mod deadline;
 pub mod discover;
 pub mod fork;

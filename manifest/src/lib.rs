@@ -1,9 +1,13 @@
-//! A snapshot of the monitored tree: entries by path, and their Merkle root.
+//! A snapshot of the monitored tree: entries by path (`entry`), and their Merkle root. What
+//! certaintyd records and verifies, and what `drone build` computes for an image's pinned
+//! root without linking the daemon.
 //!
 //! The Merkle tree follows the directory tree: a directory's node hashes its own record and
 //! its children's nodes in name order, so a change shows up only along its path to the root.
 
 use std::collections::{BTreeMap, HashMap};
+
+pub mod entry;
 
 use crate::entry::{Difference, Entry, Kind};
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use policy::{NodeMap, NodeMapDiff, Policy, RollbackStore, SignedFiles, Verified, WgPublicKey};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use wireguard_control::{DeviceUpdate, Key};
@@ -736,11 +735,10 @@ fn check_metrics_file(cfg: &Config) -> Result<(), StartupError> {
     Ok(())
 }
 
-pub async fn run(cfg: Config) -> Result<(), StartupError> {
+/// Runs until SIGTERM or SIGINT arrives on `signals` (`main` installs them:
+/// `signals::install`); SIGHUP re-reads the policy and reconciles.
+pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<(), StartupError> {
     check_metrics_file(&cfg)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(StartupError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(StartupError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(StartupError::Signals)?;
     // Watched before the first load, so a change while starting is not missed.
     let (tx, mut changed) = mpsc::unbounded_channel();
     if let Err(e) = watch_files(&cfg, tx) {
@@ -787,10 +785,14 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                 node.expire(Timestamp::now());
                 node.reconcile(Trigger::Expiry);
             }
-            _ = sighup.recv() => {
-                node.reload_quietly(false);
-                node.reconcile(Trigger::Sighup);
-            }
+            signal = signals.recv() => match signal {
+                Some(signals::Signal::Hangup) => {
+                    node.reload_quietly(false);
+                    node.reconcile(Trigger::Sighup);
+                }
+                // SIGTERM, SIGINT, or no one left to send any: stop.
+                Some(signals::Signal::Terminate | signals::Signal::Interrupt) | None => break,
+            },
             _ = drift.tick() => {
                 // The drift timer also re-reads the policy: a missed inotify event costs one
                 // interval. The mode is derived again too, in case the clock jumped past an
@@ -800,8 +802,6 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
                 node.derive_mode(Timestamp::now());
                 node.reconcile(Trigger::DriftCheck);
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
         }
     }
     info!("stopping; the firewall table and the tunnels stay in place");

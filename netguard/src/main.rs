@@ -43,7 +43,11 @@ fn main() -> ExitCode {
             return Exit::Runtime.into();
         }
     };
-    match rt.block_on(daemon::run(cfg)) {
+    // The signals first, so that none kills the process once the daemon runs.
+    match rt.block_on(async {
+        let signals = signals::install().map_err(StartupError::Signals)?;
+        daemon::run(cfg, signals).await
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(reason = %e, "refusing to start");
