@@ -12,15 +12,7 @@ use std::time::{Duration, Instant};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root, and CI runs as root"
-    );
-    eprintln!("SKIP {test}: needs root (mount namespaces, tmpfs)");
-    false
+    testsupport::root_or_skip(test, &[])
 }
 
 /// A private mount namespace holding a tmpfs at `root`; gone when dropped.

@@ -14,9 +14,7 @@
 //! counts by its serial even when it is expired or otherwise refused: an operator's newer
 //! file is never rolled back on disk.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,6 +50,8 @@ pub enum Written {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    #[error(transparent)]
+    File(#[from] policy::fsutil::FileError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -75,28 +75,7 @@ fn dir_of(path: &Path) -> PathBuf {
 
 /// A synced temp file beside `path` holding `bytes`, to be renamed into place.
 fn temp_beside(path: &Path, bytes: &[u8]) -> Result<PathBuf, WriteError> {
-    let name = path
-        .file_name()
-        .map_or_else(|| "policy".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir_of(path).join(format!(".{name}.fetched.{}", std::process::id()));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))
-    })();
-    match written {
-        Ok(()) => Ok(tmp),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    Ok(policy::fsutil::write_temp(path, bytes, 0o644, "fetched")?)
 }
 
 /// The directory's exclusive lock, waited for at most [`LOCK_WAIT`] (`None`: not had).

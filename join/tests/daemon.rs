@@ -11,24 +11,15 @@ use jiff::Timestamp;
 use policy::keys::KeyKind;
 use policy::{OperatorPublicKey, WgPublicKey};
 
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root, and CI runs as root"
-    );
-    eprintln!("SKIP {test}: needs root (a network namespace)");
-    false
-}
-
 /// Steps: a master's files in a temporary directory; `run` in a thread that moved into a
 /// network namespace of its own (its sockets are made there); a pipe as the shutdown; once
 /// joind answers on its port, a byte written to the pipe: `run` returns Ok within a second.
 #[test]
 fn joind_stops_when_its_shutdown_descriptor_becomes_readable() {
-    if !root_or_skip("joind_stops_when_its_shutdown_descriptor_becomes_readable") {
+    if !testsupport::root_or_skip(
+        "joind_stops_when_its_shutdown_descriptor_becomes_readable",
+        &["ip"],
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

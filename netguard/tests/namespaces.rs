@@ -15,23 +15,7 @@ use ed25519_dalek::SigningKey;
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() && which("wireguard-go") && which("nft") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root, nft and wireguard-go; CI has them"
-    );
-    eprintln!("SKIP {test}: needs root, nft and wireguard-go (scripts/install-deps.sh)");
-    false
-}
-
-fn which(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    testsupport::root_or_skip(test, &["wireguard-go", "nft"])
 }
 
 fn run(args: &[&str]) -> String {

@@ -126,8 +126,19 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Writes `bytes` to a synced temp file beside `path`, for a rename into place.
-fn write_temp(path: &Path, bytes: &[u8], mode: u32, what: &str) -> Result<PathBuf, FileError> {
+/// Writes `bytes` to a synced temp file beside `path` (named for `what` and this process),
+/// for a rename into place; nothing is left behind on failure.
+pub fn write_temp(path: &Path, bytes: &[u8], mode: u32, what: &str) -> Result<PathBuf, FileError> {
+    temp_file(path, bytes, mode, what, true)
+}
+
+fn temp_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    what: &str,
+    durable: bool,
+) -> Result<PathBuf, FileError> {
     let name = path
         .file_name()
         .map_or_else(|| "policy".into(), |n| n.to_string_lossy().into_owned());
@@ -141,7 +152,10 @@ fn write_temp(path: &Path, bytes: &[u8], mode: u32, what: &str) -> Result<PathBu
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))
+        if durable {
+            f.sync_all().map_err(io_err(&tmp))?;
+        }
+        Ok(())
     })();
     match result {
         Ok(()) => Ok(tmp),
@@ -200,26 +214,9 @@ impl ReplacedFile {
 }
 
 fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), FileError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map_or_else(|| "policy".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let dir = parent_dir(path);
+    let tmp = temp_file(path, bytes, mode, "tmp", durable)?;
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        if durable {
-            f.sync_all().map_err(io_err(&tmp))?;
-        }
         fs::rename(&tmp, path).map_err(io_err(path))?;
         if durable {
             File::open(&dir)

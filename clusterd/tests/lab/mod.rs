@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,22 +19,7 @@ use proto::certainty::{ControlResponse, Status};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub fn root_or_skip(test: &str) -> bool {
-    let have = |bin: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if nix::unistd::geteuid().is_root() && have("wireguard-go") && have("nft") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root, nft and wireguard-go; CI has them"
-    );
-    eprintln!("SKIP {test}: needs root, nft and wireguard-go (scripts/install-deps.sh)");
-    false
+    testsupport::root_or_skip(test, &["wireguard-go", "nft"])
 }
 
 pub fn run(args: &[&str]) -> String {
