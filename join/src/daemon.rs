@@ -336,7 +336,7 @@ impl Discovery {
 
 /// Logs how a fork was settled (two masters signed one serial at once, or one signed a
 /// newer serial from its own while the other admitted a node).
-fn settle_fork(settled: Option<Result<crate::service::Forked, String>>) {
+fn settle_fork(settled: Option<Result<crate::service::Forked, crate::service::MasterError>>) {
     use crate::service::Forked;
     match settled {
         None | Some(Ok(Forked::NotAFork)) => {}

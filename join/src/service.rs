@@ -179,12 +179,43 @@ impl Outcome {
     }
 }
 
+/// What went wrong inside a master (its own files), as opposed to a refusal of the joiner:
+/// logged on the master; the joiner learns only that the master could not admit it.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Edit(#[from] policy::edit::EditError),
+    #[error(transparent)]
+    File(#[from] policy::fsutil::FileError),
+    #[error(transparent)]
+    Tokens(#[from] crate::token::StoreError),
+    #[error(transparent)]
+    Pending(#[from] crate::pending::PendingError),
+    #[error(transparent)]
+    Journal(#[from] crate::fork::JournalError),
+    #[error(transparent)]
+    Verify(#[from] policy::VerifyError),
+    #[error("{path}: {reason}")]
+    Trust { path: String, reason: String },
+}
+
+/// Why a member's leave was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaveRefusal {
+    #[error("{0} is no member's tunnel address")]
+    NotAMember(IpAddr),
+    #[error("the last master cannot leave (tyd node remove, by hand)")]
+    LastMaster,
+    #[error(transparent)]
+    Master(#[from] MasterError),
+}
+
 #[derive(Debug, thiserror::Error)]
 enum ServeError {
     #[error(transparent)]
     Wire(#[from] WireError),
-    #[error("{0}")]
-    Master(String),
+    #[error(transparent)]
+    Master(#[from] MasterError),
 }
 
 /// A master's side of joins.
@@ -298,7 +329,10 @@ impl Master {
                 JoinAnswer::Refused {
                     reason: "the master could not admit this node; its log says why".into(),
                 },
-                Outcome::Refused { token: id, reason },
+                Outcome::Refused {
+                    token: id,
+                    reason: reason.to_string(),
+                },
             ),
         };
         let bytes = serde_json::to_vec(&answer).unwrap_or_default();
@@ -319,11 +353,14 @@ impl Master {
                 LeaveAnswer::Removed { node: id },
                 Outcome::Left { id, name, serial },
             ),
-            Err(reason) => (
+            Err(refusal) => (
                 LeaveAnswer::Refused {
-                    reason: reason.clone(),
+                    reason: refusal.to_string(),
                 },
-                Outcome::LeaveRefused { from, reason },
+                Outcome::LeaveRefused {
+                    from,
+                    reason: refusal.to_string(),
+                },
             ),
         };
         let mut line = serde_json::to_vec(&answer).unwrap_or_default();
@@ -332,26 +369,26 @@ impl Master {
         outcome
     }
 
-    fn remove(&self, from: IpAddr) -> Result<(u16, String, u64), String> {
+    fn remove(&self, from: IpAddr) -> Result<(u16, String, u64), LeaveRefusal> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let now = Timestamp::now();
-        let mut edit = PolicyEdit::open(&self.policy).map_err(|e| e.to_string())?;
-        let current = edit.current(now).map_err(|e| e.to_string())?;
+        let mut edit = PolicyEdit::open(&self.policy).map_err(MasterError::from)?;
+        let current = edit.current(now).map_err(MasterError::from)?;
         let node = current
             .nodes
             .iter()
             .find(|n| n.addresses.contains(&from))
-            .ok_or_else(|| format!("{from} is no member's tunnel address"))?;
+            .ok_or(LeaveRefusal::NotAMember(from))?;
         let masters = current
             .nodes
             .iter()
             .filter(|n| n.roles.contains(&Role::Master))
             .count();
         if node.roles.contains(&Role::Master) && masters == 1 {
-            return Err("the last master cannot leave (tyd node remove, by hand)".into());
+            return Err(LeaveRefusal::LastMaster);
         }
         let (id, name) = (node.id, node.name.clone());
-        edit.remove_node(id).map_err(|e| e.to_string())?;
+        edit.remove_node(id).map_err(MasterError::from)?;
         let serial = self.sign_and_write(edit, &current, now)?.0.cluster.serial;
         Ok((id.get(), name, serial))
     }
@@ -365,7 +402,7 @@ impl Master {
         mut edit: PolicyEdit,
         current: &policy::Policy,
         now: Timestamp,
-    ) -> Result<(policy::Policy, String), String> {
+    ) -> Result<(policy::Policy, String), MasterError> {
         for n in &current.nodes {
             if let Some(expires) = n.expires
                 && expired_for_good(expires, now)
@@ -375,14 +412,13 @@ impl Master {
                 // Already gone when the edit was a removal of this very node (a leave).
                 match edit.remove_node(n.id) {
                     Ok(()) | Err(policy::edit::EditError::NoSuchNode(_)) => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
-        let (text, p) = edit.commit_text(now).map_err(|e| e.to_string())?;
+        let (text, p) = edit.commit_text(now)?;
         let sig = policy::sign(text.as_bytes(), &self.operator);
-        policy::write_signed_pair(&self.policy, text.as_bytes(), sig.as_bytes())
-            .map_err(|e| e.to_string())?;
+        policy::write_signed_pair(&self.policy, text.as_bytes(), sig.as_bytes())?;
         Ok((p, crate::fork::digest(text.as_bytes())))
     }
 
@@ -409,11 +445,9 @@ impl Master {
         };
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         // tyd token create/revoke rewrite the store from other processes.
-        let _tokens =
-            TokenStore::lock(&self.tokens).map_err(|e| ServeError::Master(e.to_string()))?;
+        let _tokens = TokenStore::lock(&self.tokens).map_err(MasterError::from)?;
         let now = Timestamp::now();
-        let mut store =
-            TokenStore::load(&self.tokens).map_err(|e| ServeError::Master(e.to_string()))?;
+        let mut store = TokenStore::load(&self.tokens).map_err(MasterError::from)?;
         let (roles, ephemeral) = match store.check(id, now) {
             Ok(t) => (t.roles.clone(), t.ephemeral),
             Err(r) => return Ok(refused(r.to_string())),
@@ -432,7 +466,7 @@ impl Master {
             if let Admission::Replace { id, public_key, .. } = admission {
                 store.record_ephemeral(id.get(), public_key);
             }
-            store.save(&self.tokens).map_err(|e| e.to_string())
+            store.save(&self.tokens).map_err(MasterError::from)
         };
         Ok(
             match self.add(&req, seen, &roles, replace.as_ref(), spend)? {
@@ -508,12 +542,11 @@ impl Master {
         seen: Option<IpAddr>,
         roles: &[Role],
         replace: Option<&Replaceable>,
-        before_write: impl FnOnce(&Admission) -> Result<(), String>,
+        before_write: impl FnOnce(&Admission) -> Result<(), MasterError>,
     ) -> Result<Added, ServeError> {
         let now = Timestamp::now();
-        let master = |e: String| ServeError::Master(e);
-        let mut edit = PolicyEdit::open(&self.policy).map_err(|e| master(e.to_string()))?;
-        let current = edit.current(now).map_err(|e| master(e.to_string()))?;
+        let mut edit = PolicyEdit::open(&self.policy).map_err(MasterError::from)?;
+        let current = edit.current(now).map_err(MasterError::from)?;
         let admission = match decide(&current, req, seen, roles, replace) {
             Err(r) if r.is_temporary() => return Ok(Added::Later(r.to_string())),
             Err(r) => return Ok(Added::Refused(r.to_string())),
@@ -522,9 +555,9 @@ impl Master {
         let (node, name, serial, replaced) = match &admission {
             Admission::Already { id, name } => (id.get(), name.clone(), None, false),
             Admission::Add(new) => {
-                edit.add_node(new).map_err(|e| master(e.to_string()))?;
-                before_write(&admission).map_err(master)?;
-                let (p, digest) = self.sign_and_write(edit, &current, now).map_err(master)?;
+                edit.add_node(new).map_err(MasterError::from)?;
+                before_write(&admission)?;
+                let (p, digest) = self.sign_and_write(edit, &current, now)?;
                 self.remember(new, p.cluster.serial, digest, now);
                 (
                     new.id.get(),
@@ -539,16 +572,16 @@ impl Master {
                 public_key,
             } => {
                 edit.set_node_key(*id, public_key)
-                    .map_err(|e| master(e.to_string()))?;
-                before_write(&admission).map_err(master)?;
-                let (p, _) = self.sign_and_write(edit, &current, now).map_err(master)?;
+                    .map_err(MasterError::from)?;
+                before_write(&admission)?;
+                let (p, _) = self.sign_and_write(edit, &current, now)?;
                 (id.get(), name.clone(), Some(p.cluster.serial), true)
             }
         };
         let read = |p: &std::path::Path| {
             policy::fsutil::read(p)
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(|e| master(e.to_string()))
+                .map_err(|e| ServeError::Master(e.into()))
         };
         let answer = JoinAnswer::Accepted {
             node,
@@ -597,7 +630,7 @@ impl Master {
     /// Settles a fork that clusterd put beside the policy (`crate::fork`): when this
     /// master's policy lost, signs the next serial from the other's with the nodes it had
     /// admitted in its own. None when there is no fork file.
-    pub fn settle_fork(&self) -> Option<Result<Forked, String>> {
+    pub fn settle_fork(&self) -> Option<Result<Forked, MasterError>> {
         let fork_file = crate::fork::fork_path(&self.policy);
         if !fork_file.exists() {
             return None;
@@ -616,11 +649,17 @@ impl Master {
         &self,
         path: &std::path::Path,
         now: Timestamp,
-    ) -> Result<(Vec<u8>, policy::Policy), String> {
+    ) -> Result<(Vec<u8>, policy::Policy), MasterError> {
         let trust = match &self.trust {
-            Some(path) => policy::fsutil::read(path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| policy::TrustedKeys::parse(&String::from_utf8_lossy(&b)))?,
+            Some(path) => {
+                let bytes = policy::fsutil::read(path)?;
+                policy::TrustedKeys::parse(&String::from_utf8_lossy(&bytes)).map_err(|reason| {
+                    MasterError::Trust {
+                        path: path.display().to_string(),
+                        reason,
+                    }
+                })?
+            }
             None => policy::TrustedKeys::new(vec![OperatorPublicKey::from(&self.operator)]),
         };
         let (bytes, sig) = policy::fsutil::read_signed_pair(
@@ -629,21 +668,17 @@ impl Master {
             policy::load::MAX_POLICY_BYTES,
             64 << 10,
         );
-        let (bytes, sig) = (
-            bytes.map_err(|e| e.to_string())?,
-            sig.map_err(|e| e.to_string())?,
-        );
-        let v = policy::verify_policy(&path.display().to_string(), &bytes, &sig, &trust, now)
-            .map_err(|e| e.to_string())?;
+        let (bytes, sig) = (bytes?, sig?);
+        let v = policy::verify_policy(&path.display().to_string(), &bytes, &sig, &trust, now)?;
         Ok((bytes, (*v).clone()))
     }
 
-    fn settle_fork_locked(&self, fork_file: &std::path::Path) -> Result<Forked, String> {
+    fn settle_fork_locked(&self, fork_file: &std::path::Path) -> Result<Forked, MasterError> {
         let now = Timestamp::now();
         let (mine, in_force) = self.read_verified(&self.policy, now)?;
         let (theirs, fork) = self.read_verified(fork_file, now)?;
         let (digest, fork_digest) = (crate::fork::digest(&mine), crate::fork::digest(&theirs));
-        let mut journal = crate::fork::Journal::load(&self.journal).map_err(|e| e.to_string())?;
+        let mut journal = crate::fork::Journal::load(&self.journal)?;
         let serial = in_force.cluster.serial;
         let carried = match crate::fork::settle(serial, &digest, &fork, &fork_digest, &journal) {
             crate::fork::Settle::NotAFork => return Ok(Forked::NotAFork),
@@ -670,12 +705,11 @@ impl Master {
         carried: &[crate::fork::Admitted],
         journal: &mut crate::fork::Journal,
         now: Timestamp,
-    ) -> Result<(u64, Vec<(u16, String)>), String> {
-        let mut edit =
-            PolicyEdit::from_bytes(&self.policy, base_bytes).map_err(|e| e.to_string())?;
+    ) -> Result<(u64, Vec<(u16, String)>), MasterError> {
+        let mut edit = PolicyEdit::from_bytes(&self.policy, base_bytes)?;
         let mut nodes = Vec::new();
         for a in carried {
-            let current = edit.current(now).map_err(|e| e.to_string())?;
+            let current = edit.current(now)?;
             let mut decided = decide(&current, &a.request(), None, &a.roles, None);
             if let Err(crate::admit::Refusal::NameTaken(_)) = decided {
                 let mut req = a.request();
@@ -684,7 +718,7 @@ impl Master {
             }
             match decided {
                 Ok(Admission::Add(new)) => {
-                    edit.add_node(&new).map_err(|e| e.to_string())?;
+                    edit.add_node(&new)?;
                     nodes.push(new);
                 }
                 Ok(_) => {}
@@ -710,7 +744,7 @@ impl Master {
             }
         }
         journal.prune(now);
-        journal.save(&self.journal).map_err(|e| e.to_string())?;
+        journal.save(&self.journal)?;
         Ok((
             p.cluster.serial,
             nodes.iter().map(|n| (n.id.get(), n.name.clone())).collect(),
@@ -721,7 +755,7 @@ impl Master {
     /// admissions: carries those it lost to another master's signing into the next serial
     /// (`crate::fork::against_newer`), forgets those settled. None when the policy file is
     /// unchanged since the last call, or there is nothing to say.
-    pub fn settle_newer(&self) -> Option<Result<Forked, String>> {
+    pub fn settle_newer(&self) -> Option<Result<Forked, MasterError>> {
         let stamp = std::fs::metadata(&self.policy)
             .ok()
             .and_then(|m| Some((m.modified().ok()?, m.len())));
@@ -738,8 +772,7 @@ impl Master {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let now = Timestamp::now();
         let result = (|| {
-            let mut journal =
-                crate::fork::Journal::load(&self.journal).map_err(|e| e.to_string())?;
+            let mut journal = crate::fork::Journal::load(&self.journal)?;
             let (bytes, in_force) = self.read_verified(&self.policy, now)?;
             let judged = crate::fork::against_newer(&in_force, &journal);
             let carried: Vec<_> = judged.carry.into_iter().cloned().collect();
@@ -762,7 +795,7 @@ impl Master {
                     nodes,
                 }));
             }
-            journal.save(&self.journal).map_err(|e| e.to_string())?;
+            journal.save(&self.journal)?;
             Ok((!unclear.is_empty()).then(|| Forked::Unclear {
                 serial,
                 names: unclear.iter().map(|a| a.name.clone()).collect(),
@@ -803,7 +836,7 @@ impl Master {
                 },
                 Outcome::ApprovalEnded {
                     code,
-                    result: reason,
+                    result: reason.to_string(),
                     decided: true,
                 },
             ),
@@ -841,30 +874,26 @@ impl Master {
             Err(reason) => return Ok(cut_short(reason)),
         };
         let roles = [approval_role(root_in_ram())];
-        let master = |e: String| ServeError::Master(e);
         // Refused at once when it could never be admitted (a taken name, a foreign address).
         {
             let now = Timestamp::now();
             let current = PolicyEdit::open(&self.policy)
                 .and_then(|e| e.current(now))
-                .map_err(|e| master(e.to_string()))?;
+                .map_err(MasterError::from)?;
             if let Err(r) = decide(&current, &req, seen, &roles, None) {
                 return Ok(cut_short(r.to_string()));
             }
         }
         let id = {
             let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut pending =
-                PendingStore::load(&self.pending).map_err(|e| master(e.to_string()))?;
+            let mut pending = PendingStore::load(&self.pending).map_err(MasterError::from)?;
             let now = Timestamp::now();
             pending.prune(now, self.approval_wait);
             let id = match pending.add(&req, code, seen, now) {
                 Ok(id) => id,
                 Err(full) => return Ok(cut_short(full.to_string())),
             };
-            pending
-                .save(&self.pending)
-                .map_err(|e| master(e.to_string()))?;
+            pending.save(&self.pending).map_err(MasterError::from)?;
             id
         };
         let until = std::time::Instant::now() + self.approval_wait;
@@ -873,32 +902,24 @@ impl Master {
             let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             if ch.peer_hung_up() {
                 // Its place is free at once (eight gone joiners held eight for 10 minutes).
-                let mut pending =
-                    PendingStore::load(&self.pending).map_err(|e| master(e.to_string()))?;
+                let mut pending = PendingStore::load(&self.pending).map_err(MasterError::from)?;
                 pending.remove(id);
-                pending
-                    .save(&self.pending)
-                    .map_err(|e| master(e.to_string()))?;
+                pending.save(&self.pending).map_err(MasterError::from)?;
                 return Ok(cut_short("the joiner hung up while it waited".into()));
             }
-            let mut pending =
-                PendingStore::load(&self.pending).map_err(|e| master(e.to_string()))?;
+            let mut pending = PendingStore::load(&self.pending).map_err(MasterError::from)?;
             let decision = pending.get(id).map(|r| r.decision);
             match decision {
                 None => return Ok(refused("the request was withdrawn on the master".into())),
                 Some(Decision::Waiting) => continue,
                 Some(Decision::Denied) => {
                     pending.remove(id);
-                    pending
-                        .save(&self.pending)
-                        .map_err(|e| master(e.to_string()))?;
+                    pending.save(&self.pending).map_err(MasterError::from)?;
                     return Ok(refused("denied by the operator".into()));
                 }
                 Some(Decision::Approved) => {
                     pending.remove(id);
-                    pending
-                        .save(&self.pending)
-                        .map_err(|e| master(e.to_string()))?;
+                    pending.save(&self.pending).map_err(MasterError::from)?;
                     return Ok(match self.add(&req, seen, &roles, None, |_| Ok(()))? {
                         Added::Refused(reason) | Added::Later(reason) => refused(reason),
                         Added::Already { node, answer, .. } => {
