@@ -1,4 +1,4 @@
-//! Writing a fetched policy where netguard and certaintyd read it, without ever replacing a
+//! Writing a fetched policy where netguard reads it (and certaintyd at its start), without ever replacing a
 //! policy another writer put there meanwhile (issue 26 #10: two masters admitting at once
 //! both signed serial 12; one master's clusterd fetched the other's serial 12 before its own
 //! poll had read the file its joind had just written, and overwrote it).

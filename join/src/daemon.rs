@@ -22,6 +22,9 @@ use tracing::{error, info, warn};
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Everything a joiner sends (hello, handshake, request) must have arrived within this.
 const EXCHANGE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a stop waits for the joins under way: every exchange is over within its
+/// deadline, and a join waiting for the operator ends within 0.25 s of the stop.
+const STOP_WITHIN: Duration = Duration::from_secs(12);
 /// Repeated failures and turned-away connections are logged once per this interval.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
@@ -493,8 +496,22 @@ pub fn run(args: Args, shutdown: BorrowedFd<'_>) -> Result<(), (Exit, String)> {
         under_way = workers.len(),
         "stopping; joins under way finish first"
     );
-    for w in workers {
-        let _ = w.join();
+    // Joins waiting for the operator end now; the others end within their deadline. A relay
+    // carrying such a join waits for it no longer than that either: what is still running
+    // then is abandoned (its connection closes with the process).
+    if let Some(master) = &node.master {
+        master.stop();
+    }
+    let until = Instant::now() + STOP_WITHIN;
+    while workers.iter().any(|w| !w.is_finished()) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let abandoned = workers.iter().filter(|w| !w.is_finished()).count();
+    if abandoned > 0 {
+        warn!(
+            abandoned,
+            "stopped with joins still relayed (a join waiting for approval through this member)"
+        );
     }
     Ok(())
 }

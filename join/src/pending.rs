@@ -14,8 +14,8 @@ use crate::admit::JoinRequest;
 
 /// Requests waiting at once, at most: a flood of them is refused, not queued.
 pub const MAX_WAITING: usize = 8;
-/// Joins waiting at once from one LAN address (relayed ones are the relay's, vouched for by
-/// a member).
+/// Joins waiting at once from one LAN address (a relayed one counts as the address the relay
+/// saw the joiner at).
 pub const MAX_WAITING_PER_SOURCE: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -116,6 +116,14 @@ impl Master {
         while std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(250));
             let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut pending = PendingStore::load(&self.pending).map_err(MasterError::from)?;
+                pending.remove(id);
+                pending.save(&self.pending).map_err(MasterError::from)?;
+                return Ok(refused(
+                    "the master is stopping: ask again once it is back".into(),
+                ));
+            }
             if ch.peer_hung_up() {
                 // Its place is free at once (eight gone joiners held eight for 10 minutes).
                 let mut pending = PendingStore::load(&self.pending).map_err(MasterError::from)?;

@@ -173,12 +173,12 @@ impl Outcome {
     pub fn verdict(&self) -> crate::guard::Verdict {
         use crate::guard::Verdict;
         match self {
-            Outcome::Failed(_)
-            | Outcome::ApprovalsBusy
-            | Outcome::ApprovalEnded { decided: false, .. } => Verdict::Failed,
-            Outcome::ApprovalEnded { decided: true, .. } | Outcome::NotMine { .. } => {
-                Verdict::Neutral
-            }
+            Outcome::Failed(_) | Outcome::ApprovalEnded { decided: false, .. } => Verdict::Failed,
+            // The approvals of the minute were used up by others: not this joiner's doing
+            // (whoever used them up is backed off by its own cut-short joins).
+            Outcome::ApprovalEnded { decided: true, .. }
+            | Outcome::NotMine { .. }
+            | Outcome::ApprovalsBusy => Verdict::Neutral,
             Outcome::Joined { .. }
             | Outcome::Already { .. }
             | Outcome::Refused { .. }
@@ -252,6 +252,8 @@ pub struct Master {
     approvals: Mutex<std::collections::VecDeque<std::time::Instant>>,
     /// The policy file's (modified, length) when [`Master::settle_newer`] last looked.
     settled_at: Mutex<Option<(std::time::SystemTime, u64)>>,
+    /// joind is stopping: joins waiting for the operator end now ([`Master::stop`]).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Master {
@@ -268,7 +270,15 @@ impl Master {
             lock: Mutex::new(()),
             approvals: Mutex::new(std::collections::VecDeque::new()),
             settled_at: Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// joind is stopping: every join waiting for the operator ends within 0.25 s, its joiner
+    /// told to ask again (a stop waited for them, up to 10 minutes).
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Serves one connection to the join port: a join, or a member's leave.
