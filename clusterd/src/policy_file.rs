@@ -14,11 +14,11 @@
 //! counts by its serial even when it is expired or otherwise refused: an operator's newer
 //! file is never rolled back on disk.
 
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use policy::TrustedKeys;
+use policy::fsutil::{self, FileError, PairWrite};
 use serde::Deserialize;
 
 /// How long the writer waits for the directory lock (other writers hold it for two renames,
@@ -48,52 +48,6 @@ pub enum Written {
     Kept { serial: u64, digest: String },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error(transparent)]
-    File(#[from] policy::fsutil::FileError),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
-    move |source| WriteError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn dir_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// A synced temp file beside `path` holding `bytes`, to be renamed into place.
-fn temp_beside(path: &Path, bytes: &[u8]) -> Result<PathBuf, WriteError> {
-    Ok(policy::fsutil::write_temp(path, bytes, 0o644, "fetched")?)
-}
-
-/// The directory's exclusive lock, waited for at most [`LOCK_WAIT`] (`None`: not had).
-fn lock_dir(dir: &Path) -> Option<nix::fcntl::Flock<File>> {
-    let until = Instant::now() + LOCK_WAIT;
-    let mut file = File::open(dir).ok()?;
-    loop {
-        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(held) => return Some(held),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < until => {
-                file = f;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(_) => return None,
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct Head {
     cluster: ClusterHead,
@@ -107,11 +61,9 @@ struct ClusterHead {
 /// The policy file on disk now, as far as overwriting it goes. `known` is a policy this node
 /// verified already (digest, serial): a file with that digest is not verified again.
 pub fn on_disk(path: &Path, trust: &TrustedKeys, known: Option<(&str, u64)>) -> OnDisk {
-    let bytes = match policy::fsutil::read_limited(path, policy::load::MAX_POLICY_BYTES) {
+    let bytes = match fsutil::read_limited(path, policy::load::MAX_POLICY_BYTES) {
         Ok(b) => b,
-        Err(policy::fsutil::FileError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
+        Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return OnDisk::Missing;
         }
         Err(e) => return OnDisk::Invalid(e.to_string()),
@@ -122,8 +74,7 @@ pub fn on_disk(path: &Path, trust: &TrustedKeys, known: Option<(&str, u64)>) -> 
     {
         return OnDisk::Signed { serial, digest };
     }
-    let sig = match policy::fsutil::read_limited(&policy::signature_path(path), MAX_SIGNATURE_BYTES)
-    {
+    let sig = match fsutil::read_limited(&policy::signature_path(path), MAX_SIGNATURE_BYTES) {
         Ok(s) => s,
         Err(e) => return OnDisk::Invalid(format!("{e} (the policy is not signed)")),
     };
@@ -146,7 +97,7 @@ pub fn on_disk(path: &Path, trust: &TrustedKeys, known: Option<(&str, u64)>) -> 
 
 /// Puts a verified fetched pair (`bytes` of `serial`, `signature`) at `path` and beside it,
 /// unless the file there has a serial at least `serial` when it is renamed in: see the module.
-/// The signature is renamed in first, then the policy.
+/// The check and the renames are `policy::fsutil::replace_signed_pair`'s.
 pub fn write_if_newer(
     path: &Path,
     bytes: &[u8],
@@ -154,49 +105,39 @@ pub fn write_if_newer(
     serial: u64,
     trust: &TrustedKeys,
     known: Option<(&str, u64)>,
-) -> Result<Written, WriteError> {
-    let sig_path = policy::signature_path(path);
-    let sig_tmp = temp_beside(&sig_path, signature)?;
-    let tmp = match temp_beside(path, bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = fs::remove_file(&sig_tmp);
-            return Err(e);
-        }
-    };
-    let dir = dir_of(path);
-    let lock = lock_dir(&dir);
-    let result = (|| {
-        let was = on_disk(path, trust, known);
-        if let OnDisk::Signed { serial: s, digest } = &was
-            && *s >= serial
-        {
-            return Ok(Written::Kept {
-                serial: *s,
-                digest: digest.clone(),
-            });
-        }
-        fs::rename(&sig_tmp, &sig_path).map_err(io_err(&sig_path))?;
-        fs::rename(&tmp, path).map_err(io_err(path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir))?;
-        Ok(Written::Replaced {
-            was,
-            locked: lock.is_some(),
-        })
-    })();
-    drop(lock);
-    // Left over when kept or failed (gone when renamed).
-    let _ = fs::remove_file(&sig_tmp);
-    let _ = fs::remove_file(&tmp);
-    result
+) -> Result<Written, FileError> {
+    let mut was = OnDisk::Missing;
+    let written = fsutil::replace_signed_pair(
+        path,
+        &policy::signature_path(path),
+        bytes,
+        signature,
+        0o644,
+        Some(LOCK_WAIT),
+        || {
+            was = on_disk(path, trust, known);
+            match &was {
+                OnDisk::Signed { serial: s, digest } if *s >= serial => Some(Written::Kept {
+                    serial: *s,
+                    digest: digest.clone(),
+                }),
+                _ => None,
+            }
+        },
+    )?;
+    Ok(match written {
+        PairWrite::Kept(kept) => kept,
+        PairWrite::Written { locked } => Written::Replaced { was, locked },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
+    use std::fs::{self, File};
+    use std::path::PathBuf;
+    use std::time::Instant;
 
     fn text(serial: u64, note: &str) -> String {
         let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);

@@ -64,6 +64,32 @@ pub fn write_signed_pair(
     sig: &[u8],
     mode: u32,
 ) -> Result<(), FileError> {
+    replace_signed_pair(path, signature, bytes, sig, mode, None, || None::<()>).map(|_| ())
+}
+
+/// What [`replace_signed_pair`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairWrite<K> {
+    /// The pair is in place; `locked`: under the directory's lock (false only when a wait
+    /// bound was given and passed).
+    Written { locked: bool },
+    /// The check said to keep what is there, with this.
+    Kept(K),
+}
+
+/// [`write_signed_pair`], with `keep` run under the lock just before the renames (a writer
+/// that must not replace what another put there meanwhile): when it returns a value,
+/// nothing is replaced. `lock_wait`: how long to wait for the lock before going on without
+/// it (None: as long as it takes).
+pub fn replace_signed_pair<K>(
+    path: &Path,
+    signature: &Path,
+    bytes: &[u8],
+    sig: &[u8],
+    mode: u32,
+    lock_wait: Option<std::time::Duration>,
+    keep: impl FnOnce() -> Option<K>,
+) -> Result<PairWrite<K>, FileError> {
     let dir = parent_dir(path);
     let sig_tmp = write_temp(signature, sig, mode, "pair")?;
     let tmp = match write_temp(path, bytes, mode, "pair") {
@@ -75,16 +101,41 @@ pub fn write_signed_pair(
     };
     let result = (|| {
         let d = File::open(&dir).map_err(io_err(&dir))?;
-        d.lock().map_err(io_err(&dir))?;
+        let locked = match lock_wait {
+            None => d.lock().map(|()| true).map_err(io_err(&dir))?,
+            Some(wait) => lock_within(&d, wait, File::try_lock),
+        };
+        if let Some(k) = keep() {
+            return Ok(PairWrite::Kept(k));
+        }
         fs::rename(&sig_tmp, signature).map_err(io_err(signature))?;
         fs::rename(&tmp, path).map_err(io_err(path))?;
-        d.sync_all().map_err(io_err(&dir))
+        d.sync_all().map_err(io_err(&dir))?;
+        Ok(PairWrite::Written { locked })
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&sig_tmp);
-        let _ = fs::remove_file(&tmp);
-    }
+    // Left over when kept or failed (gone when renamed).
+    let _ = fs::remove_file(&sig_tmp);
+    let _ = fs::remove_file(&tmp);
     result
+}
+
+/// Takes a lock on `d` with `try_lock` (exclusive or shared), trying until `wait` has passed;
+/// whether it has it (released when `d` is closed).
+fn lock_within(
+    d: &File,
+    wait: std::time::Duration,
+    try_lock: fn(&File) -> Result<(), fs::TryLockError>,
+) -> bool {
+    let until = std::time::Instant::now() + wait;
+    loop {
+        match try_lock(d) {
+            Ok(()) => return true,
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// How long a reader of a signed pair waits for a writer's two renames before it reads
@@ -100,19 +151,9 @@ pub fn read_signed_pair(
     limit: u64,
     sig_limit: u64,
 ) -> (Result<Vec<u8>, FileError>, Result<Vec<u8>, FileError>) {
-    let dir = parent_dir(path);
-    let _locked = File::open(&dir).ok().filter(|d| {
-        let until = std::time::Instant::now() + PAIR_LOCK_WAIT;
-        loop {
-            match d.try_lock_shared() {
-                Ok(()) => return true,
-                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                Err(_) => return false,
-            }
-        }
-    });
+    let _locked = File::open(parent_dir(path))
+        .ok()
+        .filter(|d| lock_within(d, PAIR_LOCK_WAIT, File::try_lock_shared));
     (
         read_limited(path, limit),
         read_limited(signature, sig_limit),
