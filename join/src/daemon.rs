@@ -15,7 +15,7 @@ use crate::cli::Args;
 use crate::guard::{Guard, Turned, Verdict};
 use crate::service::{Master, Outcome, RelayError, Source, relay};
 use policy::exit::Exit;
-use policy::{Policy, Role, TrustedKeys, Verified, WgPublicKey};
+use policy::{Policy, Role, Verified, WgPublicKey};
 use tracing::{error, info, warn};
 
 /// Read and write timeouts of one join connection.
@@ -249,14 +249,9 @@ impl Node {
     }
 }
 
-fn load_trust(path: &Path) -> Result<TrustedKeys, String> {
-    let bytes = policy::fsutil::read(path).map_err(|e| e.to_string())?;
-    TrustedKeys::parse(&String::from_utf8_lossy(&bytes))
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
 fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
-    let trust = load_trust(&args.trust).map_err(|e| (Exit::KeyFile, e))?;
+    let trust =
+        policy::load::read_trust(&args.trust).map_err(|e| (Exit::KeyFile, e.to_string()))?;
     let secret = policy::keys::read_secret_key(&args.key, policy::keys::KeyKind::NodeSecret)
         .map_err(|e| (Exit::KeyFile, e.to_string()))?;
     let me = WgPublicKey::from_secret(&secret);

@@ -76,13 +76,43 @@ fn load(
     now: Timestamp,
     blocks: Option<&mut NodeBlocks>,
 ) -> Result<SignedFiles, LoadError> {
-    let trust_bytes = fsutil::read_limited(trust, MAX_SMALL_FILE_BYTES)?;
-    let keys = TrustedKeys::parse(&String::from_utf8_lossy(&trust_bytes)).map_err(|reason| {
+    let (keys, trust_bytes) = read_trust_bytes(trust)?;
+    let mut files = load_with(policy, &keys, now, blocks)?;
+    files.trust = trust_bytes;
+    Ok(files)
+}
+
+/// The operator keys in the trust file at `path` (one base64 key a line).
+pub fn read_trust(path: &Path) -> Result<TrustedKeys, LoadError> {
+    read_trust_bytes(path).map(|(keys, _)| keys)
+}
+
+fn read_trust_bytes(path: &Path) -> Result<(TrustedKeys, Vec<u8>), LoadError> {
+    let bytes = fsutil::read_limited(path, MAX_SMALL_FILE_BYTES)?;
+    let keys = TrustedKeys::parse(&String::from_utf8_lossy(&bytes)).map_err(|reason| {
         LoadError::Trust {
-            path: trust.display().to_string(),
+            path: path.display().to_string(),
             reason,
         }
     })?;
+    Ok((keys, bytes))
+}
+
+/// [`load_signed`] against keys the caller has (`trust` in the result is empty).
+pub fn load_signed_with(
+    policy: &Path,
+    keys: &TrustedKeys,
+    now: Timestamp,
+) -> Result<SignedFiles, LoadError> {
+    load_with(policy, keys, now, None)
+}
+
+fn load_with(
+    policy: &Path,
+    keys: &TrustedKeys,
+    now: Timestamp,
+    blocks: Option<&mut NodeBlocks>,
+) -> Result<SignedFiles, LoadError> {
     let (bytes, sig) = fsutil::read_signed_pair(
         policy,
         &signature_path(policy),
@@ -92,14 +122,14 @@ fn load(
     let (bytes, sig) = (bytes?, sig.map_err(LoadError::Unsigned)?);
     let file = policy.display().to_string();
     let verified = match blocks {
-        Some(blocks) => verify_policy_reusing(&file, &bytes, &sig, &keys, now, blocks)?,
-        None => verify_policy(&file, &bytes, &sig, &keys, now)?,
+        Some(blocks) => verify_policy_reusing(&file, &bytes, &sig, keys, now, blocks)?,
+        None => verify_policy(&file, &bytes, &sig, keys, now)?,
     };
     Ok(SignedFiles {
         verified,
         policy: bytes,
         signature: sig,
-        trust: trust_bytes,
+        trust: Vec::new(),
     })
 }
 

@@ -203,9 +203,7 @@ pub enum MasterError {
     #[error(transparent)]
     Journal(#[from] crate::fork::JournalError),
     #[error(transparent)]
-    Verify(#[from] policy::VerifyError),
-    #[error("{path}: {reason}")]
-    Trust { path: String, reason: String },
+    Load(#[from] policy::LoadError),
 }
 
 /// Why a member's leave was refused.

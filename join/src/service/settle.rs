@@ -57,26 +57,11 @@ impl Master {
         now: Timestamp,
     ) -> Result<(Vec<u8>, policy::Policy), MasterError> {
         let trust = match &self.trust {
-            Some(path) => {
-                let bytes = policy::fsutil::read(path)?;
-                policy::TrustedKeys::parse(&String::from_utf8_lossy(&bytes)).map_err(|reason| {
-                    MasterError::Trust {
-                        path: path.display().to_string(),
-                        reason,
-                    }
-                })?
-            }
+            Some(path) => policy::load::read_trust(path)?,
             None => policy::TrustedKeys::new(vec![OperatorPublicKey::from(&self.operator)]),
         };
-        let (bytes, sig) = policy::fsutil::read_signed_pair(
-            path,
-            &policy::signature_path(path),
-            policy::load::MAX_POLICY_BYTES,
-            64 << 10,
-        );
-        let (bytes, sig) = (bytes?, sig?);
-        let v = policy::verify_policy(&path.display().to_string(), &bytes, &sig, &trust, now)?;
-        Ok((bytes, (*v).clone()))
+        let files = policy::load::load_signed_with(path, &trust, now)?;
+        Ok((files.policy, (*files.verified).clone()))
     }
 
     fn settle_fork_locked(&self, fork_file: &std::path::Path) -> Result<Forked, MasterError> {
