@@ -63,13 +63,8 @@ impl Admitted {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error(transparent)]
-    File(#[from] policy::fsutil::FileError),
-    #[error("{path}: not a journal of admissions: {why}")]
-    Corrupt { path: String, why: String },
-}
+/// Reading or writing the journal.
+pub type JournalError = crate::statefile::StateFileError;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,21 +74,11 @@ pub struct Journal {
 
 impl Journal {
     pub fn load(path: &Path) -> Result<Self, JournalError> {
-        if !path.exists() {
-            return Ok(Self::default());
-        }
-        let bytes = policy::fsutil::read(path)?;
-        serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
-            path: path.display().to_string(),
-            why: policy::parse::shown(&e.to_string()),
-        })
+        crate::statefile::load(path, "a journal of admissions")
     }
 
     pub fn save(&self, path: &Path) -> Result<(), JournalError> {
-        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        bytes.push(b'\n');
-        policy::fsutil::atomic_write(path, &bytes, 0o600)?;
-        Ok(())
+        crate::statefile::save(path, self)
     }
 
     /// Forgets admissions older than [`REMEMBERED_FOR`] (settled ones are forgotten as they

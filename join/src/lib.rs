@@ -1,6 +1,7 @@
 //! Joining a cluster with one command (CHAOS's `tyd -m <ip>`), without a shared secret.
 //!
 //! `daemon`: joind's shell (sockets, threads, limits, the log; shutdown passed in).
+//! `statefile`: the master's JSON state files (tokens, waiting joins, the journal).
 //! `admit`: what a master decides about a request (pure). `guard`: connection limits and
 //! per-source back-off (pure). `deadline`: one deadline for all of a connection's reads. `pending`: joins without a token waiting for approval.
 //! `lost`: which nodes the master's cluster view has lost (an ephemeral drone's entry may then
@@ -20,5 +21,6 @@ pub mod guard;
 pub mod lost;
 pub mod pending;
 pub mod service;
+pub mod statefile;
 pub mod token;
 pub mod wire;

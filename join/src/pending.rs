@@ -51,9 +51,7 @@ pub struct PendingStore {
 #[derive(Debug, thiserror::Error)]
 pub enum PendingError {
     #[error(transparent)]
-    File(#[from] policy::fsutil::FileError),
-    #[error("{path}: not a list of waiting joins: {why}")]
-    Corrupt { path: String, why: String },
+    File(#[from] crate::statefile::StateFileError),
     #[error("{MAX_WAITING} joins are already waiting for approval")]
     Full,
     #[error("{MAX_WAITING_PER_SOURCE} joins from this address are already waiting for approval")]
@@ -66,21 +64,11 @@ pub enum PendingError {
 
 impl PendingStore {
     pub fn load(path: &Path) -> Result<Self, PendingError> {
-        if !path.exists() {
-            return Ok(Self::default());
-        }
-        let bytes = policy::fsutil::read(path)?;
-        serde_json::from_slice(&bytes).map_err(|e| PendingError::Corrupt {
-            path: path.display().to_string(),
-            why: policy::parse::shown(&e.to_string()),
-        })
+        Ok(crate::statefile::load(path, "a list of waiting joins")?)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), PendingError> {
-        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        bytes.push(b'\n');
-        policy::fsutil::atomic_write(path, &bytes, 0o600)?;
-        Ok(())
+        Ok(crate::statefile::save(path, self)?)
     }
 
     /// Records a waiting join; its id is what the operator approves.

@@ -247,9 +247,7 @@ pub struct TokenStore {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
-    File(#[from] policy::fsutil::FileError),
-    #[error("{path}: not a token store: {why}")]
-    Corrupt { path: String, why: String },
+    File(#[from] crate::statefile::StateFileError),
     #[error("no token {0}")]
     NoSuchToken(String),
     #[error("{path}: cannot lock the token store: {source}")]
@@ -296,21 +294,11 @@ impl TokenStore {
 
     /// Reads the store; a missing file is an empty store.
     pub fn load(path: &Path) -> Result<Self, StoreError> {
-        if !path.exists() {
-            return Ok(Self::default());
-        }
-        let bytes = policy::fsutil::read(path)?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            path: path.display().to_string(),
-            why: policy::parse::shown(&e.to_string()),
-        })
+        Ok(crate::statefile::load(path, "a token store")?)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
-        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        bytes.push(b'\n');
-        policy::fsutil::atomic_write(path, &bytes, 0o600)?;
-        Ok(())
+        Ok(crate::statefile::save(path, self)?)
     }
 
     /// A new token with `limits`, recorded; the token itself is returned once, to be shown.
