@@ -462,6 +462,25 @@ fn approval_attempt(
     (rx, joiner)
 }
 
+/// A master on `lab`'s files whose joins without a token wait `wait` for the operator.
+fn waiting_master(lab: &Lab, wait: Duration) -> Arc<Master> {
+    let mut m = Master::new(
+        lab.policy.clone(),
+        SigningKey::from_bytes(&[7; 32]),
+        lab.tokens.clone(),
+    );
+    m.approval_wait = wait;
+    Arc::new(m)
+}
+
+/// Puts `from`'s policy and signature in `to`'s place (what clusterd does with a newer
+/// serial, or what two masters start from).
+fn put_policy(from: &Lab, to: &Lab) {
+    for f in [from.policy.clone(), policy::signature_path(&from.policy)] {
+        std::fs::copy(&f, to.policy.with_file_name(f.file_name().unwrap())).unwrap();
+    }
+}
+
 fn waiting(m: &Master) -> Vec<join::pending::Pending> {
     join::pending::PendingStore::load(&m.pending)
         .unwrap()
@@ -481,13 +500,7 @@ fn first_waiting(m: &Master) -> join::pending::Pending {
 #[test]
 fn a_join_without_a_token_waits_for_the_operator_who_sees_the_joiners_code() {
     let lab = lab();
-    let mut m = Master::new(
-        lab.policy.clone(),
-        SigningKey::from_bytes(&[7; 32]),
-        lab.tokens.clone(),
-    );
-    m.approval_wait = Duration::from_secs(3);
-    let m = Arc::new(m);
+    let m = waiting_master(&lab, Duration::from_secs(3));
     let pending = m.pending.clone();
 
     // Approved: the operator finds it by its code.
@@ -672,13 +685,7 @@ fn an_ephemeral_drone_back_with_a_new_key_gets_its_entry_once_the_cluster_has_lo
 #[test]
 fn a_joiner_that_hangs_up_while_waiting_frees_its_place_at_once() {
     let lab = lab();
-    let mut m = Master::new(
-        lab.policy.clone(),
-        SigningKey::from_bytes(&[7; 32]),
-        lab.tokens.clone(),
-    );
-    m.approval_wait = Duration::from_secs(60);
-    let m = Arc::new(m);
+    let m = waiting_master(&lab, Duration::from_secs(60));
     let (a, b) = UnixStream::pair().unwrap();
     let master = m.clone();
     let served = std::thread::spawn(move || master.serve(b, RELAYED));
@@ -763,9 +770,7 @@ fn a_token_made_on_the_second_master_joins_through_a_relay() {
 fn two_masters_admitting_at_once_lose_no_node() {
     let a = lab();
     let b = lab();
-    for f in [a.policy.clone(), policy::signature_path(&a.policy)] {
-        std::fs::copy(&f, b.policy.with_file_name(f.file_name().unwrap())).unwrap();
-    }
+    put_policy(&a, &b);
     let (ta, tb) = (
         token(&a, 1, Duration::from_secs(3600)),
         token(&b, 1, Duration::from_secs(3600)),
@@ -891,13 +896,7 @@ fn a_party_in_the_middle_cannot_grind_approval_codes_on_the_master() {
 #[test]
 fn a_stopping_master_ends_the_joins_waiting_for_approval_at_once() {
     let lab = lab();
-    let mut m = Master::new(
-        lab.policy.clone(),
-        SigningKey::from_bytes(&[7; 32]),
-        lab.tokens.clone(),
-    );
-    m.approval_wait = Duration::from_secs(60);
-    let m = Arc::new(m);
+    let m = waiting_master(&lab, Duration::from_secs(60));
     let (_codes, joiner) = approval_attempt(m.clone(), request(5, None));
     first_waiting(&m);
     let stopped = std::time::Instant::now();
@@ -926,9 +925,7 @@ fn a_stopping_master_ends_the_joins_waiting_for_approval_at_once() {
 fn a_master_carries_its_admission_into_a_newer_serial_grown_from_the_other_masters() {
     let a = lab();
     let b = lab();
-    for f in [a.policy.clone(), policy::signature_path(&a.policy)] {
-        std::fs::copy(&f, b.policy.with_file_name(f.file_name().unwrap())).unwrap();
-    }
+    put_policy(&a, &b);
     let ta = token(&a, 1, Duration::from_secs(3600));
     let tb = token(&b, 2, Duration::from_secs(3600));
     assert!(matches!(
@@ -943,12 +940,7 @@ fn a_master_carries_its_admission_into_a_newer_serial_grown_from_the_other_maste
         attempt(&b, &tb, &request(7, None)).0,
         Ok(JoinAnswer::Accepted { .. })
     ));
-    let put = |from: &Lab, to: &Lab| {
-        for f in [from.policy.clone(), policy::signature_path(&from.policy)] {
-            std::fs::copy(&f, to.policy.with_file_name(f.file_name().unwrap())).unwrap();
-        }
-    };
-    put(&b, &a);
+    put_policy(&b, &a);
     let settled = a.master.settle_newer();
     assert!(
         matches!(&settled, Some(Ok(join::service::Forked::Carried { nodes, .. })) if nodes.len() == 1),
