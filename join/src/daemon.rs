@@ -116,10 +116,12 @@ impl Node {
 
     /// Serves one connection; returns what it tells about the joiner, and the joiner's
     /// address: the connection's source, or for a relayed join where the relay saw it.
+    /// `member`: `from` is a member's tunnel address ([`Node::is_member`], asked at accept).
     fn handle(
         &self,
         stream: TcpStream,
         from: SocketAddr,
+        member: bool,
         guard: &Mutex<Guard>,
     ) -> (Verdict, IpAddr) {
         let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
@@ -128,7 +130,6 @@ impl Node {
         let Some(p) = self.policy() else {
             return (Verdict::Failed, joiner);
         };
-        let members: Vec<IpAddr> = p.nodes.iter().flat_map(|n| n.addresses.clone()).collect();
         let Some(master) = &self.master else {
             let port = p.join.as_ref().map_or(0, |j| j.port);
             // The master judges what it carries, and backs the joiner off by the address
@@ -152,7 +153,7 @@ impl Node {
                 }
             };
         };
-        let source = if members.contains(&from.ip()) {
+        let source = if member {
             // A relay sends where it saw the joiner first; a member leaving sends its hello.
             let mut prefix = [0u8; 4];
             match stream.peek(&mut prefix) {
@@ -447,7 +448,7 @@ pub fn run(args: Args, shutdown: BorrowedFd<'_>) -> Result<(), (Exit, String)> {
                 }
                 let (node, guard, tally) = (node.clone(), guard.clone(), tally.clone());
                 workers.push(std::thread::spawn(move || {
-                    let (verdict, joiner) = node.handle(stream, from, &guard);
+                    let (verdict, joiner) = node.handle(stream, from, member, &guard);
                     if let Ok(mut g) = guard.lock() {
                         if member {
                             g.close_member();
