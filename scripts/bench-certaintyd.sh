@@ -89,8 +89,8 @@ cd "$WORK"
 "$BIN/tyd" policy sign cluster.toml --key op.key >/dev/null
 
 # Latency: alert mode keeps running; each write is reported, then the changed tree adopted.
-"$BIN/certaintyd" --policy cluster.toml --trust op.key.pub --root "$root" --grace 0s \
-  --interval 1h --action alert --stop-on-signal --no-harden --log-json --socket "$WORK/sock" --node bench 2> lat.log &
+"$BIN/certaintyd" --policy cluster.toml --trust op.key.pub --state "$WORK/state-lat.json" \
+  --root "$root" --grace 0s --interval 1h --action alert --stop-on-signal --no-harden --log-json --socket "$WORK/sock" --node bench 2> lat.log &
 pid=$!; pids+=("$pid")
 until grep -q "baseline taken" lat.log; do sleep 0.1; done
 python3 - "$root" lat.log <<"PY"
@@ -131,8 +131,8 @@ kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
 # CPU at the default interval on the quiet tree (after the baseline), 30 s each: full content
 # re-hash every pass (the default), and content_every=4 (metadata every pass, content every 4th).
 cpu() {
-  "$BIN/certaintyd" --policy cluster.toml --trust op.key.pub --root "$root" --grace 0s \
-    --interval 2s --content-every "$1" --action alert --stop-on-signal --no-harden \
+  "$BIN/certaintyd" --policy cluster.toml --trust op.key.pub --state "$WORK/state-$1.json" \
+    --root "$root" --grace 0s --interval 2s --content-every "$1" --action alert --stop-on-signal --no-harden \
     --socket "$WORK/sock-$1" --node bench 2> "cpu-$1.log" &
   local pid=$!; pids+=("$pid")
   until grep -q "baseline taken" "cpu-$1.log"; do sleep 0.1; done

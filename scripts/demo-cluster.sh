@@ -81,7 +81,7 @@ start_node() { # i, and "master" for drone1: netguard, clusterd and joind in dro
   local master=()
   [ "${2:-}" = master ] && master=(--operator-key "n$i/operator.key")
   ip netns exec "$ns" "$bin/joind" --policy "n$i/cluster.toml" --trust "n$i/operator.pub" \
-    --key "n$i/node.key" --tokens "n$i/tokens.json" "${master[@]}" 2> "n$i/joind.log" &
+    --key "n$i/node.key" --tokens "n$i/tokens.json" --state "n$i/joind.json" "${master[@]}" 2> "n$i/joind.log" &
   pids+=($!)
 }
 

@@ -22,6 +22,13 @@ pub struct Args {
     /// Trusted operator public keys, one base64 key a line.
     #[arg(long, default_value = "/etc/tyd/operator.pub")]
     pub trust: PathBuf,
+    /// certaintyd's own anti-rollback state: the last accepted serial and digest (it starts
+    /// only on a policy no older than the last it accepted).
+    #[arg(long, default_value = "/var/lib/tyd/certaintyd.json")]
+    pub state: PathBuf,
+    /// Refuse policies with a lower serial (for nodes that keep no state across boots).
+    #[arg(long, default_value_t = 0)]
+    pub min_serial: u64,
     /// This node's name in the policy (default: the host name).
     #[arg(long)]
     pub node: Option<String>,

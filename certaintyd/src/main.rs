@@ -30,7 +30,15 @@ fn init_logging(json: bool) {
 struct Refused(Exit, String);
 
 fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
-    let verified = policy::load_verified(&args.policy, &args.trust, jiff::Timestamp::now())
+    let paths = policy::PolicyPaths {
+        policy: args.policy.clone(),
+        trust: args.trust.clone(),
+        state: args.state.clone(),
+    };
+    let mut in_force = policy::PolicyInForce::open(paths, args.min_serial)
+        .map_err(|e| Refused((&e).into(), e.to_string()))?;
+    let verified = in_force
+        .load_now(jiff::Timestamp::now())
         .map_err(|e| Refused((&e).into(), e.to_string()))?;
     let c = &verified.certainty;
     let root = args.root.clone().unwrap_or_else(|| c.root.clone());

@@ -151,6 +151,7 @@ impl Daemon {
             .arg(env!("CARGO_BIN_EXE_certaintyd"))
             .args(["--policy", &d.join("cluster.toml").display().to_string()])
             .args(["--trust", &d.join("operator.pub").display().to_string()])
+            .args(["--state", &d.join("accepted.json").display().to_string()])
             .args(["--root", &ns.root.display().to_string()])
             .args(["--socket", &socket.display().to_string()])
             .args([
@@ -513,6 +514,10 @@ fn a_writable_shared_mapping_before_the_baseline_is_refused() {
         .args([
             "--trust",
             &fx.dir.path().join("operator.pub").display().to_string(),
+        ])
+        .args([
+            "--state",
+            &fx.dir.path().join("accepted.json").display().to_string(),
         ])
         .args([
             "--root",
@@ -895,6 +900,7 @@ fn only_writers_of_the_monitored_tree_count_and_a_hard_link_is_named_by_its_tree
         .arg(env!("CARGO_BIN_EXE_certaintyd"))
         .args(["--policy", &d.join("cluster.toml").display().to_string()])
         .args(["--trust", &d.join("operator.pub").display().to_string()])
+        .args(["--state", &d.join("accepted.json").display().to_string()])
         .args(["--root", &ns.p("var")])
         .args(["--socket", &d.join("below.sock").display().to_string()])
         .args([
@@ -966,6 +972,7 @@ fn metrics_follow_the_state_and_a_metrics_file_inside_the_root_is_refused() {
         .arg(env!("CARGO_BIN_EXE_certaintyd"))
         .args(["--policy", &d.join("cluster.toml").display().to_string()])
         .args(["--trust", &d.join("operator.pub").display().to_string()])
+        .args(["--state", &d.join("accepted.json").display().to_string()])
         .args(["--root", &ns.root.display().to_string()])
         .args(["--metrics-file", &ns.p("certaintyd.prom")])
         .args(["--node", "drone1", "--dry-run", "--no-harden"])
@@ -997,5 +1004,48 @@ fn metrics_follow_the_state_and_a_metrics_file_inside_the_root_is_refused() {
     assert!(
         text.contains("certaintyd_violations_total{cause=\"event\"} 1"),
         "{text}"
+    );
+}
+
+/// Attack: an older signed policy (one whose `[certainty]` was weaker: `action = "alert"`, a
+/// longer interval) put where certaintyd reads it, and certaintyd started on it. Steps:
+/// certaintyd's rollback store has accepted serial 2 of the cluster; serial 1, properly
+/// signed, is in place; certaintyd exits at once with the exit code for a refusal, naming
+/// the rollback, before it watches or arms anything (no root or namespace needed).
+#[test]
+fn certaintyd_refuses_to_start_on_a_rolled_back_policy() {
+    let fx = fixture("1h");
+    let d = fx.dir.path();
+    let text = std::fs::read_to_string(d.join("cluster.toml")).unwrap();
+    let newer = text.replacen("serial = 1", "serial = 2", 1);
+    let operator = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+    let sig = policy::sign(newer.as_bytes(), &operator);
+    policy::write_signed_pair(&d.join("newer.toml"), newer.as_bytes(), sig.as_bytes()).unwrap();
+    let state = d.join("accepted.json");
+    let paths = policy::PolicyPaths {
+        policy: d.join("newer.toml"),
+        trust: d.join("operator.pub"),
+        state: state.clone(),
+    };
+    policy::PolicyInForce::open(paths, 0)
+        .unwrap()
+        .load_now(jiff::Timestamp::now())
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_certaintyd"))
+        .args(["--policy", &d.join("cluster.toml").display().to_string()])
+        .args(["--trust", &d.join("operator.pub").display().to_string()])
+        .args(["--state", &state.display().to_string()])
+        .args(["--root", &d.display().to_string(), "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(policy::exit::Exit::Refused as i32),
+        "{err}"
+    );
+    assert!(
+        err.contains("serial 1 is older than accepted serial 2: rollback refused"),
+        "{err}"
     );
 }

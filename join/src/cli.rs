@@ -26,6 +26,13 @@ pub struct Args {
     /// The operator's signing key: this node is a master and admits joins itself.
     #[arg(long)]
     pub operator_key: Option<PathBuf>,
+    /// joind's own anti-rollback state: the last accepted serial and digest (joind takes a
+    /// policy in force only through it, as netguard and clusterd do).
+    #[arg(long, default_value = "/var/lib/tyd/joind.json")]
+    pub state: PathBuf,
+    /// Refuse policies with a lower serial (for nodes that keep no state across boots).
+    #[arg(long, default_value_t = 0)]
+    pub min_serial: u64,
     /// The master's join tokens (`tyd token create`).
     #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
     pub tokens: PathBuf,

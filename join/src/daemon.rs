@@ -4,7 +4,6 @@
 //! The decisions are `guard`, `service`, `admit`, `fork` and `discover`.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,8 @@ use crate::cli::Args;
 use crate::guard::{Guard, Turned, Verdict};
 use crate::service::{Master, Outcome, RelayError, Source, relay};
 use policy::exit::Exit;
-use policy::{Policy, Role, Verified, WgPublicKey};
+use policy::in_force::Outcome as PolicyRead;
+use policy::{Accepted, Policy, PolicyInForce, PolicyPaths, Role, WgPublicKey};
 use tracing::{error, info, warn};
 
 /// Read and write timeouts of one join connection.
@@ -30,8 +30,9 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 struct Node {
     args: Args,
-    /// The verified policy and the file stamps it was read at.
-    cache: Mutex<Option<(Stamp, InForce)>>,
+    /// The policy files, read when their stamps change and put through joind's rollback
+    /// store (not once per connection: anyone on the LAN can open connections).
+    in_force: Mutex<PolicyInForce>,
     me: WgPublicKey,
     master: Option<Master>,
     /// When the last "relayed" line was logged, and joins relayed since.
@@ -60,42 +61,28 @@ struct Tally {
     since: Option<Instant>,
 }
 
-/// (modified, length) of the policy and its signature: they change together when a new
-/// policy is put in place.
-type Stamp = [Option<(std::time::SystemTime, u64)>; 2];
-
-/// The verified policy, or none when the files in place are refused.
-type InForce = Option<Arc<Verified<Policy>>>;
-
-fn stamp(policy: &Path) -> Stamp {
-    let of = |p: &Path| {
-        let m = std::fs::metadata(p).ok()?;
-        Some((m.modified().ok()?, m.len()))
-    };
-    [of(policy), of(&policy::signature_path(policy))]
-}
-
 impl Node {
-    /// The policy in force, verified once per change of its files (not once per connection:
-    /// anyone on the LAN can open connections). A refusal is logged once per change too.
-    fn policy(&self) -> InForce {
-        let now = stamp(&self.args.policy);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, p)) = cache.as_ref()
-            && *at == now
+    /// The policy in force, if it has not expired: read again only when its files change.
+    /// A refusal is logged once per reason; the policy accepted before stays in force.
+    fn policy(&self) -> Option<Arc<Accepted>> {
+        let now = Timestamp::now();
+        let mut in_force = self.in_force.lock().unwrap_or_else(|p| p.into_inner());
+        if let PolicyRead::Refused {
+            reason,
+            first: true,
+        } = in_force.poll(now)
         {
-            return p.clone();
-        }
-        let loaded = policy::load_verified(&self.args.policy, &self.args.trust, Timestamp::now());
-        let p = match loaded {
-            Ok(p) => Some(Arc::new(p)),
-            Err(e) => {
-                warn!(reason = %e, "no acceptable policy in force: join connections are closed until it changes");
-                None
+            match in_force.current() {
+                Some(p) => warn!(reason = %reason, in_force = p.cluster.serial,
+                    "policy refused; the one in force stays"),
+                None => warn!(reason = %reason,
+                    "no acceptable policy in force: join connections are closed until it changes"),
             }
-        };
-        *cache = Some((now, p.clone()));
-        p
+        }
+        in_force
+            .current()
+            .filter(|p| p.cluster.expires > now)
+            .cloned()
     }
 
     /// The masters' tunnel addresses on the join port (this node excluded).
@@ -280,15 +267,26 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
             Some(master)
         }
     };
-    let node = Node {
+    let paths = PolicyPaths {
+        policy: args.policy.clone(),
+        trust: args.trust.clone(),
+        state: args.state.clone(),
+    };
+    let in_force =
+        PolicyInForce::open(paths, args.min_serial).map_err(|e| ((&e).into(), e.to_string()))?;
+    let mut node = Node {
         args,
-        cache: Mutex::new(None),
+        in_force: Mutex::new(in_force),
         me,
         master,
         relayed: Mutex::new((None, 0)),
     };
-    let p = policy::load_verified(&node.args.policy, &node.args.trust, Timestamp::now())
-        .map_err(|e| (Exit::InvalidPolicy, e.to_string()))?;
+    let p = node
+        .in_force
+        .get_mut()
+        .unwrap_or_else(|p| p.into_inner())
+        .load_now(Timestamp::now())
+        .map_err(|e| ((&e).into(), e.to_string()))?;
     let Some(join) = &p.join else {
         return Err((
             Exit::Refused,

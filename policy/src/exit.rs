@@ -94,6 +94,15 @@ impl From<&crate::keys::SecretKeyError> for Exit {
     }
 }
 
+impl From<&crate::in_force::Refusal> for Exit {
+    fn from(e: &crate::in_force::Refusal) -> Self {
+        match e {
+            crate::in_force::Refusal::Load(e) => e.into(),
+            crate::in_force::Refusal::Store { source, .. } => source.into(),
+        }
+    }
+}
+
 impl From<&StoreError> for Exit {
     fn from(e: &StoreError) -> Self {
         match e {

@@ -2,8 +2,10 @@
 //! which WireGuard keys and tunnel addresses, which services only they may exchange, and how
 //! certaintyd guards each node's root filesystem.
 //!
-//! Pure: no root, no network. Daemons only ever hold a [`Verified<Policy>`], which only
-//! [`verify_policy`] can make, and accept it only through a [`RollbackStore`].
+//! Pure: no root, no network. A policy is verified only by [`verify_policy`] (the one maker
+//! of a [`Verified<Policy>`]), and a daemon holds one only as an [`Accepted`], which only its
+//! [`RollbackStore`] makes, through [`PolicyInForce`]. The `watch` feature adds inotify
+//! change events for the daemons.
 
 pub mod blocks;
 pub mod diff;
@@ -12,6 +14,7 @@ pub mod exit;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod in_force;
 pub mod keys;
 pub mod load;
 pub mod model;
@@ -24,9 +27,12 @@ pub mod source;
 pub mod store;
 pub mod template;
 pub mod validate;
+#[cfg(feature = "watch")]
+pub mod watch;
 
 pub use blocks::NodeBlocks;
 pub use diff::PolicyDiff;
+pub use in_force::{Outcome, PolicyInForce, PolicyPaths, Refusal};
 pub use keys::{OperatorPublicKey, WgPublicKey};
 pub use load::{
     LoadError, SignedFiles, load_signed, load_signed_reusing, load_verified, write_signed_pair,
@@ -42,7 +48,7 @@ pub use ports::{PortRange, PortSet};
 pub use signature::{
     TrustedKeys, Verified, VerifyError, sign, verify_policy, verify_policy_reusing, verify_signed,
 };
-pub use store::{Acceptance, AcceptedRecord, RollbackStore, StoreError};
+pub use store::{Acceptance, Accepted, AcceptedRecord, RollbackStore, StoreError};
 
 /// The name of the detached signature file that goes with a policy file.
 pub fn signature_path(policy: &std::path::Path) -> std::path::PathBuf {

@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{FileError, atomic_write};
+use crate::load::SignedFiles;
 use crate::model::Policy;
 use crate::signature::Verified;
 
@@ -43,6 +44,34 @@ pub enum StoreError {
     WrongCluster { offered: String, accepted: String },
     #[error("policy expired at {0}")]
     Expired(Timestamp),
+}
+
+/// A verified policy this node's [`RollbackStore`] accepted, with the exact files it was
+/// verified from: the only form in which a daemon holds a policy to act on. Only
+/// [`RollbackStore::accept`] makes one (its field is private), so a policy that skipped the
+/// rollback check cannot be put in force by mistake.
+#[derive(Debug)]
+pub struct Accepted {
+    files: SignedFiles,
+}
+
+impl Accepted {
+    /// The files the policy was verified from (served to peers, kept as the copy in force).
+    pub fn files(&self) -> &SignedFiles {
+        &self.files
+    }
+
+    pub fn verified(&self) -> &Verified<Policy> {
+        &self.files.verified
+    }
+}
+
+impl std::ops::Deref for Accepted {
+    type Target = Verified<Policy>;
+
+    fn deref(&self) -> &Verified<Policy> {
+        &self.files.verified
+    }
 }
 
 /// The persisted high-water mark of accepted policies.
@@ -127,12 +156,14 @@ impl RollbackStore {
         }
     }
 
-    /// Accepts `policy` and persists it as the new high-water mark before returning.
+    /// Accepts the verified `files` and persists them as the new high-water mark before
+    /// returning them as [`Accepted`].
     pub fn accept(
         &mut self,
-        policy: &Verified<Policy>,
+        files: SignedFiles,
         now: Timestamp,
-    ) -> Result<Acceptance, StoreError> {
+    ) -> Result<(Accepted, Acceptance), StoreError> {
+        let policy = &files.verified;
         let acceptance = self.check(policy, now)?;
         if acceptance == Acceptance::New {
             let record = AcceptedRecord {
@@ -150,6 +181,6 @@ impl RollbackStore {
             atomic_write(&self.path, &bytes, 0o600)?;
             self.last = Some(record);
         }
-        Ok(acceptance)
+        Ok((Accepted { files }, acceptance))
     }
 }

@@ -192,21 +192,31 @@ fn verified(serial: u64, extra: &str) -> policy::Verified<policy::Policy> {
     verify_policy("c", &bytes, &sig, &trust(1), now()).unwrap()
 }
 
+/// A verified policy as the files a daemon read it from.
+fn files(serial: u64, extra: &str) -> policy::SignedFiles {
+    policy::SignedFiles {
+        verified: verified(serial, extra),
+        policy: Vec::new(),
+        signature: Vec::new(),
+        trust: Vec::new(),
+    }
+}
+
 #[test]
 fn rollback_store_accepts_only_newer_serials_and_persists() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("accepted.json");
     let mut store = RollbackStore::open(&state, 0).unwrap();
     assert_eq!(
-        store.accept(&verified(5, ""), now()).unwrap(),
+        store.accept(files(5, ""), now()).unwrap().1,
         Acceptance::New
     );
     assert_eq!(
-        store.accept(&verified(5, ""), now()).unwrap(),
+        store.accept(files(5, ""), now()).unwrap().1,
         Acceptance::Unchanged
     );
     assert_eq!(
-        store.accept(&verified(6, ""), now()).unwrap(),
+        store.accept(files(6, ""), now()).unwrap().1,
         Acceptance::New
     );
 
@@ -232,9 +242,9 @@ fn refused_policy_leaves_the_accepted_state_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("accepted.json");
     let mut store = RollbackStore::open(&state, 0).unwrap();
-    store.accept(&verified(9, ""), now()).unwrap();
+    store.accept(files(9, ""), now()).unwrap();
     let before = std::fs::read(&state).unwrap();
-    assert!(store.accept(&verified(8, ""), now()).is_err());
+    assert!(store.accept(files(8, ""), now()).is_err());
     assert_eq!(std::fs::read(&state).unwrap(), before);
     assert_eq!(store.last().unwrap().serial, 9);
 }
@@ -255,7 +265,7 @@ fn boot_floor_refuses_older_policies() {
 fn store_refuses_policy_of_another_cluster_and_expired_ones() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = RollbackStore::open(&dir.path().join("s"), 0).unwrap();
-    store.accept(&verified(1, ""), now()).unwrap();
+    store.accept(files(1, ""), now()).unwrap();
     let other = with("name = \"lab\"", "name = \"other\"").replacen("serial = 7", "serial = 9", 1);
     let (bytes, sig) = signed(&other, 1);
     let v = verify_policy("c", &bytes, &sig, &trust(1), now()).unwrap();

@@ -118,6 +118,7 @@ impl Cluster {
         let (policy, key) = (p("cluster.toml"), p("node.key"));
         let (quarantine, view) = (p("quarantine.json"), p("cluster-status.json"));
         let (accepted, clusterd_state) = (p("accepted.json"), p("clusterd.json"));
+        let joind_state = p("joind.json");
         let daemons: [(&str, Vec<&str>); 3] = [
             (
                 "netguard",
@@ -148,6 +149,8 @@ impl Cluster {
             (
                 "joind",
                 vec![
+                    "--state",
+                    &joind_state,
                     "--operator-key",
                     &operator,
                     "--tokens",

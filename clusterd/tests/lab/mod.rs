@@ -369,7 +369,8 @@ impl Lab {
                 "--trust",
                 &p("operator.pub"),
             ])
-            .args(["--key", &p("node.key"), "--tokens", &p("tokens.json")]);
+            .args(["--key", &p("node.key"), "--tokens", &p("tokens.json")])
+            .args(["--state", &p("joind.json")]);
         if master {
             cmd.args(["--operator-key", &p("operator.key")]);
         }
@@ -406,8 +407,8 @@ impl Lab {
         let d = m.dir.display().to_string();
         let script = format!(
             "mount -t tmpfs -o size=16m tmpfs {r} && mkdir {r}/bin && echo shell > {r}/bin/sh && \
-             exec {bin} --policy {d}/cluster.toml --trust {d}/operator.pub --root {r} \
-             --socket {s} --node d{n} --grace 0s --interval 300ms --action alert --no-harden",
+             exec {bin} --policy {d}/cluster.toml --trust {d}/operator.pub --state {d}/certaintyd.json \
+             --root {r} --socket {s} --node d{n} --grace 0s --interval 300ms --action alert --no-harden",
             r = root.display(),
             bin = bin.display(),
             s = socket.display(),

@@ -1,242 +1,24 @@
-//! The daemon's loop: grace period, writer scan, baseline, then verification on every event
-//! and in full every interval, until an authorised stop.
-//!
-//! Signals: SIGTERM, SIGINT and SIGHUP are integrity events (someone is trying to stop the
-//! guard) unless `signals_are_violations` is off, in which case they stop the daemon cleanly.
-//! The only other clean stop is a signed `stop` request on the control socket.
+//! certaintyd's baseline and verifications: the grace period and writer scan, the baseline
+//! (checked against the pinned root), full verifications every interval, change events, and
+//! what a violation does.
 
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use policy::TrustedKeys;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::action::{Actuator, Outcome};
-use crate::control::{self, Command, ControlRequest, ControlResponse, Status};
-use crate::maintenance::{Expect, RequestKind, verify_request};
+use crate::action::Outcome;
 use crate::manifest::{Manifest, Snapshot};
-use crate::mounts::{Mount, compare_mounts, read_mounts};
+use crate::mounts::{compare_mounts, read_mounts};
 use crate::preflight;
-use crate::protect::Heartbeat;
 use crate::verdict::{Cause, Finding, Report, compare, compare_paths, summary};
 use crate::walk::{self, RootError};
-use crate::watch::{self, WatchError, WatchEvent, Watchers};
+use crate::watch::{self, WatchEvent};
 
-/// What is monitored: a directory tree, or a RAM block device as CHAOS did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Tree,
-    Device(PathBuf),
-}
-
-#[derive(Debug)]
-pub struct Config {
-    pub root: PathBuf,
-    pub source: Source,
-    pub interval: Duration,
-    pub grace: Duration,
-    /// A verification still running after this long is a loss of certainty. `None`: five
-    /// intervals or four baseline durations, whichever is longer.
-    pub deadline: Option<Duration>,
-    pub actuator: Actuator,
-    pub maintenance_keys: TrustedKeys,
-    pub max_maintenance: Duration,
-    /// Pinned Merkle root (hex), from the policy or `certainty.expect=` on the kernel command line.
-    pub expected_root: Option<String>,
-    pub cluster: String,
-    pub node: String,
-    pub signals_are_violations: bool,
-    /// Re-hash each file's content every this many verifications (see `walk::Reuse`).
-    pub content_every: u32,
-    pub socket: Option<PathBuf>,
-    pub heartbeat: Heartbeat,
-    /// Prometheus metrics rewritten here (a node_exporter textfile) on another filesystem
-    /// than the root.
-    pub metrics_file: Option<PathBuf>,
-}
-
-/// How the daemon ended, when it did not reboot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Authorised stop (signed request, or a signal when signals are not violations).
-    Stopped,
-    /// Integrity was lost and the action did not reboot (dry run, or reboot failed).
-    IntegrityLost,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error("{0}")]
-    Root(#[from] RootError),
-    #[error("baseline: {count} entries unreadable: {first}")]
-    Unreadable { count: usize, first: String },
-    #[error("{0}")]
-    Watch(#[from] WatchError),
-    #[error("/proc/self/mountinfo: {0}")]
-    Mounts(std::io::Error),
-    /// Without the kernel command line, a `certainty.expect=` there cannot be honoured.
-    #[error("/proc/cmdline: {0}")]
-    Cmdline(std::io::Error),
-    #[error("{}: cannot bind control socket: {source}", path.display())]
-    Socket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
-}
-
-/// A maintenance window in force.
-#[derive(Debug)]
-struct Window {
-    until: tokio::time::Instant,
-    until_wall: Timestamp,
-    rebaseline: bool,
-    signer: String,
-}
-
-enum Flow {
-    Continue,
-    Exit(Exit),
-}
-
-struct Daemon {
-    cfg: Config,
-    /// Shared with the verifier thread, which reuses unchanged files' hashes from it.
-    baseline: Arc<Manifest>,
-    baseline_root: String,
-    /// The boot-stable root of the baseline, compared with `expected_root`.
-    stable_root: String,
-    mounts: Vec<Mount>,
-    watchers: Option<Watchers>,
-    events_tx: mpsc::UnboundedSender<WatchEvent>,
-    status: Arc<Mutex<Status>>,
-    window: Option<Window>,
-    nonces: HashSet<String>,
-    deadline: Duration,
-    /// Full verifications done since the baseline: picks whose content is re-hashed.
-    pass: u64,
-    /// The monitored filesystem's device, for the writer scan.
-    dev: u64,
-    /// The baseline's regular files by inode: what the writer scan matches against.
-    tree_inodes: HashMap<u64, String>,
-    /// With `--metrics-file`: what is measured, and where it is written.
-    metrics: Option<crate::metrics::Exporter>,
-}
-
-impl Daemon {
-    /// Rewrites the metrics file from the status.
-    fn write_metrics(&mut self) {
-        let Some(exporter) = &mut self.metrics else {
-            return;
-        };
-        let text = match self.status.lock() {
-            Ok(s) => exporter.metrics.render(&s),
-            Err(_) => return,
-        };
-        exporter.write(&text);
-    }
-}
-
-fn now_text() -> String {
-    Timestamp::now()
-        .round(jiff::Unit::Millisecond)
-        .unwrap_or(Timestamp::now())
-        .to_string()
-}
-
-/// Runs the daemon until an authorised stop or a loss of integrity that does not reboot.
-/// Runs until a signed stop, or a signal on `signals` (`main` installs them:
-/// `signals::install`) when signals are not violations.
-pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<Exit, StartupError> {
-    let status = Arc::new(Mutex::new(Status {
-        state: crate::control::State::Grace,
-        cluster: cfg.cluster.clone(),
-        node: cfg.node.clone(),
-        root: cfg.root.display().to_string(),
-        action: cfg.actuator.action.to_string(),
-        ..Status::default()
-    }));
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(8);
-    if let Some(path) = &cfg.socket {
-        let listener = control::bind(path).map_err(|source| StartupError::Socket {
-            path: path.clone(),
-            source,
-        })?;
-        tokio::spawn(control::serve(
-            listener,
-            Arc::clone(&status),
-            cmd_tx.clone(),
-        ));
-    }
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let metrics = cfg.metrics_file.clone().map(crate::metrics::Exporter::new);
-    let mut d = Daemon {
-        cfg,
-        baseline: Arc::new(Manifest::default()),
-        baseline_root: String::new(),
-        stable_root: String::new(),
-        mounts: Vec::new(),
-        watchers: None,
-        events_tx,
-        status,
-        window: None,
-        nonces: HashSet::new(),
-        deadline: Duration::ZERO,
-        pass: 0,
-        dev: 0,
-        tree_inodes: HashMap::new(),
-        metrics,
-    };
-    d.write_metrics();
-
-    info!(grace = %policy::model::duration::format(&d.cfg.grace), root = %d.cfg.root.display(), "grace period before baseline");
-    let grace = tokio::time::sleep(d.cfg.grace);
-    tokio::pin!(grace);
-    loop {
-        d.cfg.heartbeat.beat();
-        tokio::select! {
-            () = &mut grace => break,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            Some(cmd) = cmd_rx.recv() => {
-                if let Flow::Exit(e) = d.command(cmd).await { return Ok(e); }
-            }
-            Some(s) = signals.recv() => if let Flow::Exit(e) = d.signal(s.name()).await { return Ok(e); },
-        }
-    }
-
-    if let Flow::Exit(e) = d.establish().await? {
-        return Ok(e);
-    }
-
-    let mut tick = tokio::time::interval(d.cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        let window_end = d.window.as_ref().map(|w| w.until);
-        let flow = tokio::select! {
-            _ = tick.tick() => d.full_verification().await,
-            ev = events_rx.recv() => d.event(ev, &mut events_rx).await,
-            Some(cmd) = cmd_rx.recv() => d.command(cmd).await,
-            () = sleep_until_opt(window_end) => d.end_window().await?,
-            Some(s) = signals.recv() => d.signal(s.name()).await,
-        };
-        if let Flow::Exit(e) = flow {
-            return Ok(e);
-        }
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
+use super::{Daemon, Exit, Flow, Source, StartupError, now_text};
 
 /// Processes that could write to the monitored tree without events, as findings: writers on
 /// the filesystem `dev` whose inode is in `tree` (inode to the path it has in the tree).
@@ -301,7 +83,9 @@ fn kernel_expected_root() -> Result<Option<String>, StartupError> {
 }
 
 impl Daemon {
-    fn take_snapshot(&self) -> impl FnOnce() -> Result<Snapshot, RootError> + Send + 'static {
+    pub(super) fn take_snapshot(
+        &self,
+    ) -> impl FnOnce() -> Result<Snapshot, RootError> + Send + 'static {
         let root = self.cfg.root.clone();
         let source = self.cfg.source.clone();
         move || match source {
@@ -312,7 +96,7 @@ impl Daemon {
 
     /// Writer scan, baseline, expected root, watchers. Startup errors are fatal; findings
     /// (writers, wrong root hash) are violations.
-    async fn establish(&mut self) -> Result<Flow, StartupError> {
+    pub(super) async fn establish(&mut self) -> Result<Flow, StartupError> {
         // A baseline pass has no deadline of its own yet (a maintenance window may have
         // grown the root): the watchdog's wide limit holds until it is taken.
         self.cfg.heartbeat.beat();
@@ -416,7 +200,7 @@ impl Daemon {
     }
 
     /// Makes `manifest` the reference and (re)starts the watchers on its directories.
-    fn adopt(&mut self, manifest: Manifest) -> Result<(), StartupError> {
+    pub(super) fn adopt(&mut self, manifest: Manifest) -> Result<(), StartupError> {
         self.watchers = None;
         self.tree_inodes = inodes_of(&manifest);
         self.baseline_root = manifest.root_hash().to_hex().to_string();
@@ -443,7 +227,7 @@ impl Daemon {
         Ok(())
     }
 
-    async fn full_verification(&mut self) -> Flow {
+    pub(super) async fn full_verification(&mut self) -> Flow {
         let started = Instant::now();
         if self.cfg.source == Source::Tree {
             // The one way to change content without an event: a shared writable mapping.
@@ -526,7 +310,7 @@ impl Daemon {
             .await
     }
 
-    async fn event(
+    pub(super) async fn event(
         &mut self,
         ev: Option<WatchEvent>,
         rx: &mut mpsc::UnboundedReceiver<WatchEvent>,
@@ -604,7 +388,12 @@ impl Daemon {
     }
 
     /// One decision, one event: log everything, then act (or, in a maintenance window, log only).
-    async fn violation(&mut self, cause: Cause, findings: Vec<Finding>, detail: String) -> Flow {
+    pub(super) async fn violation(
+        &mut self,
+        cause: Cause,
+        findings: Vec<Finding>,
+        detail: String,
+    ) -> Flow {
         if let Ok(mut s) = self.status.lock() {
             s.violations += 1;
         }
@@ -652,7 +441,7 @@ impl Daemon {
     }
 
     /// After an alert: the changed tree becomes the reference, so each change is reported once.
-    async fn readopt(&mut self) -> Flow {
+    pub(super) async fn readopt(&mut self) -> Flow {
         match tokio::task::spawn_blocking(self.take_snapshot()).await {
             Ok(Ok(snap)) => match self.adopt(snap.manifest) {
                 Ok(()) => {
@@ -666,103 +455,5 @@ impl Daemon {
             },
             _ => Flow::Exit(Exit::IntegrityLost),
         }
-    }
-
-    async fn signal(&mut self, name: &str) -> Flow {
-        if !self.cfg.signals_are_violations {
-            info!(signal = name, "stopping on signal");
-            return Flow::Exit(Exit::Stopped);
-        }
-        let detail = format!("{name} received: only a signed stop request may stop certaintyd");
-        // A stop attempt is acted on even during maintenance.
-        let window = self.window.take();
-        let flow = self.violation(Cause::Signal, vec![], detail).await;
-        self.window = window;
-        flow
-    }
-
-    async fn command(&mut self, cmd: Command) -> Flow {
-        let (kind_wanted, request, signature) = match &cmd.request {
-            ControlRequest::Status => {
-                let _ = cmd.reply.send(ControlResponse::ok("status"));
-                return Flow::Continue;
-            }
-            ControlRequest::Maintain { request, signature } => {
-                (RequestKind::Maintain, request, signature)
-            }
-            ControlRequest::Stop { request, signature } => (RequestKind::Stop, request, signature),
-        };
-        let expect = Expect {
-            cluster: &self.cfg.cluster,
-            node: &self.cfg.node,
-            max_maintenance: self.cfg.max_maintenance,
-            now: Timestamp::now(),
-        };
-        let verified = verify_request(
-            request.as_bytes(),
-            signature.as_bytes(),
-            &self.cfg.maintenance_keys,
-            &expect,
-            &mut self.nonces,
-        );
-        let verified = match verified {
-            Ok(v) if v.kind == kind_wanted => v,
-            Ok(_) => {
-                let _ = cmd.reply.send(ControlResponse::err(
-                    "request kind does not match the operation",
-                ));
-                return Flow::Continue;
-            }
-            Err(e) => {
-                warn!(cause = %e, "signed control request refused");
-                let _ = cmd.reply.send(ControlResponse::err(e.to_string()));
-                return Flow::Continue;
-            }
-        };
-        let signer = verified.signer().key_id();
-        match verified.kind {
-            RequestKind::Stop => {
-                info!(signer = %signer, "authorised stop");
-                let _ = cmd.reply.send(ControlResponse::ok("stopping"));
-                Flow::Exit(Exit::Stopped)
-            }
-            RequestKind::Maintain => {
-                let until_wall = Timestamp::now() + verified.duration;
-                let until_wall = until_wall.round(jiff::Unit::Second).unwrap_or(until_wall);
-                self.window = Some(Window {
-                    until: tokio::time::Instant::now() + verified.duration,
-                    until_wall,
-                    rebaseline: verified.rebaseline,
-                    signer: signer.clone(),
-                });
-                if let Ok(mut s) = self.status.lock() {
-                    s.maintenance_until = Some(until_wall.to_string());
-                    s.state = crate::control::State::Maintenance;
-                }
-                self.write_metrics();
-                warn!(signer = %signer, until = %until_wall, rebaseline = verified.rebaseline, "maintenance window opened");
-                let _ = cmd.reply.send(ControlResponse::ok(format!(
-                    "maintenance until {until_wall}"
-                )));
-                Flow::Continue
-            }
-        }
-    }
-
-    async fn end_window(&mut self) -> Result<Flow, StartupError> {
-        let Some(w) = self.window.take() else {
-            return Ok(Flow::Continue);
-        };
-        if let Ok(mut s) = self.status.lock() {
-            s.maintenance_until = None;
-            s.state = crate::control::State::Verifying;
-        }
-        self.write_metrics();
-        if w.rebaseline {
-            info!(signer = %w.signer, "maintenance window closed: taking a new baseline");
-            return self.establish().await;
-        }
-        info!(signer = %w.signer, "maintenance window closed: verifying against the old baseline");
-        Ok(self.full_verification().await)
     }
 }

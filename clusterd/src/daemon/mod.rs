@@ -1,0 +1,266 @@
+//! clusterd's loop: one UDP socket and one TCP listener on this node's tunnel address, the
+//! heartbeat timer, a quick poll of certaintyd (so lost integrity is told at once, not at the
+//! next heartbeat) and of the policy file, and the fetches under way. It carries out what
+//! [`Core`] decides; it writes the quarantine list (for netguard) and the cluster view (for
+//! `tyd status --cluster`). SIGTERM and SIGINT stop it; the quarantine list stays in force.
+//!
+//! Here: the configuration, the sockets and the loop; the node's state and what it does with
+//! each policy, heartbeat and fetch in `node`.
+
+mod node;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use policy::{NodeId, PolicyInForce, PolicyPaths, TrustedKeys};
+use proto::quarantine::QuarantineList;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::core::{Action, Fetched as FetchResult};
+use crate::probe::{self, Sources};
+use crate::transfer;
+use proto::cluster::{MAX_DATAGRAM, Message};
+
+use node::{Node, load_key};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The policy netguard and certaintyd read; a fetched policy is written here.
+    pub policy: PathBuf,
+    pub trust: PathBuf,
+    /// This node's WireGuard private key: who this node is in the map.
+    pub key: PathBuf,
+    /// clusterd's own anti-rollback state.
+    pub state: PathBuf,
+    pub min_serial: u64,
+    pub sources: Sources,
+    /// Written for netguard.
+    pub quarantine: PathBuf,
+    /// Written for `tyd status --cluster`.
+    pub view: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Key(String),
+    #[error("{0}")]
+    Store(#[from] policy::StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How often certaintyd and the policy file are looked at between heartbeats.
+const POLL: Duration = Duration::from_millis(200);
+/// Policy transfers served at once.
+const MAX_SERVING: usize = 16;
+/// A change of integrity is told this many times, one poll apart (a lost datagram would
+/// otherwise wait for the next heartbeat).
+const CHANGE_REPEATS: u32 = 3;
+
+/// Why a fetch brought nothing: the network, or what the peer sent.
+#[derive(Debug)]
+enum FetchFailure {
+    Network(String),
+    /// Malformed, oversized, unverifiable, not newer, or not finished in time (a peer that
+    /// drips is treated as one that lies): the peer is not asked again.
+    Refused(String),
+}
+
+/// A finished fetch: from whom, and the files or why not.
+type Fetched = (NodeId, Result<(Vec<u8>, Vec<u8>), FetchFailure>);
+
+async fn fetch(addr: SocketAddr) -> Result<(Vec<u8>, Vec<u8>), FetchFailure> {
+    let mut s = tokio::time::timeout(transfer::TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| FetchFailure::Network("connect timed out".into()))?
+        .map_err(|e| FetchFailure::Network(e.to_string()))?;
+    transfer::receive(&mut s).await.map_err(|e| match e {
+        transfer::TransferError::Io(_) => FetchFailure::Network(e.to_string()),
+        _ => FetchFailure::Refused(e.to_string()),
+    })
+}
+
+struct Sockets {
+    udp: UdpSocket,
+    tcp: TcpListener,
+    port: u16,
+}
+
+/// Binds on this node's first tunnel address (configured by netguard: retried until there).
+async fn bind(node: &Node) -> Option<Sockets> {
+    let p = node.policy()?;
+    let me = p.node_by_key(&node.me)?;
+    let addr = *me.addresses.first()?;
+    let port = p.distribution.port;
+    let at = SocketAddr::new(addr, port);
+    let udp = UdpSocket::bind(at).await.ok()?;
+    let tcp = TcpListener::bind(at).await.ok()?;
+    info!(address = %at, "listening for heartbeats and policy fetches");
+    Some(Sockets { udp, tcp, port })
+}
+
+/// SIGTERM, SIGINT, or no one left to send any, stop clusterd; SIGHUP changes nothing (it
+/// reads the policy file every 200 ms).
+fn stops(signal: Option<signals::Signal>) -> bool {
+    !matches!(signal, Some(signals::Signal::Hangup))
+}
+
+/// Runs until SIGTERM or SIGINT arrives on `signals` (`main` installs them:
+/// `signals::install`).
+pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<(), StartupError> {
+    let me = load_key(&cfg.key)?;
+    let in_force = PolicyInForce::open(
+        PolicyPaths {
+            policy: cfg.policy.clone(),
+            trust: cfg.trust.clone(),
+            state: cfg.state.clone(),
+        },
+        cfg.min_serial,
+    )?;
+    let trust_text =
+        policy::fsutil::read(&cfg.trust).map_err(|e| StartupError::Key(e.to_string()))?;
+    let trust = TrustedKeys::parse(&String::from_utf8_lossy(&trust_text))
+        .map_err(|e| StartupError::Key(format!("{}: {e}", cfg.trust.display())))?;
+    let quarantine = QuarantineList::read(&cfg.quarantine).unwrap_or_default();
+    let mut node = Node::new(cfg, me, trust, in_force, quarantine);
+    info!(public_key = %me, "clusterd starting");
+    // The policy in force, and this node's tunnel address to listen on.
+    let sockets = loop {
+        node.poll_policy_file();
+        if let Some(s) = bind(&node).await {
+            break s;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            signal = signals.recv() => if stops(signal) { return Ok(()) },
+        }
+    };
+    let (fetched_tx, mut fetched) = mpsc::unbounded_channel::<Fetched>();
+    let serving = Arc::new(Semaphore::new(MAX_SERVING));
+    let mut heartbeat = tokio::time::interval(
+        node.policy()
+            .map_or(Duration::from_secs(1), |p| p.distribution.heartbeat),
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; 2 * MAX_DATAGRAM];
+    loop {
+        let mut actions = Vec::new();
+        tokio::select! {
+            r = sockets.udp.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                let sender = node.node_of.get(&from.ip()).copied();
+                match (sender, Message::decode(&buf[..n])) {
+                    (Some(id), Ok(msg)) => actions = node.core.receive(id, msg, node.now()),
+                    _ => node.dropped += 1,
+                }
+            }
+            r = sockets.tcp.accept() => {
+                let Ok((mut stream, from)) = r else { continue };
+                let member = node.node_of.contains_key(&from.ip());
+                let (Some(files), true) = (node.files.clone(), member) else {
+                    node.dropped += 1;
+                    continue;
+                };
+                let Ok(permit) = serving.clone().try_acquire_owned() else {
+                    continue; // busy: the peer retries at its next heartbeat
+                };
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _ = transfer::send(&mut stream, &files.files().policy, &files.files().signature).await;
+                });
+            }
+            Some((from, result)) = fetched.recv() => {
+                actions = node.take_fetched(from, result);
+            }
+            _ = poll.tick() => {
+                actions = node.poll_policy_file();
+                let socket = node.cfg.sources.certainty_socket.clone();
+                let now_state = tokio::task::spawn_blocking(move || probe::certainty(socket.as_deref()))
+                    .await
+                    .ok();
+                let changed = match (&node.certainty, &now_state) {
+                    (Some(was), Some(now)) => was.integrity != now.integrity,
+                    _ => false,
+                };
+                if now_state.is_some() {
+                    node.certainty = now_state;
+                }
+                if changed {
+                    node.repeats = CHANGE_REPEATS;
+                    if let Some(c) = &node.certainty {
+                        info!(integrity = %c.integrity, "integrity state changed; telling every peer now");
+                    }
+                }
+                if node.repeats > 0 && let Some(hb) = node.heartbeat() {
+                    // Told at once, not at the next heartbeat, and again at the next polls.
+                    node.repeats -= 1;
+                    actions.extend(node.core.announce(&hb));
+                }
+            }
+            _ = heartbeat.tick() => {
+                let src = node.cfg.sources.clone();
+                node.facts = tokio::task::spawn_blocking(move || probe::facts(&src)).await.ok();
+                if let Some(hb) = node.heartbeat() {
+                    let now = node.now();
+                    actions = node.core.tick(&hb, now, &mut node.rng);
+                    node.write_view(&hb);
+                }
+                if node.dropped > 0 {
+                    warn!(count = node.dropped, "datagrams or connections from non-members, or malformed, dropped");
+                    node.dropped = 0;
+                }
+                if node.core.impostors > 0 {
+                    warn!(count = node.core.impostors, "heartbeats claiming to be another node ignored");
+                    node.core.impostors = 0;
+                }
+            }
+            signal = signals.recv() => if stops(signal) { break },
+        }
+        for a in actions {
+            carry_out(&mut node, &sockets, a, &fetched_tx).await;
+        }
+    }
+    info!("stopping; the quarantine list stays in force");
+    Ok(())
+}
+
+async fn carry_out(
+    node: &mut Node,
+    s: &Sockets,
+    action: Action,
+    fetched: &mpsc::UnboundedSender<Fetched>,
+) {
+    match action {
+        Action::Send { to, msg } => {
+            if let Some(ip) = node.addr_of.get(&to) {
+                let _ = s
+                    .udp
+                    .send_to(&msg.encode(), SocketAddr::new(*ip, s.port))
+                    .await;
+            }
+        }
+        Action::Fetch { from, serial } => {
+            let Some(ip) = node.addr_of.get(&from).copied() else {
+                // No address for it (left the map meanwhile): the slot is freed; a next
+                // fetch, if any, waits for the next tick.
+                let _ = node.core.fetch_done(from, FetchResult::Network, node.now());
+                return;
+            };
+            debug!(from = from.get(), serial, "fetching a newer policy");
+            let tx = fetched.clone();
+            let port = s.port;
+            tokio::spawn(async move {
+                let r = fetch(SocketAddr::new(ip, port)).await;
+                let _ = tx.send((from, r));
+            });
+        }
+        local => node.record(local),
+    }
+}

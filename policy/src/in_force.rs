@@ -1,0 +1,298 @@
+//! The policy in force: the one way every daemon (netguard, clusterd, joind, certaintyd)
+//! notices, loads and accepts a policy.
+//!
+//! [`PolicyInForce`] reads the signed pair when its files change (their stamp, or a
+//! [`watch`](crate::watch) event), verifies it reusing the last policy's node blocks, puts it
+//! through this daemon's [`RollbackStore`] and holds what the store returned: an
+//! [`Accepted`], which nothing else can make. A refused file leaves the policy in force as it
+//! is, and says whether its reason is new, so a daemon logs each refusal once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use jiff::Timestamp;
+
+use crate::blocks::NodeBlocks;
+use crate::fsutil::FileError;
+use crate::load::{self, LoadError, SignedFiles};
+use crate::signature::{TrustedKeys, VerifyError, verify_policy_reusing};
+use crate::signature_path;
+use crate::store::{Accepted, RollbackStore, StoreError};
+
+/// Where a daemon's policy comes from and where its rollback state is kept.
+#[derive(Debug, Clone)]
+pub struct PolicyPaths {
+    /// The signed policy (its signature beside it, `<policy>.sig`).
+    pub policy: PathBuf,
+    /// The operator public keys, one base64 key a line.
+    pub trust: PathBuf,
+    /// This daemon's rollback state (each daemon keeps its own).
+    pub state: PathBuf,
+}
+
+/// Why the files in place are not (or not yet) the policy in force.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Unreadable, unsigned, badly signed or invalid.
+    #[error("{0}")]
+    Load(#[from] LoadError),
+    /// Verified, but older than, or replaying, what this node accepted; or another
+    /// cluster's; or expired.
+    #[error("{path}: {source}")]
+    Store { path: String, source: StoreError },
+}
+
+/// What reading the files did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The files did not change since they were last read: nothing was read.
+    Unread,
+    /// The files hold an acceptable policy. `new`: it was not in force before (else it is
+    /// the one in force, read again). `recovered`: the files were refused at the last read.
+    Accepted {
+        policy: Arc<Accepted>,
+        new: bool,
+        recovered: bool,
+    },
+    /// The files are refused; the policy in force (if any) stays. `first`: this reason was
+    /// not the last read's (log it once, not at every read).
+    Refused { reason: Refusal, first: bool },
+}
+
+/// (modified, length, inode) of the policy and of its signature: they change together when a
+/// new policy is put in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp([Option<(SystemTime, u64, u64)>; 2]);
+
+impl Stamp {
+    pub fn of(policy: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let of = |p: &Path| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        };
+        Stamp([of(policy), of(&signature_path(policy))])
+    }
+}
+
+/// The policy a daemon has in force, and how it gets the next one.
+#[derive(Debug)]
+pub struct PolicyInForce {
+    paths: PolicyPaths,
+    store: RollbackStore,
+    /// The `[[node]]` blocks of the last policy verified: the next is parsed by its changed
+    /// blocks only.
+    blocks: NodeBlocks,
+    /// The files' stamp when last read.
+    stamp: Option<Stamp>,
+    current: Option<Arc<Accepted>>,
+    /// The last read's refusal, for de-duplication.
+    refusal: Option<String>,
+    last_load: Duration,
+}
+
+impl PolicyInForce {
+    /// Opens this daemon's rollback store (`min_serial`: the floor of a node that keeps no
+    /// state across boots). Nothing is read yet.
+    pub fn open(paths: PolicyPaths, min_serial: u64) -> Result<Self, StoreError> {
+        let store = RollbackStore::open(&paths.state, min_serial)?;
+        Ok(Self {
+            paths,
+            store,
+            blocks: NodeBlocks::default(),
+            stamp: None,
+            current: None,
+            refusal: None,
+            last_load: Duration::ZERO,
+        })
+    }
+
+    pub fn paths(&self) -> &PolicyPaths {
+        &self.paths
+    }
+
+    /// The policy in force, if any was accepted.
+    pub fn current(&self) -> Option<&Arc<Accepted>> {
+        self.current.as_ref()
+    }
+
+    /// The rollback store, to ask whether a policy would be accepted.
+    pub fn store(&self) -> &RollbackStore {
+        &self.store
+    }
+
+    /// Whether the files were refused at the last read.
+    pub fn refused(&self) -> bool {
+        self.refusal.is_some()
+    }
+
+    /// How long the last read of the files took (read, verify, accept).
+    pub fn last_load(&self) -> Duration {
+        self.last_load
+    }
+
+    /// Reads the files if their stamp changed since the last read (the fall-back when no
+    /// change event is had, and the way of a daemon that polls).
+    pub fn poll(&mut self, now: Timestamp) -> Outcome {
+        if self.stamp == Some(Stamp::of(&self.paths.policy)) {
+            return Outcome::Unread;
+        }
+        self.reload(now)
+    }
+
+    /// Reads the files whatever their stamp (a change event, a timer, a file just written).
+    pub fn reload(&mut self, now: Timestamp) -> Outcome {
+        let read = self.read(now);
+        self.outcome(read)
+    }
+
+    /// Reads the files now: the policy in force, or why they are refused (for a daemon that
+    /// cannot start without one).
+    pub fn load_now(&mut self, now: Timestamp) -> Result<Arc<Accepted>, Refusal> {
+        let read = self.read(now);
+        if read.is_ok() {
+            self.refusal = None;
+        }
+        read.map(|(policy, _)| policy)
+    }
+
+    /// Reads, verifies and offers the files; `bool`: the policy is new in force.
+    fn read(&mut self, now: Timestamp) -> Result<(Arc<Accepted>, bool), Refusal> {
+        let started = Instant::now();
+        self.stamp = Some(Stamp::of(&self.paths.policy));
+        let path = self.paths.policy.clone();
+        let read = load::load_signed_reusing(&path, &self.paths.trust, now, &mut self.blocks)
+            .map_err(Refusal::Load)
+            .and_then(|files| self.take(files, now));
+        self.last_load = started.elapsed();
+        read
+    }
+
+    /// Puts `files` through the store and in force; `bool`: it was not in force already.
+    fn take(
+        &mut self,
+        files: SignedFiles,
+        now: Timestamp,
+    ) -> Result<(Arc<Accepted>, bool), Refusal> {
+        if let Some(cur) = &self.current
+            && cur.digest_hex() == files.verified.digest_hex()
+        {
+            return Ok((cur.clone(), false));
+        }
+        let (accepted, _) = self
+            .store
+            .accept(files, now)
+            .map_err(|source| Refusal::Store {
+                path: self.paths.policy.display().to_string(),
+                source,
+            })?;
+        let policy = Arc::new(accepted);
+        self.current = Some(policy.clone());
+        Ok((policy, true))
+    }
+
+    /// The outcome of a read or an offer, its refusal de-duplicated.
+    fn outcome(&mut self, read: Result<(Arc<Accepted>, bool), Refusal>) -> Outcome {
+        match read {
+            Ok((policy, new)) => Outcome::Accepted {
+                policy,
+                new,
+                recovered: self.refusal.take().is_some(),
+            },
+            Err(reason) => {
+                let text = reason.to_string();
+                let first = self.refusal.as_deref() != Some(text.as_str());
+                self.refusal = Some(text);
+                Outcome::Refused { reason, first }
+            }
+        }
+    }
+
+    /// [`reload`](Self::reload) right after a change event, when the signature may still be
+    /// on its way: a refusal is not taken as reported (the next read's `first` is as if this
+    /// one had not happened), so the caller can log it quietly and check again shortly.
+    pub fn reload_tentatively(&mut self, now: Timestamp) -> Outcome {
+        let before = self.refusal.clone();
+        let outcome = self.reload(now);
+        if matches!(outcome, Outcome::Refused { .. }) {
+            self.refusal = before;
+        }
+        outcome
+    }
+
+    /// A verified policy from elsewhere (a peer, the copy in force): through the store, then
+    /// in force if it is new.
+    pub fn offer(&mut self, files: SignedFiles, now: Timestamp) -> Outcome {
+        let taken = self.take(files, now);
+        self.outcome(taken)
+    }
+
+    /// Verifies a policy that did not come from the files (a peer's), against `keys`,
+    /// reusing the node blocks of the last one verified. `name` says where it came from in
+    /// an error. It still has to be [`offer`](Self::offer)ed to be in force.
+    pub fn verify(
+        &mut self,
+        name: &str,
+        policy: Vec<u8>,
+        signature: Vec<u8>,
+        keys: &TrustedKeys,
+        now: Timestamp,
+    ) -> Result<SignedFiles, VerifyError> {
+        let verified =
+            verify_policy_reusing(name, &policy, &signature, keys, now, &mut self.blocks)?;
+        Ok(SignedFiles {
+            verified,
+            policy,
+            signature,
+            trust: Vec::new(),
+        })
+    }
+
+    /// Takes the files as read at their present stamp without reading them: what a change
+    /// the next [`poll`](Self::poll) must not see looks like (tests of a missed change).
+    #[doc(hidden)]
+    pub fn mark_read(&mut self) {
+        self.stamp = Some(Stamp::of(&self.paths.policy));
+    }
+
+    /// Forgets the files' stamp: the next [`poll`](Self::poll) reads them.
+    pub fn forget_stamp(&mut self) {
+        self.stamp = None;
+    }
+
+    /// Where this daemon keeps a copy of the policy in force ([`load::in_force_path`]).
+    pub fn copy_path(&self) -> PathBuf {
+        load::in_force_path(&self.paths.state)
+    }
+
+    /// Keeps a copy of the policy in force beside the rollback state: what `tyd status`
+    /// shows, and what [`fall_back_to_copy`](Self::fall_back_to_copy) reads after a restart.
+    pub fn keep_copy(&self) -> Result<(), FileError> {
+        match &self.current {
+            Some(p) => {
+                load::save_in_force(&self.paths.state, &p.files().policy, &p.files().signature)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// At start, while the files are refused: the copy of the policy in force before the
+    /// restart, if there is one, it still verifies and the store accepts it (it is what the
+    /// store last accepted). `None` when a policy is in force already or there is no copy.
+    pub fn fall_back_to_copy(&mut self, now: Timestamp) -> Option<Outcome> {
+        let copy = self.copy_path();
+        if self.current.is_some() || !copy.exists() {
+            return None;
+        }
+        let refusal = self.refusal.take();
+        let taken = load::load_signed(&copy, &self.paths.trust, now)
+            .map_err(Refusal::Load)
+            .and_then(|files| self.take(files, now));
+        let outcome = self.outcome(taken);
+        // The files in place are still refused: the next read of them reports so again only
+        // if its reason changed.
+        self.refusal = refusal;
+        Some(outcome)
+    }
+}
