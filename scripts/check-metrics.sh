@@ -31,7 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 chmod 755 "$dir"
-cargo run -q --locked -p netguard --example metrics_sample >"$dir/netguard.prom"
+cargo run -q --locked -p netguard --example sample_metrics >"$dir/netguard.prom"
 cargo run -q --locked -p certaintyd --example metrics_sample >"$dir/certaintyd.prom"
 
 ip netns add "$ns"

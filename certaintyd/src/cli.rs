@@ -82,18 +82,12 @@ pub struct Args {
     pub log_json: bool,
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, policy::model::duration::DurationError> {
     policy::model::duration::parse(s)
 }
 
-pub fn parse_action(s: &str) -> Result<Action, String> {
-    match s {
-        "reboot" => Ok(Action::Reboot),
-        "poweroff" => Ok(Action::Poweroff),
-        "exec" => Ok(Action::Exec),
-        "alert" => Ok(Action::Alert),
-        _ => Err(format!("unknown action {s:?}")),
-    }
+pub fn parse_action(s: &str) -> Result<Action, policy::model::ActionError> {
+    s.parse()
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
         metrics_file: args.metrics_file.clone(),
     };
     if let Some(file) = &args.metrics_file {
-        metrics_outside_root(file, &config.root).map_err(|e| Refused(Exit::Refused, e))?;
+        metrics_outside_root(file, &config.root)?;
         if policy::fsutil::same_location(file, &args.socket) {
             return Err(Refused(
                 Exit::Refused,
@@ -109,22 +109,28 @@ fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
 
 /// The metrics file must not be on the monitored root's filesystem: writing it would be a
 /// change to the root.
-fn metrics_outside_root(file: &std::path::Path, root: &std::path::Path) -> Result<(), String> {
+fn metrics_outside_root(file: &std::path::Path, root: &std::path::Path) -> Result<(), Refused> {
     use std::os::unix::fs::MetadataExt;
     let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     let dev = |p: &std::path::Path| {
-        std::fs::metadata(p)
-            .map(|m| m.dev())
-            .map_err(|e| format!("--metrics-file: {}: {e}", p.display()))
+        std::fs::metadata(p).map(|m| m.dev()).map_err(|e| {
+            Refused(
+                Exit::Refused,
+                format!("--metrics-file: {}: {e}", p.display()),
+            )
+        })
     };
     if dev(dir)? == dev(root)? {
-        return Err(format!(
-            "--metrics-file {} is on the monitored root's filesystem ({}): writing it would be a change; put it under /run",
-            file.display(),
-            root.display()
+        return Err(Refused(
+            Exit::Refused,
+            format!(
+                "--metrics-file {} is on the monitored root's filesystem ({}): writing it would be a change; put it under /run",
+                file.display(),
+                root.display()
+            ),
         ));
     }
     Ok(())

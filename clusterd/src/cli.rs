@@ -30,8 +30,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub min_serial: u64,
     /// certaintyd's control socket; "none" when this node runs no certaintyd.
-    #[arg(long, default_value = "/run/certaintyd.sock")]
-    pub certainty_socket: String,
+    #[arg(long, default_value = "/run/certaintyd.sock", value_parser = parse_certainty_socket)]
+    pub certainty_socket: CertaintySocket,
     #[arg(long, default_value = "/proc/sys/kernel/random/boot_id")]
     pub boot_id: PathBuf,
     /// Where the quarantine list for netguard is written.
@@ -44,3 +44,34 @@ pub struct Args {
     #[arg(long)]
     pub log_json: bool,
 }
+
+/// Where certaintyd answers, or that this node runs none (`--certainty-socket none`, as on a
+/// node whose root is on disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertaintySocket {
+    None,
+    At(PathBuf),
+}
+
+impl CertaintySocket {
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            CertaintySocket::None => None,
+            CertaintySocket::At(p) => Some(p),
+        }
+    }
+}
+
+/// `none`, or a socket path (never empty).
+pub fn parse_certainty_socket(s: &str) -> Result<CertaintySocket, EmptySocket> {
+    match s {
+        "none" => Ok(CertaintySocket::None),
+        "" => Err(EmptySocket),
+        path => Ok(CertaintySocket::At(PathBuf::from(path))),
+    }
+}
+
+/// An empty `--certainty-socket`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a socket path, or none when this node runs no certaintyd")]
+pub struct EmptySocket;

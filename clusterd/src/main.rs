@@ -34,8 +34,7 @@ fn main() -> ExitCode {
         state: args.state,
         min_serial: args.min_serial,
         sources: Sources {
-            certainty_socket: (args.certainty_socket != "none")
-                .then(|| PathBuf::from(&args.certainty_socket)),
+            certainty_socket: args.certainty_socket.path().map(PathBuf::from),
             boot_id: args.boot_id,
             proc_root: PathBuf::from("/proc"),
         },

@@ -12,14 +12,14 @@ use clap::Parser;
 use drone_boot::cli::{Args, Cmd};
 use drone_boot::harden;
 use drone_boot::netcfg::{self, NetConfig};
-use policy::exit::Failure;
+use policy::exit::{Exit, Failure};
 use tracing::{info, warn};
 
 fn main() -> ExitCode {
     let args = Args::parse();
     logsetup::init("DRONE_LOG", false);
     let result = match args.command {
-        Cmd::Net { cmdline } => net(&cmdline).map_err(Failure::from),
+        Cmd::Net { cmdline } => net(&cmdline),
         Cmd::Harden {
             policy,
             trust,
@@ -31,26 +31,32 @@ fn main() -> ExitCode {
     policy::exit::finish("drone-boot", result)
 }
 
-fn run_ip(args: &[String]) -> Result<(), String> {
+/// A failure to set the network up: this edge's one line, with the runtime exit code.
+fn runtime(message: String) -> Failure {
+    Failure::new(Exit::Runtime, message)
+}
+
+fn run_ip(args: &[String]) -> Result<(), Failure> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
+        .map_err(|e| runtime(format!("cannot run ip: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
+        Err(runtime(format!(
             "ip {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        )))
     }
 }
 
-fn net(cmdline: &Path) -> Result<(), String> {
-    let text =
-        std::fs::read_to_string(cmdline).map_err(|e| format!("{}: {e}", cmdline.display()))?;
-    let cfg = netcfg::parse_cmdline(&text).map_err(|e| format!("{}: {e}", cmdline.display()))?;
+fn net(cmdline: &Path) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(cmdline)
+        .map_err(|e| runtime(format!("{}: {e}", cmdline.display())))?;
+    let cfg =
+        netcfg::parse_cmdline(&text).map_err(|e| runtime(format!("{}: {e}", cmdline.display())))?;
     let from_image = std::fs::read_to_string("/etc/drone/hostname")
         .ok()
         .map(|s| s.trim().to_string());
@@ -60,7 +66,8 @@ fn net(cmdline: &Path) -> Result<(), String> {
     }
     .or(from_image)
     .unwrap_or_else(|| "drone".into());
-    nix::unistd::sethostname(&hostname).map_err(|e| format!("sethostname {hostname}: {e}"))?;
+    nix::unistd::sethostname(&hostname)
+        .map_err(|e| runtime(format!("sethostname {hostname}: {e}")))?;
     match &cfg {
         NetConfig::Static { .. } => {
             for cmd in netcfg::static_commands(&cfg) {
@@ -88,9 +95,9 @@ fn net(cmdline: &Path) -> Result<(), String> {
                     &format!("hostname:{hostname}"),
                 ])
                 .status()
-                .map_err(|e| format!("cannot run udhcpc: {e}"))?;
+                .map_err(|e| runtime(format!("cannot run udhcpc: {e}")))?;
             if !status.success() {
-                return Err(format!("udhcpc on {device}: {status}"));
+                return Err(runtime(format!("udhcpc on {device}: {status}")));
             }
         }
         NetConfig::Off => warn!("ip=off: network left to the operator"),

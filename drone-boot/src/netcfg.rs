@@ -45,24 +45,44 @@ impl std::fmt::Display for NetConfig {
 
 pub const DEFAULT_DEVICE: &str = "eth0";
 
-fn prefix_of(mask: &str) -> Result<u8, String> {
+/// Why an `ip=` specification is not one drone-boot can set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpSpecError {
+    #[error("ip=: device {0:?} is not an interface name")]
+    Device(String),
+    #[error("ip=: hostname {0:?} is not a host name")]
+    Hostname(String),
+    #[error("ip=: client address {0:?} is not IPv4")]
+    Address(String),
+    #[error("ip=: gateway {0:?} is not IPv4")]
+    Gateway(String),
+    #[error("ip=: prefix length {0} is over 32")]
+    PrefixTooLong(u8),
+    #[error("ip=: netmask {0:?} is neither dotted nor a prefix length")]
+    NotAMask(String),
+    #[error("ip=: netmask {0} is not contiguous")]
+    NotContiguous(String),
+}
+
+fn prefix_of(mask: &str) -> Result<u8, IpSpecError> {
     if let Ok(bits) = mask.parse::<u8>() {
         return (bits <= 32)
             .then_some(bits)
-            .ok_or_else(|| format!("prefix length {bits} is over 32"));
+            .ok_or(IpSpecError::PrefixTooLong(bits));
     }
     let m: Ipv4Addr = mask
         .parse()
-        .map_err(|_| format!("netmask {mask:?} is neither dotted nor a prefix length"))?;
+        .map_err(|_| IpSpecError::NotAMask(mask.to_string()))?;
     let bits = u32::from(m);
     if bits.leading_ones() + bits.trailing_zeros() != 32 {
-        return Err(format!("netmask {mask} is not contiguous"));
+        return Err(IpSpecError::NotContiguous(mask.to_string()));
     }
-    u8::try_from(bits.leading_ones()).map_err(|_| format!("netmask {mask}"))
+    // At most 32 ones: always a u8.
+    Ok(bits.leading_ones() as u8)
 }
 
 /// Reads `ip=` from a kernel command line. The last `ip=` wins, as with the kernel.
-pub fn parse_cmdline(cmdline: &str) -> Result<NetConfig, String> {
+pub fn parse_cmdline(cmdline: &str) -> Result<NetConfig, IpSpecError> {
     let Some(spec) = cmdline
         .split_whitespace()
         .rev()
@@ -87,13 +107,13 @@ pub fn parse_cmdline(cmdline: &str) -> Result<NetConfig, String> {
     let field = |i: usize| f.get(i).copied().filter(|s| !s.is_empty());
     let device = field(5).unwrap_or(DEFAULT_DEVICE).to_string();
     if !policy::validate::valid_interface_name(&device) {
-        return Err(format!("ip=: device {device:?} is not an interface name"));
+        return Err(IpSpecError::Device(device));
     }
     let hostname = field(4).map(str::to_string);
     if let Some(h) = &hostname
         && !(h.len() <= 63 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
     {
-        return Err(format!("ip=: hostname {h:?} is not a host name"));
+        return Err(IpSpecError::Hostname(h.clone()));
     }
     let Some(client) = field(0) else {
         return Ok(NetConfig::Dhcp { device, hostname });
@@ -103,16 +123,13 @@ pub fn parse_cmdline(cmdline: &str) -> Result<NetConfig, String> {
     }
     let address: Ipv4Addr = client
         .parse()
-        .map_err(|_| format!("ip=: client address {client:?} is not IPv4"))?;
+        .map_err(|_| IpSpecError::Address(client.to_string()))?;
     let prefix = match field(3) {
-        Some(m) => prefix_of(m).map_err(|e| format!("ip=: {e}"))?,
+        Some(m) => prefix_of(m)?,
         None => 24,
     };
     let gateway = field(2)
-        .map(|g| {
-            g.parse()
-                .map_err(|_| format!("ip=: gateway {g:?} is not IPv4"))
-        })
+        .map(|g| g.parse().map_err(|_| IpSpecError::Gateway(g.to_string())))
         .transpose()?;
     Ok(NetConfig::Static {
         device,
@@ -200,21 +217,25 @@ mod tests {
         assert!(
             parse_cmdline("ip=300.1.1.1")
                 .unwrap_err()
+                .to_string()
                 .contains("not IPv4")
         );
         assert!(
             parse_cmdline("ip=10.0.0.1:::255.0.255.0")
                 .unwrap_err()
+                .to_string()
                 .contains("not contiguous")
         );
         assert!(
             parse_cmdline("ip=10.0.0.1::::bad_host!")
                 .unwrap_err()
+                .to_string()
                 .contains("host name")
         );
         assert!(
             parse_cmdline("ip=10.0.0.1:::33")
                 .unwrap_err()
+                .to_string()
                 .contains("over 32")
         );
     }

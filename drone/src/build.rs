@@ -66,7 +66,10 @@ pub enum BuildError {
         source: policy::fsutil::FileError,
     },
     #[error("{path}: not a WireGuard private key: {why}")]
-    BadKey { path: PathBuf, why: String },
+    BadKey {
+        path: PathBuf,
+        why: policy::keys::KeyTextError,
+    },
     #[error(
         "{path}: this node key (public {public}) is not in the policy; add it with `tyd node add`"
     )]

@@ -111,11 +111,16 @@ pub struct PxeArgs {
     pub run: bool,
 }
 
-pub fn parse_named_dir(s: &str) -> Result<(String, PathBuf), String> {
+/// A `NAME=DIR` option that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}: expected NAME=DIR")]
+pub struct NamedDirError(String);
+
+pub fn parse_named_dir(s: &str) -> Result<(String, PathBuf), NamedDirError> {
     match s.split_once('=') {
         Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
             Ok((name.to_string(), PathBuf::from(dir)))
         }
-        _ => Err(format!("{s}: expected NAME=DIR")),
+        _ => Err(NamedDirError(s.to_string())),
     }
 }

@@ -14,14 +14,20 @@ pub enum ElfError {
     Missing { path: PathBuf, missing: String },
 }
 
+/// A library `ldd` could not resolve, by the name it gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotFound(pub String);
+
 /// The library files named in `ldd` output (the loader included, the vDSO not). A line
 /// `libx.so => not found` is returned as an error name.
-pub fn parse_ldd(output: &str) -> Result<Vec<PathBuf>, String> {
+pub fn parse_ldd(output: &str) -> Result<Vec<PathBuf>, NotFound> {
     let mut out = Vec::new();
     for line in output.lines() {
         let line = line.trim();
         if line.contains("=> not found") {
-            return Err(line.split_whitespace().next().unwrap_or(line).to_string());
+            return Err(NotFound(
+                line.split_whitespace().next().unwrap_or(line).to_string(),
+            ));
         }
         let path = match line.split_once("=>") {
             Some((_, rest)) => rest.trim(),
@@ -54,7 +60,7 @@ pub fn libraries(program: &Path) -> Result<Vec<PathBuf>, ElfError> {
     }
     parse_ldd(&text).map_err(|missing| ElfError::Missing {
         path: program.into(),
-        missing,
+        missing: missing.0,
     })
 }
 
@@ -78,7 +84,7 @@ mod tests {
         );
         assert_eq!(
             parse_ldd("\tlibgone.so.3 => not found\n"),
-            Err("libgone.so.3".to_string())
+            Err(NotFound("libgone.so.3".to_string()))
         );
     }
 

@@ -183,7 +183,8 @@ pub fn check(
             operator_key,
         } => (node, name, policy, signature, operator_key),
     };
-    let trust = TrustedKeys::parse(&operator_key).map_err(JoinError::Malformed)?;
+    let trust =
+        TrustedKeys::parse(&operator_key).map_err(|e| JoinError::Malformed(e.to_string()))?;
     let key = *trust
         .keys()
         .first()

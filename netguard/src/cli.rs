@@ -53,9 +53,14 @@ pub struct Args {
     pub log_json: bool,
 }
 
-pub fn parse_backend(s: &str) -> Result<Kind, String> {
+/// A `--backend` that is neither.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected kernel or userspace")]
+pub struct BackendError;
+
+pub fn parse_backend(s: &str) -> Result<Kind, BackendError> {
     match s {
         "kernel" | "userspace" => Ok(Kind::detect(Some(s))),
-        _ => Err("expected kernel or userspace".into()),
+        _ => Err(BackendError),
     }
 }

@@ -184,19 +184,35 @@ pub fn foreign_rules(json: &str, nets: &[IpNet], ipv6: bool) -> Vec<Foreign> {
     out
 }
 
-fn ip(args: &[&str]) -> Result<String, String> {
+/// An `ip` command that could not be run or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IpError {
+    #[error("cannot run ip: {0}")]
+    Spawn(std::io::Error),
+    #[error("`ip {command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
+}
+
+impl IpError {
+    /// What it failed on is gone already (removing an address also removes its routes).
+    fn gone_already(&self) -> bool {
+        matches!(self, IpError::Failed { stderr, .. }
+            if stderr.contains("No such process") || stderr.contains("Cannot find"))
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String, IpError> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
+        .map_err(IpError::Spawn)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            policy::parse::one_line(&String::from_utf8_lossy(&out.stderr))
-        ))
+        Err(IpError::Failed {
+            command: args.join(" "),
+            stderr: policy::parse::one_line(&String::from_utf8_lossy(&out.stderr)),
+        })
     }
 }
 
@@ -204,7 +220,7 @@ fn ip(args: &[&str]) -> Result<String, String> {
 /// traffic elsewhere (rules first: a rule's table may hold nothing foreign). Returns one
 /// line per removal; a removal that fails is returned as an error line too (the firewall
 /// still drops the traffic).
-pub fn repair(nets: &[IpNet], iface: &str) -> Result<Vec<String>, String> {
+pub fn repair(nets: &[IpNet], iface: &str) -> Result<Vec<String>, IpError> {
     if nets.is_empty() {
         return Ok(Vec::new());
     }
@@ -215,7 +231,7 @@ pub fn repair(nets: &[IpNet], iface: &str) -> Result<Vec<String>, String> {
             match ip(&args) {
                 Ok(_) => changes.push(format!("{} removed", f.what)),
                 // Removing an address also removes its routes: gone already is fine.
-                Err(e) if e.contains("No such process") || e.contains("Cannot find") => {}
+                Err(e) if e.gone_already() => {}
                 Err(e) => changes.push(format!("{} could not be removed: {e}", f.what)),
             }
         }

@@ -7,13 +7,28 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Why a key's text is not a key of the kind expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyTextError {
+    #[error("key is not valid base64")]
+    Base64,
+    #[error("key must be 32 bytes, got {0}")]
+    Length(usize),
+    #[error("not a valid ed25519 public key")]
+    NotEd25519,
+    /// The file's label line names another kind.
+    #[error("this is {}, expected {}", .found.with_article(), .expected.with_article())]
+    WrongKind { found: KeyKind, expected: KeyKind },
+    #[error("no key found (expected {})", .0.with_article())]
+    Missing(KeyKind),
+    #[error("more than one key line (expected {})", .0.with_article())]
+    SeveralLines(KeyKind),
+}
+
 /// Decode standard base64 into exactly 32 bytes.
-pub fn decode_key32(text: &str) -> Result<[u8; 32], String> {
-    let bytes = B64
-        .decode(text.trim())
-        .map_err(|_| "key is not valid base64".to_string())?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("key must be 32 bytes, got {}", bytes.len()))
+pub fn decode_key32(text: &str) -> Result<[u8; 32], KeyTextError> {
+    let bytes = B64.decode(text.trim()).map_err(|_| KeyTextError::Base64)?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyTextError::Length(bytes.len()))
 }
 
 pub fn encode(bytes: &[u8]) -> String {
@@ -94,7 +109,7 @@ pub enum SecretKeyError {
     #[error("{0}")]
     File(#[from] crate::fsutil::FileError),
     #[error("{path}: {why}")]
-    Key { path: String, why: String },
+    Key { path: String, why: KeyTextError },
 }
 
 /// Reads a secret key file of `kind`: refused if group or others can read it, if it is not a
@@ -115,28 +130,19 @@ pub fn read_secret_key(
 /// Reads a key file's text as `expected`: `#` comment lines, at most one label line, and one
 /// base64 line of 32 bytes. A file labelled as another kind is refused, naming both; an
 /// unlabelled one (`wg genkey` output, keys written by an older tyd) is taken as `expected`.
-pub fn parse_key_file(text: &str, expected: KeyKind) -> Result<[u8; 32], String> {
-    if let Some(kind) = labelled_kind(text)
-        && kind != expected
+pub fn parse_key_file(text: &str, expected: KeyKind) -> Result<[u8; 32], KeyTextError> {
+    if let Some(found) = labelled_kind(text)
+        && found != expected
     {
-        return Err(format!(
-            "this is {}, expected {}",
-            kind.with_article(),
-            expected.with_article()
-        ));
+        return Err(KeyTextError::WrongKind { found, expected });
     }
     let mut lines = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'));
-    let key = lines
-        .next()
-        .ok_or_else(|| format!("no key found (expected {})", expected.with_article()))?;
+    let key = lines.next().ok_or(KeyTextError::Missing(expected))?;
     if lines.next().is_some() {
-        return Err(format!(
-            "more than one key line (expected {})",
-            expected.with_article()
-        ));
+        return Err(KeyTextError::SeveralLines(expected));
     }
     decode_key32(key)
 }
@@ -185,8 +191,8 @@ impl WgPublicKey {
 }
 
 impl std::str::FromStr for WgPublicKey {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = KeyTextError;
+    fn from_str(s: &str) -> Result<Self, KeyTextError> {
         decode_key32(s).map(Self)
     }
 }
@@ -254,12 +260,12 @@ impl From<&SigningKey> for OperatorPublicKey {
 }
 
 impl std::str::FromStr for OperatorPublicKey {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = KeyTextError;
+    fn from_str(s: &str) -> Result<Self, KeyTextError> {
         let bytes = decode_key32(s)?;
         VerifyingKey::from_bytes(&bytes)
             .map(Self)
-            .map_err(|_| "not a valid ed25519 public key".to_string())
+            .map_err(|_| KeyTextError::NotEd25519)
     }
 }
 
@@ -318,11 +324,15 @@ mod tests {
         let secret = KeyKind::NodeSecret.file_text(&k);
         assert_eq!(parse_key_file(&secret, KeyKind::NodeSecret), Ok(k));
         assert_eq!(
-            parse_key_file(&secret, KeyKind::NodePublic).unwrap_err(),
+            parse_key_file(&secret, KeyKind::NodePublic)
+                .unwrap_err()
+                .to_string(),
             "this is a node secret key, expected a node public key"
         );
         assert_eq!(
-            parse_key_file(&secret, KeyKind::OperatorSecret).unwrap_err(),
+            parse_key_file(&secret, KeyKind::OperatorSecret)
+                .unwrap_err()
+                .to_string(),
             "this is a node secret key, expected an operator secret key"
         );
         // `wg genkey` output: one bare line.
@@ -340,11 +350,14 @@ mod tests {
         let k = WgPublicKey::from_bytes([7; 32]);
         assert_eq!(k.to_base64().parse::<WgPublicKey>(), Ok(k));
         assert_eq!(
-            "abc".parse::<WgPublicKey>().unwrap_err(),
+            "abc".parse::<WgPublicKey>().unwrap_err().to_string(),
             "key is not valid base64"
         );
         assert_eq!(
-            encode(&[1; 16]).parse::<WgPublicKey>().unwrap_err(),
+            encode(&[1; 16])
+                .parse::<WgPublicKey>()
+                .unwrap_err()
+                .to_string(),
             "key must be 32 bytes, got 16"
         );
     }

@@ -18,7 +18,10 @@ pub enum LoadError {
     File(#[from] FileError),
     /// The trust file holds no usable key.
     #[error("{path}: {reason}")]
-    Trust { path: String, reason: String },
+    Trust {
+        path: String,
+        reason: crate::signature::TrustFileError,
+    },
     /// There is no readable signature next to the policy.
     #[error("{0} (the policy is not signed)")]
     Unsigned(FileError),

@@ -106,10 +106,15 @@ pub struct Parent {
     pub digest: String,
 }
 
+/// A parent that is not `SERIAL:DIGEST`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not SERIAL:DIGEST (a serial, a colon, 64 hex digits)")]
+pub struct ParentError(String);
+
 impl TryFrom<String> for Parent {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not SERIAL:DIGEST (a serial, a colon, 64 hex digits)");
+    type Error = ParentError;
+    fn try_from(s: String) -> Result<Self, ParentError> {
+        let bad = || ParentError(s.clone());
         let (serial, digest) = s.split_once(':').ok_or_else(bad)?;
         let serial = serial.parse().map_err(|_| bad())?;
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -267,6 +272,24 @@ pub enum Action {
     Poweroff,
     Exec,
     Alert,
+}
+
+/// A name that is not an action.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown action {0:?}")]
+pub struct ActionError(String);
+
+impl std::str::FromStr for Action {
+    type Err = ActionError;
+    fn from_str(s: &str) -> Result<Self, ActionError> {
+        match s {
+            "reboot" => Ok(Action::Reboot),
+            "poweroff" => Ok(Action::Poweroff),
+            "exec" => Ok(Action::Exec),
+            "alert" => Ok(Action::Alert),
+            _ => Err(ActionError(s.to_string())),
+        }
+    }
 }
 
 impl fmt::Display for Action {
@@ -518,18 +541,18 @@ impl Role {
     }
 }
 
+/// A name that is not a role (shown as the operator wrote it, made printable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} is not a role (master, drone or server)", crate::parse::shown(.0))]
+pub struct RoleError(String);
+
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = RoleError;
+    fn from_str(s: &str) -> Result<Self, RoleError> {
         Role::ALL
             .into_iter()
             .find(|r| r.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "{} is not a role (master, drone or server)",
-                    crate::parse::shown(s)
-                )
-            })
+            .ok_or_else(|| RoleError(s.to_string()))
     }
 }
 
@@ -615,11 +638,20 @@ mod opt_timestamp {
 pub mod duration {
     use super::*;
 
-    pub fn parse(text: &str) -> Result<Duration, String> {
+    /// Why a text is not a duration.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum DurationError {
+        #[error("{0:?} is not a duration such as \"2s\" or \"10m\"")]
+        NotADuration(String),
+        #[error("duration {0:?} is negative")]
+        Negative(String),
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, DurationError> {
         let signed: jiff::SignedDuration = text
             .parse()
-            .map_err(|_| format!("{text:?} is not a duration such as \"2s\" or \"10m\""))?;
-        Duration::try_from(signed).map_err(|_| format!("duration {text:?} is negative"))
+            .map_err(|_| DurationError::NotADuration(text.to_string()))?;
+        Duration::try_from(signed).map_err(|_| DurationError::Negative(text.to_string()))
     }
 
     pub fn format(d: &Duration) -> String {

@@ -5,6 +5,19 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+/// Why a port or a range is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    #[error("port 0 is not a valid port")]
+    Zero,
+    #[error("reversed port range {0}-{1}")]
+    Reversed(u16, u16),
+    #[error("{0:?} is not a port number")]
+    NotANumber(String),
+    #[error("port {0} is above 65535")]
+    TooLarge(u32),
+}
+
 /// An inclusive range of ports, never containing port 0 and never reversed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortRange {
@@ -14,17 +27,17 @@ pub struct PortRange {
 
 impl PortRange {
     /// Checked constructor: the only way to build a range, so none is ever invalid.
-    pub fn new(start: u16, end: u16) -> Result<Self, String> {
+    pub fn new(start: u16, end: u16) -> Result<Self, PortError> {
         if start == 0 || end == 0 {
-            return Err("port 0 is not a valid port".to_string());
+            return Err(PortError::Zero);
         }
         if start > end {
-            return Err(format!("reversed port range {start}-{end}"));
+            return Err(PortError::Reversed(start, end));
         }
         Ok(Self { start, end })
     }
 
-    pub fn single(port: u16) -> Result<Self, String> {
+    pub fn single(port: u16) -> Result<Self, PortError> {
         Self::new(port, port)
     }
 
@@ -57,14 +70,14 @@ impl fmt::Display for PortRange {
 }
 
 impl std::str::FromStr for PortRange {
-    type Err = String;
+    type Err = PortError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let parse = |p: &str| -> Result<u16, String> {
+    fn from_str(s: &str) -> Result<Self, PortError> {
+        let parse = |p: &str| -> Result<u16, PortError> {
             let p = p.trim();
             p.parse::<u32>()
-                .map_err(|_| format!("{p:?} is not a port number"))
-                .and_then(|n| u16::try_from(n).map_err(|_| format!("port {n} is above 65535")))
+                .map_err(|_| PortError::NotANumber(p.to_string()))
+                .and_then(|n| u16::try_from(n).map_err(|_| PortError::TooLarge(n)))
         };
         match s.split_once('-') {
             Some((a, b)) => Self::new(parse(a)?, parse(b)?),
@@ -149,19 +162,19 @@ mod tests {
     #[test]
     fn rejects_zero_reversed_and_large() {
         assert_eq!(
-            "0".parse::<PortRange>().unwrap_err(),
+            "0".parse::<PortRange>().unwrap_err().to_string(),
             "port 0 is not a valid port"
         );
         assert_eq!(
-            "5700-5000".parse::<PortRange>().unwrap_err(),
+            "5700-5000".parse::<PortRange>().unwrap_err().to_string(),
             "reversed port range 5700-5000"
         );
         assert_eq!(
-            "70000".parse::<PortRange>().unwrap_err(),
+            "70000".parse::<PortRange>().unwrap_err().to_string(),
             "port 70000 is above 65535"
         );
         assert_eq!(
-            "ssh".parse::<PortRange>().unwrap_err(),
+            "ssh".parse::<PortRange>().unwrap_err().to_string(),
             "\"ssh\" is not a port number"
         );
     }

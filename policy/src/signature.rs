@@ -20,6 +20,20 @@ use crate::parse::{Invalid, parse_policy, parse_policy_reusing};
 #[derive(Debug, Clone, Default)]
 pub struct TrustedKeys(Vec<OperatorPublicKey>);
 
+/// Why a trust file holds no usable key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustFileError {
+    #[error("this is {}, expected operator public keys", .0.with_article())]
+    WrongKind(crate::keys::KeyKind),
+    #[error("line {line}: {error}")]
+    Line {
+        line: usize,
+        error: crate::keys::KeyTextError,
+    },
+    #[error("no operator public key found")]
+    Empty,
+}
+
 impl TrustedKeys {
     pub fn new(keys: Vec<OperatorPublicKey>) -> Self {
         Self(keys)
@@ -27,14 +41,11 @@ impl TrustedKeys {
 
     /// One base64 key a line; blank lines and `#` comments are ignored. A file labelled as
     /// another kind of key (a node's, or a secret) is refused.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TrustFileError> {
         if let Some(kind) = crate::keys::labelled_kind(text)
             && kind != crate::keys::KeyKind::OperatorPublic
         {
-            return Err(format!(
-                "this is {}, expected operator public keys",
-                kind.with_article()
-            ));
+            return Err(TrustFileError::WrongKind(kind));
         }
         let mut keys = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -44,11 +55,11 @@ impl TrustedKeys {
             }
             let key = line
                 .parse::<OperatorPublicKey>()
-                .map_err(|e| format!("line {}: {e}", n + 1))?;
+                .map_err(|error| TrustFileError::Line { line: n + 1, error })?;
             keys.push(key);
         }
         if keys.is_empty() {
-            return Err("no operator public key found".to_string());
+            return Err(TrustFileError::Empty);
         }
         Ok(Self(keys))
     }

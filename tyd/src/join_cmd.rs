@@ -359,7 +359,7 @@ fn start_daemons(
     let plan = services::plan(kind, root, dir);
     match services::usable(no_start, dir, key, tokens) {
         Ok(()) => {
-            let next = |why: String| {
+            let next = |why: services::ServiceError| {
                 Failure::new(
                     Exit::Runtime,
                     format!(
@@ -368,7 +368,8 @@ fn start_daemons(
                     ),
                 )
             };
-            services::write_settings(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
+            services::write_settings(&plan)
+                .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
             services::start(&plan).map_err(next)?;
             // systemd says "started" as soon as netguard runs; the node is protected only
             // once its table is in force, which a missing dependency (nft unable to resolve
@@ -381,7 +382,8 @@ fn start_daemons(
         }
         Err(services::NotStarted::Asked) => {
             // The settings the units read are written, so starting them later is one line.
-            services::write_settings(&plan).map_err(|e| Failure::new(Exit::Runtime, e))?;
+            services::write_settings(&plan)
+                .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
             println!(
                 "daemons not started (--no-start); start them with: systemctl enable --now {}",
                 plan.units.join(" ")

@@ -291,14 +291,8 @@ enum PolicyCmd {
 /// Accepts calendar-free spans such as "90d", "12h", "1h 30m".
 /// A validity period in whole units a policy can be reasoned about with: seconds to weeks.
 /// Years and months vary in length, so they are refused with what to write instead.
-fn parse_span(s: &str) -> Result<SignedDuration, String> {
-    let plain = || {
-        format!(
-            "{} is not a duration such as \"90d\", \"12h\" or \"2w\" (units s, m, h, d, w; \
-             for a year write 365d)",
-            policy::parse::shown(s)
-        )
-    };
+fn parse_span(s: &str) -> Result<SignedDuration, failure::ArgError> {
+    let plain = || failure::ArgError::Span(s.to_string());
     let span: jiff::Span = s.parse().map_err(|_| plain())?;
     if span.get_years() != 0 || span.get_months() != 0 {
         return Err(plain());
@@ -307,10 +301,7 @@ fn parse_span(s: &str) -> Result<SignedDuration, String> {
         .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
         .map_err(|_| plain())?;
     if d.is_negative() || d.is_zero() {
-        return Err(format!(
-            "{} must be a positive duration",
-            policy::parse::shown(s)
-        ));
+        return Err(failure::ArgError::NotPositive(s.to_string()));
     }
     Ok(d)
 }

@@ -8,25 +8,21 @@ use jiff::Timestamp;
 use policy::{NodeId, Role, WgPublicKey};
 
 use crate::edit::{NewNode, PolicyEdit, default_addresses, find_node};
-use crate::failure::{CliResult, EXIT_CODES_HELP, Exit, Failure};
+use crate::failure::{ArgError, CliResult, EXIT_CODES_HELP, Exit, Failure};
 use crate::keygen::read_public_key_file;
 
 /// A node id: 1 to 65535 (0 is not a node), said plainly for any other input.
-fn parse_id(s: &str) -> Result<u16, String> {
+fn parse_id(s: &str) -> Result<u16, ArgError> {
     match s.trim().parse::<u64>() {
         Ok(n @ 1..=65535) => Ok(n as u16),
-        _ => Err("a node id is a number from 1 to 65535".into()),
+        _ => Err(ArgError::NodeId),
     }
 }
 
 /// An endpoint is an IP address and a port; host names are not resolved (a policy pins
 /// addresses, and a resolver on an untrusted LAN could be lied to).
-fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| {
-        "an endpoint is an IP address and a port, e.g. 192.0.2.10:51820 or [2001:db8::10]:51820 \
-         (host names are not resolved)"
-            .to_string()
-    })
+fn parse_endpoint(s: &str) -> Result<SocketAddr, ArgError> {
+    s.parse().map_err(|_| ArgError::Endpoint)
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,7 +86,7 @@ impl KeyArg {
     }
 }
 
-pub fn parse_role(s: &str) -> Result<Role, String> {
+pub fn parse_role(s: &str) -> Result<Role, policy::model::RoleError> {
     s.parse()
 }
 

@@ -200,38 +200,64 @@ pub fn root() -> Root {
     }
 }
 
+/// What went wrong setting the units up or starting them.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{}: {source}", path.display())]
+    Settings {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Write(#[from] policy::fsutil::FileError),
+    #[error("systemctl: {0}")]
+    Spawn(std::io::Error),
+    /// `systemctl` said no (its words, without the `--`).
+    #[error("systemctl {command}: {stderr}")]
+    Systemctl { command: String, stderr: String },
+    #[error(
+        "netguard's firewall (table inet netguard) is not in force {after_s} s after the start (netguard.service: {active})"
+    )]
+    NotInForce { after_s: u64, active: String },
+}
+
 /// Writes the settings into the units' environment files.
-pub fn write_settings(plan: &Plan) -> Result<(), String> {
+pub fn write_settings(plan: &Plan) -> Result<(), ServiceError> {
     for (file, key, value) in &plan.settings {
         let old = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(format!("{}: {e}", file.display())),
+            Err(source) => {
+                return Err(ServiceError::Settings {
+                    path: file.clone(),
+                    source,
+                });
+            }
         };
         let new = set_variable(&old, key, value);
         if new != old {
-            policy::fsutil::atomic_write(file, new.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+            policy::fsutil::atomic_write(file, new.as_bytes(), 0o644)?;
         }
     }
     Ok(())
 }
 
 /// Runs `systemctl enable --now` on the units.
-pub fn start(plan: &Plan) -> Result<(), String> {
+pub fn start(plan: &Plan) -> Result<(), ServiceError> {
     systemctl(&["enable", "--now", "--"], &plan.units)
 }
 
 /// Runs `systemctl disable --now` on `units`.
-pub fn stop(units: &[&str]) -> Result<(), String> {
+pub fn stop(units: &[&str]) -> Result<(), ServiceError> {
     systemctl(&["disable", "--now", "--"], units)
 }
 
-fn systemctl(args: &[&str], units: &[&str]) -> Result<(), String> {
+fn systemctl(args: &[&str], units: &[&str]) -> Result<(), ServiceError> {
     let out = Command::new("systemctl")
         .args(args)
         .args(units)
         .output()
-        .map_err(|e| format!("systemctl: {e}"))?;
+        .map_err(ServiceError::Spawn)?;
     if !out.status.success() {
         let words: Vec<&str> = args
             .iter()
@@ -239,18 +265,17 @@ fn systemctl(args: &[&str], units: &[&str]) -> Result<(), String> {
             .copied()
             .filter(|w| *w != "--")
             .collect();
-        return Err(format!(
-            "systemctl {}: {}",
-            words.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(ServiceError::Systemctl {
+            command: words.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
 
 /// Waits until netguard's table is in force (polled every 200 ms), or says what is missing
 /// after `limit`.
-pub fn wait_in_force(limit: std::time::Duration) -> Result<(), String> {
+pub fn wait_in_force(limit: std::time::Duration) -> Result<(), ServiceError> {
     let start = std::time::Instant::now();
     loop {
         if matches!(netguard::nft::read_table(), Ok(Some(_))) {
@@ -262,10 +287,10 @@ pub fn wait_in_force(limit: std::time::Duration) -> Result<(), String> {
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .unwrap_or_else(|e| format!("unknown ({e})"));
-            return Err(format!(
-                "netguard's firewall (table inet netguard) is not in force {} s after the start (netguard.service: {active})",
-                limit.as_secs()
-            ));
+            return Err(ServiceError::NotInForce {
+                after_s: limit.as_secs(),
+                active,
+            });
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }

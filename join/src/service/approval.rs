@@ -87,7 +87,7 @@ impl Master {
         let cut_short = |reason: String| ended(answer(&reason), reason, false);
         let req = match read_request(ch)? {
             Ok(r) => r,
-            Err(reason) => return Ok(cut_short(reason)),
+            Err(malformed) => return Ok(cut_short(malformed.to_string())),
         };
         let roles = [approval_role(root_in_ram())];
         // Refused at once when it could never be admitted (a taken name, a foreign address).

@@ -458,7 +458,7 @@ impl Master {
         };
         let req = match read_request(ch)? {
             Ok(r) => r,
-            Err(reason) => return Ok(refused(reason)),
+            Err(malformed) => return Ok(refused(malformed.to_string())),
         };
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         // tyd token create/revoke rewrite the store from other processes.
@@ -664,15 +664,15 @@ enum Added {
     },
 }
 
+/// A request that is not one (the joiner is told so, made printable).
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request: {}", policy::parse::shown(&.0.to_string()))]
+pub(super) struct Malformed(serde_json::Error);
+
 /// The request, or why it is refused (malformed).
 fn read_request<S: Read + Write>(
     ch: &mut wire::Channel<S>,
-) -> Result<Result<JoinRequest, String>, ServeError> {
+) -> Result<Result<JoinRequest, Malformed>, ServeError> {
     let raw = ch.receive_limited(MAX_REQUEST)?;
-    Ok(serde_json::from_slice(&raw).map_err(|e| {
-        format!(
-            "malformed request: {}",
-            policy::parse::shown(&e.to_string())
-        )
-    }))
+    Ok(serde_json::from_slice(&raw).map_err(Malformed))
 }

@@ -16,7 +16,7 @@ use super::report::{log_node_map_change, size_neighbour_tables, summary};
 use super::{ChangeTimes, Config, StartupError, Trigger, check_metrics_file, load_key};
 use crate::desired::{Desired, desired};
 use crate::nfnl::SetEditor;
-use crate::reconcile::{reconcile, sync_ruleset};
+use crate::reconcile::{ReconcileError, reconcile, sync_ruleset};
 use crate::ruleset::RulesetSpec;
 use crate::wg::{Interface, Kind};
 
@@ -277,8 +277,7 @@ impl Node {
                     Trigger::DriftCheck | Trigger::Start | Trigger::Sighup => None,
                     _ => self.converged.as_deref(),
                 };
-                let r = reconcile(iface, &mut self.sets, &self.private, d, previous)
-                    .map_err(|e| e.to_string());
+                let r = reconcile(iface, &mut self.sets, &self.private, d, previous);
                 // The state it replaces is dropped after the pass (freeing 10,000 peers is
                 // not on the path to convergence).
                 let next = r.as_ref().ok().map(|_| Arc::clone(d));
@@ -303,8 +302,8 @@ impl Node {
         }
     }
 
-    pub(super) fn protective(&mut self) -> Result<Vec<String>, String> {
-        let mut changes = sync_ruleset(&RulesetSpec::protective()).map_err(|e| e.to_string())?;
+    pub(super) fn protective(&mut self) -> Result<Vec<String>, ReconcileError> {
+        let mut changes = sync_ruleset(&RulesetSpec::protective())?;
         if let Some(iface) = &self.iface
             && let Ok(dev) = iface.read()
             && !dev.peers.is_empty()
@@ -313,7 +312,7 @@ impl Node {
             for p in &dev.peers {
                 u = u.remove_peer_by_key(&p.config.public_key);
             }
-            iface.apply(u).map_err(|e| e.to_string())?;
+            iface.apply(u)?;
             changes.push(format!("{} peers removed", dev.peers.len()));
         }
         Ok(changes)
