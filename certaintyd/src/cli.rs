@@ -17,14 +17,14 @@ use policy::exit::EXIT_CODES_HELP;
 )]
 pub struct Args {
     /// The signed cluster policy (its signature is POLICY.sig).
-    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+    #[arg(long, default_value = proto::paths::POLICY)]
     pub policy: PathBuf,
     /// Trusted operator public keys, one base64 key a line.
-    #[arg(long, default_value = "/etc/tyd/operator.pub")]
+    #[arg(long, default_value = proto::paths::TRUST)]
     pub trust: PathBuf,
     /// certaintyd's own anti-rollback state: the last accepted serial and digest (it starts
     /// only on a policy no older than the last it accepted).
-    #[arg(long, default_value = "/var/lib/tyd/certaintyd.json")]
+    #[arg(long, default_value = proto::paths::CERTAINTYD_STATE)]
     pub state: PathBuf,
     /// Refuse policies with a lower serial (for nodes that keep no state across boots).
     #[arg(long, default_value_t = 0)]
@@ -64,7 +64,7 @@ pub struct Args {
     #[arg(long)]
     pub stop_on_signal: bool,
     /// Control socket (root only): status, maintenance windows, authorised stop.
-    #[arg(long, default_value = "/run/certaintyd.sock")]
+    #[arg(long, default_value = proto::paths::CERTAINTY_SOCKET)]
     pub socket: PathBuf,
     /// Skip mlockall, undumpable and OOM protection (development only).
     #[arg(long)]

@@ -15,30 +15,30 @@ use policy::exit::EXIT_CODES_HELP;
 )]
 pub struct Args {
     /// The policy netguard and certaintyd read; a newer one fetched from a peer is written here.
-    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+    #[arg(long, default_value = proto::paths::POLICY)]
     pub policy: PathBuf,
     /// The operator public keys the policy must be signed by, one base64 key a line.
-    #[arg(long, default_value = "/etc/tyd/operator.pub")]
+    #[arg(long, default_value = proto::paths::TRUST)]
     pub trust: PathBuf,
     /// This node's WireGuard private key (mode 0600): who this node is in the map.
-    #[arg(long, default_value = "/etc/tyd/node.key")]
+    #[arg(long, default_value = proto::paths::NODE_KEY)]
     pub key: PathBuf,
     /// clusterd's own anti-rollback state.
-    #[arg(long, default_value = "/var/lib/tyd/clusterd.json")]
+    #[arg(long, default_value = proto::paths::CLUSTERD_STATE)]
     pub state: PathBuf,
     /// Refuse policies with a lower serial (for nodes that keep no state across boots).
     #[arg(long, default_value_t = 0)]
     pub min_serial: u64,
     /// certaintyd's control socket; "none" when this node runs no certaintyd.
-    #[arg(long, default_value = "/run/certaintyd.sock", value_parser = parse_certainty_socket)]
+    #[arg(long, default_value = proto::paths::CERTAINTY_SOCKET, value_parser = parse_certainty_socket)]
     pub certainty_socket: CertaintySocket,
     #[arg(long, default_value = "/proc/sys/kernel/random/boot_id")]
     pub boot_id: PathBuf,
     /// Where the quarantine list for netguard is written.
-    #[arg(long, default_value = "/run/tyd/quarantine.json")]
+    #[arg(long, default_value = proto::paths::QUARANTINE)]
     pub quarantine: PathBuf,
     /// Where the cluster view for `tyd status --cluster` is written.
-    #[arg(long, default_value = "/run/tyd/cluster-status.json")]
+    #[arg(long, default_value = proto::paths::VIEW)]
     pub view: PathBuf,
     /// Log as JSON lines instead of text.
     #[arg(long)]

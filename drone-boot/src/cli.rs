@@ -28,9 +28,9 @@ pub enum Cmd {
     /// Apply the policy's sysctls and lockdown level, or with --lock-modules forbid module
     /// loading.
     Harden {
-        #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+        #[arg(long, default_value = proto::paths::POLICY)]
         policy: PathBuf,
-        #[arg(long, default_value = "/etc/tyd/operator.pub")]
+        #[arg(long, default_value = proto::paths::TRUST)]
         trust: PathBuf,
         #[arg(long, default_value = "/proc/sys")]
         proc_sys: PathBuf,

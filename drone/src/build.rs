@@ -359,13 +359,14 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
     )?;
 
     // The signed policy, the operator keys it is checked against, and the node's key.
-    tree.file("/etc/tyd/cluster.toml", signed.policy.clone(), 0o644)?;
-    tree.file("/etc/tyd/cluster.toml.sig", signed.signature.clone(), 0o644)?;
-    tree.file("/etc/tyd/operator.pub", signed.trust.clone(), 0o644)?;
+    let signature = format!("{}.sig", proto::paths::POLICY);
+    tree.file(proto::paths::POLICY, signed.policy.clone(), 0o644)?;
+    tree.file(&signature, signed.signature.clone(), 0o644)?;
+    tree.file(proto::paths::TRUST, signed.trust.clone(), 0o644)?;
     let (node, public_key) = match &inputs.node_key {
         Some(path) => {
             let (secret, node, public) = node_identity(path, verified)?;
-            tree.file("/etc/tyd/node.key", secret, 0o600)?;
+            tree.file(proto::paths::NODE_KEY, secret, 0o600)?;
             tree.file(
                 "/etc/drone/hostname",
                 format!("{node}\n").into_bytes(),

@@ -18,16 +18,16 @@ use crate::wg::Kind;
 )]
 pub struct Args {
     /// The signed cluster policy (its signature is POLICY.sig).
-    #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+    #[arg(long, default_value = proto::paths::POLICY)]
     pub policy: PathBuf,
     /// The operator public keys the policy must be signed by, one base64 key a line.
-    #[arg(long, default_value = "/etc/tyd/operator.pub")]
+    #[arg(long, default_value = proto::paths::TRUST)]
     pub trust: PathBuf,
     /// This node's WireGuard private key (mode 0600).
-    #[arg(long, default_value = "/etc/tyd/node.key")]
+    #[arg(long, default_value = proto::paths::NODE_KEY)]
     pub key: PathBuf,
     /// Anti-rollback state: the last accepted serial and digest.
-    #[arg(long, default_value = "/var/lib/tyd/accepted.json")]
+    #[arg(long, default_value = proto::paths::NETGUARD_STATE)]
     pub state: PathBuf,
     /// Refuse policies with a lower serial (for nodes that keep no state across boots).
     #[arg(long, default_value_t = 0)]
@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = policy::model::duration::parse)]
     pub drift: Duration,
     /// clusterd's quarantine list (nodes that keep their tunnel but not the services).
-    #[arg(long, default_value = "/run/tyd/quarantine.json")]
+    #[arg(long, default_value = proto::paths::QUARANTINE)]
     pub quarantine: PathBuf,
     /// Write Prometheus metrics here after every pass (for node_exporter's textfile
     /// collector, e.g. /var/lib/prometheus/node-exporter/netguard.prom).

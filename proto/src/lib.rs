@@ -7,10 +7,11 @@
 //! heartbeat and the offer clusterd sends its peers. `maintenance`: the signed request for a
 //! maintenance window or a stop. `quarantine`: the list clusterd writes
 //! and netguard enforces, the reason an enum. `view`: the cluster view clusterd writes
-//! and `tyd status --cluster` and joind read.
+//! and `tyd status --cluster` and joind read. `paths`: the default place of each.
 
 pub mod certainty;
 pub mod cluster;
 pub mod maintenance;
+pub mod paths;
 pub mod quarantine;
 pub mod view;

@@ -18,7 +18,7 @@ pub enum CertaintyCmd {
     /// Baseline, root hash, coverage, last verification, maintenance window.
     #[command(after_help = EXIT_CODES_HELP)]
     Status {
-        #[arg(long, default_value = "/run/certaintyd.sock")]
+        #[arg(long, default_value = proto::paths::CERTAINTY_SOCKET)]
         socket: PathBuf,
         #[arg(long)]
         json: bool,
@@ -35,7 +35,7 @@ pub enum CertaintyCmd {
         /// At the end, take a new baseline instead of verifying against the old one.
         #[arg(long)]
         rebaseline: bool,
-        #[arg(long, default_value = "/run/certaintyd.sock")]
+        #[arg(long, default_value = proto::paths::CERTAINTY_SOCKET)]
         socket: PathBuf,
     },
     /// Stop certaintyd cleanly (and disarm its watchdog) with a signed request.
@@ -43,7 +43,7 @@ pub enum CertaintyCmd {
     Stop {
         #[arg(long)]
         key: PathBuf,
-        #[arg(long, default_value = "/run/certaintyd.sock")]
+        #[arg(long, default_value = proto::paths::CERTAINTY_SOCKET)]
         socket: PathBuf,
     },
 }

@@ -509,19 +509,19 @@ pub enum Decide {
     /// Joins without a token waiting for approval: id, code (it must match the one the
     /// joiner shows), key, name, address.
     List {
-        #[arg(long, default_value = "/var/lib/tyd/pending.json")]
+        #[arg(long, default_value = proto::paths::PENDING)]
         pending: PathBuf,
     },
     /// Admit a waiting join (check its code first).
     Approve {
         id: u32,
-        #[arg(long, default_value = "/var/lib/tyd/pending.json")]
+        #[arg(long, default_value = proto::paths::PENDING)]
         pending: PathBuf,
     },
     /// Refuse a waiting join.
     Deny {
         id: u32,
-        #[arg(long, default_value = "/var/lib/tyd/pending.json")]
+        #[arg(long, default_value = proto::paths::PENDING)]
         pending: PathBuf,
     },
 }

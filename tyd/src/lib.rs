@@ -52,16 +52,16 @@ enum Command {
     /// Exits 7 when something is wrong (firewall missing or altered, policy file refused).
     #[command(after_help = EXIT_CODES_HELP)]
     Status {
-        #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+        #[arg(long, default_value = proto::paths::POLICY)]
         policy: PathBuf,
-        #[arg(long, default_value = "/etc/tyd/operator.pub")]
+        #[arg(long, default_value = proto::paths::TRUST)]
         trust: PathBuf,
         /// Override the policy's interface name.
         #[arg(long)]
         interface: Option<String>,
         /// netguard's rollback state; the copy of the policy in force is kept beside it and
         /// shown when the policy file is refused.
-        #[arg(long, default_value = "/var/lib/tyd/accepted.json")]
+        #[arg(long, default_value = proto::paths::NETGUARD_STATE)]
         state: PathBuf,
         /// This node's WireGuard private key: marks which node is this one, and lets the
         /// firewall be checked against the policy.
@@ -80,7 +80,7 @@ enum Command {
         #[arg(long, requires = "cluster")]
         watch: bool,
         /// clusterd's view of the cluster.
-        #[arg(long, default_value = "/run/tyd/cluster-status.json")]
+        #[arg(long, default_value = proto::paths::VIEW)]
         view: PathBuf,
     },
     /// Start a cluster on this node (CHAOS: `tyd -f init`): the operator key, a signed policy
@@ -98,9 +98,9 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
         /// Where the keys and the policy go.
-        #[arg(long, default_value = "/etc/tyd")]
+        #[arg(long, default_value = proto::paths::ETC)]
         dir: PathBuf,
-        #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
+        #[arg(long, default_value = proto::paths::TOKENS)]
         tokens: PathBuf,
         /// How many nodes the first token admits.
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -120,7 +120,7 @@ enum Command {
     /// member drops it. `tyd node remove` on the operator's copy stays the forced way.
     #[command(after_help = EXIT_CODES_HELP)]
     Leave {
-        #[arg(long, default_value = "/etc/tyd")]
+        #[arg(long, default_value = proto::paths::ETC)]
         dir: PathBuf,
         /// This node's WireGuard key (default DIR/node.key).
         #[arg(long)]
@@ -167,7 +167,7 @@ struct JoinArgs {
     #[arg(long)]
     trust: Option<PathBuf>,
     /// Where the keys and the policy go.
-    #[arg(long, default_value = "/etc/tyd")]
+    #[arg(long, default_value = proto::paths::ETC)]
     dir: PathBuf,
     /// This node's WireGuard key (made if missing; default DIR/node.key).
     #[arg(long)]
@@ -242,7 +242,7 @@ enum PolicyCmd {
         bump: bool,
         /// This node's record of the policies its daemons accepted (netguard's rollback
         /// state): a serial they took is not signed again with other content.
-        #[arg(long, default_value = "/var/lib/tyd/accepted.json")]
+        #[arg(long, default_value = proto::paths::NETGUARD_STATE)]
         state: PathBuf,
         /// Sign without asking. On a terminal, sign shows what changed since the last policy
         /// this key signed for the cluster and asks first; elsewhere it shows it and signs.
@@ -270,10 +270,10 @@ enum PolicyCmd {
     #[command(after_help = EXIT_CODES_HELP)]
     Push {
         file: PathBuf,
-        #[arg(long, default_value = "/etc/tyd/operator.pub")]
+        #[arg(long, default_value = proto::paths::TRUST)]
         trust: PathBuf,
         /// The policy the member's clusterd and netguard read.
-        #[arg(long, default_value = "/etc/tyd/cluster.toml")]
+        #[arg(long, default_value = proto::paths::POLICY)]
         to: PathBuf,
     },
     /// Show a policy: cluster, services, firewall, certainty, nodes.

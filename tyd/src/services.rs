@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The directory, node key and token store the units read (their `ExecStart` lines).
-pub const UNIT_DIR: &str = "/etc/tyd";
-pub const UNIT_KEY: &str = "/etc/tyd/node.key";
-pub const UNIT_TOKENS: &str = "/var/lib/tyd/tokens.json";
+pub const UNIT_DIR: &str = proto::paths::ETC;
+pub const UNIT_KEY: &str = proto::paths::NODE_KEY;
+pub const UNIT_TOKENS: &str = proto::paths::TOKENS;
 
 /// clusterd's view of the cluster, as the unit writes it.
-pub const UNIT_VIEW: &str = "/run/tyd/cluster-status.json";
+pub const UNIT_VIEW: &str = proto::paths::VIEW;
 /// Every unit of the package, in the order they stop.
 pub const ALL_UNITS: [&str; 4] = [
     "joind.service",

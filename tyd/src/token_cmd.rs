@@ -31,10 +31,10 @@ pub enum TokenCmd {
         /// no use.
         #[arg(long)]
         ephemeral: bool,
-        #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
+        #[arg(long, default_value = proto::paths::TOKENS)]
         tokens: PathBuf,
         /// The operator's public key, whose fingerprint the joiner pins.
-        #[arg(long, default_value = "/etc/tyd/operator.pub")]
+        #[arg(long, default_value = proto::paths::TRUST)]
         trust: PathBuf,
         /// This member's LAN address, shown in the join command.
         #[arg(long)]
@@ -43,7 +43,7 @@ pub enum TokenCmd {
     /// The tokens on this master: id, uses, expiry, roles, state (never the secret).
     #[command(after_help = EXIT_CODES_HELP)]
     List {
-        #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
+        #[arg(long, default_value = proto::paths::TOKENS)]
         tokens: PathBuf,
         #[arg(long)]
         json: bool,
@@ -52,7 +52,7 @@ pub enum TokenCmd {
     #[command(after_help = EXIT_CODES_HELP)]
     Revoke {
         id: String,
-        #[arg(long, default_value = "/var/lib/tyd/tokens.json")]
+        #[arg(long, default_value = proto::paths::TOKENS)]
         tokens: PathBuf,
     },
 }
