@@ -1478,3 +1478,65 @@ fn a_firewall_that_cannot_be_installed_keeps_the_new_tunnel_down() {
     assert!(is_up(&flags), "{flags}");
     assert!(addrs.contains(&tun), "{addrs}");
 }
+
+/// Issue 27 (shutdown passed in): netguard's `run`, in-process, stopped by a value on its
+/// signal channel, with no process signal. Steps: one drone with a policy naming it; `run`
+/// on a tokio runtime started inside the drone's namespace; once its table and tunnel are
+/// in place, `Signal::Terminate` is sent on the channel `run` was given; `run` returns Ok
+/// within a second, and the table stays (a stop opens nothing).
+#[test]
+fn netguard_stops_on_a_terminate_sent_in_process_and_leaves_its_table() {
+    if !root_or_skip("netguard_stops_on_a_terminate_sent_in_process_and_leaves_its_table") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    lab.publish(&[0]);
+    let d = &lab.drones[0];
+    let cfg = netguard::daemon::Config {
+        policy: d.dir.join("cluster.toml"),
+        trust: d.dir.join("operator.pub"),
+        key: d.dir.join("node.key"),
+        state: d.dir.join("accepted.json"),
+        min_serial: 0,
+        interface: Some(d.iface.clone()),
+        backend: Some(netguard::wg::Kind::detect(Some("userspace"))),
+        drift: Duration::from_secs(60),
+        quarantine: d.dir.join("quarantine.json"),
+        metrics_file: None,
+    };
+    let ns = d.ns.clone();
+    let stopped_within = in_netns(&ns, || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, rx) = signals::channel();
+            // Not spawned: netguard's loop holds a netlink socket and is not Send (`main`
+            // runs it with `block_on` too).
+            let running = netguard::daemon::run(cfg, rx);
+            tokio::pin!(running);
+            let start = Instant::now();
+            while !try_run(&["nft", "list", "table", "inet", "netguard"]) {
+                assert!(start.elapsed() < Duration::from_secs(20), "no table");
+                tokio::select! {
+                    r = &mut running => panic!("netguard ended by itself: {r:?}"),
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            let asked = Instant::now();
+            tx.send(signals::Signal::Terminate).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(1), running)
+                .await
+                .expect("netguard still runs a second after the stop")
+                .unwrap();
+            let within = asked.elapsed();
+            assert!(
+                try_run(&["nft", "list", "table", "inet", "netguard"]),
+                "table gone"
+            );
+            within
+        })
+    });
+    eprintln!("netguard stopped {stopped_within:?} after the in-process Terminate");
+}
