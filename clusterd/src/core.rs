@@ -477,58 +477,13 @@ impl Core {
         let damping = self.damping;
         let peer = self.peers.get_mut(&id)?;
         let hb = peer.last.as_ref()?;
-        let problem = match hb.integrity {
-            Integrity::Lost => Some(Reason::IntegrityLost),
-            Integrity::Unreachable | Integrity::NotRequired
-                if !cfg.certainty_exempt.contains(&id) =>
-            {
-                Some(Reason::CertaintyUnreachable)
-            }
-            Integrity::Grace => Some(Reason::NotVerified),
-            _ if hb.root_matches == Some(false) => Some(Reason::RootMismatch),
-            _ => None,
-        };
+        let problem = problem_of(hb, &cfg, id);
         let boot = hb.boot_id.clone();
         let Some(q) = peer.quarantine.as_mut() else {
-            let reason = problem?;
-            // A node in its first grace period is not yet judged: it is given the same time
-            // to show a verified baseline as a silent node gets to speak.
-            if reason == Reason::NotVerified
-                && now.saturating_sub(peer.known_since) < cfg.quarantine_after
-            {
-                return None;
-            }
-            peer.quarantine = Some(Quarantine {
-                reason: reason.clone(),
-                since: now,
-                boot_id: Some(boot),
-                good: 0,
-            });
-            peer.damping.entered(now);
-            return cfg
-                .quarantine
-                .then_some(Action::Quarantine { node: id, reason });
+            return enter_quarantine(peer, &cfg, id, problem?, boot, now);
         };
         if let Some(reason) = problem {
-            // Good heartbeats count toward readmission only in a row.
-            q.good = 0;
-            if !reason.needs_reboot() {
-                return None;
-            }
-            // Lost in this boot: only a later one can readmit it (before, a node quarantined
-            // in boot A that reported "lost" again in boot B was readmitted in boot B).
-            q.boot_id = Some(boot);
-            if q.reason.needs_reboot() {
-                // Already out until a reboot: the newest reason is kept, and not told again
-                // (a node alternating "lost" and "wrong root" costs its peers nothing).
-                q.reason = reason;
-                return None;
-            }
-            // Worse news than the quarantine already says: told, with the real reason.
-            q.reason = reason.clone();
-            return cfg
-                .quarantine
-                .then_some(Action::Quarantine { node: id, reason });
+            return still_out(q, cfg.quarantine, id, reason, boot);
         }
         let rebooted = q.boot_id.as_deref() != Some(boot.as_str());
         if q.reason.needs_reboot() && !rebooted {
@@ -538,7 +493,7 @@ impl Core {
         if q.good < READMIT_AFTER {
             return None;
         }
-        let mut why = if q.reason.needs_reboot() {
+        let why = if q.reason.needs_reboot() {
             // What the node claims (issue 26 #12): its heartbeat says so; nothing here
             // attests it (a TPM quote would).
             format!(
@@ -548,28 +503,7 @@ impl Core {
         } else {
             format!("heard again, {}", hb.integrity)
         };
-        let readmission = if damping {
-            peer.damping.readmission(now)
-        } else {
-            Readmission::Now { held: None }
-        };
-        match readmission {
-            Readmission::Held => None,
-            Readmission::StartsFlapping { quarantines, hold } => {
-                cfg.quarantine.then_some(Action::Flapping {
-                    node: id,
-                    quarantines,
-                    hold,
-                })
-            }
-            Readmission::Now { held } => {
-                if let Some(hold) = held {
-                    why.push_str(&format!("; held {} s first for flapping", hold.as_secs()));
-                }
-                peer.quarantine = None;
-                cfg.quarantine.then_some(Action::Readmit { node: id, why })
-            }
-        }
+        readmit(peer, cfg.quarantine, id, why, damping, now)
     }
 
     /// This node's heartbeat to every peer now, out of turn: a change (integrity lost) is told
@@ -628,6 +562,108 @@ impl Core {
             }
         }
         out
+    }
+}
+
+/// What is wrong with node `id` by its heartbeat `hb`, if anything.
+fn problem_of(hb: &Heartbeat, cfg: &Config, id: NodeId) -> Option<Reason> {
+    match hb.integrity {
+        Integrity::Lost => Some(Reason::IntegrityLost),
+        Integrity::Unreachable | Integrity::NotRequired if !cfg.certainty_exempt.contains(&id) => {
+            Some(Reason::CertaintyUnreachable)
+        }
+        Integrity::Grace => Some(Reason::NotVerified),
+        _ if hb.root_matches == Some(false) => Some(Reason::RootMismatch),
+        _ => None,
+    }
+}
+
+/// Node `id`, not in quarantine, reports `reason` in boot `boot`: it enters quarantine,
+/// unless it is still in its first grace period.
+fn enter_quarantine(
+    peer: &mut Peer,
+    cfg: &Config,
+    id: NodeId,
+    reason: Reason,
+    boot: String,
+    now: Duration,
+) -> Option<Action> {
+    // A node in its first grace period is not yet judged: it is given the same time
+    // to show a verified baseline as a silent node gets to speak.
+    if reason == Reason::NotVerified && now.saturating_sub(peer.known_since) < cfg.quarantine_after
+    {
+        return None;
+    }
+    peer.quarantine = Some(Quarantine {
+        reason: reason.clone(),
+        since: now,
+        boot_id: Some(boot),
+        good: 0,
+    });
+    peer.damping.entered(now);
+    cfg.quarantine
+        .then_some(Action::Quarantine { node: id, reason })
+}
+
+/// Node `id`, in quarantine `q`, reports `reason` in boot `boot`: it stays out, and is told
+/// again (when `quarantine` acts) only when the news is worse than what `q` says.
+fn still_out(
+    q: &mut Quarantine,
+    quarantine: bool,
+    id: NodeId,
+    reason: Reason,
+    boot: String,
+) -> Option<Action> {
+    // Good heartbeats count toward readmission only in a row.
+    q.good = 0;
+    if !reason.needs_reboot() {
+        return None;
+    }
+    // Lost in this boot: only a later one can readmit it (before, a node quarantined
+    // in boot A that reported "lost" again in boot B was readmitted in boot B).
+    q.boot_id = Some(boot);
+    if q.reason.needs_reboot() {
+        // Already out until a reboot: the newest reason is kept, and not told again
+        // (a node alternating "lost" and "wrong root" costs its peers nothing).
+        q.reason = reason;
+        return None;
+    }
+    // Worse news than the quarantine already says: told, with the real reason.
+    q.reason = reason.clone();
+    quarantine.then_some(Action::Quarantine { node: id, reason })
+}
+
+/// Node `id` has earned readmission (`why`): readmitted now, or held while it flaps when
+/// `damping` is on.
+fn readmit(
+    peer: &mut Peer,
+    quarantine: bool,
+    id: NodeId,
+    mut why: String,
+    damping: bool,
+    now: Duration,
+) -> Option<Action> {
+    let readmission = if damping {
+        peer.damping.readmission(now)
+    } else {
+        Readmission::Now { held: None }
+    };
+    match readmission {
+        Readmission::Held => None,
+        Readmission::StartsFlapping { quarantines, hold } => {
+            quarantine.then_some(Action::Flapping {
+                node: id,
+                quarantines,
+                hold,
+            })
+        }
+        Readmission::Now { held } => {
+            if let Some(hold) = held {
+                why.push_str(&format!("; held {} s first for flapping", hold.as_secs()));
+            }
+            peer.quarantine = None;
+            quarantine.then_some(Action::Readmit { node: id, why })
+        }
     }
 }
 

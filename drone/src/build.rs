@@ -2,6 +2,7 @@
 //! the tools netguard drives, the modules and the signed policy into a [`Tree`], and writes
 //! `vmlinuz` and `initrd.img`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -215,6 +216,28 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
     let verified = &signed.verified;
     let mut tree = Tree::new(inputs.mtime);
 
+    add_skeleton(&mut tree)?;
+    add_busybox(&mut tree, &inputs.busybox)?;
+    add_programs(&mut tree, &inputs.bin_dir)?;
+    let modules = add_modules(&mut tree, inputs)?;
+    add_boot_config(&mut tree, verified.cluster.serial)?;
+    let (node, public_key) = add_policy_and_key(&mut tree, &signed, inputs.node_key.as_deref())?;
+
+    Ok(Image {
+        tree,
+        cluster: verified.cluster.name.clone(),
+        serial: verified.cluster.serial,
+        node,
+        public_key,
+        kernel_version: inputs.kernel.version.clone(),
+        modules: modules.ordered,
+        firmware: modules.firmware_found,
+        firmware_missing: modules.firmware_missing,
+    })
+}
+
+/// Adds the mount points, the console device and root's home.
+fn add_skeleton(tree: &mut Tree) -> Result<(), BuildError> {
     for dir in MOUNT_POINTS {
         tree.mount_point(dir)?;
     }
@@ -224,29 +247,55 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
         0o600,
     )?;
     tree.dir("/root", 0o700)?;
+    Ok(())
+}
 
-    tree.file("/bin/busybox", read(&inputs.busybox)?, 0o755)?;
-    for applet in busybox_applets(&inputs.busybox)? {
+/// Adds busybox, a link to it for each of its applets, and `/init` pointing at it.
+fn add_busybox(tree: &mut Tree, busybox: &Path) -> Result<(), BuildError> {
+    tree.file("/bin/busybox", read(busybox)?, 0o755)?;
+    for applet in busybox_applets(busybox)? {
         if applet != "/bin/busybox" {
             tree.symlink(&applet, "/bin/busybox")?;
         }
     }
     tree.symlink("/init", "/bin/busybox")?;
+    Ok(())
+}
 
+/// Adds the project's binaries from `bin_dir` and the host tools netguard drives.
+fn add_programs(tree: &mut Tree, bin_dir: &Path) -> Result<(), BuildError> {
     for (name, dest) in PROJECT_BINARIES {
-        let src = inputs.bin_dir.join(name);
+        let src = bin_dir.join(name);
         if !src.is_file() {
             return Err(BuildError::Missing(src.display().to_string()));
         }
-        add_program(&mut tree, &src, dest)?;
+        add_program(tree, &src, dest)?;
     }
     for (name, dest) in HOST_TOOLS {
         let src = find_program(name).ok_or_else(|| BuildError::Missing((*name).into()))?;
-        add_program(&mut tree, &src, dest)?;
+        add_program(tree, &src, dest)?;
     }
+    Ok(())
+}
 
-    // Kernel modules: what the drone needs, with their dependencies, and indexes of just those.
-    let mods = inputs.kernel.modules_dir();
+/// The kernel's module indexes, as read and as parsed.
+struct ModuleIndexes {
+    dep_text: String,
+    dep: BTreeMap<String, (String, Vec<String>)>,
+    builtin_text: String,
+    builtin: BTreeSet<String>,
+    alias_text: String,
+}
+
+/// What [`add_modules`] put in the image: the modules in load order and the firmware.
+struct AddedModules {
+    ordered: Vec<String>,
+    firmware_found: Vec<String>,
+    firmware_missing: Vec<String>,
+}
+
+/// Reads `modules.dep`, `modules.builtin` and `modules.alias` from the modules directory.
+fn read_module_indexes(mods: &Path) -> Result<ModuleIndexes, BuildError> {
     let index = |name: &str| -> Result<String, BuildError> {
         Ok(String::from_utf8_lossy(&read(&mods.join(name))?).into_owned())
     };
@@ -254,76 +303,135 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
     let dep = kernel::parse_modules_dep(&dep_text);
     let builtin_text = index("modules.builtin")?;
     let builtin = kernel::parse_builtin(&builtin_text);
-    let mut wanted: Vec<String> = DRONE_MODULES.iter().map(|m| (*m).to_string()).collect();
-    wanted.extend(inputs.extra_modules.iter().cloned());
+    let alias_text = index("modules.alias")?;
+    Ok(ModuleIndexes {
+        dep_text,
+        dep,
+        builtin_text,
+        builtin,
+        alias_text,
+    })
+}
+
+/// Kernel modules: what the drone needs, with their dependencies, and indexes of just those.
+fn add_modules(tree: &mut Tree, inputs: &Inputs) -> Result<AddedModules, BuildError> {
+    let mods = inputs.kernel.modules_dir();
+    let ix = read_module_indexes(&mods)?;
     // Real NICs' drivers, where this kernel has them (a VM-only kernel has none). They are
     // in the image, and load at boot only for the hardware present (by PCI modalias).
     let nics: Vec<String> = NIC_MODULES
         .iter()
         .map(|m| kernel::module_name(m))
-        .filter(|name| dep.contains_key(name) || builtin.contains(name))
+        .filter(|name| ix.dep.contains_key(name) || ix.builtin.contains(name))
         .collect();
+    let wanted = wanted_modules(&ix, &mods, &inputs.extra_modules, &nics);
+    let mut included = wanted.clone();
+    included.extend(nics.iter().cloned());
+    let files = kernel::closure(&ix.dep, &ix.builtin, &included)?;
+    let dest_root = format!("/lib/modules/{}", inputs.kernel.version);
+    let mut firmware = BTreeSet::new();
+    for rel in &files {
+        let bytes = read(&mods.join(rel))?;
+        firmware.extend(kernel::firmware_names(&bytes));
+        tree.file(&format!("{dest_root}/{rel}"), bytes, 0o644)?;
+    }
+    let (firmware_found, firmware_missing) = add_firmware(tree, &inputs.firmware_dir, firmware)?;
+    add_module_indexes(tree, &dest_root, &ix, &files)?;
+    let ordered = add_load_order(tree, &wanted, &nics, &ix.builtin)?;
+    Ok(AddedModules {
+        ordered,
+        firmware_found,
+        firmware_missing,
+    })
+}
+
+/// The drone's modules and `extra`, in load order with their dependencies.
+fn wanted_modules(
+    ix: &ModuleIndexes,
+    mods: &Path,
+    extra: &[String],
+    nics: &[String],
+) -> Vec<String> {
+    let mut wanted: Vec<String> = DRONE_MODULES.iter().map(|m| (*m).to_string()).collect();
+    wanted.extend(extra.iter().cloned());
     // Hard dependencies come from modules.dep; soft ones (libcrc32c's crc32c, r8169's PHY
     // driver) are added and listed first, since busybox's modprobe ignores them.
-    let alias_text = index("modules.alias")?;
     let softdeps = match std::fs::read_to_string(mods.join("modules.softdep")) {
         Ok(text) => kernel::parse_softdeps(&text),
         Err(_) => Default::default(),
     };
-    let known = |name: &str| dep.contains_key(name) || builtin.contains(name);
+    let known = |name: &str| ix.dep.contains_key(name) || ix.builtin.contains(name);
     let hard = |name: &str| -> Vec<String> {
-        dep.get(name)
+        ix.dep
+            .get(name)
             .map(|(_, deps)| deps.iter().map(|d| kernel::module_name(d)).collect())
             .unwrap_or_default()
     };
-    let aliases = kernel::parse_plain_aliases(&alias_text);
+    let aliases = kernel::parse_plain_aliases(&ix.alias_text);
     let order = kernel::LoadOrder {
         softdeps: &softdeps,
         aliases: &aliases,
         known: &known,
         hard: &hard,
     };
-    for nic in &nics {
+    for nic in nics {
         wanted.extend(order.soft_providers(nic));
     }
-    let wanted = order.of(&wanted);
-    let mut included = wanted.clone();
-    included.extend(nics.iter().cloned());
-    let files = kernel::closure(&dep, &builtin, &included)?;
-    let dest_root = format!("/lib/modules/{}", inputs.kernel.version);
-    let mut firmware = std::collections::BTreeSet::new();
-    for rel in &files {
-        let bytes = read(&mods.join(rel))?;
-        firmware.extend(kernel::firmware_names(&bytes));
-        tree.file(&format!("{dest_root}/{rel}"), bytes, 0o644)?;
-    }
-    // Firmware the modules may ask for, when the build host has it (Debian's non-free
-    // firmware packages); a module finds the rest missing, as on any system without it.
-    let (mut firmware_found, mut firmware_missing) = (Vec::new(), Vec::new());
+    order.of(&wanted)
+}
+
+/// Firmware the modules may ask for, when the build host has it (Debian's non-free
+/// firmware packages); a module finds the rest missing, as on any system without it.
+fn add_firmware(
+    tree: &mut Tree,
+    firmware_dir: &Path,
+    firmware: BTreeSet<String>,
+) -> Result<(Vec<String>, Vec<String>), BuildError> {
+    let (mut found, mut missing) = (Vec::new(), Vec::new());
     for name in firmware {
-        let src = inputs.firmware_dir.join(&name);
+        let src = firmware_dir.join(&name);
         if src.is_file() {
             tree.file(&format!("/lib/firmware/{name}"), read(&src)?, 0o644)?;
-            firmware_found.push(name);
+            found.push(name);
         } else {
-            firmware_missing.push(name);
+            missing.push(name);
         }
     }
+    Ok((found, missing))
+}
+
+/// Adds `modules.dep` and `modules.alias` cut to the included `files`, and `modules.builtin`.
+fn add_module_indexes(
+    tree: &mut Tree,
+    dest_root: &str,
+    ix: &ModuleIndexes,
+    files: &BTreeSet<String>,
+) -> Result<(), BuildError> {
     tree.file(
         &format!("{dest_root}/modules.dep"),
-        kernel::filter_index(&dep_text, &files, false).into_bytes(),
+        kernel::filter_index(&ix.dep_text, files, false).into_bytes(),
         0o644,
     )?;
     tree.file(
         &format!("{dest_root}/modules.alias"),
-        kernel::filter_index(&alias_text, &files, true).into_bytes(),
+        kernel::filter_index(&ix.alias_text, files, true).into_bytes(),
         0o644,
     )?;
     tree.file(
         &format!("{dest_root}/modules.builtin"),
-        builtin_text.into_bytes(),
+        ix.builtin_text.as_bytes().to_vec(),
         0o644,
     )?;
+    Ok(())
+}
+
+/// Writes the load order to `/etc/drone/modules` and returns it followed by the NIC drivers.
+fn add_load_order(
+    tree: &mut Tree,
+    wanted: &[String],
+    nics: &[String],
+    builtin: &BTreeSet<String>,
+) -> Result<Vec<String>, BuildError> {
     // Load order: as listed (virtio first), each once, builtins left out.
     let mut ordered: Vec<String> = Vec::new();
     for m in wanted.iter().map(|m| kernel::module_name(m)) {
@@ -337,8 +445,11 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
         0o644,
     )?;
     ordered.extend(nics.iter().filter(|m| !builtin.contains(*m)).cloned());
+    Ok(ordered)
+}
 
-    // Boot scripts and configuration.
+/// Boot scripts and configuration.
+fn add_boot_config(tree: &mut Tree, serial: u64) -> Result<(), BuildError> {
     tree.file("/etc/inittab", INITTAB.as_bytes().to_vec(), 0o644)?;
     tree.file("/etc/drone/rc", RC.as_bytes().to_vec(), 0o755)?;
     tree.file("/etc/drone/console", CONSOLE.as_bytes().to_vec(), 0o755)?;
@@ -354,40 +465,34 @@ pub fn assemble(inputs: &Inputs) -> Result<Image, BuildError> {
     tree.symlink("/etc/resolv.conf", "/run/resolv.conf")?;
     tree.file(
         "/etc/drone/min-serial",
-        format!("{}\n", verified.cluster.serial).into_bytes(),
+        format!("{serial}\n").into_bytes(),
         0o644,
     )?;
+    Ok(())
+}
 
-    // The signed policy, the operator keys it is checked against, and the node's key.
+/// The signed policy, the operator keys it is checked against, and the node's key; returns
+/// the node's name and public key when there is a key.
+fn add_policy_and_key(
+    tree: &mut Tree,
+    signed: &policy::SignedFiles,
+    node_key: Option<&Path>,
+) -> Result<(Option<String>, Option<String>), BuildError> {
     let signature = format!("{}.sig", proto::paths::POLICY);
     tree.file(proto::paths::POLICY, signed.policy.clone(), 0o644)?;
     tree.file(&signature, signed.signature.clone(), 0o644)?;
     tree.file(proto::paths::TRUST, signed.trust.clone(), 0o644)?;
-    let (node, public_key) = match &inputs.node_key {
-        Some(path) => {
-            let (secret, node, public) = node_identity(path, verified)?;
-            tree.file(proto::paths::NODE_KEY, secret, 0o600)?;
-            tree.file(
-                "/etc/drone/hostname",
-                format!("{node}\n").into_bytes(),
-                0o644,
-            )?;
-            (Some(node), Some(public))
-        }
-        None => (None, None),
+    let Some(path) = node_key else {
+        return Ok((None, None));
     };
-
-    Ok(Image {
-        tree,
-        cluster: verified.cluster.name.clone(),
-        serial: verified.cluster.serial,
-        node,
-        public_key,
-        kernel_version: inputs.kernel.version.clone(),
-        modules: ordered,
-        firmware: firmware_found,
-        firmware_missing,
-    })
+    let (secret, node, public) = node_identity(path, &signed.verified)?;
+    tree.file(proto::paths::NODE_KEY, secret, 0o600)?;
+    tree.file(
+        "/etc/drone/hostname",
+        format!("{node}\n").into_bytes(),
+        0o644,
+    )?;
+    Ok((Some(node), Some(public)))
 }
 
 /// What `drone build` prints and writes to `image.json`.

@@ -5,7 +5,7 @@
 //! Exit codes: the shared set (`policy::exit`), e.g. 1 runtime failure, 2 usage, 4 bad
 //! signature, 6 unusable key file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::Parser;
@@ -147,42 +147,7 @@ fn make_dir(dir: &Path) -> Result<(), Failure> {
 fn pxe_cmd(a: PxeArgs) -> Result<(), Failure> {
     let mut images = Vec::new();
     for (name, dir) in &a.images {
-        let [kernel, initrd, json] = pxe::image_files(dir);
-        for f in [&kernel, &initrd, &json] {
-            if !f.is_file() {
-                return Err(format!(
-                    "image {name}: {} is missing (is {} a directory `drone build` wrote?)",
-                    f.display(),
-                    dir.display()
-                )
-                .into());
-            }
-        }
-        let text = std::fs::read_to_string(&json).map_err(io_err(&json))?;
-        let info: ImageInfo = serde_json::from_str(&text).map_err(|e| {
-            format!(
-                "{}: not an image.json from drone build: {e}",
-                json.display()
-            )
-        })?;
-        if let Some(node) = info.node {
-            return Err(Failure {
-                exit: Exit::Refused,
-                message: format!(
-                    "image {name} ({}) carries node {node}'s key, and TFTP serves it to anyone on the LAN: build the image without --node-key (drones join by token)",
-                    dir.display()
-                ),
-            });
-        }
-        if info.expected_root.len() != 64
-            || !info.expected_root.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return Err(format!("{}: expected_root is not a hash", json.display()).into());
-        }
-        images.push(pxe::Image {
-            name: name.clone(),
-            expected_root: info.expected_root,
-        });
+        images.push(read_image(name, dir)?);
     }
     let default = match a.default.as_deref() {
         Some("none") => None,
@@ -204,8 +169,64 @@ fn pxe_cmd(a: PxeArgs) -> Result<(), Failure> {
         exit: Exit::Usage,
         message: e.to_string(),
     })?;
+    install_boot_files(&a.ipxe_dir, &a.images, &root)?;
+    write_file(&root.join("boot.ipxe"), &plan.boot_ipxe)?;
+    let conf = root.join("dnsmasq.conf");
+    write_file(&conf, &plan.dnsmasq_conf)?;
+    print_pxe_summary(&root, &setup, &conf);
+    if a.run {
+        return Err(run_dnsmasq(&root, &conf));
+    }
+    Ok(())
+}
+
+/// Checks the image `drone build` wrote to `dir` and reads what `drone pxe` needs from it.
+fn read_image(name: &str, dir: &Path) -> Result<pxe::Image, Failure> {
+    let [kernel, initrd, json] = pxe::image_files(dir);
+    for f in [&kernel, &initrd, &json] {
+        if !f.is_file() {
+            return Err(format!(
+                "image {name}: {} is missing (is {} a directory `drone build` wrote?)",
+                f.display(),
+                dir.display()
+            )
+            .into());
+        }
+    }
+    let text = std::fs::read_to_string(&json).map_err(io_err(&json))?;
+    let info: ImageInfo = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not an image.json from drone build: {e}",
+            json.display()
+        )
+    })?;
+    if let Some(node) = info.node {
+        return Err(Failure {
+            exit: Exit::Refused,
+            message: format!(
+                "image {name} ({}) carries node {node}'s key, and TFTP serves it to anyone on the LAN: build the image without --node-key (drones join by token)",
+                dir.display()
+            ),
+        });
+    }
+    if info.expected_root.len() != 64 || !info.expected_root.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(format!("{}: expected_root is not a hash", json.display()).into());
+    }
+    Ok(pxe::Image {
+        name: name.to_string(),
+        expected_root: info.expected_root,
+    })
+}
+
+/// Installs the iPXE loaders from `ipxe_dir` and each image's files into the boot tree.
+fn install_boot_files(
+    ipxe_dir: &Path,
+    images: &[(String, PathBuf)],
+    root: &Path,
+) -> Result<(), Failure> {
     for file in [pxe::IPXE_BIOS, pxe::IPXE_UEFI] {
-        let from = a.ipxe_dir.join(file);
+        let from = ipxe_dir.join(file);
         if !from.is_file() {
             return Err(format!(
                 "{}: missing (install Debian's ipxe package, or pass --ipxe-dir)",
@@ -215,7 +236,7 @@ fn pxe_cmd(a: PxeArgs) -> Result<(), Failure> {
         }
         install(&from, &root.join(file))?;
     }
-    for (name, dir) in &a.images {
+    for (name, dir) in images {
         let to = root.join(pxe::image_dir(name));
         make_dir(&to)?;
         for from in pxe::image_files(dir) {
@@ -224,9 +245,11 @@ fn pxe_cmd(a: PxeArgs) -> Result<(), Failure> {
             }
         }
     }
-    write_file(&root.join("boot.ipxe"), &plan.boot_ipxe)?;
-    let conf = root.join("dnsmasq.conf");
-    write_file(&conf, &plan.dnsmasq_conf)?;
+    Ok(())
+}
+
+/// Prints what the boot tree holds, how to serve it and which ports to open.
+fn print_pxe_summary(root: &Path, setup: &pxe::Setup, conf: &Path) {
     println!(
         "boot tree {}: {} image(s), {} host entr{}, default {}",
         root.display(),
@@ -244,30 +267,32 @@ fn pxe_cmd(a: PxeArgs) -> Result<(), Failure> {
         pxe::TFTP_PORTS.0,
         pxe::TFTP_PORTS.1
     );
-    if a.run {
-        use std::os::unix::process::CommandExt;
-        let mut sockets = String::new();
-        for table in ["/proc/net/udp", "/proc/net/udp6"] {
-            sockets.push_str(&std::fs::read_to_string(table).unwrap_or_default());
-        }
-        let ports: Vec<u16> = pxe::EXCLUSIVE_PORTS.iter().map(|(p, _)| *p).collect();
-        if let Some(port) = pxe::bound_udp_ports(&sockets, &ports).first() {
-            let what = pxe::EXCLUSIVE_PORTS
-                .iter()
-                .find(|(p, _)| p == port)
-                .map_or("", |(_, w)| *w);
-            return Err(format!(
-                "udp port {port} ({what}) is already in use on this machine: stop the other server (another dnsmasq or TFTP server), or serve {} with it",
-                root.display()
-            )
-            .into());
-        }
-        let err = Command::new("dnsmasq")
-            .arg("--keep-in-foreground")
-            .arg("--log-facility=-")
-            .arg(format!("--conf-file={}", conf.display()))
-            .exec();
-        return Err(format!("cannot run dnsmasq: {err} (install Debian's dnsmasq-base)").into());
+}
+
+/// Replaces this process with dnsmasq serving the tree, unless another server holds its
+/// ports; returns why it did not.
+fn run_dnsmasq(root: &Path, conf: &Path) -> Failure {
+    use std::os::unix::process::CommandExt;
+    let mut sockets = String::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        sockets.push_str(&std::fs::read_to_string(table).unwrap_or_default());
     }
-    Ok(())
+    let ports: Vec<u16> = pxe::EXCLUSIVE_PORTS.iter().map(|(p, _)| *p).collect();
+    if let Some(port) = pxe::bound_udp_ports(&sockets, &ports).first() {
+        let what = pxe::EXCLUSIVE_PORTS
+            .iter()
+            .find(|(p, _)| p == port)
+            .map_or("", |(_, w)| *w);
+        return format!(
+            "udp port {port} ({what}) is already in use on this machine: stop the other server (another dnsmasq or TFTP server), or serve {} with it",
+            root.display()
+        )
+        .into();
+    }
+    let err = Command::new("dnsmasq")
+        .arg("--keep-in-foreground")
+        .arg("--log-facility=-")
+        .arg(format!("--conf-file={}", conf.display()))
+        .exec();
+    format!("cannot run dnsmasq: {err} (install Debian's dnsmasq-base)").into()
 }

@@ -166,41 +166,9 @@ pub fn decide(
             name: node.name.clone(),
         });
     }
-    // One address, one spelling: an IPv4 address written as IPv6 (::ffff:a.b.c.d) is that
-    // IPv4 address, for every comparison below and in the policy.
-    let claimed = req.endpoint.ip().to_canonical();
-    if let Some(seen) = seen
-        && seen.to_canonical() != claimed
-    {
-        return Err(Refusal::EndpointMismatch {
-            claimed: req.endpoint.to_string(),
-            seen: seen.to_string(),
-        });
-    }
-    if let Some(why) = unusable_endpoint(policy, claimed) {
-        return Err(Refusal::BadEndpoint {
-            endpoint: claimed.to_string(),
-            why,
-        });
-    }
-    let endpoint = SocketAddr::new(claimed, policy.cluster.listen_port);
+    let endpoint = checked_endpoint(policy, req, seen)?;
     if let Some(n) = policy.nodes.iter().find(|n| n.endpoint == Some(endpoint)) {
-        let ephemeral = replace.filter(|r| r.ephemeral.contains(&(n.id, n.public_key)));
-        return match ephemeral {
-            Some(r) if r.lost.contains(&n.id) => Ok(Admission::Replace {
-                id: n.id,
-                name: n.name.clone(),
-                public_key: key,
-            }),
-            Some(_) => Err(Refusal::EndpointBusy {
-                endpoint: endpoint.to_string(),
-                node: n.id.get(),
-            }),
-            None => Err(Refusal::EndpointTaken {
-                endpoint: endpoint.to_string(),
-                node: n.id.get(),
-            }),
-        };
+        return at_taken_endpoint(n, endpoint, key, replace);
     }
     if let Some(name) = &req.name {
         if !usable_name(name) {
@@ -210,18 +178,7 @@ pub fn decide(
             return Err(Refusal::NameTaken(policy::parse::shown(name)));
         }
     }
-    let (id, addresses) = (1..=u16::MAX)
-        .filter_map(NodeId::new)
-        .filter(|id| policy.node_by_id(*id).is_none())
-        .map(|id| (id, default_addresses(policy, id)))
-        .find(|(_, addrs)| {
-            !addrs.is_empty()
-                && !policy
-                    .nodes
-                    .iter()
-                    .any(|n| n.addresses.iter().any(|a| addrs.contains(a)))
-        })
-        .ok_or(Refusal::Full)?;
+    let (id, addresses) = free_id(policy)?;
     let mut name = req.name.clone().unwrap_or_else(|| format!("node{id}"));
     if policy.nodes.iter().any(|n| n.name == name) {
         name = format!(
@@ -239,6 +196,75 @@ pub fn decide(
         roles: roles.to_vec(),
         expires: None,
     }))
+}
+
+/// The endpoint `req` claims, on the cluster's WireGuard port, if it is where the request
+/// came from (when `seen` says) and can be a node's address.
+fn checked_endpoint(
+    policy: &Policy,
+    req: &JoinRequest,
+    seen: Option<std::net::IpAddr>,
+) -> Result<SocketAddr, Refusal> {
+    // One address, one spelling: an IPv4 address written as IPv6 (::ffff:a.b.c.d) is that
+    // IPv4 address, for every comparison below and in the policy.
+    let claimed = req.endpoint.ip().to_canonical();
+    if let Some(seen) = seen
+        && seen.to_canonical() != claimed
+    {
+        return Err(Refusal::EndpointMismatch {
+            claimed: req.endpoint.to_string(),
+            seen: seen.to_string(),
+        });
+    }
+    if let Some(why) = unusable_endpoint(policy, claimed) {
+        return Err(Refusal::BadEndpoint {
+            endpoint: claimed.to_string(),
+            why,
+        });
+    }
+    Ok(SocketAddr::new(claimed, policy.cluster.listen_port))
+}
+
+/// A joiner with key `key` at `endpoint`, already node `n`'s: it takes over the entry when
+/// `replace` lists it as ephemeral and lost, and is refused otherwise.
+fn at_taken_endpoint(
+    n: &policy::Node,
+    endpoint: SocketAddr,
+    key: WgPublicKey,
+    replace: Option<&Replaceable>,
+) -> Result<Admission, Refusal> {
+    let ephemeral = replace.filter(|r| r.ephemeral.contains(&(n.id, n.public_key)));
+    match ephemeral {
+        Some(r) if r.lost.contains(&n.id) => Ok(Admission::Replace {
+            id: n.id,
+            name: n.name.clone(),
+            public_key: key,
+        }),
+        Some(_) => Err(Refusal::EndpointBusy {
+            endpoint: endpoint.to_string(),
+            node: n.id.get(),
+        }),
+        None => Err(Refusal::EndpointTaken {
+            endpoint: endpoint.to_string(),
+            node: n.id.get(),
+        }),
+    }
+}
+
+/// The lowest free node id whose tunnel addresses no node holds, with those addresses.
+fn free_id(policy: &Policy) -> Result<(NodeId, Vec<std::net::IpAddr>), Refusal> {
+    (1..=u16::MAX)
+        .filter_map(NodeId::new)
+        .filter(|id| policy.node_by_id(*id).is_none())
+        .map(|id| (id, default_addresses(policy, id)))
+        .find(|(_, addrs)| {
+            !addrs.is_empty()
+                && !policy
+                    .nodes
+                    .iter()
+                    .any(|n| n.addresses.iter().any(|a| addrs.contains(a)))
+        })
+        .ok_or(Refusal::Full)
 }
 
 #[cfg(test)]

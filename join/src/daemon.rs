@@ -423,44 +423,10 @@ pub fn run(args: Args, shutdown: BorrowedFd<'_>) -> Result<(), (Exit, String)> {
         }
         match listener.accept() {
             Ok((stream, from)) => {
-                let _ = stream.set_nonblocking(false);
-                let now = Instant::now();
-                // A member is counted in all only: the joiners it relays are counted by
-                // where it saw them, once its record is read.
-                let member = node.is_member(from.ip());
-                let turned = guard
-                    .lock()
-                    .map(|mut g| {
-                        if member {
-                            g.open_member()
-                        } else {
-                            g.open(from.ip(), now)
-                        }
-                    })
-                    .unwrap_or(Err(Turned::Busy));
-                if turned.is_err() {
-                    if let Ok(mut t) = tally.lock() {
-                        t.turned_away += 1;
-                    }
+                let Some(worker) = serve_connection(&node, &guard, &tally, stream, from) else {
                     continue;
-                }
-                let (node, guard, tally) = (node.clone(), guard.clone(), tally.clone());
-                workers.push(std::thread::spawn(move || {
-                    let (verdict, joiner) = node.handle(stream, from, member, &guard);
-                    if let Ok(mut g) = guard.lock() {
-                        if member {
-                            g.close_member();
-                        } else {
-                            g.close(from.ip());
-                        }
-                        g.record(joiner, verdict, Instant::now());
-                    }
-                    if verdict == Verdict::Failed
-                        && let Ok(mut t) = tally.lock()
-                    {
-                        t.failed += 1;
-                    }
-                }));
+                };
+                workers.push(worker);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
@@ -469,23 +435,84 @@ pub fn run(args: Args, shutdown: BorrowedFd<'_>) -> Result<(), (Exit, String)> {
             }
         }
         workers.retain(|w| !w.is_finished());
-        if let Ok(mut t) = tally.lock() {
-            let since = *t.since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= SUMMARY_EVERY {
-                if t.failed > 0 || t.turned_away > 0 {
-                    warn!(
-                        failed = t.failed,
-                        turned_away = t.turned_away,
-                        "join attempts that failed (wrong or unknown token, malformed, timed out) or were turned away (back-off, busy)"
-                    );
-                }
-                *t = Tally {
-                    since: Some(Instant::now()),
-                    ..Tally::default()
-                };
+        log_summary(&tally);
+    }
+    stop_serving(&node, workers);
+    Ok(())
+}
+
+/// Serves the connection from `from` on a thread of its own, unless the guard turns it away
+/// (then counted, and None).
+fn serve_connection(
+    node: &Arc<Node>,
+    guard: &Arc<Mutex<Guard>>,
+    tally: &Arc<Mutex<Tally>>,
+    stream: TcpStream,
+    from: SocketAddr,
+) -> Option<std::thread::JoinHandle<()>> {
+    let _ = stream.set_nonblocking(false);
+    let now = Instant::now();
+    // A member is counted in all only: the joiners it relays are counted by
+    // where it saw them, once its record is read.
+    let member = node.is_member(from.ip());
+    let turned = guard
+        .lock()
+        .map(|mut g| {
+            if member {
+                g.open_member()
+            } else {
+                g.open(from.ip(), now)
             }
+        })
+        .unwrap_or(Err(Turned::Busy));
+    if turned.is_err() {
+        if let Ok(mut t) = tally.lock() {
+            t.turned_away += 1;
+        }
+        return None;
+    }
+    let (node, guard, tally) = (node.clone(), guard.clone(), tally.clone());
+    Some(std::thread::spawn(move || {
+        let (verdict, joiner) = node.handle(stream, from, member, &guard);
+        if let Ok(mut g) = guard.lock() {
+            if member {
+                g.close_member();
+            } else {
+                g.close(from.ip());
+            }
+            g.record(joiner, verdict, Instant::now());
+        }
+        if verdict == Verdict::Failed
+            && let Ok(mut t) = tally.lock()
+        {
+            t.failed += 1;
+        }
+    }))
+}
+
+/// Logs the failed and turned-away joins once per [`SUMMARY_EVERY`], and starts counting
+/// again.
+fn log_summary(tally: &Mutex<Tally>) {
+    if let Ok(mut t) = tally.lock() {
+        let since = *t.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= SUMMARY_EVERY {
+            if t.failed > 0 || t.turned_away > 0 {
+                warn!(
+                    failed = t.failed,
+                    turned_away = t.turned_away,
+                    "join attempts that failed (wrong or unknown token, malformed, timed out) or were turned away (back-off, busy)"
+                );
+            }
+            *t = Tally {
+                since: Some(Instant::now()),
+                ..Tally::default()
+            };
         }
     }
+}
+
+/// Stops: joins waiting for the operator end, the others get until [`STOP_WITHIN`].
+fn stop_serving(node: &Node, workers: Vec<std::thread::JoinHandle<()>>) {
     info!(
         under_way = workers.len(),
         "stopping; joins under way finish first"
@@ -507,5 +534,4 @@ pub fn run(args: Args, shutdown: BorrowedFd<'_>) -> Result<(), (Exit, String)> {
             "stopped with joins still relayed (a join waiting for approval through this member)"
         );
     }
-    Ok(())
 }

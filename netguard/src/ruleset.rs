@@ -160,6 +160,8 @@ impl RulesetSpec {
     }
 
     /// The rules, in order, by chain.
+    // Long on purpose: it reads top to bottom as the ruleset nft holds, each numbered step
+    // beside the rules it emits, and that order is what revocation depends on.
     pub fn rules(&self) -> Vec<(&'static str, Vec<Value>)> {
         let mut input: Vec<Vec<Value>> = Vec::new();
         let mut output: Vec<Vec<Value>> = Vec::new();

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use policy::{Policy, Verified, WgPublicKey};
 use serde::Serialize;
+use wireguard_control::Device;
 
 use crate::desired::desired;
 use crate::nft;
-use crate::peers::RECENT_HANDSHAKE;
+use crate::peers::{ActualPeer, RECENT_HANDSHAKE};
 use crate::ruleset::{RulesetSpec, counter_name};
 use crate::wg::{self, Interface, Kind};
 
@@ -64,70 +65,16 @@ pub fn collect(
 ) -> Status {
     let policy: &Policy = verified;
     let name = interface.unwrap_or(&policy.cluster.interface).to_string();
-    let device = Interface::new(&name, Kind::detect(None))
-        .ok()
-        .and_then(|i| i.read().ok());
-    let device = device.or_else(|| {
-        Interface::new(&name, Kind::Userspace("wireguard-go".into()))
-            .ok()
-            .and_then(|i| i.read().ok())
-    });
+    let device = read_device(&name);
     let peers = device.as_ref().map(wg::actual_peers).unwrap_or_default();
-    let stats: BTreeMap<WgPublicKey, (u64, u64)> = device
-        .as_ref()
-        .map(|d| {
-            d.peers
-                .iter()
-                .map(|p| {
-                    (
-                        WgPublicKey::from_bytes(p.config.public_key.0),
-                        (p.stats.rx_bytes, p.stats.tx_bytes),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let nodes = policy
-        .nodes
-        .iter()
-        .map(|n| {
-            let peer = peers.get(&n.public_key);
-            let age = peer.and_then(|p| p.handshake_age);
-            let (rx, tx) = stats.get(&n.public_key).copied().unwrap_or_default();
-            NodeStatus {
-                id: n.id.get(),
-                name: n.name.clone(),
-                this_node: me == Some(&n.public_key),
-                authorised: true,
-                peer_configured: peer.is_some(),
-                tunnel_up: age.is_some_and(|a| a < RECENT_HANDSHAKE),
-                handshake_age_s: age.map(|a| a.as_secs()),
-                rx_bytes: rx,
-                tx_bytes: tx,
-                endpoint: peer
-                    .and_then(|p| p.endpoint)
-                    .or(n.endpoint)
-                    .map(|e| e.to_string()),
-            }
-        })
-        .collect();
+    let nodes = node_statuses(policy, device.as_ref(), &peers, me);
     let unknown_peers: Vec<String> = peers
         .keys()
         .filter(|k| policy.node_by_key(k).is_none())
         .map(ToString::to_string)
         .collect();
     let table = nft::read_table().ok().flatten();
-    let dropped = policy
-        .services
-        .keys()
-        .map(|s| {
-            let packets = table
-                .as_ref()
-                .and_then(|t| t.counters.get(&counter_name(s)))
-                .map_or(0, |c| c.0);
-            (s.clone(), packets)
-        })
-        .collect();
+    let dropped = dropped_counts(policy, table.as_ref());
     // This node's own view: the member ruleset, or, when it has no place in the cluster, the
     // protective one (which is then what netguard keeps installed).
     let mut problems = Vec::new();
@@ -163,6 +110,78 @@ pub fn collect(
         other_base_chains: Vec::new(),
         problems,
     }
+}
+
+/// Reads the WireGuard device `name`, kernel or detected backend first, then wireguard-go.
+fn read_device(name: &str) -> Option<Device> {
+    let device = Interface::new(name, Kind::detect(None))
+        .ok()
+        .and_then(|i| i.read().ok());
+    device.or_else(|| {
+        Interface::new(name, Kind::Userspace("wireguard-go".into()))
+            .ok()
+            .and_then(|i| i.read().ok())
+    })
+}
+
+/// Every node of the policy with what the device says of it as a peer.
+fn node_statuses(
+    policy: &Policy,
+    device: Option<&Device>,
+    peers: &BTreeMap<WgPublicKey, ActualPeer>,
+    me: Option<&WgPublicKey>,
+) -> Vec<NodeStatus> {
+    let stats: BTreeMap<WgPublicKey, (u64, u64)> = device
+        .map(|d| {
+            d.peers
+                .iter()
+                .map(|p| {
+                    (
+                        WgPublicKey::from_bytes(p.config.public_key.0),
+                        (p.stats.rx_bytes, p.stats.tx_bytes),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    policy
+        .nodes
+        .iter()
+        .map(|n| {
+            let peer = peers.get(&n.public_key);
+            let age = peer.and_then(|p| p.handshake_age);
+            let (rx, tx) = stats.get(&n.public_key).copied().unwrap_or_default();
+            NodeStatus {
+                id: n.id.get(),
+                name: n.name.clone(),
+                this_node: me == Some(&n.public_key),
+                authorised: true,
+                peer_configured: peer.is_some(),
+                tunnel_up: age.is_some_and(|a| a < RECENT_HANDSHAKE),
+                handshake_age_s: age.map(|a| a.as_secs()),
+                rx_bytes: rx,
+                tx_bytes: tx,
+                endpoint: peer
+                    .and_then(|p| p.endpoint)
+                    .or(n.endpoint)
+                    .map(|e| e.to_string()),
+            }
+        })
+        .collect()
+}
+
+/// Each service's drop counter in `table` (0 when there is no table or no counter).
+fn dropped_counts(policy: &Policy, table: Option<&nft::ActualTable>) -> BTreeMap<String, u64> {
+    policy
+        .services
+        .keys()
+        .map(|s| {
+            let packets = table
+                .and_then(|t| t.counters.get(&counter_name(s)))
+                .map_or(0, |c| c.0);
+            (s.clone(), packets)
+        })
+        .collect()
 }
 
 /// `status` with the other tables' base chains read from the kernel.

@@ -3,6 +3,8 @@
 use jiff::Timestamp;
 
 /// A new cluster policy with no nodes yet; `expires` is when it stops being accepted.
+// Long on purpose: the body is one literal, the commented policy file exactly as the
+// operator will read it.
 pub fn init_template(cluster: &str, expires: Timestamp) -> String {
     let expires = expires.round(jiff::Unit::Second).unwrap_or(expires);
     format!(

@@ -151,6 +151,45 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
             "serial must be greater than 0",
         ));
     }
+    check_ports(policy, out);
+    check_timing(policy, now, out);
+    if c.parents.len() > crate::model::MAX_PARENTS {
+        out.push(finding(
+            path(&["cluster", "parents"]),
+            format!(
+                "{} parents; at most {} are kept",
+                c.parents.len(),
+                crate::model::MAX_PARENTS
+            ),
+        ));
+    }
+    if !valid_interface_name(&c.interface) {
+        out.push(finding(
+            path(&["cluster", "interface"]),
+            format!(
+                "interface name {} must be 1-15 letters, digits, '-', '_' or '.'",
+                shown(&c.interface)
+            ),
+        ));
+    }
+    if c.listen_port == 0 {
+        out.push(finding(
+            path(&["cluster", "listen_port"]),
+            "listen_port must not be 0",
+        ));
+    }
+    if c.tunnel_ipv4.is_none() && c.tunnel_ipv6.is_none() {
+        out.push(finding(
+            path(&["cluster"]),
+            "at least one of tunnel_ipv4 and tunnel_ipv6 is required",
+        ));
+    }
+}
+
+/// The distribution and join ports: set, apart from the WireGuard port and each other,
+/// and the join port open to the LAN on every node.
+fn check_ports(policy: &Policy, out: &mut Vec<Finding>) {
+    let c = &policy.cluster;
     let d = &policy.distribution;
     if d.port == 0 || d.port == c.listen_port {
         out.push(finding(
@@ -185,6 +224,11 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
             ));
         }
     }
+}
+
+/// The heartbeat and how long silence lasts before quarantine, and the policy's expiry.
+fn check_timing(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
+    let (c, d) = (&policy.cluster, &policy.distribution);
     if d.heartbeat.is_zero() {
         out.push(finding(
             path(&["distribution", "heartbeat"]),
@@ -200,37 +244,6 @@ fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
         out.push(finding(
             path(&["cluster", "expires"]),
             format!("policy expired at {}", c.expires),
-        ));
-    }
-    if c.parents.len() > crate::model::MAX_PARENTS {
-        out.push(finding(
-            path(&["cluster", "parents"]),
-            format!(
-                "{} parents; at most {} are kept",
-                c.parents.len(),
-                crate::model::MAX_PARENTS
-            ),
-        ));
-    }
-    if !valid_interface_name(&c.interface) {
-        out.push(finding(
-            path(&["cluster", "interface"]),
-            format!(
-                "interface name {} must be 1-15 letters, digits, '-', '_' or '.'",
-                shown(&c.interface)
-            ),
-        ));
-    }
-    if c.listen_port == 0 {
-        out.push(finding(
-            path(&["cluster", "listen_port"]),
-            "listen_port must not be 0",
-        ));
-    }
-    if c.tunnel_ipv4.is_none() && c.tunnel_ipv6.is_none() {
-        out.push(finding(
-            path(&["cluster"]),
-            "at least one of tunnel_ipv4 and tunnel_ipv6 is required",
         ));
     }
 }

@@ -4,12 +4,13 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::SigningKey;
 use jiff::{SignedDuration, Timestamp};
 use join::token::{Limits, Token, TokenStore};
 use policy::edit::{NewNode, PolicyEdit, default_addresses};
 use policy::fsutil::atomic_write;
 use policy::keys::KeyKind;
-use policy::{NodeId, Role, WgPublicKey, sign, signature_path};
+use policy::{NodeId, Policy, Role, WgPublicKey, sign, signature_path};
 
 use crate::failure::{CliResult, Exit, Failure};
 use crate::keygen;
@@ -53,16 +54,7 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
         ));
     }
     std::fs::create_dir_all(a.dir).map_err(|e| io(a.dir, e))?;
-    let operator_path = a.dir.join("operator.key");
-    let operator = if operator_path.exists() {
-        keygen::load_operator(&operator_path)?
-    } else {
-        keygen::operator(&operator_path)?;
-        keygen::load_operator(&operator_path)?
-    };
-    let public = policy::OperatorPublicKey::from(&operator);
-    let trust_text = KeyKind::OperatorPublic.file_text(public.verifying_key().as_bytes());
-    atomic_write(&a.dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
+    let (operator, public) = operator_keys(a.dir)?;
     let me = node_key(&a.dir.join("node.key"))?;
 
     let expires = now
@@ -71,55 +63,14 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     let text = policy::template::init_template(a.cluster, expires);
     policy::parse_policy("template", text.as_bytes(), now)?;
     let root = services::root();
-    // Written under a scratch name, edited, signed, then moved into place: a failure leaves
-    // no half-made policy where the daemons look.
-    let scratch = a.dir.join(".cluster.toml.init");
-    atomic_write(&scratch, text.as_bytes(), 0o644)?;
-    let mut edit = PolicyEdit::open(&scratch)?;
-    if root == services::Root::Disk {
-        // certaintyd guards RAM roots only: this master (and any on a disk) runs none, and
-        // only drones must report their integrity.
-        edit.require_certainty_of(&[Role::Drone]);
-    }
-    let current = edit.current(now)?;
-    let id = NodeId::MIN;
-    edit.add_node(&NewNode {
-        id,
-        name: a.node_name.to_string(),
-        public_key: me,
-        endpoint: Some(SocketAddr::new(a.endpoint, current.cluster.listen_port)),
-        addresses: default_addresses(&current, id),
-        roles: vec![Role::Master],
-        expires: None,
-    })?;
-    let policy = edit.write(now)?;
-    let bytes = policy::fsutil::read(&scratch)?;
-    policy::write_signed_pair(&policy_path, &bytes, sign(&bytes, &operator).as_bytes())?;
-    std::fs::remove_file(&scratch).map_err(|e| io(&scratch, e))?;
+    let policy = write_first_policy(a, &policy_path, &text, &operator, me, root, now)?;
 
     // The first token's nodes are of this machine's kind: a package on a disk root joins
     // further disk roots (servers, no certaintyd); drones get their tokens with
     // `tyd token create --roles drone`.
     let token_role = first_token_role(root);
     let _held = crate::token_cmd::lock(a.tokens)?;
-    let mut store =
-        TokenStore::load(a.tokens).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
-    let token = store.create(
-        &Limits {
-            uses: a.uses,
-            valid_for: a.expires.unsigned_abs(),
-            roles: vec![token_role],
-            ephemeral: false,
-        },
-        now,
-        &mut rand_core::OsRng,
-    );
-    if let Some(dir) = a.tokens.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    }
-    store
-        .save(a.tokens)
-        .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
+    let token = first_token(a, token_role, now)?;
     println!(
         "cluster {:?} initialised: this node is node 1 ({}, master), serial {}",
         policy.cluster.name, a.node_name, policy.cluster.serial
@@ -151,6 +102,85 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
         &a.dir.join("node.key"),
         Some(a.tokens),
     )
+}
+
+/// The operator key in `dir`, made if there is none yet, with its public half, which is
+/// written beside it as the trust file (`operator.pub`).
+fn operator_keys(dir: &Path) -> CliResult<(SigningKey, policy::OperatorPublicKey)> {
+    let operator_path = dir.join("operator.key");
+    let operator = if operator_path.exists() {
+        keygen::load_operator(&operator_path)?
+    } else {
+        keygen::operator(&operator_path)?;
+        keygen::load_operator(&operator_path)?
+    };
+    let public = policy::OperatorPublicKey::from(&operator);
+    let trust_text = KeyKind::OperatorPublic.file_text(public.verifying_key().as_bytes());
+    atomic_write(&dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
+    Ok((operator, public))
+}
+
+/// Makes the first policy from the template `text`, with this node (key `me`) as node 1, a
+/// master, signs it with `operator` and puts the pair at `policy_path`.
+fn write_first_policy(
+    a: &InitArgs<'_>,
+    policy_path: &Path,
+    text: &str,
+    operator: &SigningKey,
+    me: WgPublicKey,
+    root: services::Root,
+    now: Timestamp,
+) -> CliResult<Policy> {
+    // Written under a scratch name, edited, signed, then moved into place: a failure leaves
+    // no half-made policy where the daemons look.
+    let scratch = a.dir.join(".cluster.toml.init");
+    atomic_write(&scratch, text.as_bytes(), 0o644)?;
+    let mut edit = PolicyEdit::open(&scratch)?;
+    if root == services::Root::Disk {
+        // certaintyd guards RAM roots only: this master (and any on a disk) runs none, and
+        // only drones must report their integrity.
+        edit.require_certainty_of(&[Role::Drone]);
+    }
+    let current = edit.current(now)?;
+    let id = NodeId::MIN;
+    edit.add_node(&NewNode {
+        id,
+        name: a.node_name.to_string(),
+        public_key: me,
+        endpoint: Some(SocketAddr::new(a.endpoint, current.cluster.listen_port)),
+        addresses: default_addresses(&current, id),
+        roles: vec![Role::Master],
+        expires: None,
+    })?;
+    let policy = edit.write(now)?;
+    let bytes = policy::fsutil::read(&scratch)?;
+    policy::write_signed_pair(policy_path, &bytes, sign(&bytes, operator).as_bytes())?;
+    std::fs::remove_file(&scratch).map_err(|e| io(&scratch, e))?;
+    Ok(policy)
+}
+
+/// Makes `tyd init`'s first token, for nodes of `role`, and saves the token store; the
+/// caller holds the store's lock.
+fn first_token(a: &InitArgs<'_>, role: Role, now: Timestamp) -> CliResult<Token> {
+    let mut store =
+        TokenStore::load(a.tokens).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
+    let token = store.create(
+        &Limits {
+            uses: a.uses,
+            valid_for: a.expires.unsigned_abs(),
+            roles: vec![role],
+            ephemeral: false,
+        },
+        now,
+        &mut rand_core::OsRng,
+    );
+    if let Some(dir) = a.tokens.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    store
+        .save(a.tokens)
+        .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
+    Ok(token)
 }
 
 /// The role of the nodes `tyd init`'s first token admits: nodes like this one, as joind
@@ -192,33 +222,7 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         .map(str::parse)
         .transpose()
         .map_err(|e: join::token::TokenError| Failure::new(Exit::Usage, format!("--token: {e}")))?;
-    let members: Vec<SocketAddr> = if a.member == "any" {
-        let port = policy::model::default_join_port();
-        let found =
-            join::discover::find_members(port, std::time::Duration::from_secs(5)).map_err(|e| {
-                Failure::new(
-                    Exit::Runtime,
-                    format!("asking the segment for a member: {e}"),
-                )
-            })?;
-        if found.is_empty() {
-            return Err(Failure::new(
-                Exit::Runtime,
-                format!("no member answered on the local segment (udp {port}) within 5 s"),
-            ));
-        }
-        let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
-        eprintln!(
-            "answered on the segment (tried in this order): {}",
-            shown.join(", ")
-        );
-        found
-            .into_iter()
-            .map(|ip| SocketAddr::new(ip, port))
-            .collect()
-    } else {
-        vec![member_addr(a.member)?]
-    };
+    let members = members_to_ask(a.member)?;
     let policy_path = a.dir.join("cluster.toml");
     if policy_path.exists() {
         return Err(Failure::new(
@@ -234,61 +238,7 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         .key
         .map_or_else(|| a.dir.join("node.key"), Path::to_path_buf);
     let me = node_key(&key_path)?;
-    // Each member that answered, in turn, until one works (a rogue may answer first).
-    let ask = |name: Option<String>| {
-        join::client::first_that_works(
-            &members,
-            |member| match &token {
-                Some(token) => join::client::join(member, token, a.operator, &me, name.clone()),
-                None => join::client::join_with_approval(
-                    member,
-                    a.operator,
-                    &me,
-                    name.clone(),
-                    join::service::APPROVAL_WAIT,
-                    |code| {
-                        eprintln!(
-                            "waiting for the operator's approval: on a master, `tyd join list` must show code {code} for this node; then `tyd join approve ID`"
-                        );
-                    },
-                ),
-            },
-            |member, e| eprintln!("{member}: {e}; trying the next member that answered"),
-        )
-    };
-    // Without --name the node asks for its host name, as `tyd init` names the first node;
-    // when the master refuses it (taken, or not a usable name) it asks again with none and
-    // the master picks node<ID>. A refused request spends no token use.
-    let joined = match (a.name, default_name()) {
-        // "-": the master picks (drone images, whose host names say nothing of the node).
-        (Some("-"), _) => ask(None),
-        (Some(name), _) => ask(Some(name.to_string())),
-        (None, Some(host)) => match ask(Some(host.clone())) {
-            // The answer carries the refusal as text (the join protocol has no refusal
-            // codes yet): both name refusals (join::admit::Refusal) begin "name ".
-            Err(join::client::JoinError::Refused(reason)) if reason.starts_with("name ") => {
-                eprintln!("the master refused the name {host:?} ({reason}); asking for none");
-                ask(None)
-            }
-            other => other,
-        },
-        (None, None) => ask(None),
-    }
-    .map_err(|e| {
-        let exit = match &e {
-            join::client::JoinError::Connect(..) | join::client::JoinError::Wire(..) => {
-                Exit::Runtime
-            }
-            join::client::JoinError::Refused(_) => Exit::Refused,
-            // Not yet (a drone's old entry the cluster still hears): try again, as for an
-            // unreachable member.
-            join::client::JoinError::Later(_) => Exit::Runtime,
-            join::client::JoinError::WrongOperator { .. }
-            | join::client::JoinError::BadPolicy(_) => Exit::BadSignature,
-            _ => Exit::Refused,
-        };
-        Failure::new(exit, e.to_string())
-    })?;
+    let joined = ask_members(a, &members, token.as_ref(), &me)?;
     let trust_text =
         KeyKind::OperatorPublic.file_text(joined.operator_key.verifying_key().as_bytes());
     atomic_write(&a.dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
@@ -313,6 +263,104 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         &key_path,
         None,
     )
+}
+
+/// The members to ask: the one named, or, for "any", those that answer on the local
+/// segment.
+fn members_to_ask(member: &str) -> CliResult<Vec<SocketAddr>> {
+    if member != "any" {
+        return Ok(vec![member_addr(member)?]);
+    }
+    let port = policy::model::default_join_port();
+    let found =
+        join::discover::find_members(port, std::time::Duration::from_secs(5)).map_err(|e| {
+            Failure::new(
+                Exit::Runtime,
+                format!("asking the segment for a member: {e}"),
+            )
+        })?;
+    if found.is_empty() {
+        return Err(Failure::new(
+            Exit::Runtime,
+            format!("no member answered on the local segment (udp {port}) within 5 s"),
+        ));
+    }
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    eprintln!(
+        "answered on the segment (tried in this order): {}",
+        shown.join(", ")
+    );
+    Ok(found
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
+}
+
+/// Asks `members` in turn to admit this node (key `me`), with `token` or by the operator's
+/// approval, under the name asked for, the host name, or none.
+fn ask_members(
+    a: &JoinArgs<'_>,
+    members: &[SocketAddr],
+    token: Option<&Token>,
+    me: &WgPublicKey,
+) -> CliResult<join::client::Joined> {
+    // Each member that answered, in turn, until one works (a rogue may answer first).
+    let ask = |name: Option<String>| {
+        join::client::first_that_works(
+            members,
+            |member| match token {
+                Some(token) => join::client::join(member, token, a.operator, me, name.clone()),
+                None => join::client::join_with_approval(
+                    member,
+                    a.operator,
+                    me,
+                    name.clone(),
+                    join::service::APPROVAL_WAIT,
+                    |code| {
+                        eprintln!(
+                            "waiting for the operator's approval: on a master, `tyd join list` must show code {code} for this node; then `tyd join approve ID`"
+                        );
+                    },
+                ),
+            },
+            |member, e| eprintln!("{member}: {e}; trying the next member that answered"),
+        )
+    };
+    // Without --name the node asks for its host name, as `tyd init` names the first node;
+    // when the master refuses it (taken, or not a usable name) it asks again with none and
+    // the master picks node<ID>. A refused request spends no token use.
+    match (a.name, default_name()) {
+        // "-": the master picks (drone images, whose host names say nothing of the node).
+        (Some("-"), _) => ask(None),
+        (Some(name), _) => ask(Some(name.to_string())),
+        (None, Some(host)) => match ask(Some(host.clone())) {
+            // The answer carries the refusal as text (the join protocol has no refusal
+            // codes yet): both name refusals (join::admit::Refusal) begin "name ".
+            Err(join::client::JoinError::Refused(reason)) if reason.starts_with("name ") => {
+                eprintln!("the master refused the name {host:?} ({reason}); asking for none");
+                ask(None)
+            }
+            other => other,
+        },
+        (None, None) => ask(None),
+    }
+    .map_err(join_failure)
+}
+
+/// The exit code and message of a join that failed.
+fn join_failure(e: join::client::JoinError) -> Failure {
+    let exit = match &e {
+        join::client::JoinError::Connect(..) | join::client::JoinError::Wire(..) => Exit::Runtime,
+        join::client::JoinError::Refused(_) => Exit::Refused,
+        // Not yet (a drone's old entry the cluster still hears): try again, as for an
+        // unreachable member.
+        join::client::JoinError::Later(_) => Exit::Runtime,
+        join::client::JoinError::WrongOperator { .. } | join::client::JoinError::BadPolicy(_) => {
+            Exit::BadSignature
+        }
+        _ => Exit::Refused,
+    };
+    Failure::new(exit, e.to_string())
 }
 
 /// What to tell the operator when this node's roles owe certaintyd (the policy's

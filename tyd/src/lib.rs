@@ -308,56 +308,8 @@ fn parse_span(s: &str) -> Result<SignedDuration, failure::ArgError> {
 
 fn run(cli: Cli, now: Timestamp) -> CliResult {
     match cli.command {
-        Command::Keygen(KeygenCmd::Operator { out }) => {
-            let public = keygen::operator(&out)?;
-            println!("{public}");
-            eprintln!(
-                "wrote {} (secret, 0600) and {} (key id {})",
-                out.display(),
-                keygen::pub_path(&out).display(),
-                public.key_id()
-            );
-            Ok(())
-        }
-        Command::Keygen(KeygenCmd::Node { out }) => {
-            let public = keygen::node(&out)?;
-            println!("{public}");
-            Ok(())
-        }
-        Command::Policy(cmd) => match cmd {
-            PolicyCmd::Init {
-                out,
-                name,
-                valid_for,
-                from_map,
-                keys_dir,
-                force,
-            } => policy_cmd::init(
-                &policy_cmd::InitArgs {
-                    out: &out,
-                    name: &name,
-                    valid_for,
-                    from_map: from_map.as_deref(),
-                    keys_dir: keys_dir.as_deref(),
-                    force,
-                },
-                now,
-            ),
-            PolicyCmd::Check { file, json } => policy_cmd::check(&file, json, now),
-            PolicyCmd::Sign {
-                file,
-                key,
-                bump,
-                state,
-                yes,
-            } => policy_cmd::sign_cmd(&file, &key, &state, bump, yes, now),
-            PolicyCmd::Diff { old, new } => policy_cmd::diff_cmd(&old, &new),
-            PolicyCmd::Verify { file, trust, json } => policy_cmd::verify(&file, &trust, json, now),
-            PolicyCmd::Push { file, trust, to } => policy_cmd::push(&file, &trust, &to, now),
-            PolicyCmd::Show { file, trust, json } => {
-                policy_cmd::show(&file, trust.as_deref(), json, now)
-            }
-        },
+        Command::Keygen(cmd) => run_keygen(cmd),
+        Command::Policy(cmd) => run_policy(cmd, now),
         Command::Node(cmd) => node_cmd::run(cmd, now),
         Command::Certainty(cmd) => certainty_cmd::run(cmd),
         Command::Token(cmd) => token_cmd::run(cmd, now),
@@ -392,28 +344,7 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
         Command::Join(JoinArgs {
             decide: Some(d), ..
         }) => join_cmd::decide(d, now),
-        Command::Join(a) => {
-            let member = a.member.ok_or_else(|| {
-                failure::Failure::new(
-                    failure::Exit::Usage,
-                    "tyd join needs a member's address, \"any\", or list|approve|deny",
-                )
-            })?;
-            let operator = match (a.operator, a.trust) {
-                (Some(fp), _) => fp,
-                (None, Some(t)) => keygen::operator_fingerprint(&t)?,
-                (None, None) => unreachable_usage()?,
-            };
-            join_cmd::join(&join_cmd::JoinArgs {
-                member: &member,
-                token: a.token.as_deref(),
-                operator: &operator,
-                dir: &a.dir,
-                key: a.key.as_deref(),
-                name: a.name.as_deref(),
-                no_start: a.no_start,
-            })
-        }
+        Command::Join(a) => run_join(a),
         Command::Status {
             json,
             cluster: true,
@@ -447,6 +378,90 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
             partial,
         } => policy_cmd::showmap(&file, trust.as_deref(), partial, now),
     }
+}
+
+/// `tyd keygen`: makes an operator or a node key.
+fn run_keygen(cmd: KeygenCmd) -> CliResult {
+    match cmd {
+        KeygenCmd::Operator { out } => {
+            let public = keygen::operator(&out)?;
+            println!("{public}");
+            eprintln!(
+                "wrote {} (secret, 0600) and {} (key id {})",
+                out.display(),
+                keygen::pub_path(&out).display(),
+                public.key_id()
+            );
+            Ok(())
+        }
+        KeygenCmd::Node { out } => {
+            let public = keygen::node(&out)?;
+            println!("{public}");
+            Ok(())
+        }
+    }
+}
+
+/// `tyd policy`: one policy subcommand.
+fn run_policy(cmd: PolicyCmd, now: Timestamp) -> CliResult {
+    match cmd {
+        PolicyCmd::Init {
+            out,
+            name,
+            valid_for,
+            from_map,
+            keys_dir,
+            force,
+        } => policy_cmd::init(
+            &policy_cmd::InitArgs {
+                out: &out,
+                name: &name,
+                valid_for,
+                from_map: from_map.as_deref(),
+                keys_dir: keys_dir.as_deref(),
+                force,
+            },
+            now,
+        ),
+        PolicyCmd::Check { file, json } => policy_cmd::check(&file, json, now),
+        PolicyCmd::Sign {
+            file,
+            key,
+            bump,
+            state,
+            yes,
+        } => policy_cmd::sign_cmd(&file, &key, &state, bump, yes, now),
+        PolicyCmd::Diff { old, new } => policy_cmd::diff_cmd(&old, &new),
+        PolicyCmd::Verify { file, trust, json } => policy_cmd::verify(&file, &trust, json, now),
+        PolicyCmd::Push { file, trust, to } => policy_cmd::push(&file, &trust, &to, now),
+        PolicyCmd::Show { file, trust, json } => {
+            policy_cmd::show(&file, trust.as_deref(), json, now)
+        }
+    }
+}
+
+/// `tyd join <member>`: joins this node through a member (`--decide` is handled apart).
+fn run_join(a: JoinArgs) -> CliResult {
+    let member = a.member.ok_or_else(|| {
+        failure::Failure::new(
+            failure::Exit::Usage,
+            "tyd join needs a member's address, \"any\", or list|approve|deny",
+        )
+    })?;
+    let operator = match (a.operator, a.trust) {
+        (Some(fp), _) => fp,
+        (None, Some(t)) => keygen::operator_fingerprint(&t)?,
+        (None, None) => unreachable_usage()?,
+    };
+    join_cmd::join(&join_cmd::JoinArgs {
+        member: &member,
+        token: a.token.as_deref(),
+        operator: &operator,
+        dir: &a.dir,
+        key: a.key.as_deref(),
+        name: a.name.as_deref(),
+        no_start: a.no_start,
+    })
 }
 
 /// Restores the default SIGPIPE action (Rust ignores it), so `tyd status | head` ends tyd

@@ -359,22 +359,9 @@ pub fn sign_cmd(
     // Read once: the bytes checked are the bytes signed, whatever the file becomes meanwhile.
     let mut bytes = fsutil::read(path)?;
     let mut policy = parse_policy(&display(path), &bytes, now)?;
-    let logged = log.0.get(&policy.cluster.name).map(|l| Taken {
-        serial: l.serial,
-        digest: l.digest.clone(),
-        source: format!("signed with this key ({})", display(&log_file)),
-    });
-    let accepted = accepted_record(state, &policy.cluster.name)?.map(|r| Taken {
-        serial: r.serial,
-        digest: r.digest,
-        source: format!("accepted by this node's daemons ({})", display(state)),
-    });
+    let highest = highest_taken_for(&log, &log_file, state, &policy.cluster.name)?;
     let digest = blake3::hash(&bytes).to_hex().to_string();
-    if let SerialCheck::Taken { next, by } = check_serial(
-        policy.cluster.serial,
-        &digest,
-        highest_taken(logged.into_iter().chain(accepted)),
-    ) {
+    if let SerialCheck::Taken { next, by } = check_serial(policy.cluster.serial, &digest, highest) {
         if !bump {
             return Err(Failure::new(
                 Exit::Refused,
@@ -388,25 +375,7 @@ pub fn sign_cmd(
                 ),
             ));
         }
-        let next = next.ok_or_else(|| {
-            Failure::new(
-                Exit::Refused,
-                format!(
-                    "{}: serial {} is taken and is the largest there is: no serial is left for cluster {:?}",
-                    display(path),
-                    by.serial,
-                    policy.cluster.name
-                ),
-            )
-        })?;
-        let mut edit = PolicyEdit::from_bytes(path, bytes)?;
-        edit.set_serial(next)?;
-        let (text, bumped) = edit.write_text(now)?;
-        (bytes, policy) = (text.into_bytes(), bumped);
-        println!(
-            "serial bumped to {} (serial {} was {})",
-            policy.cluster.serial, by.serial, by.source
-        );
+        (bytes, policy) = bump_serial(path, bytes, &policy, next, &by, now)?;
     }
     if !review(path, &bytes, log.0.get(&policy.cluster.name), yes)? {
         return Err(Failure::new(
@@ -416,18 +385,7 @@ pub fn sign_cmd(
     }
     let sig_path = signature_path(path);
     atomic_write(&sig_path, sign(&bytes, &signing_key).as_bytes(), 0o644)?;
-    log.0.insert(
-        policy.cluster.name.clone(),
-        SignedEntry {
-            serial: policy.cluster.serial,
-            digest: blake3::hash(&bytes).to_hex().to_string(),
-            text: Some(String::from_utf8_lossy(&bytes).into_owned()),
-        },
-    );
-    let mut log_bytes =
-        serde_json::to_vec_pretty(&log).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
-    log_bytes.push(b'\n');
-    atomic_write(&log_file, &log_bytes, 0o600)?;
+    record_signing(&mut log, &log_file, &policy, &bytes)?;
     println!(
         "signed {} (cluster {}, serial {}) -> {}",
         display(path),
@@ -435,6 +393,81 @@ pub fn sign_cmd(
         policy.cluster.serial,
         display(&sig_path)
     );
+    Ok(())
+}
+
+/// The highest serial taken for `cluster`: by this key's signing `log` (read from
+/// `log_file`), or by this node's daemons (their record at `state`).
+fn highest_taken_for(
+    log: &SigningLog,
+    log_file: &Path,
+    state: &Path,
+    cluster: &str,
+) -> CliResult<Option<Taken>> {
+    let logged = log.0.get(cluster).map(|l| Taken {
+        serial: l.serial,
+        digest: l.digest.clone(),
+        source: format!("signed with this key ({})", display(log_file)),
+    });
+    let accepted = accepted_record(state, cluster)?.map(|r| Taken {
+        serial: r.serial,
+        digest: r.digest,
+        source: format!("accepted by this node's daemons ({})", display(state)),
+    });
+    Ok(highest_taken(logged.into_iter().chain(accepted)))
+}
+
+/// The policy at `path` (its `bytes`, parsed as `policy`) with its serial raised to `next`,
+/// the first after the one taken `by` other content; refused when no serial is left.
+fn bump_serial(
+    path: &Path,
+    bytes: Vec<u8>,
+    policy: &Policy,
+    next: Option<u64>,
+    by: &Taken,
+    now: Timestamp,
+) -> CliResult<(Vec<u8>, Policy)> {
+    let next = next.ok_or_else(|| {
+        Failure::new(
+            Exit::Refused,
+            format!(
+                "{}: serial {} is taken and is the largest there is: no serial is left for cluster {:?}",
+                display(path),
+                by.serial,
+                policy.cluster.name
+            ),
+        )
+    })?;
+    let mut edit = PolicyEdit::from_bytes(path, bytes)?;
+    edit.set_serial(next)?;
+    let (text, bumped) = edit.write_text(now)?;
+    println!(
+        "serial bumped to {} (serial {} was {})",
+        bumped.cluster.serial, by.serial, by.source
+    );
+    Ok((text.into_bytes(), bumped))
+}
+
+/// Records in this key's signing log (`log`, written back to `log_file`) that `bytes`, the
+/// text of `policy`, were signed.
+fn record_signing(
+    log: &mut SigningLog,
+    log_file: &Path,
+    policy: &Policy,
+    bytes: &[u8],
+) -> CliResult {
+    log.0.insert(
+        policy.cluster.name.clone(),
+        SignedEntry {
+            serial: policy.cluster.serial,
+            digest: blake3::hash(bytes).to_hex().to_string(),
+            text: Some(String::from_utf8_lossy(bytes).into_owned()),
+        },
+    );
+    let mut log_bytes =
+        serde_json::to_vec_pretty(log).map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
+    log_bytes.push(b'\n');
+    atomic_write(log_file, &log_bytes, 0o600)?;
     Ok(())
 }
 

@@ -91,87 +91,103 @@ pub fn run(cmd: TokenCmd, now: Timestamp) -> CliResult {
             trust,
             member,
         } => {
-            let fingerprint = crate::keygen::operator_fingerprint(&trust)?;
-            let _held = lock(&tokens)?;
-            let mut store = load(&tokens)?;
-            store.prune(now);
             let limits = Limits {
                 uses,
                 valid_for: expires.unsigned_abs(),
                 roles,
                 ephemeral,
             };
-            let token = store.create(&limits, now, &mut rand_core::OsRng);
-            save(&store, &tokens)?;
-            let until = store.get(&token.id).map_or(now, |t| t.expires);
-            println!("{}", token.reveal().as_str());
-            eprintln!(
-                "token {}: {uses} join(s) as {}{} until {until:.0}; join a node with:",
-                token.id,
-                role_names(&limits.roles),
-                if ephemeral { " (ephemeral)" } else { "" }
-            );
-            eprintln!(
-                "  tyd join {} --token {} --operator {fingerprint}",
-                member.as_deref().unwrap_or("<member address>"),
-                token.reveal().as_str()
-            );
-            Ok(())
+            create(&limits, &tokens, &trust, member.as_deref(), now)
         }
-        TokenCmd::List { tokens, json } => {
-            let store = load(&tokens)?;
-            if json {
-                let list: Vec<serde_json::Value> = store
-                    .tokens
-                    .iter()
-                    .map(|t| {
-                        serde_json::json!({
-                            "id": t.id.as_str(), "created": t.created.to_string(),
-                            "expires": t.expires.to_string(), "uses": t.uses, "used": t.used,
-                            "roles": role_names(&t.roles), "state": state(t, now),
-                            "ephemeral": t.ephemeral,
-                        })
-                    })
-                    .collect();
-                crate::policy_cmd::print_json(&serde_json::json!({ "tokens": list }));
-                return Ok(());
-            }
-            println!(
-                "{:<8} {:<10} {:<8} {:<26} state",
-                "id", "used", "roles", "expires"
-            );
-            for t in &store.tokens {
-                println!(
-                    "{:<8} {:<10} {:<8} {:<26} {}",
-                    t.id.as_str(),
-                    format!("{}/{}", t.used, t.uses),
-                    if t.ephemeral {
-                        format!("{}*", role_names(&t.roles))
-                    } else {
-                        role_names(&t.roles)
-                    },
-                    format!("{:.0}", t.expires),
-                    state(t, now)
-                );
-            }
-            if store.tokens.iter().any(|t| t.ephemeral) {
-                println!(
-                    "* ephemeral: a drone back at its address with a new key gets its lost entry"
-                );
-            }
-            Ok(())
-        }
-        TokenCmd::Revoke { id, tokens } => {
-            let _held = lock(&tokens)?;
-            let mut store = load(&tokens)?;
-            store
-                .revoke(&id)
-                .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
-            save(&store, &tokens)?;
-            eprintln!("token {id} revoked");
-            Ok(())
-        }
+        TokenCmd::List { tokens, json } => list(&tokens, json, now),
+        TokenCmd::Revoke { id, tokens } => revoke(&id, &tokens),
     }
+}
+
+/// `tyd token create`: makes a token with `limits`, prints it and the join command.
+fn create(
+    limits: &Limits,
+    tokens: &Path,
+    trust: &Path,
+    member: Option<&str>,
+    now: Timestamp,
+) -> CliResult {
+    let fingerprint = crate::keygen::operator_fingerprint(trust)?;
+    let _held = lock(tokens)?;
+    let mut store = load(tokens)?;
+    store.prune(now);
+    let token = store.create(limits, now, &mut rand_core::OsRng);
+    save(&store, tokens)?;
+    let until = store.get(&token.id).map_or(now, |t| t.expires);
+    println!("{}", token.reveal().as_str());
+    eprintln!(
+        "token {}: {} join(s) as {}{} until {until:.0}; join a node with:",
+        token.id,
+        limits.uses,
+        role_names(&limits.roles),
+        if limits.ephemeral { " (ephemeral)" } else { "" }
+    );
+    eprintln!(
+        "  tyd join {} --token {} --operator {fingerprint}",
+        member.unwrap_or("<member address>"),
+        token.reveal().as_str()
+    );
+    Ok(())
+}
+
+/// `tyd token list`: the tokens as a table, or as JSON.
+fn list(tokens: &Path, json: bool, now: Timestamp) -> CliResult {
+    let store = load(tokens)?;
+    if json {
+        let list: Vec<serde_json::Value> = store
+            .tokens
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "id": t.id.as_str(), "created": t.created.to_string(),
+                    "expires": t.expires.to_string(), "uses": t.uses, "used": t.used,
+                    "roles": role_names(&t.roles), "state": state(t, now),
+                    "ephemeral": t.ephemeral,
+                })
+            })
+            .collect();
+        crate::policy_cmd::print_json(&serde_json::json!({ "tokens": list }));
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<10} {:<8} {:<26} state",
+        "id", "used", "roles", "expires"
+    );
+    for t in &store.tokens {
+        println!(
+            "{:<8} {:<10} {:<8} {:<26} {}",
+            t.id.as_str(),
+            format!("{}/{}", t.used, t.uses),
+            if t.ephemeral {
+                format!("{}*", role_names(&t.roles))
+            } else {
+                role_names(&t.roles)
+            },
+            format!("{:.0}", t.expires),
+            state(t, now)
+        );
+    }
+    if store.tokens.iter().any(|t| t.ephemeral) {
+        println!("* ephemeral: a drone back at its address with a new key gets its lost entry");
+    }
+    Ok(())
+}
+
+/// `tyd token revoke`: no further join with token `id`.
+fn revoke(id: &str, tokens: &Path) -> CliResult {
+    let _held = lock(tokens)?;
+    let mut store = load(tokens)?;
+    store
+        .revoke(id)
+        .map_err(|e| Failure::new(Exit::Runtime, e.to_string()))?;
+    save(&store, tokens)?;
+    eprintln!("token {id} revoked");
+    Ok(())
 }
 
 fn state(t: &join::token::TokenRecord, now: Timestamp) -> &'static str {

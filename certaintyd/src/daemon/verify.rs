@@ -73,6 +73,26 @@ fn inodes_of(manifest: &Manifest) -> HashMap<u64, String> {
         .collect()
 }
 
+/// The writers on the filesystem `dev` that can change the walked tree now, and those seen
+/// `before` the walk that are no longer there, as findings.
+fn baseline_writers(dev: u64, before: Vec<preflight::Writer>, manifest: &Manifest) -> Vec<Finding> {
+    let tree = inodes_of(manifest);
+    let mut writers = writer_findings(dev, &tree);
+    for (w, in_tree) in preflight::in_tree(before, &tree) {
+        if !writers.iter().any(|f| f.path == in_tree) {
+            writers.push(Finding {
+                detail: format!(
+                    "pid {} ({}) held a {} during the walk",
+                    w.pid, w.command, w.how
+                ),
+                path: in_tree,
+                changes: vec![],
+            });
+        }
+    }
+    writers
+}
+
 /// The `certainty.expect=` the node was booted with, if any.
 fn kernel_expected_root() -> Result<Option<String>, StartupError> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(StartupError::Cmdline)?;
@@ -120,39 +140,10 @@ impl Daemon {
             Vec::new()
         };
         let started = Instant::now();
-        let snap = tokio::task::spawn_blocking(self.take_snapshot())
-            .await
-            .map_err(|e| StartupError::Unreadable {
-                count: 1,
-                first: format!("walker panicked: {e}"),
-            })??;
-        if let Some(p) = snap.problems.first() {
-            return Err(StartupError::Unreadable {
-                count: snap.problems.len(),
-                first: format!(
-                    "{}: {} ({})",
-                    crate::entry::display_path(&p.path),
-                    p.kind,
-                    p.detail
-                ),
-            });
-        }
+        let snap = self.walk_baseline().await?;
         let took = started.elapsed();
         if self.cfg.source == Source::Tree {
-            let tree = inodes_of(&snap.manifest);
-            let mut writers = writer_findings(self.dev, &tree);
-            for (w, in_tree) in preflight::in_tree(before, &tree) {
-                if !writers.iter().any(|f| f.path == in_tree) {
-                    writers.push(Finding {
-                        detail: format!(
-                            "pid {} ({}) held a {} during the walk",
-                            w.pid, w.command, w.how
-                        ),
-                        path: in_tree,
-                        changes: vec![],
-                    });
-                }
-            }
+            let writers = baseline_writers(self.dev, before, &snap.manifest);
             if !writers.is_empty() {
                 let detail = "processes can write to the monitored tree without events; refusing to take a baseline";
                 return Ok(self
@@ -181,6 +172,39 @@ impl Daemon {
             deadline_ms = self.deadline.as_millis() as u64,
             "baseline taken"
         );
+        if let Some(detail) = self.root_mismatch()? {
+            return Ok(self
+                .violation(Cause::ExpectedRootMismatch, vec![], detail)
+                .await);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Walks the root for the baseline; an entry that cannot be read is a startup error.
+    async fn walk_baseline(&self) -> Result<Snapshot, StartupError> {
+        let snap = tokio::task::spawn_blocking(self.take_snapshot())
+            .await
+            .map_err(|e| StartupError::Unreadable {
+                count: 1,
+                first: format!("walker panicked: {e}"),
+            })??;
+        if let Some(p) = snap.problems.first() {
+            return Err(StartupError::Unreadable {
+                count: snap.problems.len(),
+                first: format!(
+                    "{}: {} ({})",
+                    crate::entry::display_path(&p.path),
+                    p.kind,
+                    p.detail
+                ),
+            });
+        }
+        Ok(snap)
+    }
+
+    /// Why the baseline's stable root is not the one pinned (the configuration's, or the
+    /// kernel command line's `certainty.expect=`), if one is pinned and it is not.
+    fn root_mismatch(&self) -> Result<Option<String>, StartupError> {
         let expected = match self.cfg.expected_root.clone() {
             Some(e) => Some(e),
             None => kernel_expected_root()?,
@@ -188,15 +212,12 @@ impl Daemon {
         if let Some(expected) = expected
             && !expected.eq_ignore_ascii_case(&self.stable_root)
         {
-            let detail = format!(
+            return Ok(Some(format!(
                 "stable root {} is not the expected {expected}",
                 self.stable_root
-            );
-            return Ok(self
-                .violation(Cause::ExpectedRootMismatch, vec![], detail)
-                .await);
+            )));
         }
-        Ok(Flow::Continue)
+        Ok(None)
     }
 
     /// Makes `manifest` the reference and (re)starts the watchers on its directories.
@@ -238,24 +259,7 @@ impl Daemon {
             }
         }
         self.pass += 1;
-        let job = match self.cfg.source {
-            Source::Tree if self.cfg.content_every > 1 => {
-                let root = self.cfg.root.clone();
-                let baseline = Arc::clone(&self.baseline);
-                let (pass, every) = (self.pass, self.cfg.content_every);
-                tokio::task::spawn_blocking(move || {
-                    walk::snapshot_with(
-                        &root,
-                        Some(walk::Reuse {
-                            baseline: &baseline,
-                            pass,
-                            every,
-                        }),
-                    )
-                })
-            }
-            _ => tokio::task::spawn_blocking(self.take_snapshot()),
-        };
+        let job = self.verification_job();
         let result = tokio::time::timeout(self.deadline, job).await;
         let took = started.elapsed();
         let snap = match result {
@@ -282,19 +286,7 @@ impl Daemon {
             }
             Ok(Ok(Ok(snap))) => snap,
         };
-        // A pass completed within its deadline: the daemon verifies, the watchdog is fed.
-        self.cfg.heartbeat.beat();
-        if let Ok(mut s) = self.status.lock() {
-            s.last_verification_at = Some(now_text());
-            s.last_verification_ms = Some(took.as_millis() as u64);
-            let next = Timestamp::now() + self.cfg.interval + self.deadline;
-            s.next_verification_by =
-                Some(next.round(jiff::Unit::Second).unwrap_or(next).to_string());
-        }
-        if let Some(e) = &self.metrics {
-            e.metrics.verified(took.as_secs_f64());
-        }
-        self.write_metrics();
+        self.record_pass(took);
         let mut findings = compare(&self.baseline, &snap);
         if let Ok(now) = read_mounts(&self.cfg.root) {
             findings.extend(compare_mounts(&self.mounts, &now));
@@ -308,6 +300,46 @@ impl Daemon {
         }
         self.violation(Cause::FullVerification, findings, String::new())
             .await
+    }
+
+    /// Starts this pass's walk: of a tree hashing only the content due this pass when
+    /// content checks are spread over passes, otherwise of everything.
+    fn verification_job(&self) -> tokio::task::JoinHandle<Result<Snapshot, RootError>> {
+        match self.cfg.source {
+            Source::Tree if self.cfg.content_every > 1 => {
+                let root = self.cfg.root.clone();
+                let baseline = Arc::clone(&self.baseline);
+                let (pass, every) = (self.pass, self.cfg.content_every);
+                tokio::task::spawn_blocking(move || {
+                    walk::snapshot_with(
+                        &root,
+                        Some(walk::Reuse {
+                            baseline: &baseline,
+                            pass,
+                            every,
+                        }),
+                    )
+                })
+            }
+            _ => tokio::task::spawn_blocking(self.take_snapshot()),
+        }
+    }
+
+    /// A pass completed within its deadline: the daemon verifies, the watchdog is fed, and
+    /// the status and metrics say when.
+    fn record_pass(&mut self, took: Duration) {
+        self.cfg.heartbeat.beat();
+        if let Ok(mut s) = self.status.lock() {
+            s.last_verification_at = Some(now_text());
+            s.last_verification_ms = Some(took.as_millis() as u64);
+            let next = Timestamp::now() + self.cfg.interval + self.deadline;
+            s.next_verification_by =
+                Some(next.round(jiff::Unit::Second).unwrap_or(next).to_string());
+        }
+        if let Some(e) = &self.metrics {
+            e.metrics.verified(took.as_secs_f64());
+        }
+        self.write_metrics();
     }
 
     pub(super) async fn event(

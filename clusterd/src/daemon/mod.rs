@@ -113,32 +113,10 @@ fn stops(signal: Option<signals::Signal>) -> bool {
 /// Runs until SIGTERM or SIGINT arrives on `signals` (`main` installs them:
 /// `signals::install`).
 pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<(), StartupError> {
-    let me = load_key(&cfg.key)?;
-    let in_force = PolicyInForce::open(
-        PolicyPaths {
-            policy: cfg.policy.clone(),
-            trust: cfg.trust.clone(),
-            state: cfg.state.clone(),
-        },
-        cfg.min_serial,
-    )?;
-    let trust_text =
-        policy::fsutil::read(&cfg.trust).map_err(|e| StartupError::Key(e.to_string()))?;
-    let trust = TrustedKeys::parse(&String::from_utf8_lossy(&trust_text))
-        .map_err(|e| StartupError::Key(format!("{}: {e}", cfg.trust.display())))?;
-    let quarantine = QuarantineList::read(&cfg.quarantine).unwrap_or_default();
-    let mut node = Node::new(cfg, me, trust, in_force, quarantine);
-    info!(public_key = %me, "clusterd starting");
+    let mut node = start(cfg)?;
     // The policy in force, and this node's tunnel address to listen on.
-    let sockets = loop {
-        node.poll_policy_file();
-        if let Some(s) = bind(&node).await {
-            break s;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            signal = signals.recv() => if stops(signal) { return Ok(()) },
-        }
+    let Some(sockets) = listen(&mut node, &mut signals).await else {
+        return Ok(());
     };
     let (fetched_tx, mut fetched) = mpsc::unbounded_channel::<Fetched>();
     let serving = Arc::new(Semaphore::new(MAX_SERVING));
@@ -155,72 +133,17 @@ pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<(), Start
         tokio::select! {
             r = sockets.udp.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
-                let sender = node.node_of.get(&from.ip()).copied();
-                match (sender, Message::decode(&buf[..n])) {
-                    (Some(id), Ok(msg)) => actions = node.core.receive(id, msg, node.now()),
-                    _ => node.dropped += 1,
-                }
+                actions = receive(&mut node, &buf[..n], from);
             }
             r = sockets.tcp.accept() => {
-                let Ok((mut stream, from)) = r else { continue };
-                let member = node.node_of.contains_key(&from.ip());
-                let (Some(files), true) = (node.files.clone(), member) else {
-                    node.dropped += 1;
-                    continue;
-                };
-                let Ok(permit) = serving.clone().try_acquire_owned() else {
-                    continue; // busy: the peer retries at its next heartbeat
-                };
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let _ = transfer::send(&mut stream, &files.files().policy, &files.files().signature).await;
-                });
+                let Ok((stream, from)) = r else { continue };
+                serve_policy(&mut node, &serving, stream, from);
             }
             Some((from, result)) = fetched.recv() => {
                 actions = node.take_fetched(from, result);
             }
-            _ = poll.tick() => {
-                actions = node.poll_policy_file();
-                let socket = node.cfg.sources.certainty_socket.clone();
-                let now_state = tokio::task::spawn_blocking(move || probe::certainty(socket.as_deref()))
-                    .await
-                    .ok();
-                let changed = match (&node.certainty, &now_state) {
-                    (Some(was), Some(now)) => was.integrity != now.integrity,
-                    _ => false,
-                };
-                if now_state.is_some() {
-                    node.certainty = now_state;
-                }
-                if changed {
-                    node.repeats = CHANGE_REPEATS;
-                    if let Some(c) = &node.certainty {
-                        info!(integrity = %c.integrity, "integrity state changed; telling every peer now");
-                    }
-                }
-                if node.repeats > 0 && let Some(hb) = node.heartbeat() {
-                    // Told at once, not at the next heartbeat, and again at the next polls.
-                    node.repeats -= 1;
-                    actions.extend(node.core.announce(&hb));
-                }
-            }
-            _ = heartbeat.tick() => {
-                let src = node.cfg.sources.clone();
-                node.facts = tokio::task::spawn_blocking(move || probe::facts(&src)).await.ok();
-                if let Some(hb) = node.heartbeat() {
-                    let now = node.now();
-                    actions = node.core.tick(&hb, now, &mut node.rng);
-                    node.write_view(&hb);
-                }
-                if node.dropped > 0 {
-                    warn!(count = node.dropped, "datagrams or connections from non-members, or malformed, dropped");
-                    node.dropped = 0;
-                }
-                if node.core.impostors > 0 {
-                    warn!(count = node.core.impostors, "heartbeats claiming to be another node ignored");
-                    node.core.impostors = 0;
-                }
-            }
+            _ = poll.tick() => actions = on_poll(&mut node).await,
+            _ = heartbeat.tick() => actions = on_heartbeat(&mut node).await,
             signal = signals.recv() => if stops(signal) { break },
         }
         for a in actions {
@@ -229,6 +152,139 @@ pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<(), Start
     }
     info!("stopping; the quarantine list stays in force");
     Ok(())
+}
+
+/// Reads this node's key, the policy in force, the trusted keys and the quarantine list
+/// left in force: the node, before it listens.
+fn start(cfg: Config) -> Result<Node, StartupError> {
+    let me = load_key(&cfg.key)?;
+    let in_force = PolicyInForce::open(
+        PolicyPaths {
+            policy: cfg.policy.clone(),
+            trust: cfg.trust.clone(),
+            state: cfg.state.clone(),
+        },
+        cfg.min_serial,
+    )?;
+    let trust_text =
+        policy::fsutil::read(&cfg.trust).map_err(|e| StartupError::Key(e.to_string()))?;
+    let trust = TrustedKeys::parse(&String::from_utf8_lossy(&trust_text))
+        .map_err(|e| StartupError::Key(format!("{}: {e}", cfg.trust.display())))?;
+    let quarantine = QuarantineList::read(&cfg.quarantine).unwrap_or_default();
+    let node = Node::new(cfg, me, trust, in_force, quarantine);
+    info!(public_key = %me, "clusterd starting");
+    Ok(node)
+}
+
+/// Reads the policy file until this node's tunnel address can be bound; None: a signal
+/// stopped clusterd first.
+async fn listen(node: &mut Node, signals: &mut signals::Signals) -> Option<Sockets> {
+    loop {
+        node.poll_policy_file();
+        if let Some(s) = bind(node).await {
+            return Some(s);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            signal = signals.recv() => if stops(signal) { return None },
+        }
+    }
+}
+
+/// A datagram from `from`: a member's message, or counted as dropped.
+fn receive(node: &mut Node, datagram: &[u8], from: SocketAddr) -> Vec<Action> {
+    let sender = node.node_of.get(&from.ip()).copied();
+    match (sender, Message::decode(datagram)) {
+        (Some(id), Ok(msg)) => node.core.receive(id, msg, node.now()),
+        _ => {
+            node.dropped += 1;
+            Vec::new()
+        }
+    }
+}
+
+/// Sends the policy in force to a member that connected, on a task of its own; a
+/// non-member is counted as dropped, and a member finding every slot busy retries at its
+/// next heartbeat.
+fn serve_policy(
+    node: &mut Node,
+    serving: &Arc<Semaphore>,
+    mut stream: TcpStream,
+    from: SocketAddr,
+) {
+    let member = node.node_of.contains_key(&from.ip());
+    let (Some(files), true) = (node.files.clone(), member) else {
+        node.dropped += 1;
+        return;
+    };
+    let Ok(permit) = serving.clone().try_acquire_owned() else {
+        return; // busy: the peer retries at its next heartbeat
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = transfer::send(&mut stream, &files.files().policy, &files.files().signature).await;
+    });
+}
+
+/// The quick poll: the policy file, and certaintyd; a change of integrity is told to every
+/// peer at once and again at the next polls.
+async fn on_poll(node: &mut Node) -> Vec<Action> {
+    let mut actions = node.poll_policy_file();
+    let socket = node.cfg.sources.certainty_socket.clone();
+    let now_state = tokio::task::spawn_blocking(move || probe::certainty(socket.as_deref()))
+        .await
+        .ok();
+    let changed = match (&node.certainty, &now_state) {
+        (Some(was), Some(now)) => was.integrity != now.integrity,
+        _ => false,
+    };
+    if now_state.is_some() {
+        node.certainty = now_state;
+    }
+    if changed {
+        node.repeats = CHANGE_REPEATS;
+        if let Some(c) = &node.certainty {
+            info!(integrity = %c.integrity, "integrity state changed; telling every peer now");
+        }
+    }
+    if node.repeats > 0
+        && let Some(hb) = node.heartbeat()
+    {
+        // Told at once, not at the next heartbeat, and again at the next polls.
+        node.repeats -= 1;
+        actions.extend(node.core.announce(&hb));
+    }
+    actions
+}
+
+/// The heartbeat: this node's facts gathered and sent, the cluster view written, and what
+/// was dropped or ignored since the last one logged.
+async fn on_heartbeat(node: &mut Node) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let src = node.cfg.sources.clone();
+    node.facts = tokio::task::spawn_blocking(move || probe::facts(&src))
+        .await
+        .ok();
+    if let Some(hb) = node.heartbeat() {
+        let now = node.now();
+        actions = node.core.tick(&hb, now, &mut node.rng);
+        node.write_view(&hb);
+    }
+    if node.dropped > 0 {
+        warn!(
+            count = node.dropped,
+            "datagrams or connections from non-members, or malformed, dropped"
+        );
+        node.dropped = 0;
+    }
+    if node.core.impostors > 0 {
+        warn!(
+            count = node.core.impostors,
+            "heartbeats claiming to be another node ignored"
+        );
+        node.core.impostors = 0;
+    }
+    actions
 }
 
 async fn carry_out(

@@ -11,9 +11,10 @@ use policy::edit::PolicyEdit;
 
 use super::{APPROVALS_PER_MINUTE, Added, Master, MasterError, Outcome, ServeError, read_request};
 use super::{approval_role, root_in_ram};
-use crate::admit::{JoinAnswer, decide};
-use crate::pending::{Decision, PendingStore};
+use crate::admit::{JoinAnswer, JoinRequest, decide};
+use crate::pending::{Decision, PendingError, PendingStore};
 use crate::wire;
+use policy::Role;
 
 impl Master {
     /// Whether a join without a token may begin at `now` ([`APPROVALS_PER_MINUTE`]).
@@ -67,27 +68,10 @@ impl Master {
         ch: &mut wire::Channel<S>,
         code: &str,
         seen: Option<IpAddr>,
-    ) -> Result<(JoinAnswer, Outcome), ServeError> {
-        let ended = |answer: JoinAnswer, result: String, decided: bool| {
-            (
-                answer,
-                Outcome::ApprovalEnded {
-                    code: code.to_string(),
-                    result,
-                    decided,
-                },
-            )
-        };
-        let answer = |reason: &str| JoinAnswer::Refused {
-            reason: reason.to_string(),
-        };
-        // Decided by the operator (or by nobody, within the wait).
-        let refused = |reason: String| ended(answer(&reason), reason, true);
-        // Ended before anyone could decide: counts against the source.
-        let cut_short = |reason: String| ended(answer(&reason), reason, false);
+    ) -> Result<Ended, ServeError> {
         let req = match read_request(ch)? {
             Ok(r) => r,
-            Err(malformed) => return Ok(cut_short(malformed.to_string())),
+            Err(malformed) => return Ok(cut_short(code, malformed.to_string())),
         };
         let roles = [approval_role(root_in_ram())];
         // Refused at once when it could never be admitted (a taken name, a foreign address).
@@ -97,77 +81,167 @@ impl Master {
                 .and_then(|e| e.current(now))
                 .map_err(MasterError::from)?;
             if let Err(r) = decide(&current, &req, seen, &roles, None) {
-                return Ok(cut_short(r.to_string()));
+                return Ok(cut_short(code, r.to_string()));
             }
         }
-        let id = {
-            let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut pending = PendingStore::load(&self.pending).map_err(MasterError::from)?;
-            let now = Timestamp::now();
-            pending.prune(now, self.approval_wait);
-            let id = match pending.add(&req, code, seen, now) {
-                Ok(id) => id,
-                Err(full) => return Ok(cut_short(full.to_string())),
-            };
-            pending.save(&self.pending).map_err(MasterError::from)?;
-            id
+        let id = match self.add_pending(&req, code, seen)? {
+            Ok(id) => id,
+            Err(full) => return Ok(cut_short(code, full.to_string())),
         };
         let until = std::time::Instant::now() + self.approval_wait;
         while std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(250));
-            let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut pending = PendingStore::load(&self.pending).map_err(MasterError::from)?;
-                pending.remove(id);
-                pending.save(&self.pending).map_err(MasterError::from)?;
-                return Ok(refused(
-                    "the master is stopping: ask again once it is back".into(),
-                ));
-            }
-            if ch.peer_hung_up() {
-                // Its place is free at once (eight gone joiners held eight for 10 minutes).
-                let mut pending = PendingStore::load(&self.pending).map_err(MasterError::from)?;
-                pending.remove(id);
-                pending.save(&self.pending).map_err(MasterError::from)?;
-                return Ok(cut_short("the joiner hung up while it waited".into()));
-            }
-            let mut pending = PendingStore::load(&self.pending).map_err(MasterError::from)?;
-            let decision = pending.get(id).map(|r| r.decision);
-            match decision {
-                None => return Ok(refused("the request was withdrawn on the master".into())),
-                Some(Decision::Waiting) => continue,
-                Some(Decision::Denied) => {
-                    pending.remove(id);
-                    pending.save(&self.pending).map_err(MasterError::from)?;
-                    return Ok(refused("denied by the operator".into()));
-                }
-                Some(Decision::Approved) => {
-                    pending.remove(id);
-                    pending.save(&self.pending).map_err(MasterError::from)?;
-                    return Ok(match self.add(&req, seen, &roles, None, |_| Ok(()))? {
-                        Added::Refused(reason) | Added::Later(reason) => refused(reason),
-                        Added::Already { node, answer, .. } => {
-                            ended(answer, format!("approved; already node {node}"), true)
-                        }
-                        Added::New {
-                            node, name, answer, ..
-                        } => ended(
-                            answer,
-                            format!("approved; joined as node {node} ({name})"),
-                            true,
-                        ),
-                    });
-                }
+            if let Some(ended) = self.look_at_decision(ch, code, id, &req, seen, &roles)? {
+                return Ok(ended);
             }
         }
+        Ok(self.wait_ran_out(code, id))
+    }
+
+    /// Records `req` as waiting with its code and returns its id; the inner error: the list
+    /// has no room for it.
+    fn add_pending(
+        &self,
+        req: &JoinRequest,
+        code: &str,
+        seen: Option<IpAddr>,
+    ) -> Result<Result<u32, PendingError>, MasterError> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = PendingStore::load(&self.pending)?;
+        let now = Timestamp::now();
+        pending.prune(now, self.approval_wait);
+        let id = match pending.add(req, code, seen, now) {
+            Ok(id) => id,
+            Err(full) => return Ok(Err(full)),
+        };
+        pending.save(&self.pending)?;
+        Ok(Ok(id))
+    }
+
+    /// One look at the waiting join `id`, under the lock: how it ended, once the master
+    /// stops, the joiner hangs up or the operator decides; None while it still waits.
+    fn look_at_decision<S: Read + Write + AsFd>(
+        &self,
+        ch: &wire::Channel<S>,
+        code: &str,
+        id: u32,
+        req: &JoinRequest,
+        seen: Option<IpAddr>,
+        roles: &[Role],
+    ) -> Result<Option<Ended>, ServeError> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            self.remove_pending(id)?;
+            return Ok(Some(refused(
+                code,
+                "the master is stopping: ask again once it is back".into(),
+            )));
+        }
+        if ch.peer_hung_up() {
+            // Its place is free at once (eight gone joiners held eight for 10 minutes).
+            self.remove_pending(id)?;
+            return Ok(Some(cut_short(
+                code,
+                "the joiner hung up while it waited".into(),
+            )));
+        }
+        let mut pending = PendingStore::load(&self.pending).map_err(MasterError::from)?;
+        let decision = pending.get(id).map(|r| r.decision);
+        match decision {
+            None => Ok(Some(refused(
+                code,
+                "the request was withdrawn on the master".into(),
+            ))),
+            Some(Decision::Waiting) => Ok(None),
+            Some(Decision::Denied) => {
+                pending.remove(id);
+                pending.save(&self.pending).map_err(MasterError::from)?;
+                Ok(Some(refused(code, "denied by the operator".into())))
+            }
+            Some(Decision::Approved) => {
+                pending.remove(id);
+                pending.save(&self.pending).map_err(MasterError::from)?;
+                self.admit_approved(code, req, seen, roles).map(Some)
+            }
+        }
+    }
+
+    /// Adds the node the operator approved; the caller holds the lock.
+    fn admit_approved(
+        &self,
+        code: &str,
+        req: &JoinRequest,
+        seen: Option<IpAddr>,
+        roles: &[Role],
+    ) -> Result<Ended, ServeError> {
+        Ok(match self.add(req, seen, roles, None, |_| Ok(()))? {
+            Added::Refused(reason) | Added::Later(reason) => refused(code, reason),
+            Added::Already { node, answer, .. } => {
+                ended(code, answer, format!("approved; already node {node}"), true)
+            }
+            Added::New {
+                node, name, answer, ..
+            } => ended(
+                code,
+                answer,
+                format!("approved; joined as node {node} ({name})"),
+                true,
+            ),
+        })
+    }
+
+    /// Drops the waiting join `id` from the list; the caller holds the lock.
+    fn remove_pending(&self, id: u32) -> Result<(), MasterError> {
+        let mut pending = PendingStore::load(&self.pending)?;
+        pending.remove(id);
+        pending.save(&self.pending)?;
+        Ok(())
+    }
+
+    /// No decision came within the wait: the join leaves the list, refused.
+    fn wait_ran_out(&self, code: &str, id: u32) -> Ended {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(mut pending) = PendingStore::load(&self.pending) {
             pending.remove(id);
             let _ = pending.save(&self.pending);
         }
-        Ok(refused(format!(
-            "no decision within {}",
-            policy::model::duration::format(&self.approval_wait)
-        )))
+        refused(
+            code,
+            format!(
+                "no decision within {}",
+                policy::model::duration::format(&self.approval_wait)
+            ),
+        )
     }
+}
+
+/// A join without a token that ended: the joiner's answer and the outcome for the log.
+type Ended = (JoinAnswer, Outcome);
+
+/// The join with code `code` ended with `answer`; `decided`: see [`Outcome::ApprovalEnded`].
+fn ended(code: &str, answer: JoinAnswer, result: String, decided: bool) -> Ended {
+    (
+        answer,
+        Outcome::ApprovalEnded {
+            code: code.to_string(),
+            result,
+            decided,
+        },
+    )
+}
+
+/// Refused, decided by the operator (or by nobody, within the wait).
+fn refused(code: &str, reason: String) -> Ended {
+    let answer = JoinAnswer::Refused {
+        reason: reason.clone(),
+    };
+    ended(code, answer, reason, true)
+}
+
+/// Refused before anyone could decide: counts against the source.
+fn cut_short(code: &str, reason: String) -> Ended {
+    let answer = JoinAnswer::Refused {
+        reason: reason.clone(),
+    };
+    ended(code, answer, reason, false)
 }

@@ -439,26 +439,17 @@ impl Master {
         Ok((p, crate::fork::digest(text.as_bytes())))
     }
 
+    /// A join with a token: the request read, the token checked, the node added and the
+    /// token spent.
     fn admit<S: Read + Write>(
         &self,
         ch: &mut wire::Channel<S>,
         id: &TokenId,
         seen: Option<IpAddr>,
     ) -> Result<(JoinAnswer, Outcome), ServeError> {
-        let refused = |reason: String| {
-            (
-                JoinAnswer::Refused {
-                    reason: reason.clone(),
-                },
-                Outcome::Refused {
-                    token: id.clone(),
-                    reason,
-                },
-            )
-        };
         let req = match read_request(ch)? {
             Ok(r) => r,
-            Err(malformed) => return Ok(refused(malformed.to_string())),
+            Err(malformed) => return Ok(token_refused(id, malformed.to_string())),
         };
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         // tyd token create/revoke rewrite the store from other processes.
@@ -467,7 +458,7 @@ impl Master {
         let mut store = TokenStore::load(&self.tokens).map_err(MasterError::from)?;
         let (roles, ephemeral) = match store.check(id, now) {
             Ok(t) => (t.roles.clone(), t.ephemeral),
-            Err(r) => return Ok(refused(r.to_string())),
+            Err(r) => return Ok(token_refused(id, r.to_string())),
         };
         let replace = ephemeral.then(|| self.replaceable(&store, now));
         // The token is spent before the policy is written: a crash between the two costs a
@@ -485,44 +476,8 @@ impl Master {
             }
             store.save(&self.tokens).map_err(MasterError::from)
         };
-        Ok(
-            match self.add(&req, seen, &roles, replace.as_ref(), spend)? {
-                Added::Refused(reason) => refused(reason),
-                Added::Later(reason) => (
-                    JoinAnswer::Later {
-                        reason: reason.clone(),
-                    },
-                    Outcome::Refused {
-                        token: id.clone(),
-                        reason,
-                    },
-                ),
-                Added::Already { node, name, answer } => (
-                    answer,
-                    Outcome::Already {
-                        token: id.clone(),
-                        id: node,
-                        name,
-                    },
-                ),
-                Added::New {
-                    node,
-                    name,
-                    serial,
-                    answer,
-                    replaced,
-                } => (
-                    answer,
-                    Outcome::Joined {
-                        token: id.clone(),
-                        id: node,
-                        name,
-                        serial,
-                        replaced,
-                    },
-                ),
-            },
-        )
+        let added = self.add(&req, seen, &roles, replace.as_ref(), spend)?;
+        Ok(token_answer(id, added))
     }
 
     /// The ephemeral entries a join may take over, and which of them the cluster has lost.
@@ -662,6 +617,59 @@ enum Added {
         answer: JoinAnswer,
         replaced: bool,
     },
+}
+
+/// A join with token `id` refused with `reason`: the joiner's answer and the outcome.
+fn token_refused(id: &TokenId, reason: String) -> (JoinAnswer, Outcome) {
+    (
+        JoinAnswer::Refused {
+            reason: reason.clone(),
+        },
+        Outcome::Refused {
+            token: id.clone(),
+            reason,
+        },
+    )
+}
+
+/// What [`Master::add`] did with a join with token `id`: the joiner's answer and the outcome.
+fn token_answer(id: &TokenId, added: Added) -> (JoinAnswer, Outcome) {
+    match added {
+        Added::Refused(reason) => token_refused(id, reason),
+        Added::Later(reason) => (
+            JoinAnswer::Later {
+                reason: reason.clone(),
+            },
+            Outcome::Refused {
+                token: id.clone(),
+                reason,
+            },
+        ),
+        Added::Already { node, name, answer } => (
+            answer,
+            Outcome::Already {
+                token: id.clone(),
+                id: node,
+                name,
+            },
+        ),
+        Added::New {
+            node,
+            name,
+            serial,
+            answer,
+            replaced,
+        } => (
+            answer,
+            Outcome::Joined {
+                token: id.clone(),
+                id: node,
+                name,
+                serial,
+                replaced,
+            },
+        ),
+    }
 }
 
 /// A request that is not one (the joiner is told so, made printable).
