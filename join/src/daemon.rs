@@ -12,9 +12,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::cli::Args;
 use crate::guard::{Guard, Turned, Verdict};
-use crate::service::{Master, Outcome, RelayError, Source, relay};
+use crate::service::{Master, Outcome, RelayError, SharedPolicy, Source, relay};
 use policy::exit::Exit;
-use policy::in_force::Outcome as PolicyRead;
 use policy::{Accepted, Policy, PolicyInForce, PolicyPaths, Role, WgPublicKey};
 use tracing::{error, info, warn};
 
@@ -32,11 +31,34 @@ struct Node {
     args: Args,
     /// The policy files, read when their stamps change and put through joind's rollback
     /// store (not once per connection: anyone on the LAN can open connections).
-    in_force: Mutex<PolicyInForce>,
+    in_force: SharedPolicy,
     me: WgPublicKey,
     master: Option<Master>,
-    /// When the last "relayed" line was logged, and joins relayed since.
-    relayed: Mutex<(Option<Instant>, u64)>,
+    /// Joins relayed, and joins that could not be relayed: one line per 10 s each at most
+    /// (anyone on the LAN can open connections).
+    relayed: Throttled,
+    relay_failed: Throttled,
+}
+
+/// A line logged at most once per [`SUMMARY_EVERY`], with how many times it was due.
+struct Throttled(Mutex<(Option<Instant>, u64)>);
+
+impl Throttled {
+    fn new() -> Self {
+        Self(Mutex::new((None, 0)))
+    }
+
+    /// Counts one; the count since the last line when a line is due now.
+    fn due(&self) -> Option<u64> {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        t.1 += 1;
+        if t.0.is_some_and(|at| at.elapsed() < SUMMARY_EVERY) {
+            return None;
+        }
+        let count = t.1;
+        *t = (Some(Instant::now()), 0);
+        Some(count)
+    }
 }
 
 /// A relayed joiner's places at once ([`Guard::claim`]), given back when dropped.
@@ -65,24 +87,7 @@ impl Node {
     /// The policy in force, if it has not expired: read again only when its files change.
     /// A refusal is logged once per reason; the policy accepted before stays in force.
     fn policy(&self) -> Option<Arc<Accepted>> {
-        let now = Timestamp::now();
-        let mut in_force = self.in_force.lock().unwrap_or_else(|p| p.into_inner());
-        if let PolicyRead::Refused {
-            reason,
-            first: true,
-        } = in_force.poll(now)
-        {
-            match in_force.current() {
-                Some(p) => warn!(reason = %reason, in_force = p.cluster.serial,
-                    "policy refused; the one in force stays"),
-                None => warn!(reason = %reason,
-                    "no acceptable policy in force: join connections are closed until it changes"),
-            }
-        }
-        in_force
-            .current()
-            .filter(|p| p.cluster.expires > now)
-            .cloned()
+        crate::service::policy_in_force(&self.in_force, Timestamp::now())
     }
 
     /// The masters' tunnel addresses on the join port (this node excluded).
@@ -123,19 +128,18 @@ impl Node {
             // recorded here; this side backs off only what is not a join at all.
             return match relay(stream, &self.masters(&p, port), IO_TIMEOUT) {
                 Ok(to) => {
-                    // One line per 10 s at most: anyone on the LAN can open connections.
-                    let mut r = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
-                    r.1 += 1;
-                    if r.0.is_none_or(|at| at.elapsed() >= SUMMARY_EVERY) {
-                        info!(source = %from.ip(), master = %to, relayed = r.1,
+                    if let Some(relayed) = self.relayed.due() {
+                        info!(source = %from.ip(), master = %to, relayed,
                             "join request relayed to a master (relayed: how many since the last such line)");
-                        *r = (Some(Instant::now()), 0);
                     }
                     (Verdict::Neutral, joiner)
                 }
                 Err(RelayError::Hello(_)) => (Verdict::Failed, joiner),
                 Err(e) => {
-                    warn!(source = %from.ip(), reason = %e, "cannot relay a join request");
+                    if let Some(failed) = self.relay_failed.due() {
+                        warn!(source = %from.ip(), reason = %e, failed,
+                            "cannot relay a join request (failed: how many since the last such line)");
+                    }
                     (Verdict::Neutral, joiner)
                 }
             };
@@ -243,6 +247,14 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
     let secret = policy::keys::read_secret_key(&args.key, policy::keys::KeyKind::NodeSecret)
         .map_err(|e| (Exit::KeyFile, e.to_string()))?;
     let me = WgPublicKey::from_secret(&secret);
+    let paths = PolicyPaths {
+        policy: args.policy.clone(),
+        trust: args.trust.clone(),
+        state: args.state.clone(),
+    };
+    let in_force =
+        PolicyInForce::open(paths, args.min_serial).map_err(|e| ((&e).into(), e.to_string()))?;
+    let in_force: SharedPolicy = Arc::new(Mutex::new(in_force));
     let master = match &args.operator_key {
         None => None,
         Some(path) => {
@@ -261,29 +273,23 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
                     ),
                 ));
             }
-            let mut master = Master::new(args.policy.clone(), key, args.tokens.clone());
+            let mut master = Master::new(in_force.clone(), key, args.tokens.clone());
             master.view = Some(args.view.clone());
             master.trust = Some(args.trust.clone());
             Some(master)
         }
     };
-    let paths = PolicyPaths {
-        policy: args.policy.clone(),
-        trust: args.trust.clone(),
-        state: args.state.clone(),
-    };
-    let in_force =
-        PolicyInForce::open(paths, args.min_serial).map_err(|e| ((&e).into(), e.to_string()))?;
-    let mut node = Node {
+    let node = Node {
         args,
-        in_force: Mutex::new(in_force),
+        in_force,
         me,
         master,
-        relayed: Mutex::new((None, 0)),
+        relayed: Throttled::new(),
+        relay_failed: Throttled::new(),
     };
     let p = node
         .in_force
-        .get_mut()
+        .lock()
         .unwrap_or_else(|p| p.into_inner())
         .load_now(Timestamp::now())
         .map_err(|e| ((&e).into(), e.to_string()))?;

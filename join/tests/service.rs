@@ -21,6 +21,9 @@ use policy::{OperatorPublicKey, Role, WgPublicKey};
 struct Lab {
     _dir: tempfile::TempDir,
     policy: PathBuf,
+    /// The master's policy in force (its own rollback state), shared with every master made
+    /// on these files, as joind shares it between its shell and its master.
+    in_force: join::service::SharedPolicy,
     tokens: PathBuf,
     master: Arc<Master>,
     fingerprint: String,
@@ -48,10 +51,25 @@ fn lab() -> Lab {
     .unwrap();
     let tokens = dir.path().join("tokens.json");
     let fingerprint = OperatorPublicKey::from(&operator).fingerprint();
-    let master = Arc::new(Master::new(policy.clone(), operator, tokens.clone()));
+    let trust = dir.path().join("operator.pub");
+    std::fs::write(
+        &trust,
+        format!("{}\n", OperatorPublicKey::from(&operator).to_base64()),
+    )
+    .unwrap();
+    let paths = policy::PolicyPaths {
+        policy: policy.clone(),
+        trust,
+        state: dir.path().join("joind.json"),
+    };
+    let in_force = Arc::new(std::sync::Mutex::new(
+        policy::PolicyInForce::open(paths, 0).unwrap(),
+    ));
+    let master = Arc::new(Master::new(in_force.clone(), operator, tokens.clone()));
     Lab {
         _dir: dir,
         policy,
+        in_force,
         tokens,
         master,
         fingerprint,
@@ -330,6 +348,14 @@ fn a_member_leaves_through_its_tunnel_only_and_the_last_master_stays() {
     assert_eq!(serial(&lab.policy), serial_of(&before) + 1);
 }
 
+/// The operator's edit of `lab`'s policy, signed and put in place (what `tyd node add` and
+/// `tyd policy sign` do): the master signs only from a policy it verified.
+fn sign_and_put(lab: &Lab, edit: policy::edit::PolicyEdit) {
+    let (text, _) = edit.commit_text(Timestamp::now()).unwrap();
+    let sig = policy::sign(text.as_bytes(), &SigningKey::from_bytes(&[7; 32]));
+    policy::write_signed_pair(&lab.policy, text.as_bytes(), sig.as_bytes()).unwrap();
+}
+
 fn serial_of(bytes: &[u8]) -> u64 {
     let text = String::from_utf8_lossy(bytes);
     text.lines()
@@ -357,7 +383,7 @@ fn a_master_drops_expired_nodes_a_day_after_their_instant() {
         })
         .unwrap();
     }
-    edit.write(Timestamp::now()).unwrap();
+    sign_and_put(&lab, edit);
     let t = token(&lab, 1, Duration::from_secs(3600));
     let (got, _) = attempt(&lab, &t, &request(5, None));
     assert!(
@@ -465,7 +491,7 @@ fn approval_attempt(
 /// A master on `lab`'s files whose joins without a token wait `wait` for the operator.
 fn waiting_master(lab: &Lab, wait: Duration) -> Arc<Master> {
     let mut m = Master::new(
-        lab.policy.clone(),
+        lab.in_force.clone(),
         SigningKey::from_bytes(&[7; 32]),
         lab.tokens.clone(),
     );
@@ -575,7 +601,7 @@ fn an_expired_node_leaving_is_removed_once() {
         expires: Some(Timestamp::now() + jiff::SignedDuration::from_millis(300)),
     })
     .unwrap();
-    edit.write(Timestamp::now()).unwrap();
+    sign_and_put(&lab, edit);
     std::thread::sleep(Duration::from_millis(400));
     let (answer, outcome) = leave(&lab, Source::Tunnel("10.77.0.3".parse().unwrap()));
     assert!(
@@ -602,7 +628,7 @@ fn an_ephemeral_drone_back_with_a_new_key_gets_its_entry_once_the_cluster_has_lo
     let mut lab = lab();
     let view = lab._dir.path().join("cluster-status.json");
     let mut m = Master::new(
-        lab.policy.clone(),
+        lab.in_force.clone(),
         SigningKey::from_bytes(&[7; 32]),
         lab.tokens.clone(),
     );
@@ -966,4 +992,67 @@ fn a_master_carries_its_admission_into_a_newer_serial_grown_from_the_other_maste
     );
     let p = policy::parse_policy("t", &std::fs::read(&a.policy).unwrap(), now).unwrap();
     assert!(p.node_by_key(&key(5)).is_none());
+}
+
+/// The policy file's nodes by public key (base64).
+fn keys_in(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let p = policy::parse_policy("p", text.as_bytes(), Timestamp::now()).unwrap();
+    p.nodes.iter().map(|n| n.public_key.to_base64()).collect()
+}
+
+/// Attack (issue 27 review, "joind launders a rolled-back policy"): root on a master puts an
+/// older signed policy back in place of the file (one that still lists a node since
+/// removed, or lacks one since admitted); the master signed its next admission from the
+/// file, bringing the old policy back under a new serial every member takes. Steps: a join
+/// admits node 2 (serial 2); the signed serial 1 is put back; a second join must be signed
+/// from serial 2 (node 2 kept) as serial 3, never from the file's serial 1.
+#[test]
+fn a_master_never_signs_from_an_older_policy_put_in_place_of_the_file() {
+    let lab = lab();
+    let serial_1 = (
+        std::fs::read(&lab.policy).unwrap(),
+        std::fs::read(policy::signature_path(&lab.policy)).unwrap(),
+    );
+    let t = token(&lab, 2, Duration::from_secs(3600));
+    let (got, _) = attempt(&lab, &t, &request(2, None));
+    assert!(matches!(got, Ok(JoinAnswer::Accepted { .. })), "{got:?}");
+    assert_eq!(serial(&lab.policy), 2);
+    policy::write_signed_pair(&lab.policy, &serial_1.0, &serial_1.1).unwrap();
+    let (got, _) = attempt(&lab, &t, &request(3, None));
+    assert!(matches!(got, Ok(JoinAnswer::Accepted { .. })), "{got:?}");
+    assert_eq!(serial(&lab.policy), 3);
+    let keys = keys_in(&lab.policy);
+    assert!(keys.contains(&key(2).to_base64()), "node 2 lost: {keys:?}");
+    assert!(keys.contains(&key(3).to_base64()));
+}
+
+/// Attack (same review): unsigned text put in place of the file, listing a node of the
+/// attacker's and a high serial; the master signed it as the next serial after one join.
+/// Steps: the master's policy in force is serial 1; the file is replaced by serial 20 with
+/// a node "zombie" and no valid signature; a join is admitted in serial 2, signed from the
+/// policy in force: no zombie, no serial 21.
+#[test]
+fn a_master_never_signs_unsigned_text_put_in_place_of_the_file() {
+    let lab = lab();
+    let t = token(&lab, 1, Duration::from_secs(3600));
+    // The policy in force is read once, as joind does at start.
+    join::service::policy_in_force(&lab.in_force, Timestamp::now()).unwrap();
+    let text = std::fs::read_to_string(&lab.policy).unwrap().replacen(
+        "serial = 1",
+        "serial = 20",
+        1,
+    ) + &format!(
+        "\n[[node]]\nid = 9\nname = \"zombie\"\npublic_key = \"{}\"\naddresses = [\"10.77.0.9\"]\n",
+        key(9)
+    );
+    std::fs::write(&lab.policy, text).unwrap();
+    let (got, _) = attempt(&lab, &t, &request(2, None));
+    assert!(matches!(got, Ok(JoinAnswer::Accepted { .. })), "{got:?}");
+    assert_eq!(serial(&lab.policy), 2);
+    let keys = keys_in(&lab.policy);
+    assert!(
+        !keys.contains(&key(9).to_base64()),
+        "the zombie was signed: {keys:?}"
+    );
 }

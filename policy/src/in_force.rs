@@ -20,6 +20,11 @@ use crate::signature::{TrustedKeys, VerifyError, verify_policy_reusing};
 use crate::signature_path;
 use crate::store::{Accepted, RollbackStore, StoreError};
 
+/// A refusal already reported is reported again after this long.
+pub const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(600);
+/// How many distinct refusals are remembered as reported.
+const REPORTED_KEPT: usize = 16;
+
 /// Where a daemon's policy comes from and where its rollback state is kept.
 #[derive(Debug, Clone)]
 pub struct PolicyPaths {
@@ -87,8 +92,12 @@ pub struct PolicyInForce {
     /// The files' stamp when last read.
     stamp: Option<Stamp>,
     current: Option<Arc<Accepted>>,
-    /// The last read's refusal, for de-duplication.
+    /// The last read's refusal, if it was refused.
     refusal: Option<String>,
+    /// The refusals reported lately, and when: one is reported again only after
+    /// [`REPORT_AGAIN_AFTER`], or once a newer policy has been accepted (two bad files
+    /// written in turn are two reports, not one per write).
+    reported: Vec<(String, Instant)>,
     last_load: Duration,
 }
 
@@ -104,6 +113,7 @@ impl PolicyInForce {
             stamp: None,
             current: None,
             refusal: None,
+            reported: Vec::new(),
             last_load: Duration::ZERO,
         })
     }
@@ -164,15 +174,17 @@ impl PolicyInForce {
         let path = self.paths.policy.clone();
         let read = load::load_signed_reusing(&path, &self.paths.trust, now, &mut self.blocks)
             .map_err(Refusal::Load)
-            .and_then(|files| self.take(files, now));
+            .and_then(|files| self.take(files, &path, now));
         self.last_load = started.elapsed();
         read
     }
 
-    /// Puts `files` through the store and in force; `bool`: it was not in force already.
+    /// Puts `files` (read from `origin`, named in a refusal) through the store and in force;
+    /// `bool`: it was not in force already.
     fn take(
         &mut self,
         files: SignedFiles,
+        origin: &Path,
         now: Timestamp,
     ) -> Result<(Arc<Accepted>, bool), Refusal> {
         if let Some(cur) = &self.current
@@ -184,11 +196,13 @@ impl PolicyInForce {
             .store
             .accept(files, now)
             .map_err(|source| Refusal::Store {
-                path: self.paths.policy.display().to_string(),
+                path: origin.display().to_string(),
                 source,
             })?;
         let policy = Arc::new(accepted);
         self.current = Some(policy.clone());
+        // A newer policy: a refusal after it is news again.
+        self.reported.clear();
         Ok((policy, true))
     }
 
@@ -202,29 +216,45 @@ impl PolicyInForce {
             },
             Err(reason) => {
                 let text = reason.to_string();
-                let first = self.refusal.as_deref() != Some(text.as_str());
+                let first = self.report(&text);
                 self.refusal = Some(text);
                 Outcome::Refused { reason, first }
             }
         }
     }
 
+    /// Whether the refusal `text` is to be reported now (not reported within
+    /// [`REPORT_AGAIN_AFTER`]); remembered as reported if so.
+    fn report(&mut self, text: &str) -> bool {
+        let now = Instant::now();
+        self.reported
+            .retain(|(_, at)| now.duration_since(*at) < REPORT_AGAIN_AFTER);
+        if self.reported.iter().any(|(t, _)| t == text) {
+            return false;
+        }
+        if self.reported.len() >= REPORTED_KEPT {
+            self.reported.remove(0);
+        }
+        self.reported.push((text.to_string(), now));
+        true
+    }
+
     /// [`reload`](Self::reload) right after a change event, when the signature may still be
     /// on its way: a refusal is not taken as reported (the next read's `first` is as if this
     /// one had not happened), so the caller can log it quietly and check again shortly.
     pub fn reload_tentatively(&mut self, now: Timestamp) -> Outcome {
-        let before = self.refusal.clone();
+        let before = (self.refusal.clone(), self.reported.clone());
         let outcome = self.reload(now);
         if matches!(outcome, Outcome::Refused { .. }) {
-            self.refusal = before;
+            (self.refusal, self.reported) = before;
         }
         outcome
     }
 
-    /// A verified policy from elsewhere (a peer, the copy in force): through the store, then
-    /// in force if it is new.
-    pub fn offer(&mut self, files: SignedFiles, now: Timestamp) -> Outcome {
-        let taken = self.take(files, now);
+    /// A verified policy from elsewhere (`origin`, named in a refusal: a peer): through the
+    /// store, then in force if it is new.
+    pub fn offer(&mut self, files: SignedFiles, origin: &str, now: Timestamp) -> Outcome {
+        let taken = self.take(files, Path::new(origin), now);
         self.outcome(taken)
     }
 
@@ -288,10 +318,10 @@ impl PolicyInForce {
         let refusal = self.refusal.take();
         let taken = load::load_signed(&copy, &self.paths.trust, now)
             .map_err(Refusal::Load)
-            .and_then(|files| self.take(files, now));
+            .and_then(|files| self.take(files, &copy, now));
         let outcome = self.outcome(taken);
-        // The files in place are still refused: the next read of them reports so again only
-        // if its reason changed.
+        // The files in place are still refused (the next read of them says whether that is
+        // news).
         self.refusal = refusal;
         Some(outcome)
     }

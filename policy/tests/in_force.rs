@@ -206,3 +206,34 @@ fn the_copy_in_force_is_taken_only_if_it_is_what_the_store_accepted() {
     ));
     assert_eq!(serial_in_force(&again), None);
 }
+
+/// Attack (issue 27 review, "clusterd logged once per write"): two refused files written in
+/// turn, over and over, so that each read's reason differs from the last one's. Steps:
+/// serial 7 in force; serials 5 and 6 (signed, both rollbacks) put in place alternately, 20
+/// times; only the first of each is news (two reports, not 20); a newer policy accepted
+/// makes a refusal news again.
+#[test]
+fn two_refused_files_written_in_turn_are_reported_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = lab(dir.path());
+    let mut p = PolicyInForce::open(paths.clone(), 0).unwrap();
+    put(&paths, 7, "");
+    p.poll(now());
+    let mut news = 0;
+    for i in 0..20 {
+        put(&paths, 5 + (i % 2), "");
+        match p.poll(now()) {
+            Outcome::Refused { first, .. } => news += usize::from(first),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(news, 2);
+    assert_eq!(serial_in_force(&p), Some(7));
+    put(&paths, 8, "");
+    assert!(matches!(p.poll(now()), Outcome::Accepted { new: true, .. }));
+    put(&paths, 5, "");
+    assert!(matches!(
+        p.poll(now()),
+        Outcome::Refused { first: true, .. }
+    ));
+}

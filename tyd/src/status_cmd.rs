@@ -35,9 +35,10 @@ fn age(s: Option<u64>) -> String {
 /// (netguard's rollback state at `state`), with the store's reason.
 fn load_as_daemons_would(
     a: &StatusArgs<'_>,
+    path: &std::path::Path,
     now: Timestamp,
 ) -> CliResult<policy::Verified<policy::Policy>> {
-    let p = load_verified(a.policy, a.trust, now)?;
+    let p = load_verified(path, a.trust, now)?;
     // No state (nothing accepted yet, or not readable by this user) refuses nothing: the
     // daemons' own logs say more than a guess here.
     if let Ok(store) = policy::RollbackStore::open(a.state, 0)
@@ -45,7 +46,7 @@ fn load_as_daemons_would(
     {
         return Err(Failure::new(
             Exit::Refused,
-            format!("{}: {e}", a.policy.display()),
+            format!("{}: {e}", path.display()),
         ));
     }
     Ok(p)
@@ -66,11 +67,13 @@ fn this_node_key(a: &StatusArgs<'_>) -> CliResult<Option<policy::WgPublicKey>> {
 }
 
 pub fn run(a: &StatusArgs<'_>, now: Timestamp) -> CliResult {
-    let (policy, refused) = match load_as_daemons_would(a, now) {
+    let (policy, refused) = match load_as_daemons_would(a, a.policy, now) {
         Ok(p) => (p, None),
         Err(refusal) => {
+            // The copy netguard falls back to, only as netguard would take it (a copy older
+            // than what it accepted is refused by netguard too: shown, it would be a lie).
             let copy = policy::load::in_force_path(a.state);
-            match policy::load_verified(&copy, a.trust, now) {
+            match load_as_daemons_would(a, &copy, now) {
                 Ok(p) => (p, Some(refusal.message)),
                 // Nothing to show: the file's own refusal is the answer, and the node is
                 // unhealthy (the daemons refuse it too).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use policy::{
-    Accepted, NodeId, Outcome, Policy, PolicyInForce, Refusal, SignedFiles, TrustedKeys, Verified,
+    Accepted, NodeId, Outcome, Policy, PolicyInForce, SignedFiles, TrustedKeys, Verified,
     WgPublicKey,
 };
 use proto::quarantine::{QuarantineList, Quarantined};
@@ -302,7 +302,11 @@ impl Node {
 
     /// A verified policy from a peer: through the rollback store, then in force.
     fn accept(&mut self, files: SignedFiles, source: Source) -> Vec<Action> {
-        let outcome = self.in_force.offer(files, Timestamp::now());
+        let origin = match source {
+            Source::File => self.cfg.policy.display().to_string(),
+            Source::Peer(id) => format!("the policy fetched from node {}", id.get()),
+        };
+        let outcome = self.in_force.offer(files, &origin, Timestamp::now());
         self.took(outcome, source)
     }
 
@@ -317,19 +321,16 @@ impl Node {
                 self.adopt(policy)
             }
             Outcome::Accepted { .. } | Outcome::Unread => Vec::new(),
-            // The file may be half written (netguard reports a file that stays refused).
-            Outcome::Refused {
-                reason: Refusal::Load(e),
-                ..
-            } => {
-                debug!(%source, reason = %e, "policy file not (yet) acceptable");
-                Vec::new()
-            }
             Outcome::Refused { reason, first } => {
-                if first {
-                    warn!(%source, reason = %reason, "policy refused; the one in force stays");
-                } else {
-                    debug!(%source, reason = %reason, "policy still refused");
+                let in_force = self.policy().map(|p| p.cluster.serial);
+                match (first, in_force) {
+                    (false, _) => debug!(%source, reason = %reason, "policy still refused"),
+                    (true, Some(serial)) => {
+                        warn!(%source, reason = %reason, in_force = serial, "policy refused; the one in force stays")
+                    }
+                    (true, None) => {
+                        warn!(%source, reason = %reason, "policy refused; no policy in force: no heartbeats and no fetches until an acceptable one")
+                    }
                 }
                 Vec::new()
             }

@@ -7,7 +7,6 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use policy::edit::PolicyEdit;
 
 use super::{APPROVALS_PER_MINUTE, Added, Master, MasterError, Outcome, ServeError, read_request};
 use super::{approval_role, root_in_ram};
@@ -77,9 +76,9 @@ impl Master {
         // Refused at once when it could never be admitted (a taken name, a foreign address).
         {
             let now = Timestamp::now();
-            let current = PolicyEdit::open(&self.policy)
-                .and_then(|e| e.current(now))
-                .map_err(MasterError::from)?;
+            let current = self
+                .edit_in_force(now)
+                .and_then(|(e, _)| e.current(now).map_err(MasterError::from))?;
             if let Err(r) = decide(&current, &req, seen, &roles, None) {
                 return Ok(cut_short(code, r.to_string()));
             }

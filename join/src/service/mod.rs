@@ -11,13 +11,13 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
 use policy::edit::PolicyEdit;
-use policy::{OperatorPublicKey, Role};
+use policy::{Accepted, OperatorPublicKey, Outcome as PolicyRead, PolicyInForce, Role};
 
 use crate::admit::{Admission, JoinAnswer, JoinRequest, Replaceable, decide};
 use crate::token::{TokenId, TokenStore};
@@ -29,6 +29,35 @@ mod settle;
 
 pub use relay::{RelayError, relay};
 pub use settle::Forked;
+
+/// The policy files as joind holds them, through its own rollback state: shared by the
+/// shell, which asks at each connection, and the master, which edits and signs only what it
+/// holds (never whatever the file holds: an older signed policy or unsigned text put there
+/// would be signed again under a new serial).
+pub type SharedPolicy = Arc<Mutex<PolicyInForce>>;
+
+/// The policy in force now (its files read again if they changed), unless it expired. A
+/// refusal is logged when it is news (`PolicyInForce` says so); the policy accepted before
+/// stays in force.
+pub fn policy_in_force(shared: &Mutex<PolicyInForce>, now: Timestamp) -> Option<Arc<Accepted>> {
+    let mut in_force = shared.lock().unwrap_or_else(|p| p.into_inner());
+    if let PolicyRead::Refused {
+        reason,
+        first: true,
+    } = in_force.poll(now)
+    {
+        match in_force.current() {
+            Some(p) => tracing::warn!(reason = %reason, in_force = p.cluster.serial,
+                "policy refused; the one in force stays"),
+            None => tracing::warn!(reason = %reason,
+                "no acceptable policy in force: join connections are closed until it changes"),
+        }
+    }
+    in_force
+        .current()
+        .filter(|p| p.cluster.expires > now)
+        .cloned()
+}
 
 /// A request is a key, a name and an address: a few hundred bytes.
 const MAX_REQUEST: usize = 4096;
@@ -204,6 +233,11 @@ pub enum MasterError {
     Journal(#[from] crate::fork::JournalError),
     #[error(transparent)]
     Load(#[from] policy::LoadError),
+    #[error("no acceptable policy in force")]
+    NoPolicy,
+    /// What this master just signed and wrote is not what its own rollback store took.
+    #[error("the policy just signed is not in force here: {0}")]
+    NotTaken(String),
 }
 
 /// Why a member's leave was refused.
@@ -228,8 +262,10 @@ enum ServeError {
 /// A master's side of joins.
 #[derive(Debug)]
 pub struct Master {
-    /// The policy file this node's netguard and clusterd read: edited, signed, replaced.
+    /// The policy file this node's netguard and clusterd read: replaced by what is signed.
     pub policy: PathBuf,
+    /// The policy in force: what is edited and signed.
+    in_force: SharedPolicy,
     pub operator: SigningKey,
     pub tokens: PathBuf,
     /// Joins without a token waiting for the operator (`tyd join list`), beside the tokens.
@@ -255,9 +291,18 @@ pub struct Master {
 }
 
 impl Master {
-    pub fn new(policy: PathBuf, operator: SigningKey, tokens: PathBuf) -> Self {
+    /// A master signing with `operator` from the policy `in_force` holds (its file is where
+    /// the result is written).
+    pub fn new(in_force: SharedPolicy, operator: SigningKey, tokens: PathBuf) -> Self {
+        let policy = in_force
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .paths()
+            .policy
+            .clone();
         Self {
             policy,
+            in_force,
             operator,
             pending: pending_path(&tokens),
             journal: crate::fork::journal_path(&tokens),
@@ -386,10 +431,17 @@ impl Master {
         outcome
     }
 
+    /// The policy in force now, and an edit of exactly its bytes.
+    fn edit_in_force(&self, now: Timestamp) -> Result<(PolicyEdit, Arc<Accepted>), MasterError> {
+        let p = policy_in_force(&self.in_force, now).ok_or(MasterError::NoPolicy)?;
+        let edit = PolicyEdit::from_bytes(&self.policy, p.files().policy.clone())?;
+        Ok((edit, p))
+    }
+
     fn remove(&self, from: IpAddr) -> Result<(u16, String, u64), LeaveRefusal> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let now = Timestamp::now();
-        let mut edit = PolicyEdit::open(&self.policy).map_err(MasterError::from)?;
+        let (mut edit, _) = self.edit_in_force(now)?;
         let current = edit.current(now).map_err(MasterError::from)?;
         let node = current
             .nodes
@@ -436,7 +488,17 @@ impl Master {
         let (text, p) = edit.commit_text(now)?;
         let sig = policy::sign(text.as_bytes(), &self.operator);
         policy::write_signed_pair(&self.policy, text.as_bytes(), sig.as_bytes())?;
-        Ok((p, crate::fork::digest(text.as_bytes())))
+        let digest = crate::fork::digest(text.as_bytes());
+        // Through this node's own rollback store at once: the next admission edits it.
+        let mut in_force = self.in_force.lock().unwrap_or_else(|p| p.into_inner());
+        match in_force.reload(now) {
+            PolicyRead::Accepted { policy, .. } if policy.digest_hex() == digest => {}
+            PolicyRead::Refused { reason, .. } => {
+                return Err(MasterError::NotTaken(reason.to_string()));
+            }
+            _ => return Err(MasterError::NotTaken("the file changed meanwhile".into())),
+        }
+        Ok((p, digest))
     }
 
     /// A join with a token: the request read, the token checked, the node added and the
@@ -482,7 +544,9 @@ impl Master {
 
     /// The ephemeral entries a join may take over, and which of them the cluster has lost.
     fn replaceable(&self, store: &TokenStore, now: Timestamp) -> Replaceable {
-        let current = PolicyEdit::open(&self.policy).and_then(|e| e.current(now));
+        let current = self
+            .edit_in_force(now)
+            .and_then(|(e, _)| e.current(now).map_err(MasterError::from));
         let ephemeral = match &current {
             Ok(p) => store.ephemeral_in(p).into_iter().collect(),
             Err(_) => Default::default(),
@@ -517,7 +581,7 @@ impl Master {
         before_write: impl FnOnce(&Admission) -> Result<(), MasterError>,
     ) -> Result<Added, ServeError> {
         let now = Timestamp::now();
-        let mut edit = PolicyEdit::open(&self.policy).map_err(MasterError::from)?;
+        let (mut edit, _) = self.edit_in_force(now)?;
         let current = edit.current(now).map_err(MasterError::from)?;
         let admission = match decide(&current, req, seen, roles, replace) {
             Err(r) if r.is_temporary() => return Ok(Added::Later(r.to_string())),
@@ -550,16 +614,14 @@ impl Master {
                 (id.get(), name.clone(), Some(p.cluster.serial), true)
             }
         };
-        let read = |p: &std::path::Path| {
-            policy::fsutil::read(p)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(|e| ServeError::Master(e.into()))
-        };
+        // What is in force now: the policy just signed, or the one the node is already in.
+        let in_force = policy_in_force(&self.in_force, now).ok_or(MasterError::NoPolicy)?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let answer = JoinAnswer::Accepted {
             node,
             name: name.clone(),
-            policy: read(&self.policy)?,
-            signature: read(&policy::signature_path(&self.policy))?,
+            policy: text(&in_force.files().policy),
+            signature: text(&in_force.files().signature),
             operator_key: OperatorPublicKey::from(&self.operator).to_base64(),
         };
         Ok(match serial {

@@ -64,9 +64,17 @@ impl Master {
         Ok((files.policy, (*files.verified).clone()))
     }
 
+    /// The policy in force (never the file as it is: it may hold an older policy) and its
+    /// bytes.
+    fn in_force_bytes(&self, now: Timestamp) -> Result<(Vec<u8>, policy::Policy), MasterError> {
+        let p = super::policy_in_force(&self.in_force, now).ok_or(MasterError::NoPolicy)?;
+        let policy: &policy::Policy = &p;
+        Ok((p.files().policy.clone(), policy.clone()))
+    }
+
     fn settle_fork_locked(&self, fork_file: &std::path::Path) -> Result<Forked, MasterError> {
         let now = Timestamp::now();
-        let (mine, in_force) = self.read_verified(&self.policy, now)?;
+        let (mine, in_force) = self.in_force_bytes(now)?;
         let (theirs, fork) = self.read_verified(fork_file, now)?;
         let (digest, fork_digest) = (crate::fork::digest(&mine), crate::fork::digest(&theirs));
         let mut journal = crate::fork::Journal::load(&self.journal)?;
@@ -164,7 +172,7 @@ impl Master {
         let now = Timestamp::now();
         let result = (|| {
             let mut journal = crate::fork::Journal::load(&self.journal)?;
-            let (bytes, in_force) = self.read_verified(&self.policy, now)?;
+            let (bytes, in_force) = self.in_force_bytes(now)?;
             let judged = crate::fork::against_newer(&in_force, &journal);
             let carried: Vec<_> = judged.carry.into_iter().cloned().collect();
             let unclear: Vec<_> = judged.unclear.into_iter().cloned().collect();

@@ -432,8 +432,14 @@ impl Node {
             unquarantined: None,
         };
         node.reload_quarantine();
-        if !node.reload_quietly(false) {
-            node.fall_back_to_copy_in_force();
+        match node.in_force.reload(Timestamp::now()) {
+            Outcome::Accepted { policy, .. } => node.adopt(policy),
+            // The copy in force first, so the refusal says what stays in force.
+            Outcome::Refused { reason, .. } => {
+                node.fall_back_to_copy_in_force();
+                node.refused(&reason);
+            }
+            Outcome::Unread => {}
         }
         node.reconcile(Trigger::Start);
         Ok(node)
