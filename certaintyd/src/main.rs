@@ -30,11 +30,7 @@ fn init_logging(json: bool) {
 struct Refused(Exit, String);
 
 fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
-    let paths = policy::PolicyPaths {
-        policy: args.policy.clone(),
-        trust: args.trust.clone(),
-        state: args.state.clone(),
-    };
+    let paths = policy::PolicyPaths::new(&args.policy, &args.trust, &args.state);
     let mut in_force = policy::PolicyInForce::open(paths, args.min_serial)
         .map_err(|e| Refused((&e).into(), e.to_string()))?;
     let verified = in_force

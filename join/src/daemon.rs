@@ -247,11 +247,7 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
     let secret = policy::keys::read_secret_key(&args.key, policy::keys::KeyKind::NodeSecret)
         .map_err(|e| (Exit::KeyFile, e.to_string()))?;
     let me = WgPublicKey::from_secret(&secret);
-    let paths = PolicyPaths {
-        policy: args.policy.clone(),
-        trust: args.trust.clone(),
-        state: args.state.clone(),
-    };
+    let paths = PolicyPaths::new(&args.policy, &args.trust, &args.state);
     let in_force =
         PolicyInForce::open(paths, args.min_serial).map_err(|e| ((&e).into(), e.to_string()))?;
     let in_force: SharedPolicy = Arc::new(Mutex::new(in_force));

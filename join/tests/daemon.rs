@@ -99,11 +99,7 @@ fn master_files(dir: &std::path::Path, serial: u64) -> join::cli::Args {
 fn joind_refuses_to_start_on_a_rolled_back_policy() {
     let dir = tempfile::tempdir().unwrap();
     let args = master_files(dir.path(), 2);
-    let paths = policy::PolicyPaths {
-        policy: args.policy.clone(),
-        trust: args.trust.clone(),
-        state: args.state.clone(),
-    };
+    let paths = policy::PolicyPaths::new(&args.policy, &args.trust, &args.state);
     policy::PolicyInForce::open(paths, 0)
         .unwrap()
         .load_now(Timestamp::now())

@@ -36,6 +36,16 @@ pub struct PolicyPaths {
     pub state: PathBuf,
 }
 
+impl PolicyPaths {
+    pub fn new(policy: &Path, trust: &Path, state: &Path) -> Self {
+        Self {
+            policy: policy.to_path_buf(),
+            trust: trust.to_path_buf(),
+            state: state.to_path_buf(),
+        }
+    }
+}
+
 /// Why the files in place are not (or not yet) the policy in force.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {

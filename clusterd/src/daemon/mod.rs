@@ -159,11 +159,7 @@ pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<(), Start
 fn start(cfg: Config) -> Result<Node, StartupError> {
     let me = load_key(&cfg.key)?;
     let in_force = PolicyInForce::open(
-        PolicyPaths {
-            policy: cfg.policy.clone(),
-            trust: cfg.trust.clone(),
-            state: cfg.state.clone(),
-        },
+        PolicyPaths::new(&cfg.policy, &cfg.trust, &cfg.state),
         cfg.min_serial,
     )?;
     let trust_text =

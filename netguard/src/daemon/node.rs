@@ -403,11 +403,7 @@ impl Node {
         let private = load_key(&cfg.key)?;
         let public = WgPublicKey::from_bytes(private.get_public().0);
         let in_force = PolicyInForce::open(
-            PolicyPaths {
-                policy: cfg.policy.clone(),
-                trust: cfg.trust.clone(),
-                state: cfg.state.clone(),
-            },
+            PolicyPaths::new(&cfg.policy, &cfg.trust, &cfg.state),
             cfg.min_serial,
         )?;
         let kind = cfg.backend.clone().unwrap_or_else(|| Kind::detect(None));

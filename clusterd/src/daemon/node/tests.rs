@@ -107,11 +107,7 @@ fn node_on_11(dir: &Path) -> Node {
         quarantine: dir.join("quarantine.json"),
         view: dir.join("view.json"),
     };
-    let paths = PolicyPaths {
-        policy: cfg.policy.clone(),
-        trust: cfg.trust.clone(),
-        state: cfg.state.clone(),
-    };
+    let paths = PolicyPaths::new(&cfg.policy, &cfg.trust, &cfg.state);
     let in_force = PolicyInForce::open(paths, 0).unwrap();
     let mut node = Node::new(
         cfg,
