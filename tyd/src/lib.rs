@@ -7,11 +7,13 @@ mod certainty_cmd;
 mod cluster_cmd;
 mod edit;
 mod failure;
+mod init_cmd;
 mod join_cmd;
 mod keygen;
 mod node_cmd;
 mod policy_cmd;
 mod services;
+mod sign_cmd;
 mod status_cmd;
 mod token_cmd;
 

@@ -4,60 +4,35 @@
 //! and answers with it. Any other member relays the connection, bytes only, to a master
 //! through the tunnels: the exchange stays end to end between joiner and master.
 //!
-//! Here: joins with a token, leaves, signing. `approval`: joins without a token. `settle`:
-//! forks with another master. `relay`: a member's side.
+//! Here: joins with a token. `approval`: joins without a token. `leave`: a member leaving.
+//! `signing`: the policy in force and signing the next serial. `settle`: forks with another
+//! master. `relay`: a member's side.
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
-use policy::edit::PolicyEdit;
-use policy::{Accepted, OperatorPublicKey, Outcome as PolicyRead, PolicyInForce, Role};
+use policy::{OperatorPublicKey, Role};
 
 use crate::admit::{Admission, JoinAnswer, JoinRequest, Replaceable, decide};
 use crate::token::{TokenId, TokenStore};
 use crate::wire::{self, Hello, WireError};
 
 mod approval;
+mod leave;
 mod relay;
 mod settle;
+mod signing;
 
+pub use leave::{LeaveAnswer, LeaveRefusal};
 pub use relay::{RelayError, relay};
 pub use settle::Forked;
-
-/// The policy files as joind holds them, through its own rollback state: shared by the
-/// shell, which asks at each connection, and the master, which edits and signs only what it
-/// holds (never whatever the file holds: an older signed policy or unsigned text put there
-/// would be signed again under a new serial).
-pub type SharedPolicy = Arc<Mutex<PolicyInForce>>;
-
-/// The policy in force now (its files read again if they changed), unless it expired. A
-/// refusal is logged when it is news (`PolicyInForce` says so); the policy accepted before
-/// stays in force.
-pub fn policy_in_force(shared: &Mutex<PolicyInForce>, now: Timestamp) -> Option<Arc<Accepted>> {
-    let mut in_force = shared.lock().unwrap_or_else(|p| p.into_inner());
-    if let PolicyRead::Refused {
-        reason,
-        first: true,
-    } = in_force.poll(now)
-    {
-        match in_force.current() {
-            Some(p) => tracing::warn!(reason = %reason, in_force = p.cluster.serial,
-                "policy refused; the one in force stays"),
-            None => tracing::warn!(reason = %reason,
-                "no acceptable policy in force: join connections are closed until it changes"),
-        }
-    }
-    in_force
-        .current()
-        .filter(|p| p.cluster.expires > now)
-        .cloned()
-}
+pub use signing::{EXPIRED_KEPT_FOR, SharedPolicy, expired_for_good, policy_in_force};
 
 /// A request is a key, a name and an address: a few hundred bytes.
 const MAX_REQUEST: usize = 4096;
@@ -90,20 +65,6 @@ pub fn root_in_ram() -> bool {
     })
 }
 
-/// How long after a node's `expires`, by its own clock, a master keeps the entry in the
-/// policies it signs. Members stop using the node at the instant by their clocks; a master
-/// whose clock ran 3 h ahead signed a node out 2 h before it expired. The entry is dropped
-/// once the instant is this far behind, so a master's clock must be a day ahead to drop it
-/// early.
-pub const EXPIRED_KEPT_FOR: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
-
-/// Whether a node that expires at `expires` is dropped from a policy signed at `now`.
-pub fn expired_for_good(expires: Timestamp, now: Timestamp) -> bool {
-    expires
-        .checked_add(EXPIRED_KEPT_FOR)
-        .is_ok_and(|gone| gone <= now)
-}
-
 /// Joins without a token a master begins (handshakes) per minute, from all sources: each
 /// shows a fresh code, so a party in the middle holding a joiner's code could otherwise open
 /// connections until the master's code matched (295 a second were measured): at this rate a
@@ -134,14 +95,6 @@ impl Source {
             Source::Tunnel(_) => None,
         }
     }
-}
-
-/// A master's answer to a leave, one JSON line.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum LeaveAnswer {
-    Removed { node: u16 },
-    Refused { reason: String },
 }
 
 /// How one join connection ended, for the log.
@@ -238,17 +191,6 @@ pub enum MasterError {
     /// What this master just signed and wrote is not what its own rollback store took.
     #[error("the policy just signed is not in force here: {0}")]
     NotTaken(String),
-}
-
-/// Why a member's leave was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum LeaveRefusal {
-    #[error("{0} is no member's tunnel address")]
-    NotAMember(IpAddr),
-    #[error("the last master cannot leave (tyd node remove, by hand)")]
-    LastMaster,
-    #[error(transparent)]
-    Master(#[from] MasterError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -406,99 +348,6 @@ impl Master {
             };
         }
         outcome
-    }
-
-    /// The member at tunnel address `from` leaves: removed from the map, signed, written.
-    fn serve_leave<S: Read + Write>(&self, mut stream: S, from: IpAddr) -> Outcome {
-        let (answer, outcome) = match self.remove(from) {
-            Ok((id, name, serial)) => (
-                LeaveAnswer::Removed { node: id },
-                Outcome::Left { id, name, serial },
-            ),
-            Err(refusal) => (
-                LeaveAnswer::Refused {
-                    reason: refusal.to_string(),
-                },
-                Outcome::LeaveRefused {
-                    from,
-                    reason: refusal.to_string(),
-                },
-            ),
-        };
-        let mut line = serde_json::to_vec(&answer).unwrap_or_default();
-        line.push(b'\n');
-        let _ = stream.write_all(&line).and_then(|()| stream.flush());
-        outcome
-    }
-
-    /// The policy in force now, and an edit of exactly its bytes.
-    fn edit_in_force(&self, now: Timestamp) -> Result<(PolicyEdit, Arc<Accepted>), MasterError> {
-        let p = policy_in_force(&self.in_force, now).ok_or(MasterError::NoPolicy)?;
-        let edit = PolicyEdit::from_bytes(&self.policy, p.files().policy.clone())?;
-        Ok((edit, p))
-    }
-
-    fn remove(&self, from: IpAddr) -> Result<(u16, String, u64), LeaveRefusal> {
-        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Timestamp::now();
-        let (mut edit, _) = self.edit_in_force(now)?;
-        let current = edit.current(now).map_err(MasterError::from)?;
-        let node = current
-            .nodes
-            .iter()
-            .find(|n| n.addresses.contains(&from))
-            .ok_or(LeaveRefusal::NotAMember(from))?;
-        let masters = current
-            .nodes
-            .iter()
-            .filter(|n| n.roles.contains(&Role::Master))
-            .count();
-        if node.roles.contains(&Role::Master) && masters == 1 {
-            return Err(LeaveRefusal::LastMaster);
-        }
-        let (id, name) = (node.id, node.name.clone());
-        edit.remove_node(id).map_err(MasterError::from)?;
-        let serial = self.sign_and_write(edit, &current, now)?.0.cluster.serial;
-        Ok((id.get(), name, serial))
-    }
-
-    /// Drops nodes whose `expires` passed [`EXPIRED_KEPT_FOR`] ago by this master's clock
-    /// (members stop using a node at its instant by their own clocks; the entry itself goes
-    /// only once even a clock that far ahead cannot be early), bumps the serial, signs, and
-    /// writes the pair.
-    fn sign_and_write(
-        &self,
-        mut edit: PolicyEdit,
-        current: &policy::Policy,
-        now: Timestamp,
-    ) -> Result<(policy::Policy, String), MasterError> {
-        for n in &current.nodes {
-            if let Some(expires) = n.expires
-                && expired_for_good(expires, now)
-            {
-                tracing::info!(node = n.id.get(), name = %n.name, expires = %expires,
-                    "dropping a node expired more than a day ago by this master's clock");
-                // Already gone when the edit was a removal of this very node (a leave).
-                match edit.remove_node(n.id) {
-                    Ok(()) | Err(policy::edit::EditError::NoSuchNode(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        let (text, p) = edit.commit_text(now)?;
-        let sig = policy::sign(text.as_bytes(), &self.operator);
-        policy::write_signed_pair(&self.policy, text.as_bytes(), sig.as_bytes())?;
-        let digest = crate::fork::digest(text.as_bytes());
-        // Through this node's own rollback store at once: the next admission edits it.
-        let mut in_force = self.in_force.lock().unwrap_or_else(|p| p.into_inner());
-        match in_force.reload(now) {
-            PolicyRead::Accepted { policy, .. } if policy.digest_hex() == digest => {}
-            PolicyRead::Refused { reason, .. } => {
-                return Err(MasterError::NotTaken(reason.to_string()));
-            }
-            _ => return Err(MasterError::NotTaken("the file changed meanwhile".into())),
-        }
-        Ok((p, digest))
     }
 
     /// A join with a token: the request read, the token checked, the node added and the
