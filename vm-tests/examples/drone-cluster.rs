@@ -97,7 +97,7 @@ fn demo() -> Result<(), String> {
     let written = Instant::now();
     vms[1].type_line("echo evil > /bin/evil")?;
     // certaintyd's own verdict (clusterd's report of it follows and names no path).
-    const VERDICT: &str = "certaintyd::daemon: integrity lost";
+    const VERDICT: &str = "integrity lost cause=";
     vms[1].wait_log(VERDICT, Duration::from_secs(10))?;
     let verdict = written.elapsed();
     let log = vms[1].log_text();

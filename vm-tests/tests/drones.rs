@@ -280,7 +280,7 @@ fn writing_under_bin_after_the_grace_period_reboots_the_drone_and_it_rejoins() {
     check(vms[1].type_line("echo evil > /bin/evil"));
     // certaintyd's own verdict, not clusterd's report of it ("integrity=integrity lost"),
     // which follows within milliseconds and names no path.
-    const VERDICT: &str = "certaintyd::daemon: integrity lost";
+    const VERDICT: &str = "integrity lost cause=";
     check(vms[1].wait_log(VERDICT, Duration::from_secs(10)));
     let verdict = written.elapsed();
     let log = vms[1].log_text();
