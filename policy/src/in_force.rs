@@ -142,11 +142,6 @@ impl PolicyInForce {
         &self.store
     }
 
-    /// Whether the files were refused at the last read.
-    pub fn refused(&self) -> bool {
-        self.refusal.is_some()
-    }
-
     /// How long the last read of the files took (read, verify, accept).
     pub fn last_load(&self) -> Duration {
         self.last_load
@@ -155,32 +150,35 @@ impl PolicyInForce {
     /// Reads the files if their stamp changed since the last read (the fall-back when no
     /// change event is had, and the way of a daemon that polls).
     pub fn poll(&mut self, now: Timestamp) -> Outcome {
-        if self.stamp == Some(Stamp::of(&self.paths.policy)) {
+        let stamp = Stamp::of(&self.paths.policy);
+        if self.stamp == Some(stamp) {
             return Outcome::Unread;
         }
-        self.reload(now)
+        let read = self.read(stamp, now);
+        self.outcome(read)
     }
 
     /// Reads the files whatever their stamp (a change event, a timer, a file just written).
     pub fn reload(&mut self, now: Timestamp) -> Outcome {
-        let read = self.read(now);
+        let read = self.read(Stamp::of(&self.paths.policy), now);
         self.outcome(read)
     }
 
     /// Reads the files now: the policy in force, or why they are refused (for a daemon that
     /// cannot start without one).
     pub fn load_now(&mut self, now: Timestamp) -> Result<Arc<Accepted>, Refusal> {
-        let read = self.read(now);
+        let read = self.read(Stamp::of(&self.paths.policy), now);
         if read.is_ok() {
             self.refusal = None;
         }
         read.map(|(policy, _)| policy)
     }
 
-    /// Reads, verifies and offers the files; `bool`: the policy is new in force.
-    fn read(&mut self, now: Timestamp) -> Result<(Arc<Accepted>, bool), Refusal> {
+    /// Reads, verifies and offers the files (their `stamp` taken just before); `bool`: the
+    /// policy is new in force.
+    fn read(&mut self, stamp: Stamp, now: Timestamp) -> Result<(Arc<Accepted>, bool), Refusal> {
         let started = Instant::now();
-        self.stamp = Some(Stamp::of(&self.paths.policy));
+        self.stamp = Some(stamp);
         let path = self.paths.policy.clone();
         let read = load::load_signed_reusing(&path, &self.paths.trust, now, &mut self.blocks)
             .map_err(Refusal::Load)

@@ -209,7 +209,7 @@ fn serve_policy(
     from: SocketAddr,
 ) {
     let member = node.node_of.contains_key(&from.ip());
-    let (Some(files), true) = (node.files.clone(), member) else {
+    let (Some(files), true) = (node.in_force.current().cloned(), member) else {
         node.dropped += 1;
         return;
     };

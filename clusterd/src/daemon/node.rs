@@ -27,10 +27,9 @@ pub(super) struct Node {
     pub(super) cfg: Config,
     pub(super) me: WgPublicKey,
     pub(super) trust: TrustedKeys,
-    /// The policy file and peers' policies, put through this node's rollback store.
+    /// The policy file and peers' policies, put through this node's rollback store; what
+    /// it holds is the policy in force, with its exact files (served to peers).
     pub(super) in_force: PolicyInForce,
-    /// The policy in force and its exact files (served to peers).
-    pub(super) files: Option<Arc<Accepted>>,
     pub(super) my_id: Option<NodeId>,
     pub(super) my_name: String,
     pub(super) core: Core,
@@ -93,7 +92,6 @@ impl Node {
             me,
             trust,
             in_force,
-            files: None,
             my_id: None,
             my_name: String::new(),
             core: Core::new(placeholder),
@@ -165,7 +163,7 @@ impl Node {
             kept = self.write_fetched(from, &files, &mut actions);
         }
         if !kept || self.core.serial() < served {
-            actions.extend(self.accept(files, Source::Peer(from)));
+            actions.extend(self.accept(files, from));
         }
         // Verified but not taken here (rolled back, replayed, another cluster): a lie. The
         // policy this node took meanwhile from elsewhere (or the file it kept) is not, unless
@@ -291,7 +289,7 @@ impl Node {
     }
 
     pub(super) fn policy(&self) -> Option<&Verified<Policy>> {
-        self.files.as_ref().map(|f| f.verified())
+        self.in_force.current().map(|f| f.verified())
     }
 
     /// Reads the policy file if it changed; adopts it if it is acceptable and new here.
@@ -301,13 +299,10 @@ impl Node {
     }
 
     /// A verified policy from a peer: through the rollback store, then in force.
-    fn accept(&mut self, files: SignedFiles, source: Source) -> Vec<Action> {
-        let origin = match source {
-            Source::File => self.cfg.policy.display().to_string(),
-            Source::Peer(id) => format!("the policy fetched from node {}", id.get()),
-        };
+    fn accept(&mut self, files: SignedFiles, from: NodeId) -> Vec<Action> {
+        let origin = format!("the policy fetched from node {}", from.get());
         let outcome = self.in_force.offer(files, &origin, Timestamp::now());
-        self.took(outcome, source)
+        self.took(outcome, Source::Peer(from))
     }
 
     /// What the policy in force made of a policy from `source`.
@@ -338,9 +333,9 @@ impl Node {
     }
 
     /// Makes `files` the policy in force: the map, the addresses, the core's peers.
-    pub(super) fn adopt(&mut self, files: Arc<Accepted>) -> Vec<Action> {
+    pub(super) fn adopt(&mut self, policy: Arc<Accepted>) -> Vec<Action> {
         let now = Timestamp::now();
-        let v = files.verified();
+        let v = policy.verified();
         let me = v.node_by_key(&self.me).filter(|n| n.is_live(now));
         self.my_id = me.map(|n| n.id);
         self.my_name = me.map(|n| n.name.clone()).unwrap_or_default();
@@ -385,7 +380,6 @@ impl Node {
                     .restore_quarantine(q.id, q.until_reboot, q.boot_id.clone(), elapsed);
             }
         }
-        self.files = Some(files);
         actions
     }
 
