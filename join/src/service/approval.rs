@@ -76,9 +76,8 @@ impl Master {
         // Refused at once when it could never be admitted (a taken name, a foreign address).
         {
             let now = Timestamp::now();
-            let current = self
-                .edit_in_force(now)
-                .and_then(|(e, _)| e.current(now).map_err(MasterError::from))?;
+            let current =
+                super::policy_in_force(&self.in_force, now).ok_or(MasterError::NoPolicy)?;
             if let Err(r) = decide(&current, &req, seen, &roles, None) {
                 return Ok(cut_short(code, r.to_string()));
             }

@@ -55,8 +55,7 @@ impl Master {
     fn remove(&self, from: IpAddr) -> Result<(u16, String, u64), LeaveRefusal> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let now = Timestamp::now();
-        let (mut edit, _) = self.edit_in_force(now)?;
-        let current = edit.current(now).map_err(MasterError::from)?;
+        let (mut edit, current) = self.edit_in_force(now)?;
         let node = current
             .nodes
             .iter()

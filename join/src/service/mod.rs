@@ -393,12 +393,9 @@ impl Master {
 
     /// The ephemeral entries a join may take over, and which of them the cluster has lost.
     fn replaceable(&self, store: &TokenStore, now: Timestamp) -> Replaceable {
-        let current = self
-            .edit_in_force(now)
-            .and_then(|(e, _)| e.current(now).map_err(MasterError::from));
-        let ephemeral = match &current {
-            Ok(p) => store.ephemeral_in(p).into_iter().collect(),
-            Err(_) => Default::default(),
+        let ephemeral = match policy_in_force(&self.in_force, now) {
+            Some(p) => store.ephemeral_in(&p).into_iter().collect(),
+            None => Default::default(),
         };
         let lost = match &self.view {
             None => Default::default(),
@@ -430,8 +427,7 @@ impl Master {
         before_write: impl FnOnce(&Admission) -> Result<(), MasterError>,
     ) -> Result<Added, ServeError> {
         let now = Timestamp::now();
-        let (mut edit, _) = self.edit_in_force(now)?;
-        let current = edit.current(now).map_err(MasterError::from)?;
+        let (mut edit, current) = self.edit_in_force(now)?;
         let admission = match decide(&current, req, seen, roles, replace) {
             Err(r) if r.is_temporary() => return Ok(Added::Later(r.to_string())),
             Err(r) => return Ok(Added::Refused(r.to_string())),
