@@ -34,10 +34,9 @@ pub struct Node {
     pub(super) cfg: Config,
     private: Key,
     public: WgPublicKey,
-    /// The policy files, read and put through this node's rollback store.
+    /// The policy files, read and put through this node's rollback store: what it holds is
+    /// the policy this node's state is derived from.
     in_force: PolicyInForce,
-    /// The policy this node's state is derived from: the last one `in_force` accepted.
-    policy: Option<Arc<Accepted>>,
     mode: Mode,
     kind: Kind,
     iface: Option<Interface>,
@@ -66,6 +65,7 @@ pub struct Node {
 /// whole policy), and dropping the policy before.
 struct Adopted {
     previous: Option<Arc<Accepted>>,
+    adopted: Arc<Accepted>,
 }
 
 impl Node {
@@ -75,6 +75,7 @@ impl Node {
     /// the policy on disk is the one in force.
     pub(super) fn reload_quietly(&mut self, quiet: bool) -> bool {
         let now = Timestamp::now();
+        let before = self.in_force.current().cloned();
         let outcome = if quiet {
             self.in_force.reload_tentatively(now)
         } else {
@@ -93,7 +94,7 @@ impl Node {
                     );
                 }
                 if new {
-                    self.adopt(policy);
+                    self.adopt(policy, before);
                 }
                 true
             }
@@ -128,7 +129,7 @@ impl Node {
             Some(Outcome::Accepted { policy, .. }) => {
                 warn!(serial = policy.cluster.serial, copy = %self.in_force.copy_path().display(),
                     "the policy in force before the restart stays in force");
-                self.adopt(policy);
+                self.adopt(policy, None);
             }
             Some(Outcome::Refused { reason, .. }) => {
                 warn!(reason = %reason, "the copy of the policy in force is refused too")
@@ -137,17 +138,19 @@ impl Node {
         }
     }
 
-    /// Makes `policy` (just put in force) this node's: logs the node-map change, keeps a
-    /// copy, derives this node's mode.
-    pub(super) fn adopt(&mut self, policy: Arc<Accepted>) {
+    /// Makes `policy` (just put in force, after `previous`) this node's: logs the node-map
+    /// change, keeps a copy, derives this node's mode.
+    pub(super) fn adopt(&mut self, policy: Arc<Accepted>, previous: Option<Arc<Accepted>>) {
         let v = &policy;
         info!(cluster = %v.cluster.name, serial = v.cluster.serial, nodes = v.nodes.len(),
             signer = %v.signer().key_id(), "policy accepted");
         size_neighbour_tables(v.nodes.len());
         // One adoption's leftovers at a time (a second adoption before a pass is rare).
         self.finish_adoption();
-        let previous = self.policy.replace(policy);
-        self.adopted = Some(Adopted { previous });
+        self.adopted = Some(Adopted {
+            previous,
+            adopted: policy,
+        });
         self.derive_mode(Timestamp::now());
     }
 
@@ -157,8 +160,8 @@ impl Node {
         let Some(adopted) = self.adopted.take() else {
             return;
         };
-        if let (Some(old), Some(new)) = (&adopted.previous, &self.policy) {
-            log_node_map_change(old, new);
+        if let Some(old) = &adopted.previous {
+            log_node_map_change(old, &adopted.adopted);
         }
         if let Err(e) = self.in_force.keep_copy() {
             warn!(reason = %e, "cannot keep a copy of the policy in force");
@@ -168,7 +171,7 @@ impl Node {
     /// This node's place at `now` in the policy in force: member, or protective (not listed,
     /// expired, or the policy itself expired).
     pub(super) fn derive_mode(&mut self, now: Timestamp) {
-        let Some(v) = &self.policy else {
+        let Some(v) = self.in_force.current() else {
             self.mode = Mode::Protective;
             return;
         };
@@ -194,7 +197,7 @@ impl Node {
 
     /// At an expiry instant: who left the effective node map, then the new mode.
     pub(super) fn expire(&mut self, now: Timestamp) {
-        if let Some(v) = &self.policy {
+        if let Some(v) = self.in_force.current() {
             for n in v
                 .nodes
                 .iter()
@@ -235,7 +238,7 @@ impl Node {
         };
         let metrics = &exporter.metrics;
         metrics.pass(&trigger.to_string(), ok, took);
-        let status = match (&self.mode, &self.policy) {
+        let status = match (&self.mode, self.in_force.current()) {
             (Mode::Member(_), Some(p)) => Some(crate::status::collect(
                 p,
                 self.cfg.interface.as_deref(),
@@ -348,7 +351,7 @@ impl Node {
     /// The quarantine list applied again to the state derived before, unless an expiry has
     /// passed since it was derived (then everything is derived again).
     pub(super) fn requarantine(&mut self, now: Timestamp) {
-        let fresh = match (&self.unquarantined, &self.policy, &self.mode) {
+        let fresh = match (&self.unquarantined, self.in_force.current(), &self.mode) {
             (Some((d, at)), Some(p), Mode::Member(_)) => p
                 .next_expiry(*at)
                 .is_none_or(|t| t > now)
@@ -363,8 +366,8 @@ impl Node {
 
     /// When the next node (or the policy in force) expires, if ever.
     pub(super) fn next_expiry(&self) -> Option<Timestamp> {
-        self.policy
-            .as_ref()
+        self.in_force
+            .current()
             .and_then(|p| p.next_expiry(Timestamp::now()))
     }
 }
@@ -389,7 +392,7 @@ impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Node")
             .field("public_key", &self.public.to_string())
-            .field("serial", &self.policy.as_ref().map(|p| p.cluster.serial))
+            .field("serial", &self.in_force.current().map(|p| p.cluster.serial))
             .field("member", &matches!(self.mode, Mode::Member(_)))
             .finish_non_exhaustive()
     }
@@ -414,7 +417,6 @@ impl Node {
             private,
             public,
             in_force,
-            policy: None,
             mode: Mode::Protective,
             kind,
             iface: None,
@@ -429,7 +431,7 @@ impl Node {
         };
         node.reload_quarantine();
         match node.in_force.reload(Timestamp::now()) {
-            Outcome::Accepted { policy, .. } => node.adopt(policy),
+            Outcome::Accepted { policy, .. } => node.adopt(policy, None),
             // The copy in force first, so the refusal says what stays in force.
             Outcome::Refused { reason, .. } => {
                 node.fall_back_to_copy_in_force();
