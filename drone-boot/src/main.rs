@@ -12,7 +12,7 @@ use clap::Parser;
 use drone_boot::cli::{Args, Cmd};
 use drone_boot::harden;
 use drone_boot::netcfg::{self, NetConfig};
-use policy::exit::{Exit, Failure};
+use policy::exit::Failure;
 use tracing::{info, warn};
 
 fn main() -> ExitCode {
@@ -31,20 +31,15 @@ fn main() -> ExitCode {
     policy::exit::finish("drone-boot", result)
 }
 
-/// A failure to set the network up: this edge's one line, with the runtime exit code.
-fn runtime(message: String) -> Failure {
-    Failure::new(Exit::Runtime, message)
-}
-
 fn run_ip(args: &[String]) -> Result<(), Failure> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| runtime(format!("cannot run ip: {e}")))?;
+        .map_err(|e| Failure::from(format!("cannot run ip: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(runtime(format!(
+        Err(Failure::from(format!(
             "ip {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -54,9 +49,9 @@ fn run_ip(args: &[String]) -> Result<(), Failure> {
 
 fn net(cmdline: &Path) -> Result<(), Failure> {
     let text = std::fs::read_to_string(cmdline)
-        .map_err(|e| runtime(format!("{}: {e}", cmdline.display())))?;
-    let cfg =
-        netcfg::parse_cmdline(&text).map_err(|e| runtime(format!("{}: {e}", cmdline.display())))?;
+        .map_err(|e| Failure::from(format!("{}: {e}", cmdline.display())))?;
+    let cfg = netcfg::parse_cmdline(&text)
+        .map_err(|e| Failure::from(format!("{}: {e}", cmdline.display())))?;
     let from_image = std::fs::read_to_string("/etc/drone/hostname")
         .ok()
         .map(|s| s.trim().to_string());
@@ -67,7 +62,7 @@ fn net(cmdline: &Path) -> Result<(), Failure> {
     .or(from_image)
     .unwrap_or_else(|| "drone".into());
     nix::unistd::sethostname(&hostname)
-        .map_err(|e| runtime(format!("sethostname {hostname}: {e}")))?;
+        .map_err(|e| Failure::from(format!("sethostname {hostname}: {e}")))?;
     match &cfg {
         NetConfig::Static { .. } => {
             for cmd in netcfg::static_commands(&cfg) {
@@ -95,9 +90,9 @@ fn net(cmdline: &Path) -> Result<(), Failure> {
                     &format!("hostname:{hostname}"),
                 ])
                 .status()
-                .map_err(|e| runtime(format!("cannot run udhcpc: {e}")))?;
+                .map_err(|e| Failure::from(format!("cannot run udhcpc: {e}")))?;
             if !status.success() {
-                return Err(runtime(format!("udhcpc on {device}: {status}")));
+                return Err(Failure::from(format!("udhcpc on {device}: {status}")));
             }
         }
         NetConfig::Off => warn!("ip=off: network left to the operator"),
