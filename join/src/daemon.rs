@@ -232,6 +232,10 @@ impl Node {
             Outcome::LeaveRefused { from, reason } => {
                 warn!(source = %from, reason = %reason, "leave refused");
             }
+            Outcome::LeaveNotWritten { id, name, reason } => {
+                error!(node = id, name = %name, reason = %reason,
+                    "node was told it was removed at its own request, but the new policy could not be written: remove it by hand (tyd node remove)");
+            }
             Outcome::Failed(_)
             | Outcome::NotMine { .. }
             | Outcome::ApprovalsBusy

@@ -306,12 +306,72 @@ fn leave(lab: &Lab, from: Source) -> (Option<String>, Outcome) {
     a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let master = lab.master.clone();
     let served = std::thread::spawn(move || master.serve(b, from));
-    use std::io::{Read, Write};
+    use std::io::Write;
     a.write_all(&join::wire::Hello::Leave.to_bytes()).unwrap();
     let mut answer = String::new();
-    let _ = a.read_to_string(&mut answer);
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&a), &mut answer);
+    drop(a);
     let outcome = served.join().unwrap();
     ((!answer.is_empty()).then_some(answer), outcome)
+}
+
+/// Attack (found by CI, a race the inotify watch made likely): the master wrote the policy
+/// without a leaving member before answering it; its netguard, woken by the write, removed
+/// the member's tunnel within 2 ms, and the answer, on its way through that tunnel, was
+/// lost: `tyd leave` failed though the member was removed. Steps: a member leaves through
+/// its tunnel; when its answer arrives the policy on disk must still hold it (nothing has
+/// cut the tunnel yet); once it closes the connection, the policy without it is written. A
+/// member that never closes delays only its own removal, by `CLOSE_WAIT` at most.
+#[test]
+fn a_leaving_members_answer_goes_out_before_the_write_that_cuts_its_tunnel() {
+    use std::io::{BufRead, Write};
+    let lab = lab();
+    let t = token(&lab, 3, Duration::from_secs(3600));
+    for n in [5, 6] {
+        let (got, _) = attempt(&lab, &t, &request(n, None));
+        assert!(matches!(got, Ok(JoinAnswer::Accepted { .. })), "{got:?}");
+    }
+    let in_policy = |id: u16| {
+        let text = std::fs::read_to_string(&lab.policy).unwrap();
+        let p = policy::parse_policy("p", text.as_bytes(), Timestamp::now()).unwrap();
+        p.nodes.iter().any(|n| n.id.get() == id)
+    };
+    // Node 2 reads its answer and closes.
+    let (mut a, b) = UnixStream::pair().unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let master = lab.master.clone();
+    let tunnel = |n: u8| Source::Tunnel(std::net::IpAddr::from([10, 77, 0, n]));
+    let served = std::thread::spawn(move || master.serve(b, tunnel(2)));
+    a.write_all(&join::wire::Hello::Leave.to_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&a).read_line(&mut answer).unwrap();
+    assert!(answer.contains("\"removed\":{\"node\":2}"), "{answer}");
+    assert!(in_policy(2), "written before the answer could arrive");
+    drop(a);
+    let outcome = served.join().unwrap();
+    assert!(
+        matches!(outcome, Outcome::Left { id: 2, .. }),
+        "{outcome:?}"
+    );
+    assert!(!in_policy(2));
+    // Node 3 reads its answer and holds the connection open.
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let master = lab.master.clone();
+    let started = std::time::Instant::now();
+    let served = std::thread::spawn(move || master.serve(b, tunnel(3)));
+    a.write_all(&join::wire::Hello::Leave.to_bytes()).unwrap();
+    let outcome = served.join().unwrap();
+    let took = started.elapsed();
+    assert!(
+        matches!(outcome, Outcome::Left { id: 3, .. }),
+        "{outcome:?}"
+    );
+    assert!(!in_policy(3));
+    assert!(
+        took >= join::service::CLOSE_WAIT && took < join::service::CLOSE_WAIT * 2,
+        "{took:?}"
+    );
+    drop(a);
 }
 
 #[test]

@@ -328,9 +328,11 @@ pub fn leave(dir: &Path, key: Option<&Path>, now: Timestamp) -> CliResult {
         s.write_all(&join::wire::Hello::Leave.to_bytes())
             .map_err(|e| Failure::new(Exit::Runtime, format!("{m}: {e}")))?;
         let mut line = String::new();
-        std::io::BufReader::new(&s)
-            .read_line(&mut line)
-            .map_err(|e| Failure::new(Exit::Runtime, format!("{m}: {e}")))?;
+        let read = std::io::BufReader::new(&s).read_line(&mut line);
+        // Closed at once: the master writes the policy that cuts this node's tunnel only
+        // once it has seen this close (or after a few seconds).
+        drop(s);
+        read.map_err(|e| Failure::new(Exit::Runtime, format!("{m}: {}", no_answer(&e, timeout))))?;
         return match serde_json::from_str::<join::service::LeaveAnswer>(&line) {
             Ok(join::service::LeaveAnswer::Removed { node }) => {
                 println!(
@@ -353,6 +355,16 @@ pub fn leave(dir: &Path, key: Option<&Path>, now: Timestamp) -> CliResult {
         Exit::Runtime,
         format!("cannot reach a master: {last}"),
     ))
+}
+
+/// A read error, said plainly: a timeout is "no answer within N s", not EAGAIN.
+fn no_answer(e: &std::io::Error, timeout: std::time::Duration) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("no answer within {} s", timeout.as_secs())
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// After the cluster removed this node: its daemons stopped and disabled (they would go on

@@ -29,7 +29,7 @@ mod relay;
 mod settle;
 mod signing;
 
-pub use leave::{LeaveAnswer, LeaveRefusal};
+pub use leave::{CLOSE_WAIT, LeaveAnswer, LeaveRefusal};
 pub use relay::{RelayError, relay};
 pub use settle::Forked;
 pub use signing::{EXPIRED_KEPT_FOR, SharedPolicy, expired_for_good, policy_in_force};
@@ -123,6 +123,12 @@ pub enum Outcome {
         from: IpAddr,
         reason: String,
     },
+    /// A member was told it was removed, but the new policy could not be written.
+    LeaveNotWritten {
+        id: u16,
+        name: String,
+        reason: String,
+    },
     Joined {
         token: TokenId,
         id: u16,
@@ -165,7 +171,8 @@ impl Outcome {
             | Outcome::Already { .. }
             | Outcome::Refused { .. }
             | Outcome::Left { .. }
-            | Outcome::LeaveRefused { .. } => Verdict::Proved,
+            | Outcome::LeaveRefused { .. }
+            | Outcome::LeaveNotWritten { .. } => Verdict::Proved,
         }
     }
 }

@@ -69,10 +69,23 @@ impl Master {
     /// writes the pair.
     pub(super) fn sign_and_write(
         &self,
-        mut edit: PolicyEdit,
+        edit: PolicyEdit,
         current: &policy::Policy,
         now: Timestamp,
     ) -> Result<(policy::Policy, String), MasterError> {
+        let next = self.next_serial(edit, current, now)?;
+        self.sign_and_write_next(&next, now)?;
+        Ok((next.policy, next.digest))
+    }
+
+    /// [`Self::sign_and_write`]'s first half: the next serial's text, checked, not yet
+    /// signed or written (nothing that can fail is left but the disk).
+    pub(super) fn next_serial(
+        &self,
+        mut edit: PolicyEdit,
+        current: &policy::Policy,
+        now: Timestamp,
+    ) -> Result<NextSerial, MasterError> {
         for n in &current.nodes {
             if let Some(expires) = n.expires
                 && expired_for_good(expires, now)
@@ -86,19 +99,36 @@ impl Master {
                 }
             }
         }
-        let (text, p) = edit.commit_text(now)?;
-        let sig = policy::sign(text.as_bytes(), &self.operator);
-        policy::write_signed_pair(&self.policy, text.as_bytes(), sig.as_bytes())?;
+        let (text, policy) = edit.commit_text(now)?;
         let digest = crate::fork::digest(text.as_bytes());
-        // Through this node's own rollback store at once: the next admission edits it.
+        Ok(NextSerial {
+            text,
+            policy,
+            digest,
+        })
+    }
+
+    /// [`Self::sign_and_write`]'s second half: signs `next`, writes the pair, and takes it
+    /// through this node's own rollback store at once (the next admission edits it).
+    pub(super) fn sign_and_write_next(
+        &self,
+        next: &NextSerial,
+        now: Timestamp,
+    ) -> Result<(), MasterError> {
+        let sig = policy::sign(next.text.as_bytes(), &self.operator);
+        policy::write_signed_pair(&self.policy, next.text.as_bytes(), sig.as_bytes())?;
         let mut in_force = self.in_force.lock().unwrap_or_else(|p| p.into_inner());
         match in_force.reload(now) {
-            PolicyRead::Accepted { policy, .. } if policy.digest_hex() == digest => {}
-            PolicyRead::Refused { reason, .. } => {
-                return Err(MasterError::NotTaken(reason.to_string()));
-            }
-            _ => return Err(MasterError::NotTaken("the file changed meanwhile".into())),
+            PolicyRead::Accepted { policy, .. } if policy.digest_hex() == next.digest => Ok(()),
+            PolicyRead::Refused { reason, .. } => Err(MasterError::NotTaken(reason.to_string())),
+            _ => Err(MasterError::NotTaken("the file changed meanwhile".into())),
         }
-        Ok((p, digest))
     }
+}
+
+/// The next serial's text, checked, before it is signed and written.
+pub(super) struct NextSerial {
+    text: String,
+    pub policy: policy::Policy,
+    pub digest: String,
 }
