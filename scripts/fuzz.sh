@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Fuzzes every parser that a member or the LAN can reach, each from its committed corpus:
 #   verify_policy    bytes + signature in, verified policy or error out (SECONDS, default 30);
+#   verify_membership a master's membership + signature in, verified under a policy or refused;
 #   join_wire        the join port: hello, Noise handshake and frames (with and without a token);
 #   cluster_message  clusterd's UDP messages (heartbeats, offers);
 #   policy_transfer  the TCP framing of a fetched policy;
 #   state_files      the quarantine list and the cluster view (files one daemon reads from another);
-# the four others SECONDS/3 each (at least 10 s). New inputs go to a scratch directory, so the
+# the five others SECONDS/3 each (at least 10 s). New inputs go to a scratch directory, so the
 # committed corpus only changes when someone copies findings in on purpose. Crashes land in
 # fuzz/artifacts/TARGET/.
 set -euo pipefail
@@ -35,6 +36,6 @@ run() { # target seconds
   echo "fuzz: $target ran ${secs}s without a crash"
 }
 run verify_policy "$seconds"
-for t in join_wire cluster_message policy_transfer state_files; do
+for t in verify_membership join_wire cluster_message policy_transfer state_files; do
   run "$t" "$others"
 done

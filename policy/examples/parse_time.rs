@@ -25,6 +25,8 @@ fn main() {
             i % 250 + 1
         ));
     }
+    let blocks_start = text.find("\n[[node]]").unwrap_or(text.len());
+    let node_blocks = text[blocks_start..].to_string();
     let operator = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let sig = policy::sign(text.as_bytes(), &operator);
     let trust = policy::TrustedKeys::new(vec![policy::OperatorPublicKey::from(&operator)]);
@@ -116,4 +118,72 @@ fn main() {
         "{n} nodes, one node added after a blank line: verify_policy_reusing {:.2} ms",
         ms(reusing_added)
     );
+    let (both, alone) = with_membership(n, &node_blocks, &operator, now);
+    println!(
+        "{n} nodes admitted by a master (issue 28): policy {:.2} ms + its membership {:.2} ms = {:.2}x verify_policy of the {n} nodes in the policy (target: within 1.5x)",
+        ms(alone),
+        ms(both - alone),
+        ms(both) / ms(whole)
+    );
+}
+
+/// The same `n` nodes in master 65001's membership, signed with its admission key, beside a
+/// policy that lists only that master: the best of 20 of verifying both (the policy, then the
+/// membership under it), and of the policy alone.
+fn with_membership(
+    n: u16,
+    node_blocks: &str,
+    operator: &ed25519_dalek::SigningKey,
+    now: jiff::Timestamp,
+) -> (Duration, Duration) {
+    let admission = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let master = policy::WgPublicKey::from_bytes(*blake3::hash(b"master").as_bytes());
+    let expires = now + jiff::SignedDuration::from_hours(24);
+    let mut text = policy::template::init_template("bench", expires).replace(
+        "tunnel_ipv4 = \"10.77.0.0/24\"",
+        "tunnel_ipv4 = \"10.64.0.0/10\"",
+    );
+    text.push_str(&format!(
+        "\n[[admission]]\nmaster = 65001\nkey = \"{}\"\nroles = [\"drone\"]\nids = \"1-{n}\"\naddresses = [\"10.64.0.0/11\"]\nmax_nodes = {n}\nexpires = \"{expires}\"\n",
+        policy::OperatorPublicKey::from(&admission)
+    ));
+    text.push_str(&format!(
+        "\n[[node]]\nid = 65001\nname = \"master\"\npublic_key = \"{master}\"\naddresses = [\"10.127.0.1\"]\nroles = [\"master\"]\n"
+    ));
+    let sig = policy::sign(text.as_bytes(), operator);
+    let trust = policy::TrustedKeys::new(vec![policy::OperatorPublicKey::from(operator)]);
+    let doc =
+        format!("[membership]\ncluster = \"bench\"\nmaster = 65001\nserial = 1\n{node_blocks}");
+    let doc_sig = policy::sign(doc.as_bytes(), &admission);
+    let master_id = policy::NodeId::new(65001).unwrap_or(policy::NodeId::MIN);
+    let run = |with: bool| {
+        (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                let p = policy::verify_policy(
+                    "cluster.toml",
+                    text.as_bytes(),
+                    sig.as_bytes(),
+                    &trust,
+                    now,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                if with {
+                    let m = policy::membership::verify_membership(
+                        "membership-65001.toml",
+                        master_id,
+                        doc.as_bytes(),
+                        doc_sig.as_bytes(),
+                        &p,
+                        now,
+                    )
+                    .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(m.nodes.len(), usize::from(n));
+                }
+                t.elapsed()
+            })
+            .min()
+            .unwrap_or(Duration::ZERO)
+    };
+    (run(true), run(false))
 }

@@ -68,3 +68,83 @@ pub fn split_parse_is_whole_parse(blocks: &mut NodeBlocks, text: &str) {
         }
     }
 }
+
+/// The policy [`verify_membership_input`] checks memberships under: master 1 holds an
+/// admission key (seed 42) for drones, ids 100-199 in 10.77.0.128/26, 8 nodes at most; node
+/// 2 is the operator's.
+fn membership_policy() -> Option<&'static Policy> {
+    static POLICY: std::sync::OnceLock<Option<Policy>> = std::sync::OnceLock::new();
+    POLICY
+        .get_or_init(|| {
+            let now = "2026-06-01T00:00:00Z".parse::<Timestamp>().ok()?;
+            let key = crate::OperatorPublicKey::from(&SigningKey::from_bytes(&[42; 32]));
+            let mut text = crate::template::init_template("lab", "2027-01-01T00:00:00Z".parse().ok()?);
+            text.push_str(&format!(
+                "\n[[admission]]\nmaster = 1\nkey = \"{key}\"\nroles = [\"drone\"]\nids = \"100-199\"\naddresses = [\"10.77.0.128/26\"]\nmax_nodes = 8\nexpires = \"2027-01-01T00:00:00Z\"\n"
+            ));
+            for (id, role) in [(1u16, "master"), (2, "server")] {
+                let wg = crate::WgPublicKey::from_bytes([id as u8; 32]);
+                text.push_str(&format!(
+                    "\n[[node]]\nid = {id}\nname = \"n{id}\"\npublic_key = \"{wg}\"\naddresses = [\"10.77.0.{id}\"]\nroles = [\"{role}\"]\n"
+                ));
+            }
+            crate::parse_policy("fuzz.toml", text.as_bytes(), now).ok()
+        })
+        .as_ref()
+}
+
+/// Runs one membership fuzz input, as [`verify_policy_input`] does for a policy: the first
+/// byte picks whether the rest is signed by master 1's admission key or ends with
+/// attacker-chosen signature bytes. A membership accepted is within the key's limits and apart
+/// from the policy's nodes; every refusal is one line.
+pub fn verify_membership_input(data: &[u8]) {
+    let (Some(policy), Ok(now)) = (
+        membership_policy(),
+        "2026-06-01T00:00:00Z".parse::<Timestamp>(),
+    ) else {
+        return;
+    };
+    let Some((mode, rest)) = data.split_first() else {
+        return;
+    };
+    let master = crate::NodeId::MIN;
+    let result = if mode & 1 == 0 {
+        let sig = sign(rest, &SigningKey::from_bytes(&[42; 32]));
+        crate::membership::verify_membership("m.toml", master, rest, sig.as_bytes(), policy, now)
+    } else {
+        let (doc, sig) = rest.split_at(rest.len().saturating_sub(SIG_LEN));
+        crate::membership::verify_membership("m.toml", master, doc, sig, policy, now)
+    };
+    match result {
+        Ok(m) => {
+            assert!(crate::membership::check_limits(policy, &m).is_ok());
+            let key = policy.admission_of(master).map(|a| a.ids);
+            assert!(
+                m.nodes
+                    .iter()
+                    .all(|n| key.is_some_and(|ids| ids.contains(n.id)))
+            );
+        }
+        Err(e) => assert!(!e.to_string().contains('\n'), "multi-line refusal: {e}"),
+    }
+}
+
+/// The harness's decision on a membership signed by master 1's admission key: `Ok`, or the
+/// refusal's line (for the corpus test's seeds).
+pub fn membership_verdict(doc: &[u8]) -> Result<(), String> {
+    let policy = membership_policy().ok_or("no policy")?;
+    let now = "2026-06-01T00:00:00Z"
+        .parse::<Timestamp>()
+        .map_err(|e| e.to_string())?;
+    let sig = sign(doc, &SigningKey::from_bytes(&[42; 32]));
+    crate::membership::verify_membership(
+        "m.toml",
+        crate::NodeId::MIN,
+        doc,
+        sig.as_bytes(),
+        policy,
+        now,
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}

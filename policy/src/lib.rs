@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod in_force;
 pub mod keys;
 pub mod load;
+pub mod membership;
 pub mod model;
 pub mod mosix_map;
 pub mod nodemap;

@@ -42,7 +42,13 @@ impl fmt::Display for Invalid {
 }
 
 impl Invalid {
-    fn one(file: &str, text: &str, offset: usize, field: String, message: String) -> Self {
+    pub(crate) fn one(
+        file: &str,
+        text: &str,
+        offset: usize,
+        field: String,
+        message: String,
+    ) -> Self {
         let (line, column) = line_col(text, offset);
         Self(vec![Diagnostic {
             file: file.to_string(),

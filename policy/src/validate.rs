@@ -5,6 +5,10 @@
 use crate::parse::shown;
 use std::net::IpAddr;
 
+mod admission;
+
+pub use admission::nets_overlap;
+
 use jiff::Timestamp;
 
 use crate::model::{Action, Node, Policy};
@@ -26,7 +30,7 @@ fn finding(path: FieldPath, message: impl Into<String>) -> Finding {
 }
 
 /// A name for clusters and nodes: what an operator types, what a log shows, what fits a hostname.
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name
@@ -132,6 +136,7 @@ fn check_all_but_nodes(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) 
     }
     check_certainty(policy, out);
     check_hardening(policy, out);
+    admission::check_admissions(policy, out);
 }
 
 fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {

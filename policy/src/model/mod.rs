@@ -15,9 +15,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::keys::{OperatorPublicKey, WgPublicKey};
 use crate::ports::PortSet;
 
+mod admission;
 mod certainty;
 mod hardening;
 
+pub use admission::*;
 pub use certainty::*;
 pub use hardening::*;
 
@@ -40,6 +42,10 @@ pub struct Policy {
     /// The join service (`tyd join`); absent: nodes are only added by the operator.
     #[serde(default)]
     pub join: Option<Join>,
+    /// The masters' admission keys and their limits; none: only the operator adds nodes
+    /// (and a master admits with the operator key, the mode before admission keys).
+    #[serde(default, rename = "admission", skip_serializing_if = "Vec::is_empty")]
+    pub admissions: Vec<Admission>,
     #[serde(default, rename = "node")]
     pub nodes: Vec<Node>,
 }
@@ -51,6 +57,11 @@ impl Policy {
 
     pub fn node_by_key(&self, key: &WgPublicKey) -> Option<&Node> {
         self.nodes.iter().find(|n| &n.public_key == key)
+    }
+
+    /// The admission key the policy lists for master `master`.
+    pub fn admission_of(&self, master: NodeId) -> Option<&Admission> {
+        self.admissions.iter().find(|a| a.master == master)
     }
 
     /// The nodes in the effective node map at `now`: those whose `expires` has not passed.
@@ -376,7 +387,7 @@ impl Node {
 }
 
 /// RFC 3339 instants, written either as a TOML datetime or as a string.
-mod timestamp {
+pub(crate) mod timestamp {
     use super::*;
 
     #[derive(Deserialize)]
