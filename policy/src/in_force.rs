@@ -20,6 +20,10 @@ use crate::signature::{TrustedKeys, VerifyError, verify_policy_reusing};
 use crate::signature_path;
 use crate::store::{Accepted, RollbackStore, StoreError};
 
+mod memberships;
+
+pub use memberships::{Effective, MembershipEvent};
+
 /// A refusal already reported is reported again after this long.
 pub const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(600);
 /// How many distinct refusals are remembered as reported.
@@ -109,6 +113,15 @@ pub struct PolicyInForce {
     /// written in turn are two reports, not one per write).
     reported: Vec<(String, Instant)>,
     last_load: Duration,
+    /// The masters' memberships in force beside the policy, and their rollback record.
+    memberships: crate::membership::MembershipsInForce,
+    membership_store: crate::membership::MembershipStore,
+    /// Each membership file's stamp when last read.
+    membership_stamps: std::collections::BTreeMap<crate::NodeId, Stamp>,
+    /// Memberships a new policy dropped, for the next read to report.
+    dropped: Vec<crate::membership::Dropped>,
+    /// The policy and the memberships: the node map in force.
+    effective: Option<Arc<Effective>>,
 }
 
 impl PolicyInForce {
@@ -116,6 +129,9 @@ impl PolicyInForce {
     /// state across boots). Nothing is read yet.
     pub fn open(paths: PolicyPaths, min_serial: u64) -> Result<Self, StoreError> {
         let store = RollbackStore::open(&paths.state, min_serial)?;
+        let membership_store = crate::membership::MembershipStore::open(
+            &crate::membership::MembershipStore::path_beside(&paths.state),
+        )?;
         Ok(Self {
             paths,
             store,
@@ -125,6 +141,11 @@ impl PolicyInForce {
             refusal: None,
             reported: Vec::new(),
             last_load: Duration::ZERO,
+            memberships: crate::membership::MembershipsInForce::default(),
+            membership_store,
+            membership_stamps: std::collections::BTreeMap::new(),
+            dropped: Vec::new(),
+            effective: None,
         })
     }
 
@@ -211,6 +232,7 @@ impl PolicyInForce {
         self.current = Some(policy.clone());
         // A newer policy: a refusal after it is news again.
         self.reported.clear();
+        self.after_new_policy(now);
         Ok((policy, true))
     }
 

@@ -237,3 +237,126 @@ fn two_refused_files_written_in_turn_are_reported_once_each() {
         Outcome::Refused { first: true, .. }
     ));
 }
+
+fn admission(seed: u8) -> String {
+    let key = policy::OperatorPublicKey::from(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32]));
+    format!(
+        "\n[[admission]]\nmaster = 1\nkey = \"{key}\"\nroles = [\"drone\"]\nids = \"100-199\"\naddresses = [\"10.77.0.128/26\"]\nmax_nodes = 4\nexpires = \"2099-01-01T00:00:00Z\"\n"
+    )
+}
+
+/// Master 1's membership at `serial` listing drones `ids` (at 10.77.0.(ids+30)), signed by
+/// the admission key of `seed`, put beside the policy.
+fn put_membership(paths: &PolicyPaths, serial: u64, ids: &[u16], seed: u8) {
+    let nodes: String = ids
+        .iter()
+        .map(|id| {
+            let wg = policy::WgPublicKey::from_bytes([*id as u8; 32]);
+            format!(
+                "\n[[node]]\nid = {id}\nname = \"d{id}\"\npublic_key = \"{wg}\"\naddresses = [\"10.77.0.{}\"]\nroles = [\"drone\"]\n",
+                id + 30
+            )
+        })
+        .collect();
+    let text = format!("[membership]\ncluster = \"lab\"\nmaster = 1\nserial = {serial}\n{nodes}");
+    let sig = sign(
+        text.as_bytes(),
+        &ed25519_dalek::SigningKey::from_bytes(&[seed; 32]),
+    );
+    let path = policy::membership::membership_path(&paths.policy, policy::NodeId::MIN);
+    write_signed_pair(&path, text.as_bytes(), sig.as_bytes()).unwrap();
+}
+
+fn ids_in_force(p: &PolicyInForce) -> Vec<u16> {
+    p.effective()
+        .map(|e| e.nodes.iter().map(|n| n.id.get()).collect())
+        .unwrap_or_default()
+}
+
+/// Attack: a party with root on a master, or its admission key, puts memberships where the
+/// daemons read them. Steps: the policy gives master 1 an admission key; its membership with
+/// drone 100 joins the node map; a membership signed by another key is refused (reported
+/// once, not at the next rewrite) and drone 100 stays; a rollback to serial 1 is refused;
+/// the operator's next policy removes the key: the membership is dropped, its nodes with it
+/// (fail closed), and a restarted daemon does not take it back.
+#[test]
+fn memberships_beside_the_policy_join_the_node_map_and_forged_ones_change_nothing() {
+    use policy::MembershipEvent as E;
+    use policy::membership::Refusal as R;
+    let dir = tempfile::tempdir().unwrap();
+    let paths = lab(dir.path());
+    let mut p = PolicyInForce::open(paths.clone(), 0).unwrap();
+    put(&paths, 5, &admission(40));
+    assert!(matches!(p.poll(now()), Outcome::Accepted { .. }));
+    assert!(p.read_memberships(now()).is_empty());
+    assert_eq!(ids_in_force(&p), [1, 2, 3]);
+    put_membership(&paths, 2, &[100], 40);
+    let events = p.read_memberships(now());
+    assert!(
+        matches!(
+            events[..],
+            [E::Accepted {
+                serial: 2,
+                nodes: 1,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(ids_in_force(&p), [1, 2, 3, 100]);
+    assert!(p.read_memberships(now()).is_empty());
+
+    put_membership(&paths, 3, &[100, 101], 41);
+    let events = p.read_memberships(now());
+    assert!(
+        matches!(
+            events[..],
+            [E::Refused {
+                reason: R::NotSigned { .. },
+                first: true,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    put_membership(&paths, 3, &[100, 101], 41);
+    let events = p.read_memberships(now());
+    assert!(
+        matches!(events[..], [E::Refused { first: false, .. }]),
+        "{events:?}"
+    );
+    put_membership(&paths, 1, &[], 40);
+    let events = p.read_memberships(now());
+    assert!(
+        matches!(
+            events[..],
+            [E::Refused {
+                reason: R::Rollback { .. },
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(ids_in_force(&p), [1, 2, 3, 100]);
+
+    put_membership(&paths, 4, &[100, 101], 40);
+    assert_eq!(p.read_memberships(now()).len(), 1);
+    put(&paths, 6, "");
+    assert!(matches!(p.poll(now()), Outcome::Accepted { .. }));
+    assert_eq!(ids_in_force(&p), [1, 2, 3]);
+    let events = p.read_memberships(now());
+    assert!(
+        matches!(
+            events[..],
+            [E::Dropped(policy::membership::Dropped {
+                reason: R::NoKey { .. },
+                ..
+            })]
+        ),
+        "{events:?}"
+    );
+    let mut restarted = PolicyInForce::open(paths.clone(), 0).unwrap();
+    assert!(matches!(restarted.poll(now()), Outcome::Accepted { .. }));
+    restarted.read_memberships(now());
+    assert_eq!(ids_in_force(&restarted), [1, 2, 3]);
+}

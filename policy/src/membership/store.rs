@@ -52,9 +52,14 @@ impl MembershipStore {
         })
     }
 
-    /// Where a policy store at `state` keeps the memberships' record: `memberships.json` beside it.
+    /// Where the daemon whose policy record is `state` keeps the memberships' record: beside
+    /// it, named after it (`netguard.json` -> `netguard.memberships.json`): each daemon keeps
+    /// its own, as it does the policy's.
     pub fn path_beside(state: &Path) -> PathBuf {
-        state.with_file_name("memberships.json")
+        let stem = state
+            .file_stem()
+            .map_or_else(|| "policy".into(), |s| s.to_string_lossy().into_owned());
+        state.with_file_name(format!("{stem}.memberships.json"))
     }
 
     pub fn last(&self, master: NodeId) -> Option<&MembershipRecord> {

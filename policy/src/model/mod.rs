@@ -70,12 +70,13 @@ impl Policy {
         self.nodes.iter().filter(move |n| n.is_live(now))
     }
 
-    /// The next instant after `now` at which the effective node map changes (a node expires)
-    /// or the whole policy expires: when a running node must look again.
+    /// The next instant after `now` at which the effective node map changes (a node or an
+    /// admission key expires) or the whole policy expires: when a running node must look again.
     pub fn next_expiry(&self, now: Timestamp) -> Option<Timestamp> {
         self.nodes
             .iter()
             .filter_map(|n| n.expires)
+            .chain(self.admissions.iter().map(|a| a.expires))
             .chain([self.cluster.expires])
             .filter(|&t| t > now)
             .min()

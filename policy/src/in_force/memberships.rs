@@ -1,0 +1,196 @@
+//! The masters' memberships beside the policy in force ([`crate::membership`]): read from their
+//! files or offered by a peer, each through the checks and the rollback record, and the node
+//! map they make with the policy, [`Effective`].
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use super::{PolicyInForce, Stamp};
+use crate::membership::{Dropped, MAX_MEMBERSHIP_BYTES, Refusal, membership_path};
+use crate::model::{NodeId, Policy};
+use crate::store::{Acceptance, Accepted};
+
+/// The policy in force with every membership in force: its nodes are the node map in force
+/// (the policy's, then each master's), everything else is the policy's. What netguard
+/// enforces and clusterd watches over; [`accepted`](Self::accepted) is the operator's
+/// policy itself (its serial, its files).
+#[derive(Debug)]
+pub struct Effective {
+    accepted: Arc<Accepted>,
+    /// The policy with the memberships' nodes added; `None` when there are none (the policy
+    /// itself, not copied).
+    combined: Option<Policy>,
+    /// Per master, the serial of its membership in force.
+    serials: BTreeMap<NodeId, u64>,
+}
+
+impl Effective {
+    pub fn accepted(&self) -> &Arc<Accepted> {
+        &self.accepted
+    }
+
+    /// Per master, the serial of its membership in force.
+    pub fn membership_serials(&self) -> &BTreeMap<NodeId, u64> {
+        &self.serials
+    }
+}
+
+impl Deref for Effective {
+    type Target = Policy;
+    fn deref(&self) -> &Policy {
+        self.combined.as_ref().unwrap_or(&self.accepted)
+    }
+}
+
+/// What reading or being offered a membership did.
+#[derive(Debug)]
+pub enum MembershipEvent {
+    /// A newer membership of `master` is in force.
+    Accepted {
+        master: NodeId,
+        serial: u64,
+        nodes: usize,
+    },
+    /// Refused; that master's last accepted membership stays. `first`: not reported lately.
+    Refused {
+        master: NodeId,
+        origin: String,
+        reason: Refusal,
+        first: bool,
+    },
+    /// A membership in force that the policy in force (or the time) no longer allows.
+    Dropped(Dropped),
+}
+
+impl PolicyInForce {
+    /// The node map in force: the policy and the memberships in force.
+    pub fn effective(&self) -> Option<&Arc<Effective>> {
+        self.effective.as_ref()
+    }
+
+    /// The memberships in force.
+    pub fn memberships(&self) -> &crate::membership::MembershipsInForce {
+        &self.memberships
+    }
+
+    /// Reads the membership of each master the policy in force gives an admission key, where
+    /// its file changed since the last read (a master with no file yet has admitted nobody),
+    /// and checks the ones in force again at `now` (a key's expiry). Returns what changed.
+    pub fn read_memberships(&mut self, now: Timestamp) -> Vec<MembershipEvent> {
+        let mut events: Vec<MembershipEvent> = self
+            .dropped
+            .drain(..)
+            .map(MembershipEvent::Dropped)
+            .collect();
+        let Some(policy) = self.current.clone() else {
+            return events;
+        };
+        for admission in &policy.admissions {
+            let master = admission.master;
+            let path = membership_path(&self.paths.policy, master);
+            let stamp = Stamp::of(&path);
+            if self.membership_stamps.get(&master) == Some(&stamp) {
+                continue;
+            }
+            self.membership_stamps.insert(master, stamp);
+            let sig_path = crate::signature_path(&path);
+            let (bytes, sig) = crate::fsutil::read_signed_pair(
+                &path,
+                &sig_path,
+                MAX_MEMBERSHIP_BYTES as u64 + 1,
+                64 << 10,
+            );
+            let (Ok(bytes), Ok(sig)) = (bytes, sig) else {
+                continue;
+            };
+            let origin = path.display().to_string();
+            events.extend(self.offer_membership(master, bytes, sig, &origin, now));
+        }
+        events.extend(
+            self.memberships
+                .recheck(&policy, now)
+                .into_iter()
+                .map(MembershipEvent::Dropped),
+        );
+        self.refresh_effective();
+        events
+    }
+
+    /// Master `master`'s membership from `origin` (its file, or a peer): in force if it is
+    /// acceptable and newer. `None`: the one in force, offered again.
+    pub fn offer_membership(
+        &mut self,
+        master: NodeId,
+        bytes: Vec<u8>,
+        signature: Vec<u8>,
+        origin: &str,
+        now: Timestamp,
+    ) -> Option<MembershipEvent> {
+        let policy = self.current.clone()?;
+        let event = match self.memberships.offer(
+            &policy,
+            &mut self.membership_store,
+            master,
+            origin,
+            bytes,
+            signature,
+            now,
+        ) {
+            Ok(Acceptance::Unchanged) => None,
+            Ok(Acceptance::New) => {
+                let m = self.memberships.of(master)?;
+                Some(MembershipEvent::Accepted {
+                    master,
+                    serial: m.verified.membership.serial,
+                    nodes: m.verified.nodes.len(),
+                })
+            }
+            Err(reason) => {
+                let first = self.report(&format!("{origin}: {reason}"));
+                Some(MembershipEvent::Refused {
+                    master,
+                    origin: origin.to_string(),
+                    reason,
+                    first,
+                })
+            }
+        };
+        self.refresh_effective();
+        event
+    }
+
+    /// After a new policy: the memberships in force checked under it (those it no longer
+    /// allows are dropped, and reported by the next [`read_memberships`]), and the files read
+    /// again (a new key may make a refused one acceptable).
+    pub(super) fn after_new_policy(&mut self, now: Timestamp) {
+        if let Some(policy) = self.current.clone() {
+            let dropped = self.memberships.recheck(&policy, now);
+            self.dropped.extend(dropped);
+        }
+        self.membership_stamps.clear();
+        self.refresh_effective();
+    }
+
+    fn refresh_effective(&mut self) {
+        self.effective = self.current.as_ref().map(|accepted| {
+            let serials: BTreeMap<NodeId, u64> = self
+                .memberships
+                .iter()
+                .map(|(m, s)| (m, s.verified.membership.serial))
+                .collect();
+            let combined = (!serials.is_empty()).then(|| {
+                let mut p = Policy::clone(accepted);
+                p.nodes = self.memberships.nodes(accepted).cloned().collect();
+                p
+            });
+            Arc::new(Effective {
+                accepted: Arc::clone(accepted),
+                combined,
+                serials,
+            })
+        });
+    }
+}
