@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use policy::{NodeId, Policy, Verified, WgPublicKey};
+use policy::{NodeId, WgPublicKey};
 
 use crate::ruleset::RulesetSpec;
 
@@ -88,7 +88,7 @@ fn host(addr: IpAddr) -> IfAddr {
 /// nodes whose `expires` has passed are nobody's peers. `interface` overrides the policy's
 /// interface name (several nodes on one test host).
 pub fn desired(
-    policy: &Verified<Policy>,
+    policy: &impl policy::Checked,
     me: &WgPublicKey,
     interface: Option<&str>,
     now: Timestamp,

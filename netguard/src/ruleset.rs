@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use policy::{Policy, PortRange, PortSet, Posture, Verified, WgPublicKey};
+use policy::{PortRange, PortSet, Posture, WgPublicKey};
 use serde_json::{Value, json};
 
 use crate::desired::DesiredPeer;
@@ -58,7 +58,7 @@ pub struct RulesetSpec {
 impl RulesetSpec {
     /// `roles`: this node's, for allow-list entries open on some roles only.
     pub fn new(
-        policy: &Verified<Policy>,
+        policy: &impl policy::Checked,
         interface: &str,
         peers: &BTreeMap<WgPublicKey, DesiredPeer>,
         roles: &[policy::Role],

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use policy::{Policy, Verified, WgPublicKey};
+use policy::{Policy, WgPublicKey};
 use serde::Serialize;
 use wireguard_control::Device;
 
@@ -58,7 +58,7 @@ pub struct Status {
 }
 
 pub fn collect(
-    verified: &Verified<Policy>,
+    verified: &impl policy::Checked,
     interface: Option<&str>,
     me: Option<&WgPublicKey>,
     now: jiff::Timestamp,

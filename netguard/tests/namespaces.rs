@@ -1540,3 +1540,125 @@ fn netguard_stops_on_a_terminate_sent_in_process_and_leaves_its_table() {
     });
     eprintln!("netguard stopped {stopped_within:?} after the in-process Terminate");
 }
+
+impl Lab {
+    /// A policy where d1 is master 1 with an admission key (`key`, drones, ids 100-199 in
+    /// 10.77.0.128/26, 4 nodes) unless `key` is None, and d2 is a server; d3 is listed
+    /// nowhere (a master admits it).
+    fn admission_policy(&mut self, key: Option<&SigningKey>) -> String {
+        self.serial += 1;
+        let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+        let mut t = policy::template::init_template("lab", expires)
+            .replace("serial = 1", &format!("serial = {}", self.serial));
+        if let Some(key) = key {
+            t.push_str(&format!(
+                "\n[[admission]]\nmaster = 1\nkey = \"{}\"\nroles = [\"drone\"]\nids = \"100-199\"\naddresses = [\"10.77.0.128/26\"]\nmax_nodes = 4\nexpires = \"{expires}\"\n",
+                policy::OperatorPublicKey::from(key)
+            ));
+        }
+        for (i, role) in [(0, "master"), (1, "server")] {
+            t.push_str(&format!(
+                "\n[[node]]\nid = {}\nname = \"d{}\"\npublic_key = \"{}\"\nendpoint = \"{}:51820\"\naddresses = [\"{}\"]\nroles = [\"{role}\"]\n",
+                i + 1, i + 1, self.public(i), self.drones[i].lan, self.drones[i].tun
+            ));
+        }
+        t
+    }
+
+    /// Master 1's membership at `serial` with `nodes` ((id, public key, tunnel address)),
+    /// signed by `key`, put in every drone's directory.
+    fn publish_membership(&self, serial: u64, nodes: &[(u16, String, &str)], key: &SigningKey) {
+        let mut t = format!("[membership]\ncluster = \"lab\"\nmaster = 1\nserial = {serial}\n");
+        for (id, public, tun) in nodes {
+            t.push_str(&format!(
+                "\n[[node]]\nid = {id}\nname = \"m{id}\"\npublic_key = \"{public}\"\nendpoint = \"198.18.0.3:51820\"\naddresses = [\"{tun}\"]\nroles = [\"drone\"]\n"
+            ));
+        }
+        let sig = policy::sign(t.as_bytes(), key);
+        for d in &self.drones {
+            let path = policy::membership::membership_path(
+                &d.dir.join("cluster.toml"),
+                policy::NodeId::MIN,
+            );
+            policy::write_signed_pair(&path, t.as_bytes(), sig.as_bytes()).unwrap();
+        }
+    }
+}
+
+/// Attack (issue 28: a master's admission key stolen, or root on a master): the node map a
+/// membership makes is enforced, and forged ones are not. Steps: d1 is master 1 with an
+/// admission key, d2 a server, d3 in no policy (protective); master 1's membership admitting
+/// d3 as node 100 reaches every node: tunnels and services between all three. Then, signed
+/// by another key, a membership adding a node with d2's WireGuard key: refused on every
+/// node; signed by the real key, one with a node outside its ids: refused on every node;
+/// the mesh unchanged. Then the operator's policy without the admission key: d3 is cut off
+/// everywhere (fail closed) and protective again.
+#[test]
+fn a_membership_admits_a_node_and_forged_ones_change_nothing_on_any_node() {
+    if !root_or_skip("a_membership_admits_a_node_and_forged_ones_change_nothing_on_any_node") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    lab.drones[2].tun = "10.77.0.130".into();
+    let admission = SigningKey::from_bytes(&[31; 32]);
+    let text = lab.admission_policy(Some(&admission));
+    lab.publish_text(&text);
+    for i in 0..3 {
+        lab.start_with_drift(i, "60s");
+    }
+    echo_server(lab.ns(0));
+    lab.wait_mesh(&[0, 1]);
+    wait_for("d3 protective", Duration::from_secs(10), || {
+        lab.log(2).contains("not a member")
+    });
+    let d3 = (100, lab.public(2), "10.77.0.130");
+    lab.publish_membership(1, std::slice::from_ref(&d3), &admission);
+    lab.wait_mesh(&[0, 1, 2]);
+    wait_for("d3 reaches d1's service", Duration::from_secs(10), || {
+        tcp_ok(lab.ns(2), "10.77.0.1:4660")
+    });
+    for i in 0..3 {
+        assert!(lab.log(i).contains("membership accepted"), "{}", lab.log(i));
+    }
+
+    let thief = SigningKey::from_bytes(&[32; 32]);
+    let takeover = (101, lab.public(1), "10.77.0.131");
+    lab.publish_membership(2, &[d3.clone(), takeover.clone()], &thief);
+    wait_for(
+        "forged membership refused everywhere",
+        Duration::from_secs(10),
+        || {
+            (0..3).all(|i| {
+                lab.log(i)
+                    .contains("not signed by master 1's admission key")
+            })
+        },
+    );
+    lab.publish_membership(
+        3,
+        &[d3.clone(), (250, wg_key().1, "10.77.0.140")],
+        &admission,
+    );
+    wait_for(
+        "out-of-limits membership refused everywhere",
+        Duration::from_secs(10),
+        || {
+            (0..3).all(|i| {
+                lab.log(i)
+                    .contains("node 250 is outside master 1's ids 100-199")
+            })
+        },
+    );
+    assert!(tcp_ok(lab.ns(2), "10.77.0.1:4660"), "d3 kept");
+    assert!(lab.ping(0, 1) && lab.ping(1, 0), "d2 kept");
+
+    let text = lab.admission_policy(None);
+    lab.publish_text(&text);
+    wait_for("d3 dropped everywhere", Duration::from_secs(10), || {
+        (0..3).all(|i| lab.log(i).contains("membership dropped"))
+    });
+    wait_for("d3 cut off", Duration::from_secs(5), || {
+        !tcp_ok(lab.ns(2), "10.77.0.1:4660")
+    });
+    assert!(lab.ping(0, 1), "d1 -> d2 after d3 was dropped");
+}

@@ -22,7 +22,7 @@ use crate::store::{Accepted, RollbackStore, StoreError};
 
 mod memberships;
 
-pub use memberships::{Effective, MembershipEvent};
+pub use memberships::{Checked, Effective, MembershipEvent};
 
 /// A refusal already reported is reported again after this long.
 pub const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(600);

@@ -33,7 +33,9 @@ pub mod watch;
 
 pub use blocks::NodeBlocks;
 pub use diff::PolicyDiff;
-pub use in_force::{Effective, MembershipEvent, Outcome, PolicyInForce, PolicyPaths, Refusal};
+pub use in_force::{
+    Checked, Effective, MembershipEvent, Outcome, PolicyInForce, PolicyPaths, Refusal,
+};
 pub use keys::{OperatorPublicKey, WgPublicKey};
 pub use load::{
     LoadError, SignedFiles, load_signed, load_signed_reusing, load_verified, write_signed_pair,

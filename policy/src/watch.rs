@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use inotify::{Inotify, WatchMask};
 
 /// Watches the directories of `files` (created if missing) from a thread of its own, and
-/// calls `send` with the tag of each file that changed, until `send` returns `false`.
+/// calls `send` with the tag of each file that changed, until `send` returns `false`. A file
+/// name ending in `*` stands for every name that starts with what comes before it.
 pub fn watch_files<T: Copy + Send + 'static>(
     files: &[(PathBuf, T)],
     mut send: impl FnMut(T) -> bool + Send + 'static,
@@ -41,7 +42,7 @@ pub fn watch_files<T: Copy + Send + 'static>(
                     let Some(name) = e.name else { continue };
                     let hit = watched
                         .iter()
-                        .find(|(wd, n, _)| *wd == e.wd && n.as_slice() == name.as_bytes());
+                        .find(|(wd, n, _)| *wd == e.wd && names_match(n, name.as_bytes()));
                     if let Some((_, _, tag)) = hit
                         && !send(*tag)
                     {
@@ -51,6 +52,21 @@ pub fn watch_files<T: Copy + Send + 'static>(
             }
         })?;
     Ok(())
+}
+
+/// Whether a watched name is `name`: the same bytes, or, for a watched name ending in `*`,
+/// its start.
+fn names_match(watched: &[u8], name: &[u8]) -> bool {
+    match watched.strip_suffix(b"*") {
+        Some(prefix) => name.starts_with(prefix),
+        None => watched == name,
+    }
+}
+
+/// The masters' memberships beside `policy` (`membership-*`, their signatures included), as
+/// [`watch_files`] takes them.
+pub fn membership_files<T: Copy>(policy: &Path, tag: T) -> (PathBuf, T) {
+    (policy.with_file_name("membership-*"), tag)
 }
 
 /// The policy and its signature, as [`watch_files`] takes them.

@@ -122,13 +122,15 @@ enum Watched {
     Quarantine,
 }
 
-/// Watches the directories of the policy (and its signature) and of the quarantine list; a
-/// change to one of them (written in place, created, renamed over, deleted) is reported.
+/// Watches the directories of the policy (its signature, the masters' memberships) and of
+/// the quarantine list; a change to one of them (written in place, created, renamed over,
+/// deleted) is reported.
 fn watch_files(cfg: &Config, tx: mpsc::UnboundedSender<Watched>) -> std::io::Result<()> {
     let [policy, signature] = policy::watch::policy_files(&cfg.policy, Watched::Policy);
     let files = [
         policy,
         signature,
+        policy::watch::membership_files(&cfg.policy, Watched::Policy),
         (cfg.quarantine.clone(), Watched::Quarantine),
     ];
     policy::watch::watch_files(&files, move |what| tx.send(what).is_ok())

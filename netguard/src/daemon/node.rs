@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use policy::{Accepted, Outcome, PolicyInForce, PolicyPaths, WgPublicKey};
+use policy::{Effective, Outcome, PolicyInForce, PolicyPaths, WgPublicKey};
 use tracing::{debug, error, info, warn};
 use wireguard_control::{DeviceUpdate, Key};
 
@@ -64,8 +64,8 @@ pub struct Node {
 /// node-map log (against the policy before), the copy in force (two synced writes of the
 /// whole policy), and dropping the policy before.
 struct Adopted {
-    previous: Option<Arc<Accepted>>,
-    adopted: Arc<Accepted>,
+    previous: Option<Arc<Effective>>,
+    adopted: Arc<Effective>,
 }
 
 impl Node {
@@ -75,7 +75,7 @@ impl Node {
     /// the policy on disk is the one in force.
     pub(super) fn reload_quietly(&mut self, quiet: bool) -> bool {
         let now = Timestamp::now();
-        let before = self.in_force.current().cloned();
+        let before = self.in_force.effective().cloned();
         let outcome = if quiet {
             self.in_force.reload_tentatively(now)
         } else {
@@ -93,8 +93,9 @@ impl Node {
                         "policy file acceptable again"
                     );
                 }
-                if new {
-                    self.adopt(policy, before);
+                let memberships = self.read_memberships(now);
+                if new || memberships {
+                    self.adopt(before);
                 }
                 true
             }
@@ -108,8 +109,23 @@ impl Node {
                 }
                 false
             }
-            Outcome::Unread => true,
+            Outcome::Unread => {
+                if self.read_memberships(now) {
+                    self.adopt(before);
+                }
+                true
+            }
         }
+    }
+
+    /// Reads the masters' memberships beside the policy in force, logging what each did;
+    /// whether the node map in force changed.
+    pub(super) fn read_memberships(&mut self, now: Timestamp) -> bool {
+        let mut changed = false;
+        for event in self.in_force.read_memberships(now) {
+            changed |= super::report::log_membership(&event);
+        }
+        changed
     }
 
     /// Logs a refusal (once per distinct reason: the caller knows).
@@ -129,7 +145,8 @@ impl Node {
             Some(Outcome::Accepted { policy, .. }) => {
                 warn!(serial = policy.cluster.serial, copy = %self.in_force.copy_path().display(),
                     "the policy in force before the restart stays in force");
-                self.adopt(policy, None);
+                self.read_memberships(Timestamp::now());
+                self.adopt(None);
             }
             Some(Outcome::Refused { reason, .. }) => {
                 warn!(reason = %reason, "the copy of the policy in force is refused too")
@@ -138,12 +155,20 @@ impl Node {
         }
     }
 
-    /// Makes `policy` (just put in force, after `previous`) this node's: logs the node-map
-    /// change, keeps a copy, derives this node's mode.
-    pub(super) fn adopt(&mut self, policy: Arc<Accepted>, previous: Option<Arc<Accepted>>) {
+    /// Makes the node map in force (a new policy, or new memberships, after `previous`) this
+    /// node's: logs the node-map change, keeps a copy, derives this node's mode.
+    pub(super) fn adopt(&mut self, previous: Option<Arc<Effective>>) {
+        let Some(policy) = self.in_force.effective().cloned() else {
+            return;
+        };
         let v = &policy;
-        info!(cluster = %v.cluster.name, serial = v.cluster.serial, nodes = v.nodes.len(),
-            signer = %v.signer().key_id(), "policy accepted");
+        let same_policy = previous
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p.accepted(), v.accepted()));
+        if !same_policy {
+            info!(cluster = %v.cluster.name, serial = v.cluster.serial, nodes = v.nodes.len(),
+                signer = %v.accepted().signer().key_id(), "policy accepted");
+        }
         size_neighbour_tables(v.nodes.len());
         // One adoption's leftovers at a time (a second adoption before a pass is rare).
         self.finish_adoption();
@@ -171,12 +196,12 @@ impl Node {
     /// This node's place at `now` in the policy in force: member, or protective (not listed,
     /// expired, or the policy itself expired).
     pub(super) fn derive_mode(&mut self, now: Timestamp) {
-        let Some(v) = self.in_force.current() else {
+        let Some(v) = self.in_force.effective() else {
             self.mode = Mode::Protective;
             return;
         };
         self.unquarantined = None;
-        self.mode = match desired(v, &self.public, self.cfg.interface.as_deref(), now) {
+        self.mode = match desired(&**v, &self.public, self.cfg.interface.as_deref(), now) {
             Ok(d) => {
                 self.protective_reason = None;
                 let d = Arc::new(d);
@@ -197,7 +222,10 @@ impl Node {
 
     /// At an expiry instant: who left the effective node map, then the new mode.
     pub(super) fn expire(&mut self, now: Timestamp) {
-        if let Some(v) = self.in_force.current() {
+        if self.read_memberships(now) {
+            info!("memberships changed at an expiry");
+        }
+        if let Some(v) = self.in_force.effective() {
             for n in v
                 .nodes
                 .iter()
@@ -238,9 +266,9 @@ impl Node {
         };
         let metrics = &exporter.metrics;
         metrics.pass(&trigger.to_string(), ok, took);
-        let status = match (&self.mode, self.in_force.current()) {
+        let status = match (&self.mode, self.in_force.effective()) {
             (Mode::Member(_), Some(p)) => Some(crate::status::collect(
-                p,
+                &**p,
                 self.cfg.interface.as_deref(),
                 Some(&self.public),
                 Timestamp::now(),
@@ -351,7 +379,7 @@ impl Node {
     /// The quarantine list applied again to the state derived before, unless an expiry has
     /// passed since it was derived (then everything is derived again).
     pub(super) fn requarantine(&mut self, now: Timestamp) {
-        let fresh = match (&self.unquarantined, self.in_force.current(), &self.mode) {
+        let fresh = match (&self.unquarantined, self.in_force.effective(), &self.mode) {
             (Some((d, at)), Some(p), Mode::Member(_)) => p
                 .next_expiry(*at)
                 .is_none_or(|t| t > now)
@@ -367,7 +395,7 @@ impl Node {
     /// When the next node (or the policy in force) expires, if ever.
     pub(super) fn next_expiry(&self) -> Option<Timestamp> {
         self.in_force
-            .current()
+            .effective()
             .and_then(|p| p.next_expiry(Timestamp::now()))
     }
 }
@@ -431,7 +459,10 @@ impl Node {
         };
         node.reload_quarantine();
         match node.in_force.reload(Timestamp::now()) {
-            Outcome::Accepted { policy, .. } => node.adopt(policy, None),
+            Outcome::Accepted { .. } => {
+                node.read_memberships(Timestamp::now());
+                node.adopt(None);
+            }
             // The copy in force first, so the refusal says what stays in force.
             Outcome::Refused { reason, .. } => {
                 node.fall_back_to_copy_in_force();

@@ -75,6 +75,41 @@ pub(super) fn size_neighbour_tables(nodes: usize) {
     }
 }
 
+/// Logs what reading or being offered a membership did, one line; whether the node map in
+/// force changed. A refusal is an error the first time it is seen, debug after.
+pub(super) fn log_membership(event: &policy::MembershipEvent) -> bool {
+    use policy::MembershipEvent as E;
+    match event {
+        E::Accepted {
+            master,
+            serial,
+            nodes,
+        } => {
+            info!(master = master.get(), serial, nodes, "membership accepted");
+            true
+        }
+        E::Refused {
+            master,
+            origin,
+            reason,
+            first: true,
+        } => {
+            tracing::error!(master = master.get(), origin = %origin, reason = %reason,
+                "membership refused; that master's last accepted membership stays in force");
+            false
+        }
+        E::Refused { reason, .. } => {
+            tracing::debug!(reason = %reason, "membership still refused");
+            false
+        }
+        E::Dropped(d) => {
+            tracing::warn!(master = d.master.get(), serial = d.serial, reason = %d.reason,
+                "membership dropped with its nodes: the policy in force no longer allows it");
+            true
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

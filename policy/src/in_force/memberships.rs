@@ -194,3 +194,17 @@ impl PolicyInForce {
         });
     }
 }
+
+/// A policy a daemon may act on every node of: one verified under the operator's key
+/// ([`crate::Verified`]`<Policy>`), or the node map in force ([`Effective`]: such a policy with
+/// the memberships verified under its admission keys). Sealed: nothing else is.
+pub trait Checked: Deref<Target = Policy> + sealed::Sealed {}
+
+impl Checked for crate::Verified<Policy> {}
+impl Checked for Effective {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::Verified<crate::Policy> {}
+    impl Sealed for super::Effective {}
+}
