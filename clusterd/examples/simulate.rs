@@ -263,6 +263,7 @@ fn main() {
             uptime_s: 100,
             load1: 0.1,
             mem_available_kb: 1 << 20,
+            memberships: Default::default(),
         });
         let phase = Duration::from_micros(rng.next_u64() % 1_000_000);
         sim.at(phase, Event::Tick { node: i });

@@ -131,6 +131,50 @@ pub fn write_if_newer(
     })
 }
 
+/// A master's membership fetched from a peer, put beside the policy where netguard reads it,
+/// by the same rule as the policy: only over a file whose serial is lower (or that is not a
+/// membership signed by `key`, the master's admission key in the policy in force), checked
+/// again under the directory's lock just before the renames. Returns whether it was written.
+pub fn write_membership_if_newer(
+    path: &Path,
+    bytes: &[u8],
+    signature: &[u8],
+    serial: u64,
+    key: &policy::OperatorPublicKey,
+) -> Result<bool, FileError> {
+    let written = fsutil::replace_signed_pair(
+        path,
+        &policy::signature_path(path),
+        bytes,
+        signature,
+        0o644,
+        Some(LOCK_WAIT),
+        || {
+            let on_disk = membership_serial_on_disk(path, key)?;
+            (on_disk >= serial).then_some(())
+        },
+    )?;
+    Ok(matches!(written, PairWrite::Written { .. }))
+}
+
+/// The serial of the membership at `path`, if it is one signed by `key`.
+fn membership_serial_on_disk(path: &Path, key: &policy::OperatorPublicKey) -> Option<u64> {
+    let (bytes, sig) = fsutil::read_signed_pair(
+        path,
+        &policy::signature_path(path),
+        policy::membership::MAX_MEMBERSHIP_BYTES as u64,
+        MAX_SIGNATURE_BYTES,
+    );
+    let (bytes, sig) = (bytes.ok()?, sig.ok()?);
+    let trust = TrustedKeys::new(vec![*key]);
+    let file = path.display().to_string();
+    let v = policy::verify_signed(&file, &bytes, &sig, &trust, |b| {
+        policy::membership::parse_membership(&file, b).map_err(policy::VerifyError::from)
+    })
+    .ok()?;
+    Some(v.membership.serial)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

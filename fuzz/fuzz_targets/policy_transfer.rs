@@ -1,5 +1,6 @@
 //! What a member sends when another fetches its policy over TCP: the `TYD1` framing with two
-//! length-prefixed parts. Never a panic, never more than the limits allow.
+//! length-prefixed parts, then the memberships. Never a panic, never more than the limits
+//! allow.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -18,7 +19,13 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = data;
-    if let Ok((policy, signature)) = runtime().block_on(clusterd::transfer::receive(&mut input)) {
-        assert!(policy.len() + signature.len() + 12 <= data.len());
+    if let Ok(t) = runtime().block_on(clusterd::transfer::receive(&mut input)) {
+        let memberships: usize = t
+            .memberships
+            .iter()
+            .map(|m| m.bytes.len() + m.signature.len() + 10)
+            .sum();
+        assert!(t.policy.len() + t.signature.len() + 12 + memberships <= data.len());
+        assert!(t.memberships.len() <= clusterd::transfer::MAX_MEMBERSHIPS as usize);
     }
 });

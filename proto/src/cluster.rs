@@ -2,6 +2,7 @@
 //! node's own heartbeat, and an offer of a newer policy. JSON, one datagram each,
 //! size-limited both ways.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -84,16 +85,24 @@ pub struct Heartbeat {
     pub uptime_s: u64,
     pub load1: f64,
     pub mem_available_kb: u64,
+    /// The masters' memberships in force there: per master's node id, its serial. Absent
+    /// when there are none (so a node of a cluster without admission keys sends what older
+    /// versions read).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub memberships: BTreeMap<u16, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Message {
     Heartbeat(Heartbeat),
-    /// "I have this policy": the receiver fetches it if it is newer.
+    /// "I have this policy" (and these memberships): the receiver fetches them if any is
+    /// newer.
     Offer {
         serial: u64,
         digest: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        memberships: BTreeMap<u16, u64>,
     },
 }
 
@@ -173,6 +182,7 @@ mod tests {
             uptime_s: 1234,
             load1: 0.25,
             mem_available_kb: 123_456,
+            memberships: BTreeMap::new(),
         }
     }
 

@@ -102,6 +102,23 @@ pub enum Action {
     },
 }
 
+/// What a peer says it holds: its policy's serial and, per master, its membership's serial.
+/// It is ahead of this node if either is newer ([`Core::ahead`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holds {
+    pub serial: u64,
+    pub memberships: BTreeMap<u16, u64>,
+}
+
+impl Holds {
+    pub fn policy(serial: u64) -> Self {
+        Holds {
+            serial,
+            memberships: BTreeMap::new(),
+        }
+    }
+}
+
 /// What this node knows of one peer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Peer {
@@ -121,12 +138,14 @@ pub struct Core {
     peers: BTreeMap<NodeId, Peer>,
     serial: u64,
     digest: String,
-    /// Fetches under way: from whom, for which offered serial, since when.
-    fetching: BTreeMap<NodeId, (u64, Duration)>,
+    /// Per master, the serial of the membership in force here.
+    memberships: BTreeMap<u16, u64>,
+    /// Fetches under way: from whom, for what it said it holds, since when.
+    fetching: BTreeMap<NodeId, (Holds, Duration)>,
     /// Peers whose heartbeat showed a newer serial than this node's: pulled from one of them,
     /// chosen at random, at the next tick (if no offer has brought it by then), so that one
     /// node's heartbeat does not send every peer to fetch from that one node at once.
-    newer: BTreeMap<NodeId, u64>,
+    newer: BTreeMap<NodeId, Holds>,
     /// Peers whose fetched policy was refused (bad signature, rolled back, malformed): not
     /// fetched from again until this node's policy changes, so a hostile member offering a
     /// "newer" serial over and over costs one fetch, not one per offer.
@@ -150,6 +169,7 @@ impl Core {
             peers: BTreeMap::new(),
             serial: 0,
             digest: String::new(),
+            memberships: BTreeMap::new(),
             fetching: BTreeMap::new(),
             newer: BTreeMap::new(),
             spoiled: std::collections::BTreeSet::new(),
@@ -169,6 +189,59 @@ impl Core {
 
     pub fn peers(&self) -> &BTreeMap<NodeId, Peer> {
         &self.peers
+    }
+
+    /// Per master, the serial of the membership in force here.
+    pub fn memberships(&self) -> &BTreeMap<u16, u64> {
+        &self.memberships
+    }
+
+    /// Whether `h` holds a newer policy, or a newer membership of some master (one this
+    /// node has none of counts), than this node.
+    pub fn ahead(&self, h: &Holds) -> bool {
+        h.serial > self.serial || behind(&self.memberships, &h.memberships)
+    }
+
+    /// The memberships in force here changed (read from their files or fetched): a newer one
+    /// is offered to a few random peers at once, as a newer policy is.
+    pub fn memberships_in_force(
+        &mut self,
+        serials: BTreeMap<u16, u64>,
+        rng: &mut dyn RngCore,
+    ) -> Vec<Action> {
+        let newer = behind(&self.memberships, &serials);
+        self.memberships = serials;
+        self.forget_caught_up();
+        if newer { self.offer(rng) } else { Vec::new() }
+    }
+
+    /// Drops the peers known to be ahead that are no longer.
+    fn forget_caught_up(&mut self) {
+        let caught_up: Vec<NodeId> = self
+            .newer
+            .iter()
+            .filter(|(_, h)| !self.ahead(h))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in caught_up {
+            self.newer.remove(&id);
+        }
+    }
+
+    /// What this node holds, offered to up to [`FANOUT`] random peers.
+    fn offer(&self, rng: &mut dyn RngCore) -> Vec<Action> {
+        let offer = Message::Offer {
+            serial: self.serial,
+            digest: self.digest.clone(),
+            memberships: self.memberships.clone(),
+        };
+        self.random_peers(FANOUT, rng)
+            .into_iter()
+            .map(|to| Action::Send {
+                to,
+                msg: offer.clone(),
+            })
+            .collect()
     }
 
     /// A policy is in force here (at start, fetched, or put in place locally): the peers
@@ -199,7 +272,7 @@ impl Core {
                 damping: Damping::default(),
             });
         }
-        self.newer.retain(|_, s| *s > serial);
+        self.forget_caught_up();
         if newer {
             self.spoiled.clear();
             self.forks.clear();
@@ -207,17 +280,7 @@ impl Core {
         if !newer {
             return Vec::new();
         }
-        let offer = Message::Offer {
-            serial,
-            digest: digest.to_string(),
-        };
-        self.random_peers(FANOUT, rng)
-            .into_iter()
-            .map(|to| Action::Send {
-                to,
-                msg: offer.clone(),
-            })
-            .collect()
+        self.offer(rng)
     }
 
     /// Up to `k` distinct peers, chosen at random.
@@ -259,9 +322,9 @@ impl Core {
     /// A datagram from `from` (the node whose tunnel address sent it).
     pub fn receive(&mut self, from: NodeId, msg: Message, now: Duration) -> Vec<Action> {
         let mut out = Vec::new();
-        let Some(peer) = self.peers.get_mut(&from) else {
+        if !self.peers.contains_key(&from) {
             return out;
-        };
+        }
         match msg {
             Message::Heartbeat(hb) => {
                 if hb.node != from.get() {
@@ -269,11 +332,18 @@ impl Core {
                     self.impostors += 1;
                     return out;
                 }
-                if hb.serial > self.serial {
-                    self.newer.insert(from, hb.serial);
+                let holds = Holds {
+                    serial: hb.serial,
+                    memberships: hb.memberships.clone(),
+                };
+                if self.ahead(&holds) {
+                    self.newer.insert(from, holds);
                 }
                 let fork = (hb.serial == self.serial && hb.digest != self.digest)
                     .then(|| hb.digest.clone());
+                let Some(peer) = self.peers.get_mut(&from) else {
+                    return out;
+                };
                 peer.heard = Some(now);
                 peer.last = Some(hb);
                 out.extend(self.judge(from, now));
@@ -282,22 +352,33 @@ impl Core {
                 }
             }
             // Push: fetched at once.
-            Message::Offer { serial, .. } => out.extend(self.maybe_fetch(from, serial, now)),
+            Message::Offer {
+                serial,
+                memberships,
+                ..
+            } => out.extend(self.maybe_fetch(
+                from,
+                Holds {
+                    serial,
+                    memberships,
+                },
+                now,
+            )),
         }
         out
     }
 
-    fn maybe_fetch(&mut self, from: NodeId, serial: u64, now: Duration) -> Option<Action> {
-        if serial <= self.serial || self.spoiled.contains(&from) {
+    fn maybe_fetch(&mut self, from: NodeId, holds: Holds, now: Duration) -> Option<Action> {
+        if !self.ahead(&holds) || self.spoiled.contains(&from) {
             return None;
         }
         if self.fetching.contains_key(&from) || self.fetching.len() >= MAX_FETCHES {
             // Not dropped: tried when a fetch ends, or at the next tick.
-            let known = self.newer.entry(from).or_insert(serial);
-            *known = (*known).max(serial);
+            self.newer.insert(from, holds);
             return None;
         }
-        self.fetching.insert(from, (serial, now));
+        let serial = holds.serial;
+        self.fetching.insert(from, (holds, now));
         Some(Action::Fetch { from, serial })
     }
 
@@ -315,7 +396,8 @@ impl Core {
             return None;
         }
         self.forks.insert(digest);
-        self.fetching.insert(from, (self.serial, now));
+        self.fetching
+            .insert(from, (Holds::policy(self.serial), now));
         Some(Action::Fetch {
             from,
             serial: self.serial,
@@ -323,14 +405,17 @@ impl Core {
     }
 
     /// The fetch from `from` ended; on success the shell has called [`Core::policy_in_force`]
-    /// first. A peer that served something refused, timed out, or delivered an older serial
-    /// than it offered lied: it is not asked again until this node's policy changes. Returns
-    /// the next fetch, from another peer known to hold a newer policy, if a slot is free.
+    /// and [`Core::memberships_in_force`] first. A peer that served something refused, timed
+    /// out, or delivered an older serial than it offered, or left a membership it offered
+    /// newer than the one in force here, lied: it is not asked again until this node's
+    /// policy changes. Returns the next fetch, from another peer known to hold a newer
+    /// policy or membership, if a slot is free.
     pub fn fetch_done(&mut self, from: NodeId, result: Fetched, now: Duration) -> Option<Action> {
-        let offered = self.fetching.remove(&from).map(|(s, _)| s);
+        let offered = self.fetching.remove(&from).map(|(h, _)| h);
         let lied = match result {
             Fetched::Refused => true,
-            Fetched::Delivered { serial } => offered.is_some_and(|o| serial < o),
+            Fetched::Delivered { serial } => offered
+                .is_some_and(|o| serial < o.serial || behind(&self.memberships, &o.memberships)),
             Fetched::Network => false,
         };
         if lied {
@@ -355,16 +440,16 @@ impl Core {
             .newer
             .iter()
             .filter(|(k, _)| !self.fetching.contains_key(k) && !self.spoiled.contains(k))
-            .map(|(k, v)| (*k, *v))
+            .map(|(k, v)| (*k, v.serial))
             .collect();
-        let (from, serial) = match rng {
+        let (from, _) = match rng {
             Some(rng) if !holders.is_empty() => {
                 holders[(rng.next_u64() % holders.len() as u64) as usize]
             }
             _ => holders.iter().copied().max_by_key(|(_, s)| *s)?,
         };
-        self.newer.remove(&from);
-        self.maybe_fetch(from, serial, now)
+        let holds = self.newer.remove(&from)?;
+        self.maybe_fetch(from, holds, now)
     }
 
     /// Quarantine or readmit `id` on what it last said.
@@ -461,6 +546,14 @@ impl Core {
     }
 }
 
+/// Whether `theirs` has a membership newer than `mine` has of the same master (or one of a
+/// master `mine` has none of).
+fn behind(mine: &BTreeMap<u16, u64>, theirs: &BTreeMap<u16, u64>) -> bool {
+    theirs
+        .iter()
+        .any(|(m, s)| mine.get(m).is_none_or(|have| s > have))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +612,7 @@ mod tests {
             uptime_s: 1,
             load1: 0.0,
             mem_available_kb: 1,
+            memberships: BTreeMap::new(),
         }
     }
 
@@ -530,6 +624,60 @@ mod tests {
         let mut c = Core::new(cfg());
         c.policy_in_force(cfg(), 5, "d", &members(n), secs(0), &mut Counter(1));
         c
+    }
+
+    /// Issue 28: a master's membership reaches every member the way a policy does, and a
+    /// member lying about one costs one fetch. Steps: at the same policy serial, a peer's
+    /// heartbeat names master 1's membership at serial 3 (this node has none): it is pulled
+    /// at the next tick. The peer serves nothing newer: it is not asked again (its offers
+    /// start nothing). Another peer offers it: fetched; taken here, it is offered on to a
+    /// few peers, with the policy's serial; an offer of what this node holds starts nothing.
+    #[test]
+    fn a_newer_membership_is_fetched_and_a_peer_that_does_not_serve_it_is_not_asked_again() {
+        let mut c = core(6);
+        let mut rng = Counter(7);
+        let newer: BTreeMap<u16, u64> = [(1, 3)].into();
+        let mut h = hb(2, Integrity::Verifying, "b2");
+        h.memberships = newer.clone();
+        let _ = c.receive(id(2), Message::Heartbeat(h), secs(1));
+        let fetches: Vec<Action> = c
+            .tick(&hb(1, Integrity::Verifying, "b1"), secs(1), &mut rng)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Fetch { .. }))
+            .collect();
+        assert_eq!(
+            fetches,
+            [Action::Fetch {
+                from: id(2),
+                serial: 5
+            }]
+        );
+        let _ = c.fetch_done(id(2), Fetched::Delivered { serial: 5 }, secs(2));
+        assert!(c.spoiled(id(2)), "served no membership it named: a lie");
+        let offer = Message::Offer {
+            serial: 5,
+            digest: "d".into(),
+            memberships: newer.clone(),
+        };
+        assert!(c.receive(id(2), offer.clone(), secs(3)).is_empty());
+        assert_eq!(
+            c.receive(id(3), offer.clone(), secs(3)),
+            [Action::Fetch {
+                from: id(3),
+                serial: 5
+            }]
+        );
+        let sent = c.memberships_in_force(newer.clone(), &mut rng);
+        assert_eq!(sent.len(), FANOUT);
+        assert!(sent.iter().all(|a| matches!(a,
+            Action::Send { msg: Message::Offer { serial: 5, memberships, .. }, .. } if *memberships == newer)));
+        let _ = c.fetch_done(id(3), Fetched::Delivered { serial: 5 }, secs(4));
+        assert!(!c.spoiled(id(3)));
+        assert!(c.receive(id(4), offer, secs(5)).is_empty(), "held already");
+        assert!(
+            c.memberships_in_force(newer, &mut rng).is_empty(),
+            "nothing newer"
+        );
     }
 
     /// Attack (two masters admitting at once, issue 26 #10): both signed serial 12; one
@@ -623,6 +771,7 @@ mod tests {
         let offer = Message::Offer {
             serial: 9,
             digest: "f".into(),
+            memberships: BTreeMap::new(),
         };
         assert_eq!(
             c.receive(id(4), offer, secs(3)),
@@ -646,6 +795,7 @@ mod tests {
         let offer = |serial| Message::Offer {
             serial,
             digest: "x".into(),
+            memberships: BTreeMap::new(),
         };
         assert_eq!(
             c.receive(id(2), offer(99), secs(1)),
@@ -692,6 +842,7 @@ mod tests {
         let offer = |serial| Message::Offer {
             serial,
             digest: "x".into(),
+            memberships: BTreeMap::new(),
         };
         for p in 2..2 + MAX_FETCHES as u16 {
             assert_eq!(c.receive(id(p), offer(20), secs(1)).len(), 1);
@@ -715,6 +866,7 @@ mod tests {
         let offer = |serial| Message::Offer {
             serial,
             digest: "x".into(),
+            memberships: BTreeMap::new(),
         };
         assert_eq!(
             c.receive(id(2), offer(9), secs(1)),

@@ -72,9 +72,9 @@ enum FetchFailure {
 }
 
 /// A finished fetch: from whom, and the files or why not.
-type Fetched = (NodeId, Result<(Vec<u8>, Vec<u8>), FetchFailure>);
+type Fetched = (NodeId, Result<transfer::Transfer, FetchFailure>);
 
-async fn fetch(addr: SocketAddr) -> Result<(Vec<u8>, Vec<u8>), FetchFailure> {
+async fn fetch(addr: SocketAddr) -> Result<transfer::Transfer, FetchFailure> {
     let mut s = tokio::time::timeout(transfer::TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| FetchFailure::Network("connect timed out".into()))?
@@ -93,7 +93,7 @@ struct Sockets {
 
 /// Binds on this node's first tunnel address (configured by netguard: retried until there).
 async fn bind(node: &Node) -> Option<Sockets> {
-    let p = node.policy()?;
+    let p = node.effective()?;
     let me = p.node_by_key(&node.me)?;
     let addr = *me.addresses.first()?;
     let port = p.distribution.port;
@@ -213,12 +213,14 @@ fn serve_policy(
         node.dropped += 1;
         return;
     };
+    let memberships = node.membership_parts();
     let Ok(permit) = serving.clone().try_acquire_owned() else {
         return; // busy: the peer retries at its next heartbeat
     };
     tokio::spawn(async move {
         let _permit = permit;
-        let _ = transfer::send(&mut stream, &files.files().policy, &files.files().signature).await;
+        let f = files.files();
+        let _ = transfer::send(&mut stream, &f.policy, &f.signature, &memberships).await;
     });
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use policy::{
-    Accepted, NodeId, Outcome, Policy, PolicyInForce, SignedFiles, TrustedKeys, Verified,
-    WgPublicKey,
+    Effective, MembershipEvent, NodeId, Outcome, Policy, PolicyInForce, SignedFiles, TrustedKeys,
+    Verified, WgPublicKey,
 };
 use proto::quarantine::{QuarantineList, Quarantined};
 use tracing::{debug, error, info, warn};
@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::core::{Action, Config as CoreConfig, Core, Fetched as FetchResult};
 use crate::policy_file::{self, OnDisk, Written};
 use crate::probe::{CertaintyFacts, Facts};
+use crate::transfer::{MembershipPart, Transfer};
 use crate::view;
 use proto::cluster::Heartbeat;
 
@@ -121,8 +122,12 @@ impl Node {
     pub(super) fn take_fetched(
         &mut self,
         from: NodeId,
-        result: Result<(Vec<u8>, Vec<u8>), FetchFailure>,
+        result: Result<Transfer, FetchFailure>,
     ) -> Vec<Action> {
+        let (result, memberships) = match result {
+            Ok(t) => (Ok((t.policy, t.signature)), t.memberships),
+            Err(e) => (Err(e), Vec::new()),
+        };
         let files = match self.verify_fetched(from, result) {
             Ok(files) => files,
             Err(failed) => {
@@ -165,6 +170,8 @@ impl Node {
         if !kept || self.core.serial() < served {
             actions.extend(self.accept(files, from));
         }
+        // Under the policy now in force: the memberships it brought.
+        actions.extend(self.take_memberships(from, memberships));
         // Verified but not taken here (rolled back, replayed, another cluster): a lie. The
         // policy this node took meanwhile from elsewhere (or the file it kept) is not, unless
         // it is older than the serial the peer offered.
@@ -292,10 +299,131 @@ impl Node {
         self.in_force.current().map(|f| f.verified())
     }
 
-    /// Reads the policy file if it changed; adopts it if it is acceptable and new here.
+    /// The node map in force: the policy and the masters' memberships.
+    pub(super) fn effective(&self) -> Option<&Arc<Effective>> {
+        self.in_force.effective()
+    }
+
+    /// Reads the policy file if it changed; adopts it if it is acceptable and new here. Then
+    /// the memberships beside it.
     pub(super) fn poll_policy_file(&mut self) -> Vec<Action> {
         let outcome = self.in_force.poll(Timestamp::now());
-        self.took(outcome, Source::File)
+        let mut actions = self.took(outcome, Source::File);
+        let events = self.in_force.read_memberships(Timestamp::now());
+        actions.extend(self.memberships_changed(events, Source::File));
+        actions
+    }
+
+    /// The memberships a fetch from `from` brought: each verified under the policy in force
+    /// and put in force if it is newer here, then written beside the policy (unless the file
+    /// holds one as new: the master's joind may just have written it).
+    fn take_memberships(&mut self, from: NodeId, parts: Vec<MembershipPart>) -> Vec<Action> {
+        let mut events = Vec::new();
+        for part in parts {
+            let Some(master) = NodeId::new(part.master) else {
+                continue;
+            };
+            let origin = format!(
+                "the membership of master {master} fetched from node {}",
+                from.get()
+            );
+            let event = self.in_force.offer_membership(
+                master,
+                part.bytes,
+                part.signature,
+                &origin,
+                Timestamp::now(),
+            );
+            if let Some(MembershipEvent::Accepted { serial, .. }) = &event {
+                self.write_membership(master, *serial);
+            }
+            events.extend(event);
+        }
+        self.memberships_changed(events, Source::Peer(from))
+    }
+
+    /// Writes master `master`'s membership in force (of `serial`) beside the policy.
+    fn write_membership(&self, master: NodeId, serial: u64) {
+        let (Some(m), Some(key)) = (
+            self.in_force.memberships().of(master),
+            self.policy()
+                .and_then(|p| p.admission_of(master))
+                .map(|a| a.key),
+        ) else {
+            return;
+        };
+        let path = policy::membership::membership_path(&self.cfg.policy, master);
+        match policy_file::write_membership_if_newer(&path, &m.bytes, &m.signature, serial, &key) {
+            Ok(true) => {}
+            Ok(false) => debug!(
+                master = master.get(),
+                serial, "the membership file is as new; kept"
+            ),
+            Err(e) => {
+                error!(master = master.get(), reason = %e, "cannot write the fetched membership")
+            }
+        }
+    }
+
+    /// Logs what reading or being offered memberships did; if the node map in force changed,
+    /// the core follows it and a newer membership is offered to a few peers.
+    fn memberships_changed(&mut self, events: Vec<MembershipEvent>, source: Source) -> Vec<Action> {
+        let mut changed = false;
+        for event in events {
+            match event {
+                MembershipEvent::Accepted {
+                    master,
+                    serial,
+                    nodes,
+                } => {
+                    info!(%source, master = master.get(), serial, nodes, "membership accepted");
+                    changed = true;
+                }
+                MembershipEvent::Refused {
+                    reason,
+                    first: true,
+                    origin,
+                    ..
+                } => warn!(origin = %origin, reason = %reason,
+                    "membership refused; that master's last accepted membership stays in force"),
+                MembershipEvent::Refused { reason, .. } => {
+                    debug!(reason = %reason, "membership still refused")
+                }
+                MembershipEvent::Dropped(d) => {
+                    warn!(master = d.master.get(), serial = d.serial, reason = %d.reason,
+                        "membership dropped with its nodes: the policy in force no longer allows it");
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return Vec::new();
+        }
+        let mut actions = self.adopt();
+        let serials = self
+            .effective()
+            .map(|e| {
+                e.membership_serials()
+                    .iter()
+                    .map(|(m, s)| (m.get(), *s))
+                    .collect()
+            })
+            .unwrap_or_default();
+        actions.extend(self.core.memberships_in_force(serials, &mut self.rng));
+        actions
+    }
+
+    /// The memberships in force, as a transfer carries them.
+    pub(super) fn membership_parts(&self) -> Vec<MembershipPart> {
+        self.in_force
+            .memberships()
+            .iter()
+            .map(|(master, m)| MembershipPart {
+                master: master.get(),
+                bytes: m.bytes.clone(),
+                signature: m.signature.clone(),
+            })
+            .collect()
     }
 
     /// A verified policy from a peer: through the rollback store, then in force.
@@ -313,7 +441,7 @@ impl Node {
             } => {
                 info!(%source, cluster = %policy.cluster.name, serial = policy.cluster.serial,
                     signer = %policy.signer().key_id(), "policy accepted");
-                self.adopt(policy)
+                self.adopt()
             }
             Outcome::Accepted { .. } | Outcome::Unread => Vec::new(),
             Outcome::Refused { reason, first } => {
@@ -332,10 +460,14 @@ impl Node {
         }
     }
 
-    /// Makes `files` the policy in force: the map, the addresses, the core's peers.
-    pub(super) fn adopt(&mut self, policy: Arc<Accepted>) -> Vec<Action> {
+    /// Makes the node map in force (the policy and the memberships) this node's: the map,
+    /// the addresses, the core's peers.
+    pub(super) fn adopt(&mut self) -> Vec<Action> {
         let now = Timestamp::now();
-        let v = policy.verified();
+        let Some(effective) = self.effective().cloned() else {
+            return Vec::new();
+        };
+        let v: &Policy = &effective;
         let me = v.node_by_key(&self.me).filter(|n| n.is_live(now));
         self.my_id = me.map(|n| n.id);
         self.my_name = me.map(|n| n.name.clone()).unwrap_or_default();
@@ -363,7 +495,7 @@ impl Node {
         };
         let core_cfg =
             CoreConfig::from_policy(self.my_id.unwrap_or(NodeId::MIN), &v.distribution, &v.nodes);
-        let (serial, digest) = (v.cluster.serial, v.digest_hex());
+        let (serial, digest) = (v.cluster.serial, effective.accepted().digest_hex());
         let elapsed = self.now();
         let actions =
             self.core
@@ -407,6 +539,7 @@ impl Node {
             uptime_s: facts.uptime_s,
             load1: facts.load1,
             mem_available_kb: facts.mem_available_kb,
+            memberships: self.core.memberships().clone(),
         })
     }
 

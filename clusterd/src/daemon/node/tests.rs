@@ -136,6 +136,7 @@ fn heartbeat(node: u16, integrity: Integrity, boot: &str, digest: &str) -> Heart
         uptime_s: 1,
         load1: 0.0,
         mem_available_kb: 1,
+        memberships: Default::default(),
     }
 }
 
@@ -166,8 +167,12 @@ fn a_fetched_policy_never_overwrites_the_same_serial_joind_just_wrote() {
         }
         let b = policy_text(12, "admitted by the other master");
         let sig_b = policy::sign(b.as_bytes(), &operator());
-        let (_, log) =
-            logged(|| node.take_fetched(id(2), Ok((b.clone().into_bytes(), sig_b.into_bytes()))));
+        let (_, log) = logged(|| {
+            node.take_fetched(
+                id(2),
+                Ok(transfer(b.clone().into_bytes(), sig_b.into_bytes())),
+            )
+        });
         let case = if poll_sees_it { "poll" } else { "no poll" };
         assert_eq!(std::fs::read_to_string(&path).unwrap(), a, "{case}: {log}");
         assert_eq!(
@@ -209,7 +214,10 @@ fn a_fetched_policy_never_overwrites_the_same_serial_joind_just_wrote() {
         // A higher serial is written over it.
         let c = policy_text(13, "both admissions");
         let sig_c = policy::sign(c.as_bytes(), &operator());
-        node.take_fetched(id(2), Ok((c.clone().into_bytes(), sig_c.into_bytes())));
+        node.take_fetched(
+            id(2),
+            Ok(transfer(c.clone().into_bytes(), sig_c.into_bytes())),
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), c, "{case}");
         assert_eq!(node.core.serial(), 13, "{case}");
     }
@@ -259,4 +267,13 @@ fn a_flapping_member_costs_the_daemon_one_flapping_line_and_few_list_writes() {
         line.contains("node=2") && line.contains("hold_s=30") && line.contains("quarantines=3"),
         "{line}"
     );
+}
+
+/// A fetched policy with no memberships.
+fn transfer(policy: Vec<u8>, signature: Vec<u8>) -> crate::transfer::Transfer {
+    crate::transfer::Transfer {
+        policy,
+        signature,
+        memberships: Vec::new(),
+    }
 }
