@@ -12,13 +12,15 @@ fn from_heartbeat(h: &Heartbeat) -> (Option<u64>, Option<Integrity>) {
     (Some(h.serial), Some(h.integrity))
 }
 
-/// The view from `core` at `now`; `mine` is this node's own heartbeat.
+/// The view from `core` at `now`; `mine` is this node's own heartbeat; `admitted_by`: the
+/// master whose membership lists a node.
 pub fn of(
     core: &Core,
     cluster: &str,
     mine: &Heartbeat,
     my_name: &str,
     now: Duration,
+    admitted_by: &dyn Fn(u16) -> Option<u16>,
 ) -> ClusterView {
     let reach = core.config().quarantine_after;
     let mut nodes: Vec<NodeView> = core
@@ -53,6 +55,7 @@ pub fn of(
                         q.reason.to_string()
                     }
                 }),
+                admitted_by: admitted_by(id.get()),
             }
         })
         .collect();
@@ -72,6 +75,7 @@ pub fn of(
         load1: Some(mine.load1),
         mem_available_kb: Some(mine.mem_available_kb),
         quarantined: None,
+        admitted_by: admitted_by(mine.node),
     });
     ClusterView {
         schema: SCHEMA,

@@ -140,6 +140,9 @@ fn a_compromised_masters_forgeries_are_refused_on_every_member() {
             i + 1
         );
     }
+    // `tyd status --cluster` says which master admitted d5.
+    let (_, status) = lab::tyd_cluster_status(&lab, 1);
+    assert!(status.contains("d5 (by master 1)"), "{status}");
 
     // d1 compromised: its clusterd replaced by the forger.
     let clusterd = lab.members[0].children.last_mut().unwrap();

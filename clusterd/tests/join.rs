@@ -43,6 +43,22 @@ fn init_d1(lab: &Lab, extra: &[&str]) -> (String, String) {
     join_line(&out)
 }
 
+/// Member `i`'s node id: d1 is node 1 (`tyd init`), the others are admitted by d1's
+/// admission key, from its ids 100-199 in turn.
+fn node_id(i: usize) -> usize {
+    if i == 0 { 1 } else { 99 + i }
+}
+
+/// Member `i`'s tunnel address: d1's is 10.77.0.1, the others' come from the admission
+/// key's block, 10.77.0.128/26, in turn.
+fn tun(i: usize) -> String {
+    if i == 0 {
+        "10.77.0.1".into()
+    } else {
+        format!("10.77.0.{}", 128 + i)
+    }
+}
+
 #[test]
 fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
     if !root_or_skip("tyd_init_then_joins_direct_and_relayed_make_a_working_cluster") {
@@ -53,6 +69,12 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
     let (token, fingerprint) = init_d1(&lab, &["--uses", "5"]);
     let d1 = dir(&lab, 0);
     let tokens = format!("{d1}/tokens.json");
+    // The operator takes the operator key off the master, as `tyd init` tells it to: the
+    // master admits with its admission key alone, and never signs the policy.
+    let operator_key = lab.members[0].dir.join("operator.key");
+    let _offline = std::fs::read(&operator_key).unwrap();
+    std::fs::remove_file(&operator_key).unwrap();
+    let policy_before = lab.file(0, "cluster.toml");
     lab.start(0);
     lab.start_joind(0, true);
     for i in 0..n {
@@ -178,7 +200,7 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
             );
         }
         assert!(
-            out.contains(&format!("as node {} (d{})", i + 1, i + 1)),
+            out.contains(&format!("as node {} (d{})", node_id(i), i + 1)),
             "{out}"
         );
         lab.start(i);
@@ -189,8 +211,8 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
             Duration::from_secs(20),
             || {
                 (0..i).all(|j| {
-                    lab.tcp_ok(i, &format!("10.77.0.{}:4660", j + 1))
-                        && lab.tcp_ok(j, &format!("10.77.0.{}:4660", i + 1))
+                    lab.tcp_ok(i, &format!("{}:4660", tun(j)))
+                        && lab.tcp_ok(j, &format!("{}:4660", tun(i)))
                 })
             },
         );
@@ -214,22 +236,36 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
     let (_, list, _) = lab.tyd_in(0, &["token", "list", "--tokens", &tokens]);
     assert!(list.contains("3/5"), "{list}");
 
+    // Three admissions and no policy signed: they are in d1's membership.
+    assert_eq!(lab.file(0, "cluster.toml"), policy_before);
+    assert!(
+        lab.file(0, "membership-1.toml").contains("name = \"d4\""),
+        "{}",
+        lab.file(0, "membership-1.toml")
+    );
+
     // d4 leaves: the master removes it, every other member drops it, and it is cut off.
     let t = Instant::now();
     let (code, out, err) = lab.tyd_in(3, &["leave", "--dir", &dir(&lab, 3)]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("node 4 (d4) removed"), "{out}");
+    assert!(out.contains("node 102 (d4) removed"), "{out}");
     wait_for("d4 dropped by d1-d3", Duration::from_secs(10), || {
-        (0..3).all(|i| lab.file(i, "netguard.log").contains("node 4 (d4) removed"))
+        (0..3).all(|i| {
+            lab.file(i, "netguard.log")
+                .contains("node 102 (d4) removed")
+        })
     });
     eprintln!(
         "d4 left: dropped by every member after {} ms",
         t.elapsed().as_millis()
     );
     wait_for("d4 cut off", Duration::from_secs(5), || {
-        !lab.tcp_ok(3, "10.77.0.1:4660") && !lab.tcp_ok(0, "10.77.0.4:4660")
+        !lab.tcp_ok(3, "10.77.0.1:4660") && !lab.tcp_ok(0, &format!("{}:4660", tun(3)))
     });
-    assert!(lab.tcp_ok(1, "10.77.0.3:4660"), "d2 -> d3 after d4 left");
+    assert!(
+        lab.tcp_ok(1, &format!("{}:4660", tun(2))),
+        "d2 -> d3 after d4 left"
+    );
     // Leaving again: it is no member now.
     let (code, _, err) = lab.tyd_in(3, &["leave", "--dir", &dir(&lab, 3)]);
     assert_ne!(code, 0, "{err}");
@@ -297,7 +333,7 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("as node 4 (d4)"),
+        String::from_utf8_lossy(&out.stdout).contains("as node 102 (d4)"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

@@ -34,6 +34,10 @@ pub enum JoinAnswer {
         policy: String,
         signature: String,
         operator_key: String,
+        /// The masters' memberships in force (a cluster with admission keys: the joiner may
+        /// be listed in one of them, not in the policy). Absent before admission keys.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        memberships: Vec<MembershipText>,
     },
     Refused {
         reason: String,
@@ -43,6 +47,15 @@ pub enum JoinAnswer {
     Later {
         reason: String,
     },
+}
+
+/// One master's signed membership, as a join answer carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipText {
+    pub master: u16,
+    pub membership: String,
+    pub signature: String,
 }
 
 /// Why a request is refused (told to the joiner, inside the channel).
@@ -158,6 +171,7 @@ pub fn decide(
     seen: Option<std::net::IpAddr>,
     roles: &[Role],
     replace: Option<&Replaceable>,
+    pool: Option<&policy::model::Admission>,
 ) -> Result<Admission, Refusal> {
     let key: WgPublicKey = req.public_key.parse().map_err(|_| Refusal::BadKey)?;
     if let Some(node) = policy.node_by_key(&key) {
@@ -178,7 +192,10 @@ pub fn decide(
             return Err(Refusal::NameTaken(policy::parse::shown(name)));
         }
     }
-    let (id, addresses) = free_id(policy)?;
+    let (id, addresses) = match pool {
+        None => free_id(policy)?,
+        Some(pool) => free_in_pool(policy, pool)?,
+    };
     let mut name = req.name.clone().unwrap_or_else(|| format!("node{id}"));
     if policy.nodes.iter().any(|n| n.name == name) {
         name = format!(
@@ -267,6 +284,35 @@ fn free_id(policy: &Policy) -> Result<(NodeId, Vec<std::net::IpAddr>), Refusal> 
         .ok_or(Refusal::Full)
 }
 
+/// For a master admitting with an admission key: the first id of its range no node has, and
+/// for each address family it has networks of, the first address in them no node has.
+fn free_in_pool(
+    policy: &Policy,
+    pool: &policy::model::Admission,
+) -> Result<(NodeId, Vec<std::net::IpAddr>), Refusal> {
+    let id = pool
+        .ids
+        .iter()
+        .find(|id| policy.node_by_id(*id).is_none())
+        .ok_or(Refusal::Full)?;
+    let taken = |a: &std::net::IpAddr| policy.nodes.iter().any(|n| n.addresses.contains(a));
+    // One address of each family the key has networks of: the first free one among them.
+    let mut addresses = Vec::new();
+    for v4 in [true, false] {
+        let mut nets = pool
+            .addresses
+            .iter()
+            .filter(|n| n.addr().is_ipv4() == v4)
+            .peekable();
+        if nets.peek().is_none() {
+            continue;
+        }
+        let free = nets.find_map(|net| net.hosts().find(|a| !taken(a)));
+        addresses.push(free.ok_or(Refusal::Full)?);
+    }
+    Ok((id, addresses))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,7 +346,7 @@ mod tests {
     fn a_new_node_gets_the_lowest_free_id_its_addresses_and_its_name() {
         let p = policy_with(&[(1, "master", 1), (3, "c", 3)]);
         let seen = Some("198.18.0.9".parse().unwrap());
-        match decide(&p, &req(9, Some("web-1")), seen, &[Role::Drone], None).unwrap() {
+        match decide(&p, &req(9, Some("web-1")), seen, &[Role::Drone], None, None).unwrap() {
             Admission::Add(n) => {
                 assert_eq!(n.id.get(), 2);
                 assert_eq!(n.name, "web-1");
@@ -314,7 +360,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match decide(&p, &req(9, None), None, &[Role::Drone], None).unwrap() {
+        match decide(&p, &req(9, None), None, &[Role::Drone], None, None).unwrap() {
             Admission::Add(n) => assert_eq!(n.name, "node2"),
             other => panic!("{other:?}"),
         }
@@ -324,7 +370,7 @@ mod tests {
     fn a_retry_with_a_known_key_changes_nothing() {
         let p = policy_with(&[(1, "master", 1), (2, "b", 2)]);
         assert_eq!(
-            decide(&p, &req(2, Some("other")), None, &[Role::Drone], None).unwrap(),
+            decide(&p, &req(2, Some("other")), None, &[Role::Drone], None, None).unwrap(),
             Admission::Already {
                 id: NodeId::new(2).unwrap(),
                 name: "b".into()
@@ -336,23 +382,30 @@ mod tests {
     fn claims_on_another_nodes_name_or_a_foreign_endpoint_are_refused() {
         let p = policy_with(&[(1, "master", 1)]);
         assert_eq!(
-            decide(&p, &req(9, Some("master")), None, &[Role::Drone], None),
+            decide(
+                &p,
+                &req(9, Some("master")),
+                None,
+                &[Role::Drone],
+                None,
+                None
+            ),
             Err(Refusal::NameTaken("\"master\"".into()))
         );
         assert!(matches!(
-            decide(&p, &req(9, Some("a b")), None, &[Role::Drone], None),
+            decide(&p, &req(9, Some("a b")), None, &[Role::Drone], None, None),
             Err(Refusal::BadName(_))
         ));
         let elsewhere = Some("198.18.0.50".parse().unwrap());
         assert!(matches!(
-            decide(&p, &req(9, None), elsewhere, &[Role::Drone], None),
+            decide(&p, &req(9, None), elsewhere, &[Role::Drone], None, None),
             Err(Refusal::EndpointMismatch { .. })
         ));
         // A new key at an address the map already has (a drone rebooted): refused, named.
         let mut again = req(9, None);
         again.endpoint = "198.18.0.1:40000".parse().unwrap();
         assert_eq!(
-            decide(&p, &again, None, &[Role::Drone], None),
+            decide(&p, &again, None, &[Role::Drone], None, None),
             Err(Refusal::EndpointTaken {
                 endpoint: "198.18.0.1:51820".into(),
                 node: 1
@@ -361,7 +414,7 @@ mod tests {
         let mut bad = req(9, None);
         bad.public_key = "not a key".into();
         assert_eq!(
-            decide(&p, &bad, None, &[Role::Drone], None),
+            decide(&p, &bad, None, &[Role::Drone], None, None),
             Err(Refusal::BadKey)
         );
     }
@@ -375,12 +428,12 @@ mod tests {
         let mut r = Replaceable::default();
         r.ephemeral.insert((id(2), key(2)));
         // Still heard: retry later.
-        let busy = decide(&p, &back, None, &[Role::Drone], Some(&r)).unwrap_err();
+        let busy = decide(&p, &back, None, &[Role::Drone], Some(&r), None).unwrap_err();
         assert!(busy.is_temporary(), "{busy}");
         // Lost: the entry gets the new key, keeping its id and name.
         r.lost.insert(id(2));
         assert_eq!(
-            decide(&p, &back, None, &[Role::Drone], Some(&r)),
+            decide(&p, &back, None, &[Role::Drone], Some(&r), None),
             Ok(Admission::Replace {
                 id: id(2),
                 name: "node2".into(),
@@ -389,21 +442,21 @@ mod tests {
         );
         // A token that is not ephemeral never replaces.
         assert!(matches!(
-            decide(&p, &back, None, &[Role::Drone], None),
+            decide(&p, &back, None, &[Role::Drone], None, None),
             Err(Refusal::EndpointTaken { node: 2, .. })
         ));
         // Node 3 was not admitted as ephemeral: lost or not, never replaced.
         r.lost.insert(id(3));
         let mut other = back.clone();
         other.endpoint = "198.18.0.3:51820".parse().unwrap();
-        let refused = decide(&p, &other, None, &[Role::Drone], Some(&r)).unwrap_err();
+        let refused = decide(&p, &other, None, &[Role::Drone], Some(&r), None).unwrap_err();
         assert!(!refused.is_temporary());
         // Ephemeral under another key (the id was reused by a later, ordinary join): never.
         let mut r2 = Replaceable::default();
         r2.ephemeral.insert((id(2), key(7)));
         r2.lost.insert(id(2));
         assert!(matches!(
-            decide(&p, &back, None, &[Role::Drone], Some(&r2)),
+            decide(&p, &back, None, &[Role::Drone], Some(&r2), None),
             Err(Refusal::EndpointTaken { .. })
         ));
     }
@@ -424,7 +477,7 @@ mod tests {
         }
         let p = policy::parse_policy("test", t.as_bytes(), Timestamp::now()).unwrap();
         assert_eq!(
-            decide(&p, &req(9, None), None, &[Role::Drone], None),
+            decide(&p, &req(9, None), None, &[Role::Drone], None, None),
             Err(Refusal::Full)
         );
     }
@@ -454,7 +507,7 @@ mod tests {
             r.endpoint = bad.parse().unwrap();
             assert!(
                 matches!(
-                    decide(&p, &r, None, &[Role::Drone], None),
+                    decide(&p, &r, None, &[Role::Drone], None, None),
                     Err(Refusal::BadEndpoint { .. })
                 ),
                 "{bad} was accepted"
@@ -463,7 +516,7 @@ mod tests {
         let mut r = req(9, None);
         r.endpoint = "[::ffff:198.18.0.2]:51820".parse().unwrap();
         assert!(matches!(
-            decide(&p, &r, None, &[Role::Drone], None),
+            decide(&p, &r, None, &[Role::Drone], None, None),
             Err(Refusal::EndpointTaken { node: 2, .. })
         ));
         // A mapped spelling of the address it came from is that address.
@@ -474,6 +527,7 @@ mod tests {
             &r,
             Some("198.18.0.9".parse().unwrap()),
             &[Role::Drone],
+            None,
             None,
         ) {
             Ok(Admission::Add(n)) => {
@@ -488,6 +542,7 @@ mod tests {
                 &req(9, None),
                 Some("198.18.0.77".parse().unwrap()),
                 &[Role::Drone],
+                None,
                 None
             ),
             Err(Refusal::EndpointMismatch { .. })

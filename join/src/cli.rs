@@ -23,9 +23,14 @@ pub struct Args {
     /// This node's WireGuard private key: who this node is in the map.
     #[arg(long, default_value = proto::paths::NODE_KEY)]
     pub key: PathBuf,
-    /// The operator's signing key: this node is a master and admits joins itself.
-    #[arg(long)]
+    /// The operator's signing key: this node is a master and admits joins itself, signing
+    /// the policy (clusters without admission keys).
+    #[arg(long, conflicts_with = "admission_key")]
     pub operator_key: Option<PathBuf>,
+    /// This master's admission key: it admits joins within the limits the policy gives the
+    /// key, signing only its membership (`tyd init` writes /etc/tyd/admission.key).
+    #[arg(long)]
+    pub admission_key: Option<PathBuf>,
     /// joind's own anti-rollback state: the last accepted serial and digest (joind takes a
     /// policy in force only through it, as netguard and clusterd do).
     #[arg(long, default_value = proto::paths::JOIND_STATE)]

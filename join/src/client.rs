@@ -83,6 +83,10 @@ pub struct Joined {
     pub policy: String,
     pub signature: String,
     pub operator_key: OperatorPublicKey,
+    /// The masters' memberships in force, each verified under the policy.
+    pub memberships: Vec<crate::admit::MembershipText>,
+    /// This node's roles, as the policy or a membership lists it.
+    pub roles: Vec<policy::Role>,
 }
 
 pub fn join(
@@ -172,7 +176,7 @@ pub fn check(
     public_key: &WgPublicKey,
     now: Timestamp,
 ) -> Result<Joined, JoinError> {
-    let (node, name, policy_text, signature, operator_key) = match answer {
+    let (node, name, policy_text, signature, operator_key, memberships) = match answer {
         JoinAnswer::Refused { reason } => return Err(JoinError::Refused(reason)),
         JoinAnswer::Later { reason } => return Err(JoinError::Later(reason)),
         JoinAnswer::Accepted {
@@ -181,7 +185,8 @@ pub fn check(
             policy,
             signature,
             operator_key,
-        } => (node, name, policy, signature, operator_key),
+            memberships,
+        } => (node, name, policy, signature, operator_key, memberships),
     };
     let trust =
         TrustedKeys::parse(&operator_key).map_err(|e| JoinError::Malformed(e.to_string()))?;
@@ -203,12 +208,30 @@ pub fn check(
         now,
     )
     .map_err(|e| JoinError::BadPolicy(e.to_string()))?;
-    let listed = verified
-        .node_by_key(public_key)
-        .is_some_and(|n| n.id.get() == node);
-    if !listed {
-        return Err(JoinError::NotListed(node));
+    // Each membership checked as a member checks it: signed by its master's admission key,
+    // within the key's limits, apart from every other node.
+    let mut in_force = policy::membership::MembershipsInForce::default();
+    let mut store = policy::membership::MembershipStore::in_memory();
+    for m in &memberships {
+        let master = policy::NodeId::new(m.master)
+            .ok_or_else(|| JoinError::BadPolicy(format!("membership of master {}", m.master)))?;
+        in_force
+            .offer(
+                &verified,
+                &mut store,
+                master,
+                &format!("the membership of master {master}"),
+                m.membership.clone().into_bytes(),
+                m.signature.clone().into_bytes(),
+                now,
+            )
+            .map_err(|e| JoinError::BadPolicy(format!("membership of master {master}: {e}")))?;
     }
+    let roles = in_force
+        .nodes(&verified)
+        .find(|n| &n.public_key == public_key && n.id.get() == node)
+        .map(|n| n.roles.clone())
+        .ok_or(JoinError::NotListed(node))?;
     Ok(Joined {
         node,
         name,
@@ -217,6 +240,8 @@ pub fn check(
         policy: policy_text,
         signature,
         operator_key: key,
+        memberships,
+        roles,
     })
 }
 

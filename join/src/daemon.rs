@@ -102,7 +102,7 @@ impl Node {
 
     /// Whether `ip` is a member's tunnel address (a relay, or a member leaving).
     fn is_member(&self, ip: IpAddr) -> bool {
-        self.policy()
+        crate::service::effective_in_force(&self.in_force, Timestamp::now())
             .is_some_and(|p| p.nodes.iter().any(|n| n.addresses.contains(&ip)))
     }
 
@@ -255,9 +255,18 @@ fn start(args: Args) -> Result<(Node, TcpListener, UdpSocket), (Exit, String)> {
     let in_force =
         PolicyInForce::open(paths, args.min_serial).map_err(|e| ((&e).into(), e.to_string()))?;
     let in_force: SharedPolicy = Arc::new(Mutex::new(in_force));
-    let master = match &args.operator_key {
-        None => None,
-        Some(path) => {
+    let master = match (&args.operator_key, &args.admission_key) {
+        (None, None) => None,
+        (_, Some(path)) => {
+            let seed = policy::keys::read_secret_key(path, policy::keys::KeyKind::AdmissionSecret)
+                .map_err(|e| (Exit::KeyFile, e.to_string()))?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let mut master = Master::admitting(in_force.clone(), key, args.tokens.clone());
+            master.view = Some(args.view.clone());
+            master.trust = Some(args.trust.clone());
+            Some(master)
+        }
+        (Some(path), None) => {
             let seed = policy::keys::read_secret_key(path, policy::keys::KeyKind::OperatorSecret)
                 .map_err(|e| (Exit::KeyFile, e.to_string()))?;
             let key = ed25519_dalek::SigningKey::from_bytes(&seed);

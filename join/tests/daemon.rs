@@ -82,6 +82,7 @@ fn master_files(dir: &std::path::Path, serial: u64) -> join::cli::Args {
         trust: p("operator.pub"),
         key: p("node.key"),
         operator_key: Some(p("operator.key")),
+        admission_key: None,
         tokens: p("tokens.json"),
         state: p("joind.json"),
         min_serial: 0,

@@ -244,6 +244,7 @@ fn the_joiner_refuses_an_answer_from_another_operator_or_not_listing_it() {
         policy,
         signature,
         operator_key,
+        memberships,
     } = answer
     else {
         panic!()
@@ -254,6 +255,7 @@ fn the_joiner_refuses_an_answer_from_another_operator_or_not_listing_it() {
         policy: policy.replace("allow_roaming = false", "allow_roaming = true"),
         signature,
         operator_key,
+        memberships,
     };
     assert!(matches!(
         check(forged, &lab.fingerprint, &key(5), Timestamp::now()),

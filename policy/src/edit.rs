@@ -158,6 +158,21 @@ impl PolicyEdit {
         Ok(())
     }
 
+    /// Adds a master's admission key and its limits, as an `[[admission]]` table before the
+    /// first node (where a daemon's block-by-block parse expects it). Checked with the rest
+    /// when the edit is written.
+    pub fn add_admission(&mut self, a: &crate::model::Admission) -> Result<(), EditError> {
+        let text = self.doc.to_string();
+        let block = crate::template::admission_block(a);
+        let at = text.find("\n[[node]]").map_or(text.len(), |i| i + 1);
+        let edited = format!("{}{block}\n{}", &text[..at], &text[at..]);
+        self.doc = edited.parse::<DocumentMut>().map_err(|e| EditError::Toml {
+            path: self.path.clone(),
+            why: crate::parse::one_line(e.message()),
+        })?;
+        Ok(())
+    }
+
     /// Bumps the serial, validates the result, and replaces the file atomically.
     /// Nothing is written if the edited policy would be invalid.
     pub fn commit(mut self, now: Timestamp) -> Result<Policy, EditError> {

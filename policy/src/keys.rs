@@ -35,7 +35,7 @@ pub fn encode(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
-/// What a key file holds. All four are 32 bytes of base64, so a file says which it is on a
+/// What a key file holds. All five are 32 bytes of base64, so a file says which it is on a
 /// label line (`# tyd node secret key`); a mix-up (a node's secret key offered as its public
 /// key, a WireGuard key offered for signing) is refused with what was expected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +46,17 @@ pub enum KeyKind {
     /// WireGuard (X25519) private key.
     NodeSecret,
     NodePublic,
+    /// ed25519 seed: a master's admission key, signs only its membership.
+    AdmissionSecret,
 }
 
 impl KeyKind {
-    const ALL: [KeyKind; 4] = [
+    const ALL: [KeyKind; 5] = [
         KeyKind::OperatorSecret,
         KeyKind::OperatorPublic,
         KeyKind::NodeSecret,
         KeyKind::NodePublic,
+        KeyKind::AdmissionSecret,
     ];
 
     fn label(self) -> &'static str {
@@ -62,12 +65,13 @@ impl KeyKind {
             KeyKind::OperatorPublic => "operator public key",
             KeyKind::NodeSecret => "node secret key",
             KeyKind::NodePublic => "node public key",
+            KeyKind::AdmissionSecret => "admission secret key",
         }
     }
 
     /// "an operator secret key", "a node public key".
     pub fn with_article(self) -> String {
-        let article = if self.label().starts_with('o') {
+        let article = if self.label().starts_with(['a', 'o']) {
             "an"
         } else {
             "a"

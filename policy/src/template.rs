@@ -94,3 +94,73 @@ port = 7947
 "#
     )
 }
+
+/// An `[[admission]]` table as `tyd init` and `tyd master add` write it, commented.
+pub fn admission_block(a: &crate::model::Admission) -> String {
+    let roles: Vec<String> = a.roles.iter().map(|r| format!("{:?}", r.name())).collect();
+    let nets: Vec<String> = a.addresses.iter().map(|n| format!("\"{n}\"")).collect();
+    let expires = a.expires.round(jiff::Unit::Second).unwrap_or(a.expires);
+    format!(
+        r#"# Master {master} admits nodes with its own admission key, within these limits, and signs
+# only the list of the nodes it admitted (its membership): never this policy.
+[[admission]]
+master = {master}
+key = "{key}"
+roles = [{roles}]
+ids = "{ids}"
+addresses = [{nets}]
+max_nodes = {max}
+expires = "{expires}"
+"#,
+        master = a.master,
+        key = a.key,
+        roles = roles.join(", "),
+        ids = a.ids,
+        nets = nets.join(", "),
+        max = a.max_nodes,
+    )
+}
+
+/// The limits `tyd init` gives the first master's admission key in a policy made from the
+/// template: ids 100-199, and in each tunnel network the block it hands addresses from
+/// (the third quarter of an IPv4 network, at most a /26 from it; `::1:0/112` of an IPv6
+/// one), as many nodes as the IPv4 block holds. `None` when a tunnel network is too small.
+pub fn first_admission(
+    policy: &crate::Policy,
+    master: crate::NodeId,
+    key: crate::OperatorPublicKey,
+    roles: Vec<crate::Role>,
+    expires: Timestamp,
+) -> Option<crate::model::Admission> {
+    use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+    let mut addresses = Vec::new();
+    let mut hosts = usize::from(u16::MAX);
+    if let Some(net) = policy.cluster.tunnel_ipv4 {
+        let prefix = net.prefix_len().max(24) + 2;
+        if prefix > 30 {
+            return None;
+        }
+        let size = 1u32 << (32 - prefix);
+        let start = u32::from(net.network()) + 2 * size;
+        let block = Ipv4Net::new(start.into(), prefix).ok()?;
+        hosts = block.hosts().count();
+        addresses.push(IpNet::V4(block));
+    }
+    if let Some(net) = policy.cluster.tunnel_ipv6 {
+        if net.prefix_len() > 112 {
+            return None;
+        }
+        let start = u128::from(net.network()) + (1u128 << 16);
+        addresses.push(IpNet::V6(Ipv6Net::new(start.into(), 112).ok()?));
+    }
+    let ids = crate::model::IdRange::try_from("100-199".to_string()).ok()?;
+    Some(crate::model::Admission {
+        master,
+        key,
+        roles,
+        ids,
+        addresses,
+        max_nodes: u16::try_from(hosts.min(ids.len())).ok()?,
+        expires,
+    })
+}

@@ -32,6 +32,9 @@ pub struct NodeView {
     pub mem_available_kb: Option<u64>,
     /// Why it has no services, when quarantined.
     pub quarantined: Option<String>,
+    /// The master whose membership lists it (None: the operator's policy lists it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_by: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -109,11 +109,14 @@ fn row(v: &ClusterView, n: &NodeView, name_width: usize) -> String {
 }
 
 fn shown_name(n: &NodeView) -> String {
-    if n.this_node {
-        format!("{} (this)", n.name)
-    } else {
-        n.name.clone()
+    let mut name = n.name.clone();
+    if let Some(master) = n.admitted_by {
+        name.push_str(&format!(" (by master {master})"));
     }
+    if n.this_node {
+        name.push_str(" (this)");
+    }
+    name
 }
 
 fn render(v: &ClusterView, problems_only: bool, stale: Option<u64>) -> String {
@@ -202,6 +205,7 @@ mod tests {
             load1: Some(0.5),
             mem_available_kb: Some(2048 * 1024),
             quarantined: quarantined.map(String::from),
+            admitted_by: None,
         }
     }
 

@@ -27,6 +27,13 @@ pub struct InitArgs<'a> {
     pub uses: u32,
     pub expires: SignedDuration,
     pub no_start: bool,
+    /// Where the new operator key goes (default DIR/operator.key, to be moved off).
+    pub operator_key_out: Option<&'a Path>,
+    /// An operator key made before, on another machine: the policy is signed with it, and it
+    /// is not written here.
+    pub operator_key: Option<&'a Path>,
+    /// The master keeps the operator key and signs the policy itself (before issue 28).
+    pub no_admission_key: bool,
 }
 
 pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
@@ -41,8 +48,13 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
         ));
     }
     std::fs::create_dir_all(a.dir).map_err(|e| io(a.dir, e))?;
-    let (operator, public) = operator_keys(a.dir)?;
+    let (operator, public, operator_path) = operator_keys(a)?;
     let me = node_key(&a.dir.join("node.key"))?;
+    let admission = if a.no_admission_key {
+        None
+    } else {
+        Some(keygen::admission(&a.dir.join("admission.key"))?)
+    };
 
     let expires = now
         .checked_add(SignedDuration::from_hours(365 * 24))
@@ -50,7 +62,16 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     let text = policy::template::init_template(a.cluster, expires);
     policy::parse_policy("template", text.as_bytes(), now)?;
     let root = services::root();
-    let policy = write_first_policy(a, &policy_path, &text, &operator, me, root, now)?;
+    let policy = write_first_policy(
+        a,
+        &policy_path,
+        &text,
+        &operator,
+        me,
+        admission.as_ref(),
+        root,
+        now,
+    )?;
 
     // The first token's nodes are of this machine's kind: a package on a disk root joins
     // further disk roots (servers, no certaintyd); drones get their tokens with
@@ -62,6 +83,20 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
         "cluster {:?} initialised: this node is node 1 ({}, master), serial {}",
         policy.cluster.name, a.node_name, policy.cluster.serial
     );
+    match (&admission, &operator_path) {
+        (Some(_), Some(path)) => println!(
+            "the operator key is at {}: move it off this machine now (tyd policy sign needs it, this node does not; root here must not hold it). This master admits with its admission key {} (drones and servers, ids 100-199), which signs only the nodes it admits",
+            path.display(),
+            a.dir.join("admission.key").display()
+        ),
+        (Some(_), None) => println!(
+            "this master admits with its admission key {} (drones and servers, ids 100-199); the operator key stays where it was",
+            a.dir.join("admission.key").display()
+        ),
+        (None, _) => println!(
+            "this master keeps the operator key and signs the policy itself (--no-admission-key): root on it is the operator"
+        ),
+    }
     if root == services::Root::Disk {
         println!(
             "certaintyd: / is not a RAM filesystem here, so this node runs none and the policy requires it of drones only (require_certainty = [\"drone\"])"
@@ -91,30 +126,46 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     )
 }
 
-/// The operator key in `dir`, made if there is none yet, with its public half, which is
-/// written beside it as the trust file (`operator.pub`).
-fn operator_keys(dir: &Path) -> CliResult<(SigningKey, policy::OperatorPublicKey)> {
-    let operator_path = dir.join("operator.key");
-    let operator = if operator_path.exists() {
-        keygen::load_operator(&operator_path)?
-    } else {
-        keygen::operator(&operator_path)?;
-        keygen::load_operator(&operator_path)?
+/// The operator key: the one given (`--operator-key`, left where it is), or the one at
+/// `--operator-key-out` or DIR/operator.key, made if there is none yet; with its public
+/// half, written to DIR as the trust file (`operator.pub`), and where the key was written
+/// (None: given).
+fn operator_keys(
+    a: &InitArgs<'_>,
+) -> CliResult<(
+    SigningKey,
+    policy::OperatorPublicKey,
+    Option<std::path::PathBuf>,
+)> {
+    let (operator, written) = match a.operator_key {
+        Some(given) => (keygen::load_operator(given)?, None),
+        None => {
+            let path = a
+                .operator_key_out
+                .map_or_else(|| a.dir.join("operator.key"), Path::to_path_buf);
+            if !path.exists() {
+                keygen::operator(&path)?;
+            }
+            (keygen::load_operator(&path)?, Some(path))
+        }
     };
     let public = policy::OperatorPublicKey::from(&operator);
     let trust_text = KeyKind::OperatorPublic.file_text(public.verifying_key().as_bytes());
-    atomic_write(&dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
-    Ok((operator, public))
+    atomic_write(&a.dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
+    Ok((operator, public, written))
 }
 
 /// Makes the first policy from the template `text`, with this node (key `me`) as node 1, a
-/// master, signs it with `operator` and puts the pair at `policy_path`.
+/// master (with `admission`'s public half as its admission key, if given), signs it with
+/// `operator` and puts the pair at `policy_path`.
+#[allow(clippy::too_many_arguments)]
 fn write_first_policy(
     a: &InitArgs<'_>,
     policy_path: &Path,
     text: &str,
     operator: &SigningKey,
     me: WgPublicKey,
+    admission: Option<&SigningKey>,
     root: services::Root,
     now: Timestamp,
 ) -> CliResult<Policy> {
@@ -139,6 +190,22 @@ fn write_first_policy(
         roles: vec![Role::Master],
         expires: None,
     })?;
+    if let Some(key) = admission {
+        let limits = policy::template::first_admission(
+            &current,
+            id,
+            policy::OperatorPublicKey::from(key),
+            vec![Role::Drone, Role::Server],
+            current.cluster.expires,
+        )
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Refused,
+                "the tunnel networks are too small for an admission key's block",
+            )
+        })?;
+        edit.add_admission(&limits)?;
+    }
     let policy = edit.write(now)?;
     let bytes = policy::fsutil::read(&scratch)?;
     policy::write_signed_pair(policy_path, &bytes, sign(&bytes, operator).as_bytes())?;

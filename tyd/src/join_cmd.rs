@@ -82,6 +82,13 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
     let trust_text =
         KeyKind::OperatorPublic.file_text(joined.operator_key.verifying_key().as_bytes());
     atomic_write(&a.dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
+    // The memberships first: the daemons find them beside the policy as they start.
+    for m in &joined.memberships {
+        if let Some(master) = policy::NodeId::new(m.master) {
+            let path = policy::membership::membership_path(&policy_path, master);
+            policy::write_signed_pair(&path, m.membership.as_bytes(), m.signature.as_bytes())?;
+        }
+    }
     policy::write_signed_pair(
         &policy_path,
         joined.policy.as_bytes(),
@@ -92,7 +99,8 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         joined.cluster, joined.node, joined.name, joined.serial
     );
     let root = services::root();
-    if let Some(warning) = certainty_warning(&joined.policy, &me, root, Timestamp::now()) {
+    if let Some(warning) = certainty_warning(&joined.policy, &joined.roles, root, Timestamp::now())
+    {
         eprintln!("warning: {warning}");
     }
     start_daemons(
@@ -208,7 +216,7 @@ fn join_failure(e: join::client::JoinError) -> Failure {
 /// would quarantine it.
 pub fn certainty_warning(
     policy_text: &str,
-    me: &WgPublicKey,
+    roles: &[Role],
     root: services::Root,
     now: Timestamp,
 ) -> Option<String> {
@@ -216,11 +224,10 @@ pub fn certainty_warning(
         return None;
     }
     let p = policy::parse_policy("the joined policy", policy_text.as_bytes(), now).ok()?;
-    let node = p.nodes.iter().find(|n| &n.public_key == me)?;
-    if !p.distribution.require_certainty.of(&node.roles) {
+    if !p.distribution.require_certainty.of(roles) {
         return None;
     }
-    let roles: Vec<&str> = node.roles.iter().map(|r| r.name()).collect();
+    let roles: Vec<&str> = roles.iter().map(|r| r.name()).collect();
     Some(format!(
         "this node joined as {} and the policy requires certaintyd of it, but / is a disk, where certaintyd does not run: the cluster will quarantine it. Join disk roots with a token for servers (tyd token create --roles server).",
         roles.join(",")
@@ -295,12 +302,17 @@ pub fn leave(dir: &Path, key: Option<&Path>, now: Timestamp) -> CliResult {
     let p = &files.verified;
     let key_path: PathBuf = key.map_or_else(|| dir.join("node.key"), Path::to_path_buf);
     let me = WgPublicKey::from_secret(&keygen::load_node_secret(&key_path)?);
-    let mine = p.node_by_key(&me).ok_or_else(|| {
-        Failure::new(
-            Exit::Refused,
-            format!("{}: this node is not in the policy", policy_path.display()),
-        )
-    })?;
+    // In the policy, or in a master's membership beside it.
+    let (memberships, _) = policy::membership::read_beside(&policy_path, p, now);
+    let mine = memberships
+        .nodes(p)
+        .find(|n| n.public_key == me)
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Refused,
+                format!("{}: this node is not in the policy", policy_path.display()),
+            )
+        })?;
     let port = p.join.as_ref().map(|j| j.port).ok_or_else(|| {
         Failure::new(
             Exit::Refused,
@@ -520,13 +532,13 @@ mod tests {
         edit.write(now).expect("write");
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(
-            certainty_warning(&text, &keys[0], services::Root::Disk, now),
+            certainty_warning(&text, &[Role::Server], services::Root::Disk, now),
             None
         );
-        let drone = certainty_warning(&text, &keys[1], services::Root::Disk, now);
+        let drone = certainty_warning(&text, &[Role::Drone], services::Root::Disk, now);
         assert!(drone.is_some_and(|w| w.contains("--roles server")));
         assert_eq!(
-            certainty_warning(&text, &keys[1], services::Root::Ram, now),
+            certainty_warning(&text, &[Role::Drone], services::Root::Ram, now),
             None
         );
     }

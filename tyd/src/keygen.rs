@@ -28,6 +28,15 @@ pub fn operator(out: &Path) -> CliResult<OperatorPublicKey> {
     Ok(public)
 }
 
+/// Writes a new admission key (a master's: it signs only that master's membership) to `out`
+/// (0600, never over an existing file), and returns it.
+pub fn admission(out: &Path) -> CliResult<SigningKey> {
+    let key = SigningKey::generate(&mut OsRng);
+    let secret = Zeroizing::new(KeyKind::AdmissionSecret.file_text(key.as_bytes()));
+    write_new_secret(out, secret.as_bytes())?;
+    Ok(key)
+}
+
 /// Writes a new WireGuard private key to `out` (0600) and its public key to `out.pub`.
 pub fn node(out: &Path) -> CliResult<WgPublicKey> {
     let mut secret = Zeroizing::new([0u8; 32]);

@@ -113,6 +113,18 @@ enum Command {
         /// Do not enable and start the daemons' systemd units; print their command lines.
         #[arg(long)]
         no_start: bool,
+        /// Where to write the new operator key (a removable disk): it signs the policy and
+        /// belongs off the cluster. Default DIR/operator.key, to be moved off.
+        #[arg(long, conflicts_with = "operator_key")]
+        operator_key_out: Option<PathBuf>,
+        /// Sign the first policy with this operator key, made before (`tyd keygen
+        /// operator`, on another machine): nothing of it is written here.
+        #[arg(long)]
+        operator_key: Option<PathBuf>,
+        /// Keep the operator key on this master and let it sign the policy itself (the mode
+        /// before admission keys: root on this master is the operator).
+        #[arg(long, conflicts_with_all = ["operator_key_out", "operator_key"])]
+        no_admission_key: bool,
     },
     /// Join a cluster through any member (CHAOS: `tyd -m <member>`): a token from a master and
     /// the operator key's fingerprint, both printed by `tyd init` or `tyd token create`.
@@ -325,6 +337,9 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
             uses,
             expires,
             no_start,
+            operator_key_out,
+            operator_key,
+            no_admission_key,
         } => {
             let host = name
                 .or_else(join_cmd::default_name)
@@ -339,6 +354,9 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
                     uses,
                     expires,
                     no_start,
+                    operator_key_out: operator_key_out.as_deref(),
+                    operator_key: operator_key.as_deref(),
+                    no_admission_key,
                 },
                 now,
             )

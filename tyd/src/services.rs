@@ -87,17 +87,25 @@ pub fn plan(kind: NodeKind, root: Root, dir: &Path) -> Plan {
     let mut settings = Vec::new();
     let mut units = vec!["netguard.service", "clusterd.service", "joind.service"];
     if kind == NodeKind::Master {
-        settings.push((
-            dir.join("joind.env"),
-            "JOIND_ARGS",
-            format!("--operator-key {}", dir.join("operator.key").display()),
-        ));
+        settings.push((dir.join("joind.env"), "JOIND_ARGS", master_key_arg(dir)));
     }
     match root {
         Root::Ram => units.push("certaintyd.service"),
         Root::Disk => settings.push((dir.join("clusterd.env"), "CERTAINTY_SOCKET", "none".into())),
     }
     Plan { settings, units }
+}
+
+/// What a master's joind signs with: its admission key when `tyd init` made one (DIR/
+/// admission.key), else the operator key beside it (a cluster made before admission keys, or
+/// with `--no-admission-key`).
+fn master_key_arg(dir: &Path) -> String {
+    let admission = dir.join("admission.key");
+    if admission.exists() {
+        format!("--admission-key {}", admission.display())
+    } else {
+        format!("--operator-key {}", dir.join("operator.key").display())
+    }
 }
 
 /// The daemons' command lines for a node started by hand: files in `dir`, its key at `key`,
@@ -114,7 +122,8 @@ pub fn command_lines(root: Root, dir: &Path, key: &Path, tokens: Option<&Path>) 
     };
     let joind = match tokens {
         Some(t) => format!(
-            "joind {common} --operator-key {d}/operator.key --tokens {}",
+            "joind {common} {} --tokens {}",
+            master_key_arg(dir),
             t.display()
         ),
         None => format!("joind {common}"),

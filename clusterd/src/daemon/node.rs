@@ -563,7 +563,20 @@ impl Node {
             .policy()
             .map(|p| p.cluster.name.clone())
             .unwrap_or_default();
-        let v = view::of(&self.core, &cluster, mine, &self.my_name, self.now());
+        let memberships = self.in_force.memberships();
+        let admitted_by = |id: u16| {
+            NodeId::new(id)
+                .and_then(|id| memberships.admitted_by(id))
+                .map(NodeId::get)
+        };
+        let v = view::of(
+            &self.core,
+            &cluster,
+            mine,
+            &self.my_name,
+            self.now(),
+            &admitted_by,
+        );
         let mut bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
         bytes.push(b'\n');
         if let Err(e) = policy::fsutil::replace_volatile(&self.cfg.view, &bytes, 0o644) {

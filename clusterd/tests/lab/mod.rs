@@ -372,7 +372,12 @@ impl Lab {
             .args(["--key", &p("node.key"), "--tokens", &p("tokens.json")])
             .args(["--state", &p("joind.json")]);
         if master {
-            cmd.args(["--operator-key", &p("operator.key")]);
+            // As `tyd init` sets it up: the admission key when it made one.
+            if d.join("admission.key").exists() {
+                cmd.args(["--admission-key", &p("admission.key")]);
+            } else {
+                cmd.args(["--operator-key", &p("operator.key")]);
+            }
         }
         let child = cmd
             .stderr(std::fs::File::create(d.join("joind.log")).unwrap())

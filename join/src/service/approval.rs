@@ -9,8 +9,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::{APPROVALS_PER_MINUTE, Added, Master, MasterError, Outcome, ServeError, read_request};
-use super::{approval_role, root_in_ram};
-use crate::admit::{JoinAnswer, JoinRequest, decide};
+use crate::admit::{JoinAnswer, JoinRequest};
 use crate::pending::{Decision, PendingError, PendingStore};
 use crate::wire;
 use policy::Role;
@@ -72,15 +71,10 @@ impl Master {
             Ok(r) => r,
             Err(malformed) => return Ok(cut_short(code, malformed.to_string())),
         };
-        let roles = [approval_role(root_in_ram())];
+        let roles = [self.approval_role()];
         // Refused at once when it could never be admitted (a taken name, a foreign address).
-        {
-            let now = Timestamp::now();
-            let current =
-                super::policy_in_force(&self.in_force, now).ok_or(MasterError::NoPolicy)?;
-            if let Err(r) = decide(&current, &req, seen, &roles, None) {
-                return Ok(cut_short(code, r.to_string()));
-            }
+        if let Err(why) = self.could_admit(&req, seen, &roles) {
+            return Ok(cut_short(code, why));
         }
         let id = match self.add_pending(&req, code, seen)? {
             Ok(id) => id,

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use policy::Role;
 
+use super::membership::NextMembership;
 use super::signing::NextSerial;
-use super::{Master, MasterError, Outcome};
+use super::{Master, MasterError, Outcome, Signer};
 
 /// A master's answer to a leave, one JSON line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -27,6 +28,9 @@ pub enum LeaveRefusal {
     NotAMember(IpAddr),
     #[error("the last master cannot leave (tyd node remove, by hand)")]
     LastMaster,
+    /// A master with an admission key asked to remove a node it did not admit.
+    #[error("{0}")]
+    NotMine(String),
     #[error(transparent)]
     Master(#[from] MasterError),
 }
@@ -61,11 +65,11 @@ impl Master {
         };
         answer(&mut stream, &LeaveAnswer::Removed { node: removal.id });
         wait_for_close(&mut stream);
-        match self.sign_and_write_next(&removal.next, now) {
-            Ok(()) => Outcome::Left {
+        match self.write_removal(&removal.next, now) {
+            Ok(serial) => Outcome::Left {
                 id: removal.id,
                 name: removal.name,
-                serial: removal.next.policy.cluster.serial,
+                serial,
             },
             Err(e) => Outcome::LeaveNotWritten {
                 id: removal.id,
@@ -75,8 +79,13 @@ impl Master {
         }
     }
 
-    /// The next serial without the member at `from`, checked, not yet written.
+    /// The next serial without the member at `from`, checked, not yet written: of the policy,
+    /// or, for a master with an admission key, of its membership (it removes only the nodes
+    /// it admitted).
     fn removal(&self, from: IpAddr, now: Timestamp) -> Result<Removal, LeaveRefusal> {
+        if let Signer::Admission(key) = &self.signer {
+            return self.removal_from_membership(key, from, now);
+        }
         let (mut edit, current) = self.edit_in_force(now)?;
         let node = current
             .nodes
@@ -97,9 +106,72 @@ impl Master {
         Ok(Removal {
             id: id.get(),
             name,
-            next,
+            next: Next::Policy(Box::new(next)),
         })
     }
+
+    fn removal_from_membership(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+        from: IpAddr,
+        now: Timestamp,
+    ) -> Result<Removal, LeaveRefusal> {
+        let pif = self.fresh(now);
+        let policy = pif.current().ok_or(MasterError::NoPolicy)?;
+        let limits =
+            super::membership::own_limits(policy, key, now).map_err(LeaveRefusal::NotMine)?;
+        let mut nodes = pif
+            .memberships()
+            .of(limits.master)
+            .map(|m| m.verified.nodes.clone())
+            .unwrap_or_default();
+        let Some(at) = nodes.iter().position(|n| n.addresses.contains(&from)) else {
+            let listed = pif
+                .effective()
+                .is_some_and(|e| e.nodes.iter().any(|n| n.addresses.contains(&from)));
+            return Err(if listed {
+                LeaveRefusal::NotMine(format!(
+                    "{from} is not a node this master admitted: the operator removes it (tyd node remove)"
+                ))
+            } else {
+                LeaveRefusal::NotAMember(from)
+            });
+        };
+        let node = nodes.remove(at);
+        let serial = super::membership::next_serial(&pif, limits.master);
+        Ok(Removal {
+            id: node.id.get(),
+            name: node.name,
+            next: Next::Membership(NextMembership {
+                master: limits.master,
+                serial,
+                nodes,
+            }),
+        })
+    }
+
+    /// Writes a removal decided; the serial it wrote.
+    fn write_removal(&self, next: &Next, now: Timestamp) -> Result<u64, MasterError> {
+        match (next, &self.signer) {
+            (Next::Policy(next), _) => {
+                self.sign_and_write_next(next, now)?;
+                Ok(next.policy.cluster.serial)
+            }
+            (Next::Membership(next), Signer::Admission(key)) => {
+                let mut pif = self.fresh(now);
+                let policy = pif.current().cloned().ok_or(MasterError::NoPolicy)?;
+                self.write_membership(&mut pif, key, &policy, next, now)?;
+                Ok(next.serial)
+            }
+            (Next::Membership(_), Signer::Operator(_)) => Err(MasterError::NotOperator),
+        }
+    }
+}
+
+/// What a leave writes next.
+enum Next {
+    Policy(Box<NextSerial>),
+    Membership(NextMembership),
 }
 
 /// How long a master waits, after answering a leave, for the member to close the connection
@@ -112,7 +184,7 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(3);
 struct Removal {
     id: u16,
     name: String,
-    next: NextSerial,
+    next: Next,
 }
 
 fn answer<S: Write>(stream: &mut S, answer: &LeaveAnswer) {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
-use policy::{OperatorPublicKey, Role};
+use policy::Role;
 
 use crate::admit::{Admission, JoinAnswer, JoinRequest, Replaceable, decide};
 use crate::token::{TokenId, TokenStore};
@@ -25,6 +25,7 @@ use crate::wire::{self, Hello, WireError};
 
 mod approval;
 mod leave;
+mod membership;
 mod relay;
 mod settle;
 mod signing;
@@ -32,7 +33,20 @@ mod signing;
 pub use leave::{CLOSE_WAIT, LeaveAnswer, LeaveRefusal};
 pub use relay::{RelayError, relay};
 pub use settle::Forked;
-pub use signing::{EXPIRED_KEPT_FOR, SharedPolicy, expired_for_good, policy_in_force};
+pub use signing::{
+    EXPIRED_KEPT_FOR, SharedPolicy, effective_in_force, expired_for_good, policy_in_force,
+};
+
+/// What a master signs with.
+#[derive(Debug)]
+pub enum Signer {
+    /// The operator key: the master edits and signs the policy itself (clusters made before
+    /// admission keys, and those that keep the operator key on a master).
+    Operator(SigningKey),
+    /// Its admission key: the master signs only its membership, within the limits the
+    /// operator's policy gives the key; the policy stays the operator's.
+    Admission(SigningKey),
+}
 
 /// A request is a key, a name and an address: a few hundred bytes.
 const MAX_REQUEST: usize = 4096;
@@ -195,13 +209,18 @@ pub enum MasterError {
     Load(#[from] policy::LoadError),
     #[error("no acceptable policy in force")]
     NoPolicy,
+    /// A master with an admission key never signs the policy.
+    #[error(
+        "this master holds an admission key, not the operator key: the operator signs the policy"
+    )]
+    NotOperator,
     /// What this master just signed and wrote is not what its own rollback store took.
     #[error("the policy just signed is not in force here: {0}")]
     NotTaken(String),
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ServeError {
+pub(super) enum ServeError {
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error(transparent)]
@@ -215,7 +234,7 @@ pub struct Master {
     pub policy: PathBuf,
     /// The policy in force: what is edited and signed.
     in_force: SharedPolicy,
-    pub operator: SigningKey,
+    pub signer: Signer,
     pub tokens: PathBuf,
     /// Joins without a token waiting for the operator (`tyd join list`), beside the tokens.
     pub pending: PathBuf,
@@ -243,6 +262,20 @@ impl Master {
     /// A master signing with `operator` from the policy `in_force` holds (its file is where
     /// the result is written).
     pub fn new(in_force: SharedPolicy, operator: SigningKey, tokens: PathBuf) -> Self {
+        Self::signing_with(in_force, Signer::Operator(operator), tokens)
+    }
+
+    /// A master admitting with its admission key `key`: it signs only its membership.
+    pub fn admitting(in_force: SharedPolicy, key: SigningKey, tokens: PathBuf) -> Self {
+        Self::signing_with(in_force, Signer::Admission(key), tokens)
+    }
+
+    /// Whether this master signs with an admission key (never the policy).
+    pub fn admits_with_key(&self) -> bool {
+        matches!(self.signer, Signer::Admission(_))
+    }
+
+    fn signing_with(in_force: SharedPolicy, signer: Signer, tokens: PathBuf) -> Self {
         let policy = in_force
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -252,7 +285,7 @@ impl Master {
         Self {
             policy,
             in_force,
-            operator,
+            signer,
             pending: pending_path(&tokens),
             journal: crate::fork::journal_path(&tokens),
             trust: None,
@@ -400,7 +433,7 @@ impl Master {
 
     /// The ephemeral entries a join may take over, and which of them the cluster has lost.
     fn replaceable(&self, store: &TokenStore, now: Timestamp) -> Replaceable {
-        let ephemeral = match policy_in_force(&self.in_force, now) {
+        let ephemeral = match effective_in_force(&self.in_force, now) {
             Some(p) => store.ephemeral_in(&p).into_iter().collect(),
             None => Default::default(),
         };
@@ -433,9 +466,12 @@ impl Master {
         replace: Option<&Replaceable>,
         before_write: impl FnOnce(&Admission) -> Result<(), MasterError>,
     ) -> Result<Added, ServeError> {
+        if let Signer::Admission(key) = &self.signer {
+            return self.add_to_membership(key, req, seen, roles, replace, before_write);
+        }
         let now = Timestamp::now();
         let (mut edit, current) = self.edit_in_force(now)?;
-        let admission = match decide(&current, req, seen, roles, replace) {
+        let admission = match decide(&current, req, seen, roles, replace, None) {
             Err(r) if r.is_temporary() => return Ok(Added::Later(r.to_string())),
             Err(r) => return Ok(Added::Refused(r.to_string())),
             Ok(a) => a,
@@ -467,15 +503,7 @@ impl Master {
             }
         };
         // What is in force now: the policy just signed, or the one the node is already in.
-        let in_force = policy_in_force(&self.in_force, now).ok_or(MasterError::NoPolicy)?;
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let answer = JoinAnswer::Accepted {
-            node,
-            name: name.clone(),
-            policy: text(&in_force.files().policy),
-            signature: text(&in_force.files().signature),
-            operator_key: OperatorPublicKey::from(&self.operator).to_base64(),
-        };
+        let answer = self.accepted_answer(node, name.clone(), now)?;
         Ok(match serial {
             Some(serial) => Added::New {
                 node,
@@ -515,7 +543,7 @@ impl Master {
 }
 
 /// What [`Master::add`] did.
-enum Added {
+pub(super) enum Added {
     Refused(String),
     /// Not now; the joiner may retry.
     Later(String),

@@ -37,6 +37,10 @@ impl Master {
     /// master's policy lost, signs the next serial from the other's with the nodes it had
     /// admitted in its own. None when there is no fork file.
     pub fn settle_fork(&self) -> Option<Result<Forked, MasterError>> {
+        // A master with an admission key signs no policy: it has no fork of one to settle.
+        if self.admits_with_key() {
+            return None;
+        }
         let fork_file = crate::fork::fork_path(&self.policy);
         if !fork_file.exists() {
             return None;
@@ -58,7 +62,12 @@ impl Master {
     ) -> Result<(Vec<u8>, policy::Policy), MasterError> {
         let trust = match &self.trust {
             Some(path) => policy::load::read_trust(path)?,
-            None => policy::TrustedKeys::new(vec![OperatorPublicKey::from(&self.operator)]),
+            None => match &self.signer {
+                super::Signer::Operator(k) => {
+                    policy::TrustedKeys::new(vec![OperatorPublicKey::from(k)])
+                }
+                super::Signer::Admission(_) => return Err(MasterError::NotOperator),
+            },
         };
         let files = policy::load::load_signed_with(path, &trust, now)?;
         Ok((files.policy, (*files.verified).clone()))
@@ -109,11 +118,11 @@ impl Master {
         let mut nodes = Vec::new();
         for a in carried {
             let current = edit.current(now)?;
-            let mut decided = decide(&current, &a.request(), None, &a.roles, None);
+            let mut decided = decide(&current, &a.request(), None, &a.roles, None, None);
             if let Err(crate::admit::Refusal::NameTaken(_)) = decided {
                 let mut req = a.request();
                 req.name = None;
-                decided = decide(&current, &req, None, &a.roles, None);
+                decided = decide(&current, &req, None, &a.roles, None, None);
             }
             match decided {
                 Ok(Admission::Add(new)) => {
@@ -155,6 +164,9 @@ impl Master {
     /// (`crate::fork::against_newer`), forgets those settled. None when the policy file is
     /// unchanged since the last call, or there is nothing to say.
     pub fn settle_newer(&self) -> Option<Result<Forked, MasterError>> {
+        if self.admits_with_key() {
+            return None;
+        }
         let stamp = std::fs::metadata(&self.policy)
             .ok()
             .and_then(|m| Some((m.modified().ok()?, m.len())));

@@ -38,6 +38,27 @@ pub fn policy_in_force(shared: &Mutex<PolicyInForce>, now: Timestamp) -> Option<
         .cloned()
 }
 
+/// The node map in force now (the policy and the masters' memberships, their files read
+/// again if they changed), unless the policy expired.
+pub fn effective_in_force(
+    shared: &Mutex<PolicyInForce>,
+    now: Timestamp,
+) -> Option<Arc<policy::Effective>> {
+    policy_in_force(shared, now)?;
+    let mut in_force = shared.lock().unwrap_or_else(|p| p.into_inner());
+    for event in in_force.read_memberships(now) {
+        if let policy::MembershipEvent::Refused {
+            reason,
+            first: true,
+            ..
+        } = event
+        {
+            tracing::warn!(reason = %reason, "membership refused; the one in force stays");
+        }
+    }
+    in_force.effective().cloned()
+}
+
 /// How long after a node's `expires`, by its own clock, a master keeps the entry in the
 /// policies it signs. Members stop using the node at the instant by their clocks; a master
 /// whose clock ran 3 h ahead signed a node out 2 h before it expired. The entry is dropped
@@ -115,7 +136,10 @@ impl Master {
         next: &NextSerial,
         now: Timestamp,
     ) -> Result<(), MasterError> {
-        let sig = policy::sign(next.text.as_bytes(), &self.operator);
+        let super::Signer::Operator(operator) = &self.signer else {
+            return Err(MasterError::NotOperator);
+        };
+        let sig = policy::sign(next.text.as_bytes(), operator);
         policy::write_signed_pair(&self.policy, next.text.as_bytes(), sig.as_bytes())?;
         let mut in_force = self.in_force.lock().unwrap_or_else(|p| p.into_inner());
         match in_force.reload(now) {

@@ -76,6 +76,11 @@ impl PolicyInForce {
         &self.memberships
     }
 
+    /// The serial of the last membership of `master` this node accepted (in force or not).
+    pub fn membership_record(&self, master: NodeId) -> Option<u64> {
+        self.membership_store.last(master).map(|r| r.serial)
+    }
+
     /// Reads the membership of each master the policy in force gives an admission key, where
     /// its file changed since the last read (a master with no file yet has admitted nobody),
     /// and checks the ones in force again at `now` (a key's expiry). Returns what changed.

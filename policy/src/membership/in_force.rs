@@ -169,3 +169,34 @@ impl MembershipsInForce {
             .map(|(master, _)| *master)
     }
 }
+
+/// The memberships beside the policy at `policy_path` (one file per master `policy` gives an
+/// admission key), each checked as a daemon checks it but with no rollback record: what
+/// `tyd` reads to know the node map in force on this node. A master with no file is left
+/// out; a refused file is returned with why.
+pub fn read_beside(
+    policy_path: &std::path::Path,
+    policy: &Policy,
+    now: Timestamp,
+) -> (MembershipsInForce, Vec<(NodeId, Refusal)>) {
+    let mut in_force = MembershipsInForce::default();
+    let mut store = MembershipStore::in_memory();
+    let mut refused = Vec::new();
+    for admission in &policy.admissions {
+        let master = admission.master;
+        let path = super::membership_path(policy_path, master);
+        let (Ok(bytes), Ok(sig)) = crate::fsutil::read_signed_pair(
+            &path,
+            &crate::signature_path(&path),
+            super::MAX_MEMBERSHIP_BYTES as u64 + 1,
+            64 << 10,
+        ) else {
+            continue;
+        };
+        let file = path.display().to_string();
+        if let Err(e) = in_force.offer(policy, &mut store, master, &file, bytes, sig, now) {
+            refused.push((master, e));
+        }
+    }
+    (in_force, refused)
+}

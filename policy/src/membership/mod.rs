@@ -35,7 +35,7 @@ pub mod store;
 mod verify;
 
 pub use check::{Refusal, check_limits};
-pub use in_force::{Dropped, MembershipsInForce, SignedMembership};
+pub use in_force::{Dropped, MembershipsInForce, SignedMembership, read_beside};
 pub use store::{MembershipRecord, MembershipStore};
 pub use verify::{MAX_MEMBERSHIP_BYTES, parse_membership, verify_membership};
 

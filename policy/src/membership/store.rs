@@ -25,7 +25,8 @@ pub struct MembershipRecord {
 /// Per master (by node id), the last membership accepted.
 #[derive(Debug)]
 pub struct MembershipStore {
-    path: PathBuf,
+    /// None: kept in memory only (a joiner checking the memberships of its join answer).
+    path: Option<PathBuf>,
     last: BTreeMap<u16, MembershipRecord>,
 }
 
@@ -47,9 +48,17 @@ impl MembershipStore {
             }
         };
         Ok(Self {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             last,
         })
+    }
+
+    /// A store that records nothing on disk: for checking memberships once (a join answer).
+    pub fn in_memory() -> Self {
+        Self {
+            path: None,
+            last: BTreeMap::new(),
+        }
     }
 
     /// Where the daemon whose policy record is `state` keeps the memberships' record: beside
@@ -100,9 +109,11 @@ impl MembershipStore {
                     digest: digest.to_string(),
                 },
             );
-            let mut bytes = serde_json::to_vec_pretty(&next).unwrap_or_default();
-            bytes.push(b'\n');
-            atomic_write(&self.path, &bytes, 0o600)?;
+            if let Some(path) = &self.path {
+                let mut bytes = serde_json::to_vec_pretty(&next).unwrap_or_default();
+                bytes.push(b'\n');
+                atomic_write(path, &bytes, 0o600)?;
+            }
             self.last = next;
         }
         Ok(acceptance)

@@ -204,7 +204,7 @@ fn a_fetched_policy_never_overwrites_the_same_serial_joind_just_wrote() {
             now,
         );
         let mine = heartbeat(1, Integrity::Verifying, "a", &digest(&a));
-        let v = view::of(&node.core, "lab", &mine, "d1", now);
+        let v = view::of(&node.core, "lab", &mine, "d1", now, &|_| None);
         let d2 = v.nodes.iter().find(|n| n.id == 2).unwrap();
         let problem = v.problem_of(d2).unwrap_or_default();
         assert!(
