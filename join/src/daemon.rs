@@ -435,6 +435,15 @@ pub fn run(args: Args, shutdown: BorrowedFd<'_>) -> Result<(), (Exit, String)> {
         if let Some(master) = &node.master {
             settle_fork(master.settle_fork());
             settle_fork(master.settle_newer());
+            match master.resign_own_membership() {
+                Some(Ok(serial)) => info!(
+                    serial,
+                    "this master's membership signed again with its admission key (the policy in force lists a new one)"
+                ),
+                Some(Err(e)) => error!(reason = %e,
+                    "this master's membership, signed with another key, cannot be signed again: its nodes stay out of the map"),
+                None => {}
+            }
         }
         match listener.accept() {
             Ok((stream, from)) => {

@@ -25,6 +25,7 @@ const RELAYED: Source = Source::Tunnel(std::net::IpAddr::V4(std::net::Ipv4Addr::
 struct Lab {
     _dir: tempfile::TempDir,
     policy: PathBuf,
+    in_force: join::service::SharedPolicy,
     tokens: PathBuf,
     master: Arc<Master>,
     fingerprint: String,
@@ -37,13 +38,17 @@ fn key(n: u8) -> WgPublicKey {
 /// The policy at `serial`: node 1 a master; with `admission`, master 1's admission key admits
 /// drones, ids 100-101, in 10.77.0.128/26.
 fn policy_text(serial: u64, admission: bool) -> String {
+    policy_with_key(serial, admission.then_some(ADMISSION))
+}
+
+fn policy_with_key(serial: u64, admission: Option<[u8; 32]>) -> String {
     let expires = Timestamp::now() + jiff::SignedDuration::from_hours(1);
     let mut text = policy::template::init_template("lab", expires)
         .replace("serial = 1\n", &format!("serial = {serial}\n"));
-    if admission {
+    if let Some(seed) = admission {
         text.push_str(&format!(
             "\n[[admission]]\nmaster = 1\nkey = \"{}\"\nroles = [\"drone\"]\nids = \"100-101\"\naddresses = [\"10.77.0.128/26\"]\nmax_nodes = 2\nexpires = \"{expires}\"\n",
-            OperatorPublicKey::from(&SigningKey::from_bytes(&ADMISSION))
+            OperatorPublicKey::from(&SigningKey::from_bytes(&seed))
         ));
     }
     text.push_str(&format!(
@@ -75,13 +80,14 @@ fn lab() -> Lab {
     ));
     let tokens = dir.path().join("tokens.json");
     let master = Arc::new(Master::admitting(
-        in_force,
+        in_force.clone(),
         SigningKey::from_bytes(&ADMISSION),
         tokens.clone(),
     ));
     Lab {
         _dir: dir,
         policy,
+        in_force,
         tokens,
         master,
         fingerprint: OperatorPublicKey::from(&operator).fingerprint(),
@@ -245,4 +251,49 @@ fn a_revoked_admission_key_admits_nobody_and_never_a_role_outside_it() {
         "{got:?}"
     );
     assert!(matches!(outcome, Outcome::Refused { .. }), "{outcome:?}");
+}
+
+/// `tyd admission rotate`: the operator lists a new key for master 1; the master, given the
+/// new key, signs its membership again at the next serial (its nodes stay), once; the old
+/// key's signature is refused from then on.
+#[test]
+fn after_a_key_rotation_the_master_signs_its_membership_again_with_the_new_key() {
+    let lab = lab();
+    let t = token(&lab, 5, vec![Role::Drone]);
+    let (_, outcome) = attempt(&lab, &t, &request(5));
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Joined {
+                id: 100,
+                serial: 1,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let new_key = [9; 32];
+    put(&lab.policy, &policy_with_key(2, Some(new_key)));
+    // The master still holding the old key: nothing to do with it.
+    assert!(lab.master.resign_own_membership().is_none());
+    let rotated = Master::admitting(
+        lab.in_force.clone(),
+        SigningKey::from_bytes(&new_key),
+        lab.tokens.clone(),
+    );
+    assert_eq!(
+        rotated
+            .resign_own_membership()
+            .map(|r| r.map_err(|e| e.to_string())),
+        Some(Ok(2))
+    );
+    assert!(rotated.resign_own_membership().is_none(), "once per policy");
+    let path = policy::membership::membership_path(&lab.policy, policy::NodeId::MIN);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("serial = 2") && text.contains("id = 100"),
+        "{text}"
+    );
+    let effective = join::service::effective_in_force(&lab.in_force, Timestamp::now()).unwrap();
+    assert!(effective.nodes.iter().any(|n| n.id.get() == 100));
 }

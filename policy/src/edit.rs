@@ -23,6 +23,8 @@ pub enum EditError {
     NodesNotTables,
     #[error("no node {0} in the policy")]
     NoSuchNode(NodeId),
+    #[error("master {0} has no admission key in the policy")]
+    NoSuchAdmission(NodeId),
     #[error("serial would overflow")]
     SerialOverflow,
     /// The edited policy would be invalid: nothing was written.
@@ -146,6 +148,46 @@ impl PolicyEdit {
     pub fn remove_node(&mut self, id: NodeId) -> Result<(), EditError> {
         let i = self.node_index(id)?;
         self.nodes_mut()?.remove(i);
+        Ok(())
+    }
+
+    /// The `[[admission]]` table of master `master`.
+    fn admission_mut(&mut self, master: NodeId) -> Result<&mut Table, EditError> {
+        self.doc
+            .get_mut("admission")
+            .and_then(Item::as_array_of_tables_mut)
+            .and_then(|a| {
+                a.iter_mut().find(|t| {
+                    t.get("master").and_then(Item::as_integer) == Some(i64::from(master.get()))
+                })
+            })
+            .ok_or(EditError::NoSuchAdmission(master))
+    }
+
+    /// Gives master `master`'s admission a new key (`tyd admission rotate`).
+    pub fn set_admission_key(
+        &mut self,
+        master: NodeId,
+        key: &crate::OperatorPublicKey,
+    ) -> Result<(), EditError> {
+        self.admission_mut(master)?["key"] = value(key.to_base64());
+        Ok(())
+    }
+
+    /// Removes master `master`'s admission key (`tyd admission remove`).
+    pub fn remove_admission(&mut self, master: NodeId) -> Result<(), EditError> {
+        self.admission_mut(master)?;
+        let Some(all) = self
+            .doc
+            .get_mut("admission")
+            .and_then(Item::as_array_of_tables_mut)
+        else {
+            return Err(EditError::NoSuchAdmission(master));
+        };
+        all.retain(|t| t.get("master").and_then(Item::as_integer) != Some(i64::from(master.get())));
+        if all.is_empty() {
+            self.doc.remove("admission");
+        }
         Ok(())
     }
 

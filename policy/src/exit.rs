@@ -168,9 +168,9 @@ impl From<StoreError> for Failure {
 impl From<crate::edit::EditError> for Failure {
     fn from(e: crate::edit::EditError) -> Self {
         let exit = match &e {
-            crate::edit::EditError::File(_) | crate::edit::EditError::NoSuchNode(_) => {
-                Exit::Runtime
-            }
+            crate::edit::EditError::File(_)
+            | crate::edit::EditError::NoSuchNode(_)
+            | crate::edit::EditError::NoSuchAdmission(_) => Exit::Runtime,
             crate::edit::EditError::SerialOverflow => Exit::Refused,
             crate::edit::EditError::NotUtf8 { .. }
             | crate::edit::EditError::Toml { .. }

@@ -3,6 +3,7 @@
 //! A library only so that `gendocs` can make the man page and completions from the command
 //! line (`command`); the binary is `main`.
 
+mod admission_cmd;
 mod certainty_cmd;
 mod cluster_cmd;
 mod edit;
@@ -49,6 +50,10 @@ enum Command {
     /// Add, remove and re-key nodes in a policy (edits in place, bumps the serial).
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Node(node_cmd::NodeCmd),
+    /// Masters' admission keys, on the operator's copy of the policy: add (a master admits
+    /// within limits, signing only its own list of nodes), rotate, remove.
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Admission(admission_cmd::AdmissionCmd),
     /// Every node of the map: authorised, tunnel up, last handshake, traffic, endpoint; and
     /// what non-peers tried (per-service drops). Run it on the node (in its namespace).
     /// Exits 7 when something is wrong (firewall missing or altered, policy file refused).
@@ -325,6 +330,7 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
         Command::Keygen(cmd) => run_keygen(cmd),
         Command::Policy(cmd) => run_policy(cmd, now),
         Command::Node(cmd) => node_cmd::run(cmd, now),
+        Command::Admission(cmd) => admission_cmd::run(cmd, now),
         Command::Certainty(cmd) => certainty_cmd::run(cmd),
         Command::Token(cmd) => token_cmd::run(cmd, now),
         Command::Leave { dir, key } => join_cmd::leave(&dir, key.as_deref(), now),

@@ -958,3 +958,167 @@ fn status_json_has_a_schema_version_and_the_cluster_views_field_names() {
         assert!(nodes[0].get(key).is_some(), "nodes[0] has no {key}: {v}");
     }
 }
+
+/// `tyd admission`: the operator gives master 1 an admission key (0600, labelled), signs, and
+/// the policy names it with its limits; a second key for the same master, a key for a node
+/// that is no master, or overlapping ids are refused with a placed line and change nothing;
+/// rotate gives a new key; remove takes it away, and with --keep-nodes copies the nodes of
+/// the master's membership (checked against the key) into the policy.
+#[test]
+fn admission_keys_are_added_rotated_and_removed_on_the_operators_copy() {
+    let d = Dir::new();
+    d.cluster();
+    d.ok(&["node", "remove", "cluster.toml", "drone1"]);
+    d.ok(&["keygen", "node", "--out", "m1.key"]);
+    d.ok(&[
+        "node",
+        "add",
+        "cluster.toml",
+        "--id",
+        "1",
+        "--name",
+        "m1",
+        "--public-key-file",
+        "m1.key.pub",
+        "--endpoint",
+        "192.168.50.1:51820",
+        "--role",
+        "master",
+    ]);
+    let out = d.ok(&[
+        "admission",
+        "add",
+        "cluster.toml",
+        "--master",
+        "1",
+        "--key-out",
+        "adm.key",
+    ]);
+    assert!(out.contains("ids 100-199"), "{out}");
+    assert_eq!(mode(&d.p("adm.key")), 0o600);
+    assert!(d.read("adm.key").starts_with("# tyd admission secret key"));
+    d.ok(&[
+        "policy",
+        "sign",
+        "cluster.toml",
+        "--key",
+        "op.key",
+        "--bump",
+        "--yes",
+    ]);
+    let text = d.read("cluster.toml");
+    assert!(
+        text.contains("[[admission]]") && text.contains("master = 1"),
+        "{text}"
+    );
+    // The table sits before the nodes: a daemon parses the policy block by block.
+    assert!(text.find("[[admission]]").unwrap() < text.find("[[node]]").unwrap());
+
+    let before = d.read("cluster.toml");
+    let err = d.fails(
+        &[
+            "admission",
+            "add",
+            "cluster.toml",
+            "--master",
+            "1",
+            "--key-out",
+            "b.key",
+            "--ids",
+            "200-210",
+            "--network",
+            "10.77.0.192/28",
+        ],
+        3,
+    );
+    assert!(
+        err.contains("master 1 already has an admission key"),
+        "{err}"
+    );
+    let err = d.fails(
+        &[
+            "admission",
+            "add",
+            "cluster.toml",
+            "--master",
+            "2",
+            "--key-out",
+            "c.key",
+            "--ids",
+            "150-210",
+            "--network",
+            "10.77.0.192/28",
+        ],
+        3,
+    );
+    assert!(err.contains("node 2 is no master"), "{err}");
+    assert!(err.contains("overlap"), "{err}");
+    assert_eq!(d.read("cluster.toml"), before);
+    assert!(
+        !d.p("b.key").exists() && !d.p("c.key").exists(),
+        "a key made for a refused edit"
+    );
+
+    let old_key = d.read("cluster.toml");
+    d.ok(&[
+        "admission",
+        "rotate",
+        "cluster.toml",
+        "--master",
+        "1",
+        "--key-out",
+        "adm2.key",
+    ]);
+    assert_ne!(d.read("cluster.toml"), old_key);
+
+    // Master 1's membership (as its joind writes it), signed with the new key.
+    let seed = d.key("adm2.key");
+    let membership = "[membership]\ncluster = \"lab\"\nmaster = 1\nserial = 4\n\n[[node]]\nid = 100\nname = \"d100\"\npublic_key = \"".to_string()
+        + d.key("n2.key.pub").trim()
+        + "\"\naddresses = [\"10.77.0.129\"]\nroles = [\"drone\"]\n";
+    let signing =
+        ed25519_dalek::SigningKey::from_bytes(&policy::keys::decode_key32(seed.trim()).unwrap());
+    // n2's key is drone2's: the membership collides with the policy and is refused.
+    std::fs::write(d.p("membership-1.toml"), &membership).unwrap();
+    std::fs::write(
+        d.p("membership-1.toml.sig"),
+        policy::sign(membership.as_bytes(), &signing),
+    )
+    .unwrap();
+    let err = d.fails(
+        &[
+            "admission",
+            "remove",
+            "cluster.toml",
+            "--master",
+            "1",
+            "--keep-nodes",
+            "membership-1.toml",
+        ],
+        5,
+    );
+    assert!(err.contains("already node 2's"), "{err}");
+    d.ok(&["keygen", "node", "--out", "n9.key"]);
+    let membership = membership.replace(d.key("n2.key.pub").trim(), d.key("n9.key.pub").trim());
+    std::fs::write(d.p("membership-1.toml"), &membership).unwrap();
+    std::fs::write(
+        d.p("membership-1.toml.sig"),
+        policy::sign(membership.as_bytes(), &signing),
+    )
+    .unwrap();
+    let out = d.ok(&[
+        "admission",
+        "remove",
+        "cluster.toml",
+        "--master",
+        "1",
+        "--keep-nodes",
+        "membership-1.toml",
+    ]);
+    assert!(out.contains("its 1 nodes are the policy's now"), "{out}");
+    let text = d.read("cluster.toml");
+    assert!(
+        !text.contains("[[admission]]") && text.contains("name = \"d100\""),
+        "{text}"
+    );
+}

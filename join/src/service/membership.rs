@@ -299,6 +299,60 @@ impl Master {
     }
 }
 
+impl Master {
+    /// After the operator gave this master a new admission key (`tyd admission rotate`): its
+    /// membership on disk, signed with the old key, is refused everywhere, and its nodes are
+    /// out of the map until it is signed again. This signs it again with the key this master
+    /// holds, at the next serial, keeping the nodes the key's limits allow. Looks once per
+    /// policy in force; `None` when there was nothing to do, else the serial written or why
+    /// not.
+    pub fn resign_own_membership(&self) -> Option<Result<u64, MasterError>> {
+        let Signer::Admission(key) = &self.signer else {
+            return None;
+        };
+        let now = Timestamp::now();
+        let mut pif = self.fresh(now);
+        let policy = pif.current().cloned()?;
+        {
+            let mut seen = self.resigned_for.lock().unwrap_or_else(|p| p.into_inner());
+            let digest = policy.digest_hex();
+            if seen.as_deref() == Some(digest.as_str()) {
+                return None;
+            }
+            *seen = Some(digest);
+        }
+        let limits = own_limits(&policy, key, now).ok()?;
+        if pif.memberships().of(limits.master).is_some() {
+            return None;
+        }
+        let path = membership_path(&self.policy, limits.master);
+        let bytes = policy::fsutil::read(&path).ok()?;
+        // This master's own file: what it admitted, whatever key signed it then.
+        let old = policy::membership::parse_membership(&path.display().to_string(), &bytes).ok()?;
+        if old.membership.master != limits.master || old.membership.cluster != policy.cluster.name {
+            return None;
+        }
+        let serial = next_serial(&pif, limits.master).max(old.membership.serial + 1);
+        let next = NextMembership {
+            master: limits.master,
+            serial,
+            nodes: old.nodes,
+        };
+        let _ = self.write_membership(&mut pif, key, &policy, &next, now);
+        let taken = pif
+            .memberships()
+            .of(limits.master)
+            .is_some_and(|m| m.verified.membership.serial == serial);
+        Some(if taken {
+            Ok(serial)
+        } else {
+            Err(MasterError::NotTaken(
+                "its nodes are not all within the key's limits now".into(),
+            ))
+        })
+    }
+}
+
 /// The serial after the last this node accepted of `master`'s membership.
 pub(super) fn next_serial(pif: &PolicyInForce, master: NodeId) -> u64 {
     let in_force = pif

@@ -256,6 +256,8 @@ pub struct Master {
     settled_at: Mutex<Option<(std::time::SystemTime, u64)>>,
     /// joind is stopping: joins waiting for the operator end now ([`Master::stop`]).
     stopping: std::sync::atomic::AtomicBool,
+    /// The digest of the policy [`Master::resign_own_membership`] last looked under.
+    resigned_for: Mutex<Option<String>>,
 }
 
 impl Master {
@@ -296,6 +298,7 @@ impl Master {
             approvals: Mutex::new(std::collections::VecDeque::new()),
             settled_at: Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            resigned_for: Mutex::new(None),
         }
     }
 
