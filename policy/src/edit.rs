@@ -174,6 +174,22 @@ impl PolicyEdit {
         Ok(())
     }
 
+    /// Revokes the node with WireGuard key `key` that master `master` admitted (`tyd
+    /// admission revoke`): every member leaves it out of the node map.
+    pub fn revoke_admitted(&mut self, master: NodeId, key: &WgPublicKey) -> Result<(), EditError> {
+        let t = self.admission_mut(master)?;
+        let text = key.to_base64();
+        if t.get("revoked").and_then(Item::as_array).is_none() {
+            t["revoked"] = value(Array::new());
+        }
+        if let Some(list) = t.get_mut("revoked").and_then(Item::as_array_mut)
+            && !list.iter().any(|v| v.as_str() == Some(text.as_str()))
+        {
+            list.push(text);
+        }
+        Ok(())
+    }
+
     /// Removes master `master`'s admission key (`tyd admission remove`).
     pub fn remove_admission(&mut self, master: NodeId) -> Result<(), EditError> {
         self.admission_mut(master)?;

@@ -111,13 +111,19 @@ ids = "{ids}"
 addresses = [{nets}]
 max_nodes = {max}
 expires = "{expires}"
-"#,
+{revoked}"#,
         master = a.master,
         key = a.key,
         roles = roles.join(", "),
         ids = a.ids,
         nets = nets.join(", "),
         max = a.max_nodes,
+        revoked = if a.revoked.is_empty() {
+            String::new()
+        } else {
+            let keys: Vec<String> = a.revoked.iter().map(|k| format!("\"{k}\"")).collect();
+            format!("revoked = [{}]\n", keys.join(", "))
+        },
     )
 }
 
@@ -162,5 +168,6 @@ pub fn first_admission(
         addresses,
         max_nodes: u16::try_from(hosts.min(ids.len())).ok()?,
         expires,
+        revoked: Vec::new(),
     })
 }

@@ -511,3 +511,31 @@ fn admission_limits_that_overlap_or_reach_too_far_are_invalid() {
         assert!(e.starts_with("cluster.toml:"), "{e}");
     }
 }
+
+/// The operator removes a node a master admitted (`tyd admission revoke`): the policy names
+/// its WireGuard key in the master's admission; every member leaves it out of the node map
+/// though the master's membership still lists it, and the rest of that membership stays.
+#[test]
+fn a_node_the_operator_revoked_is_out_of_the_map_whatever_the_membership_says() {
+    let p = lab_policy();
+    let mut m = member();
+    m.offer(
+        &p,
+        1,
+        signed(
+            &membership(1, 1, vec![node(100, 130), node(101, 131)]),
+            ADMISSION_1,
+        ),
+    )
+    .unwrap();
+    let far = now() + SignedDuration::from_hours(24);
+    let revoked = admission(1, ADMISSION_1, "100-199", "10.77.0.128/26", far)
+        + &format!("revoked = [\"{}\"]\n", wg(100))
+        + &admission(3, ADMISSION_3, "200-299", "10.77.0.192/26", far);
+    let q = parsed(&policy_text(6, &revoked));
+    assert!(
+        m.in_force.recheck(&q, now()).is_empty(),
+        "the membership stays"
+    );
+    assert_eq!(m.ids(&q), [1, 2, 3, 101]);
+}

@@ -1,4 +1,4 @@
-//! `tyd admission add | rotate | remove`: the operator's side of admission keys, on the
+//! `tyd admission add | rotate | revoke | remove`: the operator's side of admission keys, on the
 //! operator's copy of the policy (signed after with `tyd policy sign --bump`, then pushed).
 
 use std::path::PathBuf;
@@ -56,6 +56,18 @@ pub enum AdmissionCmd {
         master: u16,
         #[arg(long)]
         key_out: PathBuf,
+    },
+    /// Remove a node a master admitted (`tyd node remove` is for the nodes the policy
+    /// lists): every member leaves its WireGuard key out of the node map, and the master
+    /// drops it from its membership when it next signs it.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Revoke {
+        file: PathBuf,
+        #[arg(long)]
+        master: u16,
+        /// The node's WireGuard public key, base64 (its id may be given to another node).
+        #[arg(long)]
+        public_key: policy::WgPublicKey,
     },
     /// Take a master's admission key away: every member drops its membership and the nodes
     /// in it (the default), unless --keep-nodes names that membership (a member's
@@ -153,6 +165,20 @@ pub fn run(cmd: AdmissionCmd, now: Timestamp) -> CliResult {
                 p.cluster.serial
             );
         }
+        AdmissionCmd::Revoke {
+            file,
+            master,
+            public_key,
+        } => {
+            let master = master_id(master)?;
+            let mut edit = PolicyEdit::open(&file)?;
+            edit.revoke_admitted(master, &public_key)?;
+            let p = edit.commit(now)?;
+            println!(
+                "the node with key {public_key} is out of master {master}'s nodes on every member once this policy is signed and pushed; serial is now {}",
+                p.cluster.serial
+            );
+        }
         AdmissionCmd::Remove {
             file,
             master,
@@ -246,6 +272,7 @@ fn limits_of(
         addresses,
         max_nodes,
         expires,
+        revoked: Vec::new(),
     })
 }
 

@@ -39,7 +39,14 @@ pub fn find_node(policy: &Policy, which: &str) -> CliResult<NodeId> {
     found.ok_or_else(|| {
         Failure::new(
             Exit::Runtime,
-            format!("no node {} in the policy", policy::parse::shown(which)),
+            if policy.admissions.is_empty() {
+                format!("no node {} in the policy", policy::parse::shown(which))
+            } else {
+                format!(
+                    "no node {} in the policy (a node a master admitted is removed with tyd admission revoke --master ID --public-key KEY)",
+                    policy::parse::shown(which)
+                )
+            },
         )
     })
 }

@@ -1059,6 +1059,33 @@ fn admission_keys_are_added_rotated_and_removed_on_the_operators_copy() {
         "a key made for a refused edit"
     );
 
+    // A node master 1 admitted, removed by the operator: by its key.
+    let err = d.fails(&["node", "remove", "cluster.toml", "d100"], 1);
+    assert!(err.contains("tyd admission revoke"), "{err}");
+    d.ok(&["keygen", "node", "--out", "gone.key"]);
+    let gone = d.key("gone.key.pub");
+    d.ok(&[
+        "admission",
+        "revoke",
+        "cluster.toml",
+        "--master",
+        "1",
+        "--public-key",
+        gone.trim(),
+    ]);
+    d.ok(&[
+        "admission",
+        "revoke",
+        "cluster.toml",
+        "--master",
+        "1",
+        "--public-key",
+        gone.trim(),
+    ]);
+    let text = d.read("cluster.toml");
+    assert_eq!(text.matches(gone.trim()).count(), 1, "{text}");
+    assert!(text.contains("revoked = ["), "{text}");
+
     let old_key = d.read("cluster.toml");
     d.ok(&[
         "admission",

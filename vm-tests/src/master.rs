@@ -1,8 +1,10 @@
 //! A master on the test LAN, for drones that join at boot. It runs in the lab's own network
 //! namespace (198.18.0.1 on the bridge): netguard (userspace WireGuard), clusterd (no
-//! certaintyd: `--certainty-socket none`), joind with the test cluster's operator key and
-//! clusterd's view, and a service on tcp 4660 that answers "master". Its policy is the
-//! test cluster's with a master node (id 10) added and signed, as an operator would. Stopped,
+//! certaintyd: `--certainty-socket none`), joind with an admission key (never the operator
+//! key: that stays with the test harness, off every VM and off the master) and clusterd's
+//! view, and a service on tcp 4660 that answers "master". Its policy is the test cluster's
+//! with a master node (id 10) and its admission key (`tyd admission add`: drones and
+//! servers, ids 100-199 in 10.77.0.128/26) added and signed, as an operator would. Stopped,
 //! by PID, when dropped.
 
 use std::path::{Path, PathBuf};
@@ -77,6 +79,15 @@ impl Cluster {
             "--role",
             "master",
         ])?;
+        self.tyd(&[
+            "admission",
+            "add",
+            &p("cluster.toml"),
+            "--master",
+            "10",
+            "--key-out",
+            &p("admission.key"),
+        ])?;
         if boot_server {
             let path = dir.join("cluster.toml");
             let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
@@ -119,6 +130,7 @@ impl Cluster {
         let (quarantine, view) = (p("quarantine.json"), p("cluster-status.json"));
         let (accepted, clusterd_state) = (p("accepted.json"), p("clusterd.json"));
         let joind_state = p("joind.json");
+        let admission_key = p("admission.key");
         let daemons: [(&str, Vec<&str>); 3] = [
             (
                 "netguard",
@@ -151,8 +163,8 @@ impl Cluster {
                 vec![
                     "--state",
                     &joind_state,
-                    "--operator-key",
-                    &operator,
+                    "--admission-key",
+                    &admission_key,
                     "--tokens",
                     &tokens,
                     "--view",

@@ -605,21 +605,31 @@ fn a_drone_without_a_key_joins_at_boot_and_a_second_boot_is_refused_until_its_ol
     );
     let spec = c.images["unenrolled"].spec("joiner", 44, &extra);
     let mut vm = check(Vm::boot(&lab, &spec, &vm_tests::scratch().join("join")));
-    let first = joined(&mut vm, 4);
+    // Admitted by the master's admission key: the first of its ids.
+    let first = joined(&mut vm, 100);
     let key1 = check(vm.sh_ok("tail -n 1 /run/tyd/node.key.pub", CMD));
 
-    // The key lived in RAM: the next boot has a new one, at the same address as node 4.
+    // The key lived in RAM: the next boot has a new one, at the same address as node 100.
     vm.mark();
     check(vm.type_line("reboot -f"));
     check(vm.wait_console("drone: join failed (exit 5)", BOOT));
     check(vm.wait_console("drone: ready joiner", BOOT));
     assert!(
-        vm.log_text().contains("already node 4's"),
+        vm.log_text().contains("already node 100's"),
         "the refusal does not say why"
     );
-    // The operator removes the old entry on the master; the next boot joins.
+    // The operator revokes the old key (its entry is the master's, in its membership); the
+    // next boot joins, and gets node 100 again.
     let policy = master.dir.join("cluster.toml").display().to_string();
-    check(c.tyd(&["node", "remove", &policy, "node4"]));
+    check(c.tyd(&[
+        "admission",
+        "revoke",
+        &policy,
+        "--master",
+        "10",
+        "--public-key",
+        key1.trim(),
+    ]));
     check(c.tyd(&[
         "policy",
         "sign",
@@ -630,7 +640,7 @@ fn a_drone_without_a_key_joins_at_boot_and_a_second_boot_is_refused_until_its_ol
     ]));
     vm.mark();
     check(vm.type_line("reboot -f"));
-    let third = joined(&mut vm, 4);
+    let third = joined(&mut vm, 100);
     let key3 = check(vm.sh_ok("tail -n 1 /run/tyd/node.key.pub", CMD));
     assert_ne!(key1.trim(), key3.trim(), "the same key after a reboot");
     eprintln!(
@@ -638,7 +648,10 @@ fn a_drone_without_a_key_joins_at_boot_and_a_second_boot_is_refused_until_its_ol
     );
     assert_eq!(master.log("joind.log").matches("node joined").count(), 2);
     assert_eq!(
-        master.log("joind.log").matches("already node 4's").count(),
+        master
+            .log("joind.log")
+            .matches("already node 100's")
+            .count(),
         1
     );
 }

@@ -226,7 +226,9 @@ fn three_drones_boot_from_the_network_join_and_one_tampered_with_gets_its_place_
         check(vm.serve_hostname(4660));
     }
     // The mesh: each reaches the next through the tunnels.
-    let tunnel = |id: u16| format!("10.77.0.{id}");
+    // The master's admission key hands ids 100-199 and addresses from 10.77.0.128/26, each
+    // the first free one: node 100 is 10.77.0.129, and so on.
+    let tunnel = |id: u16| format!("10.77.0.{}", id - 100 + 129);
     for i in 0..3 {
         let (id, name) = nodes[(i + 1) % 3].clone();
         fetch_eventually(&mut vms[i], &tunnel(id), &name, Duration::from_secs(60));

@@ -125,6 +125,7 @@ impl Master {
             .of(limits.master)
             .map(|m| m.verified.nodes.clone())
             .unwrap_or_default();
+        nodes.retain(|n| !limits.revoked.contains(&n.public_key));
         let Some(at) = nodes.iter().position(|n| n.addresses.contains(&from)) else {
             let listed = pif
                 .effective()

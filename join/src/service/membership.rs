@@ -162,11 +162,13 @@ impl Master {
             Ok(a) => a,
         };
         let master = limits.master;
+        // Nodes the operator revoked leave the membership the next time it is signed.
         let mut nodes: Vec<Node> = pif
             .memberships()
             .of(master)
             .map(|m| m.verified.nodes.clone())
             .unwrap_or_default();
+        nodes.retain(|n| !limits.revoked.contains(&n.public_key));
         let (node, name) = match &admission {
             Admission::Already { id, name } => {
                 drop(pif);
@@ -333,10 +335,12 @@ impl Master {
             return None;
         }
         let serial = next_serial(&pif, limits.master).max(old.membership.serial + 1);
+        let mut nodes = old.nodes;
+        nodes.retain(|n| !limits.revoked.contains(&n.public_key));
         let next = NextMembership {
             master: limits.master,
             serial,
-            nodes: old.nodes,
+            nodes,
         };
         let _ = self.write_membership(&mut pif, key, &policy, &next, now);
         let taken = pif

@@ -152,13 +152,21 @@ impl MembershipsInForce {
         self.by_master.iter().map(|(m, s)| (*m, s))
     }
 
-    /// The node map in force: the policy's nodes, then each membership's, by master.
+    /// The node map in force: the policy's nodes, then each membership's, by master, but for
+    /// those whose key the operator revoked in that master's admission.
     pub fn nodes<'a>(&'a self, policy: &'a Policy) -> impl Iterator<Item = &'a Node> {
-        policy.nodes.iter().chain(
-            self.by_master
-                .values()
-                .flat_map(|m| m.verified.nodes.iter()),
-        )
+        policy
+            .nodes
+            .iter()
+            .chain(self.by_master.iter().flat_map(move |(master, m)| {
+                let revoked = policy
+                    .admission_of(*master)
+                    .map_or(&[][..], |a| a.revoked.as_slice());
+                m.verified
+                    .nodes
+                    .iter()
+                    .filter(move |n| !revoked.contains(&n.public_key))
+            }))
     }
 
     /// Which master admitted node `id` (None: the operator's policy lists it, or no one).

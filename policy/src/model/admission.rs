@@ -32,6 +32,11 @@ pub struct Admission {
     /// policy with a new expiry.
     #[serde(with = "timestamp")]
     pub expires: Timestamp,
+    /// WireGuard keys of nodes this master admitted that the operator removed (`tyd admission
+    /// revoke`): every member leaves them out of the node map whatever the membership says,
+    /// and the master drops them from its membership when it next signs it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<crate::keys::WgPublicKey>,
 }
 
 impl Admission {
