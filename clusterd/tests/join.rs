@@ -238,6 +238,27 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
 
     // Three admissions and no policy signed: they are in d1's membership.
     assert_eq!(lab.file(0, "cluster.toml"), policy_before);
+    // `tyd status` on d2, a node d1's membership lists (not the policy): healthy, every
+    // member a peer, none unknown.
+    let d2 = dir(&lab, 1);
+    let (code, out, err) = lab.tyd_in(
+        1,
+        &[
+            "status",
+            "--policy",
+            &format!("{d2}/cluster.toml"),
+            "--trust",
+            &format!("{d2}/operator.pub"),
+            "--key",
+            &format!("{d2}/node.key"),
+            "--state",
+            &format!("{d2}/accepted.json"),
+            "--interface",
+            &lab.members[1].iface,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("not in the policy"), "{out}");
     assert!(
         lab.file(0, "membership-1.toml").contains("name = \"d4\""),
         "{}",

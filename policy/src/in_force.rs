@@ -22,7 +22,7 @@ use crate::store::{Accepted, RollbackStore, StoreError};
 
 mod memberships;
 
-pub use memberships::{Checked, Effective, MembershipEvent};
+pub use memberships::{Checked, Combined, Effective, MembershipEvent};
 
 /// A refusal already reported is reported again after this long.
 pub const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(600);
@@ -122,6 +122,9 @@ pub struct PolicyInForce {
     dropped: Vec<crate::membership::Dropped>,
     /// The policy and the memberships: the node map in force.
     effective: Option<Arc<Effective>>,
+    /// The first expiry of a key whose membership is in force: the memberships are checked
+    /// again then.
+    membership_recheck_at: Option<Timestamp>,
 }
 
 impl PolicyInForce {
@@ -146,6 +149,7 @@ impl PolicyInForce {
             membership_stamps: std::collections::BTreeMap::new(),
             dropped: Vec::new(),
             effective: None,
+            membership_recheck_at: None,
         })
     }
 

@@ -34,7 +34,7 @@ pub mod watch;
 pub use blocks::NodeBlocks;
 pub use diff::PolicyDiff;
 pub use in_force::{
-    Checked, Effective, MembershipEvent, Outcome, PolicyInForce, PolicyPaths, Refusal,
+    Checked, Combined, Effective, MembershipEvent, Outcome, PolicyInForce, PolicyPaths, Refusal,
 };
 pub use keys::{OperatorPublicKey, WgPublicKey};
 pub use load::{

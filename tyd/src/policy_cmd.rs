@@ -386,7 +386,19 @@ fn ports_text(ports: &policy::PortSet) -> String {
 /// cannot be in it, and a map without it is refused unless `partial` (then a warning names
 /// the nodes left out), so `tyd showmap > /etc/openmosix.map` never silently drops nodes.
 pub fn showmap(path: &Path, trust: Option<&Path>, partial: bool, now: Timestamp) -> CliResult {
-    let (p, _) = load_for_show(path, trust, now)?;
+    // Verified, the map has the nodes of the masters' memberships beside the policy too (each
+    // checked against its key); unverified, the policy's own.
+    let p = match trust {
+        Some(t) => {
+            let verified = load_verified(path, t, now)?;
+            let (map, refused) = policy::Combined::beside(path, &verified, now);
+            for (master, why) in refused {
+                eprintln!("tyd: warning: the membership of master {master} is refused: {why}");
+            }
+            (*map).clone()
+        }
+        None => load_unsigned(path, now)?,
+    };
     let map = MosixMap::from_policy(&p);
     let left_out: Vec<String> = p
         .nodes

@@ -67,14 +67,14 @@ fn this_node_key(a: &StatusArgs<'_>) -> CliResult<Option<policy::WgPublicKey>> {
 }
 
 pub fn run(a: &StatusArgs<'_>, now: Timestamp) -> CliResult {
-    let (policy, refused) = match load_as_daemons_would(a, a.policy, now) {
-        Ok(p) => (p, None),
+    let (policy, refused, read_from) = match load_as_daemons_would(a, a.policy, now) {
+        Ok(p) => (p, None, a.policy.to_path_buf()),
         Err(refusal) => {
             // The copy netguard falls back to, only as netguard would take it (a copy older
             // than what it accepted is refused by netguard too: shown, it would be a lie).
             let copy = policy::load::in_force_path(a.state);
             match load_as_daemons_would(a, &copy, now) {
-                Ok(p) => (p, Some(refusal.message)),
+                Ok(p) => (p, Some(refusal.message), a.policy.to_path_buf()),
                 // Nothing to show: the file's own refusal is the answer, and the node is
                 // unhealthy (the daemons refuse it too).
                 Err(_) => {
@@ -87,12 +87,19 @@ pub fn run(a: &StatusArgs<'_>, now: Timestamp) -> CliResult {
         }
     };
     let me = this_node_key(a)?;
+    // The node map the daemons enforce: the policy and the masters' memberships beside it.
+    let (map, refused_memberships) = policy::Combined::beside(&read_from, &policy, now);
     let mut s = netguard::status::with_other_chains(netguard::status::collect(
-        &policy,
+        &map,
         a.interface,
         me.as_ref(),
         now,
     ));
+    for (master, why) in refused_memberships {
+        s.problems.push(format!(
+            "the membership of master {master} beside the policy is refused: {why}"
+        ));
+    }
     if let Some(r) = &refused {
         s.problems.insert(
             0,

@@ -114,12 +114,16 @@ impl PolicyInForce {
             let origin = path.display().to_string();
             events.extend(self.offer_membership(master, bytes, sig, &origin, now));
         }
-        events.extend(
-            self.memberships
-                .recheck(&policy, now)
-                .into_iter()
-                .map(MembershipEvent::Dropped),
-        );
+        // A new policy is checked against when it comes (`after_new_policy`); between two,
+        // only a key's expiry changes what is allowed.
+        if self.membership_recheck_at.is_some_and(|t| t <= now) {
+            events.extend(
+                self.memberships
+                    .recheck(&policy, now)
+                    .into_iter()
+                    .map(MembershipEvent::Dropped),
+            );
+        }
         self.refresh_effective();
         events
     }
@@ -180,6 +184,13 @@ impl PolicyInForce {
     }
 
     fn refresh_effective(&mut self) {
+        self.membership_recheck_at = self.current.as_ref().and_then(|p| {
+            p.admissions
+                .iter()
+                .filter(|a| self.memberships.of(a.master).is_some())
+                .map(|a| a.expires)
+                .min()
+        });
         self.effective = self.current.as_ref().map(|accepted| {
             let serials: BTreeMap<NodeId, u64> = self
                 .memberships
@@ -200,6 +211,36 @@ impl PolicyInForce {
     }
 }
 
+/// A verified policy with the memberships beside its file that check out under it (no
+/// rollback record: a reader that keeps no state, such as `tyd status`): the node map this
+/// node's daemons enforce, as far as the files say.
+#[derive(Debug)]
+pub struct Combined {
+    policy: Policy,
+}
+
+impl Deref for Combined {
+    type Target = Policy;
+    fn deref(&self) -> &Policy {
+        &self.policy
+    }
+}
+
+impl Combined {
+    /// `verified` (read from `policy_path`) with the memberships beside it; those refused,
+    /// with why.
+    pub fn beside(
+        policy_path: &std::path::Path,
+        verified: &crate::Verified<Policy>,
+        now: Timestamp,
+    ) -> (Self, Vec<(NodeId, Refusal)>) {
+        let (memberships, refused) = crate::membership::read_beside(policy_path, verified, now);
+        let mut policy = Policy::clone(verified);
+        policy.nodes = memberships.nodes(verified).cloned().collect();
+        (Self { policy }, refused)
+    }
+}
+
 /// A policy a daemon may act on every node of: one verified under the operator's key
 /// ([`crate::Verified`]`<Policy>`), or the node map in force ([`Effective`]: such a policy with
 /// the memberships verified under its admission keys). Sealed: nothing else is.
@@ -207,9 +248,11 @@ pub trait Checked: Deref<Target = Policy> + sealed::Sealed {}
 
 impl Checked for crate::Verified<Policy> {}
 impl Checked for Effective {}
+impl Checked for Combined {}
 
 mod sealed {
     pub trait Sealed {}
     impl Sealed for crate::Verified<crate::Policy> {}
     impl Sealed for super::Effective {}
+    impl Sealed for super::Combined {}
 }
