@@ -77,7 +77,7 @@ pub enum Refusal {
     /// entry: the operator removes it, or lets it expire. Never replaced by a join: whoever
     /// holds a token could otherwise push a node out by claiming its address.
     #[error(
-        "endpoint {endpoint} is already node {node}'s: remove that node first (tyd node remove), or give such nodes an expiry"
+        "endpoint {endpoint} is already node {node}'s: remove that node first (tyd node remove, or tyd admission revoke for a node a master admitted), or give such nodes an expiry"
     )]
     EndpointTaken { endpoint: String, node: u16 },
     /// An ephemeral drone's address whose node the cluster still hears: retry later.
@@ -126,31 +126,7 @@ pub enum Admission {
 /// broadcast), no routable one (link-local: the same on every link), or inside the
 /// cluster's own tunnel networks.
 pub fn unusable_endpoint(policy: &Policy, ip: std::net::IpAddr) -> Option<&'static str> {
-    use std::net::IpAddr;
-    let link_local = match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    };
-    if ip.is_unspecified() {
-        Some("unspecified")
-    } else if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
-        Some("multicast or broadcast")
-    } else if link_local {
-        Some("link-local")
-    } else if [
-        policy.cluster.tunnel_ipv4.map(ipnet::IpNet::V4),
-        policy.cluster.tunnel_ipv6.map(ipnet::IpNet::V6),
-    ]
-    .into_iter()
-    .flatten()
-    .any(|n| n.contains(&ip))
-    {
-        Some("inside the cluster's tunnel network")
-    } else {
-        None
-    }
+    policy::validate::unusable_endpoint(policy, ip)
 }
 
 fn usable_name(name: &str) -> bool {

@@ -130,21 +130,29 @@ pub fn verify_membership_input(data: &[u8]) {
 }
 
 /// The harness's decision on a membership signed by master 1's admission key: `Ok`, or the
-/// refusal's line (for the corpus test's seeds).
+/// refusal's line, or why a node of it is left out of the map (for the corpus test's seeds).
 pub fn membership_verdict(doc: &[u8]) -> Result<(), String> {
     let policy = membership_policy().ok_or("no policy")?;
     let now = "2026-06-01T00:00:00Z"
         .parse::<Timestamp>()
         .map_err(|e| e.to_string())?;
     let sig = sign(doc, &SigningKey::from_bytes(&[42; 32]));
-    crate::membership::verify_membership(
-        "m.toml",
-        crate::NodeId::MIN,
-        doc,
-        sig.as_bytes(),
-        policy,
-        now,
-    )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
+    let mut in_force = crate::membership::MembershipsInForce::default();
+    let mut store = crate::membership::MembershipStore::in_memory();
+    in_force
+        .offer(
+            policy,
+            &mut store,
+            crate::NodeId::MIN,
+            "m.toml",
+            doc.to_vec(),
+            sig.into_bytes(),
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+    // Accepted, but a node another claims too is left out of the map.
+    match in_force.excluded().values().next() {
+        Some(why) => Err(format!("left out: {why}")),
+        None => Ok(()),
+    }
 }

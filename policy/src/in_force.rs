@@ -125,6 +125,9 @@ pub struct PolicyInForce {
     /// The first expiry of a key whose membership is in force: the memberships are checked
     /// again then.
     membership_recheck_at: Option<Timestamp>,
+    /// Membership nodes left out of the node map, as last told, and what is yet to be told.
+    told_left_out: std::collections::BTreeSet<(crate::NodeId, crate::NodeId)>,
+    left_out_events: Vec<MembershipEvent>,
 }
 
 impl PolicyInForce {
@@ -150,6 +153,8 @@ impl PolicyInForce {
             dropped: Vec::new(),
             effective: None,
             membership_recheck_at: None,
+            told_left_out: std::collections::BTreeSet::new(),
+            left_out_events: Vec::new(),
         })
     }
 

@@ -48,6 +48,37 @@ pub fn valid_interface_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// Why `ip` cannot be a node's LAN endpoint, if it cannot: no address (unspecified), this
+/// machine's (loopback), many machines' (multicast, broadcast), no routable one
+/// (link-local: the same on every link), or inside the cluster's own tunnel networks.
+pub fn unusable_endpoint(policy: &Policy, ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("multicast or broadcast")
+    } else if link_local {
+        Some("link-local")
+    } else if [
+        policy.cluster.tunnel_ipv4.map(ipnet::IpNet::V4),
+        policy.cluster.tunnel_ipv6.map(ipnet::IpNet::V6),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|n| n.contains(&ip))
+    {
+        Some("inside the cluster's tunnel network")
+    } else {
+        None
+    }
+}
+
 /// Checks `policy` as of `now`; an empty result means it is valid.
 pub fn validate(policy: &Policy, now: Timestamp) -> Vec<Finding> {
     let mut out = Vec::new();

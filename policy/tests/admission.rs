@@ -235,50 +235,94 @@ fn a_stolen_admission_key_cannot_admit_a_role_id_address_or_count_outside_its_li
     }
 }
 
-/// Attack: a hostile master takes over nodes it did not admit. Steps: it lists a drone with
-/// the WireGuard key of node 2 (the operator's server: its traffic would go to the thief's
-/// addresses); with node 2's name; with node 2's endpoint; then master 3's own drone, by key.
-/// Each is refused, naming whose node it collides with; master 3's stays.
+/// Attack (helper's B1 and B4, issue 28): a hostile master takes over nodes it did not
+/// admit by listing their identity. Steps: it lists a drone with the WireGuard key of node 2
+/// (the operator's server), one with node 2's name, and one with master 3's drone's key. Each such node is left out of the
+/// node map, with why, and so is master 3's drone it collided with: nobody gets a contested
+/// identity, node 2 (the operator's) keeps its place, and the map is the same whichever
+/// membership reached the member first.
 #[test]
 fn a_hostile_master_cannot_take_over_a_node_it_did_not_admit() {
     let p = lab_policy();
-    let mut m = member();
-    m.offer(
-        &p,
-        3,
-        signed(&membership(3, 1, vec![node(200, 200)]), ADMISSION_3),
-    )
-    .unwrap();
     let mut key = node(100, 130);
     key.public_key = wg(2);
-    let mut name = node(100, 130);
+    let mut name = node(101, 131);
     name.name = "n2".into();
-    let mut endpoint = node(100, 130);
-    endpoint.endpoint = Some("198.18.0.2:51820".parse().unwrap());
-    let mut thief = node(100, 130);
+    let mut thief = node(102, 132);
     thief.public_key = wg(200);
-    for (n, why) in [
-        (key, "public key"),
-        (name, "name \"n2\""),
-        (endpoint, "endpoint 198.18.0.2:51820"),
+    let honest = membership(3, 1, vec![node(200, 200), node(201, 201)]);
+    let hostile = membership(1, 1, vec![key, name, thief]);
+    let mut maps = Vec::new();
+    for order in [[1, 3], [3, 1]] {
+        let mut m = member();
+        for master in order {
+            let doc = if master == 1 {
+                signed(&hostile, ADMISSION_1)
+            } else {
+                signed(&honest, ADMISSION_3)
+            };
+            m.offer(&p, master, doc).unwrap();
+        }
+        let out: Vec<(u16, u16, String)> = m
+            .in_force
+            .excluded()
+            .iter()
+            .map(|((master, id), why)| (master.get(), id.get(), why.clone()))
+            .collect();
+        maps.push((m.ids(&p), out));
+    }
+    assert_eq!(
+        maps[0], maps[1],
+        "the map depends on the order memberships came in"
+    );
+    let (ids, out) = &maps[0];
+    // Master 3's other drone stays: only what is contested is left out.
+    assert_eq!(ids, &[1, 2, 3, 201]);
+    let why = |id: u16| {
+        out.iter()
+            .find(|(_, n, _)| *n == id)
+            .map(|(_, _, w)| w.clone())
+    };
+    assert!(
+        why(100)
+            .unwrap()
+            .contains("is also node 2's (the policy's)"),
+        "{out:?}"
+    );
+    assert!(why(101).unwrap().contains("name \"n2\""), "{out:?}");
+    assert!(
+        why(102).unwrap().contains("in master 3's membership"),
+        "{out:?}"
+    );
+    assert!(
+        why(200).unwrap().contains("in master 1's membership"),
+        "{out:?}"
+    );
+}
+
+/// Attack (helper's B5): endpoints a node cannot have, or written another way to slip past
+/// the comparison with the policy's. Steps: master 1 signs a membership whose node's endpoint
+/// is node 1's written as IPv6-mapped IPv4, then loopback, then a tunnel address: each is
+/// refused, naming the endpoint.
+#[test]
+fn a_membership_endpoint_written_twice_or_unusable_is_refused() {
+    let p = lab_policy();
+    let mut m = member();
+    for (endpoint, why) in [
+        ("[::ffff:198.18.0.1]:51820", "IPv4 address written as IPv6"),
+        ("127.0.0.1:51820", "loopback"),
+        ("10.77.0.1:51820", "inside the cluster's tunnel network"),
     ] {
+        let mut n = node(100, 130);
+        n.endpoint = Some(endpoint.parse().unwrap());
         let e = refused(
             &mut m,
             &p,
             1,
             signed(&membership(1, 1, vec![n]), ADMISSION_1),
         );
-        assert!(e.to_string().contains(why), "{e}");
-        assert!(e.to_string().contains("node 2's (the policy's)"), "{e}");
+        assert!(e.to_string().contains(why), "{endpoint}: {e}");
     }
-    let e = refused(
-        &mut m,
-        &p,
-        1,
-        signed(&membership(1, 1, vec![thief]), ADMISSION_1),
-    );
-    assert!(e.to_string().contains("in master 3's membership"), "{e}");
-    assert_eq!(m.ids(&p), [1, 2, 3, 200]);
 }
 
 /// Attack: replaying or rolling back a master's membership (to bring back a node it removed).

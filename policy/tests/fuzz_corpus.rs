@@ -60,5 +60,9 @@ fn the_membership_corpus_replays_and_its_seeds_decide_as_named() {
             .unwrap_err()
             .contains("outside master 1's ids")
     );
-    assert!(decide("policy_key").unwrap_err().contains("public key"));
+    assert!(
+        decide("policy_key")
+            .unwrap_err()
+            .contains("left out: its public key")
+    );
 }

@@ -276,7 +276,9 @@ fn limits_of(
     })
 }
 
-/// The nodes of master `master`'s membership at `path`, checked against its key in `policy`.
+/// The nodes of master `master`'s membership at `path`, checked against its key in `policy`;
+/// refused if one of them is another node's too (the policy's: copied, it would be listed
+/// twice).
 fn membership_nodes(
     policy: &policy::Policy,
     master: NodeId,
@@ -285,14 +287,26 @@ fn membership_nodes(
 ) -> CliResult<Vec<policy::Node>> {
     let bytes = policy::fsutil::read(path)?;
     let sig = policy::fsutil::read(&policy::signature_path(path))?;
-    let m = policy::membership::verify_membership(
-        &path.display().to_string(),
-        master,
-        &bytes,
-        &sig,
-        policy,
-        now,
-    )
-    .map_err(|e| Failure::new(Exit::Refused, format!("{}: {e}", path.display())))?;
-    Ok(m.nodes.clone())
+    let mut in_force = policy::membership::MembershipsInForce::default();
+    let mut store = policy::membership::MembershipStore::in_memory();
+    let refused =
+        |e: &dyn std::fmt::Display| Failure::new(Exit::Refused, format!("{}: {e}", path.display()));
+    in_force
+        .offer(
+            policy,
+            &mut store,
+            master,
+            &path.display().to_string(),
+            bytes,
+            sig,
+            now,
+        )
+        .map_err(|e| refused(&e))?;
+    if let Some(((_, id), why)) = in_force.excluded().iter().next() {
+        return Err(refused(&format!("node {id}: {why}")));
+    }
+    Ok(in_force
+        .of(master)
+        .map(|m| m.verified.nodes.clone())
+        .unwrap_or_default())
 }

@@ -1124,7 +1124,7 @@ fn admission_keys_are_added_rotated_and_removed_on_the_operators_copy() {
         ],
         5,
     );
-    assert!(err.contains("already node 2's"), "{err}");
+    assert!(err.contains("is also node 2's"), "{err}");
     d.ok(&["keygen", "node", "--out", "n9.key"]);
     let membership = membership.replace(d.key("n2.key.pub").trim(), d.key("n9.key.pub").trim());
     std::fs::write(d.p("membership-1.toml"), &membership).unwrap();

@@ -150,6 +150,12 @@ pub struct Core {
     /// fetched from again until this node's policy changes, so a hostile member offering a
     /// "newer" serial over and over costs one fetch, not one per offer.
     spoiled: std::collections::BTreeSet<NodeId>,
+    /// Peers that named a membership newer than what their fetch left in force here (a
+    /// forged or conflicting one, or a lie): not fetched from again for memberships alone
+    /// until this node's policy or memberships change. A newer policy is still fetched from
+    /// them: a membership this node refuses must not keep the operator's next policy (the one
+    /// that may remove that master) away (issue 28, attack B2).
+    spoiled_memberships: std::collections::BTreeSet<NodeId>,
     /// Heartbeats received whose claimed node was not the sender (counted, not logged each).
     pub impostors: u64,
     /// Flap damping (off only in tests, to compare against the rules without it).
@@ -173,6 +179,7 @@ impl Core {
             fetching: BTreeMap::new(),
             newer: BTreeMap::new(),
             spoiled: std::collections::BTreeSet::new(),
+            spoiled_memberships: std::collections::BTreeSet::new(),
             impostors: 0,
             damping: true,
             forks: BTreeSet::new(),
@@ -210,6 +217,9 @@ impl Core {
         rng: &mut dyn RngCore,
     ) -> Vec<Action> {
         let newer = behind(&self.memberships, &serials);
+        if serials != self.memberships {
+            self.spoiled_memberships.clear();
+        }
         self.memberships = serials;
         self.forget_caught_up();
         if newer { self.offer(rng) } else { Vec::new() }
@@ -275,6 +285,7 @@ impl Core {
         self.forget_caught_up();
         if newer {
             self.spoiled.clear();
+            self.spoiled_memberships.clear();
             self.forks.clear();
         }
         if !newer {
@@ -369,7 +380,11 @@ impl Core {
     }
 
     fn maybe_fetch(&mut self, from: NodeId, holds: Holds, now: Duration) -> Option<Action> {
-        if !self.ahead(&holds) || self.spoiled.contains(&from) {
+        let memberships_only = holds.serial <= self.serial;
+        if !self.ahead(&holds)
+            || self.spoiled.contains(&from)
+            || (memberships_only && self.spoiled_memberships.contains(&from))
+        {
             return None;
         }
         if self.fetching.contains_key(&from) || self.fetching.len() >= MAX_FETCHES {
@@ -414,12 +429,16 @@ impl Core {
         let offered = self.fetching.remove(&from).map(|(h, _)| h);
         let lied = match result {
             Fetched::Refused => true,
-            Fetched::Delivered { serial } => offered
-                .is_some_and(|o| serial < o.serial || behind(&self.memberships, &o.memberships)),
+            Fetched::Delivered { serial } => offered.as_ref().is_some_and(|o| serial < o.serial),
             Fetched::Network => false,
         };
         if lied {
             self.spoiled.insert(from);
+            self.newer.remove(&from);
+        } else if matches!(result, Fetched::Delivered { .. })
+            && offered.is_some_and(|o| behind(&self.memberships, &o.memberships))
+        {
+            self.spoiled_memberships.insert(from);
             self.newer.remove(&from);
         }
         self.next_pull(now, None)
@@ -428,6 +447,12 @@ impl Core {
     /// Whether `from` is known to have lied since this node's policy last changed.
     pub fn spoiled(&self, from: NodeId) -> bool {
         self.spoiled.contains(&from)
+    }
+
+    /// Whether `from` named a membership its fetch did not leave in force here, since this
+    /// node's policy or memberships last changed.
+    pub fn spoiled_for_memberships(&self, from: NodeId) -> bool {
+        self.spoiled_memberships.contains(&from)
     }
 
     /// A fetch from a peer known to hold a newer serial (chosen by `rng`, or the highest
@@ -653,13 +678,31 @@ mod tests {
             }]
         );
         let _ = c.fetch_done(id(2), Fetched::Delivered { serial: 5 }, secs(2));
-        assert!(c.spoiled(id(2)), "served no membership it named: a lie");
+        assert!(
+            c.spoiled_for_memberships(id(2)) && !c.spoiled(id(2)),
+            "served no membership it named: not asked for memberships again, but for a newer policy"
+        );
         let offer = Message::Offer {
             serial: 5,
             digest: "d".into(),
             memberships: newer.clone(),
         };
         assert!(c.receive(id(2), offer.clone(), secs(3)).is_empty());
+        // Attack B2: a member that named a membership this node refuses still brings the
+        // operator's next policy.
+        let policy_6 = Message::Offer {
+            serial: 6,
+            digest: "e".into(),
+            memberships: newer.clone(),
+        };
+        assert_eq!(
+            c.receive(id(2), policy_6, secs(3)),
+            [Action::Fetch {
+                from: id(2),
+                serial: 6
+            }]
+        );
+        let _ = c.fetch_done(id(2), Fetched::Network, secs(3));
         assert_eq!(
             c.receive(id(3), offer.clone(), secs(3)),
             [Action::Fetch {

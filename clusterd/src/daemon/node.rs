@@ -334,8 +334,10 @@ impl Node {
                 &origin,
                 Timestamp::now(),
             );
-            if let Some(MembershipEvent::Accepted { serial, .. }) = &event {
-                self.write_membership(master, *serial);
+            for e in &event {
+                if let MembershipEvent::Accepted { serial, .. } = e {
+                    self.write_membership(master, *serial);
+                }
             }
             events.extend(event);
         }
@@ -392,6 +394,11 @@ impl Node {
                 MembershipEvent::Dropped(d) => {
                     warn!(master = d.master.get(), serial = d.serial, reason = %d.reason,
                         "membership dropped with its nodes: the policy in force no longer allows it");
+                    changed = true;
+                }
+                MembershipEvent::LeftOut { master, node, why } => {
+                    warn!(%source, master = master.get(), node = node.get(), reason = %why,
+                        "a node of a membership left out of the node map: a node of the policy (which stays) or of another master's membership (also left out) has its identity too");
                     changed = true;
                 }
             }

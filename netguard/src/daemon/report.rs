@@ -107,6 +107,11 @@ pub(super) fn log_membership(event: &policy::MembershipEvent) -> bool {
                 "membership dropped with its nodes: the policy in force no longer allows it");
             true
         }
+        E::LeftOut { master, node, why } => {
+            tracing::warn!(master = master.get(), node = node.get(), reason = %why,
+                "a node of a membership left out of the node map: a node of the policy (which stays) or of another master's membership (also left out) has its identity too");
+            true
+        }
     }
 }
 

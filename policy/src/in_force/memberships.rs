@@ -63,6 +63,14 @@ pub enum MembershipEvent {
     },
     /// A membership in force that the policy in force (or the time) no longer allows.
     Dropped(Dropped),
+    /// A node of master `master`'s membership left out of the node map: another (of the
+    /// policy, or of another master's membership) has its key, name, endpoint, address or id
+    /// too (`why`). Told once, when it is first left out.
+    LeftOut {
+        master: NodeId,
+        node: NodeId,
+        why: String,
+    },
 }
 
 impl PolicyInForce {
@@ -90,6 +98,7 @@ impl PolicyInForce {
             .drain(..)
             .map(MembershipEvent::Dropped)
             .collect();
+        events.append(&mut self.left_out_events);
         let Some(policy) = self.current.clone() else {
             return events;
         };
@@ -125,11 +134,12 @@ impl PolicyInForce {
             );
         }
         self.refresh_effective();
+        events.append(&mut self.left_out_events);
         events
     }
 
     /// Master `master`'s membership from `origin` (its file, or a peer): in force if it is
-    /// acceptable and newer. `None`: the one in force, offered again.
+    /// acceptable and newer. Nothing: the one in force, offered again.
     pub fn offer_membership(
         &mut self,
         master: NodeId,
@@ -137,8 +147,10 @@ impl PolicyInForce {
         signature: Vec<u8>,
         origin: &str,
         now: Timestamp,
-    ) -> Option<MembershipEvent> {
-        let policy = self.current.clone()?;
+    ) -> Vec<MembershipEvent> {
+        let Some(policy) = self.current.clone() else {
+            return Vec::new();
+        };
         let event = match self.memberships.offer(
             &policy,
             &mut self.membership_store,
@@ -149,14 +161,14 @@ impl PolicyInForce {
             now,
         ) {
             Ok(Acceptance::Unchanged) => None,
-            Ok(Acceptance::New) => {
-                let m = self.memberships.of(master)?;
-                Some(MembershipEvent::Accepted {
+            Ok(Acceptance::New) => self
+                .memberships
+                .of(master)
+                .map(|m| MembershipEvent::Accepted {
                     master,
                     serial: m.verified.membership.serial,
                     nodes: m.verified.nodes.len(),
-                })
-            }
+                }),
             Err(reason) => {
                 let first = self.report(&format!("{origin}: {reason}"));
                 Some(MembershipEvent::Refused {
@@ -168,7 +180,9 @@ impl PolicyInForce {
             }
         };
         self.refresh_effective();
-        event
+        let mut events: Vec<MembershipEvent> = event.into_iter().collect();
+        events.append(&mut self.left_out_events);
+        events
     }
 
     /// After a new policy: the memberships in force checked under it (those it no longer
@@ -184,6 +198,18 @@ impl PolicyInForce {
     }
 
     fn refresh_effective(&mut self) {
+        // The nodes newly left out are told once.
+        let now_out = self.memberships.excluded();
+        for ((master, node), why) in now_out {
+            if !self.told_left_out.contains(&(*master, *node)) {
+                self.left_out_events.push(MembershipEvent::LeftOut {
+                    master: *master,
+                    node: *node,
+                    why: why.clone(),
+                });
+            }
+        }
+        self.told_left_out = now_out.keys().copied().collect();
         self.membership_recheck_at = self.current.as_ref().and_then(|p| {
             p.admissions
                 .iter()

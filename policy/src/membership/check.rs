@@ -97,7 +97,7 @@ impl fmt::Display for Whose {
 
 /// Checks `m` against the policy: this cluster, a live admission key for its master, and
 /// every node within that key's roles, ids, networks and count, well formed, and apart from
-/// every other node of `m` and of the policy.
+/// every other node of `m`.
 pub fn check_limits(policy: &Policy, m: &Membership) -> Result<(), Refusal> {
     let h = &m.membership;
     let master = h.master;
@@ -132,17 +132,31 @@ pub fn check_limits(policy: &Policy, m: &Membership) -> Result<(), Refusal> {
         if let Some(&addr) = n.addresses.iter().find(|a| !key.holds_address(**a)) {
             return Err(Refusal::Address { master, id, addr });
         }
-        well_formed(n)?;
+        well_formed(policy, n)?;
     }
+    // Two nodes of one membership sharing anything: refused (the master wrote it so). One
+    // sharing anything with a node of the policy or of another master's membership is left
+    // out of the node map instead ([`super::MembershipsInForce::excluded`]): a refusal
+    // would depend on which came first.
     let mut taken = Taken::default();
-    taken.add_all(policy.nodes.iter(), Whose::Policy)?;
     taken.add_all(m.nodes.iter(), Whose::Master(master))?;
     Ok(())
 }
 
-/// A node's own checks, as the policy's nodes have them.
-fn well_formed(n: &Node) -> Result<(), Refusal> {
-    let what = if !crate::validate::valid_name(&n.name) {
+/// A node's own checks, as the policy's nodes have them, and an endpoint joind would take:
+/// written one way (an IPv4 address written as IPv6 is refused, not read as another one),
+/// and one a node can have ([`crate::validate::unusable_endpoint`]).
+fn well_formed(policy: &Policy, n: &Node) -> Result<(), Refusal> {
+    let bad_endpoint = n.endpoint.and_then(|e| {
+        if e.ip().to_canonical() != e.ip() {
+            return Some(format!("endpoint {e} is an IPv4 address written as IPv6"));
+        }
+        crate::validate::unusable_endpoint(policy, e.ip())
+            .map(|why| format!("endpoint {e} is {why}"))
+    });
+    let what = if let Some(why) = bad_endpoint {
+        why
+    } else if !crate::validate::valid_name(&n.name) {
         format!(
             "name {} must be 1-63 letters, digits, '-' or '_'",
             shown(&n.name)

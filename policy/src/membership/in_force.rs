@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::check::{Refusal, Taken, Whose, check_limits};
+use super::check::{Refusal, Whose, check_limits};
 use super::store::MembershipStore;
 use super::{Membership, verify_membership};
 use crate::model::{Node, NodeId, Policy};
@@ -33,13 +33,19 @@ pub struct Dropped {
 #[derive(Debug, Default)]
 pub struct MembershipsInForce {
     by_master: BTreeMap<NodeId, Arc<SignedMembership>>,
+    /// Nodes of the memberships left out of the node map, by (master, node id), with why:
+    /// a WireGuard key, name, endpoint, tunnel address or id that a node of the policy or of
+    /// another master's membership has too. Both claims are left out, whichever came first,
+    /// so every member makes the same map whatever order memberships reach it in, and a
+    /// master cannot take a node over by listing its key (issue 28, attack B1/B4).
+    excluded: BTreeMap<(NodeId, NodeId), String>,
 }
 
 impl MembershipsInForce {
     /// Master `master`'s membership offered (from its file or a peer): verified under
-    /// `policy` ([`verify_membership`]), apart from every other membership in force, newer
-    /// than the last accepted from that master (`store`, persisted first). On a refusal
-    /// nothing changes.
+    /// `policy` ([`verify_membership`]), newer than the last accepted from that master
+    /// (`store`, persisted first). On a refusal nothing changes. A node of it that another
+    /// claims too is left out of the node map ([`Self::excluded`]), not the membership.
     #[allow(clippy::too_many_arguments)]
     pub fn offer(
         &mut self,
@@ -59,7 +65,6 @@ impl MembershipsInForce {
                 expected: master,
             });
         }
-        self.apart(policy, &verified)?;
         let acceptance =
             store.accept(master, verified.membership.serial, &verified.digest_hex())?;
         if acceptance == Acceptance::New || !self.by_master.contains_key(&master) {
@@ -71,21 +76,69 @@ impl MembershipsInForce {
                     verified,
                 }),
             );
+            self.recount(policy);
         }
         Ok(acceptance)
     }
 
-    /// Whether `m` shares no id, name, key, endpoint or address with the policy's nodes and
-    /// the other masters' memberships in force.
-    fn apart(&self, policy: &Policy, m: &Membership) -> Result<(), Refusal> {
-        let mut taken = Taken::default();
-        taken.add_all(policy.nodes.iter(), Whose::Policy)?;
-        for (master, other) in &self.by_master {
-            if *master != m.membership.master {
-                taken.add_all(other.verified.nodes.iter(), Whose::Master(*master))?;
+    /// Works out which membership nodes are left out: any whose key, name, endpoint,
+    /// address or id another owner (the policy, or another master) has too. Revoked nodes
+    /// count for nothing.
+    fn recount(&mut self, policy: &Policy) {
+        use std::collections::HashMap;
+        let mut owners: HashMap<String, Vec<(Whose, NodeId)>> = HashMap::new();
+        let mut claim = |what: String, whose: Whose, id: NodeId| {
+            let list = owners.entry(what).or_default();
+            if !list.iter().any(|(w, _)| *w == whose) {
+                list.push((whose, id));
+            }
+        };
+        let live = |master: NodeId, n: &Node| {
+            !policy
+                .admission_of(master)
+                .is_some_and(|a| a.revoked.contains(&n.public_key))
+        };
+        let all =
+            policy
+                .nodes
+                .iter()
+                .map(|n| (Whose::Policy, n))
+                .chain(self.by_master.iter().flat_map(|(master, m)| {
+                    m.verified
+                        .nodes
+                        .iter()
+                        .filter(move |n| live(*master, n))
+                        .map(move |n| (Whose::Master(*master), n))
+                }));
+        for (whose, n) in all {
+            for what in identifiers(n) {
+                claim(what, whose, n.id);
             }
         }
-        taken.add_all(m.nodes.iter(), Whose::Master(m.membership.master))
+        let mut excluded = BTreeMap::new();
+        for (master, m) in &self.by_master {
+            for n in m.verified.nodes.iter().filter(|n| live(*master, n)) {
+                let clash = identifiers(n).into_iter().find_map(|what| {
+                    let other = owners
+                        .get(&what)?
+                        .iter()
+                        .find(|(w, _)| *w != Whose::Master(*master))?;
+                    Some(format!(
+                        "its {what} is also node {}'s ({})",
+                        other.1, other.0
+                    ))
+                });
+                if let Some(why) = clash {
+                    excluded.insert((*master, n.id), why);
+                }
+            }
+        }
+        self.excluded = excluded;
+    }
+
+    /// The membership nodes left out of the node map, by (master, node id), with why.
+    pub fn excluded(&self) -> &BTreeMap<(NodeId, NodeId), String> {
+        &self.excluded
     }
 
     /// Checks every membership in force again under `policy` at `now` (a new policy, or time
@@ -123,13 +176,7 @@ impl MembershipsInForce {
                         })
                     }
                 })
-                .and_then(|()| check_limits(policy, &m.verified))
-                .and_then(|()| {
-                    self.by_master.remove(&master);
-                    let apart = self.apart(policy, &m.verified);
-                    self.by_master.insert(master, Arc::clone(&m));
-                    apart
-                });
+                .and_then(|()| check_limits(policy, &m.verified));
             if let Err(reason) = verdict {
                 self.by_master.remove(&master);
                 dropped.push(Dropped {
@@ -139,6 +186,7 @@ impl MembershipsInForce {
                 });
             }
         }
+        self.recount(policy);
         dropped
     }
 
@@ -153,7 +201,8 @@ impl MembershipsInForce {
     }
 
     /// The node map in force: the policy's nodes, then each membership's, by master, but for
-    /// those whose key the operator revoked in that master's admission.
+    /// those whose key the operator revoked in that master's admission and those left out
+    /// ([`Self::excluded`], as last worked out under `policy`).
     pub fn nodes<'a>(&'a self, policy: &'a Policy) -> impl Iterator<Item = &'a Node> {
         policy
             .nodes
@@ -162,10 +211,10 @@ impl MembershipsInForce {
                 let revoked = policy
                     .admission_of(*master)
                     .map_or(&[][..], |a| a.revoked.as_slice());
-                m.verified
-                    .nodes
-                    .iter()
-                    .filter(move |n| !revoked.contains(&n.public_key))
+                m.verified.nodes.iter().filter(move |n| {
+                    !revoked.contains(&n.public_key)
+                        && !self.excluded.contains_key(&(*master, n.id))
+                })
             }))
     }
 
@@ -176,6 +225,24 @@ impl MembershipsInForce {
             .find(|(_, m)| m.verified.nodes.iter().any(|n| n.id == id))
             .map(|(master, _)| *master)
     }
+}
+
+/// What a node is known by, each as one text: its id, WireGuard key, name, endpoint (one
+/// spelling: an IPv4 address written as IPv6 is that address) and each tunnel address.
+fn identifiers(n: &Node) -> Vec<String> {
+    let mut out = vec![
+        format!("node id {}", n.id),
+        format!("public key {}", n.public_key),
+        format!("name {}", crate::parse::shown(&n.name)),
+    ];
+    if let Some(e) = n.endpoint {
+        out.push(format!(
+            "endpoint {}",
+            std::net::SocketAddr::new(e.ip().to_canonical(), e.port())
+        ));
+    }
+    out.extend(n.addresses.iter().map(|a| format!("tunnel address {a}")));
+    out
 }
 
 /// The memberships beside the policy at `policy_path` (one file per master `policy` gives an
