@@ -360,3 +360,30 @@ fn memberships_beside_the_policy_join_the_node_map_and_forged_ones_change_nothin
     restarted.read_memberships(now());
     assert_eq!(ids_in_force(&restarted), [1, 2, 3]);
 }
+
+/// Found by CI (the systemd test, issue 28): after a reboot, clusterd on the master read its
+/// membership again, its store said "unchanged" (it had accepted that serial before the
+/// reboot), no change was reported, and clusterd went on without the nodes it lists (its
+/// peers were the policy's alone: it sent them no heartbeat and they quarantined it). Steps:
+/// a daemon accepts master 1's membership; a new daemon on the same state reads it again:
+/// it must report it as put in force, and its node map must have drone 100.
+#[test]
+fn a_restarted_daemon_reports_the_membership_it_accepted_before_as_in_force() {
+    use policy::MembershipEvent as E;
+    let dir = tempfile::tempdir().unwrap();
+    let paths = lab(dir.path());
+    put(&paths, 5, &admission(40));
+    put_membership(&paths, 2, &[100], 40);
+    let mut first = PolicyInForce::open(paths.clone(), 0).unwrap();
+    assert!(matches!(first.poll(now()), Outcome::Accepted { .. }));
+    assert_eq!(first.read_memberships(now()).len(), 1);
+    drop(first);
+    let mut again = PolicyInForce::open(paths, 0).unwrap();
+    assert!(matches!(again.poll(now()), Outcome::Accepted { .. }));
+    let events = again.read_memberships(now());
+    assert!(
+        matches!(events[..], [E::Accepted { serial: 2, .. }]),
+        "{events:?}"
+    );
+    assert_eq!(ids_in_force(&again), [1, 2, 3, 100]);
+}

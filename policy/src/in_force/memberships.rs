@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use super::{PolicyInForce, Stamp};
 use crate::membership::{Dropped, MAX_MEMBERSHIP_BYTES, Refusal, membership_path};
 use crate::model::{NodeId, Policy};
-use crate::store::{Acceptance, Accepted};
+use crate::store::Accepted;
 
 /// The policy in force with every membership in force: its nodes are the node map in force
 /// (the policy's, then each master's), everything else is the policy's. What netguard
@@ -151,6 +151,7 @@ impl PolicyInForce {
         let Some(policy) = self.current.clone() else {
             return Vec::new();
         };
+        let before = self.memberships.of(master).map(|m| m.verified.digest_hex());
         let event = match self.memberships.offer(
             &policy,
             &mut self.membership_store,
@@ -160,10 +161,12 @@ impl PolicyInForce {
             signature,
             now,
         ) {
-            Ok(Acceptance::Unchanged) => None,
-            Ok(Acceptance::New) => self
+            // In force now and not before: new to the store, or the one it accepted before a
+            // restart (the store says unchanged, but the node map has it only now).
+            Ok(_) => self
                 .memberships
                 .of(master)
+                .filter(|m| before.as_deref() != Some(m.verified.digest_hex().as_str()))
                 .map(|m| MembershipEvent::Accepted {
                     master,
                     serial: m.verified.membership.serial,
