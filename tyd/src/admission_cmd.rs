@@ -127,12 +127,7 @@ pub fn run(cmd: AdmissionCmd, now: Timestamp) -> CliResult {
             let p = edit.commit(now)?;
             println!(
                 "master {master} admits {} with ids {} in {}, {} nodes at most, until {}; key in {} (copy it to the master's /etc/tyd/admission.key); serial is now {}: sign the policy",
-                limits
-                    .roles
-                    .iter()
-                    .map(|r| r.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                limits.role_names(),
                 limits.ids,
                 limits
                     .addresses

@@ -53,12 +53,7 @@ fn roles_within(limits: &Limits, roles: &[Role]) -> Result<(), String> {
         None => Ok(()),
         Some(r) => Err(format!(
             "this master's admission key admits {} only, not {}",
-            limits
-                .roles
-                .iter()
-                .map(|r| r.name())
-                .collect::<Vec<_>>()
-                .join(", "),
+            limits.role_names(),
             r.name()
         )),
     }

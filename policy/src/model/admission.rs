@@ -45,6 +45,12 @@ impl Admission {
         self.addresses.iter().any(|net| net.contains(&addr))
     }
 
+    /// Its roles as the policy spells them, comma-separated ("drone, server").
+    pub fn role_names(&self) -> String {
+        let names: Vec<&str> = self.roles.iter().map(|r| r.name()).collect();
+        names.join(", ")
+    }
+
     /// Whether the key may sign at `now`.
     pub fn is_live(&self, now: Timestamp) -> bool {
         self.expires > now
