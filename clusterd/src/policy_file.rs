@@ -157,15 +157,13 @@ pub fn write_membership_if_newer(
     Ok(matches!(written, PairWrite::Written { .. }))
 }
 
-/// The serial of the membership at `path`, if it is one signed by `key`.
+/// The serial of the membership at `path`, if it is one signed by `key`. Read without the
+/// pair's shared lock, as [`on_disk`] reads the policy: the caller holds the directory's
+/// exclusive lock, and a shared one taken beside it would wait for it (half a second) in vain.
 fn membership_serial_on_disk(path: &Path, key: &policy::OperatorPublicKey) -> Option<u64> {
-    let (bytes, sig) = fsutil::read_signed_pair(
-        path,
-        &policy::signature_path(path),
-        policy::membership::MAX_MEMBERSHIP_BYTES as u64,
-        MAX_SIGNATURE_BYTES,
-    );
-    let (bytes, sig) = (bytes.ok()?, sig.ok()?);
+    let limit = policy::membership::MAX_MEMBERSHIP_BYTES as u64;
+    let bytes = fsutil::read_limited(path, limit).ok()?;
+    let sig = fsutil::read_limited(&policy::signature_path(path), MAX_SIGNATURE_BYTES).ok()?;
     let trust = TrustedKeys::new(vec![*key]);
     let file = path.display().to_string();
     let v = policy::verify_signed(&file, &bytes, &sig, &trust, |b| {
@@ -312,5 +310,35 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert!(matches!(w, Written::Kept { serial: 12, .. }), "{w:?}");
         assert_eq!(fs::read_to_string(&path).unwrap(), theirs);
+    }
+
+    /// A fetched membership replaces only a lower serial of that master's, signed by its key
+    /// (the master's joind may just have written a newer one); a file another key signed
+    /// counts for nothing.
+    #[test]
+    fn a_fetched_membership_replaces_only_a_lower_serial_signed_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("membership-1.toml");
+        let key = SigningKey::from_bytes(&[8; 32]);
+        let public = policy::OperatorPublicKey::from(&key);
+        let doc = |serial: u64| {
+            let t = format!("[membership]\ncluster = \"lab\"\nmaster = 1\nserial = {serial}\n");
+            let sig = policy::sign(t.as_bytes(), &key);
+            (t, sig)
+        };
+        let write = |serial: u64| {
+            let (t, sig) = doc(serial);
+            write_membership_if_newer(&path, t.as_bytes(), sig.as_bytes(), serial, &public).unwrap()
+        };
+        assert!(write(3), "nothing there");
+        assert!(!write(3), "as new");
+        assert!(!write(2), "older");
+        assert!(write(4), "newer");
+        assert!(fs::read_to_string(&path).unwrap().contains("serial = 4"));
+        // Another key's file counts for nothing.
+        let (t, _) = doc(9);
+        let other = policy::sign(t.as_bytes(), &SigningKey::from_bytes(&[9; 32]));
+        policy::write_signed_pair(&path, t.as_bytes(), other.as_bytes()).unwrap();
+        assert!(write(5), "over a file another key signed");
     }
 }
