@@ -122,6 +122,8 @@ pub struct PolicyInForce {
     dropped: Vec<crate::membership::Dropped>,
     /// The policy and the memberships: the node map in force.
     effective: Option<Arc<Effective>>,
+    /// The memberships' generation `effective` was made from (with the policy it holds).
+    effective_generation: Option<u64>,
     /// The first expiry of a key whose membership is in force: the memberships are checked
     /// again then.
     membership_recheck_at: Option<Timestamp>,
@@ -152,6 +154,7 @@ impl PolicyInForce {
             membership_stamps: std::collections::BTreeMap::new(),
             dropped: Vec::new(),
             effective: None,
+            effective_generation: None,
             membership_recheck_at: None,
             told_left_out: std::collections::BTreeSet::new(),
             left_out_events: Vec::new(),

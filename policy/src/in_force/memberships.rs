@@ -9,7 +9,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::{PolicyInForce, Stamp};
-use crate::membership::{Dropped, MAX_MEMBERSHIP_BYTES, Refusal, membership_path};
+use crate::membership::{Dropped, Refusal, membership_path};
 use crate::model::{NodeId, Policy};
 use crate::store::Accepted;
 
@@ -110,14 +110,7 @@ impl PolicyInForce {
                 continue;
             }
             self.membership_stamps.insert(master, stamp);
-            let sig_path = crate::signature_path(&path);
-            let (bytes, sig) = crate::fsutil::read_signed_pair(
-                &path,
-                &sig_path,
-                MAX_MEMBERSHIP_BYTES as u64 + 1,
-                64 << 10,
-            );
-            let (Ok(bytes), Ok(sig)) = (bytes, sig) else {
+            let Some((bytes, sig)) = crate::membership::read_pair(&path) else {
                 continue;
             };
             let origin = path.display().to_string();
@@ -201,6 +194,18 @@ impl PolicyInForce {
     }
 
     fn refresh_effective(&mut self) {
+        // Made again only when the policy or what is in force beside it changed: clusterd
+        // reads the memberships every 200 ms, and a new map is a copy of the whole policy.
+        let generation = self.memberships.generation();
+        let same_policy = match (&self.effective, &self.current) {
+            (Some(e), Some(c)) => Arc::ptr_eq(e.accepted(), c),
+            (None, None) => true,
+            _ => false,
+        };
+        if same_policy && self.effective_generation == Some(generation) {
+            return;
+        }
+        self.effective_generation = Some(generation);
         // The nodes newly left out are told once.
         let now_out = self.memberships.excluded();
         for ((master, node), why) in now_out {
@@ -226,11 +231,7 @@ impl PolicyInForce {
                 .iter()
                 .map(|(m, s)| (m, s.verified.membership.serial))
                 .collect();
-            let combined = (!serials.is_empty()).then(|| {
-                let mut p = Policy::clone(accepted);
-                p.nodes = self.memberships.nodes(accepted).cloned().collect();
-                p
-            });
+            let combined = (!serials.is_empty()).then(|| self.memberships.combined(accepted));
             Arc::new(Effective {
                 accepted: Arc::clone(accepted),
                 combined,
@@ -264,8 +265,7 @@ impl Combined {
         now: Timestamp,
     ) -> (Self, Vec<(NodeId, Refusal)>) {
         let (memberships, refused) = crate::membership::read_beside(policy_path, verified, now);
-        let mut policy = Policy::clone(verified);
-        policy.nodes = memberships.nodes(verified).cloned().collect();
+        let policy = memberships.combined(verified);
         (Self { policy }, refused)
     }
 }

@@ -2,7 +2,6 @@
 //! from every node the policy and the other memberships list. Each refusal is one line.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use jiff::Timestamp;
 
@@ -55,13 +54,11 @@ pub enum Refusal {
     },
     #[error("node {id}: {what}")]
     Node { id: NodeId, what: String },
-    #[error("node {id}: {what} {value} is already node {other}'s ({whose})")]
-    Collides {
+    #[error("node {id}: its {what} is node {other}'s too, in the same membership")]
+    Duplicate {
         id: NodeId,
-        what: &'static str,
-        value: String,
+        what: String,
         other: NodeId,
-        whose: Whose,
     },
     #[error(
         "serial {offered} is below serial {accepted} accepted from master {master}: rollback refused"
@@ -75,24 +72,6 @@ pub enum Refusal {
     Replay { master: NodeId, serial: u64 },
     #[error("cannot persist the memberships' rollback state: {0}")]
     Store(#[from] crate::fsutil::FileError),
-}
-
-/// Which document lists a node another collides with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Whose {
-    /// The operator's policy.
-    Policy,
-    /// Master N's membership.
-    Master(NodeId),
-}
-
-impl fmt::Display for Whose {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Whose::Policy => f.write_str("the policy's"),
-            Whose::Master(m) => write!(f, "in master {m}'s membership"),
-        }
-    }
 }
 
 /// Checks `m` against the policy: this cluster, a live admission key for its master, and
@@ -138,9 +117,59 @@ pub fn check_limits(policy: &Policy, m: &Membership) -> Result<(), Refusal> {
     // sharing anything with a node of the policy or of another master's membership is left
     // out of the node map instead ([`super::MembershipsInForce::excluded`]): a refusal
     // would depend on which came first.
-    let mut taken = Taken::default();
-    taken.add_all(m.nodes.iter(), Whose::Master(master))?;
+    let mut seen: HashMap<String, NodeId> = HashMap::new();
+    for n in &m.nodes {
+        for what in identifiers(n) {
+            if let Some(&other) = seen.get(&what) {
+                return Err(Refusal::Duplicate {
+                    id: n.id,
+                    what,
+                    other,
+                });
+            }
+            seen.insert(what, n.id);
+        }
+    }
     Ok(())
+}
+
+/// What a node is known by, each as one text: its id, WireGuard key, name, endpoint (one
+/// spelling: an IPv4 address written as IPv6 is that address) and each tunnel address. Two
+/// nodes sharing any of these are one node claimed twice.
+pub(super) fn identifiers(n: &Node) -> Vec<String> {
+    let mut out = vec![
+        format!("node id {}", n.id),
+        format!("public key {}", n.public_key),
+        format!("name {}", shown(&n.name)),
+    ];
+    if let Some(e) = n.endpoint {
+        out.push(format!(
+            "endpoint {}",
+            std::net::SocketAddr::new(e.ip().to_canonical(), e.port())
+        ));
+    }
+    out.extend(n.addresses.iter().map(|a| format!("tunnel address {a}")));
+    out
+}
+
+/// The admission key `policy` lists for `master`, if it may sign at `now`: what a membership
+/// of that master is checked against, when it arrives and whenever the policy changes.
+pub(super) fn live_key(
+    policy: &Policy,
+    master: NodeId,
+    now: Timestamp,
+) -> Result<&crate::model::Admission, Refusal> {
+    let key = policy
+        .admission_of(master)
+        .ok_or(Refusal::NoKey { master })?;
+    if key.is_live(now) {
+        Ok(key)
+    } else {
+        Err(Refusal::KeyExpired {
+            master,
+            at: key.expires,
+        })
+    }
 }
 
 /// A node's own checks, as the policy's nodes have them, and an endpoint joind would take:
@@ -171,71 +200,4 @@ fn well_formed(policy: &Policy, n: &Node) -> Result<(), Refusal> {
         return Ok(());
     };
     Err(Refusal::Node { id: n.id, what })
-}
-
-/// Every id, name, key, endpoint and address in use, and whose node has it: a node that
-/// shares any with another is refused (one WireGuard key or address for two nodes would let
-/// one take the other's traffic).
-#[derive(Default)]
-pub(super) struct Taken {
-    ids: HashMap<NodeId, (NodeId, Whose)>,
-    names: HashMap<String, (NodeId, Whose)>,
-    keys: HashMap<crate::WgPublicKey, (NodeId, Whose)>,
-    endpoints: HashMap<std::net::SocketAddr, (NodeId, Whose)>,
-    addresses: HashMap<std::net::IpAddr, (NodeId, Whose)>,
-}
-
-impl Taken {
-    pub(super) fn add_all<'a>(
-        &mut self,
-        nodes: impl Iterator<Item = &'a Node>,
-        whose: Whose,
-    ) -> Result<(), Refusal> {
-        nodes.into_iter().try_for_each(|n| self.add(n, whose))
-    }
-
-    fn add(&mut self, n: &Node, whose: Whose) -> Result<(), Refusal> {
-        let owner = (n.id, whose);
-        let clash = |what: &'static str, value: String, (other, whose): (NodeId, Whose)| {
-            Refusal::Collides {
-                id: n.id,
-                what,
-                value,
-                other,
-                whose,
-            }
-        };
-        if let Some(&o) = self.ids.get(&n.id) {
-            return Err(clash("id", n.id.to_string(), o));
-        }
-        if let Some(&o) = self.names.get(&n.name) {
-            return Err(clash("name", shown(&n.name), o));
-        }
-        if let Some(&o) = self.keys.get(&n.public_key) {
-            return Err(clash("public key", n.public_key.to_string(), o));
-        }
-        if let Some(e) = n.endpoint
-            && let Some(&o) = self.endpoints.get(&e)
-        {
-            return Err(clash("endpoint", e.to_string(), o));
-        }
-        for (j, a) in n.addresses.iter().enumerate() {
-            if let Some(&o) = self.addresses.get(a) {
-                return Err(clash("tunnel address", a.to_string(), o));
-            }
-            if n.addresses[..j].contains(a) {
-                return Err(clash("tunnel address", a.to_string(), owner));
-            }
-        }
-        self.ids.insert(n.id, owner);
-        self.names.insert(n.name.clone(), owner);
-        self.keys.insert(n.public_key, owner);
-        if let Some(e) = n.endpoint {
-            self.endpoints.insert(e, owner);
-        }
-        for a in &n.addresses {
-            self.addresses.insert(*a, owner);
-        }
-        Ok(())
-    }
 }

@@ -1,11 +1,12 @@
 //! The memberships in force beside the policy, and the node map they make together.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::check::{Refusal, Whose, check_limits};
+use super::check::{Refusal, check_limits, identifiers, live_key};
 use super::store::MembershipStore;
 use super::{Membership, verify_membership};
 use crate::model::{Node, NodeId, Policy};
@@ -29,6 +30,24 @@ pub struct Dropped {
     pub reason: Refusal,
 }
 
+/// Which document lists a node another collides with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whose {
+    /// The operator's policy.
+    Policy,
+    /// Master N's membership.
+    Master(NodeId),
+}
+
+impl fmt::Display for Whose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Whose::Policy => f.write_str("the policy's"),
+            Whose::Master(m) => write!(f, "in master {m}'s membership"),
+        }
+    }
+}
+
 /// Per master, the membership in force.
 #[derive(Debug, Default)]
 pub struct MembershipsInForce {
@@ -39,6 +58,10 @@ pub struct MembershipsInForce {
     /// so every member makes the same map whatever order memberships reach it in, and a
     /// master cannot take a node over by listing its key (issue 28, attack B1/B4).
     excluded: BTreeMap<(NodeId, NodeId), String>,
+    /// Counts every change of what is in force (a membership put in force or dropped, the
+    /// nodes left out worked out again): a holder of a node map made from these knows
+    /// whether it is still current.
+    generation: u64,
 }
 
 impl MembershipsInForce {
@@ -134,6 +157,19 @@ impl MembershipsInForce {
             }
         }
         self.excluded = excluded;
+        self.generation += 1;
+    }
+
+    /// Which state of what is in force this is ([`Self::recount`] runs on every change).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// `policy` with the node map in force as its nodes ([`Self::nodes`]).
+    pub fn combined(&self, policy: &Policy) -> Policy {
+        let mut p = policy.clone();
+        p.nodes = self.nodes(policy).cloned().collect();
+        p
     }
 
     /// The membership nodes left out of the node map, by (master, node id), with why.
@@ -150,29 +186,16 @@ impl MembershipsInForce {
             let Some(m) = self.by_master.get(&master).cloned() else {
                 continue;
             };
-            let verdict = policy
-                .admission_of(master)
-                .ok_or(Refusal::NoKey { master })
+            let verdict = live_key(policy, master, now)
                 .and_then(|key| {
-                    if key.is_live(now) {
-                        Ok(())
-                    } else {
-                        Err(Refusal::KeyExpired {
-                            master,
-                            at: key.expires,
-                        })
-                    }
-                })
-                .and_then(|()| {
                     // Signed by the key listed now (a rotated key's membership waits for its
                     // master to sign it again).
-                    let key = policy.admission_of(master).map(|a| a.key);
-                    if key == Some(*m.verified.signer()) {
+                    if key.key == *m.verified.signer() {
                         Ok(())
                     } else {
                         Err(Refusal::NotSigned {
                             master,
-                            key_id: key.map(|k| k.key_id()).unwrap_or_default(),
+                            key_id: key.key.key_id(),
                         })
                     }
                 })
@@ -227,24 +250,6 @@ impl MembershipsInForce {
     }
 }
 
-/// What a node is known by, each as one text: its id, WireGuard key, name, endpoint (one
-/// spelling: an IPv4 address written as IPv6 is that address) and each tunnel address.
-fn identifiers(n: &Node) -> Vec<String> {
-    let mut out = vec![
-        format!("node id {}", n.id),
-        format!("public key {}", n.public_key),
-        format!("name {}", crate::parse::shown(&n.name)),
-    ];
-    if let Some(e) = n.endpoint {
-        out.push(format!(
-            "endpoint {}",
-            std::net::SocketAddr::new(e.ip().to_canonical(), e.port())
-        ));
-    }
-    out.extend(n.addresses.iter().map(|a| format!("tunnel address {a}")));
-    out
-}
-
 /// The memberships beside the policy at `policy_path` (one file per master `policy` gives an
 /// admission key), each checked as a daemon checks it but with no rollback record: what
 /// `tyd` reads to know the node map in force on this node. A master with no file is left
@@ -260,12 +265,7 @@ pub fn read_beside(
     for admission in &policy.admissions {
         let master = admission.master;
         let path = super::membership_path(policy_path, master);
-        let (Ok(bytes), Ok(sig)) = crate::fsutil::read_signed_pair(
-            &path,
-            &crate::signature_path(&path),
-            super::MAX_MEMBERSHIP_BYTES as u64 + 1,
-            64 << 10,
-        ) else {
+        let Some((bytes, sig)) = super::read_pair(&path) else {
             continue;
         };
         let file = path.display().to_string();

@@ -67,6 +67,19 @@ pub fn membership_path(policy: &Path, master: NodeId) -> PathBuf {
     policy.with_file_name(format!("membership-{master}.toml"))
 }
 
+/// A membership file and its signature, read as a signed pair (under the directory's shared
+/// lock, each bounded: one byte past the limit is read, for the size refusal to say so);
+/// `None` when either is missing or cannot be read.
+pub fn read_pair(path: &Path) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (bytes, sig) = crate::fsutil::read_signed_pair(
+        path,
+        &crate::signature_path(path),
+        MAX_MEMBERSHIP_BYTES as u64 + 1,
+        64 << 10,
+    );
+    Some((bytes.ok()?, sig.ok()?))
+}
+
 /// The text of a membership, as a master writes and signs it.
 pub fn render(m: &Membership) -> Result<String, toml::ser::Error> {
     toml::to_string(m)

@@ -33,15 +33,7 @@ pub fn verify_membership(
             limit: MAX_MEMBERSHIP_BYTES,
         });
     }
-    let admission = policy
-        .admission_of(master)
-        .ok_or(Refusal::NoKey { master })?;
-    if !admission.is_live(now) {
-        return Err(Refusal::KeyExpired {
-            master,
-            at: admission.expires,
-        });
-    }
+    let admission = super::check::live_key(policy, master, now)?;
     let trust = TrustedKeys::new(vec![admission.key]);
     let verified = verify_signed(file, bytes, signature, &trust, |b| {
         parse_membership(file, b).map_err(VerifyError::from)
