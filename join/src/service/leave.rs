@@ -120,12 +120,7 @@ impl Master {
         let policy = pif.current().ok_or(MasterError::NoPolicy)?;
         let limits =
             super::membership::own_limits(policy, key, now).map_err(LeaveRefusal::NotMine)?;
-        let mut nodes = pif
-            .memberships()
-            .of(limits.master)
-            .map(|m| m.verified.nodes.clone())
-            .unwrap_or_default();
-        nodes.retain(|n| !limits.revoked.contains(&n.public_key));
+        let mut nodes = super::membership::own_nodes(&pif, &limits);
         let Some(at) = nodes.iter().position(|n| n.addresses.contains(&from)) else {
             let listed = pif
                 .effective()

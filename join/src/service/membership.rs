@@ -114,17 +114,7 @@ impl Master {
     /// The policy files and memberships as they are now, held for an admission.
     pub(super) fn fresh(&self, now: Timestamp) -> MutexGuard<'_, PolicyInForce> {
         let mut pif = self.in_force.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = pif.poll(now);
-        for event in pif.read_memberships(now) {
-            if let MembershipEvent::Refused {
-                reason,
-                first: true,
-                ..
-            } = event
-            {
-                tracing::warn!(reason = %reason, "membership refused; the one in force stays");
-            }
-        }
+        super::signing::reread(&mut pif, now);
         pif
     }
 
@@ -158,12 +148,7 @@ impl Master {
         };
         let master = limits.master;
         // Nodes the operator revoked leave the membership the next time it is signed.
-        let mut nodes: Vec<Node> = pif
-            .memberships()
-            .of(master)
-            .map(|m| m.verified.nodes.clone())
-            .unwrap_or_default();
-        nodes.retain(|n| !limits.revoked.contains(&n.public_key));
+        let mut nodes = own_nodes(&pif, &limits);
         let (node, name) = match &admission {
             Admission::Already { id, name } => {
                 drop(pif);
@@ -350,6 +335,18 @@ impl Master {
             ))
         })
     }
+}
+
+/// The nodes of the membership in force of the master `limits` are for, without those the
+/// operator revoked since (they leave it the next time it is signed).
+pub(super) fn own_nodes(pif: &PolicyInForce, limits: &Limits) -> Vec<Node> {
+    let mut nodes: Vec<Node> = pif
+        .memberships()
+        .of(limits.master)
+        .map(|m| m.verified.nodes.clone())
+        .unwrap_or_default();
+    nodes.retain(|n| !limits.revoked.contains(&n.public_key));
+    nodes
 }
 
 /// The serial after the last this node accepted of `master`'s membership.

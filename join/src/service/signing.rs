@@ -15,11 +15,10 @@ use super::{Master, MasterError};
 /// would be signed again under a new serial).
 pub type SharedPolicy = Arc<Mutex<PolicyInForce>>;
 
-/// The policy in force now (its files read again if they changed), unless it expired. A
-/// refusal is logged when it is news (`PolicyInForce` says so); the policy accepted before
+/// Reads the policy files, and the masters' memberships beside them, again if they changed.
+/// A refusal is logged when it is news (`PolicyInForce` says so); what was accepted before
 /// stays in force.
-pub fn policy_in_force(shared: &Mutex<PolicyInForce>, now: Timestamp) -> Option<Arc<Accepted>> {
-    let mut in_force = shared.lock().unwrap_or_else(|p| p.into_inner());
+pub(super) fn reread(in_force: &mut PolicyInForce, now: Timestamp) {
     if let PolicyRead::Refused {
         reason,
         first: true,
@@ -32,20 +31,6 @@ pub fn policy_in_force(shared: &Mutex<PolicyInForce>, now: Timestamp) -> Option<
                 "no acceptable policy in force: join connections are closed until it changes"),
         }
     }
-    in_force
-        .current()
-        .filter(|p| p.cluster.expires > now)
-        .cloned()
-}
-
-/// The node map in force now (the policy and the masters' memberships, their files read
-/// again if they changed), unless the policy expired.
-pub fn effective_in_force(
-    shared: &Mutex<PolicyInForce>,
-    now: Timestamp,
-) -> Option<Arc<policy::Effective>> {
-    policy_in_force(shared, now)?;
-    let mut in_force = shared.lock().unwrap_or_else(|p| p.into_inner());
     for event in in_force.read_memberships(now) {
         if let policy::MembershipEvent::Refused {
             reason,
@@ -56,7 +41,31 @@ pub fn effective_in_force(
             tracing::warn!(reason = %reason, "membership refused; the one in force stays");
         }
     }
-    in_force.effective().cloned()
+}
+
+/// The policy in force now (its files read again if they changed: [`reread`]), unless it
+/// expired.
+pub fn policy_in_force(shared: &Mutex<PolicyInForce>, now: Timestamp) -> Option<Arc<Accepted>> {
+    let mut in_force = shared.lock().unwrap_or_else(|p| p.into_inner());
+    reread(&mut in_force, now);
+    in_force
+        .current()
+        .filter(|p| p.cluster.expires > now)
+        .cloned()
+}
+
+/// The node map in force now (the policy and the masters' memberships, read again if they
+/// changed: [`reread`]), unless the policy expired.
+pub fn effective_in_force(
+    shared: &Mutex<PolicyInForce>,
+    now: Timestamp,
+) -> Option<Arc<policy::Effective>> {
+    let mut in_force = shared.lock().unwrap_or_else(|p| p.into_inner());
+    reread(&mut in_force, now);
+    in_force
+        .effective()
+        .filter(|p| p.cluster.expires > now)
+        .cloned()
 }
 
 /// How long after a node's `expires`, by its own clock, a master keeps the entry in the
