@@ -6,7 +6,8 @@
 #   cluster_message  clusterd's UDP messages (heartbeats, offers);
 #   policy_transfer  the TCP framing of a fetched policy;
 #   state_files      the quarantine list and the cluster view (files one daemon reads from another);
-# the five others SECONDS/3 each (at least 10 s). New inputs go to a scratch directory, so the
+#   verify_quote     a member's TPM quote (parser, signature, nonce, PCRs);
+# the six others SECONDS/3 each (at least 10 s). New inputs go to a scratch directory, so the
 # committed corpus only changes when someone copies findings in on purpose. Crashes land in
 # fuzz/artifacts/TARGET/.
 set -euo pipefail
@@ -36,6 +37,6 @@ run() { # target seconds
   echo "fuzz: $target ran ${secs}s without a crash"
 }
 run verify_policy "$seconds"
-for t in verify_membership join_wire cluster_message policy_transfer state_files; do
+for t in verify_membership join_wire cluster_message policy_transfer state_files verify_quote; do
   run "$t" "$others"
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project's builds and tests need, idempotently: quick when all is present.
-# With --runtime, only what the daemons and demos need (no cargo-fuzz). Needs root for apt-get. The Rust toolchain (1.88 or newer: edition 2024 and let-chains) must already be
+# With --runtime, only what the daemons and demos need (no cargo-fuzz). Needs root for apt-get. The Rust toolchain (1.95 or newer: tpm2-protocol, the TPM marshaller, needs it) must already be
 # installed; Debian 12's own rustc is too old.
 set -euo pipefail
 
@@ -29,6 +29,11 @@ packages=(
   dpkg-dev          # dpkg-shlibdeps: cargo-deb's automatic package dependencies
   debootstrap       # the Debian 12 root of the systemd system test (scripts/test-systemd.sh)
   systemd-container # systemd-nspawn: that test's machines, booted with systemd as PID 1
+  swtpm             # software TPMs: the attestation tests (one per node) and the TPM drones
+  swtpm-tools       # swtpm_setup: a TPM state with its endorsement hierarchy
+  ovmf              # UEFI firmware with TPM measurement: the measured drone VMs
+  systemd-boot-efi  # linuxx64.efi.stub: drone build --uki makes one signed-off PE of kernel+initrd+cmdline
+  binutils          # objcopy: adding the UKI's sections to the stub
 )
 
 missing=()
@@ -45,12 +50,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null; then
-  echo "install-deps: cargo not found; install a Rust toolchain 1.88 or newer (rustup)" >&2
+  echo "install-deps: cargo not found; install a Rust toolchain 1.95 or newer (rustup)" >&2
   exit 1
 fi
 rustc_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
-if [ "${rustc_minor:-0}" -lt 88 ]; then
-  echo "install-deps: $(rustc --version) is too old; the code needs 1.88 or newer (let-chains)" >&2
+if [ "${rustc_minor:-0}" -lt 95 ]; then
+  echo "install-deps: $(rustc --version) is too old; the code needs 1.95 or newer (tpm2-protocol)" >&2
   exit 1
 fi
 

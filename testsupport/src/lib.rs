@@ -31,3 +31,82 @@ pub fn on_path(program: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Whether `test` may run here: each of `programs` on the PATH (no root needed). Otherwise
+/// SKIP on stderr, or a failure under CI (as [`root_or_skip`]).
+pub fn tools_or_skip(test: &str, programs: &[&str]) -> bool {
+    let missing: Vec<&str> = programs.iter().copied().filter(|p| !on_path(p)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs {}, and CI has them (scripts/install-deps.sh)",
+        missing.join(", ")
+    );
+    eprintln!(
+        "SKIP {test}: needs {} (scripts/install-deps.sh)",
+        missing.join(", ")
+    );
+    false
+}
+
+/// A software TPM (swtpm) serving raw TPM 2.0 commands on a Unix socket, started and powered
+/// on; stopped by its PID when dropped. Its state lives in `dir`, so a second `Swtpm` on the
+/// same `dir` is the same TPM after a reboot (PCRs reset, same keys).
+#[derive(Debug)]
+pub struct Swtpm {
+    pub socket: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Swtpm {
+    pub fn start(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let socket = dir.join("tpm.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut child = Command::new("swtpm")
+            .arg("socket")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.display()))
+            .arg("--server")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .arg("--ctrl")
+            .arg(format!(
+                "type=unixio,path={}",
+                dir.join("ctrl.sock").display()
+            ))
+            .arg("--flags")
+            .arg("not-need-init,startup-clear")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("swtpm: {e}"));
+        for _ in 0..200 {
+            if socket.exists() {
+                return Self { socket, child };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("swtpm made no socket at {} within 2 s", socket.display());
+    }
+
+    /// Stops it now (a power cut: the next start on the same state is a fresh boot).
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,81 @@
+//! The shell against a real TPM implementation (swtpm): the key is the same at every boot
+//! of one TPM and another on another TPM, its quotes verify with the pure checker, and the
+//! ratchet shows until the TPM restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use attest::pcr::{self, PcrValue};
+use attest::quote::parse_attest;
+use attest::tpm::Tpm;
+use attest::{QuoteError, verify_quote};
+use testsupport::Swtpm;
+
+const T: Duration = Duration::from_secs(5);
+
+/// Steps: start swtpm A; its key twice (equal); quote over a nonce: verifies with PCR 4 as
+/// read and a clean ratchet; the same quote with another nonce, or against another image:
+/// refused. Extend the ratchet: the next quote is refused as "ratchet set". Restart A on its
+/// state (a reboot): same key, ratchet clean again. Swtpm B (another machine, or a swapped
+/// TPM state): another key, and A's quote does not verify under B's key.
+#[test]
+fn a_real_tpm_quote_verifies_its_ratchet_shows_and_another_tpm_is_another_key() {
+    if !testsupport::tools_or_skip("attest swtpm", &["swtpm"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = Swtpm::start(&dir.path().join("a"));
+    let mut tpm = Tpm::open(&a.socket, T).unwrap();
+    let key = tpm.attestation_key().unwrap();
+    assert_eq!(tpm.attestation_key().unwrap(), key);
+    let (image, ratchet) = tpm.read_pcrs().unwrap();
+    assert_eq!(ratchet, [0; 32]);
+    let images: [PcrValue; 1] = [image];
+    let nonce = [3u8; 32];
+    let started = std::time::Instant::now();
+    let (quote, signer) = tpm.quote(&nonce).unwrap();
+    eprintln!(
+        "quote by swtpm (CreatePrimary + Quote + Flush): {:?}",
+        started.elapsed()
+    );
+    assert_eq!(signer, key);
+    assert!(quote.attest.len() < 200, "{} bytes", quote.attest.len());
+    let p = parse_attest(&quote.attest).unwrap();
+    assert_eq!(p.extra_data, nonce);
+    let ok = verify_quote(&key, &quote, &nonce, &images).unwrap();
+    assert_eq!(ok.image, 0);
+    assert_eq!(
+        verify_quote(&key, &quote, &[4u8; 32], &images),
+        Err(QuoteError::Nonce)
+    );
+    assert_eq!(
+        verify_quote(&key, &quote, &nonce, &[[1; 32]]),
+        Err(QuoteError::NotPinned)
+    );
+    tpm.extend_ratchet().unwrap();
+    assert_eq!(tpm.read_pcrs().unwrap().1, pcr::ratcheted());
+    let (after, _) = tpm.quote(&nonce).unwrap();
+    assert_eq!(
+        verify_quote(&key, &after, &nonce, &images),
+        Err(QuoteError::RatchetSet)
+    );
+    drop(tpm);
+    a.stop();
+
+    let a = Swtpm::start(&dir.path().join("a"));
+    let mut tpm = Tpm::open(&a.socket, T).unwrap();
+    assert_eq!(tpm.attestation_key().unwrap(), key, "same TPM, same key");
+    let (again, _) = tpm.quote(&nonce).unwrap();
+    let reboot = verify_quote(&key, &again, &nonce, &images).unwrap();
+    assert!(reboot.reset_count > ok.reset_count || reboot.restart_count >= ok.restart_count);
+
+    let b = Swtpm::start(&dir.path().join("b"));
+    let mut other = Tpm::open(&b.socket, T).unwrap();
+    let key_b = other.attestation_key().unwrap();
+    assert_ne!(key_b, key);
+    assert_eq!(
+        verify_quote(&key_b, &again, &nonce, &images),
+        Err(QuoteError::Signature)
+    );
+}
