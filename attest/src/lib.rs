@@ -4,7 +4,8 @@
 //! - [`key`]: a node's attestation key, as the policy pins it.
 //! - [`pcr`]: which PCRs are quoted, what a pinned image makes them, and the ratchet PCR that
 //!   certaintyd extends when integrity is lost.
-//! - [`nonce`]: the qualifying data a quote is made over, from its peers' challenges.
+//! - [`nonce`]: the qualifying data a quote is made over: a Merkle root of its peers'
+//!   challenges, and each peer's proof of its own.
 //! - [`quote`]: parsing and checking a quote (pure; what a member sends reaches it).
 //! - [`tpm`]: the thin shell that talks to a TPM (a device or swtpm's socket).
 
@@ -17,6 +18,8 @@ pub mod quote;
 pub mod tpm;
 
 pub use key::{AttestationKey, KeyError};
-pub use nonce::{CHALLENGE_LEN, Challenge, Covered, qualifying_data};
+pub use nonce::{
+    CHALLENGE_LEN, Challenge, Challenges, Covered, Inclusion, included, qualifying_data,
+};
 pub use pcr::{IMAGE_PCR, PcrValue, RATCHET_PCR};
 pub use quote::{Attested, MAX_ATTEST, Quote, QuoteError, SIGNATURE_LEN, verify_quote};

@@ -1,13 +1,17 @@
-//! What a quote is made over. Every heartbeat carries a fresh random challenge; a node quotes
-//! over the challenges of a few peers at once (rotating, so every peer's own challenge is
-//! covered within a few intervals), and the heartbeat names which (peer, heartbeat seq) it
-//! used. A peer recomputes the qualifying data from the challenges it saw, so a quote made
-//! before a challenge existed cannot match it.
+//! What a quote is made over. Every heartbeat carries a fresh random challenge. A node puts
+//! the latest challenge of each peer in a Merkle tree (`rs_merkle`, BLAKE3) and quotes once
+//! over its root, so one quote answers every peer at once; the heartbeat to each peer carries
+//! the root and that peer's inclusion proof. A peer checks only its own challenge: what a
+//! hostile member says to others cannot make this node's quote fail here.
 
-use blake3::Hasher;
+use rs_merkle::{Hasher, MerkleProof, MerkleTree};
 
 pub const CHALLENGE_LEN: usize = 16;
 pub type Challenge = [u8; CHALLENGE_LEN];
+
+/// The most leaves (peers) a tree may have, and so the longest proof accepted.
+pub const MAX_LEAVES: usize = 4096;
+pub const MAX_PROOF: usize = 12;
 
 /// One challenge a quote covers: the peer's node id and the seq of the heartbeat that
 /// carried it.
@@ -17,50 +21,180 @@ pub struct Covered {
     pub seq: u64,
 }
 
-/// The 32 bytes given to TPM2_Quote as qualifying data (it comes back as `extraData`).
-/// Bound to the cluster, the quoting node and its boot, and the challenges in the order the
-/// heartbeat lists them.
-pub fn qualifying_data(
-    cluster: &str,
-    node: u16,
-    boot_id: &str,
-    covered: &[(Covered, Challenge)],
-) -> [u8; 32] {
-    let mut h = Hasher::new_derive_key("tyd 2026 attestation quote v1");
-    let field = |h: &mut Hasher, b: &[u8]| {
-        h.update(&(b.len() as u64).to_le_bytes());
-        h.update(b);
-    };
-    field(&mut h, cluster.as_bytes());
-    h.update(&node.to_le_bytes());
-    field(&mut h, boot_id.as_bytes());
-    h.update(&(covered.len() as u64).to_le_bytes());
-    for (c, challenge) in covered {
-        h.update(&c.peer.to_le_bytes());
-        h.update(&c.seq.to_le_bytes());
-        h.update(challenge);
+#[derive(Clone, Debug)]
+struct Blake3;
+
+impl Hasher for Blake3 {
+    type Hash = [u8; 32];
+
+    fn hash(data: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&NODE_KEY, data).as_bytes()
     }
+}
+
+/// Domain separation of inner nodes from leaves: each is a keyed hash with its own key.
+const NODE_KEY: [u8; 32] = *b"tyd 2026 attest merkle node key!";
+
+/// A leaf: one peer's challenge at one seq.
+pub fn leaf(c: Covered, challenge: &Challenge) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("tyd 2026 attestation leaf v1");
+    h.update(&c.peer.to_le_bytes());
+    h.update(&c.seq.to_le_bytes());
+    h.update(challenge);
+    *h.finalize().as_bytes()
+}
+
+/// The peers' challenges one quote covers.
+pub struct Challenges {
+    covered: Vec<Covered>,
+    tree: MerkleTree<Blake3>,
+}
+
+impl std::fmt::Debug for Challenges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Challenges")
+            .field("covered", &self.covered)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A peer's proof that its challenge is in a quote's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inclusion {
+    /// The seq of the peer's heartbeat whose challenge is covered.
+    pub seq: u64,
+    pub index: usize,
+    pub leaves: usize,
+    pub proof: Vec<[u8; 32]>,
+}
+
+impl Challenges {
+    /// The tree of these challenges (at most [`MAX_LEAVES`]; more are left out).
+    pub fn new(mut leaves: Vec<(Covered, Challenge)>) -> Self {
+        leaves.sort_by_key(|(c, _)| c.peer);
+        leaves.dedup_by_key(|(c, _)| c.peer);
+        leaves.truncate(MAX_LEAVES);
+        let hashes: Vec<[u8; 32]> = leaves.iter().map(|(c, ch)| leaf(*c, ch)).collect();
+        Self {
+            covered: leaves.into_iter().map(|(c, _)| c).collect(),
+            tree: MerkleTree::<Blake3>::from_leaves(&hashes),
+        }
+    }
+
+    /// The challenges in the tree, by peer.
+    pub fn covered(&self) -> &[Covered] {
+        &self.covered
+    }
+
+    /// The root the quote is made over (all zeros with no peer).
+    pub fn root(&self) -> [u8; 32] {
+        self.tree.root().unwrap_or([0; 32])
+    }
+
+    /// `peer`'s proof, if its challenge is in the tree.
+    pub fn inclusion(&self, peer: u16) -> Option<Inclusion> {
+        let index = self.covered.iter().position(|c| c.peer == peer)?;
+        Some(Inclusion {
+            seq: self.covered[index].seq,
+            index,
+            leaves: self.covered.len(),
+            proof: self.tree.proof(&[index]).proof_hashes().to_vec(),
+        })
+    }
+}
+
+/// Whether `inc` proves that `root` covers `challenge`, which `peer` sent at `inc.seq`.
+pub fn included(root: &[u8; 32], inc: &Inclusion, peer: u16, challenge: &Challenge) -> bool {
+    if inc.leaves == 0
+        || inc.leaves > MAX_LEAVES
+        || inc.index >= inc.leaves
+        || inc.proof.len() > MAX_PROOF
+    {
+        return false;
+    }
+    let l = leaf(Covered { peer, seq: inc.seq }, challenge);
+    MerkleProof::<Blake3>::new(inc.proof.clone()).verify(*root, &[inc.index], &[l], inc.leaves)
+}
+
+/// The 32 bytes given to TPM2_Quote as qualifying data (it comes back as `extraData`):
+/// the cluster, the quoting node and its boot, and the root of the challenges it covers.
+pub fn qualifying_data(cluster: &str, node: u16, boot_id: &str, root: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("tyd 2026 attestation quote v1");
+    h.update(&(cluster.len() as u64).to_le_bytes());
+    h.update(cluster.as_bytes());
+    h.update(&node.to_le_bytes());
+    h.update(&(boot_id.len() as u64).to_le_bytes());
+    h.update(boot_id.as_bytes());
+    h.update(root);
     *h.finalize().as_bytes()
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn c(peer: u16, seq: u64, b: u8) -> (Covered, Challenge) {
+        (Covered { peer, seq }, [b; CHALLENGE_LEN])
+    }
 
     #[test]
     fn every_field_changes_the_qualifying_data() {
-        let c = |peer, seq, b| (Covered { peer, seq }, [b; CHALLENGE_LEN]);
-        let base = qualifying_data("lab", 2, "boot", &[c(1, 5, 1), c(3, 9, 2)]);
+        let base = qualifying_data("lab", 2, "boot", &[1; 32]);
         for other in [
-            qualifying_data("lab2", 2, "boot", &[c(1, 5, 1), c(3, 9, 2)]),
-            qualifying_data("lab", 3, "boot", &[c(1, 5, 1), c(3, 9, 2)]),
-            qualifying_data("lab", 2, "boot2", &[c(1, 5, 1), c(3, 9, 2)]),
-            qualifying_data("lab", 2, "boot", &[c(1, 6, 1), c(3, 9, 2)]),
-            qualifying_data("lab", 2, "boot", &[c(1, 5, 9), c(3, 9, 2)]),
-            qualifying_data("lab", 2, "boot", &[c(3, 9, 2), c(1, 5, 1)]),
-            qualifying_data("lab", 2, "boot", &[c(1, 5, 1)]),
+            qualifying_data("lab2", 2, "boot", &[1; 32]),
+            qualifying_data("lab", 3, "boot", &[1; 32]),
+            qualifying_data("lab", 2, "boot2", &[1; 32]),
+            qualifying_data("lab", 2, "boot", &[2; 32]),
         ] {
             assert_ne!(base, other);
+        }
+    }
+
+    /// Steps: a tree of 1, 2, 7 and 50 peers: each peer's proof holds for its own challenge
+    /// and seq, and not for another challenge, another seq, another peer's place, or
+    /// another root; a proof with a count or index out of range is refused, not a panic.
+    #[test]
+    fn each_peer_can_check_its_own_challenge_and_nothing_else() {
+        for n in [1u16, 2, 7, 50] {
+            let t = Challenges::new((1..=n).map(|p| c(p, u64::from(p) * 10, p as u8)).collect());
+            let root = t.root();
+            for p in 1..=n {
+                let inc = t.inclusion(p).unwrap();
+                assert_eq!(inc.seq, u64::from(p) * 10);
+                assert!(inc.proof.len() <= 6, "{n}: {}", inc.proof.len());
+                assert!(included(&root, &inc, p, &[p as u8; CHALLENGE_LEN]));
+                assert!(!included(&root, &inc, p, &[0xee; CHALLENGE_LEN]));
+                let mut stale = inc.clone();
+                stale.seq -= 1;
+                assert!(!included(&root, &stale, p, &[p as u8; CHALLENGE_LEN]));
+                assert!(!included(&[9; 32], &inc, p, &[p as u8; CHALLENGE_LEN]));
+                if n > 1 {
+                    let q = if p == 1 { 2 } else { 1 };
+                    assert!(!included(&root, &inc, q, &[q as u8; CHALLENGE_LEN]));
+                }
+                for bad in [
+                    Inclusion {
+                        leaves: 0,
+                        ..inc.clone()
+                    },
+                    Inclusion {
+                        index: inc.leaves,
+                        ..inc.clone()
+                    },
+                    Inclusion {
+                        leaves: MAX_LEAVES + 1,
+                        ..inc.clone()
+                    },
+                    Inclusion {
+                        proof: vec![[0; 32]; MAX_PROOF + 1],
+                        ..inc.clone()
+                    },
+                ] {
+                    assert!(!included(&root, &bad, p, &[p as u8; CHALLENGE_LEN]));
+                }
+            }
+            assert!(t.inclusion(n + 1).is_none());
         }
     }
 }

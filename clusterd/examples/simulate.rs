@@ -246,6 +246,7 @@ fn main() {
             quarantine_after: Duration::from_secs(after),
             certainty_exempt: Default::default(),
             master: false,
+            attest: None,
         };
         let mut c = Core::new(cfg.clone());
         c.policy_in_force(cfg, 1, "old", &members, Duration::ZERO, &mut rng);
@@ -264,6 +265,7 @@ fn main() {
             load1: 0.1,
             mem_available_kb: 1 << 20,
             memberships: Default::default(),
+            challenge: None,
         });
         let phase = Duration::from_micros(rng.next_u64() % 1_000_000);
         sim.at(phase, Event::Tick { node: i });

@@ -40,6 +40,11 @@ pub struct Args {
     /// Where the cluster view for `tyd status --cluster` is written.
     #[arg(long, default_value = proto::paths::VIEW)]
     pub view: PathBuf,
+    /// This node's TPM, for the quotes its peers check when the policy says its role must
+    /// attest ([attestation] require): a device, or swtpm's server socket; "none": never
+    /// quote (such a node is then quarantined by its peers as not attested).
+    #[arg(long, default_value = "/dev/tpmrm0", value_parser = parse_certainty_socket)]
+    pub tpm: CertaintySocket,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,

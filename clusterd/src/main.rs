@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         },
         quarantine: args.quarantine,
         view: args.view,
+        tpm: args.tpm.path().map(PathBuf::from),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

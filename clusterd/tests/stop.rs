@@ -57,6 +57,7 @@ fn clusterd_stops_on_a_terminate_sent_in_process() {
         },
         quarantine: p("quarantine.json"),
         view: p("view.json"),
+        tpm: None,
     };
     let within = std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();

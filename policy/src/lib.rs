@@ -41,8 +41,9 @@ pub use load::{
     LoadError, SignedFiles, load_signed, load_signed_reusing, load_verified, write_signed_pair,
 };
 pub use model::{
-    Action, Certainty, CertaintyRequired, Cluster, Distribution, Firewall, Hardening, Lockdown,
-    Node, NodeId, Policy, Posture, RECOMMENDED_SYSCTLS, Role,
+    Action, Attestation, AttestationKey, Certainty, CertaintyRequired, Cluster, Distribution,
+    Firewall, Hardening, Lockdown, Node, NodeId, PcrValue, Policy, Posture, RECOMMENDED_SYSCTLS,
+    Role, parse_pcr,
 };
 pub use mosix_map::{MapError, MosixMap};
 pub use nodemap::{Change, NodeChange, NodeMap, NodeMapDiff};

@@ -167,7 +167,31 @@ fn check_all_but_nodes(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) 
     }
     check_certainty(policy, out);
     check_hardening(policy, out);
+    check_attestation(policy, out);
     admission::check_admissions(policy, out);
+}
+
+/// `[attestation]`: roles that must attest need a pinned image, and a quote interval that
+/// fits within the freshness bound.
+fn check_attestation(policy: &Policy, out: &mut Vec<Finding>) {
+    let a = &policy.attestation;
+    if !a.require.is_empty() && a.images.is_empty() {
+        out.push(finding(
+            path(&["attestation", "images"]),
+            "attestation.require names roles but no image is pinned: every such node would be quarantined (pin the PCR 4 value drone build --uki prints)",
+        ));
+    }
+    if a.interval.is_zero() {
+        out.push(finding(
+            path(&["attestation", "interval"]),
+            "interval must be longer than 0s",
+        ));
+    } else if a.within < a.interval + policy.distribution.heartbeat * 2 {
+        out.push(finding(
+            path(&["attestation", "within"]),
+            "within must be at least one quote interval and two heartbeats (one lost datagram is not a failed quote)",
+        ));
+    }
 }
 
 fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
@@ -469,6 +493,13 @@ fn check_nodes(policy: &Policy, out: &mut Vec<Finding>) {
         "endpoint",
         out,
     );
+    // One TPM is one machine: two entries with one attestation key are one node twice.
+    check_unique(
+        indexed().filter_map(|(i, n)| n.attestation_key.as_ref().map(|k| (i, k.to_string()))),
+        "attestation_key",
+        "attestation key",
+        out,
+    );
     // Addresses are numbered by their own position, since one node has several.
     let address_at = |(i, j): (usize, usize)| node_at(i, "addresses").index(j);
     let mut addresses: Vec<(IpAddr, (usize, usize))> = Vec::with_capacity(nodes.len());
@@ -588,6 +619,7 @@ mod tests {
                 addresses,
                 roles: vec![Role::Drone],
                 expires: None,
+                attestation_key: None,
             })
     }
 

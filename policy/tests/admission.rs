@@ -74,6 +74,7 @@ fn node(id: u16, last_octet: u8) -> policy::Node {
         addresses: vec![format!("10.77.0.{last_octet}").parse().unwrap()],
         roles: vec![Role::Drone],
         expires: None,
+        attestation_key: None,
     }
 }
 

@@ -162,6 +162,7 @@ fn node(id: u16, key: u8, endpoint_port: u16, addr: u8) -> policy::Node {
         addresses: vec![format!("10.77.{}.{addr}", id % 250).parse().unwrap()],
         roles: vec![policy::Role::Drone],
         expires: None,
+        attestation_key: None,
     }
 }
 

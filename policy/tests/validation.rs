@@ -373,3 +373,45 @@ fn an_edit_names_its_parents_and_bad_ones_are_refused() {
         only_error(&bad)
     );
 }
+
+/// `[attestation]` (issue 29): roles that must attest need a pinned image; the freshness
+/// bound must leave room for a quote and a lost heartbeat; a PCR value and a node's key are
+/// checked where they are written; one TPM cannot be two nodes.
+#[test]
+fn attestation_settings_are_checked_where_written() {
+    let sk = p256::ecdsa::SigningKey::from_slice(&[3u8; 32]).unwrap();
+    let key = policy::AttestationKey::from(*sk.verifying_key()).to_string();
+    let section = |body: &str| with("[[node]]", &format!("[attestation]\n{body}\n\n[[node]]"));
+    let err = only_error(&section("require = [\"drone\"]"));
+    assert!(err.ends_with("attestation.images: attestation.require names roles but no image is pinned: every such node would be quarantined (pin the PCR 4 value drone build --uki prints)"), "{err}");
+    let pcr = "ab".repeat(32);
+    let err = only_error(&section(&format!(
+        "require = [\"drone\"]\nimages = [\"{pcr}\"]\nwithin = \"2s\""
+    )));
+    assert!(err.ends_with("attestation.within: within must be at least one quote interval and two heartbeats (one lost datagram is not a failed quote)"), "{err}");
+    let err = only_error(&section("images = [\"abcd\"]"));
+    assert!(
+        err.contains("\"abcd\" is not a SHA-256 PCR value (64 hex digits)"),
+        "{err}"
+    );
+    let ok = section(&format!("require = [\"drone\"]\nimages = [\"{pcr}\"]"));
+    let p = policy::parse_policy("cluster.toml", ok.as_bytes(), now()).unwrap();
+    assert_eq!(p.attestation.images, vec![[0xab; 32]]);
+    let keyed = with(
+        "roles = [\"master\"]",
+        &format!("roles = [\"master\"]\nattestation_key = \"{key}\""),
+    );
+    let p = policy::parse_policy("cluster.toml", keyed.as_bytes(), now()).unwrap();
+    assert_eq!(
+        p.nodes[0].attestation_key.as_ref().map(|k| k.to_string()),
+        Some(key.clone())
+    );
+    let err = only_error(&with(
+        "roles = [\"master\"]",
+        "roles = [\"master\"]\nattestation_key = \"AAAA\"",
+    ));
+    assert!(
+        err.contains("attestation_key: attestation key is 3 bytes"),
+        "{err}"
+    );
+}

@@ -90,6 +90,10 @@ pub struct Heartbeat {
     /// versions read).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub memberships: BTreeMap<u16, u64>,
+    /// Its challenge for the receiver's next TPM quote (issue 29). Absent in a cluster where
+    /// nobody attests, so a node sends what older versions read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<crate::attest::WireChallenge>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +108,8 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         memberships: BTreeMap<u16, u64>,
     },
+    /// The sender's latest TPM quote (issue 29), once per quote to each peer.
+    Quote(crate::attest::QuoteMessage),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -183,6 +189,46 @@ mod tests {
             load1: 0.25,
             mem_available_kb: 123_456,
             memberships: BTreeMap::new(),
+            challenge: None,
+        }
+    }
+
+    /// The largest heartbeat and quote a node sends: every field at its longest, the
+    /// memberships of 8 masters and a challenge; a quote of the largest size accepted with a
+    /// proof for 4096 peers and a 64-character boot id. Steps: encode each: under the
+    /// datagram limit, and each round-trips.
+    #[test]
+    fn the_largest_heartbeat_and_quote_fit_one_datagram_each() {
+        use crate::attest::{
+            MAX_ATTEST, MAX_PROOF, QuoteMessage, WireChallenge, WireInclusion, WireQuote,
+        };
+        let mut h = heartbeat();
+        h.seq = u64::MAX;
+        h.serial = u64::MAX;
+        h.uptime_s = u64::MAX;
+        h.mem_available_kb = u64::MAX;
+        h.load1 = 123456.789;
+        h.memberships = (1..=8).map(|m| (m, u64::MAX)).collect();
+        h.challenge = Some(WireChallenge([0xff; 16]));
+        let q = QuoteMessage {
+            node: u16::MAX,
+            boot_id: "b".repeat(64),
+            quote: WireQuote {
+                attest: vec![0xff; MAX_ATTEST],
+                sig: [0xff; 64],
+                root: [0xff; 32],
+                proof: Some(WireInclusion {
+                    seq: u64::MAX,
+                    index: u16::MAX,
+                    leaves: u16::MAX,
+                    path: vec![[0xff; 32]; MAX_PROOF],
+                }),
+            },
+        };
+        for m in [Message::Heartbeat(h), Message::Quote(q)] {
+            let bytes = m.encode();
+            assert!(bytes.len() <= MAX_DATAGRAM, "{} bytes", bytes.len());
+            assert_eq!(Message::decode(&bytes), Ok(m));
         }
     }
 

@@ -27,13 +27,58 @@ pub enum Reason {
     Silent(#[serde(with = "whole_seconds")] Duration),
     /// It booted and has no verified baseline yet (grace period).
     NotVerified,
+    /// Its role must attest with TPM quotes, and it did not (issue 29).
+    NotAttested(AttestFault),
+}
+
+/// Why a node is not attested, as this peer decided from what it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttestFault {
+    /// The policy pins no attestation key for it.
+    NoKey,
+    /// No valid quote over this peer's challenge within the bound.
+    NoFreshQuote,
+    /// Its quote shows the integrity-lost PCR set: integrity was lost in this boot.
+    RatchetSet,
+    /// Its quote shows PCRs of an image that is not pinned.
+    NotPinned,
+    /// Its quote does not verify under its pinned key (another TPM, or forged).
+    Signature,
+    /// Its quote is over other challenges than the ones it names, or its proof does not
+    /// cover this peer's challenge (stale, replayed or forged).
+    Nonce,
+    /// Its TPM's clock or counters went backwards within one boot (a replayed quote).
+    Replayed,
+    /// Its quote is over other PCRs, of another kind, or malformed.
+    Malformed,
+}
+
+impl fmt::Display for AttestFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttestFault::NoKey => "no attestation key is pinned for it",
+            AttestFault::NoFreshQuote => "no valid quote over this node's challenge in time",
+            AttestFault::RatchetSet => "its quote shows integrity lost in this boot",
+            AttestFault::NotPinned => "its quote shows an image that is not pinned",
+            AttestFault::Signature => "its quote is not signed by its pinned TPM key",
+            AttestFault::Nonce => "its quote is not over this node's challenge as it claims",
+            AttestFault::Replayed => "its TPM clock went backwards (a replayed quote)",
+            AttestFault::Malformed => "its quote is malformed or over other PCRs",
+        })
+    }
 }
 
 impl Reason {
     /// Whether readmission needs a fresh boot: a node that lost integrity stays out until it
     /// has rebooted into a verified image.
     pub fn needs_reboot(&self) -> bool {
-        matches!(self, Reason::IntegrityLost | Reason::RootMismatch)
+        matches!(
+            self,
+            Reason::IntegrityLost
+                | Reason::RootMismatch
+                | Reason::NotAttested(AttestFault::RatchetSet)
+        )
     }
 }
 
@@ -45,6 +90,7 @@ impl fmt::Display for Reason {
             Reason::RootMismatch => f.write_str("its root is not the pinned one"),
             Reason::Silent(d) => write!(f, "silent for {} s", d.as_secs()),
             Reason::NotVerified => f.write_str("no verified baseline yet"),
+            Reason::NotAttested(why) => write!(f, "not attested: {why}"),
         }
     }
 }

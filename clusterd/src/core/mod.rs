@@ -10,7 +10,12 @@ use rand_core::RngCore;
 
 use proto::cluster::{Heartbeat, Message};
 
+#[cfg(test)]
+mod attest_tests;
+mod attestation;
 mod quarantine;
+
+pub use attestation::{AttestConfig, PeerAttest, QUOTE_TIMEOUT};
 
 pub use quarantine::{
     Damping, FIRST_HOLD, FLAP_QUARANTINES, FLAP_WINDOW, MAX_HOLD, Quarantine, READMIT_AFTER,
@@ -49,6 +54,8 @@ pub struct Config {
     /// This node is a master: a peer's policy of the serial in force with other content
     /// (two masters signed one serial at once) is fetched, for joind to settle the fork.
     pub master: bool,
+    /// TPM quotes between peers (issue 29); None: nobody must attest.
+    pub attest: Option<AttestConfig>,
 }
 
 impl Config {
@@ -66,7 +73,26 @@ impl Config {
             master: nodes
                 .iter()
                 .any(|n| n.id == me && n.roles.contains(&policy::Role::Master)),
+            attest: None,
         }
+    }
+
+    /// With attestation as `[attestation]` of the policy of cluster `cluster` says.
+    pub fn with_attestation(
+        mut self,
+        cluster: &str,
+        a: &policy::Attestation,
+        nodes: &[policy::Node],
+    ) -> Self {
+        self.attest = AttestConfig::from_policy(cluster, a, nodes);
+        self
+    }
+
+    /// Whether this node must quote.
+    pub fn quotes(&self) -> bool {
+        self.attest
+            .as_ref()
+            .is_some_and(|a| a.required.contains_key(&self.me))
     }
 }
 
@@ -100,7 +126,19 @@ pub enum Action {
         quarantines: u32,
         hold: Duration,
     },
+    /// Ask this node's TPM for a quote over `nonce`; report with [`Core::quote_done`].
+    Quote {
+        nonce: [u8; 32],
+    },
+    /// A peer's quote was refused (one line each: a member sends at most one per quote
+    /// interval).
+    QuoteRefused {
+        node: NodeId,
+        fault: AttestFault,
+    },
 }
+
+pub use proto::quarantine::AttestFault;
 
 /// What a peer says it holds: its policy's serial and, per master, its membership's serial.
 /// It is ahead of this node if either is newer ([`Core::ahead`]).
@@ -129,6 +167,8 @@ pub struct Peer {
     pub last: Option<Heartbeat>,
     pub quarantine: Option<Quarantine>,
     pub damping: Damping,
+    /// Its TPM quotes, as this node judged them.
+    pub attest: PeerAttest,
 }
 
 /// One node's side of the protocol.
@@ -163,6 +203,10 @@ pub struct Core {
     /// Digests of policies of this serial with other content that a master fetched (each
     /// once; at most [`MAX_FORKS`], whatever peers claim).
     forks: BTreeSet<String>,
+    /// This node's challenges and the quote under way.
+    mine: attestation::Mine,
+    /// This node's boot id, as its last heartbeat said.
+    my_boot: String,
 }
 
 /// Forks of one serial a master fetches at most: a hostile member can claim any digest.
@@ -183,6 +227,8 @@ impl Core {
             impostors: 0,
             damping: true,
             forks: BTreeSet::new(),
+            mine: attestation::Mine::default(),
+            my_boot: String::new(),
         }
     }
 
@@ -280,6 +326,7 @@ impl Core {
                 last: None,
                 quarantine: None,
                 damping: Damping::default(),
+                attest: PeerAttest::default(),
             });
         }
         self.forget_caught_up();
@@ -356,12 +403,14 @@ impl Core {
                     return out;
                 };
                 peer.heard = Some(now);
+                peer.attest.heard(&hb.boot_id, hb.seq, hb.challenge, now);
                 peer.last = Some(hb);
                 out.extend(self.judge(from, now));
                 if let Some(digest) = fork {
                     out.extend(self.maybe_fetch_fork(from, digest, now));
                 }
             }
+            Message::Quote(q) => out.extend(self.receive_quote(from, q, now)),
             // Push: fetched at once.
             Message::Offer {
                 serial,
@@ -477,13 +526,81 @@ impl Core {
         self.maybe_fetch(from, holds, now)
     }
 
+    /// A quote from `from`: checked, and judged at once if refused (the target: quarantined
+    /// on every peer within 2 heartbeats of the first failed quote; here, at its arrival).
+    fn receive_quote(
+        &mut self,
+        from: NodeId,
+        q: proto::attest::QuoteMessage,
+        now: Duration,
+    ) -> Vec<Action> {
+        if q.node != from.get() {
+            self.impostors += 1;
+            return Vec::new();
+        }
+        let Some(cfg) = self.cfg.attest.as_ref() else {
+            return Vec::new();
+        };
+        let Some(Some(key)) = cfg.required.get(&from) else {
+            return Vec::new();
+        };
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return Vec::new();
+        };
+        match attestation::take_quote(&mut peer.attest, key, cfg, self.cfg.me, &self.mine, &q) {
+            attestation::Taken::Refused(fault) => {
+                let mut out = vec![Action::QuoteRefused { node: from, fault }];
+                out.extend(self.judge(from, now));
+                out
+            }
+            attestation::Taken::Valid { .. } | attestation::Taken::Ignored => Vec::new(),
+        }
+    }
+
+    /// The quote asked for with [`Action::Quote`] came back (or failed, or timed out): sent
+    /// to every peer whose challenge it covers, each with its proof.
+    pub fn quote_done(&mut self, quote: Option<attest::Quote>) -> Vec<Action> {
+        let Some(quote) = quote else {
+            self.mine.failed();
+            return Vec::new();
+        };
+        self.mine
+            .made(self.cfg.me, quote)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(to, m)| Action::Send {
+                to,
+                msg: Message::Quote(m),
+            })
+            .collect()
+    }
+
+    /// What is wrong with `id`'s attestation, if it must attest (`strict`: no grace).
+    fn attest_problem(&self, id: NodeId, now: Duration, strict: bool) -> Option<Reason> {
+        let cfg = self.cfg.attest.as_ref()?;
+        let key = cfg.required.get(&id)?;
+        let peer = self.peers.get(&id)?;
+        peer.attest
+            .problem(key.as_ref(), cfg.within, peer.known_since, now, strict)
+            .map(Reason::NotAttested)
+    }
+
     /// Quarantine or readmit `id` on what it last said.
     fn judge(&mut self, id: NodeId, now: Duration) -> Option<Action> {
         let cfg = self.cfg.clone();
         let damping = self.damping;
+        let in_quarantine = self.peers.get(&id)?.quarantine.is_some();
+        let attest_problem = self.attest_problem(id, now, in_quarantine);
+        let attested = self.cfg.attest.as_ref().is_some_and(|a| {
+            a.required.contains_key(&id)
+                && self
+                    .peers
+                    .get(&id)
+                    .is_some_and(|p| p.attest.attested(a.within, now))
+        });
         let peer = self.peers.get_mut(&id)?;
         let hb = peer.last.as_ref()?;
-        let problem = problem_of(hb, &cfg, id);
+        let problem = problem_of(hb, &cfg, id).or(attest_problem);
         let boot = hb.boot_id.clone();
         let Some(q) = peer.quarantine.as_mut() else {
             return enter_quarantine(peer, &cfg, id, problem?, boot, now);
@@ -499,7 +616,14 @@ impl Core {
         if q.good < READMIT_AFTER {
             return None;
         }
-        let why = if q.reason.needs_reboot() {
+        let why = if attested {
+            // Issue 29: its TPM quoted the pinned image and a clean ratchet over this node's
+            // own challenge.
+            format!(
+                "attested by its TPM quote (pinned image, integrity not lost in this boot), {}",
+                hb.integrity
+            )
+        } else if q.reason.needs_reboot() {
             // What the node claims (issue 26 #12): its heartbeat says so; nothing here
             // attests it (a TPM quote would).
             format!(
@@ -528,7 +652,23 @@ impl Core {
     /// pull from a random peer known to have a newer serial (anti-entropy: a node that missed
     /// every offer catches up within one interval).
     pub fn tick(&mut self, mine: &Heartbeat, now: Duration, rng: &mut dyn RngCore) -> Vec<Action> {
-        let mut out = self.announce(mine);
+        let mut mine = mine.clone();
+        self.my_boot.clone_from(&mine.boot_id);
+        if self.cfg.attest.is_some() {
+            let mut c = [0u8; attest::CHALLENGE_LEN];
+            rng.fill_bytes(&mut c);
+            self.mine.issue(mine.seq, c, now);
+            mine.challenge = Some(proto::attest::WireChallenge(c));
+        }
+        let mut out = self.announce(&mine);
+        if self.cfg.quotes()
+            && let Some(cfg) = self.cfg.attest.as_ref()
+            && let Some(nonce) = self
+                .mine
+                .due(cfg, self.cfg.me, &self.my_boot, &self.peers, now)
+        {
+            out.push(Action::Quote { nonce });
+        }
         self.fetching
             .retain(|_, (_, at)| now.saturating_sub(*at) <= FETCH_TIMEOUT);
         out.extend(self.next_pull(now, Some(rng)));
@@ -616,6 +756,7 @@ mod tests {
             quarantine_after: Duration::from_secs(3),
             certainty_exempt: BTreeSet::new(),
             master: false,
+            attest: None,
         }
     }
 
@@ -638,6 +779,7 @@ mod tests {
             load1: 0.0,
             mem_available_kb: 1,
             memberships: BTreeMap::new(),
+            challenge: None,
         }
     }
 
@@ -1038,7 +1180,10 @@ mod tests {
                 Action::Quarantine { .. } => n[0] += 1,
                 Action::Readmit { .. } => n[1] += 1,
                 Action::Flapping { .. } => n[2] += 1,
-                Action::Send { .. } | Action::Fetch { .. } => {}
+                Action::Send { .. }
+                | Action::Fetch { .. }
+                | Action::Quote { .. }
+                | Action::QuoteRefused { .. } => {}
             }
         }
     }

@@ -42,6 +42,10 @@ pub struct Config {
     pub quarantine: PathBuf,
     /// Written for `tyd status --cluster`.
     pub view: PathBuf,
+    /// This node's TPM (a device, or swtpm's socket), for the quotes its peers check when
+    /// its role must attest; None: this node never quotes (and is quarantined by its peers
+    /// if it must).
+    pub tpm: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,13 @@ enum FetchFailure {
 
 /// A finished fetch: from whom, and the files or why not.
 type Fetched = (NodeId, Result<transfer::Transfer, FetchFailure>);
+
+/// A finished TPM quote, or why not.
+type Quoted = Result<attest::Quote, String>;
+
+/// Each TPM read or write waits this long at most (a socket; a device answers or hangs,
+/// and then the quote times out in the loop).
+const TPM_IO: Duration = Duration::from_secs(5);
 
 async fn fetch(addr: SocketAddr) -> Result<transfer::Transfer, FetchFailure> {
     let mut s = tokio::time::timeout(transfer::TIMEOUT, TcpStream::connect(addr))
@@ -119,6 +130,7 @@ pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<(), Start
         return Ok(());
     };
     let (fetched_tx, mut fetched) = mpsc::unbounded_channel::<Fetched>();
+    let (quoted_tx, mut quoted) = mpsc::unbounded_channel::<Quoted>();
     let serving = Arc::new(Semaphore::new(MAX_SERVING));
     let mut heartbeat = tokio::time::interval(
         node.policy()
@@ -142,12 +154,13 @@ pub async fn run(cfg: Config, mut signals: signals::Signals) -> Result<(), Start
             Some((from, result)) = fetched.recv() => {
                 actions = node.take_fetched(from, result);
             }
+            Some(result) = quoted.recv() => actions = quote_back(&mut node, result),
             _ = poll.tick() => actions = on_poll(&mut node).await,
             _ = heartbeat.tick() => actions = on_heartbeat(&mut node).await,
             signal = signals.recv() => if stops(signal) { break },
         }
         for a in actions {
-            carry_out(&mut node, &sockets, a, &fetched_tx).await;
+            carry_out(&mut node, &sockets, a, &fetched_tx, &quoted_tx).await;
         }
     }
     info!("stopping; the quarantine list stays in force");
@@ -285,13 +298,75 @@ async fn on_heartbeat(node: &mut Node) -> Vec<Action> {
     actions
 }
 
+/// This node's quote came back from the TPM (or did not).
+fn quote_back(node: &mut Node, result: Quoted) -> Vec<Action> {
+    match result {
+        Ok(q) => {
+            if node.tpm_failures > 0 {
+                info!(
+                    failures = node.tpm_failures,
+                    "TPM quotes again; peers can attest this node"
+                );
+            }
+            node.tpm_failures = 0;
+            node.core.quote_done(Some(q))
+        }
+        Err(reason) => {
+            node.tpm_failures += 1;
+            if node.tpm_failures == 1 {
+                warn!(reason = %reason, "TPM quote failed: peers will quarantine this node as not attested until one succeeds");
+            } else {
+                debug!(reason = %reason, failures = node.tpm_failures, "TPM quote failed again");
+            }
+            node.core.quote_done(None)
+        }
+    }
+}
+
+/// Asks the TPM for a quote on a blocking thread; the answer comes back on `quoted`, or a
+/// timeout does.
+fn start_quote(node: &Node, nonce: [u8; 32], quoted: &mpsc::UnboundedSender<Quoted>) {
+    use std::sync::atomic::Ordering;
+    let tx = quoted.clone();
+    let Some(path) = node.cfg.tpm.clone() else {
+        let _ = tx.send(Err("no TPM configured (clusterd --tpm)".into()));
+        return;
+    };
+    if node.quoting.swap(true, Ordering::SeqCst) {
+        let _ = tx.send(Err("the last quote has not come back from the TPM".into()));
+        return;
+    }
+    let busy = node.quoting.clone();
+    tokio::spawn(async move {
+        let job = tokio::task::spawn_blocking(move || {
+            let r = attest::tpm::Tpm::open(&path, TPM_IO)
+                .and_then(|mut t| t.quote(&nonce))
+                .map(|(q, _)| q)
+                .map_err(|e| e.to_string());
+            busy.store(false, Ordering::SeqCst);
+            r
+        });
+        let r = match tokio::time::timeout(crate::core::QUOTE_TIMEOUT, job).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(format!("the quote's thread failed: {e}")),
+            Err(_) => Err(format!(
+                "the TPM did not answer within {} s",
+                crate::core::QUOTE_TIMEOUT.as_secs()
+            )),
+        };
+        let _ = tx.send(r);
+    });
+}
+
 async fn carry_out(
     node: &mut Node,
     s: &Sockets,
     action: Action,
     fetched: &mpsc::UnboundedSender<Fetched>,
+    quoted: &mpsc::UnboundedSender<Quoted>,
 ) {
     match action {
+        Action::Quote { nonce } => start_quote(node, nonce, quoted),
         Action::Send { to, msg } => {
             if let Some(ip) = node.addr_of.get(&to) {
                 let _ = s

@@ -52,6 +52,11 @@ pub(super) struct Node {
     /// Times the quarantine list was written (what each write costs netguard: an edit).
     pub(super) quarantine_writes: u64,
     pub(super) rng: rand_core::OsRng,
+    /// A TPM quote is being made on a blocking thread (one at a time: a TPM that hangs
+    /// holds one thread, not one per interval).
+    pub(super) quoting: Arc<std::sync::atomic::AtomicBool>,
+    /// TPM failures in a row (the first is a warning, the rest debug until one succeeds).
+    pub(super) tpm_failures: u64,
 }
 
 /// Where a policy came from, for the log.
@@ -107,6 +112,8 @@ impl Node {
             repeats: 0,
             quarantine_writes: 0,
             rng: rand_core::OsRng,
+            quoting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            tpm_failures: 0,
         }
     }
 
@@ -501,7 +508,8 @@ impl Node {
             Vec::new()
         };
         let core_cfg =
-            CoreConfig::from_policy(self.my_id.unwrap_or(NodeId::MIN), &v.distribution, &v.nodes);
+            CoreConfig::from_policy(self.my_id.unwrap_or(NodeId::MIN), &v.distribution, &v.nodes)
+                .with_attestation(&v.cluster.name, &v.attestation, &v.nodes);
         let (serial, digest) = (v.cluster.serial, effective.accepted().digest_hex());
         let elapsed = self.now();
         let actions =
@@ -547,6 +555,8 @@ impl Node {
             load1: facts.load1,
             mem_available_kb: facts.mem_available_kb,
             memberships: self.core.memberships().clone(),
+            // The core puts this heartbeat's challenge in ([`Core::tick`]).
+            challenge: None,
         })
     }
 
@@ -650,7 +660,11 @@ impl Node {
                 max_hold_s = crate::core::MAX_HOLD.as_secs(),
                 "flapping: held quarantined; readmission waits for the hold, which doubles while it goes on");
             }
-            Action::Send { .. } | Action::Fetch { .. } => {}
+            Action::QuoteRefused { node: id, fault } => {
+                warn!(node = id.get(), name = %self.name_of(id), fault = %fault,
+                    "TPM quote refused");
+            }
+            Action::Send { .. } | Action::Fetch { .. } | Action::Quote { .. } => {}
         }
     }
 }

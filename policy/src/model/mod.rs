@@ -16,10 +16,12 @@ use crate::keys::{OperatorPublicKey, WgPublicKey};
 use crate::ports::PortSet;
 
 mod admission;
+mod attestation;
 mod certainty;
 mod hardening;
 
 pub use admission::*;
+pub use attestation::*;
 pub use certainty::*;
 pub use hardening::*;
 
@@ -39,6 +41,9 @@ pub struct Policy {
     pub hardening: Hardening,
     #[serde(default)]
     pub distribution: Distribution,
+    /// TPM quotes between peers: who must attest, the pinned images, freshness.
+    #[serde(default, skip_serializing_if = "Attestation::is_default")]
+    pub attestation: Attestation,
     /// The join service (`tyd join`); absent: nodes are only added by the operator.
     #[serde(default)]
     pub join: Option<Join>,
@@ -378,6 +383,14 @@ pub struct Node {
         skip_serializing_if = "Option::is_none"
     )]
     pub expires: Option<Timestamp>,
+    /// The public part of its TPM's attestation key (recorded at a token join, or pinned by
+    /// the operator): what its quotes must verify under.
+    #[serde(
+        default,
+        with = "attestation::opt_key",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attestation_key: Option<AttestationKey>,
 }
 
 impl Node {

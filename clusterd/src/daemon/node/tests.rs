@@ -106,6 +106,7 @@ fn node_on_11(dir: &Path) -> Node {
         },
         quarantine: dir.join("quarantine.json"),
         view: dir.join("view.json"),
+        tpm: None,
     };
     let paths = PolicyPaths::new(&cfg.policy, &cfg.trust, &cfg.state);
     let in_force = PolicyInForce::open(paths, 0).unwrap();
@@ -137,6 +138,7 @@ fn heartbeat(node: u16, integrity: Integrity, boot: &str, digest: &str) -> Heart
         load1: 0.0,
         mem_available_kb: 1,
         memberships: Default::default(),
+        challenge: None,
     }
 }
 

@@ -1,0 +1,535 @@
+//! Issue 29 as plain decisions: cores of several nodes exchange heartbeats and quotes
+//! (made in software by `attest::forge`, signed by each node's own key, as its TPM would),
+//! and each peer decides alone. Each test is an attack, named after it, its steps above it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use attest::forge::{self, Fields};
+use attest::{AttestationKey, pcr};
+use p256::ecdsa::SigningKey;
+use proto::cluster::{Heartbeat, Integrity, Message};
+use rand_core::RngCore;
+
+use super::*;
+
+const IMAGE: [u8; 32] = [4; 32];
+
+struct Counter(u64);
+impl RngCore for Counter {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 7
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for b in dest {
+            *b = self.next_u64() as u8;
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+fn id(n: u16) -> NodeId {
+    NodeId::new(n).unwrap()
+}
+
+fn key_of(n: u16) -> SigningKey {
+    SigningKey::from_slice(&[n as u8 + 1; 32]).unwrap()
+}
+
+/// How a node's TPM (or the node) answers a quote request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tpm {
+    Honest,
+    /// Booted an image one byte off the pinned one.
+    OtherImage,
+    /// Its ratchet PCR was extended (integrity lost in this boot).
+    Ratcheted,
+    /// Another TPM (a swapped state): another key.
+    OtherKey,
+    /// Does not answer.
+    Silent,
+}
+
+struct Sim {
+    cores: BTreeMap<u16, Core>,
+    tpm: BTreeMap<u16, Tpm>,
+    boot: BTreeMap<u16, String>,
+    seq: BTreeMap<u16, u64>,
+    clock: BTreeMap<u16, u64>,
+    /// Every quote message sent, by sender (for replays).
+    sent: Vec<(u16, u16, Message)>,
+    /// Quarantines and readmissions decided: (at, by, of, action).
+    decided: Vec<(Duration, u16, Action)>,
+    rng: Counter,
+    now: Duration,
+}
+
+fn cfg(me: u16, n: u16, keys: &BTreeMap<u16, Option<AttestationKey>>) -> Config {
+    Config {
+        me: id(me),
+        heartbeat: Duration::from_secs(1),
+        quarantine: true,
+        quarantine_after: Duration::from_secs(5),
+        certainty_exempt: BTreeSet::new(),
+        master: false,
+        attest: Some(AttestConfig {
+            cluster: "lab".into(),
+            interval: Duration::from_secs(2),
+            within: Duration::from_secs(6),
+            images: vec![IMAGE],
+            required: (1..=n)
+                .map(|i| (id(i), keys.get(&i).cloned().flatten()))
+                .collect(),
+        }),
+    }
+}
+
+impl Sim {
+    fn new(n: u16) -> Self {
+        let keys: BTreeMap<u16, Option<AttestationKey>> = (1..=n)
+            .map(|i| (i, Some(AttestationKey::from(*key_of(i).verifying_key()))))
+            .collect();
+        Self::with_keys(n, &keys)
+    }
+
+    fn with_keys(n: u16, keys: &BTreeMap<u16, Option<AttestationKey>>) -> Self {
+        let members: Vec<(NodeId, String)> = (1..=n).map(|i| (id(i), format!("d{i}"))).collect();
+        let mut rng = Counter(9);
+        let cores = (1..=n)
+            .map(|i| {
+                let mut c = Core::new(cfg(i, n, keys));
+                c.policy_in_force(cfg(i, n, keys), 5, "d", &members, Duration::ZERO, &mut rng);
+                (i, c)
+            })
+            .collect();
+        Sim {
+            cores,
+            tpm: (1..=n).map(|i| (i, Tpm::Honest)).collect(),
+            boot: (1..=n).map(|i| (i, format!("boot-{i}-1"))).collect(),
+            seq: BTreeMap::new(),
+            clock: BTreeMap::new(),
+            sent: Vec::new(),
+            decided: Vec::new(),
+            rng,
+            now: Duration::ZERO,
+        }
+    }
+
+    fn heartbeat(&mut self, n: u16) -> Heartbeat {
+        let seq = self.seq.entry(n).or_default();
+        *seq += 1;
+        Heartbeat {
+            node: n,
+            boot_id: self.boot[&n].clone(),
+            seq: *seq,
+            serial: 5,
+            digest: "d".into(),
+            integrity: Integrity::Verifying,
+            stable_root: None,
+            root_matches: None,
+            last_verification: None,
+            uptime_s: 1,
+            load1: 0.0,
+            mem_available_kb: 1,
+            memberships: BTreeMap::new(),
+            challenge: None,
+        }
+    }
+
+    /// What node `n`'s TPM makes over `nonce`.
+    fn quote(&mut self, n: u16, nonce: [u8; 32]) -> Option<attest::Quote> {
+        let clock = self.clock.entry(n).or_insert(1000);
+        *clock += 2000;
+        let (image, ratchet, key) = match self.tpm[&n] {
+            Tpm::Honest => (IMAGE, [0; 32], key_of(n)),
+            Tpm::OtherImage => {
+                let mut i = IMAGE;
+                i[31] ^= 1;
+                (i, [0; 32], key_of(n))
+            }
+            Tpm::Ratcheted => (IMAGE, pcr::ratcheted(), key_of(n)),
+            Tpm::OtherKey => (IMAGE, [0; 32], key_of(n + 100)),
+            Tpm::Silent => return None,
+        };
+        let mut f = Fields::quote(&nonce, &image, &ratchet);
+        f.clock = *clock;
+        Some(forge::sign(&key, forge::attest_bytes(&f).unwrap()))
+    }
+
+    fn deliver(&mut self, from: u16, actions: Vec<Action>) {
+        // In order, as the daemon carries them out (a heartbeat before the quote after it).
+        let mut queue: std::collections::VecDeque<(u16, Action)> =
+            actions.into_iter().map(|a| (from, a)).collect();
+        while let Some((by, a)) = queue.pop_front() {
+            match a {
+                Action::Send { to, msg } => {
+                    if matches!(msg, Message::Quote(_)) {
+                        self.sent.push((by, to.get(), msg.clone()));
+                    }
+                    let now = self.now;
+                    let out = self
+                        .cores
+                        .get_mut(&to.get())
+                        .unwrap()
+                        .receive(id(by), msg, now);
+                    queue.extend(out.into_iter().map(|a| (to.get(), a)));
+                }
+                Action::Quote { nonce } => {
+                    let q = self.quote(by, nonce);
+                    let out = self.cores.get_mut(&by).unwrap().quote_done(q);
+                    queue.extend(out.into_iter().map(|a| (by, a)));
+                }
+                a @ (Action::Quarantine { .. } | Action::Readmit { .. }) => {
+                    self.decided.push((self.now, by, a))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// One heartbeat interval: every node ticks (in order), and all is delivered at once.
+    fn round(&mut self) {
+        self.now += Duration::from_secs(1);
+        let ids: Vec<u16> = self.cores.keys().copied().collect();
+        for n in ids {
+            let hb = self.heartbeat(n);
+            let now = self.now;
+            let out = self
+                .cores
+                .get_mut(&n)
+                .unwrap()
+                .tick(&hb, now, &mut self.rng);
+            self.deliver(n, out);
+        }
+    }
+
+    fn quarantined(&self, by: u16, of: u16) -> Option<Reason> {
+        self.cores[&by].peers()[&id(of)]
+            .quarantine
+            .as_ref()
+            .map(|q| q.reason.clone())
+    }
+
+    /// When each peer first quarantined `of` after `since`, and why.
+    fn quarantines_of(&self, of: u16, since: Duration) -> BTreeMap<u16, (Duration, Reason)> {
+        let mut out = BTreeMap::new();
+        for (at, by, a) in &self.decided {
+            if let Action::Quarantine { node, reason } = a
+                && node.get() == of
+                && *at >= since
+            {
+                out.entry(*by).or_insert((*at, reason.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// Steps: three nodes, each with its own TPM key pinned and the pinned image; ten
+/// heartbeats: every node's quote reaches every peer with that peer's proof, nobody is
+/// quarantined, and every peer counts the others as attested.
+#[test]
+fn three_honest_nodes_attest_each_other_with_no_verifier() {
+    let mut s = Sim::new(3);
+    for _ in 0..10 {
+        s.round();
+    }
+    assert!(s.decided.is_empty(), "{:?}", s.decided);
+    for by in 1..=3u16 {
+        for (of, p) in s.cores[&by].peers() {
+            assert!(
+                p.attest.attested(Duration::from_secs(6), s.now),
+                "{by} does not attest {of}: {:?}",
+                p.attest
+            );
+            assert!(p.attest.taken >= 4, "{:?}", p.attest);
+        }
+    }
+}
+
+/// Steps: node 3 boots an image one byte off the pinned one (its heartbeats still say
+/// "verifying"): its first quote is refused by both peers, and both quarantine it ("not
+/// attested: not pinned") on that quote's arrival: within 2 heartbeats of the first failed
+/// quote (the issue's target).
+#[test]
+fn a_node_booted_from_an_image_one_byte_off_is_quarantined_by_every_peer_at_its_first_quote() {
+    let mut s = Sim::new(3);
+    s.tpm.insert(3, Tpm::OtherImage);
+    let mut first_failed = None;
+    for _ in 0..6 {
+        s.round();
+        if first_failed.is_none() && s.sent.iter().any(|(by, _, _)| *by == 3) {
+            first_failed = Some(s.now);
+        }
+    }
+    let first_failed = first_failed.unwrap();
+    let q = s.quarantines_of(3, Duration::ZERO);
+    for by in [1u16, 2] {
+        let (at, reason) = &q[&by];
+        assert_eq!(*reason, Reason::NotAttested(AttestFault::NotPinned));
+        let heartbeats = (at.saturating_sub(first_failed)).as_secs();
+        eprintln!(
+            "node {by} quarantined node 3 {heartbeats} heartbeats after its first failed quote"
+        );
+        assert!(heartbeats <= 2);
+    }
+}
+
+/// Steps: node 3's TPM state is swapped (another key): its quotes do not verify under its
+/// pinned key; both peers quarantine it at the first one ("not signed by its pinned TPM
+/// key").
+#[test]
+fn a_swapped_tpm_state_with_another_key_is_refused_by_every_peer() {
+    let mut s = Sim::new(3);
+    s.tpm.insert(3, Tpm::OtherKey);
+    for _ in 0..5 {
+        s.round();
+    }
+    for by in [1u16, 2] {
+        assert_eq!(
+            s.quarantined(by, 3),
+            Some(Reason::NotAttested(AttestFault::Signature))
+        );
+    }
+}
+
+/// Steps: node 3 (hostile, root) records its quotes; after a few rounds it stops quoting
+/// and sends node 1 its oldest recorded quote again: refused as replayed (the TPM clock went
+/// backwards) and quarantined at once. Node 2, to whom it sends its latest quote again and
+/// again (the clock does not go back), quarantines it when that quote's challenge is older
+/// than the bound.
+#[test]
+fn a_replayed_old_quote_is_refused_and_a_repeated_one_goes_stale() {
+    let mut s = Sim::new(3);
+    for _ in 0..6 {
+        s.round();
+    }
+    assert!(s.decided.is_empty());
+    let to = |s: &Sim, to: u16| -> Vec<Message> {
+        s.sent
+            .iter()
+            .filter(|(by, t, _)| *by == 3 && *t == to)
+            .map(|(_, _, m)| m.clone())
+            .collect()
+    };
+    let oldest_to_1 = to(&s, 1).first().cloned().unwrap();
+    let latest_to_2 = to(&s, 2).last().cloned().unwrap();
+    s.tpm.insert(3, Tpm::Silent);
+    let now = s.now;
+    let out = s
+        .cores
+        .get_mut(&1)
+        .unwrap()
+        .receive(id(3), oldest_to_1, now);
+    s.deliver(3, out);
+    assert_eq!(
+        s.quarantined(1, 3),
+        Some(Reason::NotAttested(AttestFault::Replayed))
+    );
+    let stopped = s.now;
+    let mut out_at = None;
+    for _ in 0..12 {
+        s.round();
+        let now = s.now;
+        let out = s
+            .cores
+            .get_mut(&2)
+            .unwrap()
+            .receive(id(3), latest_to_2.clone(), now);
+        s.deliver(3, out);
+        if out_at.is_none() && s.quarantined(2, 3).is_some() {
+            out_at = Some(s.now);
+        }
+    }
+    assert_eq!(
+        s.quarantined(2, 3),
+        Some(Reason::NotAttested(AttestFault::NoFreshQuote))
+    );
+    let after = out_at.unwrap() - stopped;
+    eprintln!(
+        "a repeated quote went stale on node 2 after {} s (bound 6 s)",
+        after.as_secs()
+    );
+    assert!(after <= Duration::from_secs(8));
+}
+
+/// Steps: node 3 stops answering (its TPM hangs, or it drops the quotes): both peers
+/// quarantine it as "no fresh quote" within the bound plus a heartbeat of its last quote.
+#[test]
+fn a_node_that_stops_answering_challenges_is_quarantined_after_the_bound() {
+    let mut s = Sim::new(3);
+    for _ in 0..4 {
+        s.round();
+    }
+    s.tpm.insert(3, Tpm::Silent);
+    let stopped = s.now;
+    for _ in 0..10 {
+        s.round();
+    }
+    let q = s.quarantines_of(3, stopped);
+    for by in [1u16, 2] {
+        let (at, reason) = &q[&by];
+        assert_eq!(*reason, Reason::NotAttested(AttestFault::NoFreshQuote));
+        let after = *at - stopped;
+        eprintln!(
+            "node {by} quarantined the silent TPM's node after {} s",
+            after.as_secs()
+        );
+        assert!(after <= Duration::from_secs(8), "{after:?}");
+    }
+}
+
+/// Steps: node 3 loses integrity: its ratchet is set, its quotes say so; both peers
+/// quarantine it until a reboot. It keeps quoting (ratchet still set): still out. It reboots
+/// (new boot id, ratchet clean): readmitted by both, "attested by its TPM quote".
+#[test]
+fn tamper_then_ratchet_quarantine_reboot_attested_readmitted() {
+    let mut s = Sim::new(3);
+    for _ in 0..4 {
+        s.round();
+    }
+    s.tpm.insert(3, Tpm::Ratcheted);
+    let lost = s.now;
+    for _ in 0..8 {
+        s.round();
+    }
+    let q = s.quarantines_of(3, lost);
+    for by in [1u16, 2] {
+        assert_eq!(q[&by].1, Reason::NotAttested(AttestFault::RatchetSet));
+        assert!(s.quarantined(by, 3).is_some());
+        eprintln!(
+            "ratchet to quarantine on node {by}: {} s",
+            (q[&by].0 - lost).as_secs()
+        );
+    }
+    s.tpm.insert(3, Tpm::Honest);
+    s.boot.insert(3, "boot-3-2".into());
+    s.seq.insert(3, 0);
+    let rebooted = s.now;
+    for _ in 0..8 {
+        s.round();
+    }
+    for by in [1u16, 2] {
+        assert_eq!(s.quarantined(by, 3), None, "node {by}");
+        let readmit = s
+            .decided
+            .iter()
+            .find_map(|(at, b, a)| match a {
+                Action::Readmit { node, why } if *b == by && node.get() == 3 => {
+                    Some((*at, why.clone()))
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            readmit.1.contains("attested by its TPM quote"),
+            "{}",
+            readmit.1
+        );
+        eprintln!(
+            "reboot to readmission on node {by}: {} s",
+            (readmit.0 - rebooted).as_secs()
+        );
+    }
+}
+
+/// Steps: node 3 reboots honestly but its ratchet had been set in the old boot: while the
+/// reboot's heartbeats arrive and before its first quote, it is not readmitted (a quote is
+/// needed, not a claim).
+#[test]
+fn a_reboot_alone_without_a_quote_does_not_readmit() {
+    let mut s = Sim::new(3);
+    for _ in 0..4 {
+        s.round();
+    }
+    s.tpm.insert(3, Tpm::Ratcheted);
+    for _ in 0..4 {
+        s.round();
+    }
+    assert!(s.quarantined(1, 3).is_some());
+    s.tpm.insert(3, Tpm::Silent);
+    s.boot.insert(3, "boot-3-2".into());
+    for _ in 0..10 {
+        s.round();
+    }
+    for by in [1u16, 2] {
+        assert!(
+            s.quarantined(by, 3).is_some(),
+            "readmitted on a claim by {by}"
+        );
+    }
+}
+
+/// Steps: node 2 (hostile) gives node 3 challenges node 1 never saw and lies in its own
+/// heartbeats to node 1: node 3's quotes cover what node 3 saw, and node 1 checks only its
+/// own challenge in them. Node 3 stays attested at node 1 (a member cannot get an honest
+/// node quarantined by equivocating). Simulated by making node 2's heartbeats to node 3
+/// carry other challenges than those to node 1.
+#[test]
+fn a_member_equivocating_challenges_cannot_get_an_honest_node_quarantined() {
+    let mut s = Sim::new(3);
+    for _ in 0..3 {
+        s.round();
+    }
+    for _ in 0..8 {
+        s.now += Duration::from_secs(1);
+        for n in 1..=3u16 {
+            let hb = s.heartbeat(n);
+            let now = s.now;
+            let mut out = s.cores.get_mut(&n).unwrap().tick(&hb, now, &mut s.rng);
+            if n == 2 {
+                for a in &mut out {
+                    if let Action::Send {
+                        to,
+                        msg: Message::Heartbeat(h),
+                    } = a
+                        && to.get() == 3
+                    {
+                        h.challenge = Some(proto::attest::WireChallenge([0xEE; 16]));
+                    }
+                }
+            }
+            s.deliver(n, out);
+        }
+    }
+    assert_eq!(s.quarantined(1, 3), None);
+    assert!(
+        s.cores[&1].peers()[&id(3)]
+            .attest
+            .attested(Duration::from_secs(6), s.now)
+    );
+}
+
+/// Steps: the policy requires node 3 to attest but pins no key for it: quarantined by both
+/// peers at its first heartbeat ("no attestation key is pinned"); nodes that need not
+/// attest send challenges but never a quote, and are never judged on one.
+#[test]
+fn a_node_that_must_attest_without_a_pinned_key_is_quarantined() {
+    let mut keys: BTreeMap<u16, Option<AttestationKey>> = (1..=2)
+        .map(|i| (i, Some(AttestationKey::from(*key_of(i).verifying_key()))))
+        .collect();
+    keys.insert(3, None);
+    let mut s = Sim::with_keys(3, &keys);
+    for _ in 0..3 {
+        s.round();
+    }
+    for by in [1u16, 2] {
+        assert_eq!(
+            s.quarantined(by, 3),
+            Some(Reason::NotAttested(AttestFault::NoKey))
+        );
+    }
+    assert_eq!(s.quarantined(1, 2), None);
+}

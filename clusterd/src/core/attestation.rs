@@ -1,0 +1,335 @@
+//! Attestation between peers (issue 29), as plain decisions. Each heartbeat this node sends
+//! carries a fresh challenge; once per quote interval this node asks its TPM for one quote
+//! over the Merkle root of every peer's latest challenge, and sends each peer the quote with
+//! that peer's inclusion proof. A peer takes a quote only if it verifies under the node's
+//! pinned key, over the named root, with a pinned image and a clean ratchet, and its own
+//! challenge is in the root: then the node is attested until `within` after this peer
+//! issued that challenge. Each peer decides alone from what it received: no verifier.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use attest::{
+    AttestationKey, Challenge, Challenges, Covered, Inclusion, PcrValue, Quote, QuoteError,
+    included, qualifying_data, verify_quote,
+};
+use policy::NodeId;
+use proto::attest::{QuoteMessage, WireChallenge, WireInclusion, WireQuote};
+use proto::quarantine::AttestFault;
+
+/// A peer's challenges kept, newest last (its quote may cover one a few heartbeats old).
+const PEER_CHALLENGES: usize = 4;
+/// This node's own challenges kept: a proof naming an older one earns nothing.
+const MY_CHALLENGES: usize = 64;
+/// A quote asked of the TPM and not back by then is given up (the TPM does not answer:
+/// peers see no fresh quote, and quarantine this node, as they should).
+pub const QUOTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the policy says about attestation, for this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestConfig {
+    pub cluster: String,
+    pub interval: Duration,
+    pub within: Duration,
+    pub images: Vec<PcrValue>,
+    /// The nodes that must attest, each with its pinned key (None: none pinned).
+    pub required: BTreeMap<NodeId, Option<AttestationKey>>,
+}
+
+impl AttestConfig {
+    pub fn from_policy(
+        cluster: &str,
+        a: &policy::Attestation,
+        nodes: &[policy::Node],
+    ) -> Option<Self> {
+        let required: BTreeMap<NodeId, Option<AttestationKey>> = nodes
+            .iter()
+            .filter(|n| a.required_of(&n.roles))
+            .map(|n| (n.id, n.attestation_key.clone()))
+            .collect();
+        (!required.is_empty()).then(|| AttestConfig {
+            cluster: cluster.to_string(),
+            interval: a.interval,
+            within: a.within,
+            images: a.images.clone(),
+            required,
+        })
+    }
+}
+
+/// What this node knows of one peer's attestation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerAttest {
+    /// Its last few challenges (heartbeat seq, challenge), newest last.
+    pub challenges: VecDeque<(u64, Challenge)>,
+    /// The boot its state is of, and when this node first heard of that boot.
+    pub boot: Option<(String, Duration)>,
+    /// When this node issued the newest of its own challenges a valid quote covered, in
+    /// that boot.
+    pub fresh: Option<Duration>,
+    /// The TPM's (reset count, restart count, clock) in its last valid quote of that boot.
+    pub tpm_clock: Option<(u32, u32, u64)>,
+    /// Its last quote failed thus (cleared by a valid one).
+    pub fault: Option<AttestFault>,
+    /// Valid quotes taken from it, and quotes refused (for the view and the tests).
+    pub taken: u64,
+    pub refused: u64,
+}
+
+impl PeerAttest {
+    /// A heartbeat of boot `boot` arrived at `now`, with this challenge.
+    pub(super) fn heard(
+        &mut self,
+        boot: &str,
+        seq: u64,
+        challenge: Option<WireChallenge>,
+        now: Duration,
+    ) {
+        if self.boot.as_ref().is_none_or(|(b, _)| b != boot) {
+            *self = PeerAttest {
+                boot: Some((boot.to_string(), now)),
+                taken: self.taken,
+                refused: self.refused,
+                ..PeerAttest::default()
+            };
+        }
+        if let Some(WireChallenge(c)) = challenge
+            && self.challenges.back().is_none_or(|(s, _)| *s < seq)
+        {
+            if self.challenges.len() >= PEER_CHALLENGES {
+                self.challenges.pop_front();
+            }
+            self.challenges.push_back((seq, c));
+        }
+    }
+
+    /// What is wrong with its attestation at `now`, if it must attest with `key`. With
+    /// `strict`, a node in its first `within` of a boot with no quote yet is not attested
+    /// (readmission needs a quote); without, it is given that time.
+    pub(super) fn problem(
+        &self,
+        key: Option<&AttestationKey>,
+        within: Duration,
+        known_since: Duration,
+        now: Duration,
+        strict: bool,
+    ) -> Option<AttestFault> {
+        if key.is_none() {
+            return Some(AttestFault::NoKey);
+        }
+        if let Some(f) = self.fault {
+            return Some(f);
+        }
+        if self.fresh.is_some_and(|t| now.saturating_sub(t) <= within) {
+            return None;
+        }
+        let since = self.boot.as_ref().map_or(known_since, |(_, t)| *t);
+        if !strict && self.fresh.is_none() && now.saturating_sub(since) < within {
+            return None;
+        }
+        Some(AttestFault::NoFreshQuote)
+    }
+
+    /// Whether a valid quote of this boot is younger than `within`.
+    pub fn attested(&self, within: Duration, now: Duration) -> bool {
+        self.fault.is_none() && self.fresh.is_some_and(|t| now.saturating_sub(t) <= within)
+    }
+}
+
+/// This node's side: its challenges, and the quote under way.
+#[derive(Debug, Default)]
+pub(super) struct Mine {
+    /// (seq, challenge, when issued), newest last.
+    challenges: VecDeque<(u64, Challenge, Duration)>,
+    /// The challenges the quote under way covers, and since when it is asked.
+    pending: Option<(Challenges, [u8; 32], String, Duration)>,
+    last_quote: Option<Duration>,
+}
+
+impl Mine {
+    pub(super) fn issue(&mut self, seq: u64, challenge: Challenge, now: Duration) {
+        if self.challenges.len() >= MY_CHALLENGES {
+            self.challenges.pop_front();
+        }
+        self.challenges.push_back((seq, challenge, now));
+    }
+
+    fn issued(&self, seq: u64) -> Option<(Challenge, Duration)> {
+        self.challenges
+            .iter()
+            .find(|(s, _, _)| *s == seq)
+            .map(|(_, c, t)| (*c, *t))
+    }
+
+    /// The qualifying data of a new quote, if one is due: over the latest challenge of each
+    /// peer in `peers`.
+    pub(super) fn due(
+        &mut self,
+        cfg: &AttestConfig,
+        me: NodeId,
+        boot_id: &str,
+        peers: &BTreeMap<NodeId, super::Peer>,
+        now: Duration,
+    ) -> Option<[u8; 32]> {
+        if let Some((_, _, _, since)) = &self.pending {
+            if now.saturating_sub(*since) < QUOTE_TIMEOUT {
+                return None;
+            }
+            self.pending = None;
+        }
+        if self
+            .last_quote
+            .is_some_and(|t| now.saturating_sub(t) < cfg.interval)
+        {
+            return None;
+        }
+        let leaves: Vec<(Covered, Challenge)> = peers
+            .iter()
+            .filter_map(|(id, p)| {
+                p.attest.challenges.back().map(|(seq, c)| {
+                    (
+                        Covered {
+                            peer: id.get(),
+                            seq: *seq,
+                        },
+                        *c,
+                    )
+                })
+            })
+            .collect();
+        let tree = Challenges::new(leaves);
+        let root = tree.root();
+        let nonce = qualifying_data(&cfg.cluster, me.get(), boot_id, &root);
+        self.pending = Some((tree, root, boot_id.to_string(), now));
+        self.last_quote = Some(now);
+        Some(nonce)
+    }
+
+    /// The quote asked for came back: one message to each peer, with its proof. None if no
+    /// quote was under way (it timed out).
+    pub(super) fn made(&mut self, me: NodeId, quote: Quote) -> Option<Vec<(NodeId, QuoteMessage)>> {
+        let (tree, root, boot_id, _) = self.pending.take()?;
+        let peers = tree.covered();
+        let mut out = Vec::with_capacity(peers.len());
+        for c in peers {
+            let Some(to) = NodeId::new(c.peer) else {
+                continue;
+            };
+            let proof = tree.inclusion(c.peer).and_then(|i| {
+                Some(WireInclusion {
+                    seq: i.seq,
+                    index: u16::try_from(i.index).ok()?,
+                    leaves: u16::try_from(i.leaves).ok()?,
+                    path: i.proof,
+                })
+            });
+            out.push((
+                to,
+                QuoteMessage {
+                    node: me.get(),
+                    boot_id: boot_id.clone(),
+                    quote: WireQuote {
+                        attest: quote.attest.clone(),
+                        sig: quote.signature,
+                        root,
+                        proof,
+                    },
+                },
+            ));
+        }
+        Some(out)
+    }
+
+    /// The quote asked for failed.
+    pub(super) fn failed(&mut self) {
+        self.pending = None;
+    }
+}
+
+/// What a quote message from a peer does to what this node knows of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Taken {
+    /// Valid; `fresh` if it covered one of this node's recent challenges.
+    Valid {
+        fresh: bool,
+    },
+    /// Of another boot than its heartbeats say, or from a node that need not attest:
+    /// ignored.
+    Ignored,
+    Refused(AttestFault),
+}
+
+/// Checks `m` from a peer whose state is `a`, pinned `key`, against `cfg`.
+pub(super) fn take_quote(
+    a: &mut PeerAttest,
+    key: &AttestationKey,
+    cfg: &AttestConfig,
+    me: NodeId,
+    mine: &Mine,
+    m: &QuoteMessage,
+) -> Taken {
+    if a.boot.as_ref().is_none_or(|(b, _)| *b != m.boot_id) {
+        return Taken::Ignored;
+    }
+    let Ok(signature) = <[u8; 64]>::try_from(&m.quote.sig[..]) else {
+        return refuse(a, AttestFault::Malformed);
+    };
+    let quote = Quote {
+        attest: m.quote.attest.clone(),
+        signature,
+    };
+    let nonce = qualifying_data(&cfg.cluster, m.node, &m.boot_id, &m.quote.root);
+    let ok = match verify_quote(key, &quote, &nonce, &cfg.images) {
+        Ok(ok) => ok,
+        Err(e) => return refuse(a, fault_of(&e)),
+    };
+    let now_clock = (ok.reset_count, ok.restart_count, ok.clock);
+    if a.tpm_clock.is_some_and(|was| now_clock < was) {
+        return refuse(a, AttestFault::Replayed);
+    }
+    let mut fresh = false;
+    if let Some(p) = &m.quote.proof
+        && let Some((challenge, issued)) = mine.issued(p.seq)
+    {
+        let inc = Inclusion {
+            seq: p.seq,
+            index: usize::from(p.index),
+            leaves: usize::from(p.leaves),
+            proof: p.path.clone(),
+        };
+        if !included(&m.quote.root, &inc, me.get(), &challenge) {
+            return refuse(a, AttestFault::Nonce);
+        }
+        if a.fresh.is_none_or(|t| issued > t) {
+            a.fresh = Some(issued);
+        }
+        fresh = true;
+    }
+    a.tpm_clock = Some(now_clock);
+    a.fault = None;
+    a.taken += 1;
+    Taken::Valid { fresh }
+}
+
+fn refuse(a: &mut PeerAttest, fault: AttestFault) -> Taken {
+    a.refused += 1;
+    // A set ratchet is not forgotten in this boot, whatever follows.
+    if a.fault != Some(AttestFault::RatchetSet) {
+        a.fault = Some(fault);
+    }
+    Taken::Refused(fault)
+}
+
+pub(super) fn fault_of(e: &QuoteError) -> AttestFault {
+    match e {
+        QuoteError::Signature => AttestFault::Signature,
+        QuoteError::Nonce => AttestFault::Nonce,
+        QuoteError::RatchetSet => AttestFault::RatchetSet,
+        QuoteError::NotPinned => AttestFault::NotPinned,
+        QuoteError::TooLarge(_)
+        | QuoteError::SignatureLength(_)
+        | QuoteError::Malformed(_)
+        | QuoteError::NotAQuote
+        | QuoteError::Selection => AttestFault::Malformed,
+    }
+}
