@@ -174,6 +174,7 @@ impl Master {
                     addresses: new.addresses.clone(),
                     roles: new.roles.clone(),
                     expires: new.expires,
+                    attestation_key: None,
                 });
                 (new.id.get(), new.name.clone())
             }
