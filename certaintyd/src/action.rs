@@ -122,10 +122,67 @@ pub struct Actuator {
     pub exec: Option<Hook>,
     pub exec_deadline: Duration,
     pub dry_run: bool,
+    /// This node's TPM: the ratchet PCR is extended there before any action (issue 29).
+    pub ratchet: Option<Ratchet>,
+}
+
+/// The one-way "integrity lost" flag in this node's TPM (PCR 15): extended once, before any
+/// action, so that until it reboots this node cannot quote a clean PCR 15 to its peers,
+/// whatever it runs afterwards.
+#[derive(Debug, Clone)]
+pub struct Ratchet {
+    pub tpm: PathBuf,
+    set: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long setting the ratchet may take before the action goes ahead without it.
+pub const RATCHET_DEADLINE: Duration = Duration::from_secs(3);
+
+impl Ratchet {
+    pub fn new(tpm: PathBuf) -> Self {
+        Self {
+            tpm,
+            set: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    /// Extends PCR 15 once per process (a second extend would only make the quote say "not
+    /// pinned" instead of "integrity lost"). A TPM that fails or does not answer within
+    /// [`RATCHET_DEADLINE`] is logged, and the action goes ahead: its quotes then fail too,
+    /// and peers quarantine this node either way.
+    pub async fn set(&self) {
+        use std::sync::atomic::Ordering;
+        if self.set.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let tpm = self.tpm.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            attest::tpm::Tpm::open(&tpm, RATCHET_DEADLINE).and_then(|mut t| t.extend_ratchet())
+        });
+        match tokio::time::timeout(RATCHET_DEADLINE, job).await {
+            Ok(Ok(Ok(()))) => {
+                info!(tpm = %self.tpm.display(), pcr = attest::RATCHET_PCR, "integrity-lost ratchet set in the TPM: until a reboot this node cannot attest to its peers")
+            }
+            Ok(Ok(Err(e))) => {
+                error!(tpm = %self.tpm.display(), reason = %e, "cannot set the integrity-lost ratchet in the TPM; going ahead with the action")
+            }
+            Ok(Err(e)) => {
+                error!(reason = %e, "the ratchet's thread failed; going ahead with the action")
+            }
+            Err(_) => error!(
+                tpm = %self.tpm.display(),
+                deadline_s = RATCHET_DEADLINE.as_secs(),
+                "the TPM did not set the ratchet in time; going ahead with the action"
+            ),
+        }
+    }
 }
 
 impl Actuator {
     pub async fn perform(&self, report: &Report) -> Outcome {
+        if let Some(r) = &self.ratchet {
+            r.set().await;
+        }
         match self.action {
             Action::Alert => Outcome::Alerted,
             Action::Reboot => self.power(nix::sys::reboot::RebootMode::RB_AUTOBOOT),

@@ -77,6 +77,11 @@ pub struct Args {
     /// filesystem than the root, e.g. /run/tyd/certaintyd.prom.
     #[arg(long)]
     pub metrics_file: Option<PathBuf>,
+    /// This node's TPM (a device, or swtpm's socket): at a violation, before any action,
+    /// PCR 15 is extended with "integrity lost", so the node's TPM quotes say so until it
+    /// reboots (issue 29). Skipped when the path does not exist (a machine without a TPM).
+    #[arg(long, default_value = "/dev/tpmrm0")]
+    pub tpm: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,

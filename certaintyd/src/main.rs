@@ -76,6 +76,11 @@ fn configure(args: &Args) -> Result<(Config, Option<PathBuf>), Refused> {
             exec,
             exec_deadline: c.exec_deadline,
             dry_run: args.dry_run,
+            ratchet: args
+                .tpm
+                .as_ref()
+                .filter(|p| p.exists())
+                .map(|p| certaintyd::action::Ratchet::new(p.clone())),
         },
         maintenance_keys: TrustedKeys::new(c.maintenance_keys.clone()),
         max_maintenance: c.max_maintenance,

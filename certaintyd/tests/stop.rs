@@ -21,6 +21,7 @@ fn config(root: &std::path::Path, signals_are_violations: bool) -> Config {
             exec: None,
             exec_deadline: Duration::from_secs(1),
             dry_run: true,
+            ratchet: None,
         },
         maintenance_keys: TrustedKeys::default(),
         max_maintenance: Duration::from_secs(3600),

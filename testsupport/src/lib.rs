@@ -81,6 +81,12 @@ impl Swtpm {
             .arg("not-need-init,startup-clear")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            // It says "Data client disconnected" at each closed connection.
+            .stderr(
+                std::fs::File::create(dir.join("swtpm.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .unwrap_or_else(|e| panic!("swtpm: {e}"));
         for _ in 0..200 {

@@ -133,6 +133,10 @@ pub struct Member {
     pub certainty_root: Option<PathBuf>,
     /// What the lab started for it: a real certaintyd (if any), netguard, clusterd (last).
     pub children: Vec<Child>,
+    /// Its TPM for clusterd's quotes (`--tpm`); None: `--tpm none`.
+    pub tpm: Option<PathBuf>,
+    /// Its attestation key as the policy pins it (`attestation_key`), if any.
+    pub attestation_key: Option<String>,
 }
 
 pub struct Lab {
@@ -143,6 +147,8 @@ pub struct Lab {
     /// netguard's drift interval (long in the benchmark: 50 drift checks a second would
     /// take both cores).
     pub drift: String,
+    /// Put in the policy before the nodes (e.g. an `[attestation]` section).
+    pub extra_policy: String,
 }
 
 impl Lab {
@@ -163,6 +169,7 @@ impl Lab {
             dir,
             operator: SigningKey::from_bytes(&[7; 32]),
             drift: "1s".into(),
+            extra_policy: String::new(),
         };
         for i in 1..=n {
             let ns = format!("{tag}n{i}");
@@ -227,6 +234,8 @@ impl Lab {
                 key,
                 certainty,
                 children: Vec::new(),
+                tpm: None,
+                attestation_key: None,
             });
         }
         lab
@@ -241,6 +250,7 @@ impl Lab {
         let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
         let mut t = policy::template::init_template("lab", expires)
             .replace("serial = 1", &format!("serial = {serial}"));
+        t.push_str(&self.extra_policy);
         for (i, m) in self.members.iter().enumerate() {
             if !listed.contains(&i) {
                 continue;
@@ -250,6 +260,9 @@ impl Lab {
                 "\n[[node]]\nid = {}\nname = \"d{}\"\npublic_key = \"{public}\"\nendpoint = \"198.18.0.{}:51820\"\naddresses = [\"{}\"]\n",
                 i + 1, i + 1, i + 1, m.tun
             ));
+            if let Some(k) = &m.attestation_key {
+                t.push_str(&format!("attestation_key = \"{k}\"\n"));
+            }
         }
         t
     }
@@ -348,6 +361,8 @@ impl Lab {
                 "--view",
                 &p("view.json"),
             ])
+            .arg("--tpm")
+            .arg(m.tpm.as_deref().unwrap_or(std::path::Path::new("none")))
             .stderr(log("clusterd.log"))
             .spawn()
             .unwrap();
