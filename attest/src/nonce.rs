@@ -116,6 +116,16 @@ pub fn included(root: &[u8; 32], inc: &Inclusion, peer: u16, challenge: &Challen
     MerkleProof::<Blake3>::new(inc.proof.clone()).verify(*root, &[inc.index], &[l], inc.leaves)
 }
 
+/// The qualifying data of the quote a joiner sends with its join request: bound to the
+/// WireGuard key it joins with, so the quote proves that this TPM's holder asks to join with
+/// that key (a member relaying the request, or anyone replaying it, gains nothing without
+/// that key's private part, in this cluster or another).
+pub fn join_qualifying_data(wireguard_key: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("tyd 2026 join attestation v1");
+    h.update(wireguard_key);
+    *h.finalize().as_bytes()
+}
+
 /// The 32 bytes given to TPM2_Quote as qualifying data (it comes back as `extraData`):
 /// the cluster, the quoting node and its boot, and the root of the challenges it covers.
 pub fn qualifying_data(cluster: &str, node: u16, boot_id: &str, root: &[u8; 32]) -> [u8; 32] {

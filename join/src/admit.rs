@@ -20,6 +20,23 @@ pub struct JoinRequest {
     /// Its LAN address as it reached the member (the port is the cluster's WireGuard port,
     /// whatever is sent here).
     pub endpoint: SocketAddr,
+    /// Its TPM's attestation key and a quote over its WireGuard key (issue 29): absent from
+    /// a machine without a TPM. Required when the policy says its role must attest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<JoinAttestation>,
+}
+
+/// A joiner's proof that it holds a TPM: its attestation key, and a quote by it whose
+/// qualifying data is [`attest::nonce::join_qualifying_data`] of its WireGuard key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinAttestation {
+    /// Base64 of the SEC1 point, as the policy pins it.
+    pub key: String,
+    /// Base64 of the `TPMS_ATTEST`.
+    pub quote: String,
+    /// Base64 of `r || s`.
+    pub signature: String,
 }
 
 /// The master's answer.
@@ -85,6 +102,13 @@ pub enum Refusal {
         "endpoint {endpoint} is node {node}'s, which the cluster still hears; it can be replaced once lost (quarantined or silent)"
     )]
     EndpointBusy { endpoint: String, node: u16 },
+    /// Issue 29: the policy says nodes of this role attest with a TPM, and this join brought
+    /// no valid proof of one.
+    #[error("this cluster's {role} nodes must attest with a TPM: {why}")]
+    NotAttested { role: String, why: String },
+    /// The TPM is already another node's (one machine, one entry).
+    #[error("this TPM's attestation key is already node {node}'s")]
+    AttestationKeyTaken { node: u16 },
 }
 
 impl Refusal {
@@ -168,6 +192,15 @@ pub fn decide(
             return Err(Refusal::NameTaken(policy::parse::shown(name)));
         }
     }
+    let attestation_key = attested(policy, req, &key, roles)?;
+    if let Some(k) = &attestation_key
+        && let Some(n) = policy
+            .nodes
+            .iter()
+            .find(|n| n.attestation_key.as_ref() == Some(k))
+    {
+        return Err(Refusal::AttestationKeyTaken { node: n.id.get() });
+    }
     let (id, addresses) = match pool {
         None => free_id(policy)?,
         Some(pool) => free_in_pool(policy, pool)?,
@@ -188,7 +221,61 @@ pub fn decide(
         addresses,
         roles: roles.to_vec(),
         expires: None,
+        attestation_key,
     }))
+}
+
+/// The joiner's attestation key, if it proved one: its quote verifies under the key, over
+/// its WireGuard key, and, when its role must attest, shows a pinned image and a clean
+/// ratchet. A role that must attest without a proof is refused.
+fn attested(
+    policy: &Policy,
+    req: &JoinRequest,
+    wg: &WgPublicKey,
+    roles: &[Role],
+) -> Result<Option<policy::AttestationKey>, Refusal> {
+    use base64::Engine;
+    let a = &policy.attestation;
+    let role = roles
+        .iter()
+        .find(|r| a.require.contains(r))
+        .map(|r| r.name().to_string());
+    let refuse = |why: String| Refusal::NotAttested {
+        role: role.clone().unwrap_or_else(|| "drone".into()),
+        why,
+    };
+    let Some(p) = &req.attestation else {
+        return match role {
+            Some(_) => Err(refuse(
+                "the join brought no TPM quote (tyd join on a machine with a TPM: --tpm)".into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key: policy::AttestationKey = p.key.parse().map_err(|e| refuse(format!("{e}")))?;
+    let attest_bytes = b64
+        .decode(p.quote.as_bytes())
+        .map_err(|_| refuse("its quote is not base64".into()))?;
+    let signature: [u8; 64] = b64
+        .decode(p.signature.as_bytes())
+        .ok()
+        .and_then(|s| <[u8; 64]>::try_from(s.as_slice()).ok())
+        .ok_or_else(|| refuse("its quote's signature is not 64 bytes of base64".into()))?;
+    let quote = attest::Quote {
+        attest: attest_bytes,
+        signature,
+    };
+    let nonce = attest::nonce::join_qualifying_data(wg.as_bytes());
+    match attest::verify_quote(&key, &quote, &nonce, &a.images) {
+        Ok(_) => Ok(Some(key)),
+        // A node of a role that need not attest may join from any image: its key is kept
+        // once its quote proves it (signature and nonce).
+        Err(attest::QuoteError::NotPinned | attest::QuoteError::RatchetSet) if role.is_none() => {
+            Ok(Some(key))
+        }
+        Err(e) => Err(refuse(e.to_string())),
+    }
 }
 
 /// The endpoint `req` claims, on the cluster's WireGuard port, if it is where the request
@@ -315,6 +402,7 @@ mod tests {
             public_key: key(k).to_base64(),
             name: name.map(String::from),
             endpoint: "198.18.0.9:51820".parse().unwrap(),
+            attestation: None,
         }
     }
 

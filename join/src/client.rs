@@ -89,12 +89,33 @@ pub struct Joined {
     pub roles: Vec<policy::Role>,
 }
 
+/// This machine's proof of its TPM for a join with WireGuard key `wg`: its attestation key
+/// and a quote over that key. None when `tpm` does not exist (a machine without a TPM).
+pub fn tpm_attestation(
+    tpm: &std::path::Path,
+    wg: &WgPublicKey,
+) -> Result<Option<crate::admit::JoinAttestation>, attest::tpm::TpmError> {
+    use base64::Engine;
+    if !tpm.exists() {
+        return Ok(None);
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let nonce = attest::nonce::join_qualifying_data(wg.as_bytes());
+    let (quote, key) = attest::tpm::Tpm::open(tpm, TIMEOUT)?.quote(&nonce)?;
+    Ok(Some(crate::admit::JoinAttestation {
+        key: key.to_string(),
+        quote: b64.encode(&quote.attest),
+        signature: b64.encode(quote.signature),
+    }))
+}
+
 pub fn join(
     member: SocketAddr,
     token: &Token,
     fingerprint: &str,
     public_key: &WgPublicKey,
     name: Option<String>,
+    attestation: Option<crate::admit::JoinAttestation>,
 ) -> Result<Joined, JoinError> {
     let stream =
         TcpStream::connect_timeout(&member, TIMEOUT).map_err(|e| JoinError::Connect(member, e))?;
@@ -107,6 +128,7 @@ pub fn join(
         public_key: public_key.to_base64(),
         name,
         endpoint: SocketAddr::new(local.ip(), 0),
+        attestation,
     };
     let answer = exchange(stream, token, &req).map_err(|e| match e {
         ExchangeError::Wire(e) => JoinError::Wire(member, e),
@@ -122,6 +144,7 @@ pub fn join_with_approval(
     fingerprint: &str,
     public_key: &WgPublicKey,
     name: Option<String>,
+    attestation: Option<crate::admit::JoinAttestation>,
     wait: Duration,
     show_code: impl FnOnce(&str),
 ) -> Result<Joined, JoinError> {
@@ -138,6 +161,7 @@ pub fn join_with_approval(
         public_key: public_key.to_base64(),
         name,
         endpoint: SocketAddr::new(local.ip(), 0),
+        attestation,
     };
     ch.send(&serde_json::to_vec(&req).unwrap_or_default())
         .map_err(wire_err)?;

@@ -59,6 +59,7 @@ impl Admitted {
             public_key: self.public_key.clone(),
             name: Some(self.name.clone()),
             endpoint: self.endpoint,
+            attestation: None,
         }
     }
 }

@@ -147,6 +147,7 @@ mod tests {
             public_key: policy::WgPublicKey::from_secret(&[n; 32]).to_base64(),
             name: None,
             endpoint: format!("198.18.0.{n}:51820").parse().unwrap(),
+            attestation: None,
         }
     }
 

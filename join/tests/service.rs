@@ -101,6 +101,7 @@ fn request(k: u8, name: Option<&str>) -> JoinRequest {
         public_key: key(k).to_base64(),
         name: name.map(String::from),
         endpoint: format!("198.18.0.{k}:51820").parse().unwrap(),
+        attestation: None,
     }
 }
 
@@ -442,6 +443,7 @@ fn a_master_drops_expired_nodes_a_day_after_their_instant() {
             addresses: vec![format!("10.77.0.{id}").parse().unwrap()],
             roles: vec![Role::Drone],
             expires: Some(Timestamp::now() - jiff::SignedDuration::from_secs(ago)),
+            attestation_key: None,
         })
         .unwrap();
     }
@@ -661,6 +663,7 @@ fn an_expired_node_leaving_is_removed_once() {
         addresses: vec!["10.77.0.3".parse().unwrap()],
         roles: vec![Role::Drone],
         expires: Some(Timestamp::now() + jiff::SignedDuration::from_millis(300)),
+        attestation_key: None,
     })
     .unwrap();
     sign_and_put(&lab, edit);

@@ -135,6 +135,9 @@ impl PolicyEdit {
         if let Some(exp) = node.expires {
             t["expires"] = value(exp.to_string());
         }
+        if let Some(k) = &node.attestation_key {
+            t["attestation_key"] = value(k.to_string());
+        }
         self.nodes_mut()?.push(t);
         Ok(())
     }
@@ -278,6 +281,8 @@ pub struct NewNode {
     pub addresses: Vec<IpAddr>,
     pub roles: Vec<Role>,
     pub expires: Option<Timestamp>,
+    /// Its TPM's attestation key, proved at its join (issue 29).
+    pub attestation_key: Option<crate::AttestationKey>,
 }
 
 /// Roles as the policy spells them.

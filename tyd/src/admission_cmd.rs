@@ -195,6 +195,7 @@ pub fn run(cmd: AdmissionCmd, now: Timestamp) -> CliResult {
                     addresses: n.addresses.clone(),
                     roles: n.roles.clone(),
                     expires: n.expires,
+                    attestation_key: None,
                 })?;
             }
             edit.remove_admission(master)?;

@@ -189,6 +189,7 @@ fn write_first_policy(
         addresses: default_addresses(&current, id),
         roles: vec![Role::Master],
         expires: None,
+        attestation_key: None,
     })?;
     if let Some(key) = admission {
         let limits = policy::template::first_admission(

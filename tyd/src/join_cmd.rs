@@ -40,6 +40,9 @@ pub struct JoinArgs<'a> {
     pub key: Option<&'a Path>,
     pub name: Option<&'a str>,
     pub no_start: bool,
+    /// This machine's TPM: the join carries its attestation key and a quote (skipped when
+    /// the path does not exist).
+    pub tpm: &'a Path,
 }
 
 fn member_addr(member: &str) -> CliResult<SocketAddr> {
@@ -78,7 +81,24 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         .key
         .map_or_else(|| a.dir.join("node.key"), Path::to_path_buf);
     let me = node_key(&key_path)?;
-    let joined = ask_members(a, &members, token.as_ref(), &me)?;
+    let attestation = match join::client::tpm_attestation(a.tpm, &me) {
+        Ok(Some(att)) => {
+            eprintln!(
+                "this machine's TPM attestation key goes with the join: {}",
+                att.key
+            );
+            Some(att)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!(
+                "warning: {}: no TPM quote for the join ({e}); a cluster whose nodes must attest refuses it",
+                a.tpm.display()
+            );
+            None
+        }
+    };
+    let joined = ask_members(a, &members, token.as_ref(), &me, attestation)?;
     let trust_text =
         KeyKind::OperatorPublic.file_text(joined.operator_key.verifying_key().as_bytes());
     atomic_write(&a.dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
@@ -151,18 +171,27 @@ fn ask_members(
     members: &[SocketAddr],
     token: Option<&Token>,
     me: &WgPublicKey,
+    attestation: Option<join::admit::JoinAttestation>,
 ) -> CliResult<join::client::Joined> {
     // Each member that answered, in turn, until one works (a rogue may answer first).
     let ask = |name: Option<String>| {
         join::client::first_that_works(
             members,
             |member| match token {
-                Some(token) => join::client::join(member, token, a.operator, me, name.clone()),
+                Some(token) => join::client::join(
+                    member,
+                    token,
+                    a.operator,
+                    me,
+                    name.clone(),
+                    attestation.clone(),
+                ),
                 None => join::client::join_with_approval(
                     member,
                     a.operator,
                     me,
                     name.clone(),
+                    attestation.clone(),
                     join::service::APPROVAL_WAIT,
                     |code| {
                         eprintln!(
@@ -526,6 +555,7 @@ mod tests {
                 addresses: default_addresses(&current, id),
                 roles: vec![role],
                 expires: None,
+                attestation_key: None,
             })
             .expect("add");
         }

@@ -198,6 +198,11 @@ struct JoinArgs {
     /// Do not enable and start the daemons' systemd units; print their command lines.
     #[arg(long)]
     no_start: bool,
+    /// This machine's TPM (a device, or swtpm's socket): the join carries its attestation
+    /// key and a quote over this node's WireGuard key; skipped when it does not exist. A
+    /// cluster whose nodes of this role must attest refuses a join without one.
+    #[arg(long, default_value = "/dev/tpmrm0")]
+    tpm: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -487,6 +492,7 @@ fn run_join(a: JoinArgs) -> CliResult {
         key: a.key.as_deref(),
         name: a.name.as_deref(),
         no_start: a.no_start,
+        tpm: &a.tpm,
     })
 }
 

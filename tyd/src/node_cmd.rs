@@ -51,6 +51,10 @@ pub enum NodeCmd {
         /// When the node stops being accepted (RFC 3339).
         #[arg(long)]
         expires: Option<Timestamp>,
+        /// Pins the node's TPM attestation key (base64, as `tyd join` prints it): what its
+        /// quotes must verify under when its role must attest.
+        #[arg(long)]
+        attestation_key: Option<policy::AttestationKey>,
     },
     /// Remove a node, by id or name (`id:3` or `name:3` when "3" could be either).
     #[command(after_help = EXIT_CODES_HELP)]
@@ -101,6 +105,7 @@ pub fn run(cmd: NodeCmd, now: Timestamp) -> CliResult {
             addresses,
             roles,
             expires,
+            attestation_key,
         } => {
             let id = NodeId::new(id)
                 .ok_or_else(|| Failure::new(Exit::Usage, "node id must be 1-65535"))?;
@@ -123,6 +128,7 @@ pub fn run(cmd: NodeCmd, now: Timestamp) -> CliResult {
                     roles
                 },
                 expires,
+                attestation_key,
             })?;
             let p = edit.commit(now)?;
             println!(

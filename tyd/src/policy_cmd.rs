@@ -133,6 +133,7 @@ fn import_map(
             addresses: default_addresses(&base, id),
             roles: vec![policy::Role::Drone],
             expires: None,
+            attestation_key: None,
         })?;
     }
     let policy = edit.write(now)?;

@@ -174,7 +174,7 @@ impl Master {
                     addresses: new.addresses.clone(),
                     roles: new.roles.clone(),
                     expires: new.expires,
-                    attestation_key: None,
+                    attestation_key: new.attestation_key.clone(),
                 });
                 (new.id.get(), new.name.clone())
             }

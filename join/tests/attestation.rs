@@ -1,0 +1,188 @@
+//! Issue 29 at the join: a node whose role must attest joins only with a quote by its TPM
+//! over the WireGuard key it joins with, and its attestation key goes into its entry. Each
+//! test is an attack, its steps above it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use attest::forge::{self, Fields};
+use attest::pcr;
+use base64::Engine;
+use jiff::Timestamp;
+use join::admit::{Admission, JoinAttestation, JoinRequest, Refusal, decide};
+use p256::ecdsa::SigningKey;
+use policy::{AttestationKey, Policy, Role, WgPublicKey};
+
+const IMAGE: [u8; 32] = [4; 32];
+
+fn wg(n: u8) -> WgPublicKey {
+    WgPublicKey::from_secret(&[n; 32])
+}
+
+fn tpm(n: u8) -> SigningKey {
+    SigningKey::from_slice(&[n; 32]).unwrap()
+}
+
+/// A policy whose drones must attest, with the pinned image; node 1 (a master) has TPM 1's
+/// key pinned.
+fn policy() -> Policy {
+    let expires = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    let mut t = policy::template::init_template("lab", expires);
+    t.push_str(&format!(
+        "\n[attestation]\nrequire = [\"drone\"]\nimages = [\"{}\"]\n",
+        hex(&IMAGE)
+    ));
+    t.push_str(&format!(
+        "\n[[node]]\nid = 1\nname = \"m1\"\npublic_key = \"{}\"\nendpoint = \"198.18.0.1:51820\"\naddresses = [\"10.77.0.1\"]\nroles = [\"master\"]\nattestation_key = \"{}\"\n",
+        wg(1),
+        AttestationKey::from(*tpm(1).verifying_key())
+    ));
+    policy::parse_policy("test", t.as_bytes(), Timestamp::now()).unwrap()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What TPM `t` sends for a join with WireGuard key `over` (its quote over that key), with
+/// these PCRs.
+fn proof(t: u8, over: &WgPublicKey, image: [u8; 32], ratchet: [u8; 32]) -> JoinAttestation {
+    let nonce = attest::nonce::join_qualifying_data(over.as_bytes());
+    let q = forge::sign(
+        &tpm(t),
+        forge::attest_bytes(&Fields::quote(&nonce, &image, &ratchet)).unwrap(),
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    JoinAttestation {
+        key: AttestationKey::from(*tpm(t).verifying_key()).to_string(),
+        quote: b64.encode(&q.attest),
+        signature: b64.encode(q.signature),
+    }
+}
+
+fn request(k: u8, attestation: Option<JoinAttestation>) -> JoinRequest {
+    JoinRequest {
+        public_key: wg(k).to_base64(),
+        name: None,
+        endpoint: "198.18.0.9:51820".parse().unwrap(),
+        attestation,
+    }
+}
+
+fn decide_drone(req: &JoinRequest) -> Result<Admission, Refusal> {
+    decide(&policy(), req, None, &[Role::Drone], None, None)
+}
+
+/// Steps: a drone joins with its TPM's quote over its WireGuard key, the pinned image and a
+/// clean ratchet: admitted, and its entry pins that TPM's key.
+#[test]
+fn a_drone_with_a_tpm_quote_joins_and_its_key_is_pinned() {
+    match decide_drone(&request(9, Some(proof(9, &wg(9), IMAGE, [0; 32])))).unwrap() {
+        Admission::Add(n) => assert_eq!(
+            n.attestation_key,
+            Some(AttestationKey::from(*tpm(9).verifying_key()))
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Steps: a token holder joins a drone without a TPM quote; with a quote made for another
+/// WireGuard key (replayed from another join); with a quote that another TPM signed than the
+/// key it names; from an image one byte off; with its ratchet set; and with the TPM that is
+/// already node 1's. Each is refused, saying why.
+#[test]
+fn a_token_holder_cannot_join_a_drone_without_a_valid_quote_of_its_own() {
+    let refused = |r: Result<Admission, Refusal>| match r {
+        Err(e) => e.to_string(),
+        Ok(a) => panic!("admitted: {a:?}"),
+    };
+    let none = refused(decide_drone(&request(9, None)));
+    assert!(
+        none.contains("must attest with a TPM: the join brought no TPM quote"),
+        "{none}"
+    );
+    let replayed = refused(decide_drone(&request(
+        9,
+        Some(proof(9, &wg(8), IMAGE, [0; 32])),
+    )));
+    assert!(replayed.contains("other challenges"), "{replayed}");
+    let mut forged = proof(9, &wg(9), IMAGE, [0; 32]);
+    forged.key = AttestationKey::from(*tpm(7).verifying_key()).to_string();
+    let f = refused(decide_drone(&request(9, Some(forged))));
+    assert!(f.contains("signature does not verify"), "{f}");
+    let mut off = IMAGE;
+    off[0] ^= 1;
+    let o = refused(decide_drone(&request(
+        9,
+        Some(proof(9, &wg(9), off, [0; 32])),
+    )));
+    assert!(o.contains("not those of a pinned image"), "{o}");
+    let r = refused(decide_drone(&request(
+        9,
+        Some(proof(9, &wg(9), IMAGE, pcr::ratcheted())),
+    )));
+    assert!(r.contains("integrity-lost PCR is set"), "{r}");
+    let taken = refused(decide_drone(&request(
+        9,
+        Some(proof(1, &wg(9), IMAGE, [0; 32])),
+    )));
+    assert_eq!(taken, "this TPM's attestation key is already node 1's");
+    let mut junk = proof(9, &wg(9), IMAGE, [0; 32]);
+    junk.signature = "AAAA".into();
+    let j = refused(decide_drone(&request(9, Some(junk))));
+    assert!(j.contains("not 64 bytes"), "{j}");
+}
+
+/// Steps: a server (a role that need not attest) joins without a quote: admitted with no
+/// key; with a quote of an unpinned image: admitted, and its key is kept (it proved it).
+#[test]
+fn a_role_that_need_not_attest_joins_without_a_quote() {
+    let p = policy();
+    match decide(&p, &request(9, None), None, &[Role::Server], None, None).unwrap() {
+        Admission::Add(n) => assert_eq!(n.attestation_key, None),
+        other => panic!("{other:?}"),
+    }
+    let mut off = IMAGE;
+    off[0] ^= 1;
+    let with = request(9, Some(proof(9, &wg(9), off, [0; 32])));
+    match decide(&p, &with, None, &[Role::Server], None, None).unwrap() {
+        Admission::Add(n) => assert!(n.attestation_key.is_some()),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Steps: `tyd join`'s own proof, made by a real TPM (swtpm) over this node's key, is taken
+/// by the master's decision (swtpm's PCR 4 is zeros: that image pinned).
+#[test]
+fn a_real_tpm_proof_from_the_joiner_is_taken() {
+    if !testsupport::tools_or_skip("join attestation swtpm", &["swtpm"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sw = testsupport::Swtpm::start(dir.path());
+    let att = join::client::tpm_attestation(&sw.socket, &wg(9))
+        .unwrap()
+        .unwrap();
+    let text = format!(
+        "{}\n[attestation]\nrequire = [\"drone\"]\nimages = [\"{}\"]\n",
+        policy::template::init_template(
+            "lab",
+            Timestamp::now() + jiff::SignedDuration::from_hours(1)
+        ),
+        "00".repeat(32)
+    );
+    let p = policy::parse_policy("test", text.as_bytes(), Timestamp::now()).unwrap();
+    let key = attest::tpm::Tpm::open(&sw.socket, Duration::from_secs(5))
+        .unwrap()
+        .attestation_key()
+        .unwrap();
+    match decide(&p, &request(9, Some(att)), None, &[Role::Drone], None, None).unwrap() {
+        Admission::Add(n) => assert_eq!(n.attestation_key, Some(key)),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        join::client::tpm_attestation(&dir.path().join("none"), &wg(9))
+            .unwrap()
+            .is_none()
+    );
+}
