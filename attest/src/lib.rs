@@ -19,7 +19,7 @@ pub mod tpm;
 
 pub use key::{AttestationKey, KeyError};
 pub use nonce::{
-    CHALLENGE_LEN, Challenge, Challenges, Covered, Inclusion, included, qualifying_data,
+    CHALLENGE_LEN, Challenge, Challenges, Covered, Inclusion, included, qualifying_data, root_of,
 };
 pub use pcr::{IMAGE_PCR, PcrValue, RATCHET_PCR};
 pub use quote::{Attested, MAX_ATTEST, Quote, QuoteError, SIGNATURE_LEN, verify_quote};

@@ -1,7 +1,8 @@
 //! What a quote is made over. Every heartbeat carries a fresh random challenge. A node puts
 //! the latest challenge of each peer in a Merkle tree (`rs_merkle`, BLAKE3) and quotes once
-//! over its root, so one quote answers every peer at once; the heartbeat to each peer carries
-//! the root and that peer's inclusion proof. A peer checks only its own challenge: what a
+//! over its root, so one quote answers every peer at once; the quote message to each peer
+//! carries that peer's inclusion proof (the peer makes the root from it and its own
+//! challenge). A peer checks only its own challenge: what a
 //! hostile member says to others cannot make this node's quote fail here.
 
 use rs_merkle::{Hasher, MerkleProof, MerkleTree};
@@ -103,17 +104,26 @@ impl Challenges {
     }
 }
 
-/// Whether `inc` proves that `root` covers `challenge`, which `peer` sent at `inc.seq`.
-pub fn included(root: &[u8; 32], inc: &Inclusion, peer: u16, challenge: &Challenge) -> bool {
+/// The root `inc` leads to from `challenge`, which `peer` sent at `inc.seq`; None for a
+/// proof out of range. A quote over the qualifying data of that root covers the challenge:
+/// so the root need not travel, and a forged proof makes a root the quote is not over.
+pub fn root_of(inc: &Inclusion, peer: u16, challenge: &Challenge) -> Option<[u8; 32]> {
     if inc.leaves == 0
         || inc.leaves > MAX_LEAVES
         || inc.index >= inc.leaves
         || inc.proof.len() > MAX_PROOF
     {
-        return false;
+        return None;
     }
     let l = leaf(Covered { peer, seq: inc.seq }, challenge);
-    MerkleProof::<Blake3>::new(inc.proof.clone()).verify(*root, &[inc.index], &[l], inc.leaves)
+    MerkleProof::<Blake3>::new(inc.proof.clone())
+        .root(&[inc.index], &[l], inc.leaves)
+        .ok()
+}
+
+/// Whether `inc` proves that `root` covers `challenge`, which `peer` sent at `inc.seq`.
+pub fn included(root: &[u8; 32], inc: &Inclusion, peer: u16, challenge: &Challenge) -> bool {
+    root_of(inc, peer, challenge) == Some(*root)
 }
 
 /// The qualifying data of the quote a joiner sends with its join request: bound to the

@@ -37,12 +37,9 @@ pub struct WireQuote {
     /// ECDSA P-256, `r || s`.
     #[serde(with = "fixed")]
     pub sig: [u8; 64],
-    /// The Merkle root of the challenges it covers (the qualifying data is made from it).
-    #[serde(with = "fixed")]
-    pub root: [u8; 32],
-    /// The receiver's challenge in that root, when the quote covers it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proof: Option<WireInclusion>,
+    /// The receiver's challenge in the Merkle root the quote is made over: the receiver makes
+    /// the root from it and its own challenge.
+    pub proof: WireInclusion,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -216,13 +216,12 @@ mod tests {
             quote: WireQuote {
                 attest: vec![0xff; MAX_ATTEST],
                 sig: [0xff; 64],
-                root: [0xff; 32],
-                proof: Some(WireInclusion {
+                proof: WireInclusion {
                     seq: u64::MAX,
                     index: u16::MAX,
                     leaves: u16::MAX,
                     path: vec![[0xff; 32]; MAX_PROOF],
-                }),
+                },
             },
         };
         for m in [Message::Heartbeat(h), Message::Quote(q)] {

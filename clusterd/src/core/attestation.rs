@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use attest::{
     AttestationKey, Challenge, Challenges, Covered, Inclusion, PcrValue, Quote, QuoteError,
-    included, qualifying_data, verify_quote,
+    qualifying_data, root_of, verify_quote,
 };
 use policy::NodeId;
 use proto::attest::{QuoteMessage, WireChallenge, WireInclusion, WireQuote};
@@ -141,8 +141,8 @@ impl PeerAttest {
 pub(super) struct Mine {
     /// (seq, challenge, when issued), newest last.
     challenges: VecDeque<(u64, Challenge, Duration)>,
-    /// The challenges the quote under way covers, and since when it is asked.
-    pending: Option<(Challenges, [u8; 32], String, Duration)>,
+    /// The challenges the quote under way covers, its boot, and since when it is asked.
+    pending: Option<(Challenges, String, Duration)>,
     last_quote: Option<Duration>,
 }
 
@@ -171,7 +171,7 @@ impl Mine {
         peers: &BTreeMap<NodeId, super::Peer>,
         now: Duration,
     ) -> Option<[u8; 32]> {
-        if let Some((_, _, _, since)) = &self.pending {
+        if let Some((_, _, since)) = &self.pending {
             if now.saturating_sub(*since) < QUOTE_TIMEOUT {
                 return None;
             }
@@ -198,9 +198,8 @@ impl Mine {
             })
             .collect();
         let tree = Challenges::new(leaves);
-        let root = tree.root();
-        let nonce = qualifying_data(&cfg.cluster, me.get(), boot_id, &root);
-        self.pending = Some((tree, root, boot_id.to_string(), now));
+        let nonce = qualifying_data(&cfg.cluster, me.get(), boot_id, &tree.root());
+        self.pending = Some((tree, boot_id.to_string(), now));
         self.last_quote = Some(now);
         Some(nonce)
     }
@@ -208,21 +207,23 @@ impl Mine {
     /// The quote asked for came back: one message to each peer, with its proof. None if no
     /// quote was under way (it timed out).
     pub(super) fn made(&mut self, me: NodeId, quote: Quote) -> Option<Vec<(NodeId, QuoteMessage)>> {
-        let (tree, root, boot_id, _) = self.pending.take()?;
+        let (tree, boot_id, _) = self.pending.take()?;
         let peers = tree.covered();
         let mut out = Vec::with_capacity(peers.len());
         for c in peers {
             let Some(to) = NodeId::new(c.peer) else {
                 continue;
             };
-            let proof = tree.inclusion(c.peer).and_then(|i| {
+            let Some(proof) = tree.inclusion(c.peer).and_then(|i| {
                 Some(WireInclusion {
                     seq: i.seq,
                     index: u16::try_from(i.index).ok()?,
                     leaves: u16::try_from(i.leaves).ok()?,
                     path: i.proof,
                 })
-            });
+            }) else {
+                continue;
+            };
             out.push((
                 to,
                 QuoteMessage {
@@ -231,7 +232,6 @@ impl Mine {
                     quote: WireQuote {
                         attest: quote.attest.clone(),
                         sig: quote.signature,
-                        root,
                         proof,
                     },
                 },
@@ -249,12 +249,10 @@ impl Mine {
 /// What a quote message from a peer does to what this node knows of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Taken {
-    /// Valid; `fresh` if it covered one of this node's recent challenges.
-    Valid {
-        fresh: bool,
-    },
-    /// Of another boot than its heartbeats say, or from a node that need not attest:
-    /// ignored.
+    /// Valid, over one of this node's recent challenges.
+    Valid,
+    /// Of another boot than its heartbeats say, or over a challenge of this node's too old
+    /// to be known here: ignored (it earns nothing).
     Ignored,
     Refused(AttestFault),
 }
@@ -278,7 +276,22 @@ pub(super) fn take_quote(
         attest: m.quote.attest.clone(),
         signature,
     };
-    let nonce = qualifying_data(&cfg.cluster, m.node, &m.boot_id, &m.quote.root);
+    // Over one of this node's challenges it still knows: an older one earns nothing.
+    let p = &m.quote.proof;
+    let Some((challenge, issued)) = mine.issued(p.seq) else {
+        return Taken::Ignored;
+    };
+    let inc = Inclusion {
+        seq: p.seq,
+        index: usize::from(p.index),
+        leaves: usize::from(p.leaves),
+        proof: p.path.clone(),
+    };
+    let Some(root) = root_of(&inc, me.get(), &challenge) else {
+        return refuse(a, AttestFault::Malformed);
+    };
+    // A proof that does not hold makes a root the quote is not over: refused as Nonce.
+    let nonce = qualifying_data(&cfg.cluster, m.node, &m.boot_id, &root);
     let ok = match verify_quote(key, &quote, &nonce, &cfg.images) {
         Ok(ok) => ok,
         Err(e) => return refuse(a, fault_of(&e)),
@@ -287,28 +300,13 @@ pub(super) fn take_quote(
     if a.tpm_clock.is_some_and(|was| now_clock < was) {
         return refuse(a, AttestFault::Replayed);
     }
-    let mut fresh = false;
-    if let Some(p) = &m.quote.proof
-        && let Some((challenge, issued)) = mine.issued(p.seq)
-    {
-        let inc = Inclusion {
-            seq: p.seq,
-            index: usize::from(p.index),
-            leaves: usize::from(p.leaves),
-            proof: p.path.clone(),
-        };
-        if !included(&m.quote.root, &inc, me.get(), &challenge) {
-            return refuse(a, AttestFault::Nonce);
-        }
-        if a.fresh.is_none_or(|t| issued > t) {
-            a.fresh = Some(issued);
-        }
-        fresh = true;
+    if a.fresh.is_none_or(|t| issued > t) {
+        a.fresh = Some(issued);
     }
     a.tpm_clock = Some(now_clock);
     a.fault = None;
     a.taken += 1;
-    Taken::Valid { fresh }
+    Taken::Valid
 }
 
 fn refuse(a: &mut PeerAttest, fault: AttestFault) -> Taken {

@@ -553,7 +553,7 @@ impl Core {
                 out.extend(self.judge(from, now));
                 out
             }
-            attestation::Taken::Valid { .. } | attestation::Taken::Ignored => Vec::new(),
+            attestation::Taken::Valid | attestation::Taken::Ignored => Vec::new(),
         }
     }
 
