@@ -56,6 +56,7 @@ pub fn of(
                     }
                 }),
                 admitted_by: admitted_by(id.get()),
+                attested: core.attested(*id, now),
             }
         })
         .collect();
@@ -76,6 +77,7 @@ pub fn of(
         mem_available_kb: Some(mine.mem_available_kb),
         quarantined: None,
         admitted_by: admitted_by(mine.node),
+        attested: None,
     });
     ClusterView {
         schema: SCHEMA,

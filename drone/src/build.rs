@@ -53,6 +53,8 @@ pub enum BuildError {
     Elf(#[from] ElfError),
     #[error(transparent)]
     Tree(#[from] TreeError),
+    #[error(transparent)]
+    Uki(#[from] crate::uki::UkiError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -518,6 +520,13 @@ pub struct Report {
     pub expected_root: String,
     /// A kernel command line to start from.
     pub cmdline: String,
+    /// The unified kernel image (`--uki`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uki: Option<PathBuf>,
+    /// PCR 4 as UEFI firmware will measure the unified kernel image, by boot path
+    /// (`firmware`: from a disk; `qemu-kernel`: qemu's -kernel under OVMF).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pcr4: std::collections::BTreeMap<String, String>,
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -569,9 +578,50 @@ pub fn write(image: &Image, kernel: &Kernel, out: &Path) -> Result<Report, Build
         firmware_missing: image.firmware_missing.clone(),
         cmdline: format!("console=ttyS0 quiet panic=-1 ip=dhcp certainty.expect={expected_root}"),
         expected_root,
+        uki: None,
+        pcr4: std::collections::BTreeMap::new(),
     };
-    let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
-    let meta = out.join("image.json");
-    std::fs::write(&meta, json).map_err(io_at(&meta))?;
+    write_report(&report, out)?;
     Ok(report)
+}
+
+fn write_report(report: &Report, out: &Path) -> Result<(), BuildError> {
+    let json = serde_json::to_vec_pretty(report).unwrap_or_default();
+    let meta = out.join("image.json");
+    std::fs::write(&meta, json).map_err(io_at(&meta))
+}
+
+/// `--uki`: OUT/drone.efi from the image just written, with its command line and an
+/// os-release naming the cluster and serial; the report gets its path and the PCR 4 values
+/// UEFI firmware will measure (image.json is written again).
+pub fn add_uki(report: &mut Report, stub: &Path, out: &Path) -> Result<(), BuildError> {
+    let uki = out.join("drone.efi");
+    let osrel = format!(
+        "NAME=\"tyd drone\"\nID=tyd-drone\nVERSION_ID=\"{}-{}\"\n",
+        report.cluster, report.serial
+    );
+    crate::uki::build(
+        stub,
+        &report.kernel,
+        &report.initrd,
+        &report.cmdline,
+        &osrel,
+        &uki,
+    )?;
+    // Through iPXE too, when this host has the one `drone pxe` serves.
+    let ipxe = std::fs::read(crate::uki::IPXE_EFI).ok();
+    let predictions =
+        crate::uki::predictions(&read(&uki)?, &read(&report.kernel)?, ipxe.as_deref())
+            .ok_or_else(|| crate::uki::UkiError::NotPe(uki.clone()))?;
+    report.pcr4 = predictions
+        .into_iter()
+        .map(|(path, pcr)| {
+            (
+                path.name().to_string(),
+                pcr.iter().map(|b| format!("{b:02x}")).collect(),
+            )
+        })
+        .collect();
+    report.uki = Some(uki);
+    write_report(report, out)
 }

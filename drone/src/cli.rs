@@ -47,6 +47,14 @@ pub struct BuildArgs {
     pub node_key: Option<PathBuf>,
     #[arg(long, short)]
     pub out: PathBuf,
+    /// Also write OUT/drone.efi, a unified kernel image (kernel, initramfs and command line
+    /// in one PE, on systemd-boot's stub) for UEFI machines, and print the PCR 4 value
+    /// their firmware will measure: what `[attestation] images` pins (docs/attestation.md).
+    #[arg(long)]
+    pub uki: bool,
+    /// The EFI stub of --uki (Debian's systemd-boot-efi).
+    #[arg(long, default_value = crate::uki::STUB)]
+    pub uki_stub: PathBuf,
     /// The kernel: `cloud` (Debian's cloud kernel: virtio NICs only, for VMs), `generic`
     /// (Debian's generic kernel, with the drivers of real lab PCs' NICs: e1000, e1000e, igb,
     /// r8169, tg3...), or a linux-image .deb file. cloud and generic are downloaded.

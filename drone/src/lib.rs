@@ -11,3 +11,4 @@ pub mod elf;
 pub mod kernel;
 pub mod pxe;
 pub mod tree;
+pub mod uki;

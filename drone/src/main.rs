@@ -62,7 +62,10 @@ fn build_cmd(a: BuildArgs) -> Result<(), Failure> {
         now: jiff::Timestamp::now(),
     };
     let image = build::assemble(&inputs)?;
-    let report = build::write(&image, &kernel, &a.out)?;
+    let mut report = build::write(&image, &kernel, &a.out)?;
+    if a.uki {
+        build::add_uki(&mut report, &a.uki_stub, &a.out)?;
+    }
     if a.json {
         println!(
             "{}",
@@ -105,6 +108,18 @@ fn print_report(r: &build::Report) {
     );
     if let Some(k) = &r.public_key {
         println!("  node public key {k}");
+    }
+    if let Some(uki) = &r.uki {
+        println!(
+            "  unified kernel image {} (for UEFI machines)",
+            uki.display()
+        );
+        println!(
+            "PCR 4 its firmware will measure (pin it: [attestation] images; docs/attestation.md):"
+        );
+        for (path, pcr) in &r.pcr4 {
+            println!("  {pcr}  booted by {path}");
+        }
     }
     println!("image hash (pin it: certainty.expect=<hash> on the kernel command line):");
     println!("{}", r.expected_root);
@@ -215,6 +230,7 @@ fn read_image(name: &str, dir: &Path) -> Result<pxe::Image, Failure> {
     }
     Ok(pxe::Image {
         name: name.to_string(),
+        uki: dir.join(pxe::UKI).is_file(),
         expected_root: info.expected_root,
     })
 }
@@ -243,6 +259,10 @@ fn install_boot_files(
             if let Some(file) = from.file_name() {
                 install(&from, &to.join(file))?;
             }
+        }
+        let uki = dir.join(pxe::UKI);
+        if uki.is_file() {
+            install(&uki, &to.join(pxe::UKI))?;
         }
     }
     Ok(())

@@ -78,6 +78,9 @@ pub struct Image {
     pub name: String,
     /// certaintyd's expected root for a drone booted from it (`certainty.expect=`).
     pub expected_root: String,
+    /// It has a unified kernel image (`drone build --uki`): UEFI machines chainload it, so
+    /// that their firmware measures the whole image into PCR 4 (issue 29).
+    pub uki: bool,
 }
 
 /// One machine's entry: `MAC IMAGE [ARGS...]`.
@@ -219,10 +222,13 @@ pub fn plan(setup: &Setup) -> Result<Plan, PxeError> {
 /// One entry's kernel command line: the initrd's name (UEFI kernels need it), no hang on a
 /// panic, the pinned root, then the common and the entry's own arguments.
 pub fn cmdline(image: &Image, append: &str, args: &str) -> String {
-    let mut line = format!(
-        "initrd=initrd.img panic=-1 certainty.expect={}",
-        image.expected_root
-    );
+    format!("initrd=initrd.img {}", uki_cmdline(image, append, args))
+}
+
+/// The command line iPXE passes to a unified kernel image (its initramfs is inside; the
+/// stub takes these arguments instead of its own while Secure Boot is off).
+pub fn uki_cmdline(image: &Image, append: &str, args: &str) -> String {
+    let mut line = format!("panic=-1 certainty.expect={}", image.expected_root);
     for part in [append, args] {
         if !part.trim().is_empty() {
             line.push(' ');
@@ -251,11 +257,22 @@ fn boot_script(entries: &[(Option<Mac>, &Image, &str)], append: &str) -> String 
         let dir = image_dir(&image.name);
         let who = mac.map_or("default".to_string(), |m| m.to_string());
         s.push_str(&format!(
-            "\n:entry{i}\necho drone: {who}: image {name}\n\
-             kernel {dir}/vmlinuz {line} || goto failed\n\
+            "\n:entry{i}\necho drone: {who}: image {name}\n",
+            name = image.name
+        ));
+        if image.uki {
+            // UEFI: the unified kernel image, which the firmware measures whole.
+            s.push_str(&format!(
+                "iseq ${{platform}} efi || goto entry{i}bios\n\
+                 chain {dir}/{UKI} {line} || goto failed\n\
+                 :entry{i}bios\n",
+                line = uki_cmdline(image, append, args),
+            ));
+        }
+        s.push_str(&format!(
+            "kernel {dir}/vmlinuz {line} || goto failed\n\
              initrd {dir}/initrd.img || goto failed\n\
              boot || goto failed\n",
-            name = image.name,
             line = cmdline(image, append, args),
         ));
     }
@@ -328,6 +345,9 @@ pub fn bound_udp_ports(proc_net_udp: &str, ports: &[u16]) -> Vec<u16> {
     out
 }
 
+/// The unified kernel image's name in an image directory (`drone build --uki`).
+pub const UKI: &str = "drone.efi";
+
 /// The files of an image directory `drone build` wrote.
 pub fn image_files(dir: &Path) -> [PathBuf; 3] {
     [
@@ -347,10 +367,12 @@ mod tests {
                 Image {
                     name: "generic".into(),
                     expected_root: "aa".repeat(32),
+                    uki: true,
                 },
                 Image {
                     name: "e1000".into(),
                     expected_root: "bb".repeat(32),
+                    uki: false,
                 },
             ],
             default: Some("generic".into()),
@@ -405,6 +427,10 @@ mod tests {
             "bb".repeat(32)
         )));
         assert!(host.contains("initrd images/e1000/initrd.img || goto failed"));
+        // An image with a unified kernel image: UEFI machines chainload it (the firmware
+        // measures it whole), BIOS machines boot the kernel and initrd.
+        assert!(s.contains("iseq ${platform} efi || goto entry1bios\nchain images/generic/drone.efi panic=-1 certainty.expect="), "{s}");
+        assert!(!s.contains("images/e1000/drone.efi"));
         let default = &s[s.find(":entry1").unwrap()..s.find(":failed").unwrap()];
         assert!(default.contains(&format!("certainty.expect={}", "aa".repeat(32))));
         assert!(!default.contains("ip=dhcp"));

@@ -35,6 +35,10 @@ pub struct NodeView {
     /// The master whose membership lists it (None: the operator's policy lists it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admitted_by: Option<u16>,
+    /// Whether this node holds a valid TPM quote of it, over this node's own recent
+    /// challenge (issue 29); None: it need not attest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attested: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -113,6 +113,11 @@ fn shown_name(n: &NodeView) -> String {
     if let Some(master) = n.admitted_by {
         name.push_str(&format!(" (by master {master})"));
     }
+    match n.attested {
+        Some(true) => name.push_str(" (attested)"),
+        Some(false) => name.push_str(" (not attested)"),
+        None => {}
+    }
     if n.this_node {
         name.push_str(" (this)");
     }
@@ -206,6 +211,7 @@ mod tests {
             mem_available_kb: Some(2048 * 1024),
             quarantined: quarantined.map(String::from),
             admitted_by: None,
+            attested: None,
         }
     }
 

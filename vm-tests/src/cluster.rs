@@ -32,6 +32,9 @@ pub struct Image {
     pub expected_root: String,
     pub initrd_blake3: String,
     pub kernel_blake3: String,
+    /// With `--uki`: the unified kernel image, and the PCR 4 OVMF measures when qemu boots
+    /// it with `-kernel`, as `drone build` predicted it.
+    pub uki: Option<(PathBuf, String)>,
 }
 
 #[derive(Debug)]
@@ -103,6 +106,7 @@ impl Image {
             },
             nic,
             model: NicModel::Virtio,
+            uefi: None,
         }
     }
 }
@@ -125,8 +129,42 @@ pub fn build_image_with(
     out: &Path,
     kernel: &str,
 ) -> Result<Image, String> {
+    build_image_args(bin, policy, node_key, out, kernel, &[])
+}
+
+/// `drone build --uki`: the image, its unified kernel image and the predicted PCR 4.
+pub fn build_uki_image(
+    bin: &Path,
+    policy: &Path,
+    node_key: Option<&Path>,
+    out: &Path,
+) -> Result<Image, String> {
+    build_image_args(bin, policy, node_key, out, "cloud", &["--uki"])
+}
+
+/// `drone build` with `extra` arguments (e.g. `--uki --mtime 1`: another image of the same
+/// files).
+pub fn build_image_with_args(
+    bin: &Path,
+    policy: &Path,
+    node_key: Option<&Path>,
+    out: &Path,
+    extra: &[&str],
+) -> Result<Image, String> {
+    build_image_args(bin, policy, node_key, out, "cloud", extra)
+}
+
+fn build_image_args(
+    bin: &Path,
+    policy: &Path,
+    node_key: Option<&Path>,
+    out: &Path,
+    kernel: &str,
+    extra: &[&str],
+) -> Result<Image, String> {
     let mut cmd = Command::new(bin.join("drone"));
     cmd.arg("build")
+        .args(extra)
         .args(["--kernel", kernel])
         .arg("--policy")
         .arg(policy)
@@ -153,6 +191,15 @@ pub fn build_image_with(
         expected_root: field("expected_root")?,
         initrd_blake3: field("initrd_blake3")?,
         kernel_blake3: field("kernel_blake3")?,
+        uki: report["uki"].as_str().map(|u| {
+            (
+                PathBuf::from(u),
+                report["pcr4"]["qemu-kernel"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        }),
     })
 }
 

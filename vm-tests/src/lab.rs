@@ -65,7 +65,10 @@ impl Lab {
     }
 
     /// A tap device on the bridge, for one VM's NIC.
+    /// A tap device `name` on the bridge; one left by a VM of this lab that is gone (a drone
+    /// booted again on its own NIC) is made anew.
     pub fn tap(&self, name: &str) -> Result<(), String> {
+        let _ = self.ipn(&["link", "del", name]);
         self.ipn(&["tuntap", "add", "dev", name, "mode", "tap"])?;
         self.ipn(&["link", "set", name, "master", "br0"])?;
         self.ipn(&["link", "set", name, "up"])

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod lab;
 pub mod master;
+pub mod tpm;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

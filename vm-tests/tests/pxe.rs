@@ -193,6 +193,7 @@ fn three_drones_boot_from_the_network_join_and_one_tampered_with_gets_its_place_
                 boot: Boot::Network,
                 nic: *nic,
                 model: *model,
+                uefi: None,
             };
             check(Vm::boot(&lab, &spec, &dir))
         })

@@ -179,11 +179,11 @@ impl Sim {
                         self.sent.push((by, to.get(), msg.clone()));
                     }
                     let now = self.now;
-                    let out = self
-                        .cores
-                        .get_mut(&to.get())
-                        .unwrap()
-                        .receive(id(by), msg, now);
+                    // A node taken out of the simulation (silent) receives nothing.
+                    let Some(core) = self.cores.get_mut(&to.get()) else {
+                        continue;
+                    };
+                    let out = core.receive(id(by), msg, now);
                     queue.extend(out.into_iter().map(|a| (to.get(), a)));
                 }
                 Action::Quote { nonce } => {
@@ -532,4 +532,87 @@ fn a_node_that_must_attest_without_a_pinned_key_is_quarantined() {
         );
     }
     assert_eq!(s.quarantined(1, 2), None);
+}
+
+/// Found by the VM lab. Steps: three nodes run for a while under a policy that requires no
+/// attestation; the next serial requires it: nobody is quarantined at once, every node has
+/// the bound to send its first quote, and all are attested after.
+#[test]
+fn turning_attestation_on_gives_every_node_the_bound_before_it_is_judged() {
+    let mut s = Sim::new(3);
+    let keys: BTreeMap<u16, Option<AttestationKey>> = (1..=3)
+        .map(|i| (i, Some(AttestationKey::from(*key_of(i).verifying_key()))))
+        .collect();
+    let members: Vec<(NodeId, String)> = (1..=3).map(|i| (id(i), format!("d{i}"))).collect();
+    let plain = |me: u16| Config {
+        attest: None,
+        ..cfg(me, 3, &keys)
+    };
+    for n in 1..=3u16 {
+        let now = s.now;
+        let c = s.cores.get_mut(&n).unwrap();
+        let _ = c.policy_in_force(plain(n), 6, "d6", &members, now, &mut Counter(3));
+    }
+    for _ in 0..12 {
+        s.round();
+    }
+    assert!(s.decided.is_empty(), "{:?}", s.decided);
+    let on = s.now;
+    for n in 1..=3u16 {
+        let c = s.cores.get_mut(&n).unwrap();
+        let _ = c.policy_in_force(cfg(n, 3, &keys), 7, "d7", &members, on, &mut Counter(4));
+    }
+    for _ in 0..10 {
+        s.round();
+    }
+    assert!(s.decided.is_empty(), "{:?}", s.decided);
+    for by in 1..=3u16 {
+        for p in s.cores[&by].peers().values() {
+            assert!(p.attest.attested(Duration::from_secs(6), s.now));
+        }
+    }
+}
+
+/// Found by the VM lab. Steps: node 3 goes silent (it reboots) and is quarantined for
+/// silence; it comes back on an image that is not pinned: the quarantine is told again with
+/// the reason that now keeps it out ("not pinned"), once, not at every refused quote.
+#[test]
+fn a_node_out_for_silence_that_comes_back_unattested_is_told_with_the_new_reason_once() {
+    let mut s = Sim::new(3);
+    for _ in 0..4 {
+        s.round();
+    }
+    // Silent: nodes 1 and 2 tick without it.
+    let silent = s.cores.remove(&3).unwrap();
+    for _ in 0..7 {
+        s.now += Duration::from_secs(1);
+        for n in 1..=2u16 {
+            let hb = s.heartbeat(n);
+            let now = s.now;
+            let out: Vec<Action> = s.cores.get_mut(&n).unwrap().tick(&hb, now, &mut s.rng);
+            s.deliver(n, out);
+        }
+    }
+    assert!(matches!(s.quarantined(1, 3), Some(Reason::Silent(_))));
+    s.cores.insert(3, silent);
+    s.tpm.insert(3, Tpm::OtherImage);
+    s.boot.insert(3, "boot-3-2".into());
+    let before = s.decided.len();
+    for _ in 0..8 {
+        s.round();
+    }
+    let told: Vec<&Action> = s.decided[before..]
+        .iter()
+        .filter(|(_, by, a)| {
+            *by == 1 && matches!(a, Action::Quarantine { node, .. } if node.get() == 3)
+        })
+        .map(|(_, _, a)| a)
+        .collect();
+    assert_eq!(
+        told,
+        [&Action::Quarantine {
+            node: id(3),
+            reason: Reason::NotAttested(AttestFault::NotPinned)
+        }]
+    );
 }

@@ -74,6 +74,9 @@ pub struct PeerAttest {
     /// Valid quotes taken from it, and quotes refused (for the view and the tests).
     pub taken: u64,
     pub refused: u64,
+    /// When the policy in force here began to require it to attest (its grace counts from
+    /// then too, not only from its boot).
+    pub required_since: Option<Duration>,
 }
 
 impl PeerAttest {
@@ -90,6 +93,7 @@ impl PeerAttest {
                 boot: Some((boot.to_string(), now)),
                 taken: self.taken,
                 refused: self.refused,
+                required_since: self.required_since,
                 ..PeerAttest::default()
             };
         }
@@ -123,7 +127,11 @@ impl PeerAttest {
         if self.fresh.is_some_and(|t| now.saturating_sub(t) <= within) {
             return None;
         }
-        let since = self.boot.as_ref().map_or(known_since, |(_, t)| *t);
+        let since = self
+            .boot
+            .as_ref()
+            .map_or(known_since, |(_, t)| *t)
+            .max(self.required_since.unwrap_or_default());
         if !strict && self.fresh.is_none() && now.saturating_sub(since) < within {
             return None;
         }

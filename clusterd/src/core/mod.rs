@@ -311,6 +311,32 @@ impl Core {
         now: Duration,
         rng: &mut dyn RngCore,
     ) -> Vec<Action> {
+        // A node newly required to attest (attestation turned on, its role added) is given
+        // the bound from now, as a node that just booted is: the policy that requires it may
+        // have reached it only now (found by the VM lab: every drone was quarantined the
+        // moment attestation was turned on).
+        let was_required = |id: &NodeId| {
+            self.cfg
+                .attest
+                .as_ref()
+                .is_some_and(|a| a.required.contains_key(id))
+        };
+        let newly: Vec<NodeId> = cfg
+            .attest
+            .as_ref()
+            .map(|a| {
+                a.required
+                    .keys()
+                    .filter(|id| !was_required(id))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in newly {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.attest.required_since = Some(now);
+            }
+        }
         self.cfg = cfg;
         let newer = serial > self.serial;
         self.serial = serial;
@@ -573,6 +599,17 @@ impl Core {
                 msg: Message::Quote(m),
             })
             .collect()
+    }
+
+    /// Whether this node holds a valid quote of `id` over its own recent challenge; None
+    /// when `id` need not attest.
+    pub fn attested(&self, id: NodeId, now: Duration) -> Option<bool> {
+        let cfg = self.cfg.attest.as_ref()?;
+        cfg.required.contains_key(&id).then(|| {
+            self.peers
+                .get(&id)
+                .is_some_and(|p| p.attest.attested(cfg.within, now))
+        })
     }
 
     /// What is wrong with `id`'s attestation, if it must attest (`strict`: no grace).

@@ -173,6 +173,18 @@ pub(super) fn still_out(
     // Good heartbeats count toward readmission only in a row.
     q.good = 0;
     if !reason.needs_reboot() {
+        // A node out for one reason (silent while it rebooted) that now fails attestation
+        // is told with that reason, once per change: the list and the log say what keeps
+        // it out (found by the VM lab: a drone back on an unpinned image stayed "silent").
+        // (Not "no fresh quote": in quarantine that is what a node back from a reboot says
+        // until its first quote arrives.)
+        if matches!(reason, Reason::NotAttested(f) if f != proto::quarantine::AttestFault::NoFreshQuote)
+            && !q.reason.needs_reboot()
+            && q.reason != reason
+        {
+            q.reason = reason.clone();
+            return quarantine.then_some(Action::Quarantine { node: id, reason });
+        }
         return None;
     }
     // Lost in this boot: only a later one can readmit it (before, a node quarantined
