@@ -616,3 +616,50 @@ fn a_node_out_for_silence_that_comes_back_unattested_is_told_with_the_new_reason
         }]
     );
 }
+
+/// Found by the VM lab. Steps: node 3 reboots into an unpinned image and its heartbeats say
+/// "grace" (no baseline yet) while its first quote is refused: both peers quarantine it as
+/// "not pinned" at that quote, not once its grace is over.
+#[test]
+fn a_refused_quote_is_told_at_once_even_while_the_heartbeat_says_grace() {
+    let mut s = Sim::new(3);
+    for _ in 0..4 {
+        s.round();
+    }
+    s.tpm.insert(3, Tpm::OtherImage);
+    s.boot.insert(3, "boot-3-2".into());
+    let rebooted = s.now;
+    // Its heartbeats say grace from now on.
+    for _ in 0..4 {
+        s.now += Duration::from_secs(1);
+        for n in 1..=3u16 {
+            let mut hb = s.heartbeat(n);
+            if n == 3 {
+                hb.integrity = Integrity::Grace;
+            }
+            let now = s.now;
+            let out = s.cores.get_mut(&n).unwrap().tick(&hb, now, &mut s.rng);
+            s.deliver(n, out);
+        }
+    }
+    // (Its first heartbeat of the new boot already put it out as "no verified baseline":
+    // the refused quote is told over that, at once.)
+    for by in [1u16, 2] {
+        let told = s.decided.iter().find_map(|(at, b, a)| match a {
+            Action::Quarantine { node, reason }
+                if *b == by
+                    && node.get() == 3
+                    && *reason == Reason::NotAttested(AttestFault::NotPinned) =>
+            {
+                Some(*at)
+            }
+            _ => None,
+        });
+        let at = told.unwrap_or_else(|| panic!("node {by} never told not pinned: {:?}", s.decided));
+        assert!(
+            at - rebooted <= Duration::from_secs(2),
+            "{:?}",
+            at - rebooted
+        );
+    }
+}

@@ -637,7 +637,15 @@ impl Core {
         });
         let peer = self.peers.get_mut(&id)?;
         let hb = peer.last.as_ref()?;
-        let problem = problem_of(hb, &cfg, id).or(attest_problem);
+        // What keeps it out, strongest first: a loss that needs a reboot, then what its TPM
+        // proved wrong (its quote says more than a heartbeat in its grace period: found by
+        // the VM lab, where an unpinned drone's first refused quote was told only once its
+        // certaintyd's grace was over), then what its heartbeat says, then no quote yet.
+        let problem = match (problem_of(hb, &cfg, id), attest_problem) {
+            (Some(h), _) if h.needs_reboot() => Some(h),
+            (_, Some(a @ Reason::NotAttested(f))) if f != AttestFault::NoFreshQuote => Some(a),
+            (h, a) => h.or(a),
+        };
         let boot = hb.boot_id.clone();
         let Some(q) = peer.quarantine.as_mut() else {
             return enter_quarantine(peer, &cfg, id, problem?, boot, now);
