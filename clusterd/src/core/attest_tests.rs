@@ -11,34 +11,12 @@ use attest::forge::{self, Fields};
 use attest::{AttestationKey, pcr};
 use p256::ecdsa::SigningKey;
 use proto::cluster::{Heartbeat, Integrity, Message};
-use rand_core::RngCore;
 
 use super::*;
 
 const IMAGE: [u8; 32] = [4; 32];
 
-struct Counter(u64);
-impl RngCore for Counter {
-    fn next_u32(&mut self) -> u32 {
-        self.next_u64() as u32
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 7
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for b in dest {
-            *b = self.next_u64() as u8;
-        }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
+use super::tests::Counter;
 
 fn id(n: u16) -> NodeId {
     NodeId::new(n).unwrap()

@@ -769,7 +769,7 @@ mod tests {
     use super::*;
     use proto::cluster::Integrity;
 
-    struct Counter(u64);
+    pub(super) struct Counter(pub(super) u64);
     impl RngCore for Counter {
         fn next_u32(&mut self) -> u32 {
             self.next_u64() as u32
