@@ -641,3 +641,73 @@ fn a_refused_quote_is_told_at_once_even_while_the_heartbeat_says_grace() {
         );
     }
 }
+
+/// Found by an attack from the docs. Steps: node 3 stops quoting (its ratchet is set, or it
+/// runs another image) and says it rebooted every 2 s (a new boot id, its TPM not reset):
+/// both peers still quarantine it as "no fresh quote" within the bound, and keep it out.
+#[test]
+fn a_node_that_claims_a_new_boot_every_few_seconds_instead_of_quoting_is_quarantined() {
+    let mut s = Sim::new(3);
+    for _ in 0..4 {
+        s.round();
+    }
+    s.tpm.insert(3, Tpm::Silent);
+    let stopped = s.now;
+    for k in 0..20 {
+        if k % 2 == 0 {
+            s.boot.insert(3, format!("boot-3-fake-{k}"));
+        }
+        s.round();
+    }
+    let q = s.quarantines_of(3, stopped);
+    for by in [1u16, 2] {
+        let (at, reason) = &q[&by];
+        assert_eq!(*reason, Reason::NotAttested(AttestFault::NoFreshQuote));
+        assert!(
+            *at - stopped <= Duration::from_secs(8),
+            "{:?}",
+            *at - stopped
+        );
+        assert!(
+            s.quarantined(by, 3).is_some(),
+            "readmitted on a claimed boot"
+        );
+    }
+}
+
+/// Found by an attack from the docs. Steps: node 3's clusterd restarts in the same boot (an
+/// upgrade): its heartbeat seq starts again at 1 and it knows none of its old challenges.
+/// Its peers answer its new challenges at their next quote: it quarantines nobody, and
+/// counts both attested again within the bound.
+#[test]
+fn a_restarted_clusterd_counts_its_peers_attested_again_without_quarantining_them() {
+    let mut s = Sim::new(3);
+    for _ in 0..6 {
+        s.round();
+    }
+    let keys: BTreeMap<u16, Option<AttestationKey>> = (1..=3)
+        .map(|i| (i, Some(AttestationKey::from(*key_of(i).verifying_key()))))
+        .collect();
+    let members: Vec<(NodeId, String)> = (1..=3).map(|i| (id(i), format!("d{i}"))).collect();
+    let now = s.now;
+    let mut fresh = Core::new(cfg(3, 3, &keys));
+    let _ = fresh.policy_in_force(cfg(3, 3, &keys), 5, "d", &members, now, &mut Counter(5));
+    s.cores.insert(3, fresh);
+    s.seq.insert(3, 0);
+    let before = s.decided.len();
+    for _ in 0..12 {
+        s.round();
+    }
+    let by_3: Vec<_> = s.decided[before..]
+        .iter()
+        .filter(|(_, by, _)| *by == 3)
+        .collect();
+    assert!(by_3.is_empty(), "{by_3:?}");
+    for p in s.cores[&3].peers().values() {
+        assert!(
+            p.attest.attested(Duration::from_secs(6), s.now),
+            "{:?}",
+            p.attest
+        );
+    }
+}

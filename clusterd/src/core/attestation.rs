@@ -97,9 +97,14 @@ impl PeerAttest {
                 ..PeerAttest::default()
             };
         }
-        if let Some(WireChallenge(c)) = challenge
-            && self.challenges.back().is_none_or(|(s, _)| *s < seq)
-        {
+        if let Some(WireChallenge(c)) = challenge {
+            // Its seq went back within one boot: its clusterd restarted and knows none of
+            // its old challenges (found by an attack from the docs: a restarted node
+            // quarantined every peer until its seq passed the old one). What a node says
+            // about its own challenges matters to nobody else.
+            if self.challenges.back().is_some_and(|(s, _)| *s >= seq) {
+                self.challenges.clear();
+            }
             if self.challenges.len() >= PEER_CHALLENGES {
                 self.challenges.pop_front();
             }
@@ -108,8 +113,8 @@ impl PeerAttest {
     }
 
     /// What is wrong with its attestation at `now`, if it must attest with `key`. With
-    /// `strict`, a node in its first `within` of a boot with no quote yet is not attested
-    /// (readmission needs a quote); without, it is given that time.
+    /// `strict`, a node with no quote yet is not attested (readmission needs a quote);
+    /// without, a node new here (or newly required to attest) is given `within`.
     pub(super) fn problem(
         &self,
         key: Option<&AttestationKey>,
@@ -127,11 +132,10 @@ impl PeerAttest {
         if self.fresh.is_some_and(|t| now.saturating_sub(t) <= within) {
             return None;
         }
-        let since = self
-            .boot
-            .as_ref()
-            .map_or(known_since, |(_, t)| *t)
-            .max(self.required_since.unwrap_or_default());
+        // Not from its boot: a node that says it rebooted every few seconds would never
+        // have to quote (found by an attack from the docs). A real reboot is quarantined
+        // for silence anyway, and readmitted at its first quote.
+        let since = known_since.max(self.required_since.unwrap_or_default());
         if !strict && self.fresh.is_none() && now.saturating_sub(since) < within {
             return None;
         }
