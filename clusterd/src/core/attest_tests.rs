@@ -711,3 +711,54 @@ fn a_restarted_clusterd_counts_its_peers_attested_again_without_quarantining_the
         );
     }
 }
+
+/// A limit per source (found by an attack from the docs: each bad quote cost a signature
+/// check and a warning line). Steps: node 3 (hostile) sends node 1 a hundred quote messages
+/// with a broken signature every heartbeat for 10 s: node 1 checks at most 3 per quote
+/// interval, drops the rest unchecked, says "refused" once, and quarantines node 3 (the
+/// bad quotes are its own); node 2 is not affected.
+#[test]
+fn a_member_flooding_bad_quotes_costs_each_peer_three_checks_an_interval_and_one_line() {
+    let mut s = Sim::new(3);
+    for _ in 0..6 {
+        s.round();
+    }
+    let Some((_, _, Message::Quote(mut bad))) = s
+        .sent
+        .iter()
+        .rev()
+        .find(|(by, to, _)| *by == 3 && *to == 1)
+        .cloned()
+    else {
+        panic!("no quote from 3 to 1");
+    };
+    bad.quote.sig[5] ^= 1;
+    let mut refused_lines = 0;
+    for _ in 0..10 {
+        s.round();
+        for _ in 0..100 {
+            let now = s.now;
+            let out = s
+                .cores
+                .get_mut(&1)
+                .unwrap()
+                .receive(id(3), Message::Quote(bad.clone()), now);
+            refused_lines += out
+                .iter()
+                .filter(|a| matches!(a, Action::QuoteRefused { .. }))
+                .count();
+            s.deliver(1, out);
+        }
+    }
+    let a = &s.cores[&1].peers()[&id(3)].attest;
+    // 10 s at a 2 s interval: at most 5 windows of 3 checks (plus the honest quotes).
+    assert!(a.refused <= 15, "{} checks refused", a.refused);
+    assert!(a.dropped >= 980, "{} dropped", a.dropped);
+    assert_eq!(refused_lines, 1);
+    assert_eq!(
+        s.quarantined(1, 3),
+        Some(Reason::NotAttested(AttestFault::Signature))
+    );
+    assert_eq!(s.quarantined(2, 3), None);
+    assert_eq!(s.quarantined(1, 2), None);
+}

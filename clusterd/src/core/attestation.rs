@@ -77,6 +77,36 @@ pub struct PeerAttest {
     /// When the policy in force here began to require it to attest (its grace counts from
     /// then too, not only from its boot).
     pub required_since: Option<Duration>,
+    /// Quote messages checked in the current window (start, count): at most
+    /// [`QUOTES_PER_INTERVAL`] per quote interval; more are dropped unchecked.
+    pub window: (Duration, u32),
+    /// Quote messages dropped over that limit (for the tests and the log).
+    pub dropped: u64,
+    /// The last refusal told (its fault, when): another is told only for another fault or
+    /// a minute later.
+    pub told: Option<(AttestFault, Duration)>,
+}
+
+/// A refusal of the same fault from the same peer is told again after this long.
+pub const TELL_AGAIN: Duration = Duration::from_secs(60);
+
+/// Quote messages from one peer checked per quote interval: it sends one; a member that
+/// sends more costs its peers no more than this many signature checks (about 0.25 ms each).
+pub const QUOTES_PER_INTERVAL: u32 = 3;
+
+impl PeerAttest {
+    /// Whether one more quote message may be checked at `now`.
+    pub(super) fn within_budget(&mut self, interval: Duration, now: Duration) -> bool {
+        if now.saturating_sub(self.window.0) >= interval {
+            self.window = (now, 0);
+        }
+        if self.window.1 >= QUOTES_PER_INTERVAL {
+            self.dropped += 1;
+            return false;
+        }
+        self.window.1 += 1;
+        true
+    }
 }
 
 impl PeerAttest {
@@ -94,6 +124,9 @@ impl PeerAttest {
                 taken: self.taken,
                 refused: self.refused,
                 required_since: self.required_since,
+                window: self.window,
+                dropped: self.dropped,
+                told: self.told,
                 ..PeerAttest::default()
             };
         }
@@ -266,7 +299,10 @@ pub(super) enum Taken {
     /// Of another boot than its heartbeats say, or over a challenge of this node's too old
     /// to be known here: ignored (it earns nothing).
     Ignored,
-    Refused(AttestFault),
+    /// Refused; `new` when it is to be told: another fault than the last one told, or a
+    /// minute later (a member sending bad quotes costs a line a minute, not one per
+    /// datagram).
+    Refused { fault: AttestFault, new: bool },
 }
 
 /// Checks `m` from a peer whose state is `a`, pinned `key`, against `cfg`.
@@ -277,12 +313,13 @@ pub(super) fn take_quote(
     me: NodeId,
     mine: &Mine,
     m: &QuoteMessage,
+    now: Duration,
 ) -> Taken {
     if a.boot.as_ref().is_none_or(|(b, _)| *b != m.boot_id) {
         return Taken::Ignored;
     }
     let Ok(signature) = <[u8; 64]>::try_from(&m.quote.sig[..]) else {
-        return refuse(a, AttestFault::Malformed);
+        return refuse(a, AttestFault::Malformed, now);
     };
     let quote = Quote {
         attest: m.quote.attest.clone(),
@@ -300,17 +337,17 @@ pub(super) fn take_quote(
         proof: p.path.clone(),
     };
     let Some(root) = root_of(&inc, me.get(), &challenge) else {
-        return refuse(a, AttestFault::Malformed);
+        return refuse(a, AttestFault::Malformed, now);
     };
     // A proof that does not hold makes a root the quote is not over: refused as Nonce.
     let nonce = qualifying_data(&cfg.cluster, m.node, &m.boot_id, &root);
     let ok = match verify_quote(key, &quote, &nonce, &cfg.images) {
         Ok(ok) => ok,
-        Err(e) => return refuse(a, fault_of(&e)),
+        Err(e) => return refuse(a, fault_of(&e), now),
     };
     let now_clock = (ok.reset_count, ok.restart_count, ok.clock);
     if a.tpm_clock.is_some_and(|was| now_clock < was) {
-        return refuse(a, AttestFault::Replayed);
+        return refuse(a, AttestFault::Replayed, now);
     }
     if a.fresh.is_none_or(|t| issued > t) {
         a.fresh = Some(issued);
@@ -321,13 +358,19 @@ pub(super) fn take_quote(
     Taken::Valid
 }
 
-fn refuse(a: &mut PeerAttest, fault: AttestFault) -> Taken {
+fn refuse(a: &mut PeerAttest, fault: AttestFault, now: Duration) -> Taken {
     a.refused += 1;
+    let new = a
+        .told
+        .is_none_or(|(f, t)| f != fault || now.saturating_sub(t) >= TELL_AGAIN);
+    if new {
+        a.told = Some((fault, now));
+    }
     // A set ratchet is not forgotten in this boot, whatever follows.
     if a.fault != Some(AttestFault::RatchetSet) {
         a.fault = Some(fault);
     }
-    Taken::Refused(fault)
+    Taken::Refused { fault, new }
 }
 
 pub(super) fn fault_of(e: &QuoteError) -> AttestFault {

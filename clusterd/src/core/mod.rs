@@ -573,9 +573,16 @@ impl Core {
         let Some(peer) = self.peers.get_mut(&from) else {
             return Vec::new();
         };
-        match attestation::take_quote(&mut peer.attest, key, cfg, self.cfg.me, &self.mine, &q) {
-            attestation::Taken::Refused(fault) => {
-                let mut out = vec![Action::QuoteRefused { node: from, fault }];
+        if !peer.attest.within_budget(cfg.interval, now) {
+            return Vec::new();
+        }
+        match attestation::take_quote(&mut peer.attest, key, cfg, self.cfg.me, &self.mine, &q, now)
+        {
+            attestation::Taken::Refused { fault, new } => {
+                let mut out = Vec::new();
+                if new {
+                    out.push(Action::QuoteRefused { node: from, fault });
+                }
                 out.extend(self.judge(from, now));
                 out
             }
