@@ -191,8 +191,32 @@ fn check_attestation(policy: &Policy, out: &mut Vec<Finding>) {
             path(&["attestation", "within"]),
             "within must be at least one quote interval and two heartbeats (one lost datagram is not a failed quote)",
         ));
+    } else if a.within > MAX_WITHIN {
+        out.push(finding(
+            path(&["attestation", "within"]),
+            format!(
+                "within must be at most {} (one quote must not vouch for a node for longer)",
+                crate::model::duration::format(&MAX_WITHIN)
+            ),
+        ));
+    }
+    // A node that must attest with no key pinned would be quarantined at its first
+    // heartbeat: said here, where the operator can pin it (joins pin it themselves).
+    for (i, n) in policy.nodes.iter().enumerate() {
+        if a.required_of(&n.roles) && n.attestation_key.is_none() {
+            out.push(finding(
+                node_at(i, "attestation_key"),
+                format!(
+                    "node {} ({}) must attest ([attestation] require) but has no attestation_key: pin its TPM's key (tyd tpm key on that machine prints it)",
+                    n.id, n.name
+                ),
+            ));
+        }
     }
 }
+
+/// The longest `[attestation] within`.
+pub const MAX_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn check_cluster(policy: &Policy, now: Timestamp, out: &mut Vec<Finding>) {
     let c = &policy.cluster;

@@ -382,11 +382,11 @@ fn attestation_settings_are_checked_where_written() {
     let sk = p256::ecdsa::SigningKey::from_slice(&[3u8; 32]).unwrap();
     let key = policy::AttestationKey::from(*sk.verifying_key()).to_string();
     let section = |body: &str| with("[[node]]", &format!("[attestation]\n{body}\n\n[[node]]"));
-    let err = only_error(&section("require = [\"drone\"]"));
+    let err = only_error(&section("require = [\"server\"]"));
     assert!(err.ends_with("attestation.images: attestation.require names roles but no image is pinned: every such node would be quarantined (pin the PCR 4 value drone build --uki prints)"), "{err}");
     let pcr = "ab".repeat(32);
     let err = only_error(&section(&format!(
-        "require = [\"drone\"]\nimages = [\"{pcr}\"]\nwithin = \"2s\""
+        "require = [\"server\"]\nimages = [\"{pcr}\"]\nwithin = \"2s\""
     )));
     assert!(err.ends_with("attestation.within: within must be at least one quote interval and two heartbeats (one lost datagram is not a failed quote)"), "{err}");
     let err = only_error(&section("images = [\"abcd\"]"));
@@ -394,7 +394,7 @@ fn attestation_settings_are_checked_where_written() {
         err.contains("\"abcd\" is not a SHA-256 PCR value (64 hex digits)"),
         "{err}"
     );
-    let ok = section(&format!("require = [\"drone\"]\nimages = [\"{pcr}\"]"));
+    let ok = section(&format!("require = [\"server\"]\nimages = [\"{pcr}\"]"));
     let p = policy::parse_policy("cluster.toml", ok.as_bytes(), now()).unwrap();
     assert_eq!(p.attestation.images, vec![[0xab; 32]]);
     let keyed = with(

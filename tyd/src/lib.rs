@@ -17,6 +17,7 @@ mod services;
 mod sign_cmd;
 mod status_cmd;
 mod token_cmd;
+mod tpm_cmd;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -151,6 +152,10 @@ enum Command {
     /// Talk to certaintyd: status, signed maintenance windows, authorised stop.
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Certainty(certainty_cmd::CertaintyCmd),
+    /// This machine's TPM: its attestation key and the PCRs its quotes cover, for pinning
+    /// (docs/attestation.md).
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Tpm(tpm_cmd::TpmCmd),
     /// Print the node map in openMosix format (/etc/openmosix.map, `setpe -w`).
     #[command(after_help = EXIT_CODES_HELP)]
     Showmap {
@@ -337,6 +342,7 @@ fn run(cli: Cli, now: Timestamp) -> CliResult {
         Command::Node(cmd) => node_cmd::run(cmd, now),
         Command::Admission(cmd) => admission_cmd::run(cmd, now),
         Command::Certainty(cmd) => certainty_cmd::run(cmd),
+        Command::Tpm(cmd) => tpm_cmd::run(cmd),
         Command::Token(cmd) => token_cmd::run(cmd, now),
         Command::Leave { dir, key } => join_cmd::leave(&dir, key.as_deref(), now),
         Command::Init {

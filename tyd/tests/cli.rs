@@ -1149,3 +1149,69 @@ fn admission_keys_are_added_rotated_and_removed_on_the_operators_copy() {
         "{text}"
     );
 }
+
+/// Issue 29 (found by an attack from the docs: reading a TPM's key took a dummy join).
+/// Steps: `tyd tpm key` on a swtpm prints the key a join would pin; `tyd policy check`
+/// refuses a policy whose drones must attest while one has no key, naming it; pinning the
+/// printed key with `tyd node add --attestation-key` passes; `tyd tpm pcrs` prints PCR 4
+/// and a zero ratchet; a missing TPM is one line, exit 1 (runtime).
+#[test]
+fn tpm_key_prints_what_to_pin_and_a_drone_that_must_attest_needs_one() {
+    if !testsupport::tools_or_skip("tyd tpm", &["swtpm"]) {
+        return;
+    }
+    let d = Dir::new();
+    let sw = testsupport::Swtpm::start(&d.p("tpm"));
+    let sock = sw.socket.display().to_string();
+    let key = d.ok(&["tpm", "key", "--tpm", &sock]).trim().to_string();
+    assert_eq!(key.len(), 88, "{key}");
+    let pcrs = d.ok(&["tpm", "pcrs", "--tpm", &sock]);
+    assert!(
+        pcrs.contains(&format!("pcr15 {}", "0".repeat(64))),
+        "{pcrs}"
+    );
+    d.ok(&["policy", "init", "--name", "lab"]);
+    let text = std::fs::read_to_string(d.p("cluster.toml")).unwrap();
+    std::fs::write(
+        d.p("cluster.toml"),
+        format!(
+            "{text}\n[attestation]\nrequire = [\"drone\"]\nimages = [\"{}\"]\n",
+            "00".repeat(32)
+        ),
+    )
+    .unwrap();
+    d.ok(&["keygen", "node", "--out", "d1.key"]);
+    d.ok(&[
+        "node",
+        "add",
+        "cluster.toml",
+        "--id",
+        "1",
+        "--name",
+        "d1",
+        "--public-key-file",
+        "d1.key.pub",
+        "--attestation-key",
+        &key,
+    ]);
+    d.ok(&["policy", "check", "cluster.toml"]);
+    d.ok(&["keygen", "node", "--out", "d2.key"]);
+    let out = d.tyd(&[
+        "node",
+        "add",
+        "cluster.toml",
+        "--id",
+        "2",
+        "--name",
+        "d2",
+        "--public-key-file",
+        "d2.key.pub",
+    ]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("node 2 (d2) must attest ([attestation] require) but has no attestation_key"),
+        "{err}"
+    );
+    let missing = d.fails(&["tpm", "key", "--tpm", "/nonexistent/tpm"], 1);
+    assert!(missing.contains("/nonexistent/tpm"), "{missing}");
+}

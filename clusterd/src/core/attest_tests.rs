@@ -762,3 +762,44 @@ fn a_member_flooding_bad_quotes_costs_each_peer_three_checks_an_interval_and_one
     assert_eq!(s.quarantined(2, 3), None);
     assert_eq!(s.quarantined(1, 2), None);
 }
+
+/// Found by an attack from the docs. Steps: three attested nodes; the operator turns
+/// attestation off (a serial without `[attestation]`) and, 20 s later, on again: nobody is
+/// quarantined (the quotes from before do not count, and do not take the place of the
+/// grace), and all are attested again.
+#[test]
+fn turning_attestation_off_and_on_again_quarantines_nobody() {
+    let mut s = Sim::new(3);
+    for _ in 0..6 {
+        s.round();
+    }
+    let keys: BTreeMap<u16, Option<AttestationKey>> = (1..=3)
+        .map(|i| (i, Some(AttestationKey::from(*key_of(i).verifying_key()))))
+        .collect();
+    let members: Vec<(NodeId, String)> = (1..=3).map(|i| (id(i), format!("d{i}"))).collect();
+    let set = |s: &mut Sim, on: bool, serial: u64| {
+        for n in 1..=3u16 {
+            let mut c = cfg(n, 3, &keys);
+            if !on {
+                c.attest = None;
+            }
+            let now = s.now;
+            let core = s.cores.get_mut(&n).unwrap();
+            let _ = core.policy_in_force(c, serial, "d", &members, now, &mut Counter(6));
+        }
+    };
+    set(&mut s, false, 6);
+    for _ in 0..20 {
+        s.round();
+    }
+    set(&mut s, true, 7);
+    for _ in 0..10 {
+        s.round();
+    }
+    assert!(s.decided.is_empty(), "{:?}", s.decided);
+    for by in 1..=3u16 {
+        for p in s.cores[&by].peers().values() {
+            assert!(p.attest.attested(Duration::from_secs(6), s.now));
+        }
+    }
+}

@@ -162,22 +162,36 @@ impl PeerAttest {
         if let Some(f) = self.fault {
             return Some(f);
         }
-        if self.fresh.is_some_and(|t| now.saturating_sub(t) <= within) {
+        if self
+            .fresh()
+            .is_some_and(|t| now.saturating_sub(t) <= within)
+        {
             return None;
         }
         // Not from its boot: a node that says it rebooted every few seconds would never
         // have to quote (found by an attack from the docs). A real reboot is quarantined
         // for silence anyway, and readmitted at its first quote.
         let since = known_since.max(self.required_since.unwrap_or_default());
-        if !strict && self.fresh.is_none() && now.saturating_sub(since) < within {
+        if !strict && self.fresh().is_none() && now.saturating_sub(since) < within {
             return None;
         }
         Some(AttestFault::NoFreshQuote)
     }
 
+    /// When this node issued the newest challenge a valid quote of it covered, if that was
+    /// since it became required to attest (a quote over a challenge from before attestation
+    /// was turned off and on again is no answer: found by an attack from the docs).
+    fn fresh(&self) -> Option<Duration> {
+        self.fresh
+            .filter(|t| *t >= self.required_since.unwrap_or_default())
+    }
+
     /// Whether a valid quote of this boot is younger than `within`.
     pub fn attested(&self, within: Duration, now: Duration) -> bool {
-        self.fault.is_none() && self.fresh.is_some_and(|t| now.saturating_sub(t) <= within)
+        self.fault.is_none()
+            && self
+                .fresh()
+                .is_some_and(|t| now.saturating_sub(t) <= within)
     }
 }
 

@@ -335,6 +335,10 @@ impl Core {
         for id in newly {
             if let Some(p) = self.peers.get_mut(&id) {
                 p.attest.required_since = Some(now);
+                // A quote from before (attestation turned off and on again) is stale by
+                // now: it does not take the place of the grace (found by an attack from the
+                // docs: every node quarantined every peer at once).
+                p.attest.fresh = None;
             }
         }
         self.cfg = cfg;
@@ -612,11 +616,14 @@ impl Core {
     /// when `id` need not attest.
     pub fn attested(&self, id: NodeId, now: Duration) -> Option<bool> {
         let cfg = self.cfg.attest.as_ref()?;
-        cfg.required.contains_key(&id).then(|| {
-            self.peers
-                .get(&id)
-                .is_some_and(|p| p.attest.attested(cfg.within, now))
-        })
+        let key = cfg.required.get(&id)?;
+        Some(
+            key.is_some()
+                && self
+                    .peers
+                    .get(&id)
+                    .is_some_and(|p| p.attest.attested(cfg.within, now)),
+        )
     }
 
     /// What is wrong with `id`'s attestation, if it must attest (`strict`: no grace).

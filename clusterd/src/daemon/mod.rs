@@ -291,7 +291,7 @@ async fn on_heartbeat(node: &mut Node) -> Vec<Action> {
     if node.core.impostors > 0 {
         warn!(
             count = node.core.impostors,
-            "heartbeats claiming to be another node ignored"
+            "heartbeats or quotes claiming to be another node ignored"
         );
         node.core.impostors = 0;
     }
