@@ -60,22 +60,13 @@ impl AttestConfig {
 /// What this node knows of one peer's attestation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerAttest {
-    /// Its last few challenges (heartbeat seq, challenge), newest last.
-    pub challenges: VecDeque<(u64, Challenge)>,
-    /// The boot its state is of, and when this node first heard of that boot.
-    pub boot: Option<(String, Duration)>,
-    /// When this node issued the newest of its own challenges a valid quote covered, in
-    /// that boot.
-    pub fresh: Option<Duration>,
-    /// The TPM's (reset count, restart count, clock) in its last valid quote of that boot.
-    pub tpm_clock: Option<(u32, u32, u64)>,
-    /// Its last quote failed thus (cleared by a valid one).
-    pub fault: Option<AttestFault>,
+    /// Its current boot: all of it starts again at a new boot id.
+    pub boot: BootAttest,
     /// Valid quotes taken from it, and quotes refused (for the view and the tests).
     pub taken: u64,
     pub refused: u64,
     /// When the policy in force here began to require it to attest (its grace counts from
-    /// then too, not only from its boot).
+    /// then, and a quote over a challenge from before does not count).
     pub required_since: Option<Duration>,
     /// Quote messages checked in the current window (start, count): at most
     /// [`QUOTES_PER_INTERVAL`] per quote interval; more are dropped unchecked.
@@ -85,6 +76,21 @@ pub struct PeerAttest {
     /// The last refusal told (its fault, when): another is told only for another fault or
     /// a minute later.
     pub told: Option<(AttestFault, Duration)>,
+}
+
+/// What this node knows of one boot of a peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootAttest {
+    /// Its boot id (None before its first heartbeat).
+    pub id: Option<String>,
+    /// Its last few challenges (heartbeat seq, challenge), newest last.
+    pub challenges: VecDeque<(u64, Challenge)>,
+    /// When this node issued the newest of its own challenges a valid quote covered.
+    pub fresh: Option<Duration>,
+    /// The TPM's (reset count, restart count, clock) in its last valid quote.
+    pub tpm_clock: Option<(u32, u32, u64)>,
+    /// Its last quote failed thus (cleared by a valid one).
+    pub fault: Option<AttestFault>,
 }
 
 /// A refusal of the same fault from the same peer is told again after this long.
@@ -107,27 +113,13 @@ impl PeerAttest {
         self.window.1 += 1;
         true
     }
-}
 
-impl PeerAttest {
-    /// A heartbeat of boot `boot` arrived at `now`, with this challenge.
-    pub(super) fn heard(
-        &mut self,
-        boot: &str,
-        seq: u64,
-        challenge: Option<WireChallenge>,
-        now: Duration,
-    ) {
-        if self.boot.as_ref().is_none_or(|(b, _)| b != boot) {
-            *self = PeerAttest {
-                boot: Some((boot.to_string(), now)),
-                taken: self.taken,
-                refused: self.refused,
-                required_since: self.required_since,
-                window: self.window,
-                dropped: self.dropped,
-                told: self.told,
-                ..PeerAttest::default()
+    /// A heartbeat of boot `boot` arrived, with this challenge.
+    pub(super) fn heard(&mut self, boot: &str, seq: u64, challenge: Option<WireChallenge>) {
+        if self.boot.id.as_deref() != Some(boot) {
+            self.boot = BootAttest {
+                id: Some(boot.to_string()),
+                ..BootAttest::default()
             };
         }
         if let Some(WireChallenge(c)) = challenge {
@@ -135,13 +127,13 @@ impl PeerAttest {
             // its old challenges (found by an attack from the docs: a restarted node
             // quarantined every peer until its seq passed the old one). What a node says
             // about its own challenges matters to nobody else.
-            if self.challenges.back().is_some_and(|(s, _)| *s >= seq) {
-                self.challenges.clear();
+            if self.boot.challenges.back().is_some_and(|(s, _)| *s >= seq) {
+                self.boot.challenges.clear();
             }
-            if self.challenges.len() >= PEER_CHALLENGES {
-                self.challenges.pop_front();
+            if self.boot.challenges.len() >= PEER_CHALLENGES {
+                self.boot.challenges.pop_front();
             }
-            self.challenges.push_back((seq, c));
+            self.boot.challenges.push_back((seq, c));
         }
     }
 
@@ -159,13 +151,10 @@ impl PeerAttest {
         if key.is_none() {
             return Some(AttestFault::NoKey);
         }
-        if let Some(f) = self.fault {
+        if let Some(f) = self.boot.fault {
             return Some(f);
         }
-        if self
-            .fresh()
-            .is_some_and(|t| now.saturating_sub(t) <= within)
-        {
+        if self.attested(within, now) {
             return None;
         }
         // Not from its boot: a node that says it rebooted every few seconds would never
@@ -182,13 +171,15 @@ impl PeerAttest {
     /// since it became required to attest (a quote over a challenge from before attestation
     /// was turned off and on again is no answer: found by an attack from the docs).
     fn fresh(&self) -> Option<Duration> {
-        self.fresh
+        self.boot
+            .fresh
             .filter(|t| *t >= self.required_since.unwrap_or_default())
     }
 
-    /// Whether a valid quote of this boot is younger than `within`.
+    /// Whether a valid quote of this boot, over a challenge issued since it became required
+    /// to attest, is younger than `within`.
     pub fn attested(&self, within: Duration, now: Duration) -> bool {
-        self.fault.is_none()
+        self.boot.fault.is_none()
             && self
                 .fresh()
                 .is_some_and(|t| now.saturating_sub(t) <= within)
@@ -245,7 +236,7 @@ impl Mine {
         let leaves: Vec<(Covered, Challenge)> = peers
             .iter()
             .filter_map(|(id, p)| {
-                p.attest.challenges.back().map(|(seq, c)| {
+                p.attest.boot.challenges.back().map(|(seq, c)| {
                     (
                         Covered {
                             peer: id.get(),
@@ -329,15 +320,12 @@ pub(super) fn take_quote(
     m: &QuoteMessage,
     now: Duration,
 ) -> Taken {
-    if a.boot.as_ref().is_none_or(|(b, _)| *b != m.boot_id) {
+    if a.boot.id.as_deref() != Some(m.boot_id.as_str()) {
         return Taken::Ignored;
     }
-    let Ok(signature) = <[u8; 64]>::try_from(&m.quote.sig[..]) else {
-        return refuse(a, AttestFault::Malformed, now);
-    };
     let quote = Quote {
         attest: m.quote.attest.clone(),
-        signature,
+        signature: m.quote.sig,
     };
     // Over one of this node's challenges it still knows: an older one earns nothing.
     let p = &m.quote.proof;
@@ -360,14 +348,15 @@ pub(super) fn take_quote(
         Err(e) => return refuse(a, fault_of(&e), now),
     };
     let now_clock = (ok.reset_count, ok.restart_count, ok.clock);
-    if a.tpm_clock.is_some_and(|was| now_clock < was) {
+    let b = &mut a.boot;
+    if b.tpm_clock.is_some_and(|was| now_clock < was) {
         return refuse(a, AttestFault::Replayed, now);
     }
-    if a.fresh.is_none_or(|t| issued > t) {
-        a.fresh = Some(issued);
+    if b.fresh.is_none_or(|t| issued > t) {
+        b.fresh = Some(issued);
     }
-    a.tpm_clock = Some(now_clock);
-    a.fault = None;
+    b.tpm_clock = Some(now_clock);
+    b.fault = None;
     a.taken += 1;
     Taken::Valid
 }
@@ -381,8 +370,8 @@ fn refuse(a: &mut PeerAttest, fault: AttestFault, now: Duration) -> Taken {
         a.told = Some((fault, now));
     }
     // A set ratchet is not forgotten in this boot, whatever follows.
-    if a.fault != Some(AttestFault::RatchetSet) {
-        a.fault = Some(fault);
+    if a.boot.fault != Some(AttestFault::RatchetSet) {
+        a.boot.fault = Some(fault);
     }
     Taken::Refused { fault, new }
 }

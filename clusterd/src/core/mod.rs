@@ -130,8 +130,8 @@ pub enum Action {
     Quote {
         nonce: [u8; 32],
     },
-    /// A peer's quote was refused (one line each: a member sends at most one per quote
-    /// interval).
+    /// A peer's quote was refused: told once per fault, and again a minute later if it
+    /// goes on (a member sending bad quotes costs a line a minute, not one per datagram).
     QuoteRefused {
         node: NodeId,
         fault: AttestFault,
@@ -205,8 +205,6 @@ pub struct Core {
     forks: BTreeSet<String>,
     /// This node's challenges and the quote under way.
     mine: attestation::Mine,
-    /// This node's boot id, as its last heartbeat said.
-    my_boot: String,
 }
 
 /// Forks of one serial a master fetches at most: a hostile member can claim any digest.
@@ -228,7 +226,6 @@ impl Core {
             damping: true,
             forks: BTreeSet::new(),
             mine: attestation::Mine::default(),
-            my_boot: String::new(),
         }
     }
 
@@ -335,10 +332,6 @@ impl Core {
         for id in newly {
             if let Some(p) = self.peers.get_mut(&id) {
                 p.attest.required_since = Some(now);
-                // A quote from before (attestation turned off and on again) is stale by
-                // now: it does not take the place of the grace (found by an attack from the
-                // docs: every node quarantined every peer at once).
-                p.attest.fresh = None;
             }
         }
         self.cfg = cfg;
@@ -433,7 +426,7 @@ impl Core {
                     return out;
                 };
                 peer.heard = Some(now);
-                peer.attest.heard(&hb.boot_id, hb.seq, hb.challenge, now);
+                peer.attest.heard(&hb.boot_id, hb.seq, hb.challenge);
                 peer.last = Some(hb);
                 out.extend(self.judge(from, now));
                 if let Some(digest) = fork {
@@ -642,13 +635,7 @@ impl Core {
         let damping = self.damping;
         let in_quarantine = self.peers.get(&id)?.quarantine.is_some();
         let attest_problem = self.attest_problem(id, now, in_quarantine);
-        let attested = self.cfg.attest.as_ref().is_some_and(|a| {
-            a.required.contains_key(&id)
-                && self
-                    .peers
-                    .get(&id)
-                    .is_some_and(|p| p.attest.attested(a.within, now))
-        });
+        let attested = self.attested(id, now) == Some(true);
         let peer = self.peers.get_mut(&id)?;
         let hb = peer.last.as_ref()?;
         // What keeps it out, strongest first: a loss that needs a reboot, then what its TPM
@@ -712,7 +699,6 @@ impl Core {
     /// every offer catches up within one interval).
     pub fn tick(&mut self, mine: &Heartbeat, now: Duration, rng: &mut dyn RngCore) -> Vec<Action> {
         let mut mine = mine.clone();
-        self.my_boot.clone_from(&mine.boot_id);
         if self.cfg.attest.is_some() {
             let mut c = [0u8; attest::CHALLENGE_LEN];
             rng.fill_bytes(&mut c);
@@ -724,7 +710,7 @@ impl Core {
             && let Some(cfg) = self.cfg.attest.as_ref()
             && let Some(nonce) = self
                 .mine
-                .due(cfg, self.cfg.me, &self.my_boot, &self.peers, now)
+                .due(cfg, self.cfg.me, &mine.boot_id, &self.peers, now)
         {
             out.push(Action::Quote { nonce });
         }
