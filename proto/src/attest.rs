@@ -7,15 +7,15 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The largest `TPMS_ATTEST` carried (as `attest::MAX_ATTEST`).
-pub const MAX_ATTEST: usize = 256;
-/// The longest inclusion proof carried, in hashes (as `attest::nonce::MAX_PROOF`).
-pub const MAX_PROOF: usize = 12;
+/// The largest `TPMS_ATTEST` carried, and the longest inclusion proof (in hashes): what the
+/// check accepts, no more.
+pub use attest::MAX_ATTEST;
+pub use attest::nonce::MAX_PROOF;
 
 /// A random challenge, new in each heartbeat: the receiver's next quote covers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct WireChallenge(#[serde(with = "fixed")] pub [u8; 16]);
+pub struct WireChallenge(#[serde(with = "fixed")] pub attest::Challenge);
 
 /// A node's latest quote, to one peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
