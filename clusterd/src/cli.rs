@@ -30,8 +30,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub min_serial: u64,
     /// certaintyd's control socket; "none" when this node runs no certaintyd.
-    #[arg(long, default_value = proto::paths::CERTAINTY_SOCKET, value_parser = parse_certainty_socket)]
-    pub certainty_socket: CertaintySocket,
+    #[arg(long, default_value = proto::paths::CERTAINTY_SOCKET, value_parser = parse_path_or_none)]
+    pub certainty_socket: PathOrNone,
     #[arg(long, default_value = "/proc/sys/kernel/random/boot_id")]
     pub boot_id: PathBuf,
     /// Where the quarantine list for netguard is written.
@@ -43,40 +43,40 @@ pub struct Args {
     /// This node's TPM, for the quotes its peers check when the policy says its role must
     /// attest ([attestation] require): a device, or swtpm's server socket; "none": never
     /// quote (such a node is then quarantined by its peers as not attested).
-    #[arg(long, default_value = "/dev/tpmrm0", value_parser = parse_certainty_socket)]
-    pub tpm: CertaintySocket,
+    #[arg(long, default_value = "/dev/tpmrm0", value_parser = parse_path_or_none)]
+    pub tpm: PathOrNone,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
 }
 
-/// Where certaintyd answers, or that this node runs none (`--certainty-socket none`, as on a
-/// node whose root is on disk).
+/// A path, or `none`: where certaintyd answers (`--certainty-socket none` on a node whose
+/// root is on disk), or this node's TPM (`--tpm none`: it never quotes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertaintySocket {
+pub enum PathOrNone {
     None,
     At(PathBuf),
 }
 
-impl CertaintySocket {
+impl PathOrNone {
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
-            CertaintySocket::None => None,
-            CertaintySocket::At(p) => Some(p),
+            PathOrNone::None => None,
+            PathOrNone::At(p) => Some(p),
         }
     }
 }
 
-/// `none`, or a socket path (never empty).
-pub fn parse_certainty_socket(s: &str) -> Result<CertaintySocket, EmptySocket> {
+/// `none`, or a path (never empty).
+pub fn parse_path_or_none(s: &str) -> Result<PathOrNone, EmptyPath> {
     match s {
-        "none" => Ok(CertaintySocket::None),
-        "" => Err(EmptySocket),
-        path => Ok(CertaintySocket::At(PathBuf::from(path))),
+        "none" => Ok(PathOrNone::None),
+        "" => Err(EmptyPath),
+        path => Ok(PathOrNone::At(PathBuf::from(path))),
     }
 }
 
-/// An empty `--certainty-socket`.
+/// An empty path option.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a socket path, or none when this node runs no certaintyd")]
-pub struct EmptySocket;
+#[error("a path, or none")]
+pub struct EmptyPath;
