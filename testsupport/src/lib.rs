@@ -51,9 +51,10 @@ pub fn tools_or_skip(test: &str, programs: &[&str]) -> bool {
     false
 }
 
-/// A software TPM (swtpm) serving raw TPM 2.0 commands on a Unix socket, started and powered
-/// on; stopped by its PID when dropped. Its state lives in `dir`, so a second `Swtpm` on the
-/// same `dir` is the same TPM after a reboot (PCRs reset, same keys).
+/// A software TPM (swtpm) on a Unix socket, for tyd's shell ([`Swtpm::start`]) or a qemu
+/// VM ([`Swtpm::for_qemu`]); stopped by its PID when dropped. Its state lives in `dir`, so
+/// a second `Swtpm` on the same `dir` is the same TPM after a reboot (PCRs reset, same
+/// keys).
 #[derive(Debug)]
 pub struct Swtpm {
     pub socket: std::path::PathBuf,
@@ -61,24 +62,47 @@ pub struct Swtpm {
 }
 
 impl Swtpm {
+    /// Raw TPM 2.0 commands on `dir/tpm.sock`, powered on: what tyd's own shell speaks to.
     pub fn start(dir: &std::path::Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let socket = dir.join("tpm.sock");
+        let ctrl = dir.join("ctrl.sock");
+        Self::spawn(
+            dir,
+            socket.clone(),
+            &[
+                "--server".into(),
+                format!("type=unixio,path={}", socket.display()),
+                "--ctrl".into(),
+                format!("type=unixio,path={}", ctrl.display()),
+                "--flags".into(),
+                "not-need-init,startup-clear".into(),
+            ],
+        )
+    }
+
+    /// For qemu's `-tpmdev emulator`: the control socket alone, `dir/qemu.sock` (qemu
+    /// powers the TPM on, and its firmware starts it).
+    pub fn for_qemu(dir: &std::path::Path) -> Self {
+        let socket = dir.join("qemu.sock");
+        Self::spawn(
+            dir,
+            socket.clone(),
+            &[
+                "--ctrl".into(),
+                format!("type=unixio,path={}", socket.display()),
+            ],
+        )
+    }
+
+    fn spawn(dir: &std::path::Path, socket: std::path::PathBuf, args: &[String]) -> Self {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let _ = std::fs::remove_file(&socket);
         let mut child = Command::new("swtpm")
             .arg("socket")
             .arg("--tpm2")
             .arg("--tpmstate")
             .arg(format!("dir={}", dir.display()))
-            .arg("--server")
-            .arg(format!("type=unixio,path={}", socket.display()))
-            .arg("--ctrl")
-            .arg(format!(
-                "type=unixio,path={}",
-                dir.join("ctrl.sock").display()
-            ))
-            .arg("--flags")
-            .arg("not-need-init,startup-clear")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // It says "Data client disconnected" at each closed connection.
@@ -89,7 +113,7 @@ impl Swtpm {
             )
             .spawn()
             .unwrap_or_else(|e| panic!("swtpm: {e}"));
-        for _ in 0..200 {
+        for _ in 0..300 {
             if socket.exists() {
                 return Self { socket, child };
             }
@@ -97,7 +121,7 @@ impl Swtpm {
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("swtpm made no socket at {} within 2 s", socket.display());
+        panic!("swtpm made no socket at {} within 3 s", socket.display());
     }
 
     /// Stops it now (a power cut: the next start on the same state is a fresh boot).

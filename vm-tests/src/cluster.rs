@@ -118,43 +118,13 @@ pub fn build_image(
     node_key: Option<&Path>,
     out: &Path,
 ) -> Result<Image, String> {
-    build_image_with(bin, policy, node_key, out, "cloud")
+    build_image_with(bin, policy, node_key, out, "cloud", &[])
 }
 
-/// `drone build --kernel KERNEL` (cloud, generic or a package file).
+/// `drone build --kernel KERNEL` (cloud, generic or a package file) with `extra` arguments
+/// (`--uki`: its unified kernel image and the predicted PCR 4 too; `--mtime 1`: another
+/// image of the same files).
 pub fn build_image_with(
-    bin: &Path,
-    policy: &Path,
-    node_key: Option<&Path>,
-    out: &Path,
-    kernel: &str,
-) -> Result<Image, String> {
-    build_image_args(bin, policy, node_key, out, kernel, &[])
-}
-
-/// `drone build --uki`: the image, its unified kernel image and the predicted PCR 4.
-pub fn build_uki_image(
-    bin: &Path,
-    policy: &Path,
-    node_key: Option<&Path>,
-    out: &Path,
-) -> Result<Image, String> {
-    build_image_args(bin, policy, node_key, out, "cloud", &["--uki"])
-}
-
-/// `drone build` with `extra` arguments (e.g. `--uki --mtime 1`: another image of the same
-/// files).
-pub fn build_image_with_args(
-    bin: &Path,
-    policy: &Path,
-    node_key: Option<&Path>,
-    out: &Path,
-    extra: &[&str],
-) -> Result<Image, String> {
-    build_image_args(bin, policy, node_key, out, "cloud", extra)
-}
-
-fn build_image_args(
     bin: &Path,
     policy: &Path,
     node_key: Option<&Path>,

@@ -26,7 +26,7 @@ pub struct Spec {
 pub struct Uefi {
     /// This VM's copy of OVMF's variable store.
     pub vars: PathBuf,
-    /// swtpm's control socket (`crate::tpm::Swtpm::for_qemu`).
+    /// swtpm's control socket (`testsupport::Swtpm::for_qemu`).
     pub tpm: PathBuf,
 }
 

@@ -119,6 +119,7 @@ fn three_drones_boot_from_the_network_join_and_one_tampered_with_gets_its_place_
         None,
         &dir.join("image-generic"),
         "generic",
+        &[],
     ));
     let initrd = std::fs::metadata(image.dir.join("initrd.img"))
         .map(|m| m.len())

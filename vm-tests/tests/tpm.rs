@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use vm_tests::cluster::{BOOT, CMD, CONSOLE_ARGS, Cluster, DRONES, Image, build_uki_image};
+use vm_tests::cluster::{BOOT, CMD, CONSOLE_ARGS, Cluster, DRONES, Image, build_image_with};
 use vm_tests::lab::Lab;
-use vm_tests::tpm::Swtpm;
+use vm_tests::tpm::{Swtpm, attestation_key};
 use vm_tests::vm::{Boot, NicModel, OVMF_VARS, Spec, Uefi, Vm, eventually};
 use vm_tests::{can_run, scratch};
 
@@ -139,18 +139,21 @@ fn drones_with_tpms_attest_each_other_and_each_failure_is_quarantined_by_both_pe
     let mut images = Vec::new();
     for (name, _, _) in DRONES {
         let key = c.dir.join(format!("{name}.key"));
-        images.push(check(build_uki_image(
+        images.push(check(build_image_with(
             &c.bin,
             &c.policy,
             Some(&key),
             &dir.join(format!("uki-{name}")),
+            "cloud",
+            &["--uki"],
         )));
     }
-    let off = check(vm_tests::cluster::build_image_with_args(
+    let off = check(build_image_with(
         &c.bin,
         &c.policy,
         Some(&c.dir.join("drone3.key")),
         &dir.join("uki-drone3-off"),
+        "cloud",
         &["--uki", "--mtime", "1"],
     ));
     let pcr = |i: &Image| i.uki.as_ref().map(|u| u.1.clone()).unwrap_or_default();
@@ -159,18 +162,15 @@ fn drones_with_tpms_attest_each_other_and_each_failure_is_quarantined_by_both_pe
         .iter()
         .map(|(name, _, _)| dir.join(format!("tpm-{name}")))
         .collect();
-    let keys: Vec<String> = states
-        .iter()
-        .map(|s| check(Swtpm::attestation_key(s)))
-        .collect();
+    let keys: Vec<String> = states.iter().map(|s| check(attestation_key(s))).collect();
     let other_state = dir.join("tpm-other");
-    let other_key = check(Swtpm::attestation_key(&other_state));
+    let other_key = check(attestation_key(&other_state));
     assert_ne!(other_key, keys[2]);
     let pinned: Vec<String> = images.iter().map(pcr).collect();
     let (policy, sig) = attestation_policy(c, &pinned, &keys);
 
     // 1. Three drones, attested by each other.
-    let mut tpms: Vec<Swtpm> = states.iter().map(|s| check(Swtpm::for_qemu(s))).collect();
+    let mut tpms: Vec<Swtpm> = states.iter().map(|s| Swtpm::for_qemu(s)).collect();
     let mut vms: Vec<Vm> = (0..3)
         .map(|i| boot(&lab, i, &images[i], &tpms[i], "tpm"))
         .collect();
@@ -212,7 +212,7 @@ fn drones_with_tpms_attest_each_other_and_each_failure_is_quarantined_by_both_pe
     }
     drop(vms.pop());
     drop(tpms.pop());
-    let tpm3 = check(Swtpm::for_qemu(&states[2]));
+    let tpm3 = Swtpm::for_qemu(&states[2]);
     let started = Instant::now();
     vms.push(boot(&lab, 2, &off, &tpm3, "tpm"));
     let t = both_quarantine(
@@ -252,7 +252,7 @@ fn drones_with_tpms_attest_each_other_and_each_failure_is_quarantined_by_both_pe
     }
     drop(vms.pop());
     drop(tpm3);
-    let other = check(Swtpm::for_qemu(&other_state));
+    let other = Swtpm::for_qemu(&other_state);
     vms.push(boot(&lab, 2, &images[2], &other, "tpm"));
     let t = both_quarantine(
         &mut vms,
@@ -269,7 +269,7 @@ fn drones_with_tpms_attest_each_other_and_each_failure_is_quarantined_by_both_pe
     }
     drop(vms.pop());
     drop(other);
-    let mut tpm3 = check(Swtpm::for_qemu(&states[2]));
+    let tpm3 = Swtpm::for_qemu(&states[2]);
     vms.push(boot(&lab, 2, &images[2], &tpm3, "tpm"));
     let t = both_quarantine(
         &mut vms,
