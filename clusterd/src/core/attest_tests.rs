@@ -52,6 +52,9 @@ struct Sim {
     decided: Vec<(Duration, u16, Action)>,
     rng: Counter,
     now: Duration,
+    /// Each node's pinned key (None: none pinned), and the members as the policy lists them.
+    keys: BTreeMap<u16, Option<AttestationKey>>,
+    members: Vec<(NodeId, String)>,
 }
 
 fn cfg(me: u16, n: u16, keys: &BTreeMap<u16, Option<AttestationKey>>) -> Config {
@@ -83,46 +86,52 @@ impl Sim {
     }
 
     fn with_keys(n: u16, keys: &BTreeMap<u16, Option<AttestationKey>>) -> Self {
-        let members: Vec<(NodeId, String)> = (1..=n).map(|i| (id(i), format!("d{i}"))).collect();
-        let mut rng = Counter(9);
-        let cores = (1..=n)
-            .map(|i| {
-                let mut c = Core::new(cfg(i, n, keys));
-                c.policy_in_force(cfg(i, n, keys), 5, "d", &members, Duration::ZERO, &mut rng);
-                (i, c)
-            })
-            .collect();
-        Sim {
-            cores,
+        let mut s = Sim {
+            cores: BTreeMap::new(),
             tpm: (1..=n).map(|i| (i, Tpm::Honest)).collect(),
             boot: (1..=n).map(|i| (i, format!("boot-{i}-1"))).collect(),
             seq: BTreeMap::new(),
             clock: BTreeMap::new(),
             sent: Vec::new(),
             decided: Vec::new(),
-            rng,
+            rng: Counter(9),
             now: Duration::ZERO,
+            keys: keys.clone(),
+            members: (1..=n).map(|i| (id(i), format!("d{i}"))).collect(),
+        };
+        for i in 1..=n {
+            s.restart(i);
         }
+        s
+    }
+
+    /// Node `n`'s clusterd starts (again, in the same boot): a new core under the policy,
+    /// its heartbeat seq from 1.
+    fn restart(&mut self, n: u16) {
+        let count = u16::try_from(self.members.len()).unwrap();
+        self.cores.insert(n, Core::new(cfg(n, count, &self.keys)));
+        self.seq.insert(n, 0);
+        self.put_in_force(n, true, 5);
+    }
+
+    /// Policy `serial` in force on node `n`: with `[attestation]`, or without.
+    fn put_in_force(&mut self, n: u16, attest: bool, serial: u64) {
+        let count = u16::try_from(self.members.len()).unwrap();
+        let mut c = cfg(n, count, &self.keys);
+        if !attest {
+            c.attest = None;
+        }
+        let now = self.now;
+        let core = self.cores.get_mut(&n).unwrap();
+        let _ = core.policy_in_force(c, serial, "d", &self.members, now, &mut self.rng);
     }
 
     fn heartbeat(&mut self, n: u16) -> Heartbeat {
         let seq = self.seq.entry(n).or_default();
         *seq += 1;
         Heartbeat {
-            node: n,
-            boot_id: self.boot[&n].clone(),
             seq: *seq,
-            serial: 5,
-            digest: "d".into(),
-            integrity: Integrity::Verifying,
-            stable_root: None,
-            root_matches: None,
-            last_verification: None,
-            uptime_s: 1,
-            load1: 0.0,
-            mem_available_kb: 1,
-            memberships: BTreeMap::new(),
-            challenge: None,
+            ..super::tests::hb(n, Integrity::Verifying, &self.boot[&n])
         }
     }
 
@@ -179,16 +188,28 @@ impl Sim {
 
     /// One heartbeat interval: every node ticks (in order), and all is delivered at once.
     fn round(&mut self) {
+        self.round_with(|_, _| {}, |_, _| {});
+    }
+
+    /// A round in which a node's heartbeat, or what its tick sends, is changed first (what
+    /// a hostile member does, or a node in its grace says).
+    fn round_with(
+        &mut self,
+        mut heartbeat: impl FnMut(u16, &mut Heartbeat),
+        mut sends: impl FnMut(u16, &mut Vec<Action>),
+    ) {
         self.now += Duration::from_secs(1);
         let ids: Vec<u16> = self.cores.keys().copied().collect();
         for n in ids {
-            let hb = self.heartbeat(n);
+            let mut hb = self.heartbeat(n);
+            heartbeat(n, &mut hb);
             let now = self.now;
-            let out = self
+            let mut out = self
                 .cores
                 .get_mut(&n)
                 .unwrap()
                 .tick(&hb, now, &mut self.rng);
+            sends(n, &mut out);
             self.deliver(n, out);
         }
     }
@@ -462,13 +483,10 @@ fn a_member_equivocating_challenges_cannot_get_an_honest_node_quarantined() {
         s.round();
     }
     for _ in 0..8 {
-        s.now += Duration::from_secs(1);
-        for n in 1..=3u16 {
-            let hb = s.heartbeat(n);
-            let now = s.now;
-            let mut out = s.cores.get_mut(&n).unwrap().tick(&hb, now, &mut s.rng);
-            if n == 2 {
-                for a in &mut out {
+        s.round_with(
+            |_, _| {},
+            |n, out| {
+                for a in out.iter_mut().filter(|_| n == 2) {
                     if let Action::Send {
                         to,
                         msg: Message::Heartbeat(h),
@@ -478,9 +496,8 @@ fn a_member_equivocating_challenges_cannot_get_an_honest_node_quarantined() {
                         h.challenge = Some(proto::attest::WireChallenge([0xEE; 16]));
                     }
                 }
-            }
-            s.deliver(n, out);
-        }
+            },
+        );
     }
     assert_eq!(s.quarantined(1, 3), None);
     assert!(
@@ -518,27 +535,15 @@ fn a_node_that_must_attest_without_a_pinned_key_is_quarantined() {
 #[test]
 fn turning_attestation_on_gives_every_node_the_bound_before_it_is_judged() {
     let mut s = Sim::new(3);
-    let keys: BTreeMap<u16, Option<AttestationKey>> = (1..=3)
-        .map(|i| (i, Some(AttestationKey::from(*key_of(i).verifying_key()))))
-        .collect();
-    let members: Vec<(NodeId, String)> = (1..=3).map(|i| (id(i), format!("d{i}"))).collect();
-    let plain = |me: u16| Config {
-        attest: None,
-        ..cfg(me, 3, &keys)
-    };
     for n in 1..=3u16 {
-        let now = s.now;
-        let c = s.cores.get_mut(&n).unwrap();
-        let _ = c.policy_in_force(plain(n), 6, "d6", &members, now, &mut Counter(3));
+        s.put_in_force(n, false, 6);
     }
     for _ in 0..12 {
         s.round();
     }
     assert!(s.decided.is_empty(), "{:?}", s.decided);
-    let on = s.now;
     for n in 1..=3u16 {
-        let c = s.cores.get_mut(&n).unwrap();
-        let _ = c.policy_in_force(cfg(n, 3, &keys), 7, "d7", &members, on, &mut Counter(4));
+        s.put_in_force(n, true, 7);
     }
     for _ in 0..10 {
         s.round();
@@ -563,13 +568,7 @@ fn a_node_out_for_silence_that_comes_back_unattested_is_told_with_the_new_reason
     // Silent: nodes 1 and 2 tick without it.
     let silent = s.cores.remove(&3).unwrap();
     for _ in 0..7 {
-        s.now += Duration::from_secs(1);
-        for n in 1..=2u16 {
-            let hb = s.heartbeat(n);
-            let now = s.now;
-            let out: Vec<Action> = s.cores.get_mut(&n).unwrap().tick(&hb, now, &mut s.rng);
-            s.deliver(n, out);
-        }
+        s.round();
     }
     assert!(matches!(s.quarantined(1, 3), Some(Reason::Silent(_))));
     s.cores.insert(3, silent);
@@ -609,16 +608,14 @@ fn a_refused_quote_is_told_at_once_even_while_the_heartbeat_says_grace() {
     let rebooted = s.now;
     // Its heartbeats say grace from now on.
     for _ in 0..4 {
-        s.now += Duration::from_secs(1);
-        for n in 1..=3u16 {
-            let mut hb = s.heartbeat(n);
-            if n == 3 {
-                hb.integrity = Integrity::Grace;
-            }
-            let now = s.now;
-            let out = s.cores.get_mut(&n).unwrap().tick(&hb, now, &mut s.rng);
-            s.deliver(n, out);
-        }
+        s.round_with(
+            |n, hb| {
+                if n == 3 {
+                    hb.integrity = Integrity::Grace;
+                }
+            },
+            |_, _| {},
+        );
     }
     // (Its first heartbeat of the new boot already put it out as "no verified baseline":
     // the refused quote is told over that, at once.)
@@ -685,15 +682,7 @@ fn a_restarted_clusterd_counts_its_peers_attested_again_without_quarantining_the
     for _ in 0..6 {
         s.round();
     }
-    let keys: BTreeMap<u16, Option<AttestationKey>> = (1..=3)
-        .map(|i| (i, Some(AttestationKey::from(*key_of(i).verifying_key()))))
-        .collect();
-    let members: Vec<(NodeId, String)> = (1..=3).map(|i| (id(i), format!("d{i}"))).collect();
-    let now = s.now;
-    let mut fresh = Core::new(cfg(3, 3, &keys));
-    let _ = fresh.policy_in_force(cfg(3, 3, &keys), 5, "d", &members, now, &mut Counter(5));
-    s.cores.insert(3, fresh);
-    s.seq.insert(3, 0);
+    s.restart(3);
     let before = s.decided.len();
     for _ in 0..12 {
         s.round();
@@ -773,26 +762,15 @@ fn turning_attestation_off_and_on_again_quarantines_nobody() {
     for _ in 0..6 {
         s.round();
     }
-    let keys: BTreeMap<u16, Option<AttestationKey>> = (1..=3)
-        .map(|i| (i, Some(AttestationKey::from(*key_of(i).verifying_key()))))
-        .collect();
-    let members: Vec<(NodeId, String)> = (1..=3).map(|i| (id(i), format!("d{i}"))).collect();
-    let set = |s: &mut Sim, on: bool, serial: u64| {
-        for n in 1..=3u16 {
-            let mut c = cfg(n, 3, &keys);
-            if !on {
-                c.attest = None;
-            }
-            let now = s.now;
-            let core = s.cores.get_mut(&n).unwrap();
-            let _ = core.policy_in_force(c, serial, "d", &members, now, &mut Counter(6));
-        }
-    };
-    set(&mut s, false, 6);
+    for n in 1..=3u16 {
+        s.put_in_force(n, false, 6);
+    }
     for _ in 0..20 {
         s.round();
     }
-    set(&mut s, true, 7);
+    for n in 1..=3u16 {
+        s.put_in_force(n, true, 7);
+    }
     for _ in 0..10 {
         s.round();
     }

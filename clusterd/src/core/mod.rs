@@ -809,7 +809,7 @@ mod tests {
         (1..=n).map(|i| (id(i), format!("n{i}"))).collect()
     }
 
-    fn hb(node: u16, integrity: Integrity, boot: &str) -> Heartbeat {
+    pub(super) fn hb(node: u16, integrity: Integrity, boot: &str) -> Heartbeat {
         Heartbeat {
             node,
             boot_id: boot.into(),
