@@ -615,12 +615,7 @@ pub fn add_uki(report: &mut Report, stub: &Path, out: &Path) -> Result<(), Build
             .ok_or_else(|| crate::uki::UkiError::NotPe(uki.clone()))?;
     report.pcr4 = predictions
         .into_iter()
-        .map(|(path, pcr)| {
-            (
-                path.name().to_string(),
-                pcr.iter().map(|b| format!("{b:02x}")).collect(),
-            )
-        })
+        .map(|(path, pcr)| (path.name().to_string(), hex::encode(pcr)))
         .collect();
     report.uki = Some(uki);
     write_report(report, out)

@@ -207,10 +207,6 @@ pub fn predictions(
 mod tests {
     use super::*;
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-
     /// What OVMF (Debian's 2022.11, under qemu 7.2 with swtpm) extended into PCR 4 for one
     /// UKI, read from its event log in the guest, and the PCR 4 the guest read: the
     /// prediction replays both boot paths from the two Authenticode hashes alone.
@@ -218,31 +214,32 @@ mod tests {
     fn the_prediction_replays_what_ovmf_measured() {
         let h = |s: &str| -> [u8; 32] {
             let mut out = [0u8; 32];
-            for (i, b) in out.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0);
-            }
+            hex::decode_to_slice(s, &mut out).unwrap_or_default();
             out
         };
         let uki = h("28ab810f08d84cf9d79ebf99451af7eca2cf79f026f1e1d8109b3f9ecf948cce");
         let kernel = h("65c89335d8a5d25a8eeffd4de4a02087ac8dcf26165dbff8806a19f68ecd2842");
         assert_eq!(
-            hex(&predict_pcr4(BootPath::QemuKernel, uki, kernel)),
+            hex::encode(predict_pcr4(BootPath::QemuKernel, uki, kernel)),
             "87e4d4e29b1da7029867c4ad636ccbf6854b4afdcea3f0758d244a4f83d8cc4f"
         );
         assert_eq!(
-            hex(&predict_pcr4(BootPath::Firmware, uki, kernel)),
+            hex::encode(predict_pcr4(BootPath::Firmware, uki, kernel)),
             "f3d3b766592449fbe1e69defc621993aee559f38f18866b55ed4b1b55180d281"
         );
         // Debian 12's snponly.efi (ipxe 1.0.0+git-20190125.36a4c85-5.1).
         let ipxe = h("ea7ed161f290138786ab59485e7bb160b1029523c24b7c55674d9d1cc0409e6c");
         assert_eq!(
-            hex(&predict_pcr4(BootPath::Ipxe(ipxe), uki, kernel)),
+            hex::encode(predict_pcr4(BootPath::Ipxe(ipxe), uki, kernel)),
             "68cb2d75452c5acfcbb06b58687c6f06e247c7d0fdaea708605dceb0a7b51b64"
         );
         assert_eq!(
-            hex(&Sha256::digest(CALLING_EFI_APPLICATION)[..8]),
+            hex::encode(&Sha256::digest(CALLING_EFI_APPLICATION)[..8]),
             "3d6772b4f84ed475"
         );
-        assert_eq!(hex(&Sha256::digest(SEPARATOR)[..8]), "df3f619804a92fdb");
+        assert_eq!(
+            hex::encode(&Sha256::digest(SEPARATOR)[..8]),
+            "df3f619804a92fdb"
+        );
     }
 }

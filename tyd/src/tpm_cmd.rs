@@ -28,10 +28,6 @@ pub enum TpmCmd {
     },
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 pub fn run(cmd: TpmCmd) -> CliResult {
     let (tpm, pcrs) = match &cmd {
         TpmCmd::Key { tpm } => (tpm, false),
@@ -41,8 +37,8 @@ pub fn run(cmd: TpmCmd) -> CliResult {
     let mut t = attest::tpm::Tpm::open(tpm, Duration::from_secs(10)).map_err(failed)?;
     if pcrs {
         let (image, ratchet) = t.read_pcrs().map_err(failed)?;
-        println!("pcr4  {}", hex(&image));
-        println!("pcr15 {}", hex(&ratchet));
+        println!("pcr4  {}", hex::encode(image));
+        println!("pcr15 {}", hex::encode(ratchet));
     } else {
         println!("{}", t.attestation_key().map_err(failed)?);
     }

@@ -62,10 +62,7 @@ mod pcr_list {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &[PcrValue], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            v.iter()
-                .map(|p| p.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-        )
+        s.collect_seq(v.iter().map(hex::encode))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PcrValue>, D::Error> {
@@ -78,14 +75,9 @@ mod pcr_list {
 
 /// A SHA-256 PCR value from 64 hex digits.
 pub fn parse_pcr(text: &str) -> Result<PcrValue, String> {
-    let bad = || format!("{text:?} is not a SHA-256 PCR value (64 hex digits)");
-    if text.len() != 64 || !text.is_ascii() {
-        return Err(bad());
-    }
     let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
+    hex::decode_to_slice(text, &mut out)
+        .map_err(|_| format!("{text:?} is not a SHA-256 PCR value (64 hex digits)"))?;
     Ok(out)
 }
 
