@@ -87,19 +87,7 @@ fn three_members_attest_each_other_with_swtpm_and_each_failure_is_quarantined_by
     }
     // All attested: every node hears its peers and nobody is quarantined for 6 s (more than
     // the bound: an unattested node would be out by then).
-    wait_for(
-        "every node to hear its two peers",
-        Duration::from_secs(30),
-        || {
-            (0..3).all(|i| {
-                lab.view(i)["nodes"].as_array().is_some_and(|n| {
-                    n.len() == 3
-                        && n.iter()
-                            .all(|n| n["reachable"] == true && n["quarantined"].is_null())
-                })
-            })
-        },
-    );
+    lab.wait_all_healthy(Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(6));
     for i in 0..3 {
         assert!(

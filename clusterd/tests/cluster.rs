@@ -31,20 +31,7 @@ fn the_cluster_keeps_itself_current_and_quarantines_a_node_that_lost_integrity()
     }
     echo_server(&lab.members[1].ns);
     // Everyone hears everyone, verified: nobody quarantined.
-    wait_for(
-        "every node to hear its three peers",
-        Duration::from_secs(30),
-        || {
-            (0..4).all(|i| {
-                let v = lab.view(i);
-                v["nodes"].as_array().is_some_and(|n| {
-                    n.len() == 4
-                        && n.iter()
-                            .all(|n| n["reachable"] == true && n["quarantined"].is_null())
-                })
-            })
-        },
-    );
+    lab.wait_all_healthy(Duration::from_secs(30));
     assert!(lab.tcp_ok(2, "10.77.0.2:4660"), "d3 -> d2 before");
 
     // Distribution: the operator pushes serial 3 to d1 only.
@@ -164,19 +151,7 @@ fn a_real_certaintyd_finding_a_change_gets_its_node_quarantined_within_a_second(
     for i in 0..3 {
         lab.start(i);
     }
-    wait_for(
-        "every node to hear its peers, nobody quarantined",
-        Duration::from_secs(30),
-        || {
-            (0..3).all(|i| {
-                lab.view(i)["nodes"].as_array().is_some_and(|n| {
-                    n.len() == 3
-                        && n.iter()
-                            .all(|n| n["reachable"] == true && n["quarantined"].is_null())
-                })
-            })
-        },
-    );
+    lab.wait_all_healthy(Duration::from_secs(30));
     lab.tamper(2);
     let took = wait_for(
         "d3 quarantined on both peers",
@@ -281,19 +256,7 @@ fn healthy_lab(n: usize) -> (Lab, Vec<usize>) {
     for i in 0..n {
         lab.start(i);
     }
-    wait_for(
-        "every node to hear its peers",
-        Duration::from_secs(45),
-        || {
-            all.iter().all(|&i| {
-                lab.view(i)["nodes"].as_array().is_some_and(|v| {
-                    v.len() == n
-                        && v.iter()
-                            .all(|x| x["reachable"] == true && x["quarantined"].is_null())
-                })
-            })
-        },
-    );
+    lab.wait_all_healthy(Duration::from_secs(45));
     (lab, all)
 }
 

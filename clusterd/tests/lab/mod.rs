@@ -494,6 +494,25 @@ impl Lab {
         serde_json::from_str(&self.file(i, "view.json")).unwrap_or_default()
     }
 
+    /// Waits until every member's view lists every member, each reachable and none
+    /// quarantined; returns how long that took.
+    pub fn wait_all_healthy(&self, timeout: Duration) -> Duration {
+        let n = self.members.len();
+        wait_for(
+            "every node to hear its peers, nobody quarantined",
+            timeout,
+            || {
+                (0..n).all(|i| {
+                    self.view(i)["nodes"].as_array().is_some_and(|v| {
+                        v.len() == n
+                            && v.iter()
+                                .all(|x| x["reachable"] == true && x["quarantined"].is_null())
+                    })
+                })
+            },
+        )
+    }
+
     pub fn tcp_ok(&self, from: usize, to: &str) -> bool {
         let to: SocketAddr = to.parse().unwrap();
         in_netns(&self.members[from].ns, || {
