@@ -80,6 +80,21 @@ impl fmt::Display for AttestationKey {
     }
 }
 
+/// Written as the policy writes it: base64 of the SEC1 point (a master's journal of
+/// admissions keeps it).
+impl serde::Serialize for AttestationKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AttestationKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Debug for AttestationKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AttestationKey({self})")

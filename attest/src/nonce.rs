@@ -127,12 +127,17 @@ pub fn included(root: &[u8; 32], inc: &Inclusion, peer: u16, challenge: &Challen
 }
 
 /// The qualifying data of the quote a joiner sends with its join request: bound to the
-/// WireGuard key it joins with, so the quote proves that this TPM's holder asks to join with
-/// that key (a member relaying the request, or anyone replaying it, gains nothing without
-/// that key's private part, in this cluster or another).
-pub fn join_qualifying_data(wireguard_key: &[u8; 32]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("tyd 2026 join attestation v1");
+/// WireGuard key it joins with and to this one exchange, by `exchange`, the Noise handshake
+/// hash that only the joiner and the master hold (a relaying member forwards ciphertext, and
+/// each side's ephemeral key makes it new at every exchange). So the quote proves that this
+/// TPM's holder asks, now and over this channel, to join with that key: a proof recorded
+/// from an earlier join (the TPM clean then) is refused in any other exchange, even by the
+/// holder of the WireGuard key, and one made for a party in the middle is over that party's
+/// exchange, not the master's.
+pub fn join_qualifying_data(wireguard_key: &[u8; 32], exchange: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("tyd 2026 join attestation v2");
     h.update(wireguard_key);
+    h.update(exchange);
     *h.finalize().as_bytes()
 }
 

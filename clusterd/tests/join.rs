@@ -166,7 +166,10 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
     assert!(!lab.members[1].dir.join("cluster.toml").exists());
 
     // d2 joins straight to the master (its earlier attempt admitted its key: a repeat now),
-    // d3 through d2 (a relay), d4 through d3.
+    // d3 through d2 (a relay), d4 through d3. d4 brings a TPM (swtpm): its quote over the
+    // exchange with the master, which d3 relays without seeing inside, pins its key.
+    let d4_tpm = testsupport::tools_or_skip("d4's TPM at its join", &["swtpm"])
+        .then(|| testsupport::Swtpm::start(&lab.members[3].dir.join("tpm-state")));
     let mut took = Vec::new();
     for i in 1..n {
         // d2 finds a member by broadcast (`tyd join any`: only d1 runs joind yet).
@@ -177,21 +180,24 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
             format!("198.18.0.{}", via + 1)
         };
         let t = Instant::now();
-        let (code, out, err) = lab.tyd_in(
-            i,
-            &[
-                "join",
-                &member,
-                "--token",
-                &token,
-                "--operator",
-                &fingerprint,
-                "--dir",
-                &dir(&lab, i),
-                "--name",
-                &format!("d{}", i + 1),
-            ],
-        );
+        let (name, d) = (format!("d{}", i + 1), dir(&lab, i));
+        let mut args = vec![
+            "join",
+            &member,
+            "--token",
+            &token,
+            "--operator",
+            &fingerprint,
+            "--dir",
+            &d,
+            "--name",
+            &name,
+        ];
+        let socket = d4_tpm.as_ref().map(|s| s.socket.display().to_string());
+        if let (3, Some(socket)) = (i, &socket) {
+            args.extend(["--tpm", socket.as_str()]);
+        }
+        let (code, out, err) = lab.tyd_in(i, &args);
         assert_eq!(code, 0, "d{} join: {out}{err}", i + 1);
         if i == 1 {
             assert!(
@@ -238,6 +244,19 @@ fn tyd_init_then_joins_direct_and_relayed_make_a_working_cluster() {
 
     // Three admissions and no policy signed: they are in d1's membership.
     assert_eq!(lab.file(0, "cluster.toml"), policy_before);
+    if let Some(sw) = &d4_tpm {
+        let key = attest::tpm::Tpm::open(&sw.socket, Duration::from_secs(5))
+            .unwrap()
+            .attestation_key()
+            .unwrap()
+            .to_string();
+        let membership = lab.file(0, "membership-1.toml");
+        assert!(
+            membership.contains(&format!("attestation_key = \"{key}\"")),
+            "{membership}"
+        );
+        eprintln!("d4's TPM key, proved over its relayed exchange, is in its entry");
+    }
     // `tyd status` on d2, a node d1's membership lists (not the policy): healthy, every
     // member a peer, none unknown.
     let d2 = dir(&lab, 1);

@@ -20,14 +20,16 @@ pub struct JoinRequest {
     /// Its LAN address as it reached the member (the port is the cluster's WireGuard port,
     /// whatever is sent here).
     pub endpoint: SocketAddr,
-    /// Its TPM's attestation key and a quote over its WireGuard key (issue 29): absent from
+    /// Its TPM's attestation key and a quote over its WireGuard key and this exchange (issue
+    /// 29): absent from
     /// a machine without a TPM. Required when the policy says its role must attest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<JoinAttestation>,
 }
 
 /// A joiner's proof that it holds a TPM: its attestation key, and a quote by it whose
-/// qualifying data is [`attest::nonce::join_qualifying_data`] of its WireGuard key.
+/// qualifying data is [`attest::nonce::join_qualifying_data`] of its WireGuard key and of
+/// the exchange it is sent in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinAttestation {
@@ -37,6 +39,19 @@ pub struct JoinAttestation {
     pub quote: String,
     /// Base64 of `r || s`.
     pub signature: String,
+}
+
+impl JoinAttestation {
+    /// The proof of `quote`, made by the TPM whose attestation key is `key`.
+    pub fn of(key: &policy::AttestationKey, quote: &attest::Quote) -> Self {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Self {
+            key: key.to_string(),
+            quote: b64.encode(&quote.attest),
+            signature: b64.encode(quote.signature),
+        }
+    }
 }
 
 /// The master's answer.
@@ -161,10 +176,23 @@ fn usable_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// What a joiner's TPM proof must be bound to (issue 29).
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// A join now: its quote must be over this exchange, the Noise handshake hash
+    /// ([`crate::wire::Channel::handshake_hash`]).
+    Exchange(&'a [u8; 32]),
+    /// A node this master admitted before, carried into the policy that stood after a fork
+    /// (`crate::fork`): the attestation key its quote proved then, if any. Nothing is quoted
+    /// again.
+    Carried(Option<&'a policy::AttestationKey>),
+}
+
 /// Decides on `req` against `policy`. `seen`: the address the request came from when it came
 /// straight from the joiner (its claimed endpoint must be that address); `None` when a member
 /// relayed it through its tunnel (the member vouches for the address it saw). `replace`:
-/// for a join with an ephemeral token, the entries it may take over.
+/// for a join with an ephemeral token, the entries it may take over. `binding`: what its TPM
+/// quote must be over.
 pub fn decide(
     policy: &Policy,
     req: &JoinRequest,
@@ -172,6 +200,7 @@ pub fn decide(
     roles: &[Role],
     replace: Option<&Replaceable>,
     pool: Option<&policy::model::Admission>,
+    binding: Binding<'_>,
 ) -> Result<Admission, Refusal> {
     let key: WgPublicKey = req.public_key.parse().map_err(|_| Refusal::BadKey)?;
     if let Some(node) = policy.node_by_key(&key) {
@@ -192,7 +221,7 @@ pub fn decide(
             return Err(Refusal::NameTaken(policy::parse::shown(name)));
         }
     }
-    let attestation_key = attested(policy, req, &key, roles)?;
+    let attestation_key = attested(policy, req, &key, roles, binding)?;
     if let Some(k) = &attestation_key
         && let Some(n) = policy
             .nodes
@@ -226,13 +255,15 @@ pub fn decide(
 }
 
 /// The joiner's attestation key, if it proved one: its quote verifies under the key, over
-/// its WireGuard key, and, when its role must attest, shows a pinned image and a clean
-/// ratchet. A role that must attest without a proof is refused.
+/// its WireGuard key and this exchange, and, when its role must attest, shows a pinned image
+/// and a clean ratchet. A role that must attest without a proof is refused. A carried node
+/// keeps the key it proved when it was admitted.
 fn attested(
     policy: &Policy,
     req: &JoinRequest,
     wg: &WgPublicKey,
     roles: &[Role],
+    binding: Binding<'_>,
 ) -> Result<Option<policy::AttestationKey>, Refusal> {
     use base64::Engine;
     let a = &policy.attestation;
@@ -243,6 +274,16 @@ fn attested(
     let refuse = |why: String| Refusal::NotAttested {
         role: role.clone().unwrap_or_else(|| "drone".into()),
         why,
+    };
+    let exchange = match binding {
+        Binding::Exchange(e) => e,
+        Binding::Carried(Some(k)) => return Ok(Some(k.clone())),
+        Binding::Carried(None) if role.is_none() => return Ok(None),
+        Binding::Carried(None) => {
+            return Err(refuse(
+                "it was admitted without a TPM key, before its role had to attest".into(),
+            ));
+        }
     };
     let Some(p) = &req.attestation else {
         return match role {
@@ -266,7 +307,7 @@ fn attested(
         attest: attest_bytes,
         signature,
     };
-    let nonce = attest::nonce::join_qualifying_data(wg.as_bytes());
+    let nonce = attest::nonce::join_qualifying_data(wg.as_bytes(), exchange);
     match attest::verify_quote(&key, &quote, &nonce, &a.images) {
         Ok(_) => Ok(Some(key)),
         // A node of a role that need not attest may join from any image: its key is kept
@@ -381,6 +422,9 @@ mod tests {
     use super::*;
     use jiff::Timestamp;
 
+    /// A join now, over some exchange (no quote in these requests).
+    const LIVE: Binding<'static> = Binding::Exchange(&[0; 32]);
+
     fn key(n: u8) -> WgPublicKey {
         WgPublicKey::from_secret(&[n; 32])
     }
@@ -410,7 +454,17 @@ mod tests {
     fn a_new_node_gets_the_lowest_free_id_its_addresses_and_its_name() {
         let p = policy_with(&[(1, "master", 1), (3, "c", 3)]);
         let seen = Some("198.18.0.9".parse().unwrap());
-        match decide(&p, &req(9, Some("web-1")), seen, &[Role::Drone], None, None).unwrap() {
+        match decide(
+            &p,
+            &req(9, Some("web-1")),
+            seen,
+            &[Role::Drone],
+            None,
+            None,
+            LIVE,
+        )
+        .unwrap()
+        {
             Admission::Add(n) => {
                 assert_eq!(n.id.get(), 2);
                 assert_eq!(n.name, "web-1");
@@ -424,7 +478,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match decide(&p, &req(9, None), None, &[Role::Drone], None, None).unwrap() {
+        match decide(&p, &req(9, None), None, &[Role::Drone], None, None, LIVE).unwrap() {
             Admission::Add(n) => assert_eq!(n.name, "node2"),
             other => panic!("{other:?}"),
         }
@@ -434,7 +488,16 @@ mod tests {
     fn a_retry_with_a_known_key_changes_nothing() {
         let p = policy_with(&[(1, "master", 1), (2, "b", 2)]);
         assert_eq!(
-            decide(&p, &req(2, Some("other")), None, &[Role::Drone], None, None).unwrap(),
+            decide(
+                &p,
+                &req(2, Some("other")),
+                None,
+                &[Role::Drone],
+                None,
+                None,
+                LIVE
+            )
+            .unwrap(),
             Admission::Already {
                 id: NodeId::new(2).unwrap(),
                 name: "b".into()
@@ -452,24 +515,41 @@ mod tests {
                 None,
                 &[Role::Drone],
                 None,
-                None
+                None,
+                LIVE
             ),
             Err(Refusal::NameTaken("\"master\"".into()))
         );
         assert!(matches!(
-            decide(&p, &req(9, Some("a b")), None, &[Role::Drone], None, None),
+            decide(
+                &p,
+                &req(9, Some("a b")),
+                None,
+                &[Role::Drone],
+                None,
+                None,
+                LIVE
+            ),
             Err(Refusal::BadName(_))
         ));
         let elsewhere = Some("198.18.0.50".parse().unwrap());
         assert!(matches!(
-            decide(&p, &req(9, None), elsewhere, &[Role::Drone], None, None),
+            decide(
+                &p,
+                &req(9, None),
+                elsewhere,
+                &[Role::Drone],
+                None,
+                None,
+                LIVE
+            ),
             Err(Refusal::EndpointMismatch { .. })
         ));
         // A new key at an address the map already has (a drone rebooted): refused, named.
         let mut again = req(9, None);
         again.endpoint = "198.18.0.1:40000".parse().unwrap();
         assert_eq!(
-            decide(&p, &again, None, &[Role::Drone], None, None),
+            decide(&p, &again, None, &[Role::Drone], None, None, LIVE),
             Err(Refusal::EndpointTaken {
                 endpoint: "198.18.0.1:51820".into(),
                 node: 1
@@ -478,7 +558,7 @@ mod tests {
         let mut bad = req(9, None);
         bad.public_key = "not a key".into();
         assert_eq!(
-            decide(&p, &bad, None, &[Role::Drone], None, None),
+            decide(&p, &bad, None, &[Role::Drone], None, None, LIVE),
             Err(Refusal::BadKey)
         );
     }
@@ -492,12 +572,12 @@ mod tests {
         let mut r = Replaceable::default();
         r.ephemeral.insert((id(2), key(2)));
         // Still heard: retry later.
-        let busy = decide(&p, &back, None, &[Role::Drone], Some(&r), None).unwrap_err();
+        let busy = decide(&p, &back, None, &[Role::Drone], Some(&r), None, LIVE).unwrap_err();
         assert!(busy.is_temporary(), "{busy}");
         // Lost: the entry gets the new key, keeping its id and name.
         r.lost.insert(id(2));
         assert_eq!(
-            decide(&p, &back, None, &[Role::Drone], Some(&r), None),
+            decide(&p, &back, None, &[Role::Drone], Some(&r), None, LIVE),
             Ok(Admission::Replace {
                 id: id(2),
                 name: "node2".into(),
@@ -506,21 +586,21 @@ mod tests {
         );
         // A token that is not ephemeral never replaces.
         assert!(matches!(
-            decide(&p, &back, None, &[Role::Drone], None, None),
+            decide(&p, &back, None, &[Role::Drone], None, None, LIVE),
             Err(Refusal::EndpointTaken { node: 2, .. })
         ));
         // Node 3 was not admitted as ephemeral: lost or not, never replaced.
         r.lost.insert(id(3));
         let mut other = back.clone();
         other.endpoint = "198.18.0.3:51820".parse().unwrap();
-        let refused = decide(&p, &other, None, &[Role::Drone], Some(&r), None).unwrap_err();
+        let refused = decide(&p, &other, None, &[Role::Drone], Some(&r), None, LIVE).unwrap_err();
         assert!(!refused.is_temporary());
         // Ephemeral under another key (the id was reused by a later, ordinary join): never.
         let mut r2 = Replaceable::default();
         r2.ephemeral.insert((id(2), key(7)));
         r2.lost.insert(id(2));
         assert!(matches!(
-            decide(&p, &back, None, &[Role::Drone], Some(&r2), None),
+            decide(&p, &back, None, &[Role::Drone], Some(&r2), None, LIVE),
             Err(Refusal::EndpointTaken { .. })
         ));
     }
@@ -541,7 +621,7 @@ mod tests {
         }
         let p = policy::parse_policy("test", t.as_bytes(), Timestamp::now()).unwrap();
         assert_eq!(
-            decide(&p, &req(9, None), None, &[Role::Drone], None, None),
+            decide(&p, &req(9, None), None, &[Role::Drone], None, None, LIVE),
             Err(Refusal::Full)
         );
     }
@@ -571,7 +651,7 @@ mod tests {
             r.endpoint = bad.parse().unwrap();
             assert!(
                 matches!(
-                    decide(&p, &r, None, &[Role::Drone], None, None),
+                    decide(&p, &r, None, &[Role::Drone], None, None, LIVE),
                     Err(Refusal::BadEndpoint { .. })
                 ),
                 "{bad} was accepted"
@@ -580,7 +660,7 @@ mod tests {
         let mut r = req(9, None);
         r.endpoint = "[::ffff:198.18.0.2]:51820".parse().unwrap();
         assert!(matches!(
-            decide(&p, &r, None, &[Role::Drone], None, None),
+            decide(&p, &r, None, &[Role::Drone], None, None, LIVE),
             Err(Refusal::EndpointTaken { node: 2, .. })
         ));
         // A mapped spelling of the address it came from is that address.
@@ -593,6 +673,7 @@ mod tests {
             &[Role::Drone],
             None,
             None,
+            LIVE,
         ) {
             Ok(Admission::Add(n)) => {
                 assert_eq!(n.endpoint, Some("198.18.0.9:51820".parse().unwrap()));
@@ -607,7 +688,8 @@ mod tests {
                 Some("198.18.0.77".parse().unwrap()),
                 &[Role::Drone],
                 None,
-                None
+                None,
+                LIVE
             ),
             Err(Refusal::EndpointMismatch { .. })
         ));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use policy::{OperatorPublicKey, TrustedKeys, WgPublicKey};
 
-use crate::admit::{JoinAnswer, JoinRequest};
+use crate::admit::{JoinAnswer, JoinAttestation, JoinRequest};
 use crate::token::Token;
 use crate::wire::{self, WireError};
 
@@ -89,24 +89,29 @@ pub struct Joined {
     pub roles: Vec<policy::Role>,
 }
 
-/// This machine's proof of its TPM for a join with WireGuard key `wg`: its attestation key
-/// and a quote over that key. None when `tpm` does not exist (a machine without a TPM).
+/// What makes this machine's TPM proof for one exchange, given that exchange's handshake
+/// hash (the quote must be over it, issue 29): None from a machine without a TPM.
+pub type Prover<'a> = &'a dyn Fn(&[u8; 32]) -> Option<JoinAttestation>;
+
+/// The [`Prover`] of a machine without a TPM.
+pub fn no_tpm(_: &[u8; 32]) -> Option<JoinAttestation> {
+    None
+}
+
+/// This machine's proof of its TPM for a join with WireGuard key `wg` over the exchange
+/// `exchange`: its attestation key and a quote over both. None when `tpm` does not exist (a
+/// machine without a TPM).
 pub fn tpm_attestation(
     tpm: &std::path::Path,
     wg: &WgPublicKey,
-) -> Result<Option<crate::admit::JoinAttestation>, attest::tpm::TpmError> {
-    use base64::Engine;
+    exchange: &[u8; 32],
+) -> Result<Option<JoinAttestation>, attest::tpm::TpmError> {
     if !tpm.exists() {
         return Ok(None);
     }
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let nonce = attest::nonce::join_qualifying_data(wg.as_bytes());
+    let nonce = attest::nonce::join_qualifying_data(wg.as_bytes(), exchange);
     let (quote, key) = attest::tpm::Tpm::open(tpm, TIMEOUT)?.quote(&nonce)?;
-    Ok(Some(crate::admit::JoinAttestation {
-        key: key.to_string(),
-        quote: b64.encode(&quote.attest),
-        signature: b64.encode(quote.signature),
-    }))
+    Ok(Some(JoinAttestation::of(&key, &quote)))
 }
 
 pub fn join(
@@ -115,7 +120,7 @@ pub fn join(
     fingerprint: &str,
     public_key: &WgPublicKey,
     name: Option<String>,
-    attestation: Option<crate::admit::JoinAttestation>,
+    prove: Prover<'_>,
 ) -> Result<Joined, JoinError> {
     let stream =
         TcpStream::connect_timeout(&member, TIMEOUT).map_err(|e| JoinError::Connect(member, e))?;
@@ -128,9 +133,9 @@ pub fn join(
         public_key: public_key.to_base64(),
         name,
         endpoint: SocketAddr::new(local.ip(), 0),
-        attestation,
+        attestation: None,
     };
-    let answer = exchange(stream, token, &req).map_err(|e| match e {
+    let answer = exchange(stream, token, &req, prove).map_err(|e| match e {
         ExchangeError::Wire(e) => JoinError::Wire(member, e),
         ExchangeError::Malformed(m) => JoinError::Malformed(m),
     })?;
@@ -144,7 +149,7 @@ pub fn join_with_approval(
     fingerprint: &str,
     public_key: &WgPublicKey,
     name: Option<String>,
-    attestation: Option<crate::admit::JoinAttestation>,
+    prove: Prover<'_>,
     wait: Duration,
     show_code: impl FnOnce(&str),
 ) -> Result<Joined, JoinError> {
@@ -161,7 +166,7 @@ pub fn join_with_approval(
         public_key: public_key.to_base64(),
         name,
         endpoint: SocketAddr::new(local.ip(), 0),
-        attestation,
+        attestation: prove(ch.handshake_hash()),
     };
     ch.send(&serde_json::to_vec(&req).unwrap_or_default())
         .map_err(wire_err)?;
@@ -180,14 +185,21 @@ pub enum ExchangeError {
     Malformed(String),
 }
 
-/// The exchange itself over any stream: hello, handshake, request, answer (unchecked).
+/// The exchange itself over any stream: hello, handshake, request, answer (unchecked). The
+/// request goes with the proof `prove` makes for this exchange; when it makes none, with the
+/// one `req` carries, if any (a test replaying a recorded proof).
 pub fn exchange<S: Read + Write>(
     stream: S,
     token: &Token,
     req: &JoinRequest,
+    prove: Prover<'_>,
 ) -> Result<JoinAnswer, ExchangeError> {
     let mut ch = wire::connect(stream, &token.id, &token.psk())?;
-    ch.send(&serde_json::to_vec(req).unwrap_or_default())?;
+    let req = JoinRequest {
+        attestation: prove(ch.handshake_hash()).or_else(|| req.attestation.clone()),
+        ..req.clone()
+    };
+    ch.send(&serde_json::to_vec(&req).unwrap_or_default())?;
     let raw = ch.receive()?;
     serde_json::from_slice(&raw)
         .map_err(|e| ExchangeError::Malformed(policy::parse::shown(&e.to_string())))

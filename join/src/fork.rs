@@ -50,9 +50,33 @@ pub struct Admitted {
     pub endpoint: SocketAddr,
     pub roles: Vec<Role>,
     pub at: Timestamp,
+    /// The attestation key its TPM quote proved at the join (issue 29): carried with it.
+    /// Absent in a journal from before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation_key: Option<policy::AttestationKey>,
 }
 
 impl Admitted {
+    /// The entry for `new`, admitted in the policy of `serial` and `digest` (none for a
+    /// node without an endpoint: nothing would admit it again).
+    pub fn of(
+        new: &policy::edit::NewNode,
+        serial: u64,
+        digest: String,
+        at: Timestamp,
+    ) -> Option<Self> {
+        Some(Self {
+            serial,
+            digest,
+            public_key: new.public_key.to_base64(),
+            name: new.name.clone(),
+            endpoint: new.endpoint?,
+            roles: new.roles.clone(),
+            at,
+            attestation_key: new.attestation_key.clone(),
+        })
+    }
+
     /// The request that admits it again.
     pub fn request(&self) -> JoinRequest {
         JoinRequest {
@@ -215,6 +239,7 @@ mod tests {
             endpoint: format!("198.18.0.{n}:51820").parse().unwrap(),
             roles: vec![Role::Drone],
             at: Timestamp::now(),
+            attestation_key: None,
         }
     }
 

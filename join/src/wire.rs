@@ -107,11 +107,35 @@ fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, WireError> {
 pub struct Channel<S> {
     stream: S,
     noise: snow::TransportState,
+    /// The Noise handshake hash: the same at both ends, new at every exchange, and known to
+    /// nobody else (a party in the middle holds two handshakes, with two hashes).
+    hash: [u8; 32],
 }
 
 impl<S> std::fmt::Debug for Channel<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Channel")
+    }
+}
+
+impl<S> Channel<S> {
+    /// The channel a finished handshake over `stream` gives.
+    fn from_handshake(stream: S, hs: snow::HandshakeState) -> Result<Self, WireError> {
+        // BLAKE2s: 32 bytes.
+        let hash =
+            <[u8; 32]>::try_from(hs.get_handshake_hash()).map_err(|_| WireError::Handshake)?;
+        let noise = hs.into_transport_mode().map_err(noise_err)?;
+        Ok(Self {
+            stream,
+            noise,
+            hash,
+        })
+    }
+
+    /// What binds something to this one exchange (a joiner's TPM quote, issue 29): the
+    /// handshake hash.
+    pub fn handshake_hash(&self) -> &[u8; 32] {
+        &self.hash
     }
 }
 
@@ -195,8 +219,7 @@ pub fn connect<S: Read + Write>(
     stream.write_all(&Hello::Join(id.clone()).to_bytes())?;
     let hs = handshake(psk, &prologue(id), true)?;
     let (stream, hs) = initiate(stream, hs)?;
-    let noise = hs.into_transport_mode().map_err(noise_err)?;
-    Ok(Channel { stream, noise })
+    Channel::from_handshake(stream, hs)
 }
 
 /// The initiator's two handshake messages (`-> e`, `<- e, ee`), empty payloads.
@@ -366,8 +389,7 @@ pub fn accept<S: Read + Write>(
     };
     let hs = handshake(psk, &prologue(id), false)?;
     let (stream, hs) = respond(stream, hs)?;
-    let noise = hs.into_transport_mode().map_err(noise_err)?;
-    Ok(Channel { stream, noise })
+    Channel::from_handshake(stream, hs)
 }
 
 /// The code both ends of an approval join show: 6 digits from the handshake hash and both
@@ -427,9 +449,8 @@ pub fn connect_for_approval<S: Read + Write>(
 ) -> Result<(Channel<S>, String), WireError> {
     stream.write_all(&Hello::Approval.to_bytes())?;
     let (stream, hs) = initiate(stream, unauthenticated(true)?)?;
-    let hash = hs.get_handshake_hash().to_vec();
-    let noise = hs.into_transport_mode().map_err(noise_err)?;
-    let mut ch = Channel { stream, noise };
+    let mut ch = Channel::from_handshake(stream, hs)?;
+    let hash = *ch.handshake_hash();
     let committed = receive_32(&mut ch)?;
     let mine = nonce();
     ch.send(&mine)?;
@@ -444,9 +465,8 @@ pub fn connect_for_approval<S: Read + Write>(
 /// The master's side, after [`read_hello`] said `Approval`: the channel and the code.
 pub fn accept_for_approval<S: Read + Write>(stream: S) -> Result<(Channel<S>, String), WireError> {
     let (stream, hs) = respond(stream, unauthenticated(false)?)?;
-    let hash = hs.get_handshake_hash().to_vec();
-    let noise = hs.into_transport_mode().map_err(noise_err)?;
-    let mut ch = Channel { stream, noise };
+    let mut ch = Channel::from_handshake(stream, hs)?;
+    let hash = *ch.handshake_hash();
     let mine = nonce();
     ch.send(&commitment(&hash, &mine))?;
     let theirs = receive_32(&mut ch)?;
@@ -570,9 +590,8 @@ mod tests {
         let joiner = std::thread::spawn(move || connect_for_approval(a).map(|(_, code)| code));
         assert_eq!(read_hello(&mut b).unwrap(), Hello::Approval);
         let (stream, hs) = respond(b, unauthenticated(false).unwrap()).unwrap();
-        let hash = hs.get_handshake_hash().to_vec();
-        let noise = hs.into_transport_mode().unwrap();
-        let mut rogue = Channel { stream, noise };
+        let mut rogue = Channel::from_handshake(stream, hs).unwrap();
+        let hash = *rogue.handshake_hash();
         let committed = nonce();
         rogue.send(&commitment(&hash, &committed)).unwrap();
         let joiners = receive_32(&mut rogue).unwrap();

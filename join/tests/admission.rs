@@ -11,7 +11,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
 use join::admit::{JoinAnswer, JoinRequest};
-use join::client::{check, exchange};
+use join::client::{check, exchange, no_tpm};
 use join::service::{Master, Outcome, Source};
 use join::token::{Limits, Token, TokenStore};
 use policy::{OperatorPublicKey, Role, WgPublicKey};
@@ -126,7 +126,7 @@ fn attempt(lab: &Lab, t: &Token, req: &JoinRequest) -> (Result<JoinAnswer, Strin
     }
     let master = lab.master.clone();
     let served = std::thread::spawn(move || master.serve(b, RELAYED));
-    let got = exchange(a, t, req).map_err(|e| e.to_string());
+    let got = exchange(a, t, req, &no_tpm).map_err(|e| e.to_string());
     (got, served.join().unwrap())
 }
 

@@ -1,19 +1,22 @@
 //! Issue 29 at the join: a node whose role must attest joins only with a quote by its TPM
-//! over the WireGuard key it joins with, and its attestation key goes into its entry. Each
-//! test is an attack, its steps above it.
+//! over the WireGuard key it joins with and the exchange it joins in, and its attestation
+//! key goes into its entry. Each test is an attack, its steps above it. (Through the
+//! master's service, a proof replayed in another exchange: `tests/service.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use attest::forge::{self, Fields};
 use attest::pcr;
-use base64::Engine;
 use jiff::Timestamp;
-use join::admit::{Admission, JoinAttestation, JoinRequest, Refusal, decide};
+use join::admit::{Admission, Binding, JoinAttestation, JoinRequest, Refusal, decide};
 use p256::ecdsa::SigningKey;
 use policy::{AttestationKey, Policy, Role, WgPublicKey};
 
 const IMAGE: [u8; 32] = [4; 32];
+/// The exchange the requests below arrive in (its Noise handshake hash).
+const EXCHANGE: [u8; 32] = [3; 32];
+const LIVE: Binding<'static> = Binding::Exchange(&EXCHANGE);
 
 fn wg(n: u8) -> WgPublicKey {
     WgPublicKey::from_secret(&[n; 32])
@@ -44,20 +47,26 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// What TPM `t` sends for a join with WireGuard key `over` (its quote over that key), with
-/// these PCRs.
-fn proof(t: u8, over: &WgPublicKey, image: [u8; 32], ratchet: [u8; 32]) -> JoinAttestation {
-    let nonce = attest::nonce::join_qualifying_data(over.as_bytes());
+/// What TPM `t` sends for a join with WireGuard key `over` in exchange `exchange` (its
+/// quote over both), with these PCRs.
+fn proof_in(
+    t: u8,
+    over: &WgPublicKey,
+    exchange: &[u8; 32],
+    image: [u8; 32],
+    ratchet: [u8; 32],
+) -> JoinAttestation {
+    let nonce = attest::nonce::join_qualifying_data(over.as_bytes(), exchange);
     let q = forge::sign(
         &tpm(t),
         forge::attest_bytes(&Fields::quote(&nonce, &image, &ratchet)).unwrap(),
     );
-    let b64 = base64::engine::general_purpose::STANDARD;
-    JoinAttestation {
-        key: AttestationKey::from(*tpm(t).verifying_key()).to_string(),
-        quote: b64.encode(&q.attest),
-        signature: b64.encode(q.signature),
-    }
+    JoinAttestation::of(&AttestationKey::from(*tpm(t).verifying_key()), &q)
+}
+
+/// [`proof_in`] the exchange the requests arrive in.
+fn proof(t: u8, over: &WgPublicKey, image: [u8; 32], ratchet: [u8; 32]) -> JoinAttestation {
+    proof_in(t, over, &EXCHANGE, image, ratchet)
 }
 
 fn request(k: u8, attestation: Option<JoinAttestation>) -> JoinRequest {
@@ -70,7 +79,7 @@ fn request(k: u8, attestation: Option<JoinAttestation>) -> JoinRequest {
 }
 
 fn decide_drone(req: &JoinRequest) -> Result<Admission, Refusal> {
-    decide(&policy(), req, None, &[Role::Drone], None, None)
+    decide(&policy(), req, None, &[Role::Drone], None, None, LIVE)
 }
 
 /// Steps: a drone joins with its TPM's quote over its WireGuard key, the pinned image and a
@@ -87,7 +96,8 @@ fn a_drone_with_a_tpm_quote_joins_and_its_key_is_pinned() {
 }
 
 /// Steps: a token holder joins a drone without a TPM quote; with a quote made for another
-/// WireGuard key (replayed from another join); with a quote that another TPM signed than the
+/// WireGuard key (replayed from another join); with a quote of its own made in another
+/// exchange (recorded while its TPM was clean); with a quote that another TPM signed than the
 /// key it names; from an image one byte off; with its ratchet set; and with the TPM that is
 /// already node 1's. Each is refused, saying why.
 #[test]
@@ -106,6 +116,11 @@ fn a_token_holder_cannot_join_a_drone_without_a_valid_quote_of_its_own() {
         Some(proof(9, &wg(8), IMAGE, [0; 32])),
     )));
     assert!(replayed.contains("other challenges"), "{replayed}");
+    let recorded = refused(decide_drone(&request(
+        9,
+        Some(proof_in(9, &wg(9), &[8; 32], IMAGE, [0; 32])),
+    )));
+    assert!(recorded.contains("other challenges"), "{recorded}");
     let mut forged = proof(9, &wg(9), IMAGE, [0; 32]);
     forged.key = AttestationKey::from(*tpm(7).verifying_key()).to_string();
     let f = refused(decide_drone(&request(9, Some(forged))));
@@ -138,14 +153,24 @@ fn a_token_holder_cannot_join_a_drone_without_a_valid_quote_of_its_own() {
 #[test]
 fn a_role_that_need_not_attest_joins_without_a_quote() {
     let p = policy();
-    match decide(&p, &request(9, None), None, &[Role::Server], None, None).unwrap() {
+    match decide(
+        &p,
+        &request(9, None),
+        None,
+        &[Role::Server],
+        None,
+        None,
+        LIVE,
+    )
+    .unwrap()
+    {
         Admission::Add(n) => assert_eq!(n.attestation_key, None),
         other => panic!("{other:?}"),
     }
     let mut off = IMAGE;
     off[0] ^= 1;
     let with = request(9, Some(proof(9, &wg(9), off, [0; 32])));
-    match decide(&p, &with, None, &[Role::Server], None, None).unwrap() {
+    match decide(&p, &with, None, &[Role::Server], None, None, LIVE).unwrap() {
         Admission::Add(n) => assert!(n.attestation_key.is_some()),
         other => panic!("{other:?}"),
     }
@@ -160,7 +185,7 @@ fn a_real_tpm_proof_from_the_joiner_is_taken() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sw = testsupport::Swtpm::start(dir.path());
-    let att = join::client::tpm_attestation(&sw.socket, &wg(9))
+    let att = join::client::tpm_attestation(&sw.socket, &wg(9), &EXCHANGE)
         .unwrap()
         .unwrap();
     let text = format!(
@@ -176,13 +201,76 @@ fn a_real_tpm_proof_from_the_joiner_is_taken() {
         .unwrap()
         .attestation_key()
         .unwrap();
-    match decide(&p, &request(9, Some(att)), None, &[Role::Drone], None, None).unwrap() {
+    match decide(
+        &p,
+        &request(9, Some(att)),
+        None,
+        &[Role::Drone],
+        None,
+        None,
+        LIVE,
+    )
+    .unwrap()
+    {
         Admission::Add(n) => assert_eq!(n.attestation_key, Some(key)),
         other => panic!("{other:?}"),
     }
     assert!(
-        join::client::tpm_attestation(&dir.path().join("none"), &wg(9))
+        join::client::tpm_attestation(&dir.path().join("none"), &wg(9), &EXCHANGE)
             .unwrap()
             .is_none()
     );
+}
+
+/// Attack (found in review): a node admitted with its TPM proof lost its attestation key
+/// when its master's policy lost a fork and the master carried it into the one that stood
+/// (the journal kept no key; the carried request had no quote), so a drone that must attest
+/// was refused there and dropped from every policy. Steps: a drone carried with the key its
+/// join proved: admitted again with that key, nothing quoted; a drone carried with no key
+/// (admitted before its role had to attest): refused, saying why; a server carried with no
+/// key: admitted without one.
+#[test]
+fn a_carried_node_keeps_the_tpm_key_its_join_proved() {
+    let p = policy();
+    let k = AttestationKey::from(*tpm(9).verifying_key());
+    match decide(
+        &p,
+        &request(9, None),
+        None,
+        &[Role::Drone],
+        None,
+        None,
+        Binding::Carried(Some(&k)),
+    )
+    .unwrap()
+    {
+        Admission::Add(n) => assert_eq!(n.attestation_key, Some(k)),
+        other => panic!("{other:?}"),
+    }
+    let none = decide(
+        &p,
+        &request(9, None),
+        None,
+        &[Role::Drone],
+        None,
+        None,
+        Binding::Carried(None),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(none.contains("admitted without a TPM key"), "{none}");
+    match decide(
+        &p,
+        &request(9, None),
+        None,
+        &[Role::Server],
+        None,
+        None,
+        Binding::Carried(None),
+    )
+    .unwrap()
+    {
+        Admission::Add(n) => assert_eq!(n.attestation_key, None),
+        other => panic!("{other:?}"),
+    }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
-use join::admit::{JoinAnswer, JoinRequest};
-use join::client::{JoinError, check, exchange};
+use join::admit::{JoinAnswer, JoinAttestation, JoinRequest};
+use join::client::{JoinError, Prover, check, exchange, no_tpm};
 use join::service::{Master, Outcome, Source};
 
 /// As if relayed by a member (the joiner's claimed endpoint is taken as it is).
@@ -34,6 +34,43 @@ fn key(n: u8) -> WgPublicKey {
 }
 
 fn lab() -> Lab {
+    lab_with("")
+}
+
+/// The image nodes run in the labs whose nodes must attest ([`attesting`]).
+const IMAGE: [u8; 32] = [4; 32];
+
+/// Policy text by which nodes of `roles` must attest, running [`IMAGE`].
+fn attesting(roles: &str) -> String {
+    format!(
+        "\n[attestation]\nrequire = [{roles}]\nimages = [\"{}\"]\n",
+        "04".repeat(32)
+    )
+}
+
+/// What joiner `k`'s TPM (software, key `[t; 32]`) proves in the exchange of handshake hash
+/// `exchange`: a clean boot of [`IMAGE`].
+fn tpm_proof(k: u8, t: u8, exchange: &[u8; 32]) -> JoinAttestation {
+    use attest::forge::{self, Fields};
+    let tpm = p256::ecdsa::SigningKey::from_slice(&[t; 32]).unwrap();
+    let nonce = attest::nonce::join_qualifying_data(key(k).as_bytes(), exchange);
+    let quote = forge::sign(
+        &tpm,
+        forge::attest_bytes(&Fields::quote(&nonce, &IMAGE, &[0; 32])).unwrap(),
+    );
+    JoinAttestation::of(&policy::AttestationKey::from(*tpm.verifying_key()), &quote)
+}
+
+fn tpm_key(t: u8) -> policy::AttestationKey {
+    policy::AttestationKey::from(
+        *p256::ecdsa::SigningKey::from_slice(&[t; 32])
+            .unwrap()
+            .verifying_key(),
+    )
+}
+
+/// A master's lab whose policy has `extra` after the master's entry.
+fn lab_with(extra: &str) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let operator = SigningKey::from_bytes(&[7; 32]);
     let expires = Timestamp::now() + jiff::SignedDuration::from_hours(1);
@@ -42,6 +79,7 @@ fn lab() -> Lab {
         "\n[[node]]\nid = 1\nname = \"master\"\npublic_key = \"{}\"\nendpoint = \"198.18.0.1:51820\"\naddresses = [\"10.77.0.1\"]\nroles = [\"master\"]\n",
         key(1)
     ));
+    text.push_str(extra);
     let policy = dir.path().join("cluster.toml");
     std::fs::write(&policy, &text).unwrap();
     std::fs::write(
@@ -107,13 +145,23 @@ fn request(k: u8, name: Option<&str>) -> JoinRequest {
 
 /// One joiner against the master: what the joiner got, and how the master saw it.
 fn attempt(lab: &Lab, t: &Token, req: &JoinRequest) -> (Result<JoinAnswer, String>, Outcome) {
+    attempt_proving(lab, t, req, &no_tpm)
+}
+
+/// [`attempt`] by a joiner whose TPM proof for the exchange `prove` makes.
+fn attempt_proving(
+    lab: &Lab,
+    t: &Token,
+    req: &JoinRequest,
+    prove: Prover<'_>,
+) -> (Result<JoinAnswer, String>, Outcome) {
     let (a, b) = UnixStream::pair().unwrap();
     for s in [&a, &b] {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     }
     let master = lab.master.clone();
     let served = std::thread::spawn(move || master.serve(b, RELAYED));
-    let got = exchange(a, t, req).map_err(|e| e.to_string());
+    let got = exchange(a, t, req, prove).map_err(|e| e.to_string());
     (got, served.join().unwrap())
 }
 
@@ -274,7 +322,8 @@ fn ten_joins_at_once_all_succeed_with_distinct_ids_and_addresses() {
             let master = lab.master.clone();
             let served = std::thread::spawn(move || master.serve(b, RELAYED));
             let t = t.clone();
-            let joiner = std::thread::spawn(move || exchange(a, &t, &request(k, None)).unwrap());
+            let joiner =
+                std::thread::spawn(move || exchange(a, &t, &request(k, None), &no_tpm).unwrap());
             (k, served, joiner)
         })
         .collect();
@@ -538,11 +587,27 @@ fn approval_attempt(
     std::sync::mpsc::Receiver<String>,
     std::thread::JoinHandle<Result<JoinAnswer, String>>,
 ) {
+    approval_attempt_proving(master, req, |_| None)
+}
+
+/// [`approval_attempt`] by a joiner whose TPM proof for the exchange `prove` makes (when it
+/// makes none, `req` goes as it is).
+fn approval_attempt_proving(
+    master: Arc<Master>,
+    mut req: JoinRequest,
+    prove: impl Fn(&[u8; 32]) -> Option<JoinAttestation> + Send + 'static,
+) -> (
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<Result<JoinAnswer, String>>,
+) {
     let (a, b) = UnixStream::pair().unwrap();
     std::thread::spawn(move || master.serve(b, RELAYED));
     let (tx, rx) = std::sync::mpsc::channel();
     let joiner = std::thread::spawn(move || {
         let (mut ch, code) = join::wire::connect_for_approval(a).map_err(|e| e.to_string())?;
+        if let Some(p) = prove(ch.handshake_hash()) {
+            req.attestation = Some(p);
+        }
         ch.send(&serde_json::to_vec(&req).unwrap())
             .map_err(|e| e.to_string())?;
         tx.send(code).unwrap();
@@ -834,7 +899,7 @@ fn a_token_made_on_the_second_master_joins_through_a_relay() {
     joiner
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let got = exchange(joiner, &t, &request(5, None));
+    let got = exchange(joiner, &t, &request(5, None), &no_tpm);
     assert!(
         matches!(got, Ok(JoinAnswer::Accepted { node: 2, .. })),
         "{got:?}"
@@ -859,15 +924,55 @@ fn a_token_made_on_the_second_master_joins_through_a_relay() {
 /// distinct ids and addresses.
 #[test]
 fn two_masters_admitting_at_once_lose_no_node() {
-    let a = lab();
-    let b = lab();
+    let merged = two_masters_admit_at_once("", &no_tpm, &no_tpm);
+    let (n5, n6) = (
+        merged.node_by_key(&key(5)).expect("joiner 5 in the policy"),
+        merged.node_by_key(&key(6)).expect("joiner 6 in the policy"),
+    );
+    assert_ne!(n5.id, n6.id);
+    assert_ne!(n5.addresses, n6.addresses);
+}
+
+/// Attack (found in review of issue 29): a drone that joined with its TPM proof lost its
+/// attestation key when its master's policy lost a fork: the journal kept no key, the
+/// carried request had no quote, and a cluster whose drones must attest refused to carry it,
+/// so it was in no policy. Steps: drones must attest; masters A and B each admit a drone
+/// with its TPM's proof at once (the same serial, different content); both settle the fork:
+/// the policy that stands lists both drones, each with the key its TPM proved.
+#[test]
+fn a_drone_carried_across_a_fork_keeps_its_tpm_key() {
+    let merged = two_masters_admit_at_once(
+        &attesting("\"drone\""),
+        &|h| Some(tpm_proof(5, 15, h)),
+        &|h| Some(tpm_proof(6, 16, h)),
+    );
+    for (k, t) in [(5, 15), (6, 16)] {
+        let n = merged
+            .node_by_key(&key(k))
+            .expect("the joiner in the policy");
+        assert_eq!(n.attestation_key, Some(tpm_key(t)), "joiner {k}");
+    }
+}
+
+/// Two masters with the same policy (`extra` in it) each admit a joiner at once (5 proving
+/// with `prove5` on A, 6 with `prove6` on B); clusterd hands each the other's policy of
+/// that serial as the fork; both settle: the master whose policy has the smaller digest
+/// signs the next serial from the other's with its own joiner added again, the other
+/// stands. Returns the policy that stood, verified.
+fn two_masters_admit_at_once(
+    extra: &str,
+    prove5: Prover<'_>,
+    prove6: Prover<'_>,
+) -> policy::Verified<policy::Policy> {
+    let a = lab_with(extra);
+    let b = lab_with(extra);
     put_policy(&a, &b);
     let (ta, tb) = (
         token(&a, 1, Duration::from_secs(3600)),
         token(&b, 1, Duration::from_secs(3600)),
     );
-    let (got_a, _) = attempt(&a, &ta, &request(5, None));
-    let (got_b, _) = attempt(&b, &tb, &request(6, None));
+    let (got_a, _) = attempt_proving(&a, &ta, &request(5, None), prove5);
+    let (got_b, _) = attempt_proving(&b, &tb, &request(6, None), prove6);
     for got in [&got_a, &got_b] {
         assert!(
             matches!(got, Ok(JoinAnswer::Accepted { node: 2, .. })),
@@ -926,14 +1031,76 @@ fn two_masters_admitting_at_once_lose_no_node() {
     )
     .unwrap();
     assert_eq!(merged.cluster.serial, forked + 1);
-    let (n5, n6) = (
-        merged.node_by_key(&key(5)).expect("joiner 5 in the policy"),
-        merged.node_by_key(&key(6)).expect("joiner 6 in the policy"),
-    );
-    assert_ne!(n5.id, n6.id);
-    assert_ne!(n5.addresses, n6.addresses);
     // Nothing is left to settle.
     assert!(a.master.settle_fork().is_none() && b.master.settle_fork().is_none());
+    merged
+}
+
+/// Attack (a recorded TPM proof sent again, issue 29's residual): the join proof was bound
+/// to the WireGuard key only, so the holder of that key recorded the proof its TPM made
+/// while clean, and after the TPM's ratchet was set sent it again in a join of its own:
+/// admitted. Steps: drones must attest; the joiner opens an exchange with the master, has
+/// its clean TPM quote over it, and hangs up before sending it; it joins again with the
+/// same key and token, sending the recorded proof: refused (the quote is over another
+/// exchange), no token use spent, the policy unchanged; it joins with a proof made in that
+/// exchange: admitted, its TPM's key in its entry.
+#[test]
+fn a_join_proof_recorded_in_one_exchange_is_refused_in_another() {
+    let lab = lab_with(&attesting("\"drone\""));
+    let t = token(&lab, 1, Duration::from_secs(3600));
+    let before = serial(&lab.policy);
+    let (a, b) = UnixStream::pair().unwrap();
+    let master = lab.master.clone();
+    let served = std::thread::spawn(move || master.serve(b, RELAYED));
+    let ch = join::wire::connect(a, &t.id, &t.psk()).unwrap();
+    let recorded = tpm_proof(5, 9, ch.handshake_hash());
+    drop(ch);
+    served.join().unwrap();
+
+    let mut replay = request(5, None);
+    replay.attestation = Some(recorded);
+    let (got, _) = attempt(&lab, &t, &replay);
+    assert!(
+        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("other challenges")),
+        "{got:?}"
+    );
+    assert_eq!(serial(&lab.policy), before);
+
+    let (got, _) = attempt_proving(&lab, &t, &request(5, None), &|h| Some(tpm_proof(5, 9, h)));
+    assert!(matches!(&got, Ok(JoinAnswer::Accepted { .. })), "{got:?}");
+    let text = std::fs::read_to_string(&lab.policy).unwrap();
+    let p = policy::parse_policy("policy", text.as_bytes(), Timestamp::now()).unwrap();
+    assert_eq!(
+        p.node_by_key(&key(5)).unwrap().attestation_key,
+        Some(tpm_key(9))
+    );
+}
+
+/// Attack (a man in the middle of a join without a token carries the joiner's TPM proof):
+/// it holds one exchange with the joiner and another with the master, and forwards the
+/// joiner's request, proof and all. Steps: drones and servers must attest; a request
+/// whose proof is over another exchange (the joiner's with the party in the middle) reaches
+/// the master in a join without a token: refused at once, never on the operator's list;
+/// the same joiner with a proof made in its exchange with the master waits for the
+/// operator.
+#[test]
+fn a_tpm_proof_carried_by_a_man_in_the_middle_of_an_approval_join_is_refused() {
+    let lab = lab_with(&attesting("\"drone\", \"server\""));
+    let m = waiting_master(&lab, Duration::from_secs(2));
+    let mut carried = request(5, None);
+    carried.attestation = Some(tpm_proof(5, 9, &[8; 32]));
+    let (_codes, joiner) = approval_attempt(m.clone(), carried);
+    let got = joiner.join().unwrap();
+    assert!(
+        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("other challenges")),
+        "{got:?}"
+    );
+    assert!(waiting(&m).is_empty());
+
+    let (codes, _joiner) =
+        approval_attempt_proving(m.clone(), request(5, None), |h| Some(tpm_proof(5, 9, h)));
+    codes.recv().unwrap();
+    assert_eq!(first_waiting(&m).public_key, key(5).to_base64());
 }
 
 /// Attack (approval codes ground on the master, issue 26 #3, second round): a party in the

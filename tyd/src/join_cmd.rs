@@ -81,24 +81,32 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         .key
         .map_or_else(|| a.dir.join("node.key"), Path::to_path_buf);
     let me = node_key(&key_path)?;
-    let attestation = match join::client::tpm_attestation(a.tpm, &me) {
-        Ok(Some(att)) => {
-            eprintln!(
-                "this machine's TPM attestation key goes with the join: {}",
-                att.key
-            );
-            Some(att)
+    // The TPM quotes over each exchange's handshake hash, so a proof is made per member
+    // asked; its key is told once, and so is a failure.
+    let told = std::cell::Cell::new(false);
+    let prove = |exchange: &[u8; 32]| match join::client::tpm_attestation(a.tpm, &me, exchange) {
+        Ok(att) => {
+            if let Some(att) = &att
+                && !told.replace(true)
+            {
+                eprintln!(
+                    "this machine's TPM attestation key goes with the join: {}",
+                    att.key
+                );
+            }
+            att
         }
-        Ok(None) => None,
         Err(e) => {
-            eprintln!(
-                "warning: {}: no TPM quote for the join ({e}); a cluster whose nodes must attest refuses it",
-                a.tpm.display()
-            );
+            if !told.replace(true) {
+                eprintln!(
+                    "warning: {}: no TPM quote for the join ({e}); a cluster whose nodes must attest refuses it",
+                    a.tpm.display()
+                );
+            }
             None
         }
     };
-    let joined = ask_members(a, &members, token.as_ref(), &me, attestation)?;
+    let joined = ask_members(a, &members, token.as_ref(), &me, &prove)?;
     let trust_text =
         KeyKind::OperatorPublic.file_text(joined.operator_key.verifying_key().as_bytes());
     atomic_write(&a.dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
@@ -171,27 +179,22 @@ fn ask_members(
     members: &[SocketAddr],
     token: Option<&Token>,
     me: &WgPublicKey,
-    attestation: Option<join::admit::JoinAttestation>,
+    prove: join::client::Prover<'_>,
 ) -> CliResult<join::client::Joined> {
     // Each member that answered, in turn, until one works (a rogue may answer first).
     let ask = |name: Option<String>| {
         join::client::first_that_works(
             members,
             |member| match token {
-                Some(token) => join::client::join(
-                    member,
-                    token,
-                    a.operator,
-                    me,
-                    name.clone(),
-                    attestation.clone(),
-                ),
+                Some(token) => {
+                    join::client::join(member, token, a.operator, me, name.clone(), prove)
+                }
                 None => join::client::join_with_approval(
                     member,
                     a.operator,
                     me,
                     name.clone(),
-                    attestation.clone(),
+                    prove,
                     join::service::APPROVAL_WAIT,
                     |code| {
                         eprintln!(

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{APPROVALS_PER_MINUTE, Added, Master, MasterError, Outcome, ServeError, read_request};
+use super::{
+    APPROVALS_PER_MINUTE, Added, Asked, Master, MasterError, Outcome, ServeError, read_request,
+};
 use crate::admit::{JoinAnswer, JoinRequest};
 use crate::pending::{Decision, PendingError, PendingStore};
 use crate::wire;
@@ -72,8 +74,11 @@ impl Master {
             Err(malformed) => return Ok(cut_short(code, malformed.to_string())),
         };
         let roles = [self.approval_role()];
-        // Refused at once when it could never be admitted (a taken name, a foreign address).
-        if let Err(why) = self.could_admit(&req, seen, &roles) {
+        let exchange = *ch.handshake_hash();
+        let asked = Asked::over(&req, seen, &exchange);
+        // Refused at once when it could never be admitted (a taken name, a foreign address,
+        // a TPM quote that is not over this exchange).
+        if let Err(why) = self.could_admit(asked, &roles) {
             return Ok(cut_short(code, why));
         }
         let id = match self.add_pending(&req, code, seen)? {
@@ -83,7 +88,7 @@ impl Master {
         let until = std::time::Instant::now() + self.approval_wait;
         while std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(250));
-            if let Some(ended) = self.look_at_decision(ch, code, id, &req, seen, &roles)? {
+            if let Some(ended) = self.look_at_decision(ch, code, id, asked, &roles)? {
                 return Ok(ended);
             }
         }
@@ -117,8 +122,7 @@ impl Master {
         ch: &wire::Channel<S>,
         code: &str,
         id: u32,
-        req: &JoinRequest,
-        seen: Option<IpAddr>,
+        asked: Asked<'_>,
         roles: &[Role],
     ) -> Result<Option<Ended>, ServeError> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,7 +157,7 @@ impl Master {
             Some(Decision::Approved) => {
                 pending.remove(id);
                 pending.save(&self.pending).map_err(MasterError::from)?;
-                self.admit_approved(code, req, seen, roles).map(Some)
+                self.admit_approved(code, asked, roles).map(Some)
             }
         }
     }
@@ -162,11 +166,10 @@ impl Master {
     fn admit_approved(
         &self,
         code: &str,
-        req: &JoinRequest,
-        seen: Option<IpAddr>,
+        asked: Asked<'_>,
         roles: &[Role],
     ) -> Result<Ended, ServeError> {
-        Ok(match self.add(req, seen, roles, None, |_| Ok(()))? {
+        Ok(match self.add(asked, roles, None, |_| Ok(()))? {
             Added::Refused(reason) | Added::Later(reason) => refused(code, reason),
             Added::Already { node, answer, .. } => {
                 ended(code, answer, format!("approved; already node {node}"), true)

@@ -11,8 +11,8 @@ use policy::membership::{Header, Membership, membership_path, render};
 use policy::model::Admission as Limits;
 use policy::{MembershipEvent, Node, NodeId, OperatorPublicKey, Policy, PolicyInForce, Role};
 
-use super::{Added, Master, MasterError, ServeError, Signer};
-use crate::admit::{Admission, JoinRequest, MembershipText, Replaceable, decide};
+use super::{Added, Asked, Master, MasterError, ServeError, Signer};
+use crate::admit::{Admission, MembershipText, Replaceable, decide};
 
 /// What a master with an admission key is to sign next: its membership of `serial`.
 pub(super) struct NextMembership {
@@ -83,12 +83,8 @@ impl Master {
 
     /// Whether `req` could be admitted now with `roles`, or why not (a join waiting for the
     /// operator is refused at once when it never could be).
-    pub(super) fn could_admit(
-        &self,
-        req: &JoinRequest,
-        seen: Option<std::net::IpAddr>,
-        roles: &[Role],
-    ) -> Result<(), String> {
+    pub(super) fn could_admit(&self, asked: Asked<'_>, roles: &[Role]) -> Result<(), String> {
+        let Asked { req, seen, binding } = asked;
         let now = Timestamp::now();
         let pif = self.fresh(now);
         let (Some(policy), Some(effective)) = (pif.current(), pif.effective()) else {
@@ -106,7 +102,7 @@ impl Master {
             Some(_) => effective,
             None => policy,
         };
-        decide(on, req, seen, roles, None, limits.as_ref())
+        decide(on, req, seen, roles, None, limits.as_ref(), binding)
             .map(|_| ())
             .map_err(|r| r.to_string())
     }
@@ -124,12 +120,12 @@ impl Master {
     pub(super) fn add_to_membership(
         &self,
         key: &SigningKey,
-        req: &JoinRequest,
-        seen: Option<std::net::IpAddr>,
+        asked: Asked<'_>,
         roles: &[Role],
         replace: Option<&Replaceable>,
         before_write: impl FnOnce(&Admission) -> Result<(), MasterError>,
     ) -> Result<Added, ServeError> {
+        let Asked { req, seen, binding } = asked;
         let now = Timestamp::now();
         let mut pif = self.fresh(now);
         let policy = pif.current().cloned().ok_or(MasterError::NoPolicy)?;
@@ -141,7 +137,15 @@ impl Master {
             Ok(l) => l,
             Err(reason) => return Ok(Added::Refused(reason)),
         };
-        let admission = match decide(&effective, req, seen, roles, replace, Some(&limits)) {
+        let admission = match decide(
+            &effective,
+            req,
+            seen,
+            roles,
+            replace,
+            Some(&limits),
+            binding,
+        ) {
             Err(r) if r.is_temporary() => return Ok(Added::Later(r.to_string())),
             Err(r) => return Ok(Added::Refused(r.to_string())),
             Ok(a) => a,

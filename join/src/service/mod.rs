@@ -19,7 +19,7 @@ use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
 use policy::Role;
 
-use crate::admit::{Admission, JoinAnswer, JoinRequest, Replaceable, decide};
+use crate::admit::{Admission, Binding, JoinAnswer, JoinRequest, Replaceable, decide};
 use crate::token::{TokenId, TokenStore};
 use crate::wire::{self, Hello, WireError};
 
@@ -430,7 +430,9 @@ impl Master {
             }
             store.save(&self.tokens).map_err(MasterError::from)
         };
-        let added = self.add(&req, seen, &roles, replace.as_ref(), spend)?;
+        let exchange = *ch.handshake_hash();
+        let asked = Asked::over(&req, seen, &exchange);
+        let added = self.add(asked, &roles, replace.as_ref(), spend)?;
         Ok(token_answer(id, added))
     }
 
@@ -459,22 +461,22 @@ impl Master {
         Replaceable { ephemeral, lost }
     }
 
-    /// Decides on `req` and, if it changes the map, calls `before_write` with the decision
+    /// Decides on `asked` and, if it changes the map, calls `before_write` with the decision
     /// (spending a token) and writes the signed policy. The caller holds the lock.
     fn add(
         &self,
-        req: &JoinRequest,
-        seen: Option<IpAddr>,
+        asked: Asked<'_>,
         roles: &[Role],
         replace: Option<&Replaceable>,
         before_write: impl FnOnce(&Admission) -> Result<(), MasterError>,
     ) -> Result<Added, ServeError> {
         if let Signer::Admission(key) = &self.signer {
-            return self.add_to_membership(key, req, seen, roles, replace, before_write);
+            return self.add_to_membership(key, asked, roles, replace, before_write);
         }
         let now = Timestamp::now();
         let (mut edit, current) = self.edit_in_force(now)?;
-        let admission = match decide(&current, req, seen, roles, replace, None) {
+        let Asked { req, seen, binding } = asked;
+        let admission = match decide(&current, req, seen, roles, replace, None, binding) {
             Err(r) if r.is_temporary() => return Ok(Added::Later(r.to_string())),
             Err(r) => return Ok(Added::Refused(r.to_string())),
             Ok(a) => a,
@@ -522,25 +524,37 @@ impl Master {
     /// Journals a node this master added in the policy of `serial` and `digest`, for a fork
     /// (`crate::fork`). A journal that cannot be written costs only that: logged.
     fn remember(&self, new: &policy::edit::NewNode, serial: u64, digest: String, now: Timestamp) {
-        let Some(endpoint) = new.endpoint else {
+        let Some(entry) = crate::fork::Admitted::of(new, serial, digest, now) else {
             return;
         };
         let result = crate::fork::Journal::load(&self.journal).and_then(|mut j| {
             j.prune(now);
-            j.admitted.push(crate::fork::Admitted {
-                serial,
-                digest,
-                public_key: new.public_key.to_base64(),
-                name: new.name.clone(),
-                endpoint,
-                roles: new.roles.clone(),
-                at: now,
-            });
+            j.admitted.push(entry);
             j.save(&self.journal)
         });
         if let Err(e) = result {
             tracing::warn!(error = %e, node = new.id.get(),
                 "cannot journal an admission: a fork with another master's signing would not carry it over");
+        }
+    }
+}
+
+/// A join request as it reached this master: what it asks, where the joiner was seen (see
+/// [`decide`]), and what its TPM proof must be bound to.
+#[derive(Clone, Copy)]
+pub(super) struct Asked<'a> {
+    pub req: &'a JoinRequest,
+    pub seen: Option<IpAddr>,
+    pub binding: Binding<'a>,
+}
+
+impl<'a> Asked<'a> {
+    /// `req`, seen at `seen`, in the exchange of handshake hash `exchange`.
+    pub fn over(req: &'a JoinRequest, seen: Option<IpAddr>, exchange: &'a [u8; 32]) -> Self {
+        Self {
+            req,
+            seen,
+            binding: Binding::Exchange(exchange),
         }
     }
 }

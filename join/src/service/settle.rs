@@ -7,7 +7,7 @@ use policy::OperatorPublicKey;
 use policy::edit::PolicyEdit;
 
 use super::{Master, MasterError};
-use crate::admit::{Admission, decide};
+use crate::admit::{Admission, Binding, decide};
 
 /// How a fork was settled ([`Master::settle_fork`]).
 #[derive(Debug, PartialEq, Eq)]
@@ -118,11 +118,13 @@ impl Master {
         let mut nodes = Vec::new();
         for a in carried {
             let current = edit.current(now)?;
-            let mut decided = decide(&current, &a.request(), None, &a.roles, None, None);
+            // Its TPM key was proven at its join: carried as it is.
+            let proven = Binding::Carried(a.attestation_key.as_ref());
+            let mut decided = decide(&current, &a.request(), None, &a.roles, None, None, proven);
             if let Err(crate::admit::Refusal::NameTaken(_)) = decided {
                 let mut req = a.request();
                 req.name = None;
-                decided = decide(&current, &req, None, &a.roles, None, None);
+                decided = decide(&current, &req, None, &a.roles, None, None, proven);
             }
             match decided {
                 Ok(Admission::Add(new)) => {
@@ -138,19 +140,9 @@ impl Master {
         }
         let (p, new_digest) = self.sign_and_write(edit, base, now)?;
         journal.admitted.retain(|a| !carried.contains(a));
-        for new in &nodes {
-            if let Some(endpoint) = new.endpoint {
-                journal.admitted.push(crate::fork::Admitted {
-                    serial: p.cluster.serial,
-                    digest: new_digest.clone(),
-                    public_key: new.public_key.to_base64(),
-                    name: new.name.clone(),
-                    endpoint,
-                    roles: new.roles.clone(),
-                    at: now,
-                });
-            }
-        }
+        journal.admitted.extend(nodes.iter().filter_map(|new| {
+            crate::fork::Admitted::of(new, p.cluster.serial, new_digest.clone(), now)
+        }));
         journal.prune(now);
         journal.save(&self.journal)?;
         Ok((
