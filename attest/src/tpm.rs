@@ -49,6 +49,12 @@ pub enum TpmError {
         path: String,
         source: std::io::Error,
     },
+    /// Neither a character device nor a socket: nothing is written to it (a state file
+    /// named by mistake would be overwritten).
+    #[error("{path}: is {kind}, not a TPM (a device such as /dev/tpmrm0, or swtpm's socket)")]
+    NotATpm { path: String, kind: &'static str },
+    #[error("the TPM did not answer within {} s", .0.as_secs_f32())]
+    NoAnswer(Duration),
     #[error("TPM I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("TPM answered {what}: {rc}")]
@@ -61,6 +67,8 @@ pub enum TpmError {
 #[derive(Debug)]
 pub struct Tpm {
     io: Io,
+    /// What bounds each exchange with a socket (for the error that says so).
+    timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -69,23 +77,48 @@ enum Io {
     Socket(UnixStream),
 }
 
+/// A connection to the Unix socket at `path` whose connect, reads and writes are each
+/// bounded by `timeout`: on Linux a Unix socket's connect waits for room in the listener's
+/// backlog at most its send timeout, so the timeouts are set before it.
+fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let tv = nix::sys::time::TimeVal::new(
+        i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        i64::from(timeout.subsec_micros()),
+    );
+    socket::setsockopt(&fd, sockopt::SendTimeout, &tv)?;
+    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &tv)?;
+    socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+    Ok(UnixStream::from(fd))
+}
+
 impl Tpm {
-    /// A TPM device (`/dev/tpmrm0`), or, if `path` is a socket, swtpm's server socket.
-    /// Every read and write is bounded by `timeout` on a socket; a device answers in one
-    /// read.
+    /// A TPM device (`/dev/tpmrm0`), or, if `path` is a socket, swtpm's server socket;
+    /// anything else is refused untouched. On a socket, the connection and every read and
+    /// write are bounded by `timeout` (a stopped swtpm's full backlog would hold a connect
+    /// for ever); a device answers in one read.
     pub fn open(path: &Path, timeout: Duration) -> Result<Self, TpmError> {
+        use std::os::unix::fs::FileTypeExt;
+        let shown = || path.display().to_string();
         let err = |source| TpmError::Open {
-            path: path.display().to_string(),
+            path: shown(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(err)?;
-        use std::os::unix::fs::FileTypeExt;
-        let io = if meta.file_type().is_socket() {
-            let s = UnixStream::connect(path).map_err(err)?;
-            s.set_read_timeout(Some(timeout)).map_err(err)?;
-            s.set_write_timeout(Some(timeout)).map_err(err)?;
-            Io::Socket(s)
-        } else {
+        let kind = std::fs::metadata(path).map_err(err)?.file_type();
+        let io = if kind.is_socket() {
+            Io::Socket(connect(path, timeout).map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    TpmError::NoAnswer(timeout)
+                }
+                _ => err(e),
+            })?)
+        } else if kind.is_char_device() {
             Io::Device(
                 OpenOptions::new()
                     .read(true)
@@ -93,11 +126,38 @@ impl Tpm {
                     .open(path)
                     .map_err(err)?,
             )
+        } else {
+            let kind = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_file() {
+                "a regular file"
+            } else {
+                "neither a device nor a socket"
+            };
+            return Err(TpmError::NotATpm {
+                path: shown(),
+                kind,
+            });
         };
-        Ok(Self { io })
+        Ok(Self { io, timeout })
+    }
+
+    /// What an I/O error during an exchange means: a socket that timed out is a TPM that
+    /// did not answer.
+    fn io_error(&self, e: std::io::Error) -> TpmError {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                TpmError::NoAnswer(self.timeout)
+            }
+            _ => TpmError::Io(e),
+        }
     }
 
     fn transact(&mut self, cmd: &[u8]) -> Result<Vec<u8>, TpmError> {
+        self.exchange(cmd).map_err(|e| self.io_error(e))
+    }
+
+    fn exchange(&mut self, cmd: &[u8]) -> Result<Vec<u8>, std::io::Error> {
         let mut buf = vec![0u8; MAX_RESPONSE];
         let mut have = 0;
         match &mut self.io {

@@ -79,3 +79,68 @@ fn a_real_tpm_quote_verifies_its_ratchet_shows_and_another_tpm_is_another_key() 
         Err(QuoteError::Signature)
     );
 }
+
+/// Attack (a new operator's slip, found by a helper from the docs): `--tpm` named swtpm's
+/// state file instead of its socket, and the shell wrote its first command over the file's
+/// first 95 bytes: swtpm could not start on that state again. Steps: a file of 300 bytes,
+/// then a directory, named as the TPM: each refused, saying what it is, and the file is
+/// unchanged.
+#[test]
+fn a_file_named_as_the_tpm_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("tpm2-00.permall");
+    std::fs::write(&state, [b'A'; 300]).unwrap();
+    let e = Tpm::open(&state, T).unwrap_err().to_string();
+    assert!(e.contains("is a regular file, not a TPM"), "{e}");
+    assert_eq!(std::fs::read(&state).unwrap(), [b'A'; 300]);
+    let e = Tpm::open(dir.path(), T).unwrap_err().to_string();
+    assert!(e.contains("is a directory, not a TPM"), "{e}");
+}
+
+/// Attack (a TPM that hangs, found by a helper from the docs): with swtpm stopped
+/// (SIGSTOP), the first uses failed after the timeout as "Resource temporarily
+/// unavailable", and once its listen backlog was full the connect itself blocked for ever
+/// (a `tyd join` hung 611 s). Steps: stop swtpm; use it six times with a 0.5 s bound: each
+/// fails within 2 s, saying the TPM did not answer; let it go on: it answers again.
+#[test]
+fn a_stopped_tpm_is_told_as_not_answering_within_the_bound_and_never_hangs() {
+    if !testsupport::tools_or_skip("attest swtpm stopped", &["swtpm"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sw = Swtpm::start(dir.path());
+    let signal = |s: &str| {
+        let pid = sw.pid().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([s, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    // In a thread: a use that hangs fails the test at 20 s instead of holding it.
+    let socket = sw.socket.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let bound = Duration::from_millis(500);
+        for i in 0..6 {
+            let started = std::time::Instant::now();
+            let e = Tpm::open(&socket, bound)
+                .and_then(|mut t| t.attestation_key())
+                .map_err(|e| e.to_string());
+            tx.send((i, e, started.elapsed())).unwrap();
+        }
+    });
+    for _ in 0..6 {
+        let (i, e, took) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a use of the stopped TPM hung");
+        let e = e.unwrap_err();
+        assert!(e.contains("did not answer within 0.5 s"), "use {i}: {e}");
+        assert!(took < Duration::from_secs(2), "use {i} took {took:?}");
+    }
+    signal("-CONT");
+    Tpm::open(&sw.socket, T).unwrap().attestation_key().unwrap();
+}

@@ -288,7 +288,8 @@ fn attested(
     let Some(p) = &req.attestation else {
         return match role {
             Some(_) => Err(refuse(
-                "the join brought no TPM quote (tyd join on a machine with a TPM: --tpm)".into(),
+                "the join brought no TPM quote (tyd join --tpm PATH, on a machine with a TPM)"
+                    .into(),
             )),
             None => Ok(None),
         };
@@ -315,6 +316,11 @@ fn attested(
         Err(attest::QuoteError::NotPinned | attest::QuoteError::RatchetSet) if role.is_none() => {
             Ok(Some(key))
         }
+        // A join has no challenges: its quote is over the key and this exchange.
+        Err(attest::QuoteError::Nonce) => Err(refuse(
+            "its quote is not over this join (made in another exchange or for another WireGuard key: recorded, carried or forged)"
+                .into(),
+        )),
         Err(e) => Err(refuse(e.to_string())),
     }
 }
@@ -389,7 +395,9 @@ fn free_id(policy: &Policy) -> Result<(NodeId, Vec<std::net::IpAddr>), Refusal> 
 }
 
 /// For a master admitting with an admission key: the first id of its range no node has, and
-/// for each address family it has networks of, the first address in them no node has.
+/// for each address family it has networks of, the first address in them no node has. An
+/// IPv6 network's first address is its subnet-router anycast address (RFC 4291 2.6.1),
+/// never a node's.
 fn free_in_pool(
     policy: &Policy,
     pool: &policy::model::Admission,
@@ -411,7 +419,11 @@ fn free_in_pool(
         if nets.peek().is_none() {
             continue;
         }
-        let free = nets.find_map(|net| net.hosts().find(|a| !taken(a)));
+        let free = nets.find_map(|net| {
+            let anycast =
+                |a: &std::net::IpAddr| a.is_ipv6() && net.prefix_len() < 127 && *a == net.network();
+            net.hosts().find(|a| !anycast(a) && !taken(a))
+        });
         addresses.push(free.ok_or(Refusal::Full)?);
     }
     Ok((id, addresses))
@@ -439,6 +451,37 @@ mod tests {
             ));
         }
         policy::parse_policy("test", t.as_bytes(), Timestamp::now()).unwrap()
+    }
+
+    /// Found by a helper from the docs: the first IPv6 address an admission key handed out
+    /// was its network's first, `fd77:7d00::1:0` of a /112, the subnet-router anycast
+    /// address. Steps: a key with 10.77.0.128/26 and fd77:7d00::1:0/112: the first node gets
+    /// 10.77.0.129 and fd77:7d00::1:1.
+    #[test]
+    fn a_node_admitted_from_a_key_never_gets_a_networks_anycast_address() {
+        let p = policy_with(&[(1, "master", 1)]);
+        let pool = policy::model::Admission {
+            master: NodeId::new(1).unwrap(),
+            key: policy::OperatorPublicKey::from(&ed25519_dalek::SigningKey::from_bytes(&[5; 32])),
+            roles: vec![Role::Drone],
+            ids: "100-101".to_string().try_into().unwrap(),
+            addresses: vec![
+                "10.77.0.128/26".parse().unwrap(),
+                "fd77:7d00::1:0/112".parse().unwrap(),
+            ],
+            max_nodes: 2,
+            expires: Timestamp::now() + jiff::SignedDuration::from_hours(1),
+            revoked: Vec::new(),
+        };
+        let (id, addresses) = free_in_pool(&p, &pool).unwrap();
+        assert_eq!(id.get(), 100);
+        assert_eq!(
+            addresses,
+            vec![
+                "10.77.0.129".parse::<std::net::IpAddr>().unwrap(),
+                "fd77:7d00::1:1".parse().unwrap()
+            ]
+        );
     }
 
     fn req(k: u8, name: Option<&str>) -> JoinRequest {

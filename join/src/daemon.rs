@@ -191,6 +191,11 @@ impl Node {
         source: Source,
     ) -> (Verdict, IpAddr) {
         let joiner = source.seen().unwrap_or(from.ip());
+        // A relayed joiner's address is the relay's word for it, and is logged as such.
+        let shown = match source {
+            Source::Relayed { relay, seen } => format!("{seen} (as relay {relay} says it saw it)"),
+            _ => from.ip().to_string(),
+        };
         let stream = crate::deadline::Deadline::new(stream, EXCHANGE_DEADLINE, IO_TIMEOUT);
         let outcome = master.serve(stream, source);
         let verdict = outcome.verdict();
@@ -203,19 +208,19 @@ impl Node {
                 replaced,
             } => {
                 if replaced {
-                    info!(token = %token, node = id, name = %name, serial, source = %from.ip(),
+                    info!(token = %token, node = id, name = %name, serial, source = %shown,
                         "ephemeral node back with a new key; its lost entry now has that key, signed and in place");
                 } else {
-                    info!(token = %token, node = id, name = %name, serial, source = %from.ip(),
+                    info!(token = %token, node = id, name = %name, serial, source = %shown,
                         "node joined; the new policy is signed and in place");
                 }
             }
             Outcome::Already { token, id, name } => {
-                info!(token = %token, node = id, name = %name, source = %from.ip(),
+                info!(token = %token, node = id, name = %name, source = %shown,
                     "join repeated by a member; answered with the policy in force");
             }
             Outcome::Refused { token, reason } => {
-                warn!(token = %token, reason = %reason, source = %from.ip(), "join refused");
+                warn!(token = %token, reason = %reason, source = %shown, "join refused");
             }
             // Only what an operator decided is a line of its own; the rest (anyone on the LAN
             // can end such joins by the thousand) is in the summary of failures.
@@ -224,7 +229,7 @@ impl Node {
                 result,
                 decided: true,
             } => {
-                info!(code = %code, result = %result, source = %from.ip(), "join without a token ended");
+                info!(code = %code, result = %result, source = %shown, "join without a token ended");
             }
             Outcome::Left { id, name, serial } => {
                 info!(node = id, name = %name, serial, "node left at its own request; the new policy is signed and in place");

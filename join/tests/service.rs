@@ -1061,7 +1061,7 @@ fn a_join_proof_recorded_in_one_exchange_is_refused_in_another() {
     replay.attestation = Some(recorded);
     let (got, _) = attempt(&lab, &t, &replay);
     assert!(
-        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("other challenges")),
+        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("not over this join")),
         "{got:?}"
     );
     assert_eq!(serial(&lab.policy), before);
@@ -1092,7 +1092,7 @@ fn a_tpm_proof_carried_by_a_man_in_the_middle_of_an_approval_join_is_refused() {
     let (_codes, joiner) = approval_attempt(m.clone(), carried);
     let got = joiner.join().unwrap();
     assert!(
-        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("other challenges")),
+        matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("not over this join")),
         "{got:?}"
     );
     assert!(waiting(&m).is_empty());

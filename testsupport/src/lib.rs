@@ -124,6 +124,11 @@ impl Swtpm {
         panic!("swtpm made no socket at {} within 3 s", socket.display());
     }
 
+    /// Its process id (a test stops it with SIGSTOP: a TPM that hangs).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops it now (a power cut: the next start on the same state is a fresh boot).
     pub fn stop(mut self) {
         self.kill();

@@ -72,6 +72,16 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
         root,
         now,
     )?;
+    // In the key's signing log, as `tyd policy sign` records its own: a signing of another
+    // serial 1 before any daemon ran is refused (or bumped), like one after.
+    let key_path = a
+        .operator_key
+        .map(Path::to_path_buf)
+        .or(operator_path.clone());
+    if let Some(key_path) = key_path {
+        let bytes = policy::fsutil::read(&policy_path)?;
+        crate::sign_cmd::log_signed(&key_path, &policy, &bytes)?;
+    }
 
     // The first token's nodes are of this machine's kind: a package on a disk root joins
     // further disk roots (servers, no certaintyd); drones get their tokens with

@@ -81,31 +81,8 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
         .key
         .map_or_else(|| a.dir.join("node.key"), Path::to_path_buf);
     let me = node_key(&key_path)?;
-    // The TPM quotes over each exchange's handshake hash, so a proof is made per member
-    // asked; its key is told once, and so is a failure.
-    let told = std::cell::Cell::new(false);
-    let prove = |exchange: &[u8; 32]| match join::client::tpm_attestation(a.tpm, &me, exchange) {
-        Ok(att) => {
-            if let Some(att) = &att
-                && !told.replace(true)
-            {
-                eprintln!(
-                    "this machine's TPM attestation key goes with the join: {}",
-                    att.key
-                );
-            }
-            att
-        }
-        Err(e) => {
-            if !told.replace(true) {
-                eprintln!(
-                    "warning: {}: no TPM quote for the join ({e}); a cluster whose nodes must attest refuses it",
-                    a.tpm.display()
-                );
-            }
-            None
-        }
-    };
+    let tpm = JoinTpm::new(a.tpm, &me);
+    let prove = |exchange: &[u8; 32]| tpm.prove(exchange);
     let joined = ask_members(a, &members, token.as_ref(), &me, &prove)?;
     let trust_text =
         KeyKind::OperatorPublic.file_text(joined.operator_key.verifying_key().as_bytes());
@@ -170,6 +147,67 @@ fn members_to_ask(member: &str) -> CliResult<Vec<SocketAddr>> {
         .into_iter()
         .map(|ip| SocketAddr::new(ip, port))
         .collect())
+}
+
+/// How `tyd join` uses this machine's TPM: it quotes over each exchange's handshake hash,
+/// so a proof is made per member asked; its key, or why there is none, is told once, and a
+/// TPM that is absent or failed is not asked again.
+struct JoinTpm<'a> {
+    path: &'a Path,
+    me: &'a WgPublicKey,
+    state: std::cell::Cell<TpmUse>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TpmUse {
+    Untried,
+    Answers,
+    Unusable,
+}
+
+impl<'a> JoinTpm<'a> {
+    fn new(path: &'a Path, me: &'a WgPublicKey) -> Self {
+        Self {
+            path,
+            me,
+            state: std::cell::Cell::new(TpmUse::Untried),
+        }
+    }
+
+    fn prove(&self, exchange: &[u8; 32]) -> Option<join::admit::JoinAttestation> {
+        if self.state.get() == TpmUse::Unusable {
+            return None;
+        }
+        let first = self.state.get() == TpmUse::Untried;
+        match join::client::tpm_attestation(self.path, self.me, exchange) {
+            Ok(Some(att)) => {
+                self.state.set(TpmUse::Answers);
+                if first {
+                    eprintln!(
+                        "this machine's TPM attestation key goes with the join: {}",
+                        att.key
+                    );
+                }
+                Some(att)
+            }
+            Ok(None) => {
+                self.state.set(TpmUse::Unusable);
+                eprintln!(
+                    "no TPM at {}: the join carries no TPM quote (a cluster whose nodes must attest refuses it)",
+                    self.path.display()
+                );
+                None
+            }
+            Err(e) => {
+                self.state.set(TpmUse::Unusable);
+                eprintln!(
+                    "warning: {}: no TPM quote for the join ({e}); a cluster whose nodes must attest refuses it",
+                    self.path.display()
+                );
+                None
+            }
+        }
+    }
 }
 
 /// Asks `members` in turn to admit this node (key `me`), with `token` or by the operator's

@@ -108,29 +108,28 @@ fn master_key_arg(dir: &Path) -> String {
     }
 }
 
-/// The daemons' command lines for a node started by hand: files in `dir`, its key at `key`,
-/// a master's tokens at `tokens`.
+/// The daemons' command lines for a node started by hand: files in `dir` (each daemon's
+/// anti-rollback state and the cluster view too, so two nodes on one machine share none),
+/// its key at `key`, a master's tokens at `tokens`.
 pub fn command_lines(root: Root, dir: &Path, key: &Path, tokens: Option<&Path>) -> Vec<String> {
     let d = dir.display();
     let common = format!(
         "--policy {d}/cluster.toml --trust {d}/operator.pub --key {}",
         key.display()
     );
+    let view = format!("--view {d}/cluster-status.json");
     let certainty = match root {
         Root::Ram => "",
         Root::Disk => " --certainty-socket none",
     };
+    let joind = format!("joind {common} --state {d}/joind.json {view}");
     let joind = match tokens {
-        Some(t) => format!(
-            "joind {common} {} --tokens {}",
-            master_key_arg(dir),
-            t.display()
-        ),
-        None => format!("joind {common}"),
+        Some(t) => format!("{joind} {} --tokens {}", master_key_arg(dir), t.display()),
+        None => joind,
     };
     vec![
-        format!("netguard {common}"),
-        format!("clusterd {common}{certainty}"),
+        format!("netguard {common} --state {d}/accepted.json"),
+        format!("clusterd {common} --state {d}/clusterd.json {view}{certainty}"),
         joind,
     ]
 }
@@ -376,8 +375,13 @@ mod tests {
         let master = command_lines(Root::Disk, dir, key, Some(Path::new("/t.json")));
         assert_eq!(
             master[1],
-            "clusterd --policy /x/cluster.toml --trust /x/operator.pub --key /x/node.key --certainty-socket none"
+            "clusterd --policy /x/cluster.toml --trust /x/operator.pub --key /x/node.key --state /x/clusterd.json --view /x/cluster-status.json --certainty-socket none"
         );
+        assert_eq!(
+            master[0],
+            "netguard --policy /x/cluster.toml --trust /x/operator.pub --key /x/node.key --state /x/accepted.json"
+        );
+        assert!(master[2].contains("--state /x/joind.json --view /x/cluster-status.json"));
         assert!(master[2].ends_with("--operator-key /x/operator.key --tokens /t.json"));
         let member = command_lines(Root::Ram, dir, key, None);
         assert!(!member[1].contains("certainty-socket"));

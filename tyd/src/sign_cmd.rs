@@ -251,6 +251,14 @@ fn bump_serial(
     Ok((text.into_bytes(), bumped))
 }
 
+/// Records in the signing log of the key at `key` that `bytes`, the text of `policy`, were
+/// signed with it (by `tyd init`).
+pub fn log_signed(key: &Path, policy: &Policy, bytes: &[u8]) -> CliResult {
+    let log_file = log_path(key);
+    let mut log = read_log(&log_file)?;
+    record_signing(&mut log, &log_file, policy, bytes)
+}
+
 /// Records in this key's signing log (`log`, written back to `log_file`) that `bytes`, the
 /// text of `policy`, were signed.
 fn record_signing(

@@ -1215,3 +1215,51 @@ fn tpm_key_prints_what_to_pin_and_a_drone_that_must_attest_needs_one() {
     let missing = d.fails(&["tpm", "key", "--tpm", "/nonexistent/tpm"], 1);
     assert!(missing.contains("/nonexistent/tpm"), "{missing}");
 }
+
+/// Attack (found by a helper from the docs): the README says `--bump` raises the serial past
+/// every one taken, "which includes what `tyd init` ... signed"; yet after `tyd init
+/// --no-start`, an edited policy still at serial 1 was signed as a "first signing": a
+/// second serial 1 with other content. Steps: `tyd init --no-start` in a directory; the
+/// policy edited, its serial kept; `tyd policy sign`: refused, serial 1 was signed with
+/// this key; with `--bump`: signed as serial 2.
+#[test]
+fn the_policy_tyd_init_signed_takes_its_serial_for_tyd_policy_sign() {
+    let d = Dir::new();
+    let dir = d.p("node").display().to_string();
+    d.ok(&[
+        "init",
+        "--endpoint",
+        "198.18.0.1",
+        "--cluster",
+        "lab",
+        "--name",
+        "d1",
+        "--dir",
+        &dir,
+        "--tokens",
+        &format!("{dir}/tokens.json"),
+        "--no-start",
+    ]);
+    let policy = format!("{dir}/cluster.toml");
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text.push_str("# edited after tyd init\n");
+    std::fs::write(&policy, text).unwrap();
+    let mut args = vec![
+        "policy",
+        "sign",
+        &policy,
+        "--key",
+        "node/operator.key",
+        "--state",
+        "node/accepted.json",
+        "--yes",
+    ];
+    let refused = d.fails(&args, 5);
+    assert!(
+        refused.contains("serial 1 was already signed with this key"),
+        "{refused}"
+    );
+    args.push("--bump");
+    let out = d.ok(&args);
+    assert!(out.contains("serial bumped to 2"), "{out}");
+}
