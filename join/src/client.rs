@@ -91,6 +91,9 @@ pub struct Joined {
     pub memberships: Vec<crate::admit::MembershipText>,
     /// This node's roles, as the policy or a membership lists it.
     pub roles: Vec<policy::Role>,
+    /// The TPM key its entry pins, if any (a node already in the map keeps its entry as it
+    /// is, whatever TPM it joins with again).
+    pub attestation_key: Option<policy::AttestationKey>,
 }
 
 /// What makes this machine's TPM proof for one exchange, given that exchange's handshake
@@ -267,10 +270,10 @@ pub fn check(
             )
             .map_err(|e| JoinError::BadPolicy(format!("membership of master {master}: {e}")))?;
     }
-    let roles = in_force
+    let (roles, attestation_key) = in_force
         .nodes(&verified)
         .find(|n| &n.public_key == public_key && n.id.get() == node)
-        .map(|n| n.roles.clone())
+        .map(|n| (n.roles.clone(), n.attestation_key.clone()))
         .ok_or(JoinError::NotListed(node))?;
     Ok(Joined {
         node,
@@ -282,6 +285,7 @@ pub fn check(
         operator_key: key,
         memberships,
         roles,
+        attestation_key,
     })
 }
 

@@ -84,6 +84,9 @@ pub fn join(a: &JoinArgs<'_>) -> CliResult {
     let tpm = JoinTpm::new(a.tpm, &me);
     let prove = |exchange: &[u8; 32]| tpm.prove(exchange);
     let joined = ask_members(a, &members, token.as_ref(), &me, &prove)?;
+    if let Some(warning) = tpm.mismatch(joined.attestation_key.as_ref()) {
+        eprintln!("warning: {warning}");
+    }
     let trust_text =
         KeyKind::OperatorPublic.file_text(joined.operator_key.verifying_key().as_bytes());
     atomic_write(&a.dir.join("operator.pub"), trust_text.as_bytes(), 0o644)?;
@@ -156,6 +159,8 @@ struct JoinTpm<'a> {
     path: &'a Path,
     me: &'a WgPublicKey,
     state: std::cell::Cell<TpmUse>,
+    /// The attestation key of the last proof sent.
+    sent: std::cell::RefCell<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +176,24 @@ impl<'a> JoinTpm<'a> {
             path,
             me,
             state: std::cell::Cell::new(TpmUse::Untried),
+            sent: std::cell::RefCell::new(None),
         }
+    }
+
+    /// What to tell when the entry the node joined with pins `pinned` and this machine's
+    /// TPM proved another key, or none: the master keeps a member's entry as it is, so its
+    /// peers would quarantine it where its role must attest.
+    fn mismatch(&self, pinned: Option<&policy::AttestationKey>) -> Option<String> {
+        let pinned = pinned?.to_string();
+        Some(match self.sent.borrow().as_deref() {
+            Some(sent) if sent == pinned => return None,
+            Some(sent) => format!(
+                "this node's entry pins TPM key {pinned}, not this machine's ({sent}): where its role must attest, its peers quarantine it until the operator pins this one (attestation_key in its entry)"
+            ),
+            None => format!(
+                "this node's entry pins TPM key {pinned}, and this join carried no quote: where its role must attest, its peers quarantine it unless its clusterd quotes with that TPM"
+            ),
+        })
     }
 
     fn prove(&self, exchange: &[u8; 32]) -> Option<join::admit::JoinAttestation> {
@@ -182,6 +204,7 @@ impl<'a> JoinTpm<'a> {
         match join::client::tpm_attestation(self.path, self.me, exchange) {
             Ok(Some(att)) => {
                 self.state.set(TpmUse::Answers);
+                *self.sent.borrow_mut() = Some(att.key.clone());
                 if first {
                     eprintln!(
                         "this machine's TPM attestation key goes with the join: {}",
@@ -561,6 +584,35 @@ mod tests {
     use jiff::SignedDuration;
     use policy::NodeId;
     use policy::edit::{NewNode, PolicyEdit, default_addresses};
+
+    /// Found by a helper from the docs: a member joining again with another TPM, a
+    /// ratcheted one or none was told "joined" and nothing else (the master keeps a
+    /// member's entry as it is), and its peers quarantined it later. Steps: the entry pins
+    /// key A; a join that proved A: nothing to tell; one that proved B: told, naming both
+    /// keys; one with no quote: told; an entry pinning nothing: nothing to tell.
+    #[test]
+    fn a_member_joining_again_with_another_tpm_is_told_its_entry_pins_another_key() {
+        let me = WgPublicKey::from_secret(&[9; 32]);
+        let key = |n: u8| {
+            policy::AttestationKey::from(
+                *p256::ecdsa::SigningKey::from_slice(&[n; 32])
+                    .unwrap()
+                    .verifying_key(),
+            )
+        };
+        let tpm = JoinTpm::new(Path::new("/nonexistent"), &me);
+        let told = tpm.mismatch(Some(&key(1))).unwrap();
+        assert!(told.contains("this join carried no quote"), "{told}");
+        *tpm.sent.borrow_mut() = Some(key(1).to_string());
+        assert_eq!(tpm.mismatch(Some(&key(1))), None);
+        assert_eq!(tpm.mismatch(None), None);
+        *tpm.sent.borrow_mut() = Some(key(2).to_string());
+        let told = tpm.mismatch(Some(&key(1))).unwrap();
+        assert!(
+            told.contains(&key(1).to_string()) && told.contains(&key(2).to_string()),
+            "{told}"
+        );
+    }
 
     /// Attack (the README's own steps): a Debian machine joined with `tyd init`'s token became
     /// a drone, which owes certaintyd, on a disk root where certaintyd does not run, and the
