@@ -109,17 +109,7 @@ fn a_stopped_tpm_is_told_as_not_answering_within_the_bound_and_never_hangs() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sw = Swtpm::start(dir.path());
-    let signal = |s: &str| {
-        let pid = sw.pid().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args([s, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    signal("-STOP");
+    sw.pause();
     // In a thread: a use that hangs fails the test at 20 s instead of holding it.
     let socket = sw.socket.clone();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -141,6 +131,6 @@ fn a_stopped_tpm_is_told_as_not_answering_within_the_bound_and_never_hangs() {
         assert!(e.contains("did not answer within 0.5 s"), "use {i}: {e}");
         assert!(took < Duration::from_secs(2), "use {i} took {took:?}");
     }
-    signal("-CONT");
+    sw.resume();
     Tpm::open(&sw.socket, T).unwrap().attestation_key().unwrap();
 }

@@ -268,23 +268,13 @@ fn a_joiner_whose_tpm_hangs_hears_so_well_inside_the_masters_deadline() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sw = testsupport::Swtpm::start(dir.path());
-    let pid = sw.pid().to_string();
-    let signal = |s: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([s, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    signal("-STOP");
+    sw.pause();
     let started = std::time::Instant::now();
     let e = join::client::tpm_attestation(&sw.socket, &wg(9), &EXCHANGE)
         .unwrap_err()
         .to_string();
     let took = started.elapsed();
-    signal("-CONT");
+    sw.resume();
     assert!(e.contains("did not answer within 3 s"), "{e}");
     assert!(took < Duration::from_secs(4), "{took:?}");
 }

@@ -124,9 +124,23 @@ impl Swtpm {
         panic!("swtpm made no socket at {} within 3 s", socket.display());
     }
 
-    /// Its process id (a test stops it with SIGSTOP: a TPM that hangs).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// Stops it without ending it (SIGSTOP): a TPM that hangs. [`Swtpm::resume`] lets it go
+    /// on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args([which, &pid]).status();
+        assert!(
+            sent.as_ref().is_ok_and(|s| s.success()),
+            "kill {which} {pid}: {sent:?}"
+        );
     }
 
     /// Stops it now (a power cut: the next start on the same state is a fresh boot).
