@@ -77,6 +77,19 @@ enum Io {
     Socket(UnixStream),
 }
 
+/// Whether the character device `meta` describes is a TPM: its class in sysfs
+/// (`/sys/dev/char/MAJOR:MINOR/subsystem`) is `tpm` or `tpmrm`.
+fn is_tpm_device(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = meta.rdev();
+    let class = std::fs::read_link(format!(
+        "/sys/dev/char/{}:{}/subsystem",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    ));
+    class.is_ok_and(|c| c.file_name().is_some_and(|n| n == "tpm" || n == "tpmrm"))
+}
+
 /// A connection to the Unix socket at `path` whose connect, reads and writes are each
 /// bounded by `timeout`: on Linux a Unix socket's connect waits for room in the listener's
 /// backlog at most its send timeout, so the timeouts are set before it.
@@ -99,8 +112,9 @@ fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
 }
 
 impl Tpm {
-    /// A TPM device (`/dev/tpmrm0`), or, if `path` is a socket, swtpm's server socket;
-    /// anything else is refused untouched. On a socket, the connection and every read and
+    /// A TPM device (`/dev/tpmrm0`, `/dev/tpm0`: a character device of the kernel's `tpm`
+    /// or `tpmrm` class), or, if `path` is a socket, swtpm's server socket; anything else
+    /// is refused untouched (a command written to `/dev/port` or `/dev/mem` would not be). On a socket, the connection and every read and
     /// write are bounded by `timeout` (a stopped swtpm's full backlog would hold a connect
     /// for ever); a device answers in one read.
     pub fn open(path: &Path, timeout: Duration) -> Result<Self, TpmError> {
@@ -110,7 +124,8 @@ impl Tpm {
             path: shown(),
             source,
         };
-        let kind = std::fs::metadata(path).map_err(err)?.file_type();
+        let meta = std::fs::metadata(path).map_err(err)?;
+        let kind = meta.file_type();
         let io = if kind.is_socket() {
             Io::Socket(connect(path, timeout).map_err(|e| match e.kind() {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
@@ -118,7 +133,7 @@ impl Tpm {
                 }
                 _ => err(e),
             })?)
-        } else if kind.is_char_device() {
+        } else if kind.is_char_device() && is_tpm_device(&meta) {
             Io::Device(
                 OpenOptions::new()
                     .read(true)
@@ -131,6 +146,8 @@ impl Tpm {
                 "a directory"
             } else if kind.is_file() {
                 "a regular file"
+            } else if kind.is_char_device() {
+                "a character device of no TPM"
             } else {
                 "neither a device nor a socket"
             };

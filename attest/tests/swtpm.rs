@@ -83,8 +83,8 @@ fn a_real_tpm_quote_verifies_its_ratchet_shows_and_another_tpm_is_another_key() 
 /// Attack (a new operator's slip, found by a helper from the docs): `--tpm` named swtpm's
 /// state file instead of its socket, and the shell wrote its first command over the file's
 /// first 95 bytes: swtpm could not start on that state again. Steps: a file of 300 bytes,
-/// then a directory, named as the TPM: each refused, saying what it is, and the file is
-/// unchanged.
+/// a directory, and `/dev/null` (a character device, but of no TPM) named as the TPM: each
+/// refused, saying what it is, and the file is unchanged.
 #[test]
 fn a_file_named_as_the_tpm_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,6 +95,11 @@ fn a_file_named_as_the_tpm_is_refused_and_left_untouched() {
     assert_eq!(std::fs::read(&state).unwrap(), [b'A'; 300]);
     let e = Tpm::open(dir.path(), T).unwrap_err().to_string();
     assert!(e.contains("is a directory, not a TPM"), "{e}");
+    // A character device of no TPM: nothing is written to it (/dev/port would take it).
+    let e = Tpm::open(std::path::Path::new("/dev/null"), T)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is a character device of no TPM"), "{e}");
 }
 
 /// Attack (a TPM that hangs, found by a helper from the docs): with swtpm stopped
