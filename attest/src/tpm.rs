@@ -67,8 +67,11 @@ pub enum TpmError {
 #[derive(Debug)]
 pub struct Tpm {
     io: Io,
-    /// What bounds each exchange with a socket (for the error that says so).
+    /// What bounds everything done through this handle on a socket (for the error).
     timeout: Duration,
+    /// When that bound runs out: from the open, over the connect, every command and every
+    /// retry (a socket dripping a byte a second, or asking again and again, is cut there).
+    deadline: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -114,11 +117,14 @@ fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
 impl Tpm {
     /// A TPM device (`/dev/tpmrm0`, `/dev/tpm0`: a character device of the kernel's `tpm`
     /// or `tpmrm` class), or, if `path` is a socket, swtpm's server socket; anything else
-    /// is refused untouched (a command written to `/dev/port` or `/dev/mem` would not be). On a socket, the connection and every read and
+    /// is refused untouched (a command written to `/dev/port` or `/dev/mem` would not be).
+    /// On a socket, `timeout` bounds everything done through the handle, from now: the
+    /// connect, each command, each retry. A device is bounded by the kernel's TPM driver. On a socket, the connection and every read and
     /// write are bounded by `timeout` (a stopped swtpm's full backlog would hold a connect
     /// for ever); a device answers in one read.
     pub fn open(path: &Path, timeout: Duration) -> Result<Self, TpmError> {
         use std::os::unix::fs::FileTypeExt;
+        let deadline = std::time::Instant::now() + timeout;
         let shown = || path.display().to_string();
         let err = |source| TpmError::Open {
             path: shown(),
@@ -156,7 +162,11 @@ impl Tpm {
                 kind,
             });
         };
-        Ok(Self { io, timeout })
+        Ok(Self {
+            io,
+            timeout,
+            deadline,
+        })
     }
 
     /// What an I/O error during an exchange means: a socket that timed out is a TPM that
@@ -183,8 +193,20 @@ impl Tpm {
                 have = f.read(&mut buf)?;
             }
             Io::Socket(s) => {
+                let deadline = self.deadline;
+                // What is left of the bound, before each write and read.
+                let left = || {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                    } else {
+                        Ok(Some(left))
+                    }
+                };
+                s.set_write_timeout(left()?)?;
                 s.write_all(cmd)?;
                 loop {
+                    s.set_read_timeout(left()?)?;
                     let n = s.read(&mut buf[have..])?;
                     if n == 0 {
                         break;
@@ -246,6 +268,11 @@ impl Tpm {
                     if attempt < RETRIES =>
                 {
                     std::thread::sleep(Duration::from_millis(10 * attempt));
+                    if matches!(self.io, Io::Socket(_))
+                        && std::time::Instant::now() >= self.deadline
+                    {
+                        return Err(TpmError::NoAnswer(self.timeout));
+                    }
                 }
                 rc => {
                     return Err(TpmError::Command {

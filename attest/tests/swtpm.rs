@@ -139,3 +139,58 @@ fn a_stopped_tpm_is_told_as_not_answering_within_the_bound_and_never_hangs() {
     sw.resume();
     Tpm::open(&sw.socket, T).unwrap().attestation_key().unwrap();
 }
+
+/// A stand-in TPM on a socket that answers every command badly: `drip` sends a 100-byte
+/// answer a byte every 200 ms; otherwise it says TPM_RC_RETRY after 400 ms, every time.
+fn bad_tpm(path: &std::path::Path, drip: bool) {
+    use std::io::{Read, Write};
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut cmd = [0u8; 4096];
+                while s.read(&mut cmd).is_ok_and(|n| n > 0) {
+                    if drip {
+                        let mut answer = vec![0x80, 0x01, 0, 0, 0, 100, 0, 0, 0, 0];
+                        answer.resize(100, 0);
+                        for b in answer {
+                            std::thread::sleep(Duration::from_millis(200));
+                            if s.write_all(&[b]).is_err() {
+                                return;
+                            }
+                        }
+                    } else {
+                        std::thread::sleep(Duration::from_millis(400));
+                        let retry = [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x09, 0x22];
+                        if s.write_all(&retry).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Attack (found by a helper from the docs): the bound held for each read, not for the
+/// whole use: a socket answering a byte a second kept `tyd tpm key` 39 s (and a join past
+/// the master's deadline), and one asking for every command again after 2.9 s kept it
+/// 14.6 s. Steps: a socket that drips its answer, then one that says "retry" every time;
+/// the key asked of each with a 1 s bound: refused as not answering, within 1.5 s.
+#[test]
+fn a_tpm_socket_that_drips_or_asks_again_is_cut_at_the_whole_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    for drip in [true, false] {
+        let path = dir.path().join(format!("bad-{drip}.sock"));
+        bad_tpm(&path, drip);
+        let started = std::time::Instant::now();
+        let e = Tpm::open(&path, Duration::from_secs(1))
+            .and_then(|mut t| t.attestation_key())
+            .unwrap_err()
+            .to_string();
+        let took = started.elapsed();
+        assert!(e.contains("did not answer within 1 s"), "drip {drip}: {e}");
+        assert!(took < Duration::from_millis(1500), "drip {drip}: {took:?}");
+    }
+}

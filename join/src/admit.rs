@@ -121,6 +121,10 @@ pub enum Refusal {
     /// no valid proof of one.
     #[error("this cluster's {role} nodes must attest with a TPM: {why}")]
     NotAttested { role: String, why: String },
+    /// A join whose role need not attest brought a TPM proof that does not hold (it is
+    /// refused rather than admitted with a key it did not prove).
+    #[error("its TPM proof does not hold: {0}")]
+    BadTpmProof(String),
     /// The TPM is already another node's (one machine, one entry).
     #[error("this TPM's attestation key is already node {node}'s")]
     AttestationKeyTaken { node: u16 },
@@ -271,9 +275,12 @@ fn attested(
         .iter()
         .find(|r| a.require.contains(r))
         .map(|r| r.name().to_string());
-    let refuse = |why: String| Refusal::NotAttested {
-        role: role.clone().unwrap_or_else(|| "drone".into()),
-        why,
+    let refuse = |why: String| match &role {
+        Some(role) => Refusal::NotAttested {
+            role: role.clone(),
+            why,
+        },
+        None => Refusal::BadTpmProof(why),
     };
     let exchange = match binding {
         Binding::Exchange(e) => e,

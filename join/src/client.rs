@@ -15,9 +15,10 @@ use crate::wire::{self, WireError};
 
 /// The whole exchange must end within this time (a master signs and writes one policy).
 pub const TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the TPM may take over each of its commands for a join's proof: well inside the
-/// master's 10 s for everything a joiner sends, so a TPM that does not answer leaves time
-/// to send the request without a proof and hear why it is refused.
+/// How long the TPM may take for a join's proof in all (the key, the quote, the flush):
+/// inside the master's 5 s for each read and 10 s for everything a joiner sends, so a TPM
+/// that does not answer leaves time to send the request without a proof and hear why it
+/// is refused.
 pub const TPM_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]

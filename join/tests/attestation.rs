@@ -149,7 +149,9 @@ fn a_token_holder_cannot_join_a_drone_without_a_valid_quote_of_its_own() {
 }
 
 /// Steps: a server (a role that need not attest) joins without a quote: admitted with no
-/// key; with a quote of an unpinned image: admitted, and its key is kept (it proved it).
+/// key; with a quote of an unpinned image: admitted, and its key is kept (it proved it);
+/// with a quote made in another exchange: refused, saying its proof does not hold (not
+/// that servers must attest: they need not).
 #[test]
 fn a_role_that_need_not_attest_joins_without_a_quote() {
     let p = policy();
@@ -174,6 +176,14 @@ fn a_role_that_need_not_attest_joins_without_a_quote() {
         Admission::Add(n) => assert!(n.attestation_key.is_some()),
         other => panic!("{other:?}"),
     }
+    let elsewhere = request(9, Some(proof_in(9, &wg(9), &[8; 32], IMAGE, [0; 32])));
+    let refused = decide(&p, &elsewhere, None, &[Role::Server], None, None, LIVE)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.starts_with("its TPM proof does not hold: its quote is not over this join"),
+        "{refused}"
+    );
 }
 
 /// Steps: `tyd join`'s own proof, made by a real TPM (swtpm) over this node's key, is taken

@@ -46,6 +46,12 @@ impl PolicyDiff {
         if old.join != new.join {
             sections.push("join");
         }
+        if old.attestation != new.attestation {
+            sections.push("attestation");
+        }
+        if old.admissions != new.admissions {
+            sections.push("admission");
+        }
         Self {
             cluster: (old.cluster.name.clone(), new.cluster.name.clone()),
             serial: (old.cluster.serial, new.cluster.serial),
@@ -108,6 +114,23 @@ mod tests {
             ));
         }
         crate::parse_policy("t", t.as_bytes(), "2026-01-01T00:00:00Z".parse().unwrap()).unwrap()
+    }
+
+    /// Found by a helper from the docs: `tyd policy sign` showed "no change but the serial"
+    /// for a policy whose drones now had to attest, or whose admission key's networks had
+    /// moved (which dropped four nodes). Steps: a policy gains `[attestation]`: the review
+    /// says `[attestation] changed`, and is not empty.
+    #[test]
+    fn a_change_of_who_must_attest_is_shown_before_signing() {
+        let old = policy(3, &[(1, "a", 1)], "");
+        let new = policy(
+            4,
+            &[(1, "a", 1)],
+            &format!("\n[attestation]\nimages = [\"{}\"]\n", "00".repeat(32)),
+        );
+        let d = PolicyDiff::new(&old, &new);
+        assert!(!d.is_empty());
+        assert!(d.to_string().contains("~ [attestation] changed"), "{d}");
     }
 
     #[test]

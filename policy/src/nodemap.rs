@@ -24,6 +24,8 @@ pub enum Change {
     Renamed,
     RolesChanged,
     ExpiryChanged,
+    /// The TPM attestation key pinned in its entry (issue 29).
+    AttestationKeyChanged,
 }
 
 impl fmt::Display for Change {
@@ -35,6 +37,7 @@ impl fmt::Display for Change {
             Change::Renamed => "renamed",
             Change::RolesChanged => "roles changed",
             Change::ExpiryChanged => "expiry changed",
+            Change::AttestationKeyChanged => "TPM key changed",
         })
     }
 }
@@ -73,6 +76,9 @@ fn changes(old: &Node, new: &Node) -> Vec<Change> {
     }
     if old.expires != new.expires {
         out.push(Change::ExpiryChanged);
+    }
+    if old.attestation_key != new.attestation_key {
+        out.push(Change::AttestationKeyChanged);
     }
     out
 }

@@ -95,8 +95,9 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     );
     match (&admission, &operator_path) {
         (Some(_), Some(path)) => println!(
-            "the operator key is at {}: move it off this machine now (tyd policy sign needs it, this node does not; root here must not hold it). This master admits with its admission key {} (drones and servers, ids 100-199), which signs only the nodes it admits",
+            "the operator key is at {}: move it off this machine now, with its signing log {} (tyd policy sign needs both, this node neither; root here must not hold the key). This master admits with its admission key {} (drones and servers, ids 100-199), which signs only the nodes it admits",
             path.display(),
+            crate::sign_cmd::log_path(path).display(),
             a.dir.join("admission.key").display()
         ),
         (Some(_), None) => println!(

@@ -60,7 +60,7 @@ fn review(path: &Path, bytes: &[u8], last: Option<&SignedEntry>, yes: bool) -> C
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-fn log_path(key: &Path) -> PathBuf {
+pub fn log_path(key: &Path) -> PathBuf {
     let mut name = key.as_os_str().to_owned();
     name.push(".signed.json");
     PathBuf::from(name)
