@@ -49,8 +49,8 @@ pub enum TpmError {
         path: String,
         source: std::io::Error,
     },
-    /// Neither a character device nor a socket: nothing is written to it (a state file
-    /// named by mistake would be overwritten).
+    /// Neither a TPM device nor a socket: nothing is written to it (a state file named by
+    /// mistake would be overwritten, `/dev/port` written to).
     #[error("{path}: is {kind}, not a TPM (a device such as /dev/tpmrm0, or swtpm's socket)")]
     NotATpm { path: String, kind: &'static str },
     #[error("the TPM did not answer within {} s", .0.as_secs_f32())]
@@ -78,6 +78,14 @@ pub struct Tpm {
 enum Io {
     Device(File),
     Socket(UnixStream),
+}
+
+/// Whether `e` is a socket's timeout running out (Linux says EAGAIN).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// Whether the character device `meta` describes is a TPM: its class in sysfs
@@ -119,9 +127,8 @@ impl Tpm {
     /// or `tpmrm` class), or, if `path` is a socket, swtpm's server socket; anything else
     /// is refused untouched (a command written to `/dev/port` or `/dev/mem` would not be).
     /// On a socket, `timeout` bounds everything done through the handle, from now: the
-    /// connect, each command, each retry. A device is bounded by the kernel's TPM driver. On a socket, the connection and every read and
-    /// write are bounded by `timeout` (a stopped swtpm's full backlog would hold a connect
-    /// for ever); a device answers in one read.
+    /// connect (a stopped swtpm's full backlog would hold it for ever), each command, each
+    /// retry. A device answers in one read, bounded by the kernel's TPM driver.
     pub fn open(path: &Path, timeout: Duration) -> Result<Self, TpmError> {
         use std::os::unix::fs::FileTypeExt;
         let deadline = std::time::Instant::now() + timeout;
@@ -133,11 +140,12 @@ impl Tpm {
         let meta = std::fs::metadata(path).map_err(err)?;
         let kind = meta.file_type();
         let io = if kind.is_socket() {
-            Io::Socket(connect(path, timeout).map_err(|e| match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            Io::Socket(connect(path, timeout).map_err(|e| {
+                if timed_out(&e) {
                     TpmError::NoAnswer(timeout)
+                } else {
+                    err(e)
                 }
-                _ => err(e),
             })?)
         } else if kind.is_char_device() && is_tpm_device(&meta) {
             Io::Device(
@@ -172,11 +180,10 @@ impl Tpm {
     /// What an I/O error during an exchange means: a socket that timed out is a TPM that
     /// did not answer.
     fn io_error(&self, e: std::io::Error) -> TpmError {
-        match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                TpmError::NoAnswer(self.timeout)
-            }
-            _ => TpmError::Io(e),
+        if timed_out(&e) {
+            TpmError::NoAnswer(self.timeout)
+        } else {
+            TpmError::Io(e)
         }
     }
 

@@ -21,8 +21,8 @@ pub struct JoinRequest {
     /// whatever is sent here).
     pub endpoint: SocketAddr,
     /// Its TPM's attestation key and a quote over its WireGuard key and this exchange (issue
-    /// 29): absent from
-    /// a machine without a TPM. Required when the policy says its role must attest.
+    /// 29): absent from a machine without a TPM. Required when the policy says its role
+    /// must attest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<JoinAttestation>,
 }

@@ -194,8 +194,7 @@ pub enum ExchangeError {
 }
 
 /// The exchange itself over any stream: hello, handshake, request, answer (unchecked). The
-/// request goes with the proof `prove` makes for this exchange; when it makes none, with the
-/// one `req` carries, if any (a test replaying a recorded proof).
+/// request goes with the proof `prove` makes for this exchange.
 pub fn exchange<S: Read + Write>(
     stream: S,
     token: &Token,
@@ -204,7 +203,7 @@ pub fn exchange<S: Read + Write>(
 ) -> Result<JoinAnswer, ExchangeError> {
     let mut ch = wire::connect(stream, &token.id, &token.psk())?;
     let req = JoinRequest {
-        attestation: prove(ch.handshake_hash()).or_else(|| req.attestation.clone()),
+        attestation: prove(ch.handshake_hash()),
         ..req.clone()
     };
     ch.send(&serde_json::to_vec(&req).unwrap_or_default())?;

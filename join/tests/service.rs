@@ -590,8 +590,7 @@ fn approval_attempt(
     approval_attempt_proving(master, req, |_| None)
 }
 
-/// [`approval_attempt`] by a joiner whose TPM proof for the exchange `prove` makes (when it
-/// makes none, `req` goes as it is).
+/// [`approval_attempt`] by a joiner whose TPM proof for the exchange `prove` makes.
 fn approval_attempt_proving(
     master: Arc<Master>,
     mut req: JoinRequest,
@@ -605,9 +604,7 @@ fn approval_attempt_proving(
     let (tx, rx) = std::sync::mpsc::channel();
     let joiner = std::thread::spawn(move || {
         let (mut ch, code) = join::wire::connect_for_approval(a).map_err(|e| e.to_string())?;
-        if let Some(p) = prove(ch.handshake_hash()) {
-            req.attestation = Some(p);
-        }
+        req.attestation = prove(ch.handshake_hash());
         ch.send(&serde_json::to_vec(&req).unwrap())
             .map_err(|e| e.to_string())?;
         tx.send(code).unwrap();
@@ -1057,9 +1054,7 @@ fn a_join_proof_recorded_in_one_exchange_is_refused_in_another() {
     drop(ch);
     served.join().unwrap();
 
-    let mut replay = request(5, None);
-    replay.attestation = Some(recorded);
-    let (got, _) = attempt(&lab, &t, &replay);
+    let (got, _) = attempt_proving(&lab, &t, &request(5, None), &|_| Some(recorded.clone()));
     assert!(
         matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("not over this join")),
         "{got:?}"
@@ -1087,9 +1082,10 @@ fn a_join_proof_recorded_in_one_exchange_is_refused_in_another() {
 fn a_tpm_proof_carried_by_a_man_in_the_middle_of_an_approval_join_is_refused() {
     let lab = lab_with(&attesting("\"drone\", \"server\""));
     let m = waiting_master(&lab, Duration::from_secs(2));
-    let mut carried = request(5, None);
-    carried.attestation = Some(tpm_proof(5, 9, &[8; 32]));
-    let (_codes, joiner) = approval_attempt(m.clone(), carried);
+    // The joiner's proof, made in its exchange with the party in the middle.
+    let (_codes, joiner) = approval_attempt_proving(m.clone(), request(5, None), |_| {
+        Some(tpm_proof(5, 9, &[8; 32]))
+    });
     let got = joiner.join().unwrap();
     assert!(
         matches!(&got, Ok(JoinAnswer::Refused { reason }) if reason.contains("not over this join")),

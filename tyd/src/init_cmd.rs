@@ -62,7 +62,7 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     let text = policy::template::init_template(a.cluster, expires);
     policy::parse_policy("template", text.as_bytes(), now)?;
     let root = services::root();
-    let policy = write_first_policy(
+    let (policy, bytes) = write_first_policy(
         a,
         &policy_path,
         &text,
@@ -74,13 +74,8 @@ pub fn init(a: &InitArgs<'_>, now: Timestamp) -> CliResult {
     )?;
     // In the key's signing log, as `tyd policy sign` records its own: a signing of another
     // serial 1 before any daemon ran is refused (or bumped), like one after.
-    let key_path = a
-        .operator_key
-        .map(Path::to_path_buf)
-        .or(operator_path.clone());
-    if let Some(key_path) = key_path {
-        let bytes = policy::fsutil::read(&policy_path)?;
-        crate::sign_cmd::log_signed(&key_path, &policy, &bytes)?;
+    if let Some(key_path) = a.operator_key.or(operator_path.as_deref()) {
+        crate::sign_cmd::log_signed(key_path, &policy, &bytes)?;
     }
 
     // The first token's nodes are of this machine's kind: a package on a disk root joins
@@ -168,7 +163,7 @@ fn operator_keys(
 
 /// Makes the first policy from the template `text`, with this node (key `me`) as node 1, a
 /// master (with `admission`'s public half as its admission key, if given), signs it with
-/// `operator` and puts the pair at `policy_path`.
+/// `operator` and puts the pair at `policy_path`: the policy and the bytes signed.
 #[allow(clippy::too_many_arguments)]
 fn write_first_policy(
     a: &InitArgs<'_>,
@@ -179,7 +174,7 @@ fn write_first_policy(
     admission: Option<&SigningKey>,
     root: services::Root,
     now: Timestamp,
-) -> CliResult<Policy> {
+) -> CliResult<(Policy, Vec<u8>)> {
     // Written under a scratch name, edited, signed, then moved into place: a failure leaves
     // no half-made policy where the daemons look.
     let scratch = a.dir.join(".cluster.toml.init");
@@ -222,7 +217,7 @@ fn write_first_policy(
     let bytes = policy::fsutil::read(&scratch)?;
     policy::write_signed_pair(policy_path, &bytes, sign(&bytes, operator).as_bytes())?;
     std::fs::remove_file(&scratch).map_err(|e| io(&scratch, e))?;
-    Ok(policy)
+    Ok((policy, bytes))
 }
 
 /// Makes `tyd init`'s first token, for nodes of `role`, and saves the token store; the

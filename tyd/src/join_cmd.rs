@@ -158,15 +158,14 @@ fn members_to_ask(member: &str) -> CliResult<Vec<SocketAddr>> {
 struct JoinTpm<'a> {
     path: &'a Path,
     me: &'a WgPublicKey,
-    state: std::cell::Cell<TpmUse>,
-    /// The attestation key of the last proof sent.
-    sent: std::cell::RefCell<Option<String>>,
+    state: std::cell::RefCell<TpmUse>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum TpmUse {
     Untried,
-    Answers,
+    /// It proved this attestation key in the last exchange.
+    Answers(String),
     Unusable,
 }
 
@@ -175,8 +174,7 @@ impl<'a> JoinTpm<'a> {
         Self {
             path,
             me,
-            state: std::cell::Cell::new(TpmUse::Untried),
-            sent: std::cell::RefCell::new(None),
+            state: std::cell::RefCell::new(TpmUse::Untried),
         }
     }
 
@@ -185,26 +183,25 @@ impl<'a> JoinTpm<'a> {
     /// peers would quarantine it where its role must attest.
     fn mismatch(&self, pinned: Option<&policy::AttestationKey>) -> Option<String> {
         let pinned = pinned?.to_string();
-        Some(match self.sent.borrow().as_deref() {
-            Some(sent) if sent == pinned => return None,
-            Some(sent) => format!(
+        Some(match &*self.state.borrow() {
+            TpmUse::Answers(sent) if *sent == pinned => return None,
+            TpmUse::Answers(sent) => format!(
                 "this node's entry pins TPM key {pinned}, not this machine's ({sent}): where its role must attest, its peers quarantine it until the operator pins this one (attestation_key in its entry)"
             ),
-            None => format!(
+            TpmUse::Untried | TpmUse::Unusable => format!(
                 "this node's entry pins TPM key {pinned}, and this join carried no quote: where its role must attest, its peers quarantine it unless its clusterd quotes with that TPM"
             ),
         })
     }
 
     fn prove(&self, exchange: &[u8; 32]) -> Option<join::admit::JoinAttestation> {
-        if self.state.get() == TpmUse::Unusable {
-            return None;
-        }
-        let first = self.state.get() == TpmUse::Untried;
+        let first = match &*self.state.borrow() {
+            TpmUse::Unusable => return None,
+            state => *state == TpmUse::Untried,
+        };
         match join::client::tpm_attestation(self.path, self.me, exchange) {
             Ok(Some(att)) => {
-                self.state.set(TpmUse::Answers);
-                *self.sent.borrow_mut() = Some(att.key.clone());
+                self.state.replace(TpmUse::Answers(att.key.clone()));
                 if first {
                     eprintln!(
                         "this machine's TPM attestation key goes with the join: {}",
@@ -214,7 +211,7 @@ impl<'a> JoinTpm<'a> {
                 Some(att)
             }
             Ok(None) => {
-                self.state.set(TpmUse::Unusable);
+                self.state.replace(TpmUse::Unusable);
                 eprintln!(
                     "no TPM at {}: the join carries no TPM quote (a cluster whose nodes must attest refuses it)",
                     self.path.display()
@@ -222,7 +219,7 @@ impl<'a> JoinTpm<'a> {
                 None
             }
             Err(e) => {
-                self.state.set(TpmUse::Unusable);
+                self.state.replace(TpmUse::Unusable);
                 eprintln!(
                     "warning: {}: no TPM quote for the join ({e}); a cluster whose nodes must attest refuses it",
                     self.path.display()
@@ -603,10 +600,10 @@ mod tests {
         let tpm = JoinTpm::new(Path::new("/nonexistent"), &me);
         let told = tpm.mismatch(Some(&key(1))).unwrap();
         assert!(told.contains("this join carried no quote"), "{told}");
-        *tpm.sent.borrow_mut() = Some(key(1).to_string());
+        tpm.state.replace(TpmUse::Answers(key(1).to_string()));
         assert_eq!(tpm.mismatch(Some(&key(1))), None);
         assert_eq!(tpm.mismatch(None), None);
-        *tpm.sent.borrow_mut() = Some(key(2).to_string());
+        tpm.state.replace(TpmUse::Answers(key(2).to_string()));
         let told = tpm.mismatch(Some(&key(1))).unwrap();
         assert!(
             told.contains(&key(1).to_string()) && told.contains(&key(2).to_string()),
